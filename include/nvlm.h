@@ -1,0 +1,202 @@
+/*
+ * nvlm.h - public C API of libnvlm: NVIDIA's NVLM 1.0 vision-language models in C.
+ *
+ * Conventions
+ *  - Every function that can fail returns an int status: 0 (NVLM_OK) on success, a negative
+ *    nvlm_status on failure, and fills the caller's nvlm_err (may be NULL) with a message that
+ *    names what was wrong (file, line, tensor, field...).
+ *  - The library never prints to stdout and never exits; progress goes through callbacks.
+ *  - Objects returned through an out-pointer are owned by the caller and released with the
+ *    matching *_free function; NULL is accepted by every *_free.
+ *  - No global mutable state: every object is independent and may be used from one thread
+ *    at a time (a loaded model may be shared read-only by several chats).
+ */
+#ifndef NVLM_H
+#define NVLM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- errors */
+
+typedef enum nvlm_status {
+    NVLM_OK = 0,
+    NVLM_E_INVALID_ARG = -1,  /* a caller passed something unusable */
+    NVLM_E_IO = -2,           /* a file could not be opened/read/written */
+    NVLM_E_FORMAT = -3,       /* a file or request is malformed (bad JSON, corrupt image, ...) */
+    NVLM_E_UNSUPPORTED = -4,  /* well-formed but not something nvlm handles */
+    NVLM_E_NOMEM = -5,        /* an allocation failed */
+    NVLM_E_LIMIT = -6,        /* a configured limit was exceeded (image pixels, context, ...) */
+    NVLM_E_CANCELLED = -7,    /* a callback asked to stop */
+    NVLM_E_INTERNAL = -8      /* a bug: please report */
+} nvlm_status;
+
+typedef struct nvlm_err {
+    int code;        /* nvlm_status of the failure, 0 when none */
+    char msg[1024];  /* human-readable, names what is wrong; "" when none */
+} nvlm_err;
+
+/* Name of a status code ("invalid argument", "I/O error", ...). Never NULL. */
+const char *nvlm_status_name(int code);
+
+/* ------------------------------------------------------------- tokenizer */
+
+typedef struct nvlm_tokenizer nvlm_tokenizer;
+
+/* Loads the tokenizer of a folder: tokenizer.json, or else vocab.json + merges.txt
+ * (+ tokenizer_config.json for added tokens). */
+int nvlm_tokenizer_load(const char *dir, nvlm_tokenizer **out, nvlm_err *err);
+void nvlm_tokenizer_free(nvlm_tokenizer *tok);
+
+/* Encodes UTF-8 text (invalid sequences become U+FFFD). Added tokens in the text are
+ * recognised; nothing is prepended or appended. *ids is malloc'ed, caller frees. */
+int nvlm_tokenizer_encode(const nvlm_tokenizer *tok, const char *text, size_t len,
+                          int32_t **ids, size_t *n_ids, nvlm_err *err);
+
+/* Decodes ids to UTF-8 (lossy: invalid byte runs become U+FFFD as Hugging Face does).
+ * skip_special drops added tokens flagged special. *text is malloc'ed, NUL-terminated. */
+int nvlm_tokenizer_decode(const nvlm_tokenizer *tok, const int32_t *ids, size_t n_ids,
+                          int skip_special, char **text, size_t *len, nvlm_err *err);
+
+/* Id of a token string (added token or vocabulary entry), or -1. */
+int32_t nvlm_tokenizer_token_id(const nvlm_tokenizer *tok, const char *token);
+/* Number of ids (regular vocabulary + added tokens). */
+size_t nvlm_tokenizer_size(const nvlm_tokenizer *tok);
+/* 1 if the id is an added token flagged special. */
+int nvlm_tokenizer_is_special(const nvlm_tokenizer *tok, int32_t id);
+
+/* Streaming decoder: feed ids one at a time, get back only complete UTF-8 characters. */
+typedef struct nvlm_detok nvlm_detok;
+int nvlm_detok_new(const nvlm_tokenizer *tok, int skip_special, nvlm_detok **out, nvlm_err *err);
+/* Appends the text completed by `id` to *out (malloc'ed, NUL-terminated, may be empty). */
+int nvlm_detok_push(nvlm_detok *d, int32_t id, char **out, size_t *len, nvlm_err *err);
+/* Flushes what is left (an incomplete sequence becomes U+FFFD). */
+int nvlm_detok_flush(nvlm_detok *d, char **out, size_t *len, nvlm_err *err);
+void nvlm_detok_free(nvlm_detok *d);
+
+/* ----------------------------------------------------------------- images */
+
+/* A decoded image, 8-bit RGB, row-major HWC (what Pillow's convert('RGB') gives). */
+typedef struct nvlm_image {
+    int width, height;
+    uint8_t *rgb;          /* width*height*3 bytes, malloc'ed */
+} nvlm_image;
+
+typedef struct nvlm_image_limits {
+    uint64_t max_pixels;   /* 0: default, Pillow's decompression-bomb error bound (2 * 89478485) */
+} nvlm_image_limits;
+
+/* Decodes JPEG, PNG, WebP, GIF (first frame) or BMP from memory, detected by content. */
+int nvlm_image_decode(const uint8_t *data, size_t len, const nvlm_image_limits *limits,
+                      nvlm_image *out, nvlm_err *err);
+int nvlm_image_load(const char *path, const nvlm_image_limits *limits, nvlm_image *out,
+                    nvlm_err *err);
+void nvlm_image_free(nvlm_image *img);
+
+/* Pillow's Image.resize(..., BICUBIC) on RGB8, bit-exact. */
+int nvlm_image_resize(const nvlm_image *in, int width, int height, nvlm_image *out,
+                      nvlm_err *err);
+
+/* Dynamic high-resolution tiles of one image (NVLM/InternVL dynamic_preprocess). */
+typedef struct nvlm_tiles {
+    int cols, rows;        /* the grid chosen */
+    int num_tiles;         /* cols*rows, plus one when thumbnail */
+    int thumbnail;         /* 1 when a thumbnail was appended (last tile) */
+    int size;              /* tile side, 448 */
+    uint8_t *rgb;          /* num_tiles * size * size * 3 bytes, HWC per tile */
+} nvlm_tiles;
+
+int nvlm_image_tile(const nvlm_image *img, int tile_size, int min_num, int max_num,
+                    int use_thumbnail, nvlm_tiles *out, nvlm_err *err);
+void nvlm_tiles_free(nvlm_tiles *t);
+
+/* ImageNet normalisation of one HWC uint8 tile into float32 CHW [3, size, size]
+ * exactly as torchvision's ToTensor + Normalize compute it. */
+void nvlm_tile_normalize(const uint8_t *tile_rgb, int size, float *out_chw);
+
+/* ------------------------------------------------------------------ model */
+
+typedef struct nvlm_model nvlm_model;
+
+/* Progress of a long operation: done/total in arbitrary units, what in words.
+ * Return non-zero to cancel. */
+typedef int (*nvlm_progress_fn)(void *user, const char *what, uint64_t done, uint64_t total);
+
+typedef struct nvlm_load_options {
+    int n_threads;                /* 0: all cores */
+    nvlm_progress_fn progress;    /* may be NULL */
+    void *progress_user;
+} nvlm_load_options;
+
+/* Loads a Hugging Face NVLM folder (config.json, safetensors, tokenizer). */
+int nvlm_model_load(const char *dir, const nvlm_load_options *opt, nvlm_model **out,
+                    nvlm_err *err);
+void nvlm_model_free(nvlm_model *m);
+const nvlm_tokenizer *nvlm_model_tokenizer(const nvlm_model *m);
+/* "NVLM_D", "NVLM_X" or "NVLM_H". */
+const char *nvlm_model_arch(const nvlm_model *m);
+/* Size of the logits vector (llm vocab_size). */
+int nvlm_model_vocab_size(const nvlm_model *m);
+/* The config's max_dynamic_patch (default tile bound). */
+int nvlm_model_max_tiles(const nvlm_model *m);
+
+/* ------------------------------------------------------------------- chat */
+
+typedef struct nvlm_sampling {
+    float temperature;        /* 0: greedy (the default, as the published chat() example) */
+    int top_k;                /* 0: off */
+    float top_p;              /* 1: off */
+    float min_p;              /* 0: off */
+    float repetition_penalty; /* 1: off */
+    uint64_t seed;
+    int max_new_tokens;       /* default 1024 */
+    const char *const *stop;  /* extra stop strings, NULL-terminated list, may be NULL */
+} nvlm_sampling;
+
+void nvlm_sampling_default(nvlm_sampling *s);
+
+typedef struct nvlm_chat nvlm_chat;
+
+/* A conversation on a loaded model: system message, history, images, KV cache. */
+int nvlm_chat_new(nvlm_model *m, nvlm_chat **out, nvlm_err *err);
+void nvlm_chat_free(nvlm_chat *c);
+/* NULL restores the template default "Answer the questions."; "" is an empty system message. */
+int nvlm_chat_set_system(nvlm_chat *c, const char *system_message, nvlm_err *err);
+/* Max tiles per image for images added afterwards (0: the config's max_dynamic_patch). */
+void nvlm_chat_set_max_tiles(nvlm_chat *c, int max_num);
+/* Adds a past turn (question, answer) as chat()'s history does. */
+int nvlm_chat_add_history(nvlm_chat *c, const char *question, const char *answer, nvlm_err *err);
+/* Queues an image for the next <image> placeholder (in history or the next question). */
+int nvlm_chat_add_image(nvlm_chat *c, const nvlm_image *img, nvlm_err *err);
+int nvlm_chat_add_image_file(nvlm_chat *c, const char *path, nvlm_err *err);
+
+/* Called for each generated token: id and the text it completes (maybe ""). Non-zero stops. */
+typedef int (*nvlm_token_fn)(void *user, int32_t id, const char *text, size_t len);
+
+typedef struct nvlm_answer {
+    char *response;          /* the stripped answer text, malloc'ed */
+    int32_t *prompt_ids;     /* the whole prompt of this turn */
+    size_t n_prompt;
+    int32_t *output_ids;     /* generated ids, with the stop token when one was generated */
+    size_t n_output;
+    int *num_patches;        /* tiles per image of the conversation */
+    size_t n_images;
+    float *last_logits;      /* logits at the last prompt position, vocab_size values */
+    int finish_length;       /* 1 when max_new_tokens ended it, 0 on a stop token/string */
+    double vit_ms, prompt_ms, gen_ms;
+} nvlm_answer;
+
+/* Asks a question (chat() semantics) and generates the answer; the turn joins the history.
+ * no_history: pass 1 to mimic chat(history=None) (auto "<image>\n"), 0 when history was given. */
+int nvlm_chat_ask(nvlm_chat *c, const char *question, const nvlm_sampling *s,
+                  nvlm_token_fn on_token, void *user, nvlm_answer *out, nvlm_err *err);
+void nvlm_answer_free(nvlm_answer *a);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* NVLM_H */

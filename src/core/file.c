@@ -1,0 +1,108 @@
+#include "core/file.h"
+#include "core/err.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int nvlm_read_file(const char *path, size_t max_len, char **data, size_t *len, nvlm_err *err) {
+    *data = NULL;
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return nvlm_fail(err, NVLM_E_IO, "cannot open %s: %s", path, strerror(errno));
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap + 1);
+    if (!buf) {
+        fclose(f);
+        return nvlm_fail(err, NVLM_E_NOMEM, "out of memory reading %s", path);
+    }
+    for (;;) {
+        if (n == cap) {
+            if (max_len && cap >= max_len) {
+                free(buf);
+                fclose(f);
+                return nvlm_fail(err, NVLM_E_LIMIT, "%s is larger than %zu bytes", path, max_len);
+            }
+            size_t ncap = cap * 2;
+            char *nb = realloc(buf, ncap + 1);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                return nvlm_fail(err, NVLM_E_NOMEM, "out of memory reading %s", path);
+            }
+            buf = nb;
+            cap = ncap;
+        }
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (got == 0) break;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        return nvlm_fail(err, NVLM_E_IO, "error reading %s", path);
+    }
+    if (max_len && n > max_len) {
+        free(buf);
+        return nvlm_fail(err, NVLM_E_LIMIT, "%s is larger than %zu bytes", path, max_len);
+    }
+    buf[n] = 0;
+    *data = buf;
+    *len = n;
+    return NVLM_OK;
+}
+
+int nvlm_map_file(const char *path, nvlm_mapped_file *out, nvlm_err *err) {
+    out->data = NULL;
+    out->len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return nvlm_fail(err, NVLM_E_IO, "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        close(fd);
+        return nvlm_fail(err, NVLM_E_IO, "cannot stat %s: %s", path, strerror(errno));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return nvlm_fail(err, NVLM_E_IO, "%s is not a regular file", path);
+    }
+    if (st.st_size == 0) { /* mmap of length 0 fails; an empty file maps to nothing */
+        close(fd);
+        return NVLM_OK;
+    }
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) return nvlm_fail(err, NVLM_E_IO, "cannot map %s: %s", path, strerror(errno));
+    out->data = p;
+    out->len = (size_t)st.st_size;
+    return NVLM_OK;
+}
+
+void nvlm_unmap_file(nvlm_mapped_file *f) {
+    if (f && f->data) munmap((void *)f->data, f->len);
+    if (f) {
+        f->data = NULL;
+        f->len = 0;
+    }
+}
+
+char *nvlm_path_join(const char *dir, const char *name) {
+    size_t a = strlen(dir), b = strlen(name);
+    char *p = malloc(a + b + 2);
+    if (!p) return NULL;
+    memcpy(p, dir, a);
+    size_t n = a;
+    if (n && p[n - 1] != '/') p[n++] = '/';
+    memcpy(p + n, name, b + 1);
+    return p;
+}
+
+int nvlm_file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}

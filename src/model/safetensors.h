@@ -1,0 +1,52 @@
+/* safetensors.h - zero-copy access to a Hugging Face safetensors checkpoint, single file
+ * (model.safetensors) or sharded (model.safetensors.index.json + shards). Every file is
+ * memory-mapped and its header validated (length, JSON, dtype, shape x dtype == span,
+ * spans inside the file and non-overlapping). Internal. */
+#ifndef NVLM_MODEL_SAFETENSORS_H
+#define NVLM_MODEL_SAFETENSORS_H
+#include "nvlm.h"
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum nvlm_dtype {
+    NVLM_DT_F32 = 0,
+    NVLM_DT_F16 = 1,
+    NVLM_DT_BF16 = 2,
+    NVLM_DT_Q8_0 = 3,  /* reserved for quantized weights (docs/quantization.md) */
+    NVLM_DT_Q4 = 4,
+} nvlm_dtype;
+
+const char *nvlm_dtype_name(nvlm_dtype t);
+/* Bytes per element for F32/F16/BF16; 0 for block formats. */
+size_t nvlm_dtype_size(nvlm_dtype t);
+
+#define NVLM_MAX_DIMS 8
+
+typedef struct nvlm_tensor {
+    const char *name;
+    nvlm_dtype dtype;
+    int ndim;
+    int64_t shape[NVLM_MAX_DIMS];
+    int64_t numel;
+    const void *data;   /* inside the mapping; aligned only as the file aligns it */
+    uint64_t nbytes;
+    const char *file;   /* the file it lives in (for error messages) */
+} nvlm_tensor;
+
+typedef struct nvlm_st nvlm_st;
+
+/* Opens <dir>/model.safetensors.index.json if present (every shard it names), else
+ * <dir>/model.safetensors. */
+int nvlm_st_open(const char *dir, nvlm_st **out, nvlm_err *err);
+void nvlm_st_close(nvlm_st *st);
+
+size_t nvlm_st_count(const nvlm_st *st);
+const nvlm_tensor *nvlm_st_at(const nvlm_st *st, size_t i);
+/* NULL when absent. */
+const nvlm_tensor *nvlm_st_find(const nvlm_st *st, const char *name);
+
+/* Looks up a tensor that must exist with exactly this shape (ndim values); the error names
+ * the tensor, the file and the expected vs found shape. */
+int nvlm_st_expect(const nvlm_st *st, const char *name, int ndim, const int64_t *shape,
+                   const nvlm_tensor **out, nvlm_err *err);
+#endif
