@@ -49,4 +49,30 @@ const nvlm_tensor *nvlm_st_find(const nvlm_st *st, const char *name);
  * the tensor, the file and the expected vs found shape. */
 int nvlm_st_expect(const nvlm_st *st, const char *name, int ndim, const int64_t *shape,
                    const nvlm_tensor **out, nvlm_err *err);
+/* ---- additions (safetensors.c) ---- */
+
+/* Parses one safetensors image held in memory (not copied: data must outlive the result);
+ * `origin` names it in errors. Same validation as nvlm_st_open. Used by the fuzzer and by
+ * tools that already hold the bytes. */
+int nvlm_st_parse_buffer(const uint8_t *data, size_t len, const char *origin, nvlm_st **out,
+                         nvlm_err *err);
+
+/* Files behind the checkpoint (1 for model.safetensors, the shards otherwise). */
+size_t nvlm_st_file_count(const nvlm_st *st);
+const char *nvlm_st_file_path(const nvlm_st *st, size_t i);
+/* Sum of the tensors' byte spans. */
+uint64_t nvlm_st_total_bytes(const nvlm_st *st);
+
+/* What model.safetensors.index.json says, without opening the shards (works on a folder
+ * that holds only config.json + index, like the 72B reference). */
+typedef struct nvlm_st_index_info {
+    size_t n_tensors;      /* weight_map entries */
+    size_t n_files;        /* distinct shard names */
+    size_t n_present;      /* of those, files that exist in the folder */
+    int64_t total_size;    /* metadata.total_size, -1 when absent */
+} nvlm_st_index_info;
+int nvlm_st_index_summary(const char *dir, nvlm_st_index_info *out, nvlm_err *err);
+
+/* Upper bound on a header (the safetensors reference implementation uses 100 MB). */
+#define NVLM_ST_MAX_HEADER (100u * 1000u * 1000u)
 #endif

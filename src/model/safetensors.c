@@ -1,0 +1,534 @@
+/* safetensors.c - memory-mapped, validated safetensors checkpoints (single or sharded).
+ *
+ * A file is: u64 little-endian header length N, N bytes of JSON
+ * {name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}, data.
+ * Nothing in a file is trusted: the header length is bounded by the file and by
+ * NVLM_ST_MAX_HEADER, the JSON is parsed from a NUL-terminated copy, every entry's dtype,
+ * shape and offsets are checked (numel x element size == end - begin, end inside the data),
+ * spans must not overlap, names must be unique (also across shards), and the index's
+ * weight_map must agree with the shards' headers in both directions. */
+#include "model/safetensors.h"
+#include "core/err.h"
+#include "core/file.h"
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define INDEX_NAME "model.safetensors.index.json"
+#define SINGLE_NAME "model.safetensors"
+#define INDEX_MAX_BYTES (256u << 20)
+#define MAX_NUMEL (INT64_C(1) << 50)
+
+typedef struct st_file {
+    char *path;
+    nvlm_mapped_file map;   /* empty when the data is borrowed (nvlm_st_parse_buffer) */
+} st_file;
+
+struct nvlm_st {
+    char *where;            /* "DIR/model.safetensors", "checkpoint DIR" or the origin */
+    int sharded;
+    st_file *files;
+    size_t n_files;
+    nvlm_tensor *t;         /* sorted by name; names malloc'ed */
+    size_t n, cap;
+};
+
+static const char *const dtype_names[] = {"F32", "F16", "BF16", "Q8_0", "Q4"};
+
+const char *nvlm_dtype_name(nvlm_dtype t) {
+    return (unsigned)t < sizeof dtype_names / sizeof *dtype_names ? dtype_names[t] : "?";
+}
+
+size_t nvlm_dtype_size(nvlm_dtype t) {
+    switch (t) {
+    case NVLM_DT_F32: return 4;
+    case NVLM_DT_F16:
+    case NVLM_DT_BF16: return 2;
+    default: return 0;
+    }
+}
+
+/* ------------------------------------------------------------- helpers */
+
+static int cmp_name(const void *a, const void *b) {
+    return strcmp(((const nvlm_tensor *)a)->name, ((const nvlm_tensor *)b)->name);
+}
+
+static int cmp_span(const void *a, const void *b) {
+    const nvlm_tensor *x = *(const nvlm_tensor *const *)a, *y = *(const nvlm_tensor *const *)b;
+    const uint8_t *p = x->data, *q = y->data;
+    return p < q ? -1 : p > q ? 1 : 0;
+}
+
+static int push(nvlm_st *st, nvlm_err *err) {
+    if (st->n < st->cap) return 0;
+    size_t cap = st->cap ? 2 * st->cap : 64;
+    nvlm_tensor *nt = realloc(st->t, cap * sizeof *nt);
+    if (!nt) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory reading tensor headers");
+    st->t = nt;
+    st->cap = cap;
+    return 0;
+}
+
+/* A JSON number that is an integer in [0, hi]. */
+static int json_uint(const cJSON *v, double hi, uint64_t *out) {
+    if (!cJSON_IsNumber(v)) return 0;
+    double d = v->valuedouble;
+    if (!isfinite(d) || d < 0 || d > hi || d != floor(d)) return 0;
+    *out = (uint64_t)d;
+    return 1;
+}
+
+static int parse_dtype(const char *s, nvlm_dtype *out) {
+    if (!strcmp(s, "F32")) *out = NVLM_DT_F32;
+    else if (!strcmp(s, "F16")) *out = NVLM_DT_F16;
+    else if (!strcmp(s, "BF16")) *out = NVLM_DT_BF16;
+    else return 0;
+    return 1;
+}
+
+static int is_known_other_dtype(const char *s) {
+    static const char *const other[] = {"F64", "I64", "I32", "I16", "I8", "U64", "U32", "U16",
+                                        "U8", "BOOL", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64"};
+    for (size_t i = 0; i < sizeof other / sizeof *other; i++)
+        if (!strcmp(s, other[i])) return 1;
+    return 0;
+}
+
+/* --------------------------------------------------------- one header */
+
+/* Validates and appends one entry of a header. */
+static int parse_entry(nvlm_st *st, const cJSON *e, const uint8_t *base, uint64_t data_len,
+                       const char *file, nvlm_err *err) {
+    const char *name = e->string;
+    if (!*name) return nvlm_fail(err, NVLM_E_FORMAT, "%s: a tensor has an empty name", file);
+    if (!cJSON_IsObject(e))
+        return nvlm_fail(err, NVLM_E_FORMAT, "%s: tensor %.200s: header entry is not an object", file, name);
+    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
+    const cJSON *sh = cJSON_GetObjectItemCaseSensitive(e, "shape");
+    const cJSON *of = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
+    if (!cJSON_IsString(dt))
+        return nvlm_fail(err, NVLM_E_FORMAT, "%s: tensor %.200s has no dtype string", file, name);
+    nvlm_dtype dtype;
+    if (!parse_dtype(dt->valuestring, &dtype))
+        return nvlm_fail(err, NVLM_E_UNSUPPORTED, "%s: tensor %.200s has dtype %.40s%s (nvlm loads F32, F16 and BF16 weights)",
+                         file, name, dt->valuestring, is_known_other_dtype(dt->valuestring) ? "" : ", an unknown safetensors dtype");
+    if (!cJSON_IsArray(sh))
+        return nvlm_fail(err, NVLM_E_FORMAT, "%s: tensor %.200s has no shape list", file, name);
+    int ndim = cJSON_GetArraySize(sh);
+    if (ndim > NVLM_MAX_DIMS)
+        return nvlm_fail(err, NVLM_E_UNSUPPORTED, "%s: tensor %.200s has %d dimensions (at most %d)", file, name, ndim, NVLM_MAX_DIMS);
+    int rc = push(st, err);
+    if (rc) return rc;
+    nvlm_tensor *t = &st->t[st->n];
+    memset(t, 0, sizeof *t);
+    t->dtype = dtype;
+    t->ndim = ndim;
+    t->numel = 1;
+    int i = 0;
+    const cJSON *d;
+    cJSON_ArrayForEach(d, sh) {
+        uint64_t v;
+        if (!json_uint(d, (double)MAX_NUMEL, &v))
+            return nvlm_fail(err, NVLM_E_FORMAT, "%s: tensor %.200s: shape entry %d is not a non-negative integer", file, name, i);
+        t->shape[i++] = (int64_t)v;
+        if (v && (uint64_t)t->numel > (uint64_t)MAX_NUMEL / v)
+            return nvlm_fail(err, NVLM_E_FORMAT, "%s: tensor %.200s: shape is absurdly large", file, name);
+        t->numel *= (int64_t)v;
+    }
+    uint64_t b, en;
+    if (!cJSON_IsArray(of) || cJSON_GetArraySize(of) != 2 ||
+        !json_uint(cJSON_GetArrayItem(of, 0), 9007199254740992.0, &b) ||
+        !json_uint(cJSON_GetArrayItem(of, 1), 9007199254740992.0, &en))
+        return nvlm_fail(err, NVLM_E_FORMAT, "%s: tensor %.200s: data_offsets must be [begin, end] non-negative integers", file, name);
+    if (en < b)
+        return nvlm_fail(err, NVLM_E_FORMAT, "%s: tensor %.200s: data_offsets [%llu, %llu] end before begin", file, name,
+                         (unsigned long long)b, (unsigned long long)en);
+    if (en > data_len)
+        return nvlm_fail(err, NVLM_E_FORMAT, "%s: tensor %.200s: data_offsets [%llu, %llu] lie outside the file's %llu data bytes (truncated file?)",
+                         file, name, (unsigned long long)b, (unsigned long long)en, (unsigned long long)data_len);
+    uint64_t want = (uint64_t)t->numel * nvlm_dtype_size(dtype);
+    if (en - b != want)
+        return nvlm_fail(err, NVLM_E_FORMAT, "%s: tensor %.200s: %s shape of %lld elements needs %llu bytes, data_offsets [%llu, %llu] span %llu",
+                         file, name, nvlm_dtype_name(dtype), (long long)t->numel, (unsigned long long)want,
+                         (unsigned long long)b, (unsigned long long)en, (unsigned long long)(en - b));
+    t->data = base + b;
+    t->nbytes = want;
+    t->file = file;
+    t->name = strdup(name);
+    if (!t->name) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    st->n++;
+    return 0;
+}
+
+/* Spans of the tensors [from, to) of st (one file) must not overlap. */
+static int check_overlap(nvlm_st *st, size_t from, size_t to, const char *file, nvlm_err *err) {
+    size_t n = to - from;
+    if (n < 2) return 0;
+    nvlm_tensor **order = malloc(n * sizeof *order);
+    if (!order) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) order[i] = &st->t[from + i];
+    qsort(order, n, sizeof *order, cmp_span);
+    int rc = 0;
+    for (size_t i = 1; i < n && !rc; i++) {
+        const nvlm_tensor *a = order[i - 1], *b = order[i];
+        if ((const uint8_t *)a->data + a->nbytes > (const uint8_t *)b->data)
+            rc = nvlm_fail(err, NVLM_E_FORMAT, "%s: the data of tensors %.200s and %.200s overlap (lying data_offsets)", file, a->name, b->name);
+    }
+    free(order);
+    return rc;
+}
+
+/* Parses the header of one file image and appends its tensors (file = name for messages,
+ * owned by the caller and kept alive as long as st). */
+static int parse_file(nvlm_st *st, const uint8_t *data, size_t len, const char *file, nvlm_err *err) {
+    if (len < 8)
+        return nvlm_fail(err, NVLM_E_FORMAT, "%s: %zu bytes is too short for a safetensors file (truncated?)", file, len);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | data[i];
+    if (hlen > NVLM_ST_MAX_HEADER)
+        return nvlm_fail(err, NVLM_E_FORMAT, "%s: absurd header length %llu (limit %u): not a safetensors file or corrupt",
+                         file, (unsigned long long)hlen, NVLM_ST_MAX_HEADER);
+    if (hlen > len - 8)
+        return nvlm_fail(err, NVLM_E_FORMAT, "%s: header length %llu runs past the end of the file (%zu bytes): truncated?",
+                         file, (unsigned long long)hlen, len);
+    if (hlen < 2)
+        return nvlm_fail(err, NVLM_E_FORMAT, "%s: header of %llu bytes cannot hold a JSON object", file, (unsigned long long)hlen);
+    char *h = malloc((size_t)hlen + 1);
+    if (!h) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory for the header of %s", file);
+    memcpy(h, data + 8, (size_t)hlen);
+    h[hlen] = 0;
+    const char *end = NULL;
+    cJSON *root = (h[0] == '{') ? cJSON_ParseWithLengthOpts(h, (size_t)hlen, &end, 0) : NULL;
+    int rc = 0;
+    if (!root) {
+        rc = nvlm_fail(err, NVLM_E_FORMAT, "%s: the header is not valid JSON (must start with '{'; error near byte %lld)", file,
+                       (long long)(end && end >= h ? end - h : 0));
+    } else if (!cJSON_IsObject(root)) {
+        rc = nvlm_fail(err, NVLM_E_FORMAT, "%s: the header is not a JSON object", file);
+    } else {
+        for (const char *p = end; p && p < h + hlen && !rc; p++)
+            if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
+                rc = nvlm_fail(err, NVLM_E_FORMAT, "%s: junk after the header's JSON object (byte %lld)", file, (long long)(p - h));
+    }
+    size_t first = st->n;
+    const uint8_t *base = data + 8 + hlen;
+    uint64_t data_len = len - 8 - hlen;
+    const cJSON *e;
+    if (!rc) cJSON_ArrayForEach(e, root) {
+        if (!strcmp(e->string, "__metadata__")) {
+            if (!cJSON_IsObject(e)) {
+                rc = nvlm_fail(err, NVLM_E_FORMAT, "%s: __metadata__ must be an object", file);
+                break;
+            }
+            continue;
+        }
+        if ((rc = parse_entry(st, e, base, data_len, file, err))) break;
+    }
+    cJSON_Delete(root);
+    free(h);
+    if (!rc) rc = check_overlap(st, first, st->n, file, err);
+    return rc;
+}
+
+/* Sorts all tensors by name and refuses duplicates (in one header or across shards). */
+static int sort_and_dedup(nvlm_st *st, nvlm_err *err) {
+    if (st->n) qsort(st->t, st->n, sizeof *st->t, cmp_name);
+    for (size_t i = 1; i < st->n; i++)
+        if (!strcmp(st->t[i - 1].name, st->t[i].name)) {
+            if (st->t[i - 1].file == st->t[i].file)
+                return nvlm_fail(err, NVLM_E_FORMAT, "%s: tensor %.200s appears twice in the header", st->t[i].file, st->t[i].name);
+            return nvlm_fail(err, NVLM_E_FORMAT, "tensor %.200s is in two shards: %s and %s", st->t[i].name,
+                             st->t[i - 1].file, st->t[i].file);
+        }
+    return 0;
+}
+
+/* ------------------------------------------------------------ opening */
+
+static nvlm_st *st_new(void) { return calloc(1, sizeof(nvlm_st)); }
+
+void nvlm_st_close(nvlm_st *st) {
+    if (!st) return;
+    for (size_t i = 0; i < st->n; i++) free((void *)st->t[i].name);
+    for (size_t i = 0; i < st->n_files; i++) {
+        nvlm_unmap_file(&st->files[i].map);
+        free(st->files[i].path);
+    }
+    free(st->files);
+    free(st->t);
+    free(st->where);
+    free(st);
+}
+
+/* Maps path and parses it as the next file of st. */
+static int add_file(nvlm_st *st, char *path, nvlm_err *err) {
+    st_file *nf = realloc(st->files, (st->n_files + 1) * sizeof *nf);
+    if (!nf) {
+        free(path);
+        return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    }
+    st->files = nf;
+    st_file *f = &st->files[st->n_files++];
+    f->path = path;
+    f->map.data = NULL;
+    f->map.len = 0;
+    int rc = nvlm_map_file(path, &f->map, err);
+    if (rc) return rc;
+    return parse_file(st, f->map.data, f->map.len, f->path, err);
+}
+
+static const char *base_name(const char *path) {
+    const char *s = strrchr(path, '/');
+    return s ? s + 1 : path;
+}
+
+/* Shard names come from a file: they must name a file inside the folder. */
+static int safe_shard_name(const char *s) {
+    size_t n = strlen(s);
+    return n > 0 && n < 256 && !strchr(s, '/') && strcmp(s, ".") && strcmp(s, "..");
+}
+
+static const nvlm_tensor *find_in(const nvlm_st *st, const char *name) {
+    nvlm_tensor key;
+    key.name = name;
+    return st->n ? bsearch(&key, st->t, st->n, sizeof *st->t, cmp_name) : NULL;
+}
+
+static int open_sharded(nvlm_st *st, const char *dir, const char *index_path, nvlm_err *err) {
+    char *text;
+    size_t len;
+    int rc = nvlm_read_file(index_path, INDEX_MAX_BYTES, &text, &len, err);
+    if (rc) return rc;
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    const cJSON *wm = root ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL;
+    if (!root || !cJSON_IsObject(root)) rc = nvlm_fail(err, NVLM_E_FORMAT, "%s: not a JSON object", index_path);
+    else if (!cJSON_IsObject(wm)) rc = nvlm_fail(err, NVLM_E_FORMAT, "%s: weight_map is missing or not an object", index_path);
+    const cJSON *e;
+    /* 1. open every distinct shard once, in order of first mention */
+    if (!rc) cJSON_ArrayForEach(e, wm) {
+        if (!cJSON_IsString(e) || !safe_shard_name(e->valuestring)) {
+            rc = nvlm_fail(err, NVLM_E_FORMAT, "%s: weight_map entry %.200s must name a file in the folder", index_path, e->string);
+            break;
+        }
+        int seen = 0;
+        for (size_t i = 0; i < st->n_files && !seen; i++)
+            seen = !strcmp(base_name(st->files[i].path), e->valuestring);
+        if (seen) continue;
+        char *path = nvlm_path_join(dir, e->valuestring);
+        if (!path) {
+            rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+            break;
+        }
+        if (!nvlm_file_exists(path)) {
+            rc = nvlm_fail(err, NVLM_E_IO, "%s names shard %s (for tensor %.200s), which is missing from %s", index_path,
+                           e->valuestring, e->string, dir);
+            free(path);
+            break;
+        }
+        if ((rc = add_file(st, path, err))) break;
+    }
+    if (!rc) rc = sort_and_dedup(st, err);
+    /* 2. every weight_map entry is in the shard it names */
+    size_t listed = 0;
+    if (!rc) cJSON_ArrayForEach(e, wm) {
+        listed++;
+        const nvlm_tensor *t = find_in(st, e->string);
+        if (!t) {
+            rc = nvlm_fail(err, NVLM_E_FORMAT, "tensor %.200s is missing from shard %s/%s (named by %s)", e->string, dir,
+                           e->valuestring, index_path);
+            break;
+        }
+        if (strcmp(base_name(t->file), e->valuestring)) {
+            rc = nvlm_fail(err, NVLM_E_FORMAT, "tensor %.200s is in %s but %s places it in %s", e->string, t->file,
+                           index_path, e->valuestring);
+            break;
+        }
+    }
+    /* 3. and nothing in the shards is left out of the weight_map */
+    if (!rc && listed != st->n) {
+        for (size_t i = 0; i < st->n; i++)
+            if (!cJSON_GetObjectItemCaseSensitive(wm, st->t[i].name)) {
+                rc = nvlm_fail(err, NVLM_E_FORMAT, "tensor %.200s in %s is not listed in %s", st->t[i].name, st->t[i].file, index_path);
+                break;
+            }
+        if (!rc) rc = nvlm_fail(err, NVLM_E_FORMAT, "%s: weight_map lists a tensor twice", index_path);
+    }
+    cJSON_Delete(root);
+    return rc;
+}
+
+static char *str_printf2(const char *a, const char *b) {
+    size_t n = strlen(a) + strlen(b) + 1;
+    char *s = malloc(n);
+    if (s) snprintf(s, n, "%s%s", a, b);
+    return s;
+}
+
+int nvlm_st_open(const char *dir, nvlm_st **out, nvlm_err *err) {
+    *out = NULL;
+    nvlm_st *st = st_new();
+    if (!st) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    char *index = nvlm_path_join(dir, INDEX_NAME);
+    char *single = nvlm_path_join(dir, SINGLE_NAME);
+    int rc = 0;
+    if (!index || !single) {
+        rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    } else if (nvlm_file_exists(index)) {
+        st->sharded = 1;
+        st->where = str_printf2("checkpoint ", dir);
+        rc = st->where ? open_sharded(st, dir, index, err) : nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    } else if (nvlm_file_exists(single)) {
+        st->where = strdup(single);
+        if (!st->where) rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+        else {
+            rc = add_file(st, single, err);
+            single = NULL; /* owned by st now */
+            if (!rc) rc = sort_and_dedup(st, err);
+        }
+    } else {
+        rc = nvlm_fail(err, NVLM_E_IO, "no weights in %s: neither %s nor %s exists", dir, SINGLE_NAME, INDEX_NAME);
+    }
+    free(index);
+    free(single);
+    if (rc) {
+        nvlm_st_close(st);
+        return rc;
+    }
+    *out = st;
+    return 0;
+}
+
+int nvlm_st_parse_buffer(const uint8_t *data, size_t len, const char *origin, nvlm_st **out,
+                         nvlm_err *err) {
+    *out = NULL;
+    nvlm_st *st = st_new();
+    if (!st) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    st->files = calloc(1, sizeof *st->files);
+    st->where = strdup(origin ? origin : "buffer");
+    int rc = 0;
+    if (!st->files || !st->where) rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    else {
+        st->n_files = 1;
+        st->files[0].path = strdup(st->where);
+        if (!st->files[0].path) rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+        else if (!(rc = parse_file(st, data, len, st->files[0].path, err))) rc = sort_and_dedup(st, err);
+    }
+    if (rc) {
+        nvlm_st_close(st);
+        return rc;
+    }
+    *out = st;
+    return 0;
+}
+
+/* ------------------------------------------------------------- lookups */
+
+size_t nvlm_st_count(const nvlm_st *st) { return st ? st->n : 0; }
+
+const nvlm_tensor *nvlm_st_at(const nvlm_st *st, size_t i) {
+    return st && i < st->n ? &st->t[i] : NULL;
+}
+
+const nvlm_tensor *nvlm_st_find(const nvlm_st *st, const char *name) {
+    return st ? find_in(st, name) : NULL;
+}
+
+size_t nvlm_st_file_count(const nvlm_st *st) { return st ? st->n_files : 0; }
+
+const char *nvlm_st_file_path(const nvlm_st *st, size_t i) {
+    return st && i < st->n_files ? st->files[i].path : NULL;
+}
+
+uint64_t nvlm_st_total_bytes(const nvlm_st *st) {
+    uint64_t s = 0;
+    for (size_t i = 0; st && i < st->n; i++) s += st->t[i].nbytes;
+    return s;
+}
+
+static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
+    size_t o = 0;
+    buf[o++] = '[';
+    buf[o] = 0;
+    for (int i = 0; i < ndim && o + 24 < cap; i++)
+        o += (size_t)snprintf(buf + o, cap - o, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    snprintf(buf + o, cap - o, "]");
+}
+
+int nvlm_st_expect(const nvlm_st *st, const char *name, int ndim, const int64_t *shape,
+                   const nvlm_tensor **out, nvlm_err *err) {
+    if (out) *out = NULL;
+    const nvlm_tensor *t = nvlm_st_find(st, name);
+    if (!t)
+        return nvlm_fail(err, NVLM_E_FORMAT, "tensor %s is missing (expected in %s)", name,
+                         st && st->where ? st->where : "the checkpoint");
+    int same = t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    if (!same) {
+        char have[160], want[160];
+        shape_str(have, sizeof have, t->ndim, t->shape);
+        shape_str(want, sizeof want, ndim, shape);
+        return nvlm_fail(err, NVLM_E_FORMAT, "tensor %s in %s has shape %s, expected %s", name, t->file, have, want);
+    }
+    if (out) *out = t;
+    return 0;
+}
+
+/* ------------------------------------------------------- index summary */
+
+int nvlm_st_index_summary(const char *dir, nvlm_st_index_info *out, nvlm_err *err) {
+    memset(out, 0, sizeof *out);
+    out->total_size = -1;
+    char *path = nvlm_path_join(dir, INDEX_NAME);
+    if (!path) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    char *text;
+    size_t len;
+    int rc = nvlm_read_file(path, INDEX_MAX_BYTES, &text, &len, err);
+    if (rc) {
+        free(path);
+        return rc;
+    }
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    const cJSON *wm = root ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL;
+    if (!cJSON_IsObject(wm)) {
+        rc = nvlm_fail(err, NVLM_E_FORMAT, "%s: not JSON with a weight_map object", path);
+    } else {
+        const cJSON *meta = cJSON_GetObjectItemCaseSensitive(root, "metadata");
+        const cJSON *ts = meta ? cJSON_GetObjectItemCaseSensitive(meta, "total_size") : NULL;
+        uint64_t v;
+        if (ts && json_uint(ts, 9007199254740992.0, &v)) out->total_size = (int64_t)v;
+        /* distinct names: the index is small, a quadratic scan over distinct files is fine */
+        const char **names = NULL;
+        size_t nn = 0;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, wm) {
+            out->n_tensors++;
+            if (!cJSON_IsString(e) || !safe_shard_name(e->valuestring)) {
+                rc = nvlm_fail(err, NVLM_E_FORMAT, "%s: weight_map entry %.200s must name a file in the folder", path, e->string);
+                break;
+            }
+            size_t i = 0;
+            while (i < nn && strcmp(names[i], e->valuestring)) i++;
+            if (i < nn) continue;
+            const char **nb = realloc(names, (nn + 1) * sizeof *nb);
+            if (!nb) {
+                rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+                break;
+            }
+            names = nb;
+            names[nn++] = e->valuestring;
+            char *sp = nvlm_path_join(dir, e->valuestring);
+            if (sp && nvlm_file_exists(sp)) out->n_present++;
+            free(sp);
+        }
+        out->n_files = nn;
+        free(names);
+    }
+    cJSON_Delete(root);
+    free(path);
+    return rc;
+}
