@@ -170,6 +170,10 @@ int nvlm_chat_set_system(nvlm_chat *c, const char *system_message, nvlm_err *err
 void nvlm_chat_set_max_tiles(nvlm_chat *c, int max_num);
 /* Adds a past turn (question, answer) as chat()'s history does. */
 int nvlm_chat_add_history(nvlm_chat *c, const char *question, const char *answer, nvlm_err *err);
+/* Marks the conversation as having a history even when it is empty: chat(history=[]) rather
+ * than chat(history=None). Only None puts "<image>\n" before a question without placeholder.
+ * nvlm_chat_add_history and every answered question also mark it. */
+void nvlm_chat_mark_history(nvlm_chat *c);
 /* Queues an image for the next <image> placeholder (in history or the next question). */
 int nvlm_chat_add_image(nvlm_chat *c, const nvlm_image *img, nvlm_err *err);
 int nvlm_chat_add_image_file(nvlm_chat *c, const char *path, nvlm_err *err);
@@ -190,8 +194,10 @@ typedef struct nvlm_answer {
     double vit_ms, prompt_ms, gen_ms;
 } nvlm_answer;
 
-/* Asks a question (chat() semantics) and generates the answer; the turn joins the history.
- * no_history: pass 1 to mimic chat(history=None) (auto "<image>\n"), 0 when history was given. */
+/* Asks a question with chat()'s semantics and generates the answer; the turn joins the
+ * history. Images queued since the last question fill the conversation's next <image>
+ * placeholders; more images than placeholders is an error (extra placeholders stay text).
+ * on_token may be NULL. The KV cache of the common prefix with the previous turn is reused. */
 int nvlm_chat_ask(nvlm_chat *c, const char *question, const nvlm_sampling *s,
                   nvlm_token_fn on_token, void *user, nvlm_answer *out, nvlm_err *err);
 void nvlm_answer_free(nvlm_answer *a);

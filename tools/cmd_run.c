@@ -1,10 +1,161 @@
-/* nvlm run - placeholder until its module lands. */
-#include "cli.h"
+/* nvlm run - one question about zero or more images (the checking contract of issue 4). */
+#include "cli_model.h"
+#include "core/file.h"
+#include <cjson/cJSON.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_IMAGES 64
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: nvlm run --model DIR [--image FILE]... --prompt TEXT [options]\n\n"
+               "Answers one question the way NVLM-D's published chat() does: images fill the\n"
+               "<image> placeholders of the history and the question in order; with no history and no\n"
+               "placeholder, \"<image>\\n\" is put in front of the question.\n\n"
+               "  -i, --image FILE         an image (JPEG, PNG, WebP, GIF, BMP); repeatable\n"
+               "  -p, --prompt TEXT        the question\n"
+               "      --history FILE       JSON [[question, answer], ...] of earlier turns\n"
+               "      --json               print {prompt_ids, output_ids, response, num_patches_list}\n"
+               "      --logits-out FILE    write the last prompt position's logits (float32 LE)\n"
+               "  -q, --quiet              no progress or timings on stderr\n\n%s",
+            cli_model_flags_help());
+}
+
+static int load_history(const char *path, nvlm_chat *c) {
+    char *text;
+    size_t len;
+    nvlm_err err = {0};
+    if (nvlm_read_file(path, 64u << 20, &text, &len, &err)) return cli_report("run", &err);
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    int bad = !cJSON_IsArray(root);
+    cJSON *turn, *turns = bad ? NULL : root;
+    cJSON_ArrayForEach(turn, turns) {
+        cJSON *q = cJSON_GetArrayItem(turn, 0), *a = cJSON_GetArrayItem(turn, 1);
+        if (!cJSON_IsArray(turn) || cJSON_GetArraySize(turn) != 2 || !cJSON_IsString(q) || !cJSON_IsString(a)) {
+            bad = 1;
+            break;
+        }
+        if (nvlm_chat_add_history(c, q->valuestring, a->valuestring, &err)) {
+            cJSON_Delete(root);
+            return cli_report("run", &err);
+        }
+    }
+    cJSON_Delete(root);
+    if (bad) {
+        fprintf(stderr, "nvlm run: %s: expected a JSON array of [question, answer] string pairs\n", path);
+        return 1;
+    }
+    nvlm_chat_mark_history(c);
+    return 0;
+}
+
+static int write_logits(const char *path, const float *logits, int n) {
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(logits, sizeof(float), (size_t)n, f) != (size_t)n || fclose(f) != 0) {
+        fprintf(stderr, "nvlm run: cannot write %s\n", path);
+        return 1;
+    }
+    return 0;
+}
+
+static void print_ids(const char *key, const int32_t *ids, size_t n) {
+    printf("\"%s\": [", key);
+    for (size_t i = 0; i < n; i++) printf(i ? ", %d" : "%d", ids[i]);
+    printf("]");
+}
+
+static void print_json(const nvlm_answer *a) {
+    printf("{");
+    print_ids("prompt_ids", a->prompt_ids, a->n_prompt);
+    printf(", ");
+    print_ids("output_ids", a->output_ids, a->n_output);
+    printf(", \"response\": ");
+    cli_json_string(stdout, a->response, strlen(a->response));
+    printf(", \"num_patches_list\": [");
+    for (size_t i = 0; i < a->n_images; i++) printf(i ? ", %d" : "%d", a->num_patches[i]);
+    printf("], \"finish_reason\": \"%s\"}\n", a->finish_length ? "length" : "stop");
+}
+
+static int stream_token(void *user, int32_t id, const char *text, size_t len) {
+    (void)user, (void)id;
+    fwrite(text, 1, len, stdout);
+    fflush(stdout);
+    return 0;
+}
+
+typedef struct run_args {
+    cli_model_opts o;
+    const char *images[MAX_IMAGES];
+    int n_images;
+    const char *prompt, *history, *logits_out;
+    int json;
+} run_args;
+
+static int parse_args(int argc, char **argv, run_args *r) {
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int t = cli_model_flag("run", &r->o, argc, argv, &i);
+        if (t < 0) return 2;
+        if (t) continue;
+        int has_value = i + 1 < argc;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return -1;
+        } else if (!strcmp(a, "--json")) {
+            r->json = 1;
+        } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
+            r->o.quiet = 1;
+        } else if (!has_value && (!strcmp(a, "--image") || !strcmp(a, "-i") || !strcmp(a, "--prompt") ||
+                                  !strcmp(a, "-p") || !strcmp(a, "--history") || !strcmp(a, "--logits-out"))) {
+            return cli_usage_error("run", "%s needs a value", a);
+        } else if (!strcmp(a, "--image") || !strcmp(a, "-i")) {
+            if (r->n_images == MAX_IMAGES) return cli_usage_error("run", "at most %d images", MAX_IMAGES);
+            r->images[r->n_images++] = argv[++i];
+        } else if (!strcmp(a, "--prompt") || !strcmp(a, "-p")) {
+            r->prompt = argv[++i];
+        } else if (!strcmp(a, "--history")) {
+            r->history = argv[++i];
+        } else if (!strcmp(a, "--logits-out")) {
+            r->logits_out = argv[++i];
+        } else {
+            return cli_usage_error("run", "unknown option '%s'", a);
+        }
+    }
+    if (!r->prompt) return cli_usage_error("run", "--prompt TEXT is required");
+    return 0;
+}
 
 int cmd_run(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "nvlm run: not implemented yet\n");
-    return 1;
+    run_args r;
+    memset(&r, 0, sizeof r);
+    cli_model_opts_init(&r.o);
+    int rc = parse_args(argc, argv, &r);
+    if (rc) return rc < 0 ? 0 : rc;
+    nvlm_model *m = NULL;
+    nvlm_chat *c = NULL;
+    nvlm_answer ans = {0};
+    nvlm_err err = {0};
+    if ((rc = cli_load_model("run", &r.o, &m))) return rc;
+    if ((rc = cli_chat_new("run", &r.o, m, &c))) goto done;
+    if (r.history && (rc = load_history(r.history, c))) goto done;
+    for (int i = 0; i < r.n_images; i++)
+        if (nvlm_chat_add_image_file(c, r.images[i], &err)) {
+            rc = cli_report("run", &err);
+            goto done;
+        }
+    if (nvlm_chat_ask(c, r.prompt, &r.o.sampling, r.json ? NULL : stream_token, NULL, &ans, &err)) {
+        rc = cli_report("run", &err);
+        goto done;
+    }
+    if (r.json) print_json(&ans);
+    else printf("\n");
+    if (!r.o.quiet) cli_print_timings(&ans);
+    if (r.logits_out) rc = write_logits(r.logits_out, ans.last_logits, nvlm_model_vocab_size(m));
+done:
+    nvlm_answer_free(&ans);
+    nvlm_chat_free(c);
+    nvlm_model_free(m);
+    return rc;
 }

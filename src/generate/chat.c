@@ -1,0 +1,396 @@
+/* A conversation: chat()'s prompt, image encoding, prefill with KV-cache reuse, generation. */
+#include "core/err.h"
+#include "generate/prompt.h"
+#include "generate/sampler.h"
+#include "model/llm.h"
+#include "model/model.h"
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum { PREFILL_CHUNK = 512 };
+
+typedef struct chat_image {
+    int n_tiles;
+    float *pixels;    /* [n_tiles, 3, S, S] until encoded */
+    float *features;  /* [n_tiles * tokens_per_tile, h] once encoded */
+} chat_image;
+
+struct nvlm_chat {
+    nvlm_model *m;
+    char *system;            /* NULL: the template default */
+    int max_tiles;           /* 0: config max_dynamic_patch */
+    nvlm_turn *history;
+    int n_history, cap_history;
+    int history_given;
+    chat_image *images;
+    int n_images, cap_images;
+    nvlm_kv kv;
+    int32_t *cached;         /* the ids whose keys/values are in kv, kv.len of them */
+    size_t cap_cached;
+};
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+void nvlm_sampling_default(nvlm_sampling *s) {
+    memset(s, 0, sizeof *s);
+    s->top_p = 1.0f;
+    s->repetition_penalty = 1.0f;
+    s->max_new_tokens = 1024;
+}
+
+int nvlm_chat_new(nvlm_model *m, nvlm_chat **out, nvlm_err *err) {
+    *out = NULL;
+    if (!m) return nvlm_fail(err, NVLM_E_INVALID_ARG, "no model");
+    nvlm_chat *c = calloc(1, sizeof *c);
+    if (!c) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    c->m = m;
+    int rc = nvlm_kv_init(&c->kv, m, err);
+    if (rc) {
+        free(c);
+        return rc;
+    }
+    *out = c;
+    return NVLM_OK;
+}
+
+void nvlm_chat_free(nvlm_chat *c) {
+    if (!c) return;
+    for (int i = 0; i < c->n_history; i++) free(c->history[i].question), free(c->history[i].answer);
+    free(c->history);
+    for (int i = 0; i < c->n_images; i++) free(c->images[i].pixels), free(c->images[i].features);
+    free(c->images);
+    nvlm_kv_free(&c->kv);
+    free(c->cached);
+    free(c->system);
+    free(c);
+}
+
+int nvlm_chat_set_system(nvlm_chat *c, const char *system_message, nvlm_err *err) {
+    char *s = NULL;
+    if (system_message && !(s = strdup(system_message))) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    free(c->system);
+    c->system = s;
+    return NVLM_OK;
+}
+
+void nvlm_chat_set_max_tiles(nvlm_chat *c, int max_num) { c->max_tiles = max_num > 0 ? max_num : 0; }
+void nvlm_chat_mark_history(nvlm_chat *c) { c->history_given = 1; }
+
+static int push_turn(nvlm_chat *c, const char *q, const char *a, nvlm_err *err) {
+    if (c->n_history == c->cap_history) {
+        int cap = c->cap_history ? 2 * c->cap_history : 8;
+        nvlm_turn *h = realloc(c->history, sizeof *h * (size_t)cap);
+        if (!h) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+        c->history = h;
+        c->cap_history = cap;
+    }
+    nvlm_turn t = {strdup(q ? q : ""), strdup(a ? a : "")};
+    if (!t.question || !t.answer) {
+        free(t.question), free(t.answer);
+        return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    }
+    c->history[c->n_history++] = t;
+    c->history_given = 1;
+    return NVLM_OK;
+}
+
+int nvlm_chat_add_history(nvlm_chat *c, const char *question, const char *answer, nvlm_err *err) {
+    return push_turn(c, question, answer, err);
+}
+
+int nvlm_chat_add_image(nvlm_chat *c, const nvlm_image *img, nvlm_err *err) {
+    const nvlm_config *cfg = &c->m->cfg;
+    int max_num = c->max_tiles ? c->max_tiles : cfg->max_dynamic_patch;
+    int min_num = cfg->min_dynamic_patch < max_num ? cfg->min_dynamic_patch : max_num;
+    if (!cfg->dynamic_image_size) min_num = max_num = 1;
+    if (c->n_images == c->cap_images) {
+        int cap = c->cap_images ? 2 * c->cap_images : 4;
+        chat_image *n = realloc(c->images, sizeof *n * (size_t)cap);
+        if (!n) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+        c->images = n;
+        c->cap_images = cap;
+    }
+    nvlm_tiles tiles;
+    int rc = nvlm_image_tile(img, cfg->image_size, min_num, max_num, cfg->use_thumbnail, &tiles, err);
+    if (rc) return rc;
+    size_t S = (size_t)tiles.size, per = 3 * S * S;
+    float *px = malloc(sizeof(float) * per * (size_t)tiles.num_tiles);
+    if (!px) {
+        nvlm_tiles_free(&tiles);
+        return nvlm_fail(err, NVLM_E_NOMEM, "out of memory for %d tiles", tiles.num_tiles);
+    }
+    for (int i = 0; i < tiles.num_tiles; i++) nvlm_tile_normalize(tiles.rgb + (size_t)i * per, (int)S, px + (size_t)i * per);
+    c->images[c->n_images++] = (chat_image){tiles.num_tiles, px, NULL};
+    nvlm_tiles_free(&tiles);
+    return NVLM_OK;
+}
+
+int nvlm_chat_add_image_file(nvlm_chat *c, const char *path, nvlm_err *err) {
+    nvlm_image img;
+    int rc = nvlm_image_load(path, NULL, &img, err);
+    if (rc) return rc;
+    rc = nvlm_chat_add_image(c, &img, err);
+    nvlm_image_free(&img);
+    return rc;
+}
+
+/* Runs the vision path on every image not encoded yet. */
+static int encode_pending_images(nvlm_chat *c, nvlm_err *err) {
+    nvlm_model *m = c->m;
+    size_t per_tile = (size_t)nvlm_cfg_tokens_per_tile(&m->cfg) * m->cfg.llm.hidden_size;
+    for (int i = 0; i < c->n_images; i++) {
+        chat_image *im = &c->images[i];
+        if (im->features) continue;
+        im->features = malloc(sizeof(float) * per_tile * (size_t)im->n_tiles);
+        if (!im->features) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory for image features");
+        int rc = nvlm_encode_tiles(m, im->pixels, im->n_tiles, im->features, err);
+        if (rc) {
+            free(im->features);
+            im->features = NULL;
+            return rc;
+        }
+        free(im->pixels);
+        im->pixels = NULL;
+    }
+    return NVLM_OK;
+}
+
+/* The question as chat() sees it: "<image>\n" in front when history is None, images were
+ * given and the question has no placeholder. */
+static char *effective_question(const nvlm_chat *c, const char *question) {
+    if (c->history_given || c->n_images == 0 || strstr(question, "<image>")) return strdup(question);
+    size_t n = strlen(question);
+    char *q = malloc(n + 9);
+    if (q) memcpy(q, "<image>\n", 8), memcpy(q + 8, question, n + 1);
+    return q;
+}
+
+/* The full prompt's ids for the conversation so far plus question. */
+static int build_prompt_ids(nvlm_chat *c, const char *question, int32_t **ids, size_t *n, nvlm_err *err) {
+    nvlm_model *m = c->m;
+    nvlm_buf tmpl = {0}, full = {0};
+    int *patches = malloc(sizeof(int) * (size_t)(c->n_images + 1));
+    int rc = patches ? nvlm_prompt_template(c->system, c->history, c->n_history, question, &tmpl) : NVLM_E_NOMEM;
+    if (rc) {
+        free(patches);
+        return nvlm_fail(err, NVLM_E_NOMEM, "out of memory building the prompt");
+    }
+    for (int i = 0; i < c->n_images; i++) patches[i] = c->images[i].n_tiles;
+    rc = nvlm_expand_images(tmpl.data, patches, c->n_images, "<|vision_pad|>", nvlm_cfg_tokens_per_tile(&m->cfg), &full, err);
+    if (!rc) rc = nvlm_tokenizer_encode(m->tok, full.data, full.len, ids, n, err);
+    nvlm_buf_free(&tmpl);
+    nvlm_buf_free(&full);
+    free(patches);
+    return rc;
+}
+
+/* Embeddings of ids[from, to): token rows, image feature rows at IMG_CONTEXT positions. */
+static int embed_range(nvlm_chat *c, const int32_t *ids, size_t from, size_t to, float *out, nvlm_err *err) {
+    nvlm_model *m = c->m;
+    const int h = m->cfg.llm.hidden_size, tpt = nvlm_cfg_tokens_per_tile(&m->cfg);
+    size_t row = 0; /* index of the image-context token among all of the prompt */
+    for (size_t i = 0; i < from; i++) row += ids[i] == m->id_img_context;
+    for (size_t i = from; i < to; i++) {
+        float *o = out + (i - from) * h;
+        if (ids[i] != m->id_img_context) {
+            int rc = nvlm_embed_tokens(m, &ids[i], 1, o, err);
+            if (rc) return rc;
+            continue;
+        }
+        size_t r = row++;
+        int img = 0;
+        while (img < c->n_images && r >= (size_t)c->images[img].n_tiles * tpt) r -= (size_t)c->images[img++].n_tiles * tpt;
+        if (img == c->n_images)
+            return nvlm_fail(err, NVLM_E_INVALID_ARG, "the prompt has more %s tokens than the images provide",
+                             "<|vision_pad|>");
+        memcpy(o, c->images[img].features + r * h, sizeof(float) * h);
+    }
+    return NVLM_OK;
+}
+
+static int check_image_tokens(const nvlm_chat *c, const int32_t *ids, size_t n, nvlm_err *err) {
+    size_t have = 0, want = 0;
+    for (size_t i = 0; i < n; i++) have += ids[i] == c->m->id_img_context;
+    for (int i = 0; i < c->n_images; i++) want += (size_t)c->images[i].n_tiles * nvlm_cfg_tokens_per_tile(&c->m->cfg);
+    if (have != want)
+        return nvlm_fail(err, NVLM_E_INVALID_ARG,
+                         "the prompt has %zu <|vision_pad|> tokens but the images give %zu features "
+                         "(is <|vision_pad|> written in the text?)", have, want);
+    return NVLM_OK;
+}
+
+/* Records that positions [from, to) of the cache hold src[0 .. to-from). */
+static int remember_ids(nvlm_chat *c, const int32_t *src, size_t from, size_t to, nvlm_err *err) {
+    if (to > c->cap_cached) {
+        size_t cap = c->cap_cached ? c->cap_cached : 256;
+        while (cap < to) cap *= 2;
+        int32_t *n = realloc(c->cached, sizeof *n * cap);
+        if (!n) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+        c->cached = n;
+        c->cap_cached = cap;
+    }
+    memcpy(c->cached + from, src, sizeof *src * (to - from));
+    return NVLM_OK;
+}
+
+/* Runs ids[from, n) through the decoder (in chunks), leaving the last position's logits. */
+static int prefill(nvlm_chat *c, const int32_t *ids, size_t from, size_t n, float *logits, nvlm_err *err) {
+    const int h = c->m->cfg.llm.hidden_size;
+    float *emb = malloc(sizeof(float) * (size_t)h * PREFILL_CHUNK);
+    if (!emb) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    int rc = NVLM_OK;
+    for (size_t b = from; b < n && !rc; b += PREFILL_CHUNK) {
+        size_t e = b + PREFILL_CHUNK < n ? b + PREFILL_CHUNK : n;
+        rc = embed_range(c, ids, b, e, emb, err);
+        if (!rc) rc = nvlm_llm_forward(c->m, &c->kv, emb, (int)(e - b), NULL, e == n ? logits : NULL, 0, err);
+        if (!rc) rc = remember_ids(c, ids + b, b, e, err);
+    }
+    free(emb);
+    return rc;
+}
+
+static size_t common_prefix(const int32_t *a, size_t na, const int32_t *b, size_t nb) {
+    size_t i = 0;
+    while (i < na && i < nb && a[i] == b[i]) i++;
+    return i;
+}
+
+typedef struct gen_state {
+    int32_t *out;
+    size_t n_out;
+    nvlm_buf text;       /* decoded so far (special tokens skipped), for stop strings */
+    nvlm_detok *detok;
+} gen_state;
+
+/* Position of the earliest stop string in text, or -1. */
+static long find_stop(const char *text, const char *const *stop) {
+    long best = -1;
+    for (int i = 0; stop && stop[i]; i++) {
+        if (!*stop[i]) continue;
+        const char *hit = strstr(text, stop[i]);
+        if (hit && (best < 0 || hit - text < best)) best = hit - text;
+    }
+    return best;
+}
+
+static int generate(nvlm_chat *c, const int32_t *prompt, size_t n_prompt, float *logits, const nvlm_sampling *s,
+                    nvlm_token_fn on_token, void *user, gen_state *g, int *finish_length, nvlm_err *err) {
+    nvlm_model *m = c->m;
+    const int V = m->cfg.llm.vocab_size, h = m->cfg.llm.hidden_size;
+    nvlm_rng rng;
+    nvlm_rng_seed(&rng, s->seed);
+    float *emb = malloc(sizeof(float) * h);
+    g->out = malloc(sizeof(int32_t) * (size_t)(s->max_new_tokens > 0 ? s->max_new_tokens : 1));
+    int32_t *seen = malloc(sizeof(int32_t) * (n_prompt + (size_t)s->max_new_tokens + 1));
+    int rc = emb && g->out && seen ? NVLM_OK : nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    if (!rc) rc = nvlm_detok_new(m->tok, 1, &g->detok, err);
+    if (!rc) memcpy(seen, prompt, sizeof(int32_t) * n_prompt);
+    *finish_length = 1;
+    for (int step = 0; !rc && step < s->max_new_tokens; step++) {
+        if (s->repetition_penalty != 1.0f)
+            nvlm_repetition_penalty(logits, V, seen, n_prompt + g->n_out, s->repetition_penalty);
+        int32_t id = nvlm_sample(logits, V, s, &rng, NULL);
+        g->out[g->n_out++] = id;
+        seen[n_prompt + g->n_out - 1] = id;
+        char *piece = NULL;
+        size_t plen = 0;
+        if ((rc = nvlm_detok_push(g->detok, id, &piece, &plen, err))) break;
+        if (nvlm_buf_append(&g->text, piece, plen)) rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+        int stop_user = !rc && on_token && on_token(user, id, piece, plen);
+        free(piece);
+        if (rc) break;
+        if (id == m->id_im_end || (g->text.data && find_stop(g->text.data, s->stop) >= 0) || stop_user) {
+            *finish_length = 0;
+            break;
+        }
+        if (step + 1 == s->max_new_tokens) break;
+        if ((rc = nvlm_embed_tokens(m, &id, 1, emb, err))) break;
+        if ((rc = nvlm_llm_forward(m, &c->kv, emb, 1, NULL, logits, 0, err))) break;
+        rc = remember_ids(c, &id, (size_t)c->kv.len - 1, (size_t)c->kv.len, err);
+    }
+    free(emb);
+    free(seen);
+    return rc;
+}
+
+/* decode(skip special) -> before first "<|im_end|>" -> before a stop string -> str.strip(). */
+static int make_response(nvlm_chat *c, const gen_state *g, const nvlm_sampling *s, char **out, nvlm_err *err) {
+    size_t len;
+    int rc = nvlm_tokenizer_decode(c->m->tok, g->out, g->n_out, 1, out, &len, err);
+    if (rc) return rc;
+    char *cut = strstr(*out, "<|im_end|>");
+    if (cut) *cut = 0;
+    long st = find_stop(*out, s->stop);
+    if (st >= 0) (*out)[st] = 0;
+    nvlm_py_strip(*out);
+    return NVLM_OK;
+}
+
+int nvlm_chat_ask(nvlm_chat *c, const char *question, const nvlm_sampling *s_in, nvlm_token_fn on_token,
+                  void *user, nvlm_answer *out, nvlm_err *err) {
+    memset(out, 0, sizeof *out);
+    if (!c || !question) return nvlm_fail(err, NVLM_E_INVALID_ARG, "no chat or no question");
+    nvlm_sampling s;
+    if (s_in) s = *s_in;
+    else nvlm_sampling_default(&s);
+    nvlm_model *m = c->m;
+    const int V = m->cfg.llm.vocab_size;
+    char *q = effective_question(c, question);
+    if (!q) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    gen_state g = {0};
+    float *logits = malloc(sizeof(float) * V);
+    int rc = logits ? NVLM_OK : nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    double t0 = now_ms();
+    if (!rc) rc = encode_pending_images(c, err);
+    double t1 = now_ms();
+    if (!rc) rc = build_prompt_ids(c, q, &out->prompt_ids, &out->n_prompt, err);
+    if (!rc) rc = check_image_tokens(c, out->prompt_ids, out->n_prompt, err);
+    if (!rc && out->n_prompt == 0) rc = nvlm_fail(err, NVLM_E_INVALID_ARG, "empty prompt");
+    if (!rc) {
+        size_t keep = common_prefix(c->cached, (size_t)c->kv.len, out->prompt_ids, out->n_prompt);
+        if (keep == out->n_prompt) keep--; /* recompute the last position for its logits */
+        nvlm_kv_truncate(&c->kv, (int)keep);
+        rc = prefill(c, out->prompt_ids, keep, out->n_prompt, logits, err);
+    }
+    double t2 = now_ms();
+    if (!rc) {
+        out->last_logits = malloc(sizeof(float) * V);
+        if (!out->last_logits) rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+        else memcpy(out->last_logits, logits, sizeof(float) * V);
+    }
+    if (!rc) rc = generate(c, out->prompt_ids, out->n_prompt, logits, &s, on_token, user, &g, &out->finish_length, err);
+    double t3 = now_ms();
+    if (!rc) rc = make_response(c, &g, &s, &out->response, err);
+    if (!rc) rc = push_turn(c, q, out->response, err);
+    if (!rc) {
+        out->output_ids = g.out;
+        out->n_output = g.n_out;
+        g.out = NULL;
+        out->n_images = (size_t)c->n_images;
+        out->num_patches = malloc(sizeof(int) * (size_t)(c->n_images + 1));
+        for (int i = 0; out->num_patches && i < c->n_images; i++) out->num_patches[i] = c->images[i].n_tiles;
+        out->vit_ms = t1 - t0, out->prompt_ms = t2 - t1, out->gen_ms = t3 - t2;
+    }
+    free(g.out);
+    nvlm_buf_free(&g.text);
+    nvlm_detok_free(g.detok);
+    free(logits);
+    free(q);
+    if (rc) nvlm_answer_free(out);
+    return rc;
+}
+
+void nvlm_answer_free(nvlm_answer *a) {
+    if (!a) return;
+    free(a->response);
+    free(a->prompt_ids);
+    free(a->output_ids);
+    free(a->num_patches);
+    free(a->last_logits);
+    memset(a, 0, sizeof *a);
+}

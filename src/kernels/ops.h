@@ -1,0 +1,54 @@
+/* ops.h - the numeric kernels of the engine (float32 activations; weights F32, F16 or BF16
+ * read in place from the checkpoint mapping). Each kernel has a portable scalar version;
+ * matmul work is split over the thread pool by output rows so results do not depend on the
+ * number of threads. Internal. */
+#ifndef NVLM_KERNELS_OPS_H
+#define NVLM_KERNELS_OPS_H
+#include "kernels/pool.h"
+#include "model/safetensors.h"
+#include <stddef.h>
+#include <stdint.h>
+
+/* A weight matrix [rows = out features, cols = in features], row-major, as nn.Linear stores it. */
+typedef struct nvlm_wmat {
+    nvlm_dtype dtype;
+    int rows, cols;
+    const void *data;
+} nvlm_wmat;
+
+/* A weight vector (norm weights, biases) converted once to float32 at load. */
+static inline float nvlm_bf16_to_f32(uint16_t b) {
+    union { uint32_t u; float f; } v = {(uint32_t)b << 16};
+    return v.f;
+}
+float nvlm_f16_to_f32(uint16_t h);
+/* Round-to-nearest-even float32 -> bf16 bits (as torch). */
+uint16_t nvlm_f32_to_bf16(float f);
+uint16_t nvlm_f32_to_f16(float f);
+
+/* Converts n elements of dtype at src to float32. */
+void nvlm_to_f32(float *dst, const void *src, nvlm_dtype dtype, size_t n);
+
+/* y[t, o] = sum_i x[t, i] * W[o, i] (+ bias[o]) for t < n_tok: y = x @ W^T + b.
+ * x is [n_tok, W.cols], y is [n_tok, W.rows] (may not alias x). bias may be NULL. */
+void nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
+                 const float *bias);
+
+/* out = x * rsqrt(mean(x[:n_stat]^2) + eps) * w over n values (n_stat <= n: InternViT's
+ * QK-norm takes the statistic over the real heads only). out may alias x. */
+void nvlm_rmsnorm(float *out, const float *x, const float *w, int n, int n_stat, float eps);
+/* LayerNorm with biased variance. out may alias x. */
+void nvlm_layernorm(float *out, const float *x, const float *w, const float *b, int n, float eps);
+/* Exact GELU 0.5 x (1 + erf(x / sqrt 2)), in place. */
+void nvlm_gelu(float *x, size_t n);
+/* a = silu(a) * b, in place on a. */
+void nvlm_silu_mul(float *a, const float *b, size_t n);
+/* In-place softmax over n values (a row of -inf values gives zeros, never NaN). */
+void nvlm_softmax(float *x, int n);
+/* Index of the largest value (first on ties). */
+int nvlm_argmax(const float *x, int n);
+/* Dot product with a fixed summation order (8 partial sums). */
+float nvlm_dot(const float *a, const float *b, int n);
+/* y += a * x */
+void nvlm_axpy(float *y, float a, const float *x, int n);
+#endif

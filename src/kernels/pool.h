@@ -1,0 +1,24 @@
+/* pool.h - a fixed set of worker threads that run one parallel loop at a time.
+ * Work is split into contiguous index ranges decided only by (n, n_threads), and each
+ * index is computed by exactly one thread in the same order, so results never depend on
+ * timing. Workers spin briefly on a new job, then sleep on a condition variable, so a busy
+ * neighbour process does not collapse throughput. Internal. */
+#ifndef NVLM_KERNELS_POOL_H
+#define NVLM_KERNELS_POOL_H
+#include "nvlm.h"
+#include <stddef.h>
+
+typedef struct nvlm_pool nvlm_pool;
+
+/* fn(ctx, begin, end, thread_index) handles indices [begin, end). */
+typedef void (*nvlm_pool_fn)(void *ctx, size_t begin, size_t end, int thread);
+
+/* n_threads <= 0: one per online CPU. */
+int nvlm_pool_new(int n_threads, nvlm_pool **out, nvlm_err *err);
+void nvlm_pool_free(nvlm_pool *p);
+int nvlm_pool_threads(const nvlm_pool *p);
+
+/* Runs fn over [0, n) split into chunks of at least `grain` indices; returns when all are
+ * done. pool may be NULL (runs inline). Not reentrant: do not call from inside fn. */
+void nvlm_pool_run(nvlm_pool *p, size_t n, size_t grain, nvlm_pool_fn fn, void *ctx);
+#endif

@@ -1,0 +1,197 @@
+/* Qwen2: RMSNorm, GQA self-attention with biases and rotate-half RoPE, SwiGLU MLP. */
+#include "model/llm.h"
+#include "core/err.h"
+#include "kernels/attention.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+int nvlm_kv_init(nvlm_kv *kv, const nvlm_model *m, nvlm_err *err) {
+    memset(kv, 0, sizeof *kv);
+    kv->n_layers = m->cfg.llm.num_layers;
+    kv->kv_dim = m->cfg.llm.num_kv_heads * nvlm_cfg_head_dim(&m->cfg);
+    kv->k = calloc((size_t)kv->n_layers, sizeof *kv->k);
+    kv->v = calloc((size_t)kv->n_layers, sizeof *kv->v);
+    if (!kv->k || !kv->v) {
+        nvlm_kv_free(kv);
+        return nvlm_fail(err, NVLM_E_NOMEM, "out of memory for the KV cache");
+    }
+    return NVLM_OK;
+}
+
+int nvlm_kv_reserve(nvlm_kv *kv, int extra, nvlm_err *err) {
+    if (kv->len + extra <= kv->cap) return NVLM_OK;
+    int cap = kv->cap ? kv->cap : 256;
+    while (cap < kv->len + extra) cap *= 2;
+    for (int l = 0; l < kv->n_layers; l++) {
+        float *k = realloc(kv->k[l], sizeof(float) * (size_t)cap * kv->kv_dim);
+        if (k) kv->k[l] = k;
+        float *v = k ? realloc(kv->v[l], sizeof(float) * (size_t)cap * kv->kv_dim) : NULL;
+        if (v) kv->v[l] = v;
+        if (!k || !v)
+            return nvlm_fail(err, NVLM_E_NOMEM, "out of memory growing the KV cache to %d positions", cap);
+    }
+    kv->cap = cap;
+    return NVLM_OK;
+}
+
+void nvlm_kv_truncate(nvlm_kv *kv, int len) {
+    if (len < kv->len) kv->len = len < 0 ? 0 : len;
+}
+
+void nvlm_kv_free(nvlm_kv *kv) {
+    for (int l = 0; kv->k && l < kv->n_layers; l++) free(kv->k[l]);
+    for (int l = 0; kv->v && l < kv->n_layers; l++) free(kv->v[l]);
+    free(kv->k);
+    free(kv->v);
+    memset(kv, 0, sizeof *kv);
+}
+
+int nvlm_embed_tokens(const nvlm_model *m, const int32_t *ids, int n, float *out, nvlm_err *err) {
+    int h = m->cfg.llm.hidden_size;
+    size_t row_bytes = (size_t)h * nvlm_dtype_size(m->embed.dtype);
+    for (int t = 0; t < n; t++) {
+        if (ids[t] < 0 || ids[t] >= m->embed.rows)
+            return nvlm_fail(err, NVLM_E_INVALID_ARG, "token id %d is outside the vocabulary (%d rows)", ids[t], m->embed.rows);
+        nvlm_to_f32(out + (size_t)t * h, (const uint8_t *)m->embed.data + (size_t)ids[t] * row_bytes, m->embed.dtype, (size_t)h);
+    }
+    return NVLM_OK;
+}
+
+/* cos/sin [n_tok, d/2] for positions pos0.. (angles in double, rounded to float as the
+ * reference does). Dynamic NTK scaling applies once the sequence exceeds the trained length. */
+static void rope_table(const nvlm_llm_config *c, int d, int pos0, int n_tok, float *cs, float *sn) {
+    double base = c->rope_theta;
+    int seq = pos0 + n_tok;
+    if (!strcmp(c->rope_scaling_type, "dynamic") && seq > c->max_position_embeddings) {
+        double f = c->rope_scaling_factor;
+        base *= pow(f * seq / c->max_position_embeddings - (f - 1), (double)d / (d - 2));
+    }
+    for (int i = 0; i < d / 2; i++) {
+        double inv = 1.0 / pow(base, (double)(2 * i) / d);
+        for (int t = 0; t < n_tok; t++) {
+            double a = (double)(pos0 + t) * inv;
+            cs[(size_t)t * (d / 2) + i] = (float)cos(a);
+            sn[(size_t)t * (d / 2) + i] = (float)sin(a);
+        }
+    }
+}
+
+static void rope_apply(float *x, int n_heads, int d, const float *cs, const float *sn) {
+    int h2 = d / 2;
+    for (int hh = 0; hh < n_heads; hh++) {
+        float *v = x + (size_t)hh * d;
+        for (int i = 0; i < h2; i++) {
+            float x1 = v[i], x2 = v[i + h2];
+            v[i] = x1 * cs[i] - x2 * sn[i];
+            v[i + h2] = x2 * cs[i] + x1 * sn[i];
+        }
+    }
+}
+
+typedef struct self_attn_job {
+    const float *q;      /* [n_tok, n_h d] */
+    const float *k, *v;  /* cache of this layer [len, kv_dim] */
+    float *out;          /* [n_tok, n_h d] */
+    int n_tok, pos0, n_h, group, d, kv_dim;
+    float scale;
+} self_attn_job;
+
+/* One unit = (token, head): causal attention over positions 0..pos0+t. */
+static void self_attn_units(void *ctx, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const self_attn_job *j = ctx;
+    float *scores = malloc(sizeof(float) * (size_t)(j->pos0 + j->n_tok));
+    if (!scores) return;
+    for (size_t u = begin; u < end; u++) {
+        int t = (int)(u / (size_t)j->n_h), a = (int)(u % (size_t)j->n_h), g = a / j->group;
+        const float *q = j->q + ((size_t)t * j->n_h + a) * j->d;
+        nvlm_attend(q, j->k + (size_t)g * j->d, (size_t)j->kv_dim, j->v + (size_t)g * j->d, (size_t)j->kv_dim,
+                    j->pos0 + t + 1, j->d, j->scale, scores, j->out + ((size_t)t * j->n_h + a) * j->d);
+    }
+    free(scores);
+}
+
+typedef struct llm_buffers {
+    float *x, *y, *q, *k, *v, *att, *gate, *up, *cs, *sn;
+} llm_buffers;
+
+static void llm_buffers_free(llm_buffers *b) {
+    free(b->x), free(b->y), free(b->q), free(b->k), free(b->v);
+    free(b->att), free(b->gate), free(b->up), free(b->cs), free(b->sn);
+}
+
+static int llm_buffers_alloc(llm_buffers *b, const nvlm_llm_config *c, int n) {
+    int h = c->hidden_size, d = h / c->num_heads, qd = c->num_heads * d, kvd = c->num_kv_heads * d;
+    size_t N = (size_t)n;
+    b->x = malloc(sizeof(float) * N * h);
+    b->y = malloc(sizeof(float) * N * h);
+    b->q = malloc(sizeof(float) * N * qd);
+    b->k = malloc(sizeof(float) * N * kvd);
+    b->v = malloc(sizeof(float) * N * kvd);
+    b->att = malloc(sizeof(float) * N * qd);
+    b->gate = malloc(sizeof(float) * N * c->intermediate_size);
+    b->up = malloc(sizeof(float) * N * c->intermediate_size);
+    b->cs = malloc(sizeof(float) * N * (d / 2));
+    b->sn = malloc(sizeof(float) * N * (d / 2));
+    return b->x && b->y && b->q && b->k && b->v && b->att && b->gate && b->up && b->cs && b->sn ? 0 : -1;
+}
+
+static void llm_layer_forward(nvlm_model *m, nvlm_kv *kv, int l, int n, llm_buffers *b) {
+    const nvlm_llm_config *c = &m->cfg.llm;
+    const llm_layer *L = &m->llm[l];
+    const int h = c->hidden_size, d = h / c->num_heads, kvd = kv->kv_dim, pos0 = kv->len;
+    for (int t = 0; t < n; t++) nvlm_rmsnorm(b->y + (size_t)t * h, b->x + (size_t)t * h, L->input_norm, h, h, c->rms_norm_eps);
+    nvlm_matmul(m->pool, b->q, b->y, n, &L->wq, L->bq);
+    nvlm_matmul(m->pool, b->k, b->y, n, &L->wk, L->bk);
+    nvlm_matmul(m->pool, b->v, b->y, n, &L->wv, L->bv);
+    for (int t = 0; t < n; t++) {
+        const float *cs = b->cs + (size_t)t * (d / 2), *sn = b->sn + (size_t)t * (d / 2);
+        rope_apply(b->q + (size_t)t * c->num_heads * d, c->num_heads, d, cs, sn);
+        rope_apply(b->k + (size_t)t * kvd, c->num_kv_heads, d, cs, sn);
+    }
+    memcpy(kv->k[l] + (size_t)pos0 * kvd, b->k, sizeof(float) * (size_t)n * kvd);
+    memcpy(kv->v[l] + (size_t)pos0 * kvd, b->v, sizeof(float) * (size_t)n * kvd);
+    self_attn_job aj = {b->q, kv->k[l], kv->v[l], b->att, n, pos0, c->num_heads,
+                        c->num_heads / c->num_kv_heads, d, kvd, 1.0f / sqrtf((float)d)};
+    nvlm_pool_run(m->pool, (size_t)n * c->num_heads, 1, self_attn_units, &aj);
+    nvlm_matmul(m->pool, b->y, b->att, n, &L->wo, NULL);
+    for (size_t i = 0; i < (size_t)n * h; i++) b->x[i] += b->y[i];
+    for (int t = 0; t < n; t++) nvlm_rmsnorm(b->y + (size_t)t * h, b->x + (size_t)t * h, L->post_norm, h, h, c->rms_norm_eps);
+    nvlm_matmul(m->pool, b->gate, b->y, n, &L->gate, NULL);
+    nvlm_matmul(m->pool, b->up, b->y, n, &L->up, NULL);
+    nvlm_silu_mul(b->gate, b->up, (size_t)n * c->intermediate_size);
+    nvlm_matmul(m->pool, b->y, b->gate, n, &L->down, NULL);
+    for (size_t i = 0; i < (size_t)n * h; i++) b->x[i] += b->y[i];
+}
+
+int nvlm_llm_forward(nvlm_model *m, nvlm_kv *kv, const float *embeds, int n, const nvlm_llm_hooks *hooks,
+                     float *logits, int all_logits, nvlm_err *err) {
+    const nvlm_llm_config *c = &m->cfg.llm;
+    const int h = c->hidden_size, d = h / c->num_heads;
+    if (n <= 0) return nvlm_fail(err, NVLM_E_INVALID_ARG, "no tokens to run");
+    int rc = nvlm_kv_reserve(kv, n, err);
+    if (rc) return rc;
+    llm_buffers b = {0};
+    if (llm_buffers_alloc(&b, c, n)) {
+        llm_buffers_free(&b);
+        return nvlm_fail(err, NVLM_E_NOMEM, "out of memory running %d tokens", n);
+    }
+    memcpy(b.x, embeds, sizeof(float) * (size_t)n * h);
+    rope_table(c, d, kv->len, n, b.cs, b.sn);
+    for (int l = 0; l < c->num_layers && !rc; l++) {
+        if (hooks && hooks->before_layer) rc = hooks->before_layer(hooks->user, l, b.x, n, kv->len, err);
+        if (!rc) llm_layer_forward(m, kv, l, n, &b);
+    }
+    if (!rc) {
+        kv->len += n;
+        if (logits) {
+            int first = all_logits ? 0 : n - 1;
+            for (int t = first; t < n; t++)
+                nvlm_rmsnorm(b.y + (size_t)(t - first) * h, b.x + (size_t)t * h, m->final_norm, h, h, c->rms_norm_eps);
+            nvlm_matmul(m->pool, logits, b.y, n - first, &m->lm_head, NULL);
+        }
+    }
+    llm_buffers_free(&b);
+    return rc;
+}

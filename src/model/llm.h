@@ -1,0 +1,33 @@
+/* llm.h - the Qwen2 decoder with its KV cache (design note §7). Internal. */
+#ifndef NVLM_MODEL_LLM_H
+#define NVLM_MODEL_LLM_H
+#include "model/model.h"
+
+/* Rotated keys and values of every layer for positions [0, len). */
+typedef struct nvlm_kv {
+    int n_layers, kv_dim;
+    int len, cap;
+    float **k, **v;     /* [n_layers][cap * kv_dim] */
+} nvlm_kv;
+
+int nvlm_kv_init(nvlm_kv *kv, const nvlm_model *m, nvlm_err *err);
+/* Makes room for `extra` more positions. */
+int nvlm_kv_reserve(nvlm_kv *kv, int extra, nvlm_err *err);
+/* Forgets positions >= len (prefix reuse). */
+void nvlm_kv_truncate(nvlm_kv *kv, int len);
+void nvlm_kv_free(nvlm_kv *kv);
+
+/* Called with the hidden states entering each LLM layer (NVLM-X/H cross-attention). */
+typedef struct nvlm_llm_hooks {
+    int (*before_layer)(void *user, int layer, float *x, int n_tok, int pos0, nvlm_err *err);
+    void *user;
+} nvlm_llm_hooks;
+
+/* Embedding rows of ids into out [n, h]. Ids outside the vocabulary are an error. */
+int nvlm_embed_tokens(const nvlm_model *m, const int32_t *ids, int n, float *out, nvlm_err *err);
+
+/* Runs n_tok embeddings (positions kv->len ...) through the decoder, appending to the cache.
+ * logits: NULL, or [V] for the last position (all_logits 0), or [n_tok, V] (all_logits 1). */
+int nvlm_llm_forward(nvlm_model *m, nvlm_kv *kv, const float *embeds, int n_tok,
+                     const nvlm_llm_hooks *hooks, float *logits, int all_logits, nvlm_err *err);
+#endif

@@ -1,0 +1,301 @@
+/* Loading a model folder: config, checkpoint, tokenizer, and binding every tensor to the
+ * layer that uses it. Matrices stay in the mapping in their stored dtype; vectors (norms,
+ * biases, embeddings of the ViT) are converted once to float32. */
+#include "core/err.h"
+#include "model/model.h"
+#include "model/tensors.h"
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct binder {
+    nvlm_model *m;
+    nvlm_err *err;
+    char name[256];
+} binder;
+
+static int own(nvlm_model *m, float *p) {
+    if (m->n_owned == m->cap_owned) {
+        int cap = m->cap_owned ? m->cap_owned * 2 : 64;
+        float **n = realloc(m->owned, sizeof *n * (size_t)cap);
+        if (!n) return -1;
+        m->owned = n;
+        m->cap_owned = cap;
+    }
+    m->owned[m->n_owned++] = p;
+    return 0;
+}
+
+/* A matrix [rows, cols] used in place. */
+static int bind_mat(binder *b, nvlm_wmat *out, int rows, int cols) {
+    const nvlm_tensor *t;
+    int64_t shape[2] = {rows, cols};
+    int rc = nvlm_st_expect(b->m->st, b->name, 2, shape, &t, b->err);
+    if (rc) return rc;
+    out->dtype = t->dtype;
+    out->rows = rows;
+    out->cols = cols;
+    out->data = t->data;
+    return NVLM_OK;
+}
+
+/* A tensor of any shape whose numel must be n, copied to float32. */
+static int bind_vec_shape(binder *b, const float **out, int ndim, const int64_t *shape) {
+    const nvlm_tensor *t;
+    int rc = nvlm_st_expect(b->m->st, b->name, ndim, shape, &t, b->err);
+    if (rc) return rc;
+    float *v = malloc(sizeof(float) * (size_t)t->numel);
+    if (!v || own(b->m, v)) {
+        free(v);
+        return nvlm_fail(b->err, NVLM_E_NOMEM, "out of memory loading %s", b->name);
+    }
+    nvlm_to_f32(v, t->data, t->dtype, (size_t)t->numel);
+    *out = v;
+    return NVLM_OK;
+}
+
+static int bind_vec(binder *b, const float **out, int n) {
+    int64_t shape[1] = {n};
+    return bind_vec_shape(b, out, 1, shape);
+}
+
+#define NAME(...) snprintf(b->name, sizeof b->name, __VA_ARGS__)
+
+static int bind_vit(binder *b) {
+    nvlm_model *m = b->m;
+    const nvlm_vision_config *v = &m->cfg.vision;
+    int C = v->hidden_size, p = v->patch_size, G = m->cfg.image_size / p;
+    int E = m->vit_width, I = v->intermediate_size;
+    int rc;
+    NAME("vision_model.embeddings.patch_embedding.weight");
+    {
+        const nvlm_tensor *t;
+        int64_t shape[4] = {C, v->num_channels, p, p};
+        if ((rc = nvlm_st_expect(m->st, b->name, 4, shape, &t, b->err))) return rc;
+        m->patch = (nvlm_wmat){t->dtype, C, v->num_channels * p * p, t->data};
+    }
+    NAME("vision_model.embeddings.patch_embedding.bias");
+    if ((rc = bind_vec(b, &m->patch_bias, C))) return rc;
+    NAME("vision_model.embeddings.class_embedding");
+    int64_t cls_shape[3] = {1, 1, C};
+    if ((rc = bind_vec_shape(b, &m->cls, 3, cls_shape))) return rc;
+    NAME("vision_model.embeddings.position_embedding");
+    int64_t pos_shape[3] = {1, (int64_t)G * G + 1, C};
+    if ((rc = bind_vec_shape(b, &m->pos, 3, pos_shape))) return rc;
+    m->vit = calloc((size_t)v->num_layers, sizeof *m->vit);
+    if (!m->vit) return nvlm_fail(b->err, NVLM_E_NOMEM, "out of memory");
+    for (int i = 0; i < v->num_layers; i++) {
+        vit_layer *L = &m->vit[i];
+        const char *pre = "vision_model.encoder.layers";
+        NAME("%s.%d.norm1.weight", pre, i);
+        if ((rc = bind_vec(b, &L->norm1, C))) return rc;
+        NAME("%s.%d.norm2.weight", pre, i);
+        if ((rc = bind_vec(b, &L->norm2, C))) return rc;
+        NAME("%s.%d.attn.qkv.weight", pre, i);
+        if ((rc = bind_mat(b, &L->qkv, 3 * E, C))) return rc;
+        NAME("%s.%d.attn.q_norm.weight", pre, i);
+        if ((rc = bind_vec(b, &L->q_norm, E))) return rc;
+        NAME("%s.%d.attn.k_norm.weight", pre, i);
+        if ((rc = bind_vec(b, &L->k_norm, E))) return rc;
+        NAME("%s.%d.attn.proj.weight", pre, i);
+        if ((rc = bind_mat(b, &L->proj, C, E))) return rc;
+        NAME("%s.%d.attn.proj.bias", pre, i);
+        if ((rc = bind_vec(b, &L->proj_bias, C))) return rc;
+        NAME("%s.%d.ls1", pre, i);
+        if ((rc = bind_vec(b, &L->ls1, C))) return rc;
+        NAME("%s.%d.ls2", pre, i);
+        if ((rc = bind_vec(b, &L->ls2, C))) return rc;
+        NAME("%s.%d.mlp.fc1.weight", pre, i);
+        if ((rc = bind_mat(b, &L->fc1, I, C))) return rc;
+        NAME("%s.%d.mlp.fc1.bias", pre, i);
+        if ((rc = bind_vec(b, &L->fc1_bias, I))) return rc;
+        NAME("%s.%d.mlp.fc2.weight", pre, i);
+        if ((rc = bind_mat(b, &L->fc2, C, I))) return rc;
+        NAME("%s.%d.mlp.fc2.bias", pre, i);
+        if ((rc = bind_vec(b, &L->fc2_bias, C))) return rc;
+    }
+    return NVLM_OK;
+}
+
+static int bind_projector(binder *b) {
+    nvlm_model *m = b->m;
+    int in = 4 * m->cfg.vision.hidden_size, depth = m->cfg.projector_depth;
+    int rc;
+    NAME("mlp1.0.weight");
+    if ((rc = bind_vec(b, &m->proj_ln_w, in))) return rc;
+    NAME("mlp1.0.bias");
+    if ((rc = bind_vec(b, &m->proj_ln_b, in))) return rc;
+    m->proj = calloc((size_t)depth, sizeof *m->proj);
+    if (!m->proj) return nvlm_fail(b->err, NVLM_E_NOMEM, "out of memory");
+    for (int k = 0; k < depth; k++) {
+        int out = k == depth - 1 ? m->cfg.llm.hidden_size : m->cfg.llm.intermediate_size;
+        NAME("mlp1.%d.weight", 2 * k + 1);
+        if ((rc = bind_mat(b, &m->proj[k], out, in))) return rc;
+        in = out;
+    }
+    return NVLM_OK;
+}
+
+static int bind_llm_layer(binder *b, int i, llm_layer *L) {
+    const nvlm_llm_config *c = &b->m->cfg.llm;
+    int h = c->hidden_size, d = h / c->num_heads, q = c->num_heads * d, kv = c->num_kv_heads * d;
+    int I = c->intermediate_size, rc;
+    const char *pre = "language_model.model.layers";
+    NAME("%s.%d.input_layernorm.weight", pre, i);
+    if ((rc = bind_vec(b, &L->input_norm, h))) return rc;
+    NAME("%s.%d.post_attention_layernorm.weight", pre, i);
+    if ((rc = bind_vec(b, &L->post_norm, h))) return rc;
+    NAME("%s.%d.self_attn.q_proj.weight", pre, i);
+    if ((rc = bind_mat(b, &L->wq, q, h))) return rc;
+    NAME("%s.%d.self_attn.q_proj.bias", pre, i);
+    if ((rc = bind_vec(b, &L->bq, q))) return rc;
+    NAME("%s.%d.self_attn.k_proj.weight", pre, i);
+    if ((rc = bind_mat(b, &L->wk, kv, h))) return rc;
+    NAME("%s.%d.self_attn.k_proj.bias", pre, i);
+    if ((rc = bind_vec(b, &L->bk, kv))) return rc;
+    NAME("%s.%d.self_attn.v_proj.weight", pre, i);
+    if ((rc = bind_mat(b, &L->wv, kv, h))) return rc;
+    NAME("%s.%d.self_attn.v_proj.bias", pre, i);
+    if ((rc = bind_vec(b, &L->bv, kv))) return rc;
+    NAME("%s.%d.self_attn.o_proj.weight", pre, i);
+    if ((rc = bind_mat(b, &L->wo, h, q))) return rc;
+    NAME("%s.%d.mlp.gate_proj.weight", pre, i);
+    if ((rc = bind_mat(b, &L->gate, I, h))) return rc;
+    NAME("%s.%d.mlp.up_proj.weight", pre, i);
+    if ((rc = bind_mat(b, &L->up, I, h))) return rc;
+    NAME("%s.%d.mlp.down_proj.weight", pre, i);
+    return bind_mat(b, &L->down, h, I);
+}
+
+static int bind_gate(binder *b, float *out) {
+    const float *g;
+    int rc = bind_vec(b, &g, 1);
+    if (rc) return rc;
+    *out = tanhf(g[0]);
+    return NVLM_OK;
+}
+
+static int bind_xattn_block(binder *b, int k, xattn_block *X) {
+    const nvlm_config *cfg = &b->m->cfg;
+    const nvlm_llm_config *c = &cfg->llm;
+    int h = c->hidden_size, d = h / c->num_heads, q = c->num_heads * d, kv = c->num_kv_heads * d;
+    int I = cfg->xattn_intermediate_size, rc;
+    const char *pre = "language_model.model.xattn_layers";
+    NAME("%s.%d.input_layernorm.weight", pre, k);
+    if ((rc = bind_vec(b, &X->input_norm, h))) return rc;
+    NAME("%s.%d.post_attention_layernorm.weight", pre, k);
+    if ((rc = bind_vec(b, &X->post_norm, h))) return rc;
+    NAME("%s.%d.cross_attn.q_proj.weight", pre, k);
+    if ((rc = bind_mat(b, &X->wq, q, h))) return rc;
+    NAME("%s.%d.cross_attn.k_proj.weight", pre, k);
+    if ((rc = bind_mat(b, &X->wk, kv, h))) return rc;
+    NAME("%s.%d.cross_attn.v_proj.weight", pre, k);
+    if ((rc = bind_mat(b, &X->wv, kv, h))) return rc;
+    NAME("%s.%d.cross_attn.o_proj.weight", pre, k);
+    if ((rc = bind_mat(b, &X->wo, h, q))) return rc;
+    NAME("%s.%d.cross_attn.q_norm.weight", pre, k);
+    if ((rc = bind_vec(b, &X->q_norm, d))) return rc;
+    NAME("%s.%d.cross_attn.k_norm.weight", pre, k);
+    if ((rc = bind_vec(b, &X->k_norm, d))) return rc;
+    NAME("%s.%d.cross_attn_attn_gate", pre, k);
+    if ((rc = bind_gate(b, &X->attn_gate))) return rc;
+    NAME("%s.%d.cross_attn_mlp_gate", pre, k);
+    if ((rc = bind_gate(b, &X->mlp_gate))) return rc;
+    NAME("%s.%d.mlp.gate_proj.weight", pre, k);
+    if ((rc = bind_mat(b, &X->gate, I, h))) return rc;
+    NAME("%s.%d.mlp.up_proj.weight", pre, k);
+    if ((rc = bind_mat(b, &X->up, I, h))) return rc;
+    NAME("%s.%d.mlp.down_proj.weight", pre, k);
+    return bind_mat(b, &X->down, h, I);
+}
+
+static int bind_llm(binder *b) {
+    nvlm_model *m = b->m;
+    const nvlm_llm_config *c = &m->cfg.llm;
+    int rc;
+    NAME("language_model.model.embed_tokens.weight");
+    if ((rc = bind_mat(b, &m->embed, c->vocab_size, c->hidden_size))) return rc;
+    m->llm = calloc((size_t)c->num_layers, sizeof *m->llm);
+    if (!m->llm) return nvlm_fail(b->err, NVLM_E_NOMEM, "out of memory");
+    for (int i = 0; i < c->num_layers; i++)
+        if ((rc = bind_llm_layer(b, i, &m->llm[i]))) return rc;
+    NAME("language_model.model.norm.weight");
+    if ((rc = bind_vec(b, &m->final_norm, c->hidden_size))) return rc;
+    NAME(c->tie_word_embeddings ? "language_model.model.embed_tokens.weight" : "language_model.lm_head.weight");
+    if ((rc = bind_mat(b, &m->lm_head, c->vocab_size, c->hidden_size))) return rc;
+    if (m->cfg.num_xattn > 0) {
+        m->xattn = calloc((size_t)m->cfg.num_xattn, sizeof *m->xattn);
+        if (!m->xattn) return nvlm_fail(b->err, NVLM_E_NOMEM, "out of memory");
+        for (int k = 0; k < m->cfg.num_xattn; k++)
+            if ((rc = bind_xattn_block(b, k, &m->xattn[k]))) return rc;
+    }
+    return NVLM_OK;
+}
+
+static int find_special(nvlm_model *m, const char *token, int32_t *out, nvlm_err *err) {
+    *out = nvlm_tokenizer_token_id(m->tok, token);
+    if (*out < 0) return nvlm_fail(err, NVLM_E_FORMAT, "the tokenizer has no %s token", token);
+    if (*out >= m->cfg.llm.vocab_size)
+        return nvlm_fail(err, NVLM_E_FORMAT, "token %s has id %d, past llm_config.vocab_size %d",
+                         token, *out, m->cfg.llm.vocab_size);
+    return NVLM_OK;
+}
+
+static int load_parts(nvlm_model *m, const char *dir, const nvlm_load_options *opt, nvlm_err *err) {
+    int rc;
+    if ((rc = nvlm_config_load(dir, &m->cfg, err))) return rc;
+    if (opt && opt->progress && opt->progress(opt->progress_user, "mapping checkpoint", 0, 4))
+        return nvlm_fail(err, NVLM_E_CANCELLED, "loading cancelled");
+    if ((rc = nvlm_st_open(dir, &m->st, err))) return rc;
+    if ((rc = nvlm_check_tensors(&m->cfg, m->st, err))) return rc;
+    m->vit_dummy_heads = nvlm_vit_dummy_heads(&m->cfg, m->st);
+    m->vit_width = (m->cfg.vision.num_heads + m->vit_dummy_heads) * nvlm_cfg_vit_head_dim(&m->cfg);
+    if (opt && opt->progress && opt->progress(opt->progress_user, "loading tokenizer", 1, 4))
+        return nvlm_fail(err, NVLM_E_CANCELLED, "loading cancelled");
+    if ((rc = nvlm_tokenizer_load(dir, &m->tok, err))) return nvlm_fail_prefix(err, "%s: ", dir);
+    if ((rc = find_special(m, "<|im_start|>", &m->id_im_start, err))) return rc;
+    if ((rc = find_special(m, "<|im_end|>", &m->id_im_end, err))) return rc;
+    if ((rc = find_special(m, "<|vision_pad|>", &m->id_img_context, err))) return rc;
+    if (opt && opt->progress && opt->progress(opt->progress_user, "binding weights", 2, 4))
+        return nvlm_fail(err, NVLM_E_CANCELLED, "loading cancelled");
+    binder b = {.m = m, .err = err};
+    if ((rc = bind_vit(&b)) || (rc = bind_projector(&b)) || (rc = bind_llm(&b))) return rc;
+    if ((rc = nvlm_pool_new(opt ? opt->n_threads : 0, &m->pool, err))) return rc;
+    if (opt && opt->progress) opt->progress(opt->progress_user, "ready", 4, 4);
+    return NVLM_OK;
+}
+
+int nvlm_model_load(const char *dir, const nvlm_load_options *opt, nvlm_model **out, nvlm_err *err) {
+    *out = NULL;
+    if (!dir) return nvlm_fail(err, NVLM_E_INVALID_ARG, "no model folder given");
+    nvlm_model *m = calloc(1, sizeof *m);
+    if (!m) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    int rc = load_parts(m, dir, opt, err);
+    if (rc) {
+        nvlm_model_free(m);
+        return rc;
+    }
+    *out = m;
+    return NVLM_OK;
+}
+
+void nvlm_model_free(nvlm_model *m) {
+    if (!m) return;
+    nvlm_pool_free(m->pool);
+    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
+    free(m->vit);
+    free(m->proj);
+    free(m->llm);
+    free(m->xattn);
+    nvlm_tokenizer_free(m->tok);
+    nvlm_st_close(m->st);
+    nvlm_config_free(&m->cfg);
+    free(m);
+}
+
+const nvlm_tokenizer *nvlm_model_tokenizer(const nvlm_model *m) { return m->tok; }
+const char *nvlm_model_arch(const nvlm_model *m) { return nvlm_arch_name(m->cfg.arch); }
+int nvlm_model_vocab_size(const nvlm_model *m) { return m->cfg.llm.vocab_size; }
+int nvlm_model_max_tiles(const nvlm_model *m) { return m->cfg.max_dynamic_patch; }

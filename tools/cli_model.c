@@ -1,0 +1,127 @@
+/* What `run`, `chat` and (later) `serve` share: model/sampling flags, loading with progress. */
+#include "cli_model.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void cli_model_opts_init(cli_model_opts *o) {
+    memset(o, 0, sizeof *o);
+    nvlm_sampling_default(&o->sampling);
+}
+
+/* Value of flag argv[*i] (advances *i), or NULL with a usage error printed. */
+static const char *flag_value(const char *cmd, int argc, char **argv, int *i) {
+    if (*i + 1 >= argc) {
+        cli_usage_error(cmd, "%s needs a value", argv[*i]);
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+int cli_model_flag(const char *cmd, cli_model_opts *o, int argc, char **argv, int *i) {
+    const char *a = argv[*i], *v;
+    long n;
+    double d;
+#define VALUE() if (!(v = flag_value(cmd, argc, argv, i))) return -1
+#define BAD() return cli_usage_error(cmd, "bad value for %s: '%s'", a, v), -1
+    if (!strcmp(a, "--model") || !strcmp(a, "-m")) {
+        VALUE();
+        o->model_dir = v;
+    } else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) {
+        VALUE();
+        if (cli_parse_int(v, 1, 1024, &n)) BAD();
+        o->threads = (int)n;
+    } else if (!strcmp(a, "--max-num")) {
+        VALUE();
+        if (cli_parse_int(v, 1, 64, &n)) BAD();
+        o->max_num = (int)n;
+    } else if (!strcmp(a, "--system")) {
+        VALUE();
+        o->system = v;
+        o->system_set = 1;
+    } else if (!strcmp(a, "--max-new-tokens") || !strcmp(a, "-n")) {
+        VALUE();
+        if (cli_parse_int(v, 0, 1 << 24, &n)) BAD();
+        o->sampling.max_new_tokens = (int)n;
+    } else if (!strcmp(a, "--temperature") || !strcmp(a, "--temp")) {
+        VALUE();
+        if (cli_parse_double(v, &d) || d < 0) BAD();
+        o->sampling.temperature = (float)d;
+    } else if (!strcmp(a, "--top-k")) {
+        VALUE();
+        if (cli_parse_int(v, 0, 1 << 30, &n)) BAD();
+        o->sampling.top_k = (int)n;
+    } else if (!strcmp(a, "--top-p")) {
+        VALUE();
+        if (cli_parse_double(v, &d) || d <= 0 || d > 1) BAD();
+        o->sampling.top_p = (float)d;
+    } else if (!strcmp(a, "--min-p")) {
+        VALUE();
+        if (cli_parse_double(v, &d) || d < 0 || d > 1) BAD();
+        o->sampling.min_p = (float)d;
+    } else if (!strcmp(a, "--repeat-penalty") || !strcmp(a, "--repetition-penalty")) {
+        VALUE();
+        if (cli_parse_double(v, &d) || d <= 0) BAD();
+        o->sampling.repetition_penalty = (float)d;
+    } else if (!strcmp(a, "--seed")) {
+        VALUE();
+        if (cli_parse_int(v, 0, 0x7fffffffffffffffL, &n)) BAD();
+        o->sampling.seed = (uint64_t)n;
+    } else if (!strcmp(a, "--stop")) {
+        VALUE();
+        if (o->n_stop >= CLI_MAX_STOP) return cli_usage_error(cmd, "at most %d --stop strings", CLI_MAX_STOP), -1;
+        o->stop[o->n_stop++] = v;
+        o->stop[o->n_stop] = NULL;
+        o->sampling.stop = o->stop;
+    } else {
+        return 0;
+    }
+#undef VALUE
+#undef BAD
+    return 1;
+}
+
+const char *cli_model_flags_help(void) {
+    return "model and generation options:\n"
+           "  -m, --model DIR          model folder (config.json, *.safetensors, tokenizer)\n"
+           "  -t, --threads N          worker threads (default: all cores)\n"
+           "      --max-num N          max tiles per image (default: the config's max_dynamic_patch)\n"
+           "      --system TEXT        system message (default \"Answer the questions.\"; \"\" for none)\n"
+           "  -n, --max-new-tokens N   generation limit (default 1024)\n"
+           "      --temperature T      0 = greedy, as the published chat() (default 0)\n"
+           "      --top-k K            keep the K most likely tokens (0 = off)\n"
+           "      --top-p P            nucleus sampling (1 = off)\n"
+           "      --min-p P            drop tokens below P x the top probability (0 = off)\n"
+           "      --repeat-penalty R   Hugging Face repetition penalty (1 = off)\n"
+           "      --seed N             sampling seed (same seed, same answer)\n"
+           "      --stop TEXT          extra stop string (repeatable); <|im_end|> always stops\n";
+}
+
+static int show_progress(void *user, const char *what, uint64_t done, uint64_t total) {
+    (void)user;
+    fprintf(stderr, "\rnvlm: %-24s %3d%%", what, total ? (int)(100 * done / total) : 100);
+    if (done == total) fputc('\n', stderr);
+    return 0;
+}
+
+int cli_load_model(const char *cmd, const cli_model_opts *o, nvlm_model **m) {
+    if (!o->model_dir) return cli_usage_error(cmd, "--model DIR is required");
+    nvlm_load_options lo = {o->threads, o->quiet ? NULL : show_progress, NULL};
+    nvlm_err err = {0};
+    if (nvlm_model_load(o->model_dir, &lo, m, &err)) return cli_report(cmd, &err);
+    return 0;
+}
+
+int cli_chat_new(const char *cmd, const cli_model_opts *o, nvlm_model *m, nvlm_chat **c) {
+    nvlm_err err = {0};
+    if (nvlm_chat_new(m, c, &err)) return cli_report(cmd, &err);
+    if (o->system_set && nvlm_chat_set_system(*c, o->system, &err)) return cli_report(cmd, &err);
+    nvlm_chat_set_max_tiles(*c, o->max_num);
+    return 0;
+}
+
+void cli_print_timings(const nvlm_answer *a) {
+    fprintf(stderr, "nvlm: vit %.1f ms | prompt %zu tokens %.1f ms (%.1f tok/s) | generated %zu tokens %.1f ms (%.1f tok/s)\n",
+            a->vit_ms, a->n_prompt, a->prompt_ms, a->prompt_ms > 0 ? a->n_prompt * 1e3 / a->prompt_ms : 0.0,
+            a->n_output, a->gen_ms, a->gen_ms > 0 ? a->n_output * 1e3 / a->gen_ms : 0.0);
+}

@@ -1,0 +1,29 @@
+/* cli_model.h - flags and helpers shared by the commands that load a model. */
+#ifndef NVLM_TOOLS_CLI_MODEL_H
+#define NVLM_TOOLS_CLI_MODEL_H
+#include "cli.h"
+
+#define CLI_MAX_STOP 16
+
+typedef struct cli_model_opts {
+    const char *model_dir;
+    int threads;
+    int max_num;
+    const char *system;
+    int system_set;
+    int quiet;
+    nvlm_sampling sampling;
+    const char *stop[CLI_MAX_STOP + 1];
+    int n_stop;
+} cli_model_opts;
+
+void cli_model_opts_init(cli_model_opts *o);
+/* Consumes argv[*i] (and its value) if it is a model/sampling flag: returns 1 when taken,
+ * 0 when not one of these flags, -1 after printing a usage error. */
+int cli_model_flag(const char *cmd, cli_model_opts *o, int argc, char **argv, int *i);
+const char *cli_model_flags_help(void);
+/* Load with progress on stderr; returns 0 or the exit status after printing the error. */
+int cli_load_model(const char *cmd, const cli_model_opts *o, nvlm_model **m);
+int cli_chat_new(const char *cmd, const cli_model_opts *o, nvlm_model *m, nvlm_chat **c);
+void cli_print_timings(const nvlm_answer *a);
+#endif
