@@ -1,0 +1,49 @@
+/* safetensors_write.h - writing safetensors checkpoints (mkmodel, the trainer, quantize).
+ *
+ * Collect tensors (borrowed data, or a fill callback that produces the bytes at write
+ * time so that a checkpoint larger than memory can be generated), then write one file or
+ * a folder (model.safetensors, or N shards + model.safetensors.index.json).
+ *
+ * The files follow the format exactly as Hugging Face's safetensors library reads it:
+ * header keys sorted, "__metadata__": {"format": "pt"}, header padded with spaces to a
+ * multiple of 8 bytes, data spans contiguous (no gaps: the Rust reader refuses them).
+ * Spans are laid out so that every tensor whose size is a multiple of 8 bytes starts at
+ * an 8-byte aligned offset (they come first) and every other tensor at least at a multiple
+ * of its element size. Every file is written to a temporary name, flushed, then renamed:
+ * a crash never leaves a half-written checkpoint under the final name. Internal. */
+#ifndef NVLM_MODEL_SAFETENSORS_WRITE_H
+#define NVLM_MODEL_SAFETENSORS_WRITE_H
+#include "model/safetensors.h"
+
+typedef struct nvlm_stw nvlm_stw;
+
+/* Produces the nbytes bytes of tensor `name` (already in dtype dt, little-endian) in dst. */
+typedef int (*nvlm_stw_fill_fn)(void *user, const char *name, nvlm_dtype dt, void *dst,
+                                uint64_t nbytes, nvlm_err *err);
+
+int nvlm_stw_new(nvlm_stw **out, nvlm_err *err);
+void nvlm_stw_free(nvlm_stw *w);
+
+/* Adds a tensor whose bytes (dt, little-endian, row-major) are at data. The pointer is
+ * borrowed: it must stay valid until the last write call. dt: F32, F16 or BF16. */
+int nvlm_stw_add(nvlm_stw *w, const char *name, nvlm_dtype dt, int ndim, const int64_t *shape,
+                 const void *data, nvlm_err *err);
+/* Adds a tensor whose bytes fill(user, ...) produces while writing. */
+int nvlm_stw_add_fill(nvlm_stw *w, const char *name, nvlm_dtype dt, int ndim,
+                      const int64_t *shape, nvlm_stw_fill_fn fill, void *user, nvlm_err *err);
+
+size_t nvlm_stw_count(const nvlm_stw *w);
+uint64_t nvlm_stw_total_bytes(const nvlm_stw *w);
+
+/* Writes every tensor into one safetensors file at path (atomically). */
+int nvlm_stw_write_file(const nvlm_stw *w, const char *path, nvlm_err *err);
+
+/* Writes into folder dir: n_shards <= 1 gives dir/model.safetensors (and removes a stale
+ * model.safetensors.index.json, which loaders would prefer); n_shards > 1 gives
+ * model-0000k-of-0000N.safetensors (tensors in name order, cut by cumulative size) plus
+ * model.safetensors.index.json, written last (and removes a stale model.safetensors). */
+int nvlm_stw_write_dir(const nvlm_stw *w, const char *dir, int n_shards, nvlm_err *err);
+
+/* Writes bytes to path atomically (temporary file, fsync, rename). */
+int nvlm_write_file_atomic(const char *path, const void *data, size_t len, nvlm_err *err);
+#endif
