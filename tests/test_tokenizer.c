@@ -465,11 +465,12 @@ int main(void) {
     char tmp[] = "/tmp/nvlm_tok_XXXXXX";
     CHECK(mkdtemp(tmp) != NULL, "mkdtemp");
     const char *files[] = {"vocab.json", "merges.txt", "tokenizer_config.json"};
-    char dir[128], from[4096], to[700];
+    char dir[128], from[8192], to[700];
     snprintf(dir, sizeof dir, "%s/slow", tmp);
     mkdir(dir, 0700);
     for (int i = 0; i < 3; i++) {
         snprintf(from, sizeof from, "%s/%s", shared_path("reference/tokenizer"), files[i]);
+        from[sizeof from - 1] = 0;
         snprintf(to, sizeof to, "%s/%s", dir, files[i]);
         CHECK(copy_file(from, to) == 0, "copying %s", from);
     }

@@ -60,7 +60,7 @@ struct nvlm_tokenizer {
     uint32_t *str_off;         /* n_ids + 1 entries */
     size_t n_ids;              /* max id + 1 over vocabulary and added tokens */
     size_t n_vocab;            /* number of regular vocabulary entries */
-    uint32_t *vhash;           /* open addressing, id + 1, 0 = empty */
+    uint64_t *vhash;           /* open addressing: hash tag << 32 | (id + 1), 0 = empty */
     size_t vhash_mask;
     tok_merge *merges;         /* open addressing on tok_merge_key(a, b); key 0 = empty */
     size_t merges_mask;
@@ -76,13 +76,18 @@ struct nvlm_tokenizer {
     tok_added_set raw_set, norm_set;
 };
 
-/* Id of a byte-level vocabulary string, or -1. */
+/* Id of a byte-level vocabulary string, or -1. The _h form takes tok_hash_str(s, n), so
+ * that a caller may tok_vocab_prefetch the slot early (loading does 450k lookups). */
 int32_t tok_vocab_find(const nvlm_tokenizer *t, const char *s, size_t n);
+uint64_t tok_hash_str(const char *s, size_t n);
+int32_t tok_vocab_find_h(const nvlm_tokenizer *t, const char *s, size_t n, uint64_t h);
+void tok_vocab_prefetch(const nvlm_tokenizer *t, uint64_t h);
 /* Builds vhash from str_pool/str_off (ids < n_ids that hold a string). */
 int tok_vocab_index(nvlm_tokenizer *t);
-/* Inserts merge (a, b) -> id with rank, in a table sized for n_merges. */
+/* The merge table, sized for n_merges; put inserts (key of a, b) -> (rank, id of ab). */
 int tok_merges_alloc(nvlm_tokenizer *t, size_t n_merges);
-void tok_merges_put(nvlm_tokenizer *t, int32_t a, int32_t b, uint32_t rank, int32_t id);
+void tok_merges_put_key(nvlm_tokenizer *t, uint64_t key, uint32_t rank, int32_t id);
+void tok_merges_prefetch(const nvlm_tokenizer *t, uint64_t key);
 /* The merge of (a, b), or NULL. */
 /* Key of the pair (a, b) of ids in [0, 2^31): never 0, the empty slot. */
 static inline uint64_t tok_merge_key(int32_t a, int32_t b) {

@@ -6,7 +6,7 @@
 
 #define MAX_DEPTH 64
 
-static const char *ws(const char *p, const char *e) {
+const char *tok_json_ws(const char *p, const char *e) {
     while (p < e && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
     return p;
 }
@@ -38,13 +38,19 @@ static int put_cp(tok_bytes *out, unsigned cp) {
     return tok_bytes_put(out, b, n);
 }
 
+/* Bytes that end a run of plain string content: quote, backslash, controls. */
+static const uint8_t special_byte[256] = {
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    ['"'] = 1, ['\\'] = 1};
+
 /* Parses the string literal at p (on its opening quote); appends its bytes to out when out
  * is not NULL. Returns the position after the closing quote, or NULL. */
 static const char *string(const char *p, const char *e, tok_bytes *out, int *nomem) {
+    if (out && tok_bytes_reserve(out, 1)) return *nomem = 1, NULL;
     if (p >= e || *p != '"') return NULL;
     for (p++; p < e;) {
         const char *q = p;
-        while (q < e && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20) q++;
+        while (q < e && !special_byte[(unsigned char)*q]) q++;
         if (out && q > p && tok_bytes_put(out, p, (size_t)(q - p))) return *nomem = 1, NULL;
         p = q;
         if (p >= e || (unsigned char)*p < 0x20) return NULL;
@@ -105,12 +111,12 @@ static const char *number(const char *p, const char *e) {
  * string value of that member (its last occurrence, as Python's json) goes to out. */
 static const char *value(const char *p, const char *e, int depth, const char *key, tok_bytes *out,
                          int *found, int *nomem) {
-    p = ws(p, e);
+    p = tok_json_ws(p, e);
     if (p >= e || depth > MAX_DEPTH) return NULL;
     if (*p == '"') return string(p, e, NULL, nomem);
     if (*p == '{' || *p == '[') {
         char close = *p == '{' ? '}' : ']';
-        p = ws(p + 1, e);
+        p = tok_json_ws(p + 1, e);
         if (p < e && *p == close) return p + 1;
         for (;;) {
             int want = 0;
@@ -120,9 +126,9 @@ static const char *value(const char *p, const char *e, int depth, const char *ke
                 if (p && key) want = name.n == strlen(key) && !memcmp(name.p, key, name.n);
                 free(name.p);
                 if (!p) return NULL;
-                p = ws(p, e);
+                p = tok_json_ws(p, e);
                 if (p >= e || *p != ':') return NULL;
-                p = ws(p + 1, e);
+                p = tok_json_ws(p + 1, e);
             }
             if (want && p < e && *p == '"') {
                 out->n = 0;
@@ -133,9 +139,9 @@ static const char *value(const char *p, const char *e, int depth, const char *ke
                 p = value(p, e, depth + 1, NULL, NULL, NULL, nomem);
             }
             if (!p) return NULL;
-            p = ws(p, e);
+            p = tok_json_ws(p, e);
             if (p < e && *p == ',') {
-                p = ws(p + 1, e);
+                p = tok_json_ws(p + 1, e);
                 continue;
             }
             if (p < e && *p == close) return p + 1;
@@ -151,13 +157,91 @@ static const char *value(const char *p, const char *e, int depth, const char *ke
 }
 
 int tok_json_get_string(const char *s, size_t n, const char *key, tok_bytes *out) {
-    const char *e = s + n, *p = ws(s, e);
+    const char *e = s + n, *p = tok_json_ws(s, e);
     int found = 0, nomem = 0;
     if (p >= e || *p != '{') return -1;
     out->n = 0;
     p = value(p, e, 0, key, out, &found, &nomem);
     if (nomem) return -3;
-    if (!p || ws(p, e) != e) return -1;
+    if (!p || tok_json_ws(p, e) != e) return -1;
     if (!found) return -2;
     return tok_bytes_put(out, "", 0) ? -3 : 0;
+}
+
+const char *tok_json_str(const char *p, const char *e, tok_bytes *out, int *nomem) {
+    *nomem = 0;
+    return string(p, e, out, nomem);
+}
+
+const char *tok_json_skip(const char *p, const char *e) {
+    int nomem = 0;
+    return value(p, e, 0, NULL, NULL, NULL, &nomem);
+}
+
+/* Skips one value without validating it (strings by their closing quote, containers by
+ * bracket depth): the values found are validated by whoever reads them. NULL at the end
+ * of the input. */
+static const char *skip_fast(const char *p, const char *e) {
+    int depth = 0;
+    while (p < e) {
+        char c = *p++;
+        if (c == '"') {
+            for (;;) {
+                const char *q = memchr(p, '"', (size_t)(e - p));
+                if (!q) return NULL;
+                size_t bs = 0;
+                while (q - bs > p && q[-1 - (ptrdiff_t)bs] == '\\') bs++;
+                p = q + 1;
+                if (!(bs & 1)) break;
+            }
+            if (!depth) return p;
+        } else if (c == '{' || c == '[') {
+            depth++;
+        } else if (c == '}' || c == ']') {
+            if (--depth <= 0) return depth ? NULL : p;
+        } else if (!depth && (c == ',' || c == '}' || c == ']')) {
+            return p - 1;
+        } else if (!depth && c != ' ' && c != '\t' && c != '\n' && c != '\r') {
+            /* a number or literal: up to the next delimiter */
+            while (p < e && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\n' && *p != '\r' && *p != '\t') p++;
+            return p;
+        }
+    }
+    return NULL;
+}
+
+int tok_json_find_keys(const char *s, size_t n, const char *const *keys, int n_keys, size_t *vb, size_t *ve) {
+    const char *e = s + n, *p = tok_json_ws(s, e);
+    for (int k = 0; k < n_keys; k++) vb[k] = ve[k] = SIZE_MAX;
+    if (p >= e || *p != '{') return -1;
+    p = tok_json_ws(p + 1, e);
+    if (p < e && *p == '}') return 0;
+    tok_bytes name = {0};
+    int nomem;
+    while (p) {
+        name.n = 0;
+        p = tok_json_str(p, e, &name, &nomem);
+        if (!p) break;
+        int want = -1;
+        for (int k = 0; k < n_keys; k++)
+            if (name.n == strlen(keys[k]) && !memcmp(name.p, keys[k], name.n)) want = k;
+        p = tok_json_ws(p, e);
+        if (p >= e || *p != ':') {
+            p = NULL;
+            break;
+        }
+        const char *v = tok_json_ws(p + 1, e);
+        p = skip_fast(v, e);
+        if (!p) break;
+        if (want >= 0) vb[want] = (size_t)(v - s), ve[want] = (size_t)(p - s);
+        p = tok_json_ws(p, e);
+        if (p < e && *p == ',') {
+            p = tok_json_ws(p + 1, e);
+            continue;
+        }
+        if (p < e && *p == '}') break;
+        p = NULL;
+    }
+    free(name.p);
+    return p ? 0 : -1;
 }

@@ -3,6 +3,7 @@
  * (NFC, Split with the Qwen2 regex, ByteLevel, BPE) are refused with NVLM_E_UNSUPPORTED
  * rather than tokenized differently from Hugging Face. */
 #include "tokenizer/tok.h"
+#include "tokenizer/tok_json.h"
 #include "core/err.h"
 #include "core/file.h"
 #include <cjson/cJSON.h>
@@ -15,21 +16,25 @@ static const char QWEN2_PATTERN[] =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
     "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
-typedef struct entry { const char *s; size_t n; int32_t id; } entry;
-typedef struct merge_src { const char *a, *b; size_t an, bn; } merge_src;
+/* Strings live in pools (offsets, so that the pools may grow while reading). */
+typedef struct entry { uint32_t off, len; int32_t id; } entry;
+typedef struct merge_src { uint32_t a, an, b, bn; } merge_src;
 
 /* What the two file formats are read into before the tables are built. */
 typedef struct spec {
+    tok_bytes vpool, mpool;
     entry *vocab;
-    size_t n_vocab;
+    size_t n_vocab, cap_vocab;
     merge_src *merges;
-    size_t n_merges;
+    size_t n_merges, cap_merges;
     tok_added *added;
     size_t n_added;
     int ignore_merges;
 } spec;
 
 static void spec_free(spec *s) {
+    free(s->vpool.p);
+    free(s->mpool.p);
     free(s->vocab);
     free(s->merges);
     for (size_t i = 0; s->added && i < s->n_added; i++) free(s->added[i].content);
@@ -79,53 +84,105 @@ static int get_id(const cJSON *v, int32_t *id) {
     return 0;
 }
 
-static int read_vocab_object(const char *path, const cJSON *vocab, spec *s, nvlm_err *err) {
-    if (!cJSON_IsObject(vocab))
-        return nvlm_fail(err, NVLM_E_FORMAT, "%s: vocab is not an object", path);
-    size_t n = (size_t)cJSON_GetArraySize(vocab);
-    s->vocab = malloc((n ? n : 1) * sizeof *s->vocab);
-    if (!s->vocab) return nvlm_fail(err, NVLM_E_NOMEM, "%s: out of memory", path);
-    for (const cJSON *e = vocab->child; e; e = e->next) {
-        int32_t id;
-        if (get_id(e, &id))
-            return nvlm_fail(err, NVLM_E_FORMAT, "%s: vocab entry \"%.64s\": id is not an integer in [0, %d)",
-                             path, e->string, MAX_IDS);
-        s->vocab[s->n_vocab++] = (entry){e->string, strlen(e->string), id};
-    }
+static int grow(void **p, size_t *cap, size_t n, size_t size) {
+    if (n < *cap) return 0;
+    size_t c = *cap ? *cap * 2 : 1024;
+    void *q = realloc(*p, c * size);
+    if (!q) return -1;
+    *p = q;
+    *cap = c;
     return 0;
 }
 
-/* "a b" (legacy string form) or ["a", "b"]. */
-static int split_merge(const char *line, size_t n, merge_src *m) {
+/* The vocabulary object {"token": id, ...} at text[0..n), read without building a tree
+ * (151k members: a cJSON tree would cost most of the load time). */
+static int read_vocab_span(const char *path, const char *text, size_t n, spec *s, nvlm_err *err) {
+    const char *p = tok_json_ws(text, text + n), *e = text + n;
+    int nomem = 0;
+    if (p >= e || *p != '{') return nvlm_fail(err, NVLM_E_FORMAT, "%s: vocab is not an object", path);
+    p = tok_json_ws(p + 1, e);
+    if (p < e && *p == '}') return 0;
+    while (p) {
+        if (grow((void **)&s->vocab, &s->cap_vocab, s->n_vocab, sizeof *s->vocab)) nomem = 1;
+        size_t off = s->vpool.n;
+        if (!nomem) p = tok_json_str(p, e, &s->vpool, &nomem);
+        if (nomem) return nvlm_fail(err, NVLM_E_NOMEM, "%s: out of memory", path);
+        if (!p) break;
+        p = tok_json_ws(p, e);
+        if (p >= e || *p != ':') break;
+        p = tok_json_ws(p + 1, e);
+        uint64_t id = 0;
+        const char *d = p;
+        while (p < e && *p >= '0' && *p <= '9' && id < MAX_IDS) id = id * 10 + (uint64_t)(*p++ - '0');
+        if (p == d || id >= MAX_IDS || (p < e && (*p == '.' || *p == 'e' || *p == 'E')))
+            return nvlm_fail(err, NVLM_E_FORMAT, "%s: vocab entry %zu: id is not an integer in [0, %d)", path,
+                             s->n_vocab, MAX_IDS);
+        s->vocab[s->n_vocab++] = (entry){(uint32_t)off, (uint32_t)(s->vpool.n - off), (int32_t)id};
+        p = tok_json_ws(p, e);
+        if (p < e && *p == ',') {
+            p = tok_json_ws(p + 1, e);
+            continue;
+        }
+        if (p < e && *p == '}' && tok_json_ws(p + 1, e) == e) return 0;
+        break;
+    }
+    return nvlm_fail(err, NVLM_E_FORMAT, "%s: malformed vocab near entry %zu", path, s->n_vocab);
+}
+
+/* "a b" (the legacy string form): exactly one space, both parts non-empty. */
+static int split_merge(const char *line, size_t n, spec *s) {
     const char *sp = memchr(line, ' ', n);
     if (!sp || sp == line || sp + 1 == line + n || memchr(sp + 1, ' ', (size_t)(line + n - sp - 1)))
         return -1;
-    *m = (merge_src){line, sp + 1, (size_t)(sp - line), (size_t)(line + n - sp - 1)};
+    if (grow((void **)&s->merges, &s->cap_merges, s->n_merges, sizeof *s->merges)) return -2;
+    uint32_t off = (uint32_t)s->mpool.n;
+    if (tok_bytes_put(&s->mpool, line, n)) return -2;
+    uint32_t an = (uint32_t)(sp - line);
+    s->merges[s->n_merges++] = (merge_src){off, an, off + an + 1, (uint32_t)n - an - 1};
     return 0;
 }
 
-static int read_merges_array(const char *path, const cJSON *merges, spec *s, nvlm_err *err) {
-    if (!cJSON_IsArray(merges))
-        return nvlm_fail(err, NVLM_E_FORMAT, "%s: model.merges is not an array", path);
-    size_t n = (size_t)cJSON_GetArraySize(merges);
-    s->merges = malloc((n ? n : 1) * sizeof *s->merges);
-    if (!s->merges) return nvlm_fail(err, NVLM_E_NOMEM, "%s: out of memory", path);
-    for (const cJSON *e = merges->child; e; e = e->next) {
-        merge_src *m = &s->merges[s->n_merges];
-        int bad;
-        if (cJSON_IsString(e)) {
-            bad = split_merge(e->valuestring, strlen(e->valuestring), m);
-        } else {
-            const cJSON *a = cJSON_GetArrayItem(e, 0), *b = cJSON_GetArrayItem(e, 1);
-            bad = !cJSON_IsArray(e) || cJSON_GetArraySize(e) != 2 || !cJSON_IsString(a) || !cJSON_IsString(b);
-            if (!bad) *m = (merge_src){a->valuestring, b->valuestring, strlen(a->valuestring), strlen(b->valuestring)};
+/* The merges array at text[0..n): "a b" strings or ["a", "b"] pairs. */
+static int read_merges_span(const char *path, const char *text, size_t n, spec *s, nvlm_err *err) {
+    const char *p = tok_json_ws(text, text + n), *e = text + n;
+    tok_bytes tmp = {0};
+    int nomem = 0, rc = 0;
+    if (p >= e || *p != '[') return nvlm_fail(err, NVLM_E_FORMAT, "%s: model.merges is not an array", path);
+    p = tok_json_ws(p + 1, e);
+    if (p < e && *p == ']') return 0;
+    while (p && !rc) {
+        tmp.n = 0;
+        if (p < e && *p == '[') { /* ["a", "b"]: kept as "a b" when neither part has a space */
+            p = tok_json_str(tok_json_ws(p + 1, e), e, &tmp, &nomem);
+            size_t an = tmp.n;
+            if (p) p = tok_json_ws(p, e);
+            if (p && p < e && *p == ',' && !tok_bytes_put(&tmp, " ", 1))
+                p = tok_json_str(tok_json_ws(p + 1, e), e, &tmp, &nomem);
+            else
+                p = NULL;
+            if (p) p = tok_json_ws(p, e);
+            if (!p || p >= e || *p != ']' || memchr(tmp.p, ' ', an) != NULL) break;
+            p++;
+        } else
+            p = tok_json_str(p, e, &tmp, &nomem);
+        if (nomem) rc = -2;
+        if (!p || rc) break;
+        rc = split_merge((const char *)tmp.p, tmp.n, s);
+        p = tok_json_ws(p, e);
+        if (p < e && *p == ',') {
+            p = tok_json_ws(p + 1, e);
+            continue;
         }
-        if (bad)
-            return nvlm_fail(err, NVLM_E_FORMAT, "%s: model.merges[%zu] is not \"a b\" or [\"a\", \"b\"]",
-                             path, s->n_merges);
-        s->n_merges++;
+        if (!rc && p < e && *p == ']' && tok_json_ws(p + 1, e) == e) {
+            free(tmp.p);
+            return 0;
+        }
+        break;
     }
-    return 0;
+    free(tmp.p);
+    if (rc == -2 || nomem) return nvlm_fail(err, NVLM_E_NOMEM, "%s: out of memory", path);
+    return nvlm_fail(err, NVLM_E_FORMAT, "%s: model.merges[%zu] is not \"a b\" or [\"a\", \"b\"]", path,
+                     s->n_merges);
 }
 
 static int flag(const cJSON *o, const char *key, int dflt) {
@@ -200,12 +257,12 @@ static int check_model(const char *path, const cJSON *model, spec *s, nvlm_err *
     return 0;
 }
 
+/* The settings and added tokens, from the cJSON tree of tokenizer.json without its vocab
+ * and merges (read separately). */
 static int read_tokenizer_json(const char *path, cJSON *root, spec *s, nvlm_err *err) {
     int rc = check_pipeline(path, root, err);
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (!rc) rc = check_model(path, model, s, err);
-    if (!rc) rc = read_vocab_object(path, cJSON_GetObjectItemCaseSensitive(model, "vocab"), s, err);
-    if (!rc) rc = read_merges_array(path, cJSON_GetObjectItemCaseSensitive(model, "merges"), s, err);
     if (rc) return rc;
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
     if (added && !cJSON_IsNull(added) && !cJSON_IsArray(added))
@@ -222,23 +279,20 @@ static int read_tokenizer_json(const char *path, cJSON *root, spec *s, nvlm_err 
     return 0;
 }
 
-/* merges.txt: one "a b" per line, rank = order; a first line starting "#version" is a
- * header; lines end in \n or \r\n; the file's final newline ends the last line. */
+/* merges.txt: one "a b" per line, rank = order; lines starting "#version" are headers (as
+ * Hugging Face's reader skips them); lines end in \n or \r\n; the final newline ends the
+ * last line. */
 static int read_merges_txt(const char *path, const char *data, size_t len, spec *s, nvlm_err *err) {
-    size_t lines = 1;
-    for (size_t i = 0; i < len; i++) lines += data[i] == '\n';
-    s->merges = malloc(lines * sizeof *s->merges);
-    if (!s->merges) return nvlm_fail(err, NVLM_E_NOMEM, "%s: out of memory", path);
     size_t lineno = 0;
     for (size_t i = 0; i < len;) {
         const char *nl = memchr(data + i, '\n', len - i);
         size_t e = nl ? (size_t)(nl - data) : len, n = e - i;
         lineno++;
         if (n && data[i + n - 1] == '\r') n--;
-        if (!(lineno == 1 && n >= 8 && !memcmp(data + i, "#version", 8))) {
-            if (split_merge(data + i, n, &s->merges[s->n_merges]))
-                return nvlm_fail(err, NVLM_E_FORMAT, "%s: line %zu is not \"a b\"", path, lineno);
-            s->n_merges++;
+        if (!(n >= 8 && !memcmp(data + i, "#version", 8))) {
+            int rc = split_merge(data + i, n, s);
+            if (rc == -2) return nvlm_fail(err, NVLM_E_NOMEM, "%s: out of memory", path);
+            if (rc) return nvlm_fail(err, NVLM_E_FORMAT, "%s: line %zu is not \"a b\"", path, lineno);
         }
         i = e + 1;
     }
@@ -263,12 +317,83 @@ static int read_config_added(const char *path, cJSON *cfg, spec *s, nvlm_err *er
     return 0;
 }
 
+/* Hashes of merge r's parts and result; the result's bytes go to buf (NULL if too long). */
+enum { MERGE_BUF = 1024, AHEAD = 8 };
+typedef struct merge_hash { uint64_t a, b, c; int ok; } merge_hash;
+
+static void hash_merge(const nvlm_tokenizer *t, const spec *s, size_t r, merge_hash *h) {
+    const merge_src *m = &s->merges[r];
+    const char *ma = (const char *)s->mpool.p + m->a;
+    h->a = tok_hash_str(ma, m->an);
+    h->b = tok_hash_str(ma + m->an + 1, m->bn);
+    /* "a b" is stored contiguously: the result "ab" hashes as a, then b */
+    uint64_t c = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < m->an + m->bn + 1; i++)
+        if (i != m->an) c = (c ^ (uint8_t)ma[i]) * 0x100000001b3ull;
+    h->c = c ^ (c >> 29);
+    h->ok = m->an + m->bn <= MERGE_BUF && m->b == m->a + m->an + 1;
+    tok_vocab_prefetch(t, h->a);
+    tok_vocab_prefetch(t, h->b);
+    tok_vocab_prefetch(t, h->c);
+}
+
+static int resolve_one(nvlm_tokenizer *t, const spec *s, size_t k, const merge_hash *h, char *buf,
+                       const char *src, nvlm_err *err);
+
+/* Fills the merge table: (id of a, id of b) -> (rank, id of ab). Hash lookups run AHEAD
+ * merges behind their prefetches: the table is larger than the caches. */
+static int resolve_merges(nvlm_tokenizer *t, const spec *s, const char *src, nvlm_err *err) {
+    merge_hash hs[AHEAD];
+    char buf[MERGE_BUF];
+    tok_merge *table = t->merges; /* resolve into a plain array first, then hash it */
+    t->merges = malloc((s->n_merges + 1) * sizeof *t->merges);
+    if (!t->merges) {
+        t->merges = table;
+        return nvlm_fail(err, NVLM_E_NOMEM, "%s: out of memory", src), -1;
+    }
+    for (size_t r = 0; r < s->n_merges + AHEAD; r++) { /* slot r % AHEAD: merge r - AHEAD, then r */
+        if (r >= AHEAD && resolve_one(t, s, r - AHEAD, &hs[r % AHEAD], buf, src, err)) {
+            free(t->merges);
+            t->merges = table;
+            return -1;
+        }
+        if (r < s->n_merges) hash_merge(t, s, r, &hs[r % AHEAD]);
+    }
+    tok_merge *staged = t->merges;
+    t->merges = table;
+    for (size_t r = 0; r < s->n_merges; r++) {
+        if (r + AHEAD < s->n_merges) tok_merges_prefetch(t, staged[r + AHEAD].key);
+        tok_merges_put_key(t, staged[r].key, staged[r].rank, staged[r].id);
+    }
+    free(staged);
+    return 0;
+}
+
+static int resolve_one(nvlm_tokenizer *t, const spec *s, size_t k, const merge_hash *h, char *buf,
+                       const char *src, nvlm_err *err) {
+    const merge_src *m = &s->merges[k];
+    const char *ma = (const char *)s->mpool.p + m->a, *mb = (const char *)s->mpool.p + m->b;
+    int32_t a = tok_vocab_find_h(t, ma, m->an, h->a), b = tok_vocab_find_h(t, mb, m->bn, h->b), c = -1;
+    if (a >= 0 && b >= 0 && h->ok) {
+        memcpy(buf, ma, m->an);
+        memcpy(buf + m->an, mb, m->bn);
+        c = tok_vocab_find_h(t, buf, m->an + m->bn, h->c);
+    }
+    if (c < 0) {
+        nvlm_fail(err, NVLM_E_FORMAT, "%s: merge %zu (\"%.*s %.*s\") uses or makes a token not in the vocabulary",
+                  src, k + 1, (int)(m->an > 64 ? 64 : m->an), ma, (int)(m->bn > 64 ? 64 : m->bn), mb);
+        return -1;
+    }
+    t->merges[k] = (tok_merge){tok_merge_key(a, b), (uint32_t)k, c}; /* staged, see resolve_merges */
+    return 0;
+}
+
 /* Builds the tables from what was read; names `src` in errors. */
 static int build(nvlm_tokenizer *t, const spec *s, const char *src, nvlm_err *err) {
     size_t n_ids = 0, bytes = 0;
     for (size_t i = 0; i < s->n_vocab; i++) {
         if ((size_t)s->vocab[i].id >= n_ids) n_ids = (size_t)s->vocab[i].id + 1;
-        bytes += s->vocab[i].n;
+        bytes += s->vocab[i].len;
     }
     for (size_t i = 0; i < s->n_added; i++) {
         if ((size_t)s->added[i].id >= n_ids) n_ids = (size_t)s->added[i].id + 1;
@@ -291,7 +416,7 @@ static int build(nvlm_tokenizer *t, const spec *s, const char *src, nvlm_err *er
             free(str);
             return nvlm_fail(err, NVLM_E_FORMAT, "%s: vocabulary id %d appears twice", src, e->id);
         }
-        t->kind[e->id] = 1, str[e->id] = e->s, t->str_off[e->id] = (uint32_t)e->n;
+        t->kind[e->id] = 1, str[e->id] = (const char *)s->vpool.p + e->off, t->str_off[e->id] = e->len;
     }
     for (size_t i = 0; i < s->n_added; i++) { /* an added token names its id's text */
         const tok_added *a = &s->added[i];
@@ -307,20 +432,7 @@ static int build(nvlm_tokenizer *t, const spec *s, const char *src, nvlm_err *er
     free(str);
     if (tok_vocab_index(t) || tok_merges_alloc(t, s->n_merges))
         return nvlm_fail(err, NVLM_E_NOMEM, "%s: out of memory", src);
-    char buf[1024];
-    for (size_t r = 0; r < s->n_merges; r++) {
-        const merge_src *m = &s->merges[r];
-        int32_t a = tok_vocab_find(t, m->a, m->an), b = tok_vocab_find(t, m->b, m->bn), c = -1;
-        if (a >= 0 && b >= 0 && m->an + m->bn <= sizeof buf) {
-            memcpy(buf, m->a, m->an);
-            memcpy(buf + m->an, m->b, m->bn);
-            c = tok_vocab_find(t, buf, m->an + m->bn);
-        }
-        if (c < 0)
-            return nvlm_fail(err, NVLM_E_FORMAT, "%s: merge %zu (\"%.*s %.*s\") uses or makes a token not in the vocabulary",
-                             src, r + 1, (int)(m->an > 64 ? 64 : m->an), m->a, (int)(m->bn > 64 ? 64 : m->bn), m->b);
-        tok_merges_put(t, a, b, (uint32_t)r, c);
-    }
+    if (resolve_merges(t, s, src, err)) return NVLM_E_FORMAT;
     t->ignore_merges = s->ignore_merges;
     /* move the added tokens (content already malloc'ed) into the tokenizer */
     t->added = calloc(s->n_added + 1, sizeof *t->added);
@@ -334,16 +446,45 @@ static int build(nvlm_tokenizer *t, const spec *s, const char *src, nvlm_err *er
     return tok_finish(t, err);
 }
 
+/* Reads tokenizer.json: vocab and merges with the streaming reader, the rest (a few KB once
+ * those two are cut out) with cJSON. */
 static int load_json(const char *dir, nvlm_tokenizer *t, nvlm_err *err) {
-    char *path = nvlm_path_join(dir, "tokenizer.json");
-    if (!path) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    static const char *const root_keys[] = {"model"}, *const model_keys[] = {"vocab", "merges"};
+    char *path = nvlm_path_join(dir, "tokenizer.json"), *data = NULL, *rest = NULL;
+    size_t len = 0, mb, me, vb[2] = {SIZE_MAX, SIZE_MAX}, ve[2];
     cJSON *root = NULL;
     spec s = {0};
-    int rc = parse_json(path, &root, err);
+    int rc = path ? nvlm_read_file(path, 0, &data, &len, err) : nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    if (!rc && tok_json_find_keys(data, len, root_keys, 1, &mb, &me))
+        rc = parse_json(path, &root, err); /* names the line of the syntax error */
+    if (!rc && !root && mb != SIZE_MAX && !tok_json_find_keys(data + mb, me - mb, model_keys, 2, vb, ve) &&
+        vb[0] != SIZE_MAX && vb[1] != SIZE_MAX) {
+        /* parse the document with "vocab": {} and "merges": [] */
+        for (int k = 0; k < 2; k++) vb[k] += mb, ve[k] += mb;
+        int lo = vb[0] > vb[1];
+        size_t k = 0, b1 = vb[lo], e1 = ve[lo], b2 = vb[!lo], e2 = ve[!lo];
+        if (!(rest = malloc(len + 8))) rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+        if (!rc) {
+            memcpy(rest + k, data, b1), k += b1;
+            memcpy(rest + k, data[b1] == '{' ? "{}" : "[]", 2), k += 2;
+            memcpy(rest + k, data + e1, b2 - e1), k += b2 - e1;
+            memcpy(rest + k, data[b2] == '{' ? "{}" : "[]", 2), k += 2;
+            memcpy(rest + k, data + e2, len - e2), k += len - e2;
+            root = cJSON_ParseWithLength(rest, k);
+        }
+    } else if (!rc && !root)
+        rc = parse_json(path, &root, err); /* no vocab or merges: small, and the checks say what is wrong */
+    if (!rc && !root) rc = nvlm_fail(err, NVLM_E_FORMAT, "%s: invalid JSON", path);
     if (!rc) rc = read_tokenizer_json(path, root, &s, err);
+    if (!rc && (vb[0] == SIZE_MAX || vb[1] == SIZE_MAX))
+        rc = nvlm_fail(err, NVLM_E_FORMAT, "%s: model has no vocab or no merges", path);
+    if (!rc) rc = read_vocab_span(path, data + vb[0], ve[0] - vb[0], &s, err);
+    if (!rc) rc = read_merges_span(path, data + vb[1], ve[1] - vb[1], &s, err);
     if (!rc) rc = build(t, &s, path, err);
     spec_free(&s);
     cJSON_Delete(root);
+    free(rest);
+    free(data);
     free(path);
     return rc;
 }
@@ -351,15 +492,15 @@ static int load_json(const char *dir, nvlm_tokenizer *t, nvlm_err *err) {
 static int load_files(const char *dir, nvlm_tokenizer *t, nvlm_err *err) {
     char *vpath = nvlm_path_join(dir, "vocab.json"), *mpath = nvlm_path_join(dir, "merges.txt");
     char *cpath = nvlm_path_join(dir, "tokenizer_config.json");
-    cJSON *vocab = NULL, *cfg = NULL;
-    char *merges = NULL;
-    size_t mlen = 0;
+    cJSON *cfg = NULL;
+    char *vocab = NULL, *merges = NULL;
+    size_t vlen = 0, mlen = 0;
     spec s = {0};
     int rc = vpath && mpath && cpath ? 0 : nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
     if (!rc && !nvlm_file_exists(vpath))
         rc = nvlm_fail(err, NVLM_E_IO, "%s: no tokenizer.json and no vocab.json in this folder", dir);
-    if (!rc) rc = parse_json(vpath, &vocab, err);
-    if (!rc) rc = read_vocab_object(vpath, vocab, &s, err);
+    if (!rc) rc = nvlm_read_file(vpath, 0, &vocab, &vlen, err);
+    if (!rc) rc = read_vocab_span(vpath, vocab, vlen, &s, err);
     if (!rc) rc = nvlm_read_file(mpath, 0, &merges, &mlen, err);
     if (!rc) rc = read_merges_txt(mpath, merges, mlen, &s, err);
     if (!rc && nvlm_file_exists(cpath)) {
@@ -368,8 +509,8 @@ static int load_files(const char *dir, nvlm_tokenizer *t, nvlm_err *err) {
     }
     if (!rc) rc = build(t, &s, vpath, err);
     spec_free(&s);
-    cJSON_Delete(vocab);
     cJSON_Delete(cfg);
+    free(vocab);
     free(merges);
     free(vpath);
     free(mpath);

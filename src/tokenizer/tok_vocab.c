@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t hash_str(const char *s, size_t n) {
+uint64_t tok_hash_str(const char *s, size_t n) {
     uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
     for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 0x100000001b3ull;
     return h ^ (h >> 29);
@@ -17,43 +17,77 @@ static size_t pow2_at_least(size_t n) {
     return c;
 }
 
+/* Slots hold (high 32 bits of the hash) << 32 | (id + 1); 0 is empty. The hash bits spare
+ * most string comparisons (and their cache misses) on collisions. */
 int tok_vocab_index(nvlm_tokenizer *t) {
     size_t cap = pow2_at_least(t->n_ids * 2 + 16);
     t->vhash = calloc(cap, sizeof *t->vhash);
     if (!t->vhash) return -1;
     t->vhash_mask = cap - 1;
-    for (size_t id = 0; id < t->n_ids; id++) {
-        uint32_t a = t->str_off[id], b = t->str_off[id + 1];
-        if (a == b || t->kind[id] != 1) continue;
-        size_t i = (size_t)hash_str(t->str_pool + a, b - a) & t->vhash_mask;
-        while (t->vhash[i]) i = (i + 1) & t->vhash_mask;
-        t->vhash[i] = (uint32_t)id + 1;
+    enum { AHEAD = 16 };
+    uint64_t hs[AHEAD]; /* hashes of the next AHEAD ids, whose slots are being prefetched */
+    for (size_t id = 0; id < t->n_ids + AHEAD; id++) {
+        if (id >= AHEAD) {
+            size_t k = id - AHEAD;
+            uint32_t a = t->str_off[k], b = t->str_off[k + 1];
+            if (a != b && t->kind[k] == 1) {
+                uint64_t h = hs[k % AHEAD];
+                size_t i = (size_t)h & t->vhash_mask;
+                while (t->vhash[i]) i = (i + 1) & t->vhash_mask;
+                t->vhash[i] = (h >> 32) << 32 | ((uint64_t)k + 1);
+            }
+        }
+        if (id < t->n_ids) {
+            uint32_t a = t->str_off[id], b = t->str_off[id + 1];
+            hs[id % AHEAD] = tok_hash_str(t->str_pool + a, b - a);
+            __builtin_prefetch(&t->vhash[(size_t)hs[id % AHEAD] & t->vhash_mask], 1);
+        }
     }
     return 0;
 }
 
+/* (tokens are short: a loop beats a call to memcmp) */
+static inline int same(const char *a, const char *b, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (a[i] != b[i]) return 0;
+    return 1;
+}
+
 int32_t tok_vocab_find(const nvlm_tokenizer *t, const char *s, size_t n) {
+    return tok_vocab_find_h(t, s, n, tok_hash_str(s, n));
+}
+
+void tok_vocab_prefetch(const nvlm_tokenizer *t, uint64_t h) {
+    __builtin_prefetch(&t->vhash[(size_t)h & t->vhash_mask]);
+}
+
+int32_t tok_vocab_find_h(const nvlm_tokenizer *t, const char *s, size_t n, uint64_t h) {
     if (!t->vhash || n == 0) return -1;
-    size_t i = (size_t)hash_str(s, n) & t->vhash_mask;
+    size_t i = (size_t)h & t->vhash_mask;
     for (;;) {
-        uint32_t v = t->vhash[i];
+        uint64_t v = t->vhash[i];
         if (!v) return -1;
-        uint32_t a = t->str_off[v - 1], b = t->str_off[v];
-        if (b - a == n && !memcmp(t->str_pool + a, s, n)) return (int32_t)(v - 1);
+        if (v >> 32 == h >> 32) {
+            uint32_t id = (uint32_t)v - 1, a = t->str_off[id], b = t->str_off[id + 1];
+            if (b - a == n && same(t->str_pool + a, s, n)) return (int32_t)id;
+        }
         i = (i + 1) & t->vhash_mask;
     }
 }
 
 int tok_merges_alloc(nvlm_tokenizer *t, size_t n_merges) {
-    size_t cap = pow2_at_least(n_merges * 2 + 16);
+    size_t cap = pow2_at_least(n_merges + n_merges / 2 + 16);
     t->merges = calloc(cap, sizeof *t->merges);
     if (!t->merges) return -1;
     t->merges_mask = cap - 1;
     return 0;
 }
 
-void tok_merges_put(nvlm_tokenizer *t, int32_t a, int32_t b, uint32_t rank, int32_t id) {
-    uint64_t key = tok_merge_key(a, b);
+void tok_merges_prefetch(const nvlm_tokenizer *t, uint64_t key) {
+    __builtin_prefetch(&t->merges[(size_t)((key * 0x9E3779B97F4A7C15ull) >> 32) & t->merges_mask], 1);
+}
+
+void tok_merges_put_key(nvlm_tokenizer *t, uint64_t key, uint32_t rank, int32_t id) {
     size_t i = (size_t)((key * 0x9E3779B97F4A7C15ull) >> 32) & t->merges_mask;
     while (t->merges[i].key && t->merges[i].key != key) i = (i + 1) & t->merges_mask;
     /* a repeated merge keeps its last rank, as the HashMap Hugging Face builds does */
@@ -100,6 +134,7 @@ const tok_added *tok_added_find(const tok_added_set *set, const uint8_t *s, size
  * byte-level alphabet. */
 static int decode_bytes(const int16_t *inv, const char *s, size_t n, tok_bytes *out) {
     size_t start = out->n;
+    if (tok_bytes_reserve(out, n + 1)) return -1; /* never longer than the token text */
     for (size_t i = 0; i < n;) {
         uint8_t c = (uint8_t)s[i];
         uint32_t cp;
@@ -111,8 +146,7 @@ static int decode_bytes(const int16_t *inv, const char *s, size_t n, tok_bytes *
             out->n = start;
             return tok_bytes_put(out, s, n);
         }
-        uint8_t b = (uint8_t)inv[cp];
-        if (tok_bytes_put(out, &b, 1)) return -1;
+        out->p[out->n++] = (uint8_t)inv[cp];
         i += l;
     }
     return 0;
