@@ -342,18 +342,20 @@ static int parse_xattn_layers(const ctx *c, const cJSON *root, nvlm_config *cfg)
 }
 
 static int parse_xh(const ctx *c, const cJSON *root, nvlm_config *cfg) {
-    int rc;
     if (cfg->arch == NVLM_ARCH_D) {
         /* D has no cross-attention; a D config naming it was most likely an X/H one. */
         if (cJSON_GetObjectItemCaseSensitive(root, "cross_attention_layers"))
             return nvlm_fail(c->err, NVLM_E_FORMAT, "%s: cross_attention_layers: NVLM_D has no cross-attention (is model_type wrong?)", c->origin);
-        if ((rc = get_int(c, root, "", "projector_depth", 0, 2, 2, 2, &cfg->projector_depth)))
-            return nvlm_fail_prefix(c->err, "NVLM_D's mlp1 has depth 2: ");
+        const cJSON *pd = field(root, "projector_depth");
+        if (pd && !is_integer(pd, 2, 2))
+            return bad(c, "", "projector_depth", "must be 2 for NVLM_D (its mlp1 has two Linear layers)");
+        cfg->projector_depth = 2;
         if (field(root, "xattn_intermediate_size"))
             return bad(c, "", "xattn_intermediate_size", "is meaningless for NVLM_D (no cross-attention)");
         cfg->xattn_intermediate_size = 0;
         return 0;
     }
+    int rc;
     if ((rc = parse_xattn_layers(c, root, cfg))) return rc;
     const cJSON *pd = field(root, "projector_depth");
     if (!pd) return nvlm_fail(c->err, NVLM_E_FORMAT, "%s: projector_depth is missing (required for %s)", c->origin, nvlm_arch_name(cfg->arch));

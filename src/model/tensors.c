@@ -216,15 +216,18 @@ static int check_projector_set(const nvlm_config *cfg, const nvlm_st *st, nvlm_e
             return nvlm_fail(err, NVLM_E_FORMAT,
                              "tensor %s in %s does not belong to a projector (mlp1) of "
                              "projector_depth %d (expected mlp1.0.weight, mlp1.0.bias and "
-                             "mlp1.1 ... mlp1.%d .weight)", name, nvlm_st_at(st, i)->file, d, 2 * d - 1);
+                             "mlp1.{1,3,...,%d}.weight)", name, nvlm_st_at(st, i)->file, d, 2 * d - 1);
     }
     for (int j = 0; j <= d; j++) {
         char name[32];
         snprintf(name, sizeof name, "mlp1.%d.weight", j ? 2 * j - 1 : 0);
-        if (!nvlm_st_find(st, name))
-            return nvlm_fail(err, NVLM_E_FORMAT,
-                             "tensor %s is missing: projector_depth %d needs mlp1.0 (LayerNorm) "
-                             "and %d Linear layers mlp1.1 ... mlp1.%d", name, d, d, 2 * d - 1);
+        if (!nvlm_st_find(st, name)) {
+            int64_t any[1] = {0};
+            int rc = nvlm_st_expect(st, name, 1, any, NULL, err); /* words "missing (expected in ..)" */
+            nvlm_fail_prefix(err, "projector_depth %d needs a LayerNorm mlp1.0 and %d Linear "
+                                  "layer%s mlp1.{1,3,...,%d}: ", d, d, d > 1 ? "s" : "", 2 * d - 1);
+            return rc;
+        }
     }
     return 0;
 }
@@ -267,8 +270,10 @@ static int check_xattn_extra(const nvlm_config *cfg, const nvlm_st *st, nvlm_err
         if (k < 0 || k >= cfg->num_xattn || !known)
             return nvlm_fail(err, NVLM_E_FORMAT,
                              "unexpected tensor %s in %s (cross_attention_layers has %d "
-                             "entries: blocks xattn_layers.0 ... xattn_layers.%d)",
-                             t->name, t->file, cfg->num_xattn, cfg->num_xattn - 1);
+                             "entr%s, so the blocks are xattn_layers.0 to xattn_layers.%d, each "
+                             "with the 13 tensors of design note §12)",
+                             t->name, t->file, cfg->num_xattn, cfg->num_xattn == 1 ? "y" : "ies",
+                             cfg->num_xattn - 1);
     }
     return 0;
 }
