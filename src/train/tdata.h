@@ -1,0 +1,49 @@
+/* tdata.h - training data in the InternVL/LLaVA conversation JSONL format:
+ *   {"image": "path" | ["path", ...], "system": "...", "conversations":
+ *    [{"from": "human", "value": "<image>\n..."}, {"from": "gpt", "value": "..."}, ...]}
+ * Image paths are relative to the file. The prompt is built exactly as chat() builds it
+ * (design note §8); labels cover each answer and its <|im_end|>. Samples are prepared on
+ * first use and cached: the frozen ViT runs once per image. Internal. */
+#ifndef NVLM_TRAIN_TDATA_H
+#define NVLM_TRAIN_TDATA_H
+#include "train/train.h"
+
+typedef struct nvlm_tturn {
+    int gpt;          /* 0: human, 1: gpt */
+    char *text;
+} nvlm_tturn;
+
+typedef struct nvlm_tsample {
+    int line;             /* 1-based line in the file */
+    char **images;        /* resolved paths */
+    int n_images;
+    char *system;         /* NULL: the template default */
+    nvlm_tturn *turns;
+    int n_turns;
+    /* prepared on first use */
+    int32_t *ids, *labels;
+    int n;
+    float *img;           /* pixel-shuffled ViT features [n_img, 4C] */
+    int n_img;
+    int *num_patches;
+} nvlm_tsample;
+
+typedef struct nvlm_tdata {
+    char *path;
+    nvlm_tsample *s;
+    int n;
+} nvlm_tdata;
+
+/* Reads and validates every line (errors name the file and line; missing images too). */
+int nvlm_tdata_load(const char *path, nvlm_tdata **out, nvlm_err *err);
+void nvlm_tdata_free(nvlm_tdata *d);
+/* Prepares sample i for model m (tiles with at most max_num per image; 0: the config's). */
+int nvlm_tdata_prepare(nvlm_tdata *d, nvlm_model *m, int i, int max_num, nvlm_err *err);
+/* The prepared sample as a training sequence. */
+void nvlm_tdata_seq(const nvlm_tdata *d, int i, nvlm_tseq *out);
+
+/* ViT + pixel shuffle of the tiles of images (each cut with at most max_num tiles):
+ * *feat [sum tiles * tokens_per_tile, 4C] malloc'ed, num_patches[i] tiles of image i. */
+int nvlm_train_image_features(nvlm_model *m, char *const *paths, int n, int max_num, float **feat, int *n_rows,
+                              int *num_patches, nvlm_err *err);
+#endif

@@ -1,0 +1,184 @@
+/* The trainer's parameter store: float32 master copies of the projector, LLM (and X/H
+ * cross-attention) tensors, with gradients and Adam moments for the trainable ones. */
+#include "core/err.h"
+#include "model/tensors.h"
+#include "train/train.h"
+#include <fnmatch.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct collect {
+    nvlm_tmodel *tm;
+    const nvlm_train_select *sel;
+    nvlm_err *err;
+    int cap;
+} collect;
+
+/* Does name match one of the comma-separated globs? */
+static int matches(const char *patterns, const char *name) {
+    char pat[256];
+    for (const char *p = patterns; *p;) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len && len < sizeof pat) {
+            memcpy(pat, p, len);
+            pat[len] = 0;
+            if (!fnmatch(pat, name, 0)) return 1;
+        }
+        p += len + (e ? 1 : 0);
+    }
+    return 0;
+}
+
+static int default_trainable(int stage, nvlm_part part) {
+    if (part == NVLM_PART_PROJECTOR || part == NVLM_PART_XATTN) return 1;
+    return stage >= 2 && part == NVLM_PART_LLM;
+}
+
+static int add_param(void *user, const nvlm_tensor_spec *spec) {
+    collect *c = user;
+    nvlm_tmodel *tm = c->tm;
+    if (spec->part == NVLM_PART_VISION) return 0;
+    const nvlm_tensor *t = nvlm_st_find(tm->m->st, spec->name);
+    if (!t) return nvlm_fail(c->err, NVLM_E_FORMAT, "tensor %s is missing from the checkpoint", spec->name);
+    if (t->numel != spec->numel)
+        return nvlm_fail(c->err, NVLM_E_FORMAT, "tensor %s has %lld elements, expected %lld", spec->name,
+                         (long long)t->numel, (long long)spec->numel);
+    if (t->dtype != NVLM_DT_F32 && t->dtype != NVLM_DT_F16 && t->dtype != NVLM_DT_BF16)
+        return nvlm_fail(c->err, NVLM_E_UNSUPPORTED, "tensor %s is %s: training needs F32, F16 or BF16 weights",
+                         spec->name, nvlm_dtype_name(t->dtype));
+    if (tm->n_p == c->cap) {
+        int cap = c->cap ? 2 * c->cap : 64;
+        nvlm_tparam *p = realloc(tm->p, sizeof *p * (size_t)cap);
+        if (!p) return nvlm_fail(c->err, NVLM_E_NOMEM, "out of memory");
+        tm->p = p;
+        c->cap = cap;
+    }
+    nvlm_tparam *p = &tm->p[tm->n_p];
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "%s", spec->name);
+    p->ndim = spec->ndim;
+    memcpy(p->shape, spec->shape, sizeof p->shape);
+    p->n = (size_t)spec->numel;
+    p->dtype = t->dtype;
+    p->trainable = c->sel->patterns ? matches(c->sel->patterns, p->name) : default_trainable(c->sel->stage, spec->part);
+    p->decay = c->sel->decay_all || spec->ndim >= 2;
+    p->w = malloc(sizeof(float) * p->n);
+    if (p->w && p->trainable) {
+        p->g = calloc(p->n, sizeof(float));
+        p->m = calloc(p->n, sizeof(float));
+        p->v = calloc(p->n, sizeof(float));
+    }
+    tm->n_p++; /* counted now so that free releases what was allocated */
+    if (!p->w || (p->trainable && (!p->g || !p->m || !p->v)))
+        return nvlm_fail(c->err, NVLM_E_NOMEM, "out of memory for tensor %s (%zu values)", p->name, p->n);
+    nvlm_to_f32(p->w, t->data, t->dtype, p->n);
+    return 0;
+}
+
+nvlm_tparam *nvlm_tmodel_find(nvlm_tmodel *tm, const char *name) {
+    for (int i = 0; i < tm->n_p; i++)
+        if (!strcmp(tm->p[i].name, name)) return &tm->p[i];
+    return NULL;
+}
+
+static int bind(nvlm_tmodel *tm, nvlm_tparam **out, nvlm_err *err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int bind(nvlm_tmodel *tm, nvlm_tparam **out, nvlm_err *err, const char *fmt, ...) {
+    char name[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    *out = nvlm_tmodel_find(tm, name);
+    return *out ? 0 : nvlm_fail(err, NVLM_E_FORMAT, "tensor %s is missing", name);
+}
+
+static int bind_all(nvlm_tmodel *tm, nvlm_err *err) {
+    const nvlm_config *c = &tm->m->cfg;
+    int rc;
+    tm->proj_depth = c->projector_depth;
+    if (tm->proj_depth < 1 || tm->proj_depth > NVLM_TRAIN_MAX_PROJ)
+        return nvlm_fail(err, NVLM_E_UNSUPPORTED, "projector_depth %d: the trainer handles 1..%d", tm->proj_depth,
+                         NVLM_TRAIN_MAX_PROJ);
+    if ((rc = bind(tm, &tm->ln_w, err, "mlp1.0.weight")) || (rc = bind(tm, &tm->ln_b, err, "mlp1.0.bias"))) return rc;
+    for (int k = 0; k < tm->proj_depth; k++)
+        if ((rc = bind(tm, &tm->proj[k], err, "mlp1.%d.weight", 2 * k + 1))) return rc;
+    const char *pre = "language_model.model.";
+    if ((rc = bind(tm, &tm->embed, err, "%sembed_tokens.weight", pre))) return rc;
+    if ((rc = bind(tm, &tm->final_norm, err, "%snorm.weight", pre))) return rc;
+    tm->lm_head = c->llm.tie_word_embeddings ? tm->embed : nvlm_tmodel_find(tm, "language_model.lm_head.weight");
+    if (!tm->lm_head) return nvlm_fail(err, NVLM_E_FORMAT, "tensor language_model.lm_head.weight is missing");
+    tm->L = calloc((size_t)c->llm.num_layers, sizeof *tm->L);
+    if (!tm->L) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    for (int l = 0; l < c->llm.num_layers; l++) {
+        nvlm_tlayer *L = &tm->L[l];
+        char p[96];
+        snprintf(p, sizeof p, "%slayers.%d.", pre, l);
+        if ((rc = bind(tm, &L->in_norm, err, "%sinput_layernorm.weight", p)) ||
+            (rc = bind(tm, &L->post_norm, err, "%spost_attention_layernorm.weight", p)) ||
+            (rc = bind(tm, &L->wq, err, "%sself_attn.q_proj.weight", p)) ||
+            (rc = bind(tm, &L->bq, err, "%sself_attn.q_proj.bias", p)) ||
+            (rc = bind(tm, &L->wk, err, "%sself_attn.k_proj.weight", p)) ||
+            (rc = bind(tm, &L->bk, err, "%sself_attn.k_proj.bias", p)) ||
+            (rc = bind(tm, &L->wv, err, "%sself_attn.v_proj.weight", p)) ||
+            (rc = bind(tm, &L->bv, err, "%sself_attn.v_proj.bias", p)) ||
+            (rc = bind(tm, &L->wo, err, "%sself_attn.o_proj.weight", p)) ||
+            (rc = bind(tm, &L->gate, err, "%smlp.gate_proj.weight", p)) ||
+            (rc = bind(tm, &L->up, err, "%smlp.up_proj.weight", p)) ||
+            (rc = bind(tm, &L->down, err, "%smlp.down_proj.weight", p)))
+            return rc;
+    }
+    return NVLM_OK;
+}
+
+int nvlm_tmodel_new(nvlm_model *m, const nvlm_train_select *sel, nvlm_tmodel **out, nvlm_err *err) {
+    *out = NULL;
+    if (!m || !sel) return nvlm_fail(err, NVLM_E_INVALID_ARG, "no model or selection");
+    if (sel->stage != 1 && sel->stage != 2)
+        return nvlm_fail(err, NVLM_E_INVALID_ARG, "stage %d: the trainer knows stages 1 and 2", sel->stage);
+    if (m->cfg.arch != NVLM_ARCH_D)
+        return nvlm_fail(err, NVLM_E_UNSUPPORTED, "training %s is not implemented yet (NVLM-D only)",
+                         nvlm_arch_name(m->cfg.arch));
+    nvlm_tmodel *tm = calloc(1, sizeof *tm);
+    if (!tm) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    tm->m = m;
+    collect c = {tm, sel, err, 0};
+    int rc = nvlm_expected_tensors(&m->cfg, m->vit_dummy_heads, add_param, &c);
+    if (!rc) rc = bind_all(tm, err);
+    if (!rc && !nvlm_tmodel_trainable(tm))
+        rc = nvlm_fail(err, NVLM_E_INVALID_ARG, "no tensor is trainable (patterns '%s')",
+                       sel->patterns ? sel->patterns : "");
+    if (rc) {
+        nvlm_tmodel_free(tm);
+        return rc;
+    }
+    *out = tm;
+    return NVLM_OK;
+}
+
+void nvlm_tmodel_free(nvlm_tmodel *tm) {
+    if (!tm) return;
+    for (int i = 0; i < tm->n_p; i++) {
+        free(tm->p[i].w);
+        free(tm->p[i].g);
+        free(tm->p[i].m);
+        free(tm->p[i].v);
+    }
+    free(tm->p);
+    free(tm->L);
+    free(tm);
+}
+
+void nvlm_tmodel_zero_grad(nvlm_tmodel *tm) {
+    for (int i = 0; i < tm->n_p; i++)
+        if (tm->p[i].g) memset(tm->p[i].g, 0, sizeof(float) * tm->p[i].n);
+}
+
+size_t nvlm_tmodel_trainable(const nvlm_tmodel *tm) {
+    size_t n = 0;
+    for (int i = 0; i < tm->n_p; i++) n += tm->p[i].trainable ? tm->p[i].n : 0;
+    return n;
+}

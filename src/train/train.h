@@ -1,0 +1,130 @@
+/* train.h - the trainer (docs/training.md): a float32 parameter store with master weights,
+ * gradients and AdamW moments for the projector and the LLM; a training forward that keeps
+ * what the backward pass needs; backward passes for every op on the trainable path;
+ * cross-entropy over supervised positions; AdamW, clipping, schedules; the JSONL
+ * conversation data; checkpoints with optimizer state. The vision encoder stays in the
+ * engine (nvlm_model) and is frozen: its features are computed once per image. Internal. */
+#ifndef NVLM_TRAIN_TRAIN_H
+#define NVLM_TRAIN_TRAIN_H
+#include "model/model.h"
+#include <stdint.h>
+
+/* ------------------------------------------------------------ parameter store */
+
+typedef struct nvlm_tparam {
+    char name[160];
+    int ndim;
+    int64_t shape[4];
+    size_t n;
+    nvlm_dtype dtype;      /* dtype in the source checkpoint (kept when saving) */
+    float *w;              /* float32 master weights */
+    float *g, *m, *v;      /* gradient and Adam moments; NULL when frozen */
+    int trainable;
+    int decay;             /* weight decay applies (AdamW) */
+} nvlm_tparam;
+
+typedef struct nvlm_tlayer {
+    nvlm_tparam *in_norm, *post_norm, *wq, *bq, *wk, *bk, *wv, *bv, *wo, *gate, *up, *down;
+} nvlm_tlayer;
+
+enum { NVLM_TRAIN_MAX_PROJ = 8 };
+
+typedef struct nvlm_tmodel {
+    nvlm_model *m;                 /* borrowed: config, ViT, tokenizer, pool */
+    nvlm_tparam *p;
+    int n_p;
+    nvlm_tparam *ln_w, *ln_b, *proj[NVLM_TRAIN_MAX_PROJ];
+    int proj_depth;
+    nvlm_tparam *embed, *final_norm, *lm_head;
+    nvlm_tlayer *L;
+    int recompute;                 /* 1: keep only each layer's input, recompute in backward */
+} nvlm_tmodel;
+
+/* Which tensors learn. NULL patterns: the stage's default set (stage 1: mlp1.*; stage 2:
+ * mlp1.* and language_model.*). patterns: comma-separated fnmatch globs over tensor names.
+ * decay_all: weight decay on every trainable tensor (PyTorch AdamW on a plain list, as the
+ * reference); 0: not on 1-D tensors (norm weights, biases). */
+typedef struct nvlm_train_select {
+    int stage;
+    const char *patterns;
+    int decay_all;
+} nvlm_train_select;
+
+int nvlm_tmodel_new(nvlm_model *m, const nvlm_train_select *sel, nvlm_tmodel **out, nvlm_err *err);
+void nvlm_tmodel_free(nvlm_tmodel *tm);
+nvlm_tparam *nvlm_tmodel_find(nvlm_tmodel *tm, const char *name);
+void nvlm_tmodel_zero_grad(nvlm_tmodel *tm);
+/* Number of trainable elements. */
+size_t nvlm_tmodel_trainable(const nvlm_tmodel *tm);
+
+/* ------------------------------------------------------------ one sequence */
+
+/* A prepared training sequence. labels[t] is the target id of position t, or -100: the loss
+ * at position t uses labels[t + 1] (Hugging Face's shift). img: the pixel-shuffled ViT
+ * features of every image-context position, in order ([n_img, 4C]), NULL without images. */
+typedef struct nvlm_tseq {
+    const int32_t *ids, *labels;
+    int n;
+    const float *img;
+    int n_img;
+} nvlm_tseq;
+
+/* Supervised positions of a sequence (t with labels[t+1] != -100). */
+int nvlm_tseq_supervised(const nvlm_tseq *s);
+
+typedef struct nvlm_tresult {
+    double loss_sum;   /* sum of -log p over the supervised positions */
+    int count;         /* supervised positions */
+    int correct;       /* positions whose argmax equals the label */
+} nvlm_tresult;
+
+/* Forward, loss and (when backward) gradients accumulated into the trainable tensors, the
+ * loss scaled by 1/norm (the number of supervised positions of the whole optimizer step). */
+int nvlm_train_seq(nvlm_tmodel *tm, const nvlm_tseq *s, int backward, double norm, nvlm_tresult *res,
+                   nvlm_err *err);
+
+/* ------------------------------------------------------------ optimizer */
+
+typedef struct nvlm_adamw {
+    double lr, beta1, beta2, eps, weight_decay;
+    int64_t step;      /* steps taken */
+} nvlm_adamw;
+
+/* sqrt(sum of squared gradients) over trainable tensors (double accumulation). */
+double nvlm_grad_norm(const nvlm_tmodel *tm);
+void nvlm_grad_scale(nvlm_tmodel *tm, float s);
+/* One AdamW step (PyTorch semantics) with learning rate lr. */
+void nvlm_adamw_step(nvlm_tmodel *tm, nvlm_adamw *opt, double lr);
+/* Learning rate at step (0-based): linear warmup then cosine to 10% or constant. */
+double nvlm_lr_at(double base, int64_t step, int64_t warmup, int64_t total, int cosine);
+
+/* ------------------------------------------------------------ kernels (tkernels.c) */
+
+/* y = x W^T + b with W float32 [rows, cols]. */
+void nvlm_t_linear(nvlm_pool *pool, float *y, const float *x, int n, const float *W, int rows, int cols,
+                   const float *b);
+/* dx = dy W (overwrites; dx may be NULL), dW += dy^T x (dW may be NULL), db += sum dy (may be NULL). */
+void nvlm_t_linear_bwd(nvlm_pool *pool, float *dx, const float *dy, const float *x, int n, const float *W,
+                       int rows, int cols, float *dW, float *db);
+/* RMSNorm backward for one row: dx = d(x r w)/dx . dy (overwrites), dw += dy x r. */
+void nvlm_t_rmsnorm_bwd(float *dx, const float *dy, const float *x, const float *w, float *dw, int n, float eps);
+/* LayerNorm backward of one row for the parameters only: dw += dy xhat, db += dy. */
+void nvlm_t_layernorm_bwd_params(const float *dy, const float *x, float *dw, float *db, int n, float eps);
+/* LayerNorm backward of one row for the input: dx (overwrites). */
+void nvlm_t_layernorm_bwd_x(float *dx, const float *dy, const float *x, const float *w, int n, float eps);
+/* dx = dy * gelu'(x) (exact erf GELU), elementwise. */
+void nvlm_t_gelu_bwd(float *dx, const float *dy, const float *x, size_t n);
+/* Given act-gradient da and pre-activations g, u of a = silu(g) u: dg, du (overwrite). */
+void nvlm_t_swiglu_bwd(float *dg, float *du, const float *da, const float *g, const float *u, size_t n);
+/* RoPE cos/sin tables [n, d/2] for positions 0..n-1 as the engine computes them. */
+void nvlm_t_rope_table(const nvlm_llm_config *c, int d, int n, float *cs, float *sn);
+/* Rotates (inverse 0) or applies the transpose (inverse 1: the backward) to n rows of
+ * heads*d values. */
+void nvlm_t_rope(float *x, int n, int heads, int d, const float *cs, const float *sn, int inverse);
+/* Causal GQA attention over n positions: q [n, nh d], k, v [n, nkv d] -> o [n, nh d]. */
+int nvlm_t_attention(nvlm_pool *pool, float *o, const float *q, const float *k, const float *v, int n, int nh,
+                     int nkv, int d);
+/* Its backward (probabilities recomputed): dq (overwrites), dk, dv (overwrite). */
+int nvlm_t_attention_bwd(nvlm_pool *pool, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                         const float *k, const float *v, int n, int nh, int nkv, int d);
+#endif
