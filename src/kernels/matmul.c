@@ -1,7 +1,11 @@
-/* Matrix products against weights stored F32/F16/BF16 (scalar reference path).
- * Work is split over output rows; each thread expands a block of weight rows to float32
- * once and applies it to every token, so a weight row is read once per call. */
+/* Matrix products against weights stored F32/F16/BF16/Q8_0/Q4: the scalar reference path and
+ * the run-time dispatch to the SIMD kernels (kernels/cpu.h, the pool's level).
+ * Scalar: work is split over output rows; each thread expands a block of weight rows to
+ * float32 once and applies it to every token, so a weight row is read once per call. */
+#include "kernels/cpu.h"
 #include "kernels/ops.h"
+#include "kernels/qblock.h"
+#include "kernels/simd.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,7 +20,7 @@ typedef struct matmul_job {
 } matmul_job;
 
 static const void *row_ptr(const nvlm_wmat *w, int r) {
-    return (const uint8_t *)w->data + (size_t)r * (size_t)w->cols * nvlm_dtype_size(w->dtype);
+    return (const uint8_t *)w->data + (size_t)r * nvlm_row_bytes(w->dtype, w->cols);
 }
 
 static void matmul_rows(void *ctx, size_t begin, size_t end, int thread) {
@@ -31,7 +35,8 @@ static void matmul_rows(void *ctx, size_t begin, size_t end, int thread) {
         /* F32 rows are used in place when aligned (safetensors does not promise alignment) */
         int in_place = j->w->dtype == NVLM_DT_F32 && ((uintptr_t)src % sizeof(float)) == 0;
         const float *wr = in_place ? (const float *)src : wbuf;
-        if (!in_place) nvlm_to_f32(wbuf, src, j->w->dtype, (size_t)nr * K);
+        if (!in_place)
+            for (int r = 0; r < nr; r++) nvlm_row_to_f32(wbuf + (size_t)r * K, row_ptr(j->w, (int)r0 + r), j->w->dtype, K);
         for (int t = 0; t < j->n_tok; t++) {
             const float *xt = j->x + (size_t)t * K;
             float *yt = j->y + (size_t)t * N + r0;
@@ -44,8 +49,51 @@ static void matmul_rows(void *ctx, size_t begin, size_t end, int thread) {
     free(wbuf);
 }
 
-void nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
-                 const float *bias) {
+void nvlm_matmul_scalar(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
+                        const float *bias) {
     matmul_job j = {y, x, n_tok, w, bias};
     nvlm_pool_run(pool, (size_t)w->rows, ROW_BLOCK, matmul_rows, &j);
+}
+
+void nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
+                 const float *bias) {
+    if (n_tok <= 0) return;
+#ifdef NVLM_HAVE_AVX2_KERNELS
+    if (nvlm_pool_level(pool) >= NVLM_CPU_AVX2) {
+        nvlm_matmul_avx2(pool, y, x, n_tok, w, bias);
+        return;
+    }
+#endif
+    nvlm_matmul_scalar(pool, y, x, n_tok, w, bias);
+}
+
+typedef struct act_job {
+    float *a;
+    const float *b;
+    int level, silu;
+} act_job;
+
+static void act_range(void *ctx, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const act_job *j = ctx;
+    size_t n = end - begin;
+#ifdef NVLM_HAVE_AVX2_KERNELS
+    if (j->level >= NVLM_CPU_AVX2) {
+        if (j->silu) nvlm_silu_mul_avx2(j->a + begin, j->b + begin, n);
+        else nvlm_gelu_avx2(j->a + begin, n);
+        return;
+    }
+#endif
+    if (j->silu) nvlm_silu_mul(j->a + begin, j->b + begin, n);
+    else nvlm_gelu(j->a + begin, n);
+}
+
+void nvlm_gelu_pool(nvlm_pool *pool, float *x, size_t n) {
+    act_job j = {x, NULL, nvlm_pool_level(pool), 0};
+    nvlm_pool_run(pool, n, 4096, act_range, &j);
+}
+
+void nvlm_silu_mul_pool(nvlm_pool *pool, float *a, const float *b, size_t n) {
+    act_job j = {a, b, nvlm_pool_level(pool), 1};
+    nvlm_pool_run(pool, n, 4096, act_range, &j);
 }

@@ -9,7 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* A weight matrix [rows = out features, cols = in features], row-major, as nn.Linear stores it. */
+/* A weight matrix [rows = out features, cols = in features], row-major, as nn.Linear stores it;
+ * block formats (kernels/qblock.h) store each row as cols/32 blocks. */
 typedef struct nvlm_wmat {
     nvlm_dtype dtype;
     int rows, cols;
@@ -33,6 +34,13 @@ void nvlm_to_f32(float *dst, const void *src, nvlm_dtype dtype, size_t n);
  * x is [n_tok, W.cols], y is [n_tok, W.rows] (may not alias x). bias may be NULL. */
 void nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
                  const float *bias);
+/* The scalar reference of nvlm_matmul (nvlm_matmul dispatches on nvlm_pool_level(pool)). */
+void nvlm_matmul_scalar(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
+                        const float *bias);
+/* nvlm_gelu / nvlm_silu_mul split over the pool, SIMD at the pool's level. Any chunking gives
+ * the same values (element-wise). */
+void nvlm_gelu_pool(nvlm_pool *pool, float *x, size_t n);
+void nvlm_silu_mul_pool(nvlm_pool *pool, float *a, const float *b, size_t n);
 
 /* out = x * rsqrt(mean(x[:n_stat]^2) + eps) * w over n values (n_stat <= n: InternViT's
  * QK-norm takes the statistic over the real heads only). out may alias x. */

@@ -1,5 +1,6 @@
 #include "kernels/pool.h"
 #include "core/err.h"
+#include "kernels/cpu.h"
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -7,6 +8,7 @@
 
 struct nvlm_pool {
     int n_threads;              /* including the calling thread */
+    int level;                  /* kernel instruction-set level (kernels/cpu.h) */
     pthread_t *workers;
     pthread_mutex_t mu;
     pthread_cond_t wake, done;
@@ -76,6 +78,7 @@ int nvlm_pool_new(int n_threads, nvlm_pool **out, nvlm_err *err) {
     nvlm_pool *p = calloc(1, sizeof *p);
     if (!p) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory creating the thread pool");
     p->n_threads = n_threads;
+    p->level = nvlm_cpu_level();
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);
@@ -119,6 +122,14 @@ void nvlm_pool_free(nvlm_pool *p) {
 }
 
 int nvlm_pool_threads(const nvlm_pool *p) { return p ? p->n_threads : 1; }
+
+int nvlm_pool_level(const nvlm_pool *p) { return p ? p->level : nvlm_cpu_level(); }
+
+int nvlm_pool_set_level(nvlm_pool *p, int level) {
+    int hw = nvlm_cpu_hw_level();
+    p->level = level < 0 ? 0 : level > hw ? hw : level;
+    return p->level;
+}
 
 void nvlm_pool_run(nvlm_pool *p, size_t n, size_t grain, nvlm_pool_fn fn, void *ctx) {
     if (n == 0) return;

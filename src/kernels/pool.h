@@ -17,6 +17,11 @@ typedef void (*nvlm_pool_fn)(void *ctx, size_t begin, size_t end, int thread);
 int nvlm_pool_new(int n_threads, nvlm_pool **out, nvlm_err *err);
 void nvlm_pool_free(nvlm_pool *p);
 int nvlm_pool_threads(const nvlm_pool *p);
+/* Instruction-set level the kernels use with this pool (kernels/cpu.h): nvlm_cpu_level() at
+ * creation; a NULL pool means nvlm_cpu_level(). */
+int nvlm_pool_level(const nvlm_pool *p);
+/* Forces a level (clamped to what the machine supports); returns the level set. */
+int nvlm_pool_set_level(nvlm_pool *p, int level);
 
 /* Runs fn over [0, n) split into chunks of at least `grain` indices; returns when all are
  * done. pool may be NULL (runs inline). Not reentrant: do not call from inside fn. */

@@ -2,6 +2,7 @@
 #include "model/llm.h"
 #include "core/err.h"
 #include "kernels/attention.h"
+#include "kernels/qblock.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,11 +50,11 @@ void nvlm_kv_free(nvlm_kv *kv) {
 
 int nvlm_embed_tokens(const nvlm_model *m, const int32_t *ids, int n, float *out, nvlm_err *err) {
     int h = m->cfg.llm.hidden_size;
-    size_t row_bytes = (size_t)h * nvlm_dtype_size(m->embed.dtype);
+    size_t row_bytes = nvlm_row_bytes(m->embed.dtype, h);
     for (int t = 0; t < n; t++) {
         if (ids[t] < 0 || ids[t] >= m->embed.rows)
             return nvlm_fail(err, NVLM_E_INVALID_ARG, "token id %d is outside the vocabulary (%d rows)", ids[t], m->embed.rows);
-        nvlm_to_f32(out + (size_t)t * h, (const uint8_t *)m->embed.data + (size_t)ids[t] * row_bytes, m->embed.dtype, (size_t)h);
+        nvlm_row_to_f32(out + (size_t)t * h, (const uint8_t *)m->embed.data + (size_t)ids[t] * row_bytes, m->embed.dtype, h);
     }
     return NVLM_OK;
 }
@@ -95,21 +96,24 @@ typedef struct self_attn_job {
     float *out;          /* [n_tok, n_h d] */
     int n_tok, pos0, n_h, group, d, kv_dim;
     float scale;
+    int level;           /* kernels/cpu.h */
 } self_attn_job;
 
-/* One unit = (token, head): causal attention over positions 0..pos0+t. */
+/* One unit = one query head: causal attention of its n_tok queries over positions 0..pos0+t. */
 static void self_attn_units(void *ctx, size_t begin, size_t end, int thread) {
     (void)thread;
     const self_attn_job *j = ctx;
-    float *scores = malloc(sizeof(float) * (size_t)(j->pos0 + j->n_tok));
-    if (!scores) return;
-    for (size_t u = begin; u < end; u++) {
-        int t = (int)(u / (size_t)j->n_h), a = (int)(u % (size_t)j->n_h), g = a / j->group;
-        const float *q = j->q + ((size_t)t * j->n_h + a) * j->d;
-        nvlm_attend(q, j->k + (size_t)g * j->d, (size_t)j->kv_dim, j->v + (size_t)g * j->d, (size_t)j->kv_dim,
-                    j->pos0 + t + 1, j->d, j->scale, scores, j->out + ((size_t)t * j->n_h + a) * j->d);
+    int n_keys = j->pos0 + j->n_tok;
+    float *scratch = malloc(sizeof(float) * nvlm_attention_scratch(j->level, n_keys, j->d));
+    if (!scratch) return;
+    size_t qs = (size_t)j->n_h * j->d;
+    for (size_t a = begin; a < end; a++) {
+        size_t g = a / (size_t)j->group;
+        nvlm_attention(j->level, j->q + a * j->d, qs, j->n_tok, j->k + g * j->d, (size_t)j->kv_dim,
+                       j->v + g * j->d, (size_t)j->kv_dim, n_keys, j->pos0, j->d, j->scale,
+                       j->out + a * j->d, qs, scratch);
     }
-    free(scores);
+    free(scratch);
 }
 
 typedef struct llm_buffers {
@@ -153,14 +157,14 @@ static void llm_layer_forward(nvlm_model *m, nvlm_kv *kv, int l, int n, llm_buff
     memcpy(kv->k[l] + (size_t)pos0 * kvd, b->k, sizeof(float) * (size_t)n * kvd);
     memcpy(kv->v[l] + (size_t)pos0 * kvd, b->v, sizeof(float) * (size_t)n * kvd);
     self_attn_job aj = {b->q, kv->k[l], kv->v[l], b->att, n, pos0, c->num_heads,
-                        c->num_heads / c->num_kv_heads, d, kvd, 1.0f / sqrtf((float)d)};
-    nvlm_pool_run(m->pool, (size_t)n * c->num_heads, 1, self_attn_units, &aj);
+                        c->num_heads / c->num_kv_heads, d, kvd, 1.0f / sqrtf((float)d), nvlm_pool_level(m->pool)};
+    nvlm_pool_run(m->pool, (size_t)c->num_heads, 1, self_attn_units, &aj);
     nvlm_matmul(m->pool, b->y, b->att, n, &L->wo, NULL);
     for (size_t i = 0; i < (size_t)n * h; i++) b->x[i] += b->y[i];
     for (int t = 0; t < n; t++) nvlm_rmsnorm(b->y + (size_t)t * h, b->x + (size_t)t * h, L->post_norm, h, h, c->rms_norm_eps);
     nvlm_matmul(m->pool, b->gate, b->y, n, &L->gate, NULL);
     nvlm_matmul(m->pool, b->up, b->y, n, &L->up, NULL);
-    nvlm_silu_mul(b->gate, b->up, (size_t)n * c->intermediate_size);
+    nvlm_silu_mul_pool(m->pool, b->gate, b->up, (size_t)n * c->intermediate_size);
     nvlm_matmul(m->pool, b->y, b->gate, n, &L->down, NULL);
     for (size_t i = 0; i < (size_t)n * h; i++) b->x[i] += b->y[i];
 }

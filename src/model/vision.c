@@ -27,26 +27,24 @@ typedef struct vit_attn_job {
     float *out;         /* [n*T, E] */
     int T, E, heads, hd;
     float scale;
+    int level;          /* kernels/cpu.h */
 } vit_attn_job;
 
-/* One unit of work = (tile, head): all T queries of that head. */
+/* One unit of work = (tile, head): all T queries of that head, in blocks (kernels/attention.h). */
 static void vit_attn_units(void *ctx, size_t begin, size_t end, int thread) {
     (void)thread;
     const vit_attn_job *j = ctx;
-    float *scores = malloc(sizeof(float) * (size_t)j->T);
-    if (!scores) return;
+    float *scratch = malloc(sizeof(float) * nvlm_attention_scratch(j->level, j->T, j->hd));
+    if (!scratch) return;
     size_t row = (size_t)3 * j->E;
     for (size_t u = begin; u < end; u++) {
         size_t tile = u / (size_t)j->heads, head = u % (size_t)j->heads;
         const float *base = j->qkv + tile * (size_t)j->T * row;
-        const float *k = base + j->E + head * j->hd, *v = base + 2 * j->E + head * j->hd;
-        for (int t = 0; t < j->T; t++) {
-            const float *q = base + (size_t)t * row + head * j->hd;
-            float *o = j->out + (tile * (size_t)j->T + t) * j->E + head * j->hd;
-            nvlm_attend(q, k, row, v, row, j->T, j->hd, j->scale, scores, o);
-        }
+        const float *q = base + head * j->hd, *k = base + j->E + head * j->hd, *v = base + 2 * j->E + head * j->hd;
+        nvlm_attention(j->level, q, row, j->T, k, row, v, row, j->T, -1, j->hd, j->scale,
+                       j->out + tile * (size_t)j->T * j->E + head * j->hd, (size_t)j->E, scratch);
     }
-    free(scores);
+    free(scratch);
 }
 
 typedef struct vit_buffers {
@@ -74,14 +72,14 @@ static void vit_layer_forward(nvlm_model *m, const vit_layer *L, int n, vit_buff
         nvlm_rmsnorm(q, q, L->q_norm, E, C, vc->layer_norm_eps);
         nvlm_rmsnorm(k, k, L->k_norm, E, C, vc->layer_norm_eps);
     }
-    vit_attn_job aj = {b->qkv, b->att, T, E, E / hd, hd, 1.0f / sqrtf((float)hd)};
+    vit_attn_job aj = {b->qkv, b->att, T, E, E / hd, hd, 1.0f / sqrtf((float)hd), nvlm_pool_level(m->pool)};
     nvlm_pool_run(m->pool, (size_t)n * aj.heads, 1, vit_attn_units, &aj);
     nvlm_matmul(m->pool, b->y, b->att, (int)rows, &L->proj, L->proj_bias);
     for (size_t t = 0; t < rows; t++)
         for (int c = 0; c < C; c++) b->x[t * C + c] += L->ls1[c] * b->y[t * C + c];
     for (size_t t = 0; t < rows; t++) nvlm_rmsnorm(b->y + t * C, b->x + t * C, L->norm2, C, C, vc->layer_norm_eps);
     nvlm_matmul(m->pool, b->mlp, b->y, (int)rows, &L->fc1, L->fc1_bias);
-    nvlm_gelu(b->mlp, rows * I);
+    nvlm_gelu_pool(m->pool, b->mlp, rows * I);
     nvlm_matmul(m->pool, b->y, b->mlp, (int)rows, &L->fc2, L->fc2_bias);
     for (size_t t = 0; t < rows; t++)
         for (int c = 0; c < C; c++) b->x[t * C + c] += L->ls2[c] * b->y[t * C + c];
@@ -163,7 +161,7 @@ int nvlm_projector(nvlm_model *m, const float *in, int n, float *out, nvlm_err *
         float *dst = k == depth - 1 ? out : b;
         nvlm_matmul(m->pool, dst, a, n, &m->proj[k], NULL);
         if (k < depth - 1) {
-            nvlm_gelu(dst, (size_t)n * m->proj[k].rows);
+            nvlm_gelu_pool(m->pool, dst, (size_t)n * m->proj[k].rows);
             float *tmp = a;
             a = b;
             b = tmp;

@@ -1,0 +1,144 @@
+/* AVX2 conversions, activation quantization and quantized dot products (see qblock.h). */
+#include "kernels/simd.h"
+#ifdef NVLM_HAVE_AVX2_KERNELS
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+static inline __m256 load_bf16x8(const void *p) {
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+static inline __m256 load_f16x8(const void *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+void nvlm_row_to_f32_avx2(float *dst, const void *src, nvlm_dtype t, int n) {
+    const uint8_t *s = src;
+    int i = 0;
+    switch (t) {
+    case NVLM_DT_F32:
+        memcpy(dst, src, sizeof(float) * (size_t)n);
+        return;
+    case NVLM_DT_BF16:
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_bf16x8(s + 2 * i));
+        break;
+    case NVLM_DT_F16:
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_f16x8(s + 2 * i));
+        break;
+    case NVLM_DT_Q8_0: {
+        const nvlm_block_q8_0 *b = src;
+        for (int k = 0; k < n / NVLM_QK; k++) {
+            __m256 d = _mm256_set1_ps(_cvtsh_ss(b[k].d));
+            for (int j = 0; j < NVLM_QK; j += 8) {
+                __m128i q = _mm_loadl_epi64((const __m128i *)(b[k].q + j));
+                _mm256_storeu_ps(dst + k * NVLM_QK + j, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q))));
+            }
+        }
+        return;
+    }
+    case NVLM_DT_Q4: {
+        const nvlm_block_q4 *b = src;
+        const __m128i m4 = _mm_set1_epi8(15), e8 = _mm_set1_epi8(8);
+        for (int k = 0; k < n / NVLM_QK; k++) {
+            __m256 d = _mm256_set1_ps(_cvtsh_ss(b[k].d));
+            __m128i bytes = _mm_loadu_si128((const __m128i *)b[k].q);
+            __m128i lo = _mm_sub_epi8(_mm_and_si128(bytes, m4), e8);
+            __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), m4), e8);
+            float *o = dst + k * NVLM_QK;
+            _mm256_storeu_ps(o, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
+            _mm256_storeu_ps(o + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))));
+            _mm256_storeu_ps(o + 16, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))));
+            _mm256_storeu_ps(o + 24, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))));
+        }
+        return;
+    }
+    }
+    if (i < n) nvlm_to_f32(dst + i, s + 2 * (size_t)i, t, (size_t)(n - i));
+}
+
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+float nvlm_dot_avx2(const float *a, const float *b, int n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    float s = hsum(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* Same arithmetic as nvlm_quantize_row_q8a: amax, d = amax/127, q = rint(x * 127/amax). */
+void nvlm_quantize_row_q8a_avx2(const float *x, nvlm_block_q8a *b, int n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int i = 0; i < n / NVLM_QK; i++, x += NVLM_QK) {
+        __m256 v[4], m = _mm256_setzero_ps();
+        for (int j = 0; j < 4; j++) {
+            v[j] = _mm256_loadu_ps(x + 8 * j);
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[j]));
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float amax = _mm_cvtss_f32(m4);
+        b[i].d = amax / 127.0f;
+        __m256 id = _mm256_set1_ps(amax > 0 ? 127.0f / amax : 0.0f);
+        __m256i q[4];
+        for (int j = 0; j < 4; j++)
+            q[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[j], id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        /* pack 32-bit lanes to bytes; packs interleave 128-bit halves, the permute restores order */
+        __m256i p01 = _mm256_packs_epi32(q[0], q[1]), p23 = _mm256_packs_epi32(q[2], q[3]);
+        __m256i p = _mm256_packs_epi16(p01, p23);
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)b[i].q, p);
+    }
+}
+
+/* 32 int8 weights of block i as a vector. */
+static inline __m256i q_weights(nvlm_dtype t, const void *w, int i, float *dw) {
+    if (t == NVLM_DT_Q8_0) {
+        const nvlm_block_q8_0 *b = (const nvlm_block_q8_0 *)w + i;
+        *dw = _cvtsh_ss(b->d);
+        return _mm256_loadu_si256((const __m256i *)b->q);
+    }
+    const nvlm_block_q4 *b = (const nvlm_block_q4 *)w + i;
+    *dw = _cvtsh_ss(b->d);
+    __m128i bytes = _mm_loadu_si128((const __m128i *)b->q);
+    __m256i both = _mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes);
+    return _mm256_sub_epi8(_mm256_and_si256(both, _mm256_set1_epi8(15)), _mm256_set1_epi8(8));
+}
+
+/* Sum of 32 int8 products as 8 int32 lanes (maddubs needs an unsigned operand: |w|, sign moved to x). */
+static inline __m256 dot_i8(__m256i w, __m256i x) {
+    __m256i ax = _mm256_sign_epi8(w, w), sx = _mm256_sign_epi8(x, w);
+    __m256i s16 = _mm256_maddubs_epi16(ax, sx);
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+}
+
+float nvlm_vec_dot_q_avx2(nvlm_dtype t, const void *w, const nvlm_block_q8a *x, int n) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int nb = n / NVLM_QK, i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        float d0, d1;
+        __m256i w0 = q_weights(t, w, i, &d0), w1 = q_weights(t, w, i + 1, &d1);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * x[i].d), dot_i8(w0, _mm256_loadu_si256((const __m256i *)x[i].q)), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1 * x[i + 1].d), dot_i8(w1, _mm256_loadu_si256((const __m256i *)x[i + 1].q)), acc1);
+    }
+    for (; i < nb; i++) {
+        float d0;
+        __m256i w0 = q_weights(t, w, i, &d0);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * x[i].d), dot_i8(w0, _mm256_loadu_si256((const __m256i *)x[i].q)), acc0);
+    }
+    return hsum(_mm256_add_ps(acc0, acc1));
+}
+#pragma GCC pop_options
+#endif

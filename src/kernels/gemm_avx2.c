@@ -1,0 +1,380 @@
+/* AVX2 matrix products: a 6x16 register-blocked micro-kernel over packed weight panels
+ * (prefill, ViT, attention) and streaming matrix-vector kernels (generation).
+ *
+ * Determinism: every output element is one FMA chain over k in index order inside a K block
+ * of KC, the blocks added in order, then the bias. Which thread computes it and where its
+ * tile starts does not change that chain, so results are identical for any thread count. */
+#include "kernels/simd.h"
+#ifdef NVLM_HAVE_AVX2_KERNELS
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#include <immintrin.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum {
+    MR = 6,          /* tokens per micro-tile */
+    NR = 16,         /* outputs per micro-tile (two ymm) */
+    KC = 256,        /* K block: a packed panel is KC x NR floats = 16 KiB (L1) */
+    GROUP = 4,       /* panels packed together: x rows are reused from L1 over 64 outputs */
+    GEMV_MAX = 3,    /* up to this many tokens: stream weights, no packing */
+};
+
+/* Fills dst[k * NR + r] (k < kc, r < NR) with B(n0 + r, k0 + k); rows r >= nr are zero. */
+typedef void (*pack_fn)(const void *ctx, int n0, int nr, int k0, int kc, float *dst);
+
+static inline __attribute__((always_inline)) void ukr(int mr, int kc, const float *a, size_t lda,
+                                                      const float *b, float *c, size_t ldc, int nr,
+                                                      int accumulate, const float *bias) {
+    __m256 acc[MR][2];
+    for (int i = 0; i < mr; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_load_ps(b + k * NR), b1 = _mm256_load_ps(b + k * NR + 8);
+        for (int i = 0; i < mr; i++) {
+            __m256 av = _mm256_broadcast_ss(a + i * lda + k);
+            acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
+        }
+    }
+    float bb[NR] = {0};
+    if (bias) memcpy(bb, bias, sizeof(float) * (size_t)nr);
+    __m256 bias0 = _mm256_loadu_ps(bb), bias1 = _mm256_loadu_ps(bb + 8);
+    for (int i = 0; i < mr; i++) {
+        float *ci = c + i * ldc, tmp[NR];
+        if (nr < NR) {
+            memset(tmp, 0, sizeof tmp);
+            if (accumulate) memcpy(tmp, ci, sizeof(float) * (size_t)nr);
+            ci = tmp;
+        }
+        __m256 r0 = acc[i][0], r1 = acc[i][1];
+        if (accumulate) {
+            r0 = _mm256_add_ps(_mm256_loadu_ps(ci), r0);
+            r1 = _mm256_add_ps(_mm256_loadu_ps(ci + 8), r1);
+        }
+        if (bias) {
+            r0 = _mm256_add_ps(r0, bias0);
+            r1 = _mm256_add_ps(r1, bias1);
+        }
+        _mm256_storeu_ps(ci, r0);
+        _mm256_storeu_ps(ci + 8, r1);
+        if (nr < NR) memcpy(c + i * ldc, tmp, sizeof(float) * (size_t)nr);
+    }
+}
+
+static void ukr_any(int mr, int kc, const float *a, size_t lda, const float *b, float *c, size_t ldc, int nr,
+                    int accumulate, const float *bias) {
+    switch (mr) { /* constant mr: the accumulators stay in registers */
+    case 6: ukr(6, kc, a, lda, b, c, ldc, nr, accumulate, bias); break;
+    case 5: ukr(5, kc, a, lda, b, c, ldc, nr, accumulate, bias); break;
+    case 4: ukr(4, kc, a, lda, b, c, ldc, nr, accumulate, bias); break;
+    case 3: ukr(3, kc, a, lda, b, c, ldc, nr, accumulate, bias); break;
+    case 2: ukr(2, kc, a, lda, b, c, ldc, nr, accumulate, bias); break;
+    default: ukr(1, kc, a, lda, b, c, ldc, nr, accumulate, bias); break;
+    }
+}
+
+/* C[0:M, n0:n1] = A[0:M, 0:K] . B^T (+ bias[n0:n1]), B reached through pack. n1 - n0 <= GROUP*NR;
+ * wp holds GROUP*KC*NR floats, 32-byte aligned. */
+static void gemm_cols(int M, int K, const float *A, size_t lda, pack_fn pack, const void *pctx, int n0, int n1,
+                      float *C, size_t ldc, const float *bias, float *wp) {
+    int np = (n1 - n0 + NR - 1) / NR;
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        int kc = K - k0 < KC ? K - k0 : KC, last = k0 + kc >= K;
+        for (int p = 0; p < np; p++) {
+            int c0 = n0 + p * NR;
+            pack(pctx, c0, n1 - c0 < NR ? n1 - c0 : NR, k0, kc, wp + (size_t)p * KC * NR);
+        }
+        for (int t0 = 0; t0 < M; t0 += MR) {
+            int mr = M - t0 < MR ? M - t0 : MR;
+            for (int p = 0; p < np; p++) {
+                int c0 = n0 + p * NR, nr = n1 - c0 < NR ? n1 - c0 : NR;
+                ukr_any(mr, kc, A + (size_t)t0 * lda + k0, lda, wp + (size_t)p * KC * NR, C + (size_t)t0 * ldc + c0, ldc,
+                        nr, k0 > 0, last && bias ? bias + c0 : NULL);
+            }
+        }
+    }
+}
+
+/* ---- packing ---- */
+
+typedef struct strided {
+    const float *p;
+    size_t stride;
+} strided;
+
+/* B rows are rows of a weight matrix in any stored format. */
+static void pack_wmat(const void *ctx, int n0, int nr, int k0, int kc, float *dst) {
+    const nvlm_wmat *w = ctx;
+    size_t row_bytes = nvlm_row_bytes(w->dtype, w->cols);
+    float row[KC];
+    for (int r = 0; r < nr; r++) {
+        const uint8_t *src = (const uint8_t *)w->data + (size_t)(n0 + r) * row_bytes;
+        if (nvlm_dtype_is_block(w->dtype)) /* k0 and kc are multiples of 32 (cols % 32 == 0) */
+            nvlm_row_to_f32_avx2(row, src + nvlm_row_bytes(w->dtype, k0), w->dtype, kc);
+        else
+            nvlm_row_to_f32_avx2(row, src + (size_t)k0 * nvlm_dtype_size(w->dtype), w->dtype, kc);
+        for (int k = 0; k < kc; k++) dst[k * NR + r] = row[k];
+    }
+    for (int r = nr; r < NR; r++)
+        for (int k = 0; k < kc; k++) dst[k * NR + r] = 0;
+}
+
+/* B rows are float rows at a stride (keys: S = Q K^T). */
+static void pack_rows_f32(const void *ctx, int n0, int nr, int k0, int kc, float *dst) {
+    const strided *s = ctx;
+    for (int r = 0; r < nr; r++) {
+        const float *src = s->p + (size_t)(n0 + r) * s->stride + k0;
+        for (int k = 0; k < kc; k++) dst[k * NR + r] = src[k];
+    }
+    for (int r = nr; r < NR; r++)
+        for (int k = 0; k < kc; k++) dst[k * NR + r] = 0;
+}
+
+/* B^T rows are float rows at a stride (values: O = P V). */
+static void pack_cols_f32(const void *ctx, int n0, int nr, int k0, int kc, float *dst) {
+    const strided *s = ctx;
+    for (int k = 0; k < kc; k++) {
+        const float *src = s->p + (size_t)(k0 + k) * s->stride + n0;
+        if (nr == NR) {
+            _mm256_store_ps(dst + k * NR, _mm256_loadu_ps(src));
+            _mm256_store_ps(dst + k * NR + 8, _mm256_loadu_ps(src + 8));
+        } else {
+            for (int r = 0; r < NR; r++) dst[k * NR + r] = r < nr ? src[r] : 0;
+        }
+    }
+}
+
+/* ---- matmul: y = x W^T + b ---- */
+
+typedef struct mm_job {
+    float *y;
+    const float *x;
+    int n_tok;
+    const nvlm_wmat *w;
+    const float *bias;
+    const nvlm_block_q8a *xq; /* quantized x for the matrix-vector path of block formats */
+} mm_job;
+
+static void mm_gemm_units(void *ctx, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const mm_job *j = ctx;
+    float *wp = aligned_alloc(64, sizeof(float) * GROUP * KC * NR);
+    if (!wp) return;
+    const int N = j->w->rows, K = j->w->cols;
+    for (size_t u = begin; u < end; u++) {
+        int n0 = (int)u * GROUP * NR, n1 = n0 + GROUP * NR < N ? n0 + GROUP * NR : N;
+        gemm_cols(j->n_tok, K, j->x, (size_t)K, pack_wmat, j->w, n0, n1, j->y, (size_t)N, j->bias, wp);
+    }
+    free(wp);
+}
+
+/* Streams weight rows [begin, end) once, each against up to GEMV_MAX tokens. */
+static void mm_gemv_rows(void *ctx, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const mm_job *j = ctx;
+    const int N = j->w->rows, K = j->w->cols, T = j->n_tok;
+    const nvlm_dtype dt = j->w->dtype;
+    const size_t row_bytes = nvlm_row_bytes(dt, K);
+    for (size_t r = begin; r < end; r++) {
+        const uint8_t *wr = (const uint8_t *)j->w->data + r * row_bytes;
+        float out[GEMV_MAX];
+        if (nvlm_dtype_is_block(dt)) {
+            for (int t = 0; t < T; t++) out[t] = nvlm_vec_dot_q_avx2(dt, wr, j->xq + (size_t)t * (K / NVLM_QK), K);
+        } else {
+            __m256 acc[GEMV_MAX][2];
+            for (int t = 0; t < T; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+            int k = 0;
+            for (; k + 16 <= K; k += 16) {
+                __m256 w0, w1;
+                if (dt == NVLM_DT_BF16) {
+                    __m256i h = _mm256_loadu_si256((const __m256i *)(wr + 2 * (size_t)k));
+                    w0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(h)), 16));
+                    w1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(h, 1)), 16));
+                } else if (dt == NVLM_DT_F16) {
+                    w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wr + 2 * (size_t)k)));
+                    w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wr + 2 * (size_t)k + 16)));
+                } else {
+                    w0 = _mm256_loadu_ps((const float *)(wr + 4 * (size_t)k));
+                    w1 = _mm256_loadu_ps((const float *)(wr + 4 * (size_t)k + 32));
+                }
+                for (int t = 0; t < T; t++) {
+                    const float *xt = j->x + (size_t)t * K + k;
+                    acc[t][0] = _mm256_fmadd_ps(_mm256_loadu_ps(xt), w0, acc[t][0]);
+                    acc[t][1] = _mm256_fmadd_ps(_mm256_loadu_ps(xt + 8), w1, acc[t][1]);
+                }
+            }
+            float tail[16];
+            if (k < K) nvlm_row_to_f32_avx2(tail, wr + (size_t)k * nvlm_dtype_size(dt), dt, K - k);
+            for (int t = 0; t < T; t++) {
+                __m256 s = _mm256_add_ps(acc[t][0], acc[t][1]);
+                __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+                h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+                h = _mm_add_ss(h, _mm_movehdup_ps(h));
+                float v = _mm_cvtss_f32(h);
+                for (int i = k; i < K; i++) v += j->x[(size_t)t * K + i] * tail[i - k];
+                out[t] = v;
+            }
+        }
+        for (int t = 0; t < T; t++) j->y[(size_t)t * N + r] = j->bias ? out[t] + j->bias[r] : out[t];
+    }
+}
+
+void nvlm_matmul_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias) {
+    mm_job j = {y, x, n_tok, w, bias, NULL};
+    if (n_tok > GEMV_MAX) {
+        size_t units = ((size_t)w->rows + GROUP * NR - 1) / (GROUP * NR);
+        nvlm_pool_run(pool, units, 1, mm_gemm_units, &j);
+        return;
+    }
+    nvlm_block_q8a xq[GEMV_MAX * 512], *xqp = xq; /* on the stack up to K = 16384 */
+    if (nvlm_dtype_is_block(w->dtype)) {
+        size_t nb = (size_t)w->cols / NVLM_QK;
+        if (nb * (size_t)n_tok > sizeof xq / sizeof xq[0]) xqp = malloc(sizeof *xqp * nb * (size_t)n_tok);
+        if (!xqp) return;
+        for (int t = 0; t < n_tok; t++) nvlm_quantize_row_q8a_avx2(x + (size_t)t * w->cols, xqp + t * nb, w->cols);
+        j.xq = xqp;
+    }
+    nvlm_pool_run(pool, (size_t)w->rows, 16, mm_gemv_rows, &j);
+    if (xqp != xq) free(xqp);
+}
+
+/* ---- attention: per block of queries, S = Q K^T, softmax, O = P V, all via ukr ---- */
+
+enum { BQ = 24 }; /* queries per block: S is BQ x n_keys floats */
+
+size_t nvlm_attention_scratch_avx2(int n_keys, int d) {
+    (void)d;
+    size_t lds = ((size_t)n_keys + 15) & ~(size_t)15;
+    return BQ * lds + (size_t)GROUP * KC * NR + 16;
+}
+
+static inline __m256 exp256(__m256 x) { /* Cephes expf, |rel err| < 2e-7 on [-87, 88] */
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500E-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+/* s[0:n] = softmax(scale * s[0:n]); s[n:n_zero] = 0. */
+static void softmax_row(float *s, int n, int n_zero, float scale) {
+    __m256 vs = _mm256_set1_ps(scale), mx = _mm256_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(s + i), vs);
+        _mm256_storeu_ps(s + i, v);
+        mx = _mm256_max_ps(mx, v);
+    }
+    float m = -INFINITY, tmp[8];
+    _mm256_storeu_ps(tmp, mx);
+    for (int k = 0; k < 8; k++) m = tmp[k] > m ? tmp[k] : m;
+    for (; i < n; i++) {
+        s[i] *= scale;
+        m = s[i] > m ? s[i] : m;
+    }
+    __m256 vm = _mm256_set1_ps(m), sum = _mm256_setzero_ps();
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + i), vm));
+        _mm256_storeu_ps(s + i, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    float rest[8] = {0};
+    if (i < n) {
+        memcpy(rest, s + i, sizeof(float) * (size_t)(n - i));
+        for (int k = n - i; k < 8; k++) rest[k] = -INFINITY;
+        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(rest), vm));
+        e = _mm256_blendv_ps(e, _mm256_setzero_ps(), _mm256_cmp_ps(_mm256_loadu_ps(rest), _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ));
+        _mm256_storeu_ps(rest, e);
+        memcpy(s + i, rest, sizeof(float) * (size_t)(n - i));
+        sum = _mm256_add_ps(sum, e);
+    }
+    _mm256_storeu_ps(tmp, sum);
+    double total = 0;
+    for (int k = 0; k < 8; k++) total += tmp[k];
+    __m256 inv = _mm256_set1_ps(total > 0 ? (float)(1.0 / total) : 0.0f);
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(s + i, _mm256_mul_ps(_mm256_loadu_ps(s + i), inv));
+    for (; i < n; i++) s[i] *= _mm256_cvtss_f32(inv);
+    for (i = n; i < n_zero; i++) s[i] = 0;
+}
+
+void nvlm_attention_avx2(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride, const float *v,
+                         size_t v_stride, int n_keys, int causal_pos0, int d, float scale, float *out,
+                         size_t out_stride, float *scratch) {
+    size_t lds = ((size_t)n_keys + 15) & ~(size_t)15;
+    float *S = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    float *wp = S + BQ * lds;
+    strided ks = {k, k_stride}, vs = {v, v_stride};
+    for (int q0 = 0; q0 < n_q; q0 += BQ) {
+        int bq = n_q - q0 < BQ ? n_q - q0 : BQ;
+        int nk = causal_pos0 < 0 ? n_keys : causal_pos0 + q0 + bq;
+        if (nk > n_keys) nk = n_keys;
+        if (nk <= 0) {
+            for (int i = 0; i < bq; i++) memset(out + (size_t)(q0 + i) * out_stride, 0, sizeof(float) * (size_t)d);
+            continue;
+        }
+        for (int j0 = 0; j0 < nk; j0 += GROUP * NR)
+            gemm_cols(bq, d, q + (size_t)q0 * q_stride, q_stride, pack_rows_f32, &ks, j0,
+                      j0 + GROUP * NR < nk ? j0 + GROUP * NR : nk, S, lds, NULL, wp);
+        for (int i = 0; i < bq; i++) {
+            int len = causal_pos0 < 0 ? nk : causal_pos0 + q0 + i + 1;
+            softmax_row(S + (size_t)i * lds, len < nk ? len : nk, nk, scale);
+        }
+        for (int c0 = 0; c0 < d; c0 += GROUP * NR)
+            gemm_cols(bq, nk, S, lds, pack_cols_f32, &vs, c0, c0 + GROUP * NR < d ? c0 + GROUP * NR : d,
+                      out + (size_t)q0 * out_stride, out_stride, NULL, wp);
+    }
+}
+
+/* ---- activations ---- */
+
+/* erf as a rational function (Eigen's float erf; abs error ~1e-7 in float arithmetic). */
+static inline __m256 erf256(__m256 a) {
+    __m256 x = _mm256_min_ps(_mm256_max_ps(a, _mm256_set1_ps(-4.0f)), _mm256_set1_ps(4.0f));
+    __m256 x2 = _mm256_mul_ps(x, x);
+    __m256 p = _mm256_set1_ps(-2.72614225801306e-10f);
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(2.77068142495902e-08f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-2.10102402082508e-06f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-5.69250639462346e-05f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-7.34990630326855e-04f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-2.95459980854025e-03f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-1.60960333262415e-02f));
+    p = _mm256_mul_ps(p, x);
+    __m256 qq = _mm256_set1_ps(-1.45660718464996e-05f);
+    qq = _mm256_fmadd_ps(qq, x2, _mm256_set1_ps(-2.13374055278905e-04f));
+    qq = _mm256_fmadd_ps(qq, x2, _mm256_set1_ps(-1.68282697438203e-03f));
+    qq = _mm256_fmadd_ps(qq, x2, _mm256_set1_ps(-7.37332916720468e-03f));
+    qq = _mm256_fmadd_ps(qq, x2, _mm256_set1_ps(-1.42647390514189e-02f));
+    return _mm256_div_ps(p, qq);
+}
+
+void nvlm_gelu_avx2(float *x, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 e = erf256(_mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752f)));
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(_mm256_set1_ps(1.0f), e)));
+    }
+    if (i < n) nvlm_gelu(x + i, n - i);
+}
+
+void nvlm_silu_mul_avx2(float *a, const float *b, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(a + i);
+        __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), v));
+        __m256 s = _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+        _mm256_storeu_ps(a + i, _mm256_mul_ps(s, _mm256_loadu_ps(b + i)));
+    }
+    if (i < n) nvlm_silu_mul(a + i, b + i, n - i);
+}
+#pragma GCC pop_options
+#endif

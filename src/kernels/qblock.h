@@ -1,0 +1,49 @@
+/* qblock.h - block-quantized weight formats (llama.cpp's layouts, docs/quantization.md):
+ *   Q8_0: blocks of 32 weights = f16 scale d + 32 int8 q;        w = d * q        (34 bytes)
+ *   Q4  : blocks of 32 weights = f16 scale d + 16 bytes of nibbles; byte j holds weight j in
+ *         its low nibble and weight j+16 in its high nibble;     w = d * (q - 8)  (18 bytes)
+ * A row of a matrix is cols/32 consecutive blocks. The matrix-vector kernels quantize the
+ * activations to Q8A blocks (float scale, 32 int8) and take integer dot products, as
+ * llama.cpp does; the matrix-matrix kernels expand weights to float32 instead. Internal. */
+#ifndef NVLM_KERNELS_QBLOCK_H
+#define NVLM_KERNELS_QBLOCK_H
+#include "model/safetensors.h"
+#include <stddef.h>
+#include <stdint.h>
+
+#define NVLM_QK 32
+
+typedef struct nvlm_block_q8_0 {
+    uint16_t d; /* f16 bits */
+    int8_t q[NVLM_QK];
+} nvlm_block_q8_0;
+
+typedef struct nvlm_block_q4 {
+    uint16_t d; /* f16 bits */
+    uint8_t q[NVLM_QK / 2];
+} nvlm_block_q4;
+
+/* Activation blocks (never stored on disk). */
+typedef struct nvlm_block_q8a {
+    float d;
+    int8_t q[NVLM_QK];
+} nvlm_block_q8a;
+
+_Static_assert(sizeof(nvlm_block_q8_0) == 34, "Q8_0 block is 34 bytes");
+_Static_assert(sizeof(nvlm_block_q4) == 18, "Q4 block is 18 bytes");
+
+/* 1 for Q8_0 / Q4. */
+int nvlm_dtype_is_block(nvlm_dtype t);
+/* Bytes of one row of `cols` values (cols must divide into blocks for block formats). */
+size_t nvlm_row_bytes(nvlm_dtype t, int64_t cols);
+
+/* Quantize n values (n % 32 == 0). */
+void nvlm_quantize_row_q8_0(const float *x, void *dst, int n);
+void nvlm_quantize_row_q4(const float *x, void *dst, int n);
+void nvlm_quantize_row_q8a(const float *x, nvlm_block_q8a *dst, int n);
+/* Any dtype (plain or block) to float32, n values. */
+void nvlm_row_to_f32(float *dst, const void *src, nvlm_dtype t, int n);
+
+/* Scalar reference: sum over the row of w * x, w a Q8_0 or Q4 row, x quantized activations. */
+float nvlm_vec_dot_q(nvlm_dtype t, const void *w, const nvlm_block_q8a *x, int n);
+#endif

@@ -1,0 +1,28 @@
+/* simd.h - the AVX2+FMA+F16C kernels (x86-64 only; compiled for that target by pragma, called
+ * only when kernels/cpu.h says the machine has it). Each has a scalar reference in ops.h /
+ * attention.h / qblock.h with the same contract; tests/test_kernels.c holds them together.
+ * Internal. */
+#ifndef NVLM_KERNELS_SIMD_H
+#define NVLM_KERNELS_SIMD_H
+#include "kernels/attention.h"
+#include "kernels/ops.h"
+#include "kernels/qblock.h"
+
+#if defined(__x86_64__)
+#define NVLM_HAVE_AVX2_KERNELS 1
+
+void nvlm_matmul_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
+                      const float *bias);
+void nvlm_attention_avx2(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride,
+                         const float *v, size_t v_stride, int n_keys, int causal_pos0, int d,
+                         float scale, float *out, size_t out_stride, float *scratch);
+size_t nvlm_attention_scratch_avx2(int n_keys, int d);
+void nvlm_gelu_avx2(float *x, size_t n);
+void nvlm_silu_mul_avx2(float *a, const float *b, size_t n);
+void nvlm_quantize_row_q8a_avx2(const float *x, nvlm_block_q8a *dst, int n);
+float nvlm_vec_dot_q_avx2(nvlm_dtype t, const void *w, const nvlm_block_q8a *x, int n);
+/* float32 <- F32/F16/BF16/Q8_0/Q4 row (n values; block formats need n % 32 == 0). */
+void nvlm_row_to_f32_avx2(float *dst, const void *src, nvlm_dtype t, int n);
+float nvlm_dot_avx2(const float *a, const float *b, int n);
+#endif
+#endif
