@@ -1,9 +1,11 @@
 /* A conversation: chat()'s prompt, image encoding, prefill with KV-cache reuse, generation. */
 #include "core/err.h"
+#include "generate/layout_xh.h"
 #include "generate/prompt.h"
 #include "generate/sampler.h"
 #include "model/llm.h"
 #include "model/model.h"
+#include "model/xattn.h"
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -28,6 +30,7 @@ struct nvlm_chat {
     nvlm_kv kv;
     int32_t *cached;         /* the ids whose keys/values are in kv, kv.len of them */
     size_t cap_cached;
+    nvlm_xattn *xa;          /* NVLM-X/H: cross-attention memory and its visibility; NULL for D */
 };
 
 static double now_ms(void) {
@@ -54,6 +57,16 @@ int nvlm_chat_new(nvlm_model *m, nvlm_chat **out, nvlm_err *err) {
         free(c);
         return rc;
     }
+    if (m->cfg.arch != NVLM_ARCH_D) {
+        c->xa = malloc(sizeof *c->xa);
+        rc = c->xa ? nvlm_xattn_init(c->xa, m, err) : nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+        if (rc) {
+            free(c->xa);
+            c->xa = NULL;
+            nvlm_chat_free(c);
+            return rc;
+        }
+    }
     *out = c;
     return NVLM_OK;
 }
@@ -65,6 +78,8 @@ void nvlm_chat_free(nvlm_chat *c) {
     for (int i = 0; i < c->n_images; i++) free(c->images[i].pixels), free(c->images[i].features);
     free(c->images);
     nvlm_kv_free(&c->kv);
+    if (c->xa) nvlm_xattn_free(c->xa);
+    free(c->xa);
     free(c->cached);
     free(c->system);
     free(c);
@@ -157,6 +172,12 @@ static int encode_pending_images(nvlm_chat *c, nvlm_err *err) {
         free(im->pixels);
         im->pixels = NULL;
     }
+    /* NVLM-X/H: cross-attention keys/values, once per image, kept for the conversation */
+    while (c->xa && c->xa->n_images < c->n_images) {
+        const chat_image *im = &c->images[c->xa->n_images];
+        int rc = nvlm_layout_add_image(c->xa, im->features, im->n_tiles, err);
+        if (rc) return rc;
+    }
     return NVLM_OK;
 }
 
@@ -181,18 +202,20 @@ static int build_prompt_ids(nvlm_chat *c, const char *question, int32_t **ids, s
         return nvlm_fail(err, NVLM_E_NOMEM, "out of memory building the prompt");
     }
     for (int i = 0; i < c->n_images; i++) patches[i] = c->images[i].n_tiles;
-    rc = nvlm_expand_images(tmpl.data, patches, c->n_images, "<|vision_pad|>", nvlm_cfg_tokens_per_tile(&m->cfg), &full, err);
-    if (!rc) rc = nvlm_tokenizer_encode(m->tok, full.data, full.len, ids, n, err);
+    if (c->xa) rc = nvlm_layout_prompt(c->xa, tmpl.data, patches, c->n_images, ids, n, err);
+    else rc = nvlm_expand_images(tmpl.data, patches, c->n_images, "<|vision_pad|>", nvlm_cfg_tokens_per_tile(&m->cfg), &full, err);
+    if (!rc && !c->xa) rc = nvlm_tokenizer_encode(m->tok, full.data, full.len, ids, n, err);
     nvlm_buf_free(&tmpl);
     nvlm_buf_free(&full);
     free(patches);
     return rc;
 }
 
-/* Embeddings of ids[from, to): token rows, image feature rows at IMG_CONTEXT positions. */
+/* Embeddings of ids[from, to): token rows, image feature rows at IMG_CONTEXT positions (all
+ * tiles for NVLM-D, the thumbnail for NVLM-H, none for NVLM-X: nvlm_layout_decoder_rows). */
 static int embed_range(nvlm_chat *c, const int32_t *ids, size_t from, size_t to, float *out, nvlm_err *err) {
     nvlm_model *m = c->m;
-    const int h = m->cfg.llm.hidden_size, tpt = nvlm_cfg_tokens_per_tile(&m->cfg);
+    const int h = m->cfg.llm.hidden_size;
     size_t row = 0; /* index of the image-context token among all of the prompt */
     for (size_t i = 0; i < from; i++) row += ids[i] == m->id_img_context;
     for (size_t i = from; i < to; i++) {
@@ -202,13 +225,14 @@ static int embed_range(nvlm_chat *c, const int32_t *ids, size_t from, size_t to,
             if (rc) return rc;
             continue;
         }
-        size_t r = row++;
-        int img = 0;
-        while (img < c->n_images && r >= (size_t)c->images[img].n_tiles * tpt) r -= (size_t)c->images[img++].n_tiles * tpt;
+        size_t r = row++, rows;
+        int img = 0, first = 0;
+        while (img < c->n_images && r >= (rows = (size_t)nvlm_layout_decoder_rows(m, c->images[img].n_tiles, &first)))
+            r -= rows, img++;
         if (img == c->n_images)
             return nvlm_fail(err, NVLM_E_INVALID_ARG, "the prompt has more %s tokens than the images provide",
                              "<|vision_pad|>");
-        memcpy(o, c->images[img].features + r * h, sizeof(float) * h);
+        memcpy(o, c->images[img].features + (first + r) * h, sizeof(float) * h);
     }
     return NVLM_OK;
 }
@@ -216,7 +240,8 @@ static int embed_range(nvlm_chat *c, const int32_t *ids, size_t from, size_t to,
 static int check_image_tokens(const nvlm_chat *c, const int32_t *ids, size_t n, nvlm_err *err) {
     size_t have = 0, want = 0;
     for (size_t i = 0; i < n; i++) have += ids[i] == c->m->id_img_context;
-    for (int i = 0; i < c->n_images; i++) want += (size_t)c->images[i].n_tiles * nvlm_cfg_tokens_per_tile(&c->m->cfg);
+    int first;
+    for (int i = 0; i < c->n_images; i++) want += (size_t)nvlm_layout_decoder_rows(c->m, c->images[i].n_tiles, &first);
     if (have != want)
         return nvlm_fail(err, NVLM_E_INVALID_ARG,
                          "the prompt has %zu <|vision_pad|> tokens but the images give %zu features "
@@ -238,16 +263,26 @@ static int remember_ids(nvlm_chat *c, const int32_t *src, size_t from, size_t to
     return NVLM_OK;
 }
 
+/* The cross-attention blocks run as a hook before their LLM layers (NULL for NVLM-D). */
+static const nvlm_llm_hooks *xattn_hooks(nvlm_chat *c, nvlm_llm_hooks *h) {
+    if (!c->xa) return NULL;
+    h->before_layer = nvlm_xattn_before_layer;
+    h->user = c->xa;
+    return h;
+}
+
 /* Runs ids[from, n) through the decoder (in chunks), leaving the last position's logits. */
 static int prefill(nvlm_chat *c, const int32_t *ids, size_t from, size_t n, float *logits, nvlm_err *err) {
     const int h = c->m->cfg.llm.hidden_size;
     float *emb = malloc(sizeof(float) * (size_t)h * PREFILL_CHUNK);
     if (!emb) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    nvlm_llm_hooks hk;
+    const nvlm_llm_hooks *hooks = xattn_hooks(c, &hk);
     int rc = NVLM_OK;
     for (size_t b = from; b < n && !rc; b += PREFILL_CHUNK) {
         size_t e = b + PREFILL_CHUNK < n ? b + PREFILL_CHUNK : n;
         rc = embed_range(c, ids, b, e, emb, err);
-        if (!rc) rc = nvlm_llm_forward(c->m, &c->kv, emb, (int)(e - b), NULL, e == n ? logits : NULL, 0, err);
+        if (!rc) rc = nvlm_llm_forward(c->m, &c->kv, emb, (int)(e - b), hooks, e == n ? logits : NULL, 0, err);
         if (!rc) rc = remember_ids(c, ids + b, b, e, err);
     }
     free(emb);
@@ -284,6 +319,8 @@ static int generate(nvlm_chat *c, const int32_t *prompt, size_t n_prompt, float 
     const int V = m->cfg.llm.vocab_size, h = m->cfg.llm.hidden_size;
     nvlm_rng rng;
     nvlm_rng_seed(&rng, s->seed);
+    nvlm_llm_hooks hk;
+    const nvlm_llm_hooks *hooks = xattn_hooks(c, &hk);
     float *emb = malloc(sizeof(float) * h);
     g->out = malloc(sizeof(int32_t) * (size_t)(s->max_new_tokens > 0 ? s->max_new_tokens : 1));
     int32_t *seen = malloc(sizeof(int32_t) * (n_prompt + (size_t)s->max_new_tokens + 1));
@@ -310,7 +347,7 @@ static int generate(nvlm_chat *c, const int32_t *prompt, size_t n_prompt, float 
         }
         if (step + 1 == s->max_new_tokens) break;
         if ((rc = nvlm_embed_tokens(m, &id, 1, emb, err))) break;
-        if ((rc = nvlm_llm_forward(m, &c->kv, emb, 1, NULL, logits, 0, err))) break;
+        if ((rc = nvlm_llm_forward(m, &c->kv, emb, 1, hooks, logits, 0, err))) break;
         rc = remember_ids(c, &id, (size_t)c->kv.len - 1, (size_t)c->kv.len, err);
     }
     free(emb);
@@ -393,4 +430,9 @@ void nvlm_answer_free(nvlm_answer *a) {
     free(a->num_patches);
     free(a->last_logits);
     memset(a, 0, sizeof *a);
+}
+
+void nvlm_chat_cache_bytes(const nvlm_chat *c, size_t *self_kv, size_t *cross_kv) {
+    *self_kv = 2 * sizeof(float) * (size_t)c->kv.n_layers * (size_t)c->kv.len * (size_t)c->kv.kv_dim;
+    *cross_kv = c->xa ? nvlm_xattn_bytes(c->xa) : 0;
 }
