@@ -12,6 +12,7 @@ typedef struct command {
 static const command commands[] = {
     {"run", cmd_run, "answer one question about zero or more images"},
     {"chat", cmd_chat, "interactive multi-turn chat in the terminal"},
+    {"serve", cmd_serve, "OpenAI-compatible HTTP server (chat completions with images)"},
     {"info", cmd_info, "architecture, parameter counts and memory of a model folder"},
     {"tokenize", cmd_tokenize, "token ids of texts (Hugging Face tokenizers compatible)"},
     {"preprocess", cmd_preprocess, "decode an image and cut it into NVLM tiles"},

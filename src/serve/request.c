@@ -1,0 +1,401 @@
+/* A chat completion request body -> serve_request: OpenAI's fields validated one by one, the
+ * messages reduced to chat()'s conversation (system, (question, answer) history, question)
+ * and every image decoded. Each failure names the field, as OpenAI's errors do. */
+#include "serve/serve_int.h"
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+enum { MAX_STOP = 16, MAX_STOP_LEN = 1024, MAX_MESSAGES = 4096 };
+
+/* A member that is present and not null, or NULL. */
+static const cJSON *field(const cJSON *obj, const char *key) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return it && !cJSON_IsNull(it) ? it : NULL;
+}
+
+static int get_int(const cJSON *it, const char *name, long lo, long hi, long *out, serve_error *e) {
+    double v = it->valuedouble;
+    if (!cJSON_IsNumber(it) || !isfinite(v) || v != floor(v))
+        return serve_fail(e, 400, "invalid_type", name, "'%s' must be an integer", name);
+    if (v < (double)lo || v > (double)hi)
+        return serve_fail(e, 400, "invalid_value", name, "'%s' must be between %ld and %ld", name, lo, hi);
+    *out = (long)v;
+    return 0;
+}
+
+static int get_num(const cJSON *it, const char *name, double lo, double hi, double *out, serve_error *e) {
+    if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble))
+        return serve_fail(e, 400, "invalid_type", name, "'%s' must be a number", name);
+    if (it->valuedouble < lo || it->valuedouble > hi)
+        return serve_fail(e, 400, "invalid_value", name, "'%s' must be between %g and %g", name, lo, hi);
+    *out = it->valuedouble;
+    return 0;
+}
+
+static int get_bool(const cJSON *it, const char *name, int *out, serve_error *e) {
+    if (!cJSON_IsBool(it)) return serve_fail(e, 400, "invalid_type", name, "'%s' must be a boolean", name);
+    *out = cJSON_IsTrue(it);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- images */
+
+static int read_local(const char *path, const serve_limits *lim, const char *param, uint8_t **data, size_t *len,
+                      serve_error *e) {
+    char dir[PATH_MAX], real[PATH_MAX];
+    if (!realpath(lim->local_image_dir, dir) || !realpath(path, real))
+        return serve_fail(e, 400, "invalid_image_url", param, "image file '%s' not found", path);
+    size_t dl = strlen(dir);
+    if (strncmp(real, dir, dl) || (real[dl] != '/' && dir[dl - 1] != '/'))
+        return serve_fail(e, 400, "invalid_image_url", param, "image file '%s' is outside the allowed folder", path);
+    FILE *f = fopen(real, "rb");
+    if (!f) return serve_fail(e, 400, "invalid_image_url", param, "cannot open image file '%s'", path);
+    uint8_t *buf = malloc(lim->max_image_bytes + 1);
+    size_t n = buf ? fread(buf, 1, lim->max_image_bytes + 1, f) : 0;
+    fclose(f);
+    if (!buf) return serve_fail(e, 500, NULL, param, "out of memory");
+    if (n > lim->max_image_bytes) {
+        free(buf);
+        return serve_fail(e, 413, "image_too_large", param, "image file is over %zu bytes", lim->max_image_bytes);
+    }
+    *data = buf, *len = n;
+    return 0;
+}
+
+/* data:image/<type>[;params];base64,<data> */
+static int decode_data_url(const char *url, const serve_limits *lim, const char *param, uint8_t **data, size_t *len,
+                           serve_error *e) {
+    const char *comma = strchr(url, ',');
+    if (!comma) return serve_fail(e, 400, "invalid_image_url", param, "malformed data URL (no ',')");
+    const char *meta = url + 5;
+    size_t ml = (size_t)(comma - meta);
+    if (ml < 7 || strncasecmp(meta + ml - 7, ";base64", 7))
+        return serve_fail(e, 400, "invalid_image_url", param, "data URL must be base64 encoded (';base64,')");
+    if (strncasecmp(meta, "image/", 6))
+        return serve_fail(e, 400, "invalid_image_url", param, "data URL media type must be image/...");
+    size_t b64 = strlen(comma + 1);
+    if (b64 / 4 * 3 > lim->max_image_bytes + 2)
+        return serve_fail(e, 413, "image_too_large", param, "image is over %zu bytes", lim->max_image_bytes);
+    int rc = serve_base64_decode(comma + 1, b64, data, len);
+    if (rc == -2) return serve_fail(e, 500, NULL, param, "out of memory");
+    if (rc) return serve_fail(e, 400, "invalid_base64", param, "the image's base64 data is malformed");
+    if (*len > lim->max_image_bytes) {
+        free(*data);
+        *data = NULL;
+        return serve_fail(e, 413, "image_too_large", param, "image is over %zu bytes", lim->max_image_bytes);
+    }
+    return 0;
+}
+
+static int add_image(serve_request *r, const char *url, const serve_limits *lim, const char *param, serve_error *e) {
+    if (r->n_images >= lim->max_images)
+        return serve_fail(e, 400, "too_many_images", param, "at most %d images per request", lim->max_images);
+    uint8_t *data = NULL;
+    size_t len = 0;
+    int rc;
+    if (!strncasecmp(url, "data:", 5)) {
+        rc = decode_data_url(url, lim, param, &data, &len, e);
+    } else if (!strncasecmp(url, "http://", 7) || !strncasecmp(url, "https://", 8)) {
+        return serve_fail(e, 400, "remote_images_disabled", param,
+                          "remote image URLs are refused: send the image as a data:image/...;base64, URL");
+    } else if (!lim->local_image_dir) {
+        return serve_fail(e, 400, "local_images_disabled", param,
+                          "local image paths are refused (the server was not started with --allow-local-images)");
+    } else {
+        rc = read_local(strncasecmp(url, "file://", 7) ? url : url + 7, lim, param, &data, &len, e);
+    }
+    if (rc) return rc;
+    nvlm_image_limits il = {lim->max_image_pixels};
+    nvlm_err err = {0};
+    nvlm_image img;
+    rc = nvlm_image_decode(data, len, &il, &img, &err);
+    free(data);
+    if (rc == NVLM_E_NOMEM) return serve_fail(e, 500, NULL, param, "out of memory decoding the image");
+    if (rc == NVLM_E_LIMIT) return serve_fail(e, 400, "image_too_large", param, "%s", err.msg);
+    if (rc) return serve_fail(e, 400, "invalid_image", param, "the image cannot be decoded: %s", err.msg);
+    nvlm_image *n = realloc(r->images, sizeof *n * (size_t)(r->n_images + 1));
+    if (!n) {
+        nvlm_image_free(&img);
+        return serve_fail(e, 500, NULL, param, "out of memory");
+    }
+    r->images = n;
+    r->images[r->n_images++] = img;
+    return 0;
+}
+
+/* -------------------------------------------------------------- messages */
+
+typedef struct segment {
+    char role;    /* 'u' or 'a' */
+    nvlm_buf text;
+} segment;
+
+typedef struct convo {
+    nvlm_buf system;
+    int has_system;
+    segment *seg;
+    int n_seg;
+    int placeholder_in_text;
+} convo;
+
+static int put(nvlm_buf *b, const char *s, size_t n, serve_error *e) {
+    if (nvlm_buf_append(b, s, n)) return serve_fail(e, 500, NULL, NULL, "out of memory");
+    return 0;
+}
+
+static int check_text(convo *c, const char *s, const char *param, serve_error *e) {
+    if (strstr(s, "<|vision_pad|>"))
+        return serve_fail(e, 400, "invalid_value", param, "text may not contain the image token <|vision_pad|>");
+    if (strstr(s, "<image>")) c->placeholder_in_text = 1;
+    return 0;
+}
+
+/* Appends the content (string or parts) of one message to b; images only for users. */
+static int put_content(serve_request *r, convo *c, nvlm_buf *b, const cJSON *content, int user, int mi,
+                       const serve_limits *lim, serve_error *e) {
+    char param[96];
+    snprintf(param, sizeof param, "messages[%d].content", mi);
+    if (cJSON_IsString(content)) {
+        if (check_text(c, content->valuestring, param, e)) return -1;
+        return put(b, content->valuestring, strlen(content->valuestring), e);
+    }
+    if (!cJSON_IsArray(content))
+        return serve_fail(e, 400, "invalid_type", param, "'%s' must be a string or an array of parts", param);
+    int pi = 0;
+    for (const cJSON *part = content->child; part; part = part->next, pi++) {
+        snprintf(param, sizeof param, "messages[%d].content[%d]", mi, pi);
+        const cJSON *type = field(part, "type");
+        if (!cJSON_IsObject(part) || !cJSON_IsString(type))
+            return serve_fail(e, 400, "invalid_type", param, "'%s' must be an object with a string 'type'", param);
+        if (!strcmp(type->valuestring, "text")) {
+            const cJSON *t = field(part, "text");
+            if (!cJSON_IsString(t)) return serve_fail(e, 400, "invalid_type", param, "'%s.text' must be a string", param);
+            if (check_text(c, t->valuestring, param, e) || put(b, t->valuestring, strlen(t->valuestring), e)) return -1;
+        } else if (!strcmp(type->valuestring, "image_url")) {
+            if (!user)
+                return serve_fail(e, 400, "invalid_value", param, "only user messages may contain images");
+            const cJSON *iu = field(part, "image_url");
+            const cJSON *url = cJSON_IsObject(iu) ? field(iu, "url") : iu;
+            if (!cJSON_IsString(url))
+                return serve_fail(e, 400, "invalid_type", param, "'%s.image_url.url' must be a string", param);
+            snprintf(param, sizeof param, "messages[%d].content[%d].image_url", mi, pi);
+            if (add_image(r, url->valuestring, lim, param, e) || put(b, "<image>\n", 8, e)) return -1;
+        } else {
+            return serve_fail(e, 400, "invalid_value", param, "content part type '%.40s' is not supported",
+                              type->valuestring);
+        }
+    }
+    return 0;
+}
+
+/* Appends a user or assistant message, merging it into the previous one of the same role. */
+static int add_message(serve_request *r, convo *c, char role, const cJSON *content, int mi, const serve_limits *lim,
+                       serve_error *e) {
+    if (!c->n_seg || c->seg[c->n_seg - 1].role != role) {
+        segment *n = realloc(c->seg, sizeof *n * (size_t)(c->n_seg + 1));
+        if (!n) return serve_fail(e, 500, NULL, NULL, "out of memory");
+        c->seg = n;
+        c->seg[c->n_seg++] = (segment){role, {0}};
+    } else if (put(&c->seg[c->n_seg - 1].text, "\n", 1, e)) {
+        return -1;
+    }
+    nvlm_buf *b = &c->seg[c->n_seg - 1].text;
+    if (put(b, "", 0, e)) return -1; /* never NULL data */
+    if (!content) return 0;
+    return put_content(r, c, b, content, role == 'u', mi, lim, e);
+}
+
+static int parse_messages(serve_request *r, const cJSON *msgs, const serve_limits *lim, convo *c, serve_error *e) {
+    if (!cJSON_IsArray(msgs)) return serve_fail(e, 400, "invalid_type", "messages", "'messages' must be an array");
+    int mi = 0;
+    for (const cJSON *m = msgs->child; m; m = m->next, mi++) {
+        char param[64];
+        snprintf(param, sizeof param, "messages[%d]", mi);
+        if (mi >= MAX_MESSAGES) return serve_fail(e, 400, "invalid_value", "messages", "too many messages");
+        const cJSON *role = field(m, "role"), *content = field(m, "content");
+        if (!cJSON_IsObject(m) || !cJSON_IsString(role))
+            return serve_fail(e, 400, "invalid_type", param, "'%s' must be an object with a string 'role'", param);
+        const char *ro = role->valuestring;
+        if (!strcmp(ro, "system") || !strcmp(ro, "developer")) {
+            if (!content) return serve_fail(e, 400, "invalid_value", param, "'%s.content' is required", param);
+            if (c->has_system && put(&c->system, "\n", 1, e)) return -1;
+            c->has_system = 1;
+            if (put(&c->system, "", 0, e) || put_content(r, c, &c->system, content, 0, mi, lim, e)) return -1;
+        } else if (!strcmp(ro, "user")) {
+            if (!content) return serve_fail(e, 400, "invalid_value", param, "'%s.content' is required", param);
+            if (add_message(r, c, 'u', content, mi, lim, e)) return -1;
+        } else if (!strcmp(ro, "assistant")) {
+            if (field(m, "tool_calls") || field(m, "function_call"))
+                return serve_fail(e, 400, "unsupported_value", param, "tool calls are not supported");
+            if (add_message(r, c, 'a', content, mi, lim, e)) return -1;
+        } else {
+            return serve_fail(e, 400, "invalid_value", param, "role '%.40s' is not supported (system, user, assistant)",
+                              ro);
+        }
+    }
+    if (!c->n_seg) return serve_fail(e, 400, "invalid_value", "messages", "'messages' has no user message");
+    if (c->seg[0].role != 'u')
+        return serve_fail(e, 400, "invalid_value", "messages", "the conversation must start with a user message");
+    if (c->seg[c->n_seg - 1].role != 'u')
+        return serve_fail(e, 400, "invalid_value", "messages", "the last message must be from the user");
+    if (r->n_images && c->placeholder_in_text)
+        return serve_fail(e, 400, "invalid_value", "messages",
+                          "text may not contain '<image>' when the request has images (images are placed by their parts)");
+    return 0;
+}
+
+/* Moves the conversation into r: system, history pairs, question. */
+static int take_convo(serve_request *r, convo *c, serve_error *e) {
+    if (c->has_system) r->system = c->system.data, c->system = (nvlm_buf){0};
+    r->n_history = c->n_seg / 2;
+    if (r->n_history && !(r->history = calloc((size_t)r->n_history, sizeof *r->history)))
+        return serve_fail(e, 500, NULL, NULL, "out of memory");
+    for (int i = 0; i < r->n_history; i++) {
+        r->history[i].question = c->seg[2 * i].text.data, c->seg[2 * i].text = (nvlm_buf){0};
+        r->history[i].answer = c->seg[2 * i + 1].text.data, c->seg[2 * i + 1].text = (nvlm_buf){0};
+    }
+    r->question = c->seg[c->n_seg - 1].text.data, c->seg[c->n_seg - 1].text = (nvlm_buf){0};
+    return 0;
+}
+
+static void convo_free(convo *c) {
+    nvlm_buf_free(&c->system);
+    for (int i = 0; i < c->n_seg; i++) nvlm_buf_free(&c->seg[i].text);
+    free(c->seg);
+}
+
+/* -------------------------------------------------------------- sampling */
+
+static int parse_stop(serve_request *r, const cJSON *stop, serve_error *e) {
+    int n = cJSON_IsString(stop) ? 1 : cJSON_IsArray(stop) ? cJSON_GetArraySize(stop) : -1;
+    if (n < 0) return serve_fail(e, 400, "invalid_type", "stop", "'stop' must be a string or an array of strings");
+    if (n > MAX_STOP) return serve_fail(e, 400, "invalid_value", "stop", "at most %d stop strings", MAX_STOP);
+    if (!(r->stop = calloc((size_t)n + 1, sizeof *r->stop))) return serve_fail(e, 500, NULL, NULL, "out of memory");
+    const cJSON *it = cJSON_IsString(stop) ? stop : stop->child;
+    for (int i = 0; i < n; i++, it = it->next) {
+        if (!cJSON_IsString(it)) return serve_fail(e, 400, "invalid_type", "stop", "'stop' entries must be strings");
+        if (strlen(it->valuestring) > MAX_STOP_LEN)
+            return serve_fail(e, 400, "invalid_value", "stop", "stop strings are at most %d bytes", MAX_STOP_LEN);
+        if (!(r->stop[i] = strdup(it->valuestring))) return serve_fail(e, 500, NULL, NULL, "out of memory");
+    }
+    r->sampling.stop = (const char *const *)r->stop;
+    return 0;
+}
+
+/* Fields nvlm does not implement: accepted only at their neutral value. */
+static int refuse_unsupported(const cJSON *root, serve_error *e) {
+    static const char *zero_num[] = {"presence_penalty", "frequency_penalty"};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *it = field(root, zero_num[i]);
+        if (it && (!cJSON_IsNumber(it) || it->valuedouble != 0))
+            return serve_fail(e, 400, "unsupported_parameter", zero_num[i], "'%s' is not supported (only 0)",
+                              zero_num[i]);
+    }
+    const cJSON *lp = field(root, "logprobs");
+    if (lp && !cJSON_IsFalse(lp))
+        return serve_fail(e, 400, "unsupported_parameter", "logprobs", "'logprobs' is not supported");
+    if (field(root, "top_logprobs"))
+        return serve_fail(e, 400, "unsupported_parameter", "top_logprobs", "'top_logprobs' is not supported");
+    static const char *empty_ok[] = {"tools", "functions", "logit_bias"};
+    for (int i = 0; i < 3; i++) {
+        const cJSON *it = field(root, empty_ok[i]);
+        if (it && cJSON_GetArraySize(it) > 0)
+            return serve_fail(e, 400, "unsupported_parameter", empty_ok[i], "'%s' is not supported", empty_ok[i]);
+    }
+    const cJSON *rf = field(root, "response_format"), *rt = rf ? field(rf, "type") : NULL;
+    if (rf && (!cJSON_IsString(rt) || strcmp(rt->valuestring, "text")))
+        return serve_fail(e, 400, "unsupported_parameter", "response_format", "only response_format {\"type\": \"text\"}");
+    return 0;
+}
+
+static int parse_sampling(serve_request *r, const cJSON *root, serve_error *e) {
+    const cJSON *it;
+    long l;
+    double d;
+    if ((it = field(root, "n")) && (get_int(it, "n", 1, 1, &l, e))) return -1;
+    if ((it = field(root, "max_tokens")) && get_int(it, "max_tokens", 1, 1 << 24, &l, e) == 0) r->max_tokens = (int)l;
+    else if (it) return -1;
+    if ((it = field(root, "max_completion_tokens"))) {
+        if (get_int(it, "max_completion_tokens", 1, 1 << 24, &l, e)) return -1;
+        r->max_tokens = (int)l;
+    }
+    if ((it = field(root, "temperature"))) {
+        if (get_num(it, "temperature", 0, 2, &d, e)) return -1;
+        r->sampling.temperature = (float)d;
+    }
+    if ((it = field(root, "top_p"))) {
+        if (get_num(it, "top_p", 0, 1, &d, e)) return -1;
+        if (d == 0) return serve_fail(e, 400, "invalid_value", "top_p", "'top_p' must be above 0");
+        r->sampling.top_p = (float)d;
+    }
+    if ((it = field(root, "top_k"))) {
+        if (get_int(it, "top_k", 0, 1 << 30, &l, e)) return -1;
+        r->sampling.top_k = (int)l;
+    }
+    if ((it = field(root, "min_p"))) {
+        if (get_num(it, "min_p", 0, 1, &d, e)) return -1;
+        r->sampling.min_p = (float)d;
+    }
+    if ((it = field(root, "repetition_penalty"))) {
+        if (get_num(it, "repetition_penalty", 1e-3, 100, &d, e)) return -1;
+        r->sampling.repetition_penalty = (float)d;
+    }
+    if ((it = field(root, "seed"))) {
+        if (get_int(it, "seed", LONG_MIN / 2, LONG_MAX / 2, &l, e)) return -1;
+        r->sampling.seed = (uint64_t)l;
+    }
+    if ((it = field(root, "stop")) && parse_stop(r, it, e)) return -1;
+    if ((it = field(root, "stream")) && get_bool(it, "stream", &r->stream, e)) return -1;
+    const cJSON *so = field(root, "stream_options");
+    if (so && !cJSON_IsObject(so))
+        return serve_fail(e, 400, "invalid_type", "stream_options", "'stream_options' must be an object");
+    if (so && (it = field(so, "include_usage")) && get_bool(it, "stream_options.include_usage", &r->include_usage, e))
+        return -1;
+    return refuse_unsupported(root, e);
+}
+
+int serve_parse_request(const char *body, size_t len, const serve_limits *lim, const nvlm_sampling *defaults,
+                        serve_request *r, serve_error *e) {
+    memset(r, 0, sizeof *r);
+    r->sampling = *defaults;
+    r->sampling.stop = NULL;
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    if (!root) return serve_fail(e, 400, "invalid_json", NULL, "the request body is not valid JSON");
+    convo c = {0};
+    int rc = 0;
+    const cJSON *model = field(root, "model");
+    if (!cJSON_IsObject(root)) rc = serve_fail(e, 400, "invalid_type", NULL, "the request body must be a JSON object");
+    else if (model && !cJSON_IsString(model))
+        rc = serve_fail(e, 400, "invalid_type", "model", "'model' must be a string");
+    else if (model && !(r->model = strdup(model->valuestring)))
+        rc = serve_fail(e, 500, NULL, NULL, "out of memory");
+    if (!rc && !field(root, "messages"))
+        rc = serve_fail(e, 400, "missing_required_parameter", "messages", "'messages' is required");
+    if (!rc) rc = parse_sampling(r, root, e);
+    if (!rc) rc = parse_messages(r, field(root, "messages"), lim, &c, e);
+    if (!rc) rc = take_convo(r, &c, e);
+    convo_free(&c);
+    cJSON_Delete(root);
+    if (rc) serve_request_free(r);
+    return rc;
+}
+
+void serve_request_free(serve_request *r) {
+    if (!r) return;
+    free(r->model);
+    free(r->system);
+    for (int i = 0; i < r->n_history; i++) free(r->history[i].question), free(r->history[i].answer);
+    free(r->history);
+    free(r->question);
+    for (int i = 0; i < r->n_images; i++) nvlm_image_free(&r->images[i]);
+    free(r->images);
+    for (int i = 0; r->stop && r->stop[i]; i++) free(r->stop[i]);
+    free(r->stop);
+    memset(r, 0, sizeof *r);
+}

@@ -1,0 +1,293 @@
+/* Scheduling: a FIFO queue of requests, `parallel` worker threads (the slots), and a FIFO
+ * ticket lock on the model's compute that a generating request gives back after every token.
+ * The model's thread pool runs one parallel loop at a time, so two chats may not compute at
+ * once; with the ticket lock the slots take turns token by token, in arrival order, and a long
+ * answer never holds the others back for more than one step (a prefill is one step). */
+#include "core/err.h"
+#include "serve/serve_int.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+double serve_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* ------------------------------------------------------------ ticket lock */
+
+static void ticket_acquire(serve_ticket_lock *l) {
+    pthread_mutex_lock(&l->mu);
+    uint64_t t = l->next++;
+    while (t != l->serving) pthread_cond_wait(&l->cv, &l->mu);
+    pthread_mutex_unlock(&l->mu);
+}
+
+static void ticket_release(serve_ticket_lock *l) {
+    pthread_mutex_lock(&l->mu);
+    l->serving++;
+    pthread_cond_broadcast(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+}
+
+/* Lets every waiter that arrived earlier go first; free when nobody waits. */
+static void ticket_yield(serve_ticket_lock *l) {
+    pthread_mutex_lock(&l->mu);
+    if (l->next != l->serving + 1) {
+        l->serving++;
+        pthread_cond_broadcast(&l->cv);
+        uint64_t t = l->next++;
+        while (t != l->serving) pthread_cond_wait(&l->cv, &l->mu);
+    }
+    pthread_mutex_unlock(&l->mu);
+}
+
+/* -------------------------------------------------------------------- jobs */
+
+int serve_job_new(serve_request *req, nvlm_chat *chat, serve_job **out) {
+    serve_job *j = calloc(1, sizeof *j);
+    *out = NULL;
+    if (!j) return NVLM_E_NOMEM;
+    if (pthread_mutex_init(&j->mu, NULL)) {
+        free(j);
+        return NVLM_E_INTERNAL;
+    }
+    if (pthread_cond_init(&j->cv, NULL)) {
+        pthread_mutex_destroy(&j->mu);
+        free(j);
+        return NVLM_E_INTERNAL;
+    }
+    j->req = *req;
+    memset(req, 0, sizeof *req);
+    j->chat = chat;
+    j->refs = 1;
+    j->state = JOB_QUEUED;
+    j->ts.stop = j->req.sampling.stop;
+    j->t_queued = serve_now();
+    *out = j;
+    return NVLM_OK;
+}
+
+void serve_job_release(serve_job *j) {
+    if (!j) return;
+    pthread_mutex_lock(&j->mu);
+    int left = --j->refs;
+    pthread_mutex_unlock(&j->mu);
+    if (left) return;
+    nvlm_chat_free(j->chat);
+    serve_request_free(&j->req);
+    nvlm_answer_free(&j->answer);
+    nvlm_buf_free(&j->events);
+    serve_textstream_free(&j->ts);
+    pthread_cond_destroy(&j->cv);
+    pthread_mutex_destroy(&j->mu);
+    free(j);
+}
+
+/* Appends "data: <json>\n\n" (or an out-of-memory error event) and wakes the reader. */
+static void sse_event(serve_job *j, char *json) {
+    static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\"}}";
+    pthread_mutex_lock(&j->mu);
+    const char *d = json ? json : oom;
+    if (nvlm_buf_puts(&j->events, "data: ") || nvlm_buf_puts(&j->events, d) || nvlm_buf_puts(&j->events, "\n\n"))
+        atomic_store(&j->cancelled, 1); /* cannot tell the client anything: end it */
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    free(json);
+}
+
+static void sse_done(serve_job *j) {
+    pthread_mutex_lock(&j->mu);
+    if (nvlm_buf_puts(&j->events, "data: [DONE]\n\n")) atomic_store(&j->cancelled, 1);
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+}
+
+static void sse_content(serve_job *j, char *delta, size_t dlen) {
+    if (dlen) sse_event(j, serve_chunk_json(j->id, j->model, j->created, NULL, delta, dlen, NULL));
+    free(delta);
+}
+
+typedef struct token_ctx {
+    serve_sched *s;
+    serve_job *j;
+} token_ctx;
+
+static int on_token(void *user, int32_t id, const char *text, size_t len) {
+    token_ctx *t = user;
+    serve_job *j = t->j;
+    (void)id;
+    if (!j->n_generated++) {
+        pthread_mutex_lock(&j->mu);
+        j->t_first = serve_now();
+        pthread_mutex_unlock(&j->mu);
+    }
+    if (j->req.stream) {
+        char *delta = NULL;
+        size_t dlen = 0;
+        if (serve_textstream_push(&j->ts, text, len, &delta, &dlen)) atomic_store(&j->cancelled, 1);
+        sse_content(j, delta, dlen);
+    }
+    if (atomic_load(&j->cancelled)) return 1;
+    ticket_yield(&t->s->compute);
+    return atomic_load(&j->cancelled);
+}
+
+/* The stream's closing events: the rest of the answer, the finish reason, usage, [DONE]. */
+static void stream_end(serve_job *j, int rc) {
+    if (rc) {
+        serve_error e;
+        serve_fail(&e, 500, NULL, NULL, "generation failed: %s", j->err.msg);
+        sse_event(j, serve_error_json(&e));
+    } else {
+        char *delta = NULL;
+        size_t dlen = 0;
+        if (serve_textstream_finish(&j->ts, j->answer.response, &delta, &dlen)) atomic_store(&j->cancelled, 1);
+        sse_content(j, delta, dlen);
+        const char *fin = j->answer.finish_length ? "length" : "stop";
+        sse_event(j, serve_chunk_json(j->id, j->model, j->created, NULL, NULL, 0, fin));
+        if (j->req.include_usage)
+            sse_event(j, serve_usage_chunk_json(j->id, j->model, j->created, j->answer.n_prompt, j->answer.n_output));
+    }
+    sse_done(j);
+}
+
+static void run_job(serve_sched *s, serve_job *j) {
+    pthread_mutex_lock(&j->mu);
+    j->state = JOB_RUNNING;
+    j->t_start = serve_now();
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    int rc;
+    if (atomic_load(&j->cancelled)) {
+        rc = nvlm_fail(&j->err, NVLM_E_CANCELLED, "cancelled before it started");
+    } else {
+        if (j->req.stream) sse_event(j, serve_chunk_json(j->id, j->model, j->created, "assistant", "", 0, NULL));
+        token_ctx t = {s, j};
+        ticket_acquire(&s->compute);
+        rc = nvlm_chat_ask(j->chat, j->req.question, &j->req.sampling, on_token, &t, &j->answer, &j->err);
+        ticket_release(&s->compute);
+        if (j->req.stream) stream_end(j, rc);
+    }
+    int cancelled = atomic_load(&j->cancelled);
+    int fin = cancelled ? SERVE_FIN_CANCELLED : rc ? SERVE_FIN_ERROR
+              : j->answer.finish_length ? SERVE_FIN_LENGTH : SERVE_FIN_STOP;
+    pthread_mutex_lock(&j->mu);
+    j->state = rc ? JOB_FAILED : JOB_DONE;
+    j->t_end = serve_now();
+    double ttft = j->t_first > 0 ? j->t_first - j->t_queued : -1;
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    serve_metrics_chat(s->metrics, fin, j->answer.n_prompt, j->answer.n_output, j->n_tiles, j->t_end - j->t_queued,
+                       ttft, j->t_start - j->t_queued);
+}
+
+/* --------------------------------------------------------------- workers */
+
+typedef struct worker_arg {
+    serve_sched *s;
+    int index;
+} worker_arg;
+
+static void *worker_main(void *arg) {
+    serve_sched *s = ((worker_arg *)arg)->s;
+    int me = ((worker_arg *)arg)->index;
+    free(arg);
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (!s->head && !s->stopping) pthread_cond_wait(&s->cv, &s->mu);
+        serve_job *j = s->head;
+        if (!j) {
+            pthread_mutex_unlock(&s->mu);
+            return NULL;
+        }
+        s->head = j->next;
+        if (!s->head) s->tail = NULL;
+        s->depth--;
+        s->active++;
+        s->running[me] = j;
+        serve_metrics_gauges(s->metrics, s->depth, s->active);
+        pthread_mutex_unlock(&s->mu);
+        run_job(s, j);
+        pthread_mutex_lock(&s->mu);
+        s->active--;
+        s->running[me] = NULL;
+        serve_metrics_gauges(s->metrics, s->depth, s->active);
+        pthread_mutex_unlock(&s->mu);
+        serve_job_release(j);
+    }
+}
+
+int serve_sched_start(serve_sched *s, nvlm_model *m, serve_metrics *metrics, int parallel, int max_queue,
+                      nvlm_err *err) {
+    memset(s, 0, sizeof *s);
+    s->model = m;
+    s->metrics = metrics;
+    s->max_queue = max_queue;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    pthread_mutex_init(&s->compute.mu, NULL);
+    pthread_cond_init(&s->compute.cv, NULL);
+    s->workers = calloc((size_t)parallel, sizeof *s->workers);
+    s->running = calloc((size_t)parallel, sizeof *s->running);
+    if (!s->workers || !s->running) {
+        serve_sched_stop(s);
+        serve_sched_destroy(s);
+        return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    }
+    for (int i = 0; i < parallel; i++) {
+        worker_arg *a = malloc(sizeof *a);
+        if (a) *a = (worker_arg){s, i};
+        if (!a || pthread_create(&s->workers[i], NULL, worker_main, a)) {
+            free(a);
+            serve_sched_stop(s);
+            serve_sched_destroy(s);
+            return nvlm_fail(err, NVLM_E_INTERNAL, "cannot start worker thread %d", i);
+        }
+        s->n_workers++;
+    }
+    return NVLM_OK;
+}
+
+int serve_sched_submit(serve_sched *s, serve_job *j) {
+    pthread_mutex_lock(&s->mu);
+    int rc = s->stopping ? -2 : s->depth >= s->max_queue ? -1 : 0;
+    if (!rc) {
+        pthread_mutex_lock(&j->mu);
+        j->refs++;
+        pthread_mutex_unlock(&j->mu);
+        j->next = NULL;
+        if (s->tail) s->tail->next = j;
+        else s->head = j;
+        s->tail = j;
+        s->depth++;
+        serve_metrics_gauges(s->metrics, s->depth, s->active);
+        pthread_cond_signal(&s->cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+void serve_sched_stop(serve_sched *s) {
+    pthread_mutex_lock(&s->mu);
+    s->stopping = 1;
+    for (serve_job *j = s->head; j; j = j->next) atomic_store(&j->cancelled, 1);
+    for (int i = 0; s->running && i < s->n_workers; i++)
+        if (s->running[i]) atomic_store(&s->running[i]->cancelled, 1);
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; i < s->n_workers; i++) pthread_join(s->workers[i], NULL);
+    s->n_workers = 0;
+}
+
+void serve_sched_destroy(serve_sched *s) {
+    free(s->workers);
+    free(s->running);
+    pthread_cond_destroy(&s->compute.cv);
+    pthread_mutex_destroy(&s->compute.mu);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    memset(s, 0, sizeof *s);
+}

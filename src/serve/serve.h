@@ -1,0 +1,45 @@
+/* serve.h - the OpenAI-compatible HTTP server behind `nvlm serve` (docs/server.md).
+ *
+ * One loaded model is shared read-only by all requests; each request gets its own nvlm_chat
+ * (own KV cache). The model's thread pool runs one parallel loop at a time, so the compute is
+ * serialised by a FIFO ticket lock that every running request gives up after each generated
+ * token: up to `parallel` requests are in flight and advance in turn, token by token; further
+ * requests wait in a FIFO queue. A greedy answer is therefore the same alone or concurrent.
+ * Internal to libnvlm; used by tools/cmd_serve.c and the tests. */
+#ifndef NVLM_SERVE_SERVE_H
+#define NVLM_SERVE_SERVE_H
+#include "nvlm.h"
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct nvlm_serve_options {
+    const char *host;          /* address to bind; NULL: 127.0.0.1 */
+    int port;                  /* 0: an ephemeral port (see nvlm_server_port) */
+    const char *api_key;       /* NULL or "": no authentication */
+    const char *model_id;      /* NULL: the caller must set it (the model folder's name) */
+    int strict_model;          /* 1: a request naming another model id is a 404 */
+    int parallel;              /* requests generating at once; 0: 4 */
+    int max_queue;             /* requests waiting for a slot before 503; 0: 256 */
+    int ctx;                   /* context length; 0: the config's max_position_embeddings */
+    int max_tiles;             /* tiles per image; 0: the config's max_dynamic_patch */
+    size_t max_body;           /* request body bytes; 0: 64 MiB */
+    size_t max_image_bytes;    /* one encoded image; 0: 20 MiB */
+    uint64_t max_image_pixels; /* one decoded image; 0: 32 Mi pixels */
+    int max_images;            /* images per request; 0: 16 */
+    const char *local_image_dir; /* non-NULL: file:// URLs and paths under this folder allowed */
+    const char *default_system; /* system message of requests without one; NULL: the template's */
+    nvlm_sampling defaults;    /* sampling when a request says nothing (stop is ignored) */
+} nvlm_serve_options;
+
+typedef struct nvlm_server nvlm_server;
+
+/* Fills the defaults above (parallel 4, greedy sampling, 1024 new tokens at most). */
+void nvlm_serve_options_default(nvlm_serve_options *o);
+/* Starts listening and serving in background threads. The model must outlive the server. */
+int nvlm_server_start(nvlm_model *m, const nvlm_serve_options *o, nvlm_server **out, nvlm_err *err);
+/* The port actually bound (useful with port 0). */
+int nvlm_server_port(const nvlm_server *s);
+/* Graceful stop: refuses new requests, cancels running and queued ones, joins every thread,
+ * frees everything. NULL is accepted. */
+void nvlm_server_stop(nvlm_server *s);
+#endif

@@ -1,0 +1,197 @@
+/* serve_int.h - the pieces of the server, each in its own file: base64, request parsing and
+ * validation, prompt length, JSON replies, the streamed-text filter, metrics, the scheduler.
+ * Internal (the tests use it directly). */
+#ifndef NVLM_SERVE_SERVE_INT_H
+#define NVLM_SERVE_SERVE_INT_H
+#include "generate/prompt.h"
+#include "serve/serve.h"
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ------------------------------------------------------------ base64.c */
+
+/* Strict standard base64 (RFC 4648 alphabet; ASCII whitespace ignored; '=' padding optional
+ * but exact when present). *out is malloc'ed. Returns 0, or -1 on bad input/-2 out of memory. */
+int serve_base64_decode(const char *in, size_t len, uint8_t **out, size_t *out_len);
+
+/* ------------------------------------------------------------- error.c */
+
+/* An error as OpenAI reports it: HTTP status, type, code, param, message. */
+typedef struct serve_error {
+    int status;
+    const char *type;   /* "invalid_request_error", "authentication_error", "server_error", ... */
+    const char *code;   /* NULL or a short code ("invalid_api_key", "context_length_exceeded") */
+    char param[96];     /* "" or the offending field ("messages[1].content[0].image_url") */
+    char message[1200];
+} serve_error;
+
+/* Fills e and returns -1, so parse paths read `return serve_fail(e, 400, ...)`. */
+int serve_fail(serve_error *e, int status, const char *code, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+/* ----------------------------------------------------------- request.c */
+
+typedef struct serve_limits {
+    size_t max_image_bytes;
+    uint64_t max_image_pixels;
+    int max_images;
+    const char *local_image_dir;
+} serve_limits;
+
+/* A chat completion request reduced to what nvlm_chat needs. */
+typedef struct serve_request {
+    char *model;                 /* NULL when absent */
+    char *system;                /* NULL: the default system message */
+    nvlm_turn *history;          /* earlier (user, assistant) pairs */
+    int n_history;
+    char *question;              /* the last user message */
+    nvlm_image *images;          /* every image of the conversation, in order */
+    int n_images;
+    nvlm_sampling sampling;      /* stop points into stop[] */
+    char **stop;                 /* NULL-terminated */
+    int max_tokens;              /* 0: not given */
+    int stream, include_usage;
+} serve_request;
+
+/* Parses and validates a request body; defaults come from *defaults (stop is ignored). */
+int serve_parse_request(const char *body, size_t len, const serve_limits *lim, const nvlm_sampling *defaults,
+                        serve_request *out, serve_error *e);
+void serve_request_free(serve_request *r);
+
+/* ------------------------------------------------------------ prompt.c */
+
+/* Tiles of one image under the model's config and the tile bound (0: the config's). */
+int serve_image_tiles(nvlm_model *m, const nvlm_image *img, int max_tiles);
+/* The prompt ids chat() builds for the request's conversation (images expanded). */
+int serve_prompt_ids(nvlm_model *m, const serve_request *r, int max_tiles, int32_t **ids, size_t *n,
+                     nvlm_err *err);
+/* A new chat holding the request's system message, history and images (history marked). */
+int serve_make_chat(nvlm_model *m, const serve_request *r, int max_tiles, nvlm_chat **out, nvlm_err *err);
+
+/* ------------------------------------------------------------- reply.c */
+
+/* Each returns a malloc'ed NUL-terminated JSON text, or NULL when out of memory. */
+char *serve_error_json(const serve_error *e);
+char *serve_models_json(const char *model_id, long created);
+char *serve_completion_json(const char *id, const char *model, long created, const char *content,
+                            const char *finish, size_t prompt_tokens, size_t completion_tokens);
+/* A chat.completion.chunk: role (first chunk), content, finish reason, or usage (no choices). */
+char *serve_chunk_json(const char *id, const char *model, long created, const char *role, const char *content,
+                       size_t content_len, const char *finish);
+char *serve_usage_chunk_json(const char *id, const char *model, long created, size_t prompt_tokens,
+                             size_t completion_tokens);
+
+/* -------------------------------------------------------- textstream.c */
+
+/* Holds back streamed text so that the concatenated deltas equal the final response exactly:
+ * leading whitespace dropped, trailing whitespace and possible stop-string starts held until
+ * more text shows what they are. */
+typedef struct serve_textstream {
+    nvlm_buf all;       /* every piece so far */
+    nvlm_buf sent;      /* the answer text already handed out */
+    const char *const *stop;
+} serve_textstream;
+
+/* Adds a piece; *delta (malloc'ed, may be "") is what may be sent now. */
+int serve_textstream_push(serve_textstream *t, const char *piece, size_t len, char **delta, size_t *dlen);
+/* The rest of final (the engine's response) after what was emitted; "" if it diverged. */
+int serve_textstream_finish(serve_textstream *t, const char *final, char **delta, size_t *dlen);
+void serve_textstream_free(serve_textstream *t);
+
+/* ----------------------------------------------------------- metrics.c */
+
+enum { SERVE_NBUCKETS = 14 };
+
+typedef struct serve_histogram {
+    uint64_t counts[SERVE_NBUCKETS + 1]; /* last: +Inf */
+    double sum;
+    uint64_t n;
+} serve_histogram;
+
+typedef struct serve_metrics {
+    pthread_mutex_t mu;
+    uint64_t by_status[600];
+    uint64_t chat_finished[4];          /* stop, length, cancelled, error */
+    uint64_t prompt_tokens, completion_tokens, image_tiles;
+    serve_histogram latency, ttft, queue_wait;
+    int queue_depth, active, slots;
+} serve_metrics;
+
+enum { SERVE_FIN_STOP, SERVE_FIN_LENGTH, SERVE_FIN_CANCELLED, SERVE_FIN_ERROR };
+
+int serve_metrics_init(serve_metrics *m, int slots);
+void serve_metrics_destroy(serve_metrics *m);
+void serve_metrics_status(serve_metrics *m, int status);
+/* One chat request ended: its finish kind, tokens and seconds (negative: not measured). */
+void serve_metrics_chat(serve_metrics *m, int fin, size_t prompt, size_t completion, size_t tiles,
+                        double latency, double ttft, double queue_wait);
+void serve_metrics_gauges(serve_metrics *m, int queue_depth, int active);
+/* Prometheus text exposition, malloc'ed. */
+char *serve_metrics_text(serve_metrics *m);
+
+/* ------------------------------------------------------------- sched.c */
+
+/* A FIFO ticket lock: the compute of one model, taken in arrival order. */
+typedef struct serve_ticket_lock {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint64_t next, serving;
+} serve_ticket_lock;
+
+enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED };
+
+typedef struct serve_job serve_job;
+struct serve_job {
+    /* set before queueing, read-only afterwards */
+    nvlm_chat *chat;
+    serve_request req;
+    char id[48], model[256];
+    long created;
+    size_t n_tiles;
+    double t_queued;
+    /* shared, under mu */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int state;
+    int refs;
+    nvlm_buf events;             /* SSE bytes produced (stream) */
+    size_t events_read;
+    nvlm_answer answer;
+    nvlm_err err;
+    double t_start, t_first, t_end;
+    atomic_int cancelled;
+    /* worker-only */
+    serve_textstream ts;
+    size_t n_generated;
+    serve_job *next;
+};
+
+typedef struct serve_sched {
+    nvlm_model *model;
+    serve_metrics *metrics;
+    serve_ticket_lock compute;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    serve_job *head, *tail;
+    int depth, max_queue, active, stopping;
+    pthread_t *workers;
+    serve_job **running;         /* [n_workers], under mu: what each worker generates */
+    int n_workers;
+} serve_sched;
+
+/* A job owning req and chat (moved in); one reference for the caller. */
+int serve_job_new(serve_request *req, nvlm_chat *chat, serve_job **out);
+void serve_job_release(serve_job *j);
+double serve_now(void);
+
+int serve_sched_start(serve_sched *s, nvlm_model *m, serve_metrics *metrics, int parallel, int max_queue,
+                      nvlm_err *err);
+/* Queues j (takes a reference); -1 when the queue is full, -2 when stopping. */
+int serve_sched_submit(serve_sched *s, serve_job *j);
+/* Refuses new jobs, cancels every job and joins the workers. */
+void serve_sched_stop(serve_sched *s);
+/* Frees what serve_sched_stop left (after no thread can submit any more). */
+void serve_sched_destroy(serve_sched *s);
+#endif
