@@ -1,0 +1,27 @@
+/* resize.h - Pillow 9.4's BICUBIC resample on 8-bit RGB, bit-exact. Internal.
+ *
+ * Pillow's algorithm (src/libImaging/Resample.c): per axis, double-precision bicubic weights
+ * (a = -0.5) whose support grows with the reduction factor, normalised by their sum and
+ * rounded to 22-bit fixed point; a horizontal pass first, on only the rows the vertical pass
+ * reads, rounded and clipped to 8 bits; then the vertical pass. A pass whose size does not
+ * change is skipped. Our kernels compute exactly the same integer sums, vectorised. */
+#ifndef NVLM_IMAGE_RESIZE_H
+#define NVLM_IMAGE_RESIZE_H
+#include "nvlm.h"
+#include <stdint.h>
+
+/* One axis of fixed-point weights: output i reads taps n[i] inputs from xmin[i]. */
+typedef struct rs_axis {
+    int in, out, ksize;
+    int *xmin, *n;
+    int32_t *k; /* out * ksize, zero past n[i] */
+} rs_axis;
+
+int rs_axis_init(rs_axis *a, int in, int out, nvlm_err *err);
+void rs_axis_free(rs_axis *a);
+
+/* Resizes one RGB8 image to several sizes at once (the horizontal passes share the work of
+ * reading the source). outs[i] must hold ow[i]*oh[i]*3 bytes. */
+int rs_resize_many(const uint8_t *src, int w, int h, int n, const int *ow, const int *oh,
+                   uint8_t *const *outs, nvlm_err *err);
+#endif
