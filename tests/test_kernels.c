@@ -1,0 +1,207 @@
+/* Every SIMD kernel against its scalar reference, on odd shapes (tails that are not
+ * multiples of the vector width or the 6x16 tile), at every dispatch level this machine
+ * supports; results identical for 1 and 3 threads. */
+#include "check.h"
+#include "kernels/attention.h"
+#include "kernels/cpu.h"
+#include "kernels/ops.h"
+#include "kernels/qblock.h"
+#include "kernels/simd.h"
+#include <math.h>
+
+static uint64_t rng = 88172645463325252ull;
+static float frand(void) { /* uniform [-1, 1) */
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (float)((rng >> 40) * (1.0 / (1 << 23)) - 1.0);
+}
+static float *rand_vec(size_t n, float scale) {
+    float *v = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) v[i] = frand() * scale;
+    return v;
+}
+
+/* Weights of dtype dt holding (a rounding of) w [rows, cols]. */
+static void *make_weights(nvlm_dtype dt, const float *w, int rows, int cols) {
+    size_t rb = nvlm_row_bytes(dt, cols);
+    uint8_t *out = malloc(rb * (size_t)rows + 1);
+    for (int r = 0; r < rows; r++) {
+        const float *src = w + (size_t)r * cols;
+        uint8_t *dst = out + (size_t)r * rb;
+        for (int c = 0; c < cols; c++) {
+            if (dt == NVLM_DT_F32) memcpy(dst + 4 * c, &src[c], 4);
+            if (dt == NVLM_DT_F16 || dt == NVLM_DT_BF16) {
+                uint16_t h = dt == NVLM_DT_F16 ? nvlm_f32_to_f16(src[c]) : nvlm_f32_to_bf16(src[c]);
+                memcpy(dst + 2 * c, &h, 2);
+            }
+        }
+        if (dt == NVLM_DT_Q8_0) nvlm_quantize_row_q8_0(src, dst, cols);
+        if (dt == NVLM_DT_Q4) nvlm_quantize_row_q4(src, dst, cols);
+    }
+    return out;
+}
+
+static void test_matmul(nvlm_pool *p1, nvlm_pool *p3, int level) {
+    static const int shapes[][3] = {{1, 37, 67}, {2, 19, 100}, {3, 33, 160}, {4, 17, 64}, {7, 50, 300},
+                                    {13, 70, 96}, {25, 17, 520}, {6, 16, 256}, {31, 81, 288}};
+    static const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
+            int T = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+            nvlm_dtype dt = dts[d];
+            if (nvlm_dtype_is_block(dt) && K % NVLM_QK) continue;
+            float *wf = rand_vec((size_t)N * K, 0.5f), *x = rand_vec((size_t)T * K, 1.0f), *bias = rand_vec((size_t)N, 1.0f);
+            void *wd = make_weights(dt, wf, N, K);
+            nvlm_wmat w = {dt, N, K, wd};
+            float *ref = malloc(sizeof(float) * T * N), *y1 = malloc(sizeof(float) * T * N), *y3 = malloc(sizeof(float) * T * N);
+            nvlm_matmul_scalar(p1, ref, x, T, &w, bias);
+            nvlm_matmul(p1, y1, x, T, &w, bias);
+            nvlm_matmul(p3, y3, x, T, &w, bias);
+            /* bound: float rounding of a K-term sum; block formats on the matrix-vector path also
+             * round x to 8 bits (relative 1/254 per term) */
+            double worst = 0;
+            for (int t = 0; t < T; t++)
+                for (int o = 0; o < N; o++) {
+                    double mag = 0;
+                    float wrow[600];
+                    nvlm_row_to_f32(wrow, (uint8_t *)wd + (size_t)o * nvlm_row_bytes(dt, K), dt, K);
+                    for (int k = 0; k < K; k++) mag += fabs((double)x[t * K + k] * wrow[k]);
+                    double tol = mag * (nvlm_dtype_is_block(dt) && T <= 3 && level ? 1.0 / 100 : 1e-6) + 1e-6;
+                    double e = fabs((double)y1[t * N + o] - ref[t * N + o]) / tol;
+                    if (!(e <= worst)) worst = e;
+                }
+            CHECK(worst <= 1, "%s matmul %s T=%d N=%d K=%d: error %.3g x the bound", nvlm_cpu_level_name(level),
+                  nvlm_dtype_name(dt), T, N, K, worst);
+            CHECK(!memcmp(y1, y3, sizeof(float) * T * N), "%s matmul %s T=%d N=%d K=%d: 1 and 3 threads differ",
+                  nvlm_cpu_level_name(level), nvlm_dtype_name(dt), T, N, K);
+            free(wf), free(x), free(bias), free(wd), free(ref), free(y1), free(y3);
+        }
+}
+
+static void test_attention(int level) {
+    static const int cases[][4] = {/* n_q, n_keys, d, causal_pos0 */
+                                   {1, 1, 16, 0},   {1, 37, 16, 36}, {5, 5, 20, -1},  {37, 37, 64, -1},
+                                   {30, 45, 64, 15}, {50, 50, 72, 0}, {25, 130, 128, -1}, {3, 300, 64, 297}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int nq = cases[c][0], nk = cases[c][1], d = cases[c][2], pos0 = cases[c][3];
+        size_t qs = (size_t)d + 3, ks = (size_t)2 * d + 1;
+        float *q = rand_vec(qs * nq, 1.5f), *kv = rand_vec(ks * nk, 1.5f);
+        float *ref = malloc(sizeof(float) * nq * d), *out = malloc(sizeof(float) * nq * d);
+        float *s0 = malloc(sizeof(float) * nvlm_attention_scratch(0, nk, d));
+        float *s1 = malloc(sizeof(float) * nvlm_attention_scratch(level, nk, d));
+        float scale = 1.0f / sqrtf((float)d);
+        nvlm_attention(0, q, qs, nq, kv, ks, kv + d, ks, nk, pos0, d, scale, ref, (size_t)d, s0);
+        nvlm_attention(level, q, qs, nq, kv, ks, kv + d, ks, nk, pos0, d, scale, out, (size_t)d, s1);
+        double worst = 0;
+        for (int i = 0; i < nq * d; i++) {
+            double e = fabs((double)out[i] - ref[i]);
+            if (!(e <= worst)) worst = e;
+        }
+        CHECK(worst <= 2e-6, "%s attention nq=%d nk=%d d=%d pos0=%d: max diff %.3g", nvlm_cpu_level_name(level), nq,
+              nk, d, pos0, worst);
+        free(q), free(kv), free(ref), free(out), free(s0), free(s1);
+    }
+}
+
+static void test_activations(nvlm_pool *p, int level) {
+    size_t n = 1003;
+    float *a = rand_vec(n, 9.0f), *b = rand_vec(n, 2.0f);
+    a[0] = -30, a[1] = 30, a[2] = 0, a[3] = -100, a[4] = 100;
+    float *r = malloc(sizeof(float) * n), *s = malloc(sizeof(float) * n);
+    memcpy(r, a, sizeof(float) * n), memcpy(s, a, sizeof(float) * n);
+    nvlm_gelu(r, n);
+    nvlm_gelu_pool(p, s, n);
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)s[i] - r[i]) / (fabs(r[i]) * 2e-6 + 1e-6);
+        if (!(e <= worst)) worst = e;
+    }
+    CHECK(worst <= 1, "%s gelu: error %.3g x the bound", nvlm_cpu_level_name(level), worst);
+    memcpy(r, a, sizeof(float) * n), memcpy(s, a, sizeof(float) * n);
+    nvlm_silu_mul(r, b, n);
+    nvlm_silu_mul_pool(p, s, b, n);
+    worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)s[i] - r[i]) / (fabs(r[i]) * 1e-6 + 1e-30);
+        if (!(e <= worst)) worst = e;
+    }
+    CHECK(worst <= 1, "%s silu_mul: error %.3g x the bound", nvlm_cpu_level_name(level), worst);
+    free(a), free(b), free(r), free(s);
+}
+
+#ifdef NVLM_HAVE_AVX2_KERNELS
+/* The AVX2 helpers that have an exact scalar twin. */
+static void test_avx2_helpers(void) {
+    int n = 32 * 7;
+    float *x = rand_vec((size_t)n, 3.0f), *w = rand_vec((size_t)n, 1.0f);
+    x[5] = 0;
+    memset(x + 64, 0, sizeof(float) * 32); /* an all-zero block */
+    nvlm_block_q8a a[7], b[7];
+    nvlm_quantize_row_q8a(x, a, n);
+    nvlm_quantize_row_q8a_avx2(x, b, n);
+    CHECK(!memcmp(a, b, sizeof a), "q8a quantization differs from the scalar reference");
+    static const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4};
+    for (size_t d = 0; d < 5; d++) {
+        void *wd = make_weights(dts[d], w, 1, n);
+        float r[32 * 7], s[32 * 7];
+        int m = nvlm_dtype_is_block(dts[d]) ? n : n - 13; /* tails for plain formats */
+        nvlm_row_to_f32(r, wd, dts[d], m);
+        nvlm_row_to_f32_avx2(s, wd, dts[d], m);
+        CHECK(!memcmp(r, s, sizeof(float) * m), "row_to_f32 %s differs", nvlm_dtype_name(dts[d]));
+        if (nvlm_dtype_is_block(dts[d])) {
+            float dr = nvlm_vec_dot_q(dts[d], wd, a, n), ds = nvlm_vec_dot_q_avx2(dts[d], wd, a, n);
+            CHECK(fabsf(dr - ds) <= 1e-5f * (fabsf(dr) + 1), "vec_dot %s: %g vs %g", nvlm_dtype_name(dts[d]), ds, dr);
+        }
+        free(wd);
+    }
+    float dr = nvlm_dot(x, w, n - 5), ds = nvlm_dot_avx2(x, w, n - 5);
+    CHECK(fabsf(dr - ds) <= 1e-5f * (fabsf(dr) + 1), "dot: %g vs %g", ds, dr);
+    free(x), free(w);
+}
+#endif
+
+/* Quantization round trip stays within half a step. */
+static void test_quant_roundtrip(void) {
+    int n = 32 * 9;
+    float *x = rand_vec((size_t)n, 2.0f), y[32 * 9];
+    uint8_t buf[34 * 9];
+    nvlm_quantize_row_q8_0(x, buf, n);
+    nvlm_row_to_f32(y, buf, NVLM_DT_Q8_0, n);
+    int ok = 1;
+    for (int b = 0; b < 9; b++) {
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[b * 32 + j]));
+        for (int j = 0; j < 32; j++) ok &= fabsf(y[b * 32 + j] - x[b * 32 + j]) <= amax / 127 * 0.51f + 1e-6f;
+    }
+    CHECK(ok, "Q8_0 round trip beyond half a step");
+    nvlm_quantize_row_q4(x, buf, n);
+    nvlm_row_to_f32(y, buf, NVLM_DT_Q4, n);
+    double e = 0, s = 0;
+    for (int i = 0; i < n; i++) e += (double)(y[i] - x[i]) * (y[i] - x[i]), s += (double)x[i] * x[i];
+    CHECK(e / s < 0.01, "Q4 round trip: relative squared error %.4f", e / s);
+    free(x);
+}
+
+int main(void) {
+    nvlm_err err = {0};
+    nvlm_pool *p1 = NULL, *p3 = NULL;
+    CHECK(nvlm_pool_new(1, &p1, &err) == 0 && nvlm_pool_new(3, &p3, &err) == 0, "pool: %s", err.msg);
+    if (!p1 || !p3) return check_done("test_kernels");
+    int hw = nvlm_cpu_hw_level();
+    char feat[256];
+    nvlm_cpu_features(feat, sizeof feat);
+    printf("cpu: %s (kernel levels up to %s)\n", feat, nvlm_cpu_level_name(hw));
+    for (int level = NVLM_CPU_SCALAR; level <= hw; level++) {
+        nvlm_pool_set_level(p1, level);
+        nvlm_pool_set_level(p3, level);
+        test_matmul(p1, p3, level);
+        test_attention(level);
+        test_activations(p3, level);
+    }
+#ifdef NVLM_HAVE_AVX2_KERNELS
+    if (hw >= NVLM_CPU_AVX2) test_avx2_helpers();
+#endif
+    test_quant_roundtrip();
+    nvlm_pool_free(p1);
+    nvlm_pool_free(p3);
+    return check_done("test_kernels");
+}
