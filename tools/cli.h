@@ -11,6 +11,8 @@ int cmd_mkmodel(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_plot(int argc, char **argv);
 
 /* Prints "nvlm <cmd>: <message>" (from err) on stderr; returns 1 (the exit status). */
 int cli_report(const char *cmd, const nvlm_err *err);

@@ -16,6 +16,8 @@ static const command commands[] = {
     {"info", cmd_info, "architecture, parameter counts and memory of a model folder"},
     {"tokenize", cmd_tokenize, "token ids of texts (Hugging Face tokenizers compatible)"},
     {"preprocess", cmd_preprocess, "decode an image and cut it into NVLM tiles"},
+    {"train", cmd_train, "two-stage training: align (stage 1), then fine-tune (stage 2)"},
+    {"plot", cmd_plot, "loss curves of training logs as an SVG chart"},
     {"mkmodel", cmd_mkmodel, "write a random-weight checkpoint of any shape (tests, demos)"},
 };
 

@@ -1,0 +1,484 @@
+/* The training loop: sample order, mixing, accumulation, optimizer, evaluation, logs and
+ * checkpoints (docs/training.md). Everything that decides the result (data order, text
+ * mixing draws) comes from the seed and the saved cursor, so a resumed run repeats the
+ * uninterrupted one bit for bit. */
+#include "train/trainer.h"
+#include "core/err.h"
+#include "core/file.h"
+#include "model/safetensors_write.h"
+#include "train/tdata.h"
+#include "train/train.h"
+#include <cJSON.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+
+void nvlm_train_opts_default(nvlm_train_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->stage = 1;
+    o->epochs = 1;
+    o->batch = 1;
+    o->grad_accum = 1;
+    o->lr = 1e-4;
+    o->weight_decay = 0.0;
+    o->clip = 1.0;
+    o->beta1 = 0.9, o->beta2 = 0.999, o->eps = 1e-8;
+    o->cosine = 1;
+    o->seed = 1;
+}
+
+/* ------------------------------------------------------------ deterministic order */
+
+static uint64_t splitmix(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Permutation of [0, n) for (seed, epoch, stream). */
+static void permutation(int *p, int n, uint64_t seed, int epoch, int stream) {
+    uint64_t s = seed * 0x100000001B3ull ^ ((uint64_t)epoch << 20) ^ (uint64_t)stream;
+    for (int i = 0; i < n; i++) p[i] = i;
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)(splitmix(&s) % (uint64_t)(i + 1));
+        int t = p[i];
+        p[i] = p[j], p[j] = t;
+    }
+}
+
+typedef struct cursor {
+    uint64_t rng;         /* text-mixing draws */
+    int epoch, pos;       /* main data */
+    int tepoch, tpos;     /* text-only data */
+    int64_t step;
+} cursor;
+
+typedef struct run {
+    const nvlm_train_opts *o;
+    nvlm_model *m;
+    nvlm_tmodel *tm;
+    nvlm_tdata *data, *text, *eval;
+    int *perm, *tperm;
+    int perm_epoch, tperm_epoch;
+    cursor cur;
+    nvlm_adamw opt;
+    int64_t total;
+    const char *src_dir;
+    FILE *log;
+    nvlm_train_cb cb;
+    void *user;
+} run;
+
+/* The next sample: (dataset, index), advancing the cursor. */
+static void next_sample(run *r, nvlm_tdata **d, int *idx) {
+    cursor *c = &r->cur;
+    int use_text = 0;
+    if (r->text && r->o->text_ratio > 0)
+        use_text = (double)(splitmix(&c->rng) >> 11) * (1.0 / 9007199254740992.0) < r->o->text_ratio;
+    if (use_text) {
+        if (r->tperm_epoch != c->tepoch) {
+            permutation(r->tperm, r->text->n, r->o->seed, c->tepoch, 2);
+            r->tperm_epoch = c->tepoch;
+        }
+        *d = r->text, *idx = r->tperm[c->tpos];
+        if (++c->tpos == r->text->n) c->tpos = 0, c->tepoch++;
+        return;
+    }
+    if (r->perm_epoch != c->epoch) {
+        permutation(r->perm, r->data->n, r->o->seed, c->epoch, 1);
+        r->perm_epoch = c->epoch;
+    }
+    *d = r->data, *idx = r->perm[c->pos];
+    if (++c->pos == r->data->n) c->pos = 0, c->epoch++;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static long peak_rss_mb(void) {
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) ? 0 : ru.ru_maxrss / 1024;
+}
+
+/* ------------------------------------------------------------ checkpoints */
+
+static int mkdir_p(const char *dir, nvlm_err *err) {
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s", dir);
+    for (char *p = tmp + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(tmp, 0777) && errno != EEXIST) return nvlm_fail(err, NVLM_E_IO, "cannot create %s: %s", tmp, strerror(errno));
+            *p = '/';
+        }
+    if (mkdir(tmp, 0777) && errno != EEXIST) return nvlm_fail(err, NVLM_E_IO, "cannot create %s: %s", tmp, strerror(errno));
+    return NVLM_OK;
+}
+
+static int same_dir(const char *a, const char *b) {
+    char ra[PATH_MAX], rb[PATH_MAX];
+    return realpath(a, ra) && realpath(b, rb) && !strcmp(ra, rb);
+}
+
+static const char *const copied_files[] = {"config.json", "tokenizer.json", "vocab.json", "merges.txt",
+                                           "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                                           "generation_config.json", "preprocessor_config.json"};
+
+static int copy_file(const char *from_dir, const char *to_dir, const char *name, nvlm_err *err) {
+    char *src = nvlm_path_join(from_dir, name), *dst = nvlm_path_join(to_dir, name);
+    int rc = src && dst ? NVLM_OK : nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    if (!rc && nvlm_file_exists(src)) {
+        char *data;
+        size_t len;
+        rc = nvlm_read_file(src, 0, &data, &len, err);
+        if (!rc) rc = nvlm_write_file_atomic(dst, data, len, err);
+        if (!rc) free(data);
+    }
+    free(src), free(dst);
+    return rc;
+}
+
+/* model.safetensors in the source layout and dtypes (vision tensors copied as they are). */
+static int save_model(run *r, const char *dir, nvlm_err *err) {
+    nvlm_stw *w;
+    int rc = nvlm_stw_new(&w, err);
+    if (rc) return rc;
+    void **bufs = calloc((size_t)r->tm->n_p, sizeof *bufs);
+    if (!bufs) rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    size_t n = nvlm_st_count(r->m->st);
+    for (size_t i = 0; i < n && !rc; i++) {
+        const nvlm_tensor *t = nvlm_st_at(r->m->st, i);
+        nvlm_tparam *p = nvlm_tmodel_find(r->tm, t->name);
+        if (!p) {
+            rc = nvlm_stw_add(w, t->name, t->dtype, t->ndim, t->shape, t->data, err);
+            continue;
+        }
+        const void *data = p->w;
+        if (p->dtype != NVLM_DT_F32) {
+            uint16_t *b = malloc(sizeof(uint16_t) * p->n);
+            if (!b) {
+                rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory saving %s", p->name);
+                break;
+            }
+            for (size_t k = 0; k < p->n; k++)
+                b[k] = p->dtype == NVLM_DT_BF16 ? nvlm_f32_to_bf16(p->w[k]) : nvlm_f32_to_f16(p->w[k]);
+            bufs[p - r->tm->p] = b;
+            data = b;
+        }
+        rc = nvlm_stw_add(w, t->name, p->dtype, t->ndim, t->shape, data, err);
+    }
+    if (!rc) rc = nvlm_stw_write_dir(w, dir, 1, err);
+    nvlm_stw_free(w);
+    for (int i = 0; bufs && i < r->tm->n_p; i++) free(bufs[i]);
+    free(bufs);
+    return rc;
+}
+
+/* trainer_state.safetensors: master weights and Adam moments of the trainable tensors. */
+static int save_state(run *r, const char *dir, nvlm_err *err) {
+    nvlm_stw *w;
+    int rc = nvlm_stw_new(&w, err);
+    char name[200];
+    for (int i = 0; i < r->tm->n_p && !rc; i++) {
+        nvlm_tparam *p = &r->tm->p[i];
+        if (!p->g) continue;
+        rc = nvlm_stw_add(w, p->name, NVLM_DT_F32, p->ndim, p->shape, p->w, err);
+        snprintf(name, sizeof name, "%s.exp_avg", p->name);
+        if (!rc) rc = nvlm_stw_add(w, name, NVLM_DT_F32, p->ndim, p->shape, p->m, err);
+        snprintf(name, sizeof name, "%s.exp_avg_sq", p->name);
+        if (!rc) rc = nvlm_stw_add(w, name, NVLM_DT_F32, p->ndim, p->shape, p->v, err);
+    }
+    char *path = nvlm_path_join(dir, "trainer_state.safetensors");
+    if (!rc && !path) rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    if (!rc) rc = nvlm_stw_write_file(w, path, err);
+    free(path);
+    nvlm_stw_free(w);
+    if (rc) return rc;
+    cJSON *j = cJSON_CreateObject();
+    char u[32];
+    snprintf(u, sizeof u, "%llu", (unsigned long long)r->cur.rng);
+    cJSON_AddNumberToObject(j, "step", (double)r->cur.step);
+    cJSON_AddNumberToObject(j, "adam_step", (double)r->opt.step);
+    cJSON_AddStringToObject(j, "rng", u);
+    cJSON_AddNumberToObject(j, "epoch", r->cur.epoch);
+    cJSON_AddNumberToObject(j, "pos", r->cur.pos);
+    cJSON_AddNumberToObject(j, "text_epoch", r->cur.tepoch);
+    cJSON_AddNumberToObject(j, "text_pos", r->cur.tpos);
+    cJSON_AddNumberToObject(j, "stage", r->o->stage);
+    snprintf(u, sizeof u, "%llu", (unsigned long long)r->o->seed);
+    cJSON_AddStringToObject(j, "seed", u);
+    char *s = cJSON_Print(j);
+    cJSON_Delete(j);
+    path = nvlm_path_join(dir, "trainer_state.json");
+    rc = s && path ? nvlm_write_file_atomic(path, s, strlen(s), err) : nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    free(s), free(path);
+    return rc;
+}
+
+static int save_checkpoint(run *r, nvlm_err *err) {
+    const char *dir = r->o->out_dir;
+    int rc = mkdir_p(dir, err);
+    if (!rc && !same_dir(r->src_dir, dir))
+        for (size_t i = 0; i < sizeof copied_files / sizeof *copied_files && !rc; i++)
+            rc = copy_file(r->src_dir, dir, copied_files[i], err);
+    if (!rc) rc = save_model(r, dir, err);
+    if (!rc) rc = save_state(r, dir, err);
+    if (rc) nvlm_fail_prefix(err, "saving a checkpoint in %s: ", dir);
+    return rc;
+}
+
+static int load_state(run *r, const char *dir, nvlm_err *err) {
+    char *jpath = nvlm_path_join(dir, "trainer_state.json"), *spath = nvlm_path_join(dir, "trainer_state.safetensors");
+    char *text = NULL;
+    size_t len;
+    nvlm_mapped_file mf = {0};
+    nvlm_st *st = NULL;
+    cJSON *j = NULL;
+    int rc = jpath && spath ? NVLM_OK : nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    if (!rc) rc = nvlm_read_file(jpath, 0, &text, &len, err);
+    if (!rc && !(j = cJSON_Parse(text))) rc = nvlm_fail(err, NVLM_E_FORMAT, "%s: not JSON", jpath);
+    if (!rc) {
+        cJSON *step = cJSON_GetObjectItem(j, "step"), *as = cJSON_GetObjectItem(j, "adam_step");
+        cJSON *rng = cJSON_GetObjectItem(j, "rng"), *ep = cJSON_GetObjectItem(j, "epoch"), *pos = cJSON_GetObjectItem(j, "pos");
+        cJSON *te = cJSON_GetObjectItem(j, "text_epoch"), *tp = cJSON_GetObjectItem(j, "text_pos");
+        if (!cJSON_IsNumber(step) || !cJSON_IsNumber(as) || !cJSON_IsString(rng) || !cJSON_IsNumber(ep) ||
+            !cJSON_IsNumber(pos) || !cJSON_IsNumber(te) || !cJSON_IsNumber(tp))
+            rc = nvlm_fail(err, NVLM_E_FORMAT, "%s: missing or bad fields", jpath);
+        else {
+            r->cur.step = (int64_t)step->valuedouble;
+            r->opt.step = (int64_t)as->valuedouble;
+            r->cur.rng = strtoull(rng->valuestring, NULL, 10);
+            r->cur.epoch = ep->valueint, r->cur.pos = pos->valueint;
+            r->cur.tepoch = te->valueint, r->cur.tpos = tp->valueint;
+            if (r->cur.pos < 0 || r->cur.pos >= r->data->n || r->cur.tpos < 0 || (r->text && r->cur.tpos >= r->text->n))
+                rc = nvlm_fail(err, NVLM_E_FORMAT, "%s: data position past the data (was the data changed?)", jpath);
+        }
+    }
+    if (!rc) rc = nvlm_map_file(spath, &mf, err);
+    if (!rc) rc = nvlm_st_parse_buffer(mf.data, mf.len, spath, &st, err);
+    char name[200];
+    for (int i = 0; i < r->tm->n_p && !rc; i++) {
+        nvlm_tparam *p = &r->tm->p[i];
+        if (!p->g) continue;
+        float *dst[3] = {p->w, p->m, p->v};
+        const char *suffix[3] = {"", ".exp_avg", ".exp_avg_sq"};
+        for (int k = 0; k < 3 && !rc; k++) {
+            snprintf(name, sizeof name, "%s%s", p->name, suffix[k]);
+            const nvlm_tensor *t = nvlm_st_find(st, name);
+            if (!t || t->dtype != NVLM_DT_F32 || (size_t)t->numel != p->n)
+                rc = nvlm_fail(err, NVLM_E_FORMAT, "%s: no float32 %s of %zu values (trainable set changed?)", spath,
+                               name, p->n);
+            else memcpy(dst[k], t->data, sizeof(float) * p->n);
+        }
+    }
+    nvlm_st_close(st);
+    nvlm_unmap_file(&mf);
+    cJSON_Delete(j);
+    free(text), free(jpath), free(spath);
+    return rc;
+}
+
+/* ------------------------------------------------------------ steps */
+
+static int prepare(run *r, nvlm_tdata *d, int i, nvlm_err *err) {
+    return nvlm_tdata_prepare(d, r->m, i, r->o->max_tiles, err);
+}
+
+static int evaluate(run *r, double *loss, double *acc, nvlm_err *err) {
+    double sum = 0;
+    long count = 0, exact = 0;
+    for (int i = 0; i < r->eval->n; i++) {
+        int rc = prepare(r, r->eval, i, err);
+        nvlm_tseq q;
+        nvlm_tresult res = {0};
+        if (!rc) {
+            nvlm_tdata_seq(r->eval, i, &q);
+            rc = nvlm_train_seq(r->tm, &q, 0, 1.0, &res, err);
+        }
+        if (rc) return rc;
+        sum += res.loss_sum;
+        count += res.count;
+        exact += res.count > 0 && res.correct == res.count;
+    }
+    *loss = count ? sum / count : 0;
+    *acc = (double)exact / r->eval->n;
+    return NVLM_OK;
+}
+
+static void emit(run *r, nvlm_train_report *rep) {
+    rep->peak_rss_mb = peak_rss_mb();
+    if (r->log) {
+        if (rep->event)
+            fprintf(r->log, "{\"step\": %lld, \"event\": \"%s\"}\n", (long long)rep->step, rep->event);
+        else if (rep->eval)
+            fprintf(r->log, "{\"step\": %lld, \"eval_loss\": %.6f, \"eval_acc\": %.4f}\n", (long long)rep->step,
+                    rep->eval_loss, rep->eval_acc);
+        else
+            fprintf(r->log,
+                    "{\"step\": %lld, \"epoch\": %d, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.4g, "
+                    "\"tokens_per_s\": %.1f, \"elapsed_s\": %.2f, \"peak_rss_mb\": %ld}\n",
+                    (long long)rep->step, rep->epoch, rep->loss, rep->lr, rep->grad_norm, rep->tokens_per_s,
+                    rep->elapsed_s, rep->peak_rss_mb);
+        fflush(r->log);
+    }
+    if (r->cb) r->cb(r->user, rep);
+}
+
+static int train_step(run *r, double *loss, double *gnorm, double *lr, long *tokens, nvlm_err *err) {
+    const int n = r->o->batch * r->o->grad_accum;
+    nvlm_tdata **ds = malloc(sizeof *ds * (size_t)n);
+    int *idx = malloc(sizeof *idx * (size_t)n);
+    if (!ds || !idx) {
+        free(ds), free(idx);
+        return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    }
+    int rc = NVLM_OK;
+    long total = 0;
+    for (int k = 0; k < n && !rc; k++) {
+        next_sample(r, &ds[k], &idx[k]);
+        rc = prepare(r, ds[k], idx[k], err);
+        if (!rc) {
+            nvlm_tseq q;
+            nvlm_tdata_seq(ds[k], idx[k], &q);
+            total += nvlm_tseq_supervised(&q);
+        }
+    }
+    /* the loss is the mean over every supervised token of the step (all micro-batches) */
+    double sum = 0;
+    *tokens = 0;
+    nvlm_tmodel_zero_grad(r->tm);
+    for (int k = 0; k < n && !rc && total > 0; k++) {
+        nvlm_tseq q;
+        nvlm_tdata_seq(ds[k], idx[k], &q);
+        nvlm_tresult res = {0};
+        rc = nvlm_train_seq(r->tm, &q, 1, (double)total, &res, err);
+        sum += res.loss_sum;
+        *tokens += q.n;
+    }
+    free(ds), free(idx);
+    if (rc) return rc;
+    *loss = total ? sum / total : 0;
+    *gnorm = nvlm_grad_norm(r->tm);
+    if (r->o->clip > 0 && *gnorm > r->o->clip) nvlm_grad_scale(r->tm, (float)(r->o->clip / (*gnorm + 1e-6)));
+    *lr = nvlm_lr_at(r->o->lr, r->cur.step, r->o->warmup, r->total, r->o->cosine);
+    if (total > 0) nvlm_adamw_step(r->tm, &r->opt, *lr);
+    r->cur.step++;
+    return NVLM_OK;
+}
+
+static int check_opts(const nvlm_train_opts *o, nvlm_err *err) {
+    if (!o->data || !o->out_dir || (!o->model_dir && !o->resume_dir))
+        return nvlm_fail(err, NVLM_E_INVALID_ARG, "a model, data and an output folder are required");
+    if (o->stage != 1 && o->stage != 2) return nvlm_fail(err, NVLM_E_INVALID_ARG, "stage must be 1 or 2");
+    if (o->batch < 1 || o->grad_accum < 1) return nvlm_fail(err, NVLM_E_INVALID_ARG, "batch and grad-accum must be >= 1");
+    if (o->steps < 0 || (o->steps == 0 && o->epochs < 1))
+        return nvlm_fail(err, NVLM_E_INVALID_ARG, "give a positive number of steps or epochs");
+    if (!(o->lr > 0) || o->weight_decay < 0 || o->clip < 0 || o->text_ratio < 0 || o->text_ratio >= 1)
+        return nvlm_fail(err, NVLM_E_INVALID_ARG, "lr must be > 0, weight decay and clip >= 0, text ratio in [0, 1)");
+    if (o->text_ratio > 0 && !o->text_data)
+        return nvlm_fail(err, NVLM_E_INVALID_ARG, "--text-ratio needs --text-data");
+    return NVLM_OK;
+}
+
+static void run_free(run *r) {
+    nvlm_tmodel_free(r->tm);
+    nvlm_tdata_free(r->data), nvlm_tdata_free(r->text), nvlm_tdata_free(r->eval);
+    free(r->perm), free(r->tperm);
+    if (r->log) fclose(r->log);
+    nvlm_model_free(r->m);
+}
+
+static int setup(run *r, const nvlm_train_opts *o, nvlm_err *err) {
+    r->src_dir = o->resume_dir ? o->resume_dir : o->model_dir;
+    nvlm_load_options lo = {o->threads, NULL, NULL};
+    int rc = nvlm_model_load(r->src_dir, &lo, &r->m, err);
+    nvlm_train_select sel = {o->stage, o->trainable, o->decay_all};
+    if (!rc) rc = nvlm_tmodel_new(r->m, &sel, &r->tm, err);
+    if (!rc) r->tm->recompute = o->recompute;
+    if (!rc) rc = nvlm_tdata_load(o->data, &r->data, err);
+    if (!rc && o->text_data) rc = nvlm_tdata_load(o->text_data, &r->text, err);
+    if (!rc && o->eval_data) rc = nvlm_tdata_load(o->eval_data, &r->eval, err);
+    if (rc) return rc;
+    r->perm = malloc(sizeof(int) * (size_t)r->data->n);
+    r->tperm = r->text ? malloc(sizeof(int) * (size_t)r->text->n) : NULL;
+    if (!r->perm || (r->text && !r->tperm)) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    r->perm_epoch = r->tperm_epoch = -1;
+    r->cur.rng = o->seed ^ 0x5DEECE66Dull;
+    r->opt = (nvlm_adamw){o->lr, o->beta1, o->beta2, o->eps, o->weight_decay, 0};
+    int per_step = o->batch * o->grad_accum;
+    double main_per_step = per_step * (r->text ? 1.0 - o->text_ratio : 1.0);
+    r->total = o->steps > 0 ? o->steps : (int64_t)ceil((double)o->epochs * r->data->n / main_per_step);
+    if (o->resume_dir && (rc = load_state(r, o->resume_dir, err))) return rc;
+    if ((rc = mkdir_p(o->out_dir, err))) return rc;
+    char *lp = o->log_path ? strdup(o->log_path) : nvlm_path_join(o->out_dir, "train_log.jsonl");
+    if (!lp) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    r->log = fopen(lp, o->resume_dir ? "a" : "w");
+    rc = r->log ? NVLM_OK : nvlm_fail(err, NVLM_E_IO, "cannot write %s: %s", lp, strerror(errno));
+    free(lp);
+    return rc;
+}
+
+int nvlm_train_run(const nvlm_train_opts *o, nvlm_train_cb cb, void *user, nvlm_err *err) {
+    int rc = check_opts(o, err);
+    if (rc) return rc;
+    run r = {0};
+    r.o = o, r.cb = cb, r.user = user;
+    rc = setup(&r, o, err);
+    double t0 = now_s(), t_last = t0;
+    int64_t first = r.cur.step;
+    if (!rc && o->resume_dir) {
+        nvlm_train_report rep = {.step = r.cur.step, .total_steps = r.total, .event = "resumed", .path = o->resume_dir};
+        emit(&r, &rep);
+    }
+    int done = 0;
+    while (!rc && !done) {
+        if (o->steps > 0 ? r.cur.step >= o->steps : r.cur.epoch >= o->epochs) break;
+        if (o->stop && *o->stop) {
+            rc = save_checkpoint(&r, err);
+            nvlm_train_report rep = {.step = r.cur.step, .total_steps = r.total, .event = "interrupted", .path = o->out_dir};
+            if (!rc) emit(&r, &rep);
+            if (!rc) rc = nvlm_fail(err, NVLM_E_CANCELLED, "interrupted at step %lld; checkpoint saved in %s",
+                                    (long long)r.cur.step, o->out_dir);
+            break;
+        }
+        double loss = 0, gnorm = 0, lr = 0;
+        long tokens = 0;
+        rc = train_step(&r, &loss, &gnorm, &lr, &tokens, err);
+        if (rc) break;
+        double t = now_s();
+        nvlm_train_report rep = {r.cur.step, r.total, r.cur.epoch, loss, lr, gnorm, tokens / fmax(t - t_last, 1e-9),
+                                 t - t0, 0, 0, 0, 0, NULL, NULL, 0};
+        rep.eta_s = (t - t0) / (double)(r.cur.step - first) * (double)(r.total - r.cur.step);
+        t_last = t;
+        emit(&r, &rep);
+        int last = o->steps > 0 ? r.cur.step >= o->steps : r.cur.epoch >= o->epochs;
+        if (r.eval && ((o->eval_every > 0 && r.cur.step % o->eval_every == 0) || last)) {
+            nvlm_train_report ev = {.step = r.cur.step, .total_steps = r.total, .eval = 1};
+            rc = evaluate(&r, &ev.eval_loss, &ev.eval_acc, err);
+            if (!rc) emit(&r, &ev);
+        }
+        if (!rc && o->save_every > 0 && r.cur.step % o->save_every == 0 && !last) {
+            rc = save_checkpoint(&r, err);
+            nvlm_train_report sv = {.step = r.cur.step, .total_steps = r.total, .event = "saved", .path = o->out_dir};
+            if (!rc) emit(&r, &sv);
+        }
+        done = last;
+    }
+    if (!rc) {
+        rc = save_checkpoint(&r, err);
+        nvlm_train_report sv = {.step = r.cur.step, .total_steps = r.total, .event = "saved", .path = o->out_dir};
+        if (!rc) emit(&r, &sv);
+    }
+    run_free(&r);
+    return rc;
+}
