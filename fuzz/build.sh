@@ -20,6 +20,23 @@ build_tokenizer() {
   echo "built $OUT/fuzz_tokenizer"
 }
 
+# ---- safetensors header parser / validator: src/model/safetensors.c + src/core
+build_safetensors() {
+  clang $CFLAGS $SAN fuzz/fuzz_safetensors.c src/model/safetensors.c src/core/*.c $LIBS -o "$OUT/fuzz_safetensors"
+  mkdir -p "$OUT/corpus-safetensors"
+  local h='{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"BF16","shape":[1,2],"data_offsets":[8,12]}}    '
+  { printf "\\x$(printf %02x ${#h})\\x00\\x00\\x00\\x00\\x00\\x00\\x00"; printf '%s' "$h"; printf '0123456789ab'; } > "$OUT/corpus-safetensors/seed-two"
+  echo "built $OUT/fuzz_safetensors"
+}
+
+# ---- config.json parser / validator (+ parameter count)
+build_config() {
+  clang $CFLAGS $SAN fuzz/fuzz_config.c src/model/config.c src/model/tensors.c src/model/safetensors.c src/core/*.c $LIBS -o "$OUT/fuzz_config"
+  mkdir -p "$OUT/corpus-config"
+  for m in d x h; do cp "../shared/reference/models/tiny-nvlm-$m/config.json" "$OUT/corpus-config/seed-$m" 2>/dev/null || true; done
+  echo "built $OUT/fuzz_config"
+}
+
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(tokenizer)
+[ ${#targets[@]} -eq 0 ] && targets=(tokenizer safetensors config)
 for t in "${targets[@]}"; do "build_$t"; done
