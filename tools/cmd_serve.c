@@ -28,6 +28,7 @@ static void usage(FILE *f) {
                "      --max-image-pixels N   one decoded image (default 33554432)\n"
                "      --max-images N         images per request (default 16)\n"
                "      --allow-local-images DIR  accept file:// URLs and paths of files under DIR\n"
+               "  -q, --quiet                no loading progress\n"
                "  (the sampling options below are the defaults of requests that do not set them)\n\n%s",
             cli_model_flags_help());
 }
@@ -91,6 +92,10 @@ int cmd_serve(int argc, char **argv) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             usage(stdout);
             return 0;
+        }
+        if (!strcmp(argv[i], "--quiet") || !strcmp(argv[i], "-q")) {
+            o.quiet = 1;
+            continue;
         }
         return cli_usage_error("serve", "unknown or incomplete option '%s'", argv[i]);
     }
