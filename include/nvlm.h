@@ -144,6 +144,13 @@ int nvlm_model_vocab_size(const nvlm_model *m);
 /* The config's max_dynamic_patch (default tile bound). */
 int nvlm_model_max_tiles(const nvlm_model *m);
 
+/* Weight formats (docs/quantization.md). */
+enum { NVLM_WEIGHTS_STORED = 0, NVLM_WEIGHTS_Q8_0 = 1, NVLM_WEIGHTS_Q4 = 2 };
+/* Quantizes the weight matrices of a just-loaded model in memory (call right after
+ * nvlm_model_load, before any chat; matrices whose rows do not divide into 32-value blocks
+ * stay as stored). NVLM_WEIGHTS_STORED does nothing. */
+int nvlm_model_quantize(nvlm_model *m, int weights, nvlm_err *err);
+
 /* ------------------------------------------------------------------- chat */
 
 typedef struct nvlm_sampling {

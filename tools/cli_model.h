@@ -8,6 +8,7 @@
 typedef struct cli_model_opts {
     const char *model_dir;
     int threads;
+    int weights;        /* NVLM_WEIGHTS_*: --weights q8_0|q4 */
     int max_num;
     const char *system;
     int system_set;

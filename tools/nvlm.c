@@ -18,6 +18,8 @@ static const command commands[] = {
     {"preprocess", cmd_preprocess, "decode an image and cut it into NVLM tiles"},
     {"train", cmd_train, "two-stage training: align (stage 1), then fine-tune (stage 2)"},
     {"plot", cmd_plot, "loss curves of training logs as an SVG chart"},
+    {"quantize", cmd_quantize, "write a Q8_0 / Q4 copy of a model folder"},
+    {"bench", cmd_bench, "kernel, machine-limit and model benchmarks"},
     {"mkmodel", cmd_mkmodel, "write a random-weight checkpoint of any shape (tests, demos)"},
 };
 

@@ -28,9 +28,11 @@ static inline __attribute__((always_inline)) void ukr(int mr, int kc, const floa
                                                       const float *b, float *c, size_t ldc, int nr,
                                                       int accumulate, const float *bias) {
     __m256 acc[MR][2];
+#pragma GCC unroll 6
     for (int i = 0; i < mr; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     for (int k = 0; k < kc; k++) {
         __m256 b0 = _mm256_load_ps(b + k * NR), b1 = _mm256_load_ps(b + k * NR + 8);
+#pragma GCC unroll 6
         for (int i = 0; i < mr; i++) {
             __m256 av = _mm256_broadcast_ss(a + i * lda + k);
             acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
@@ -40,6 +42,7 @@ static inline __attribute__((always_inline)) void ukr(int mr, int kc, const floa
     float bb[NR] = {0};
     if (bias) memcpy(bb, bias, sizeof(float) * (size_t)nr);
     __m256 bias0 = _mm256_loadu_ps(bb), bias1 = _mm256_loadu_ps(bb + 8);
+#pragma GCC unroll 6
     for (int i = 0; i < mr; i++) {
         float *ci = c + i * ldc, tmp[NR];
         if (nr < NR) {
@@ -169,6 +172,47 @@ static void mm_gemm_units(void *ctx, size_t begin, size_t end, int thread) {
     free(wp);
 }
 
+/* One plain-format weight row against T tokens (T constant after inlining: the accumulators
+ * stay in registers). */
+static inline __attribute__((always_inline)) void gemv_row(int T, nvlm_dtype dt, const uint8_t *wr, const float *x,
+                                                           int K, float *out) {
+    __m256 acc[GEMV_MAX][2];
+#pragma GCC unroll 3
+    for (int t = 0; t < T; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m256 w0, w1;
+        if (dt == NVLM_DT_BF16) {
+            __m256i h = _mm256_loadu_si256((const __m256i *)(wr + 2 * (size_t)k));
+            w0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(h)), 16));
+            w1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(h, 1)), 16));
+        } else if (dt == NVLM_DT_F16) {
+            w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wr + 2 * (size_t)k)));
+            w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wr + 2 * (size_t)k + 16)));
+        } else {
+            w0 = _mm256_loadu_ps((const float *)(wr + 4 * (size_t)k));
+            w1 = _mm256_loadu_ps((const float *)(wr + 4 * (size_t)k + 32));
+        }
+#pragma GCC unroll 3
+        for (int t = 0; t < T; t++) {
+            const float *xt = x + (size_t)t * K + k;
+            acc[t][0] = _mm256_fmadd_ps(_mm256_loadu_ps(xt), w0, acc[t][0]);
+            acc[t][1] = _mm256_fmadd_ps(_mm256_loadu_ps(xt + 8), w1, acc[t][1]);
+        }
+    }
+    float tail[16];
+    if (k < K) nvlm_row_to_f32_avx2(tail, wr + (size_t)k * nvlm_dtype_size(dt), dt, K - k);
+    for (int t = 0; t < T; t++) {
+        __m256 s = _mm256_add_ps(acc[t][0], acc[t][1]);
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        float v = _mm_cvtss_f32(h);
+        for (int i = k; i < K; i++) v += x[(size_t)t * K + i] * tail[i - k];
+        out[t] = v;
+    }
+}
+
 /* Streams weight rows [begin, end) once, each against up to GEMV_MAX tokens. */
 static void mm_gemv_rows(void *ctx, size_t begin, size_t end, int thread) {
     (void)thread;
@@ -181,40 +225,15 @@ static void mm_gemv_rows(void *ctx, size_t begin, size_t end, int thread) {
         float out[GEMV_MAX];
         if (nvlm_dtype_is_block(dt)) {
             for (int t = 0; t < T; t++) out[t] = nvlm_vec_dot_q_avx2(dt, wr, j->xq + (size_t)t * (K / NVLM_QK), K);
-        } else {
-            __m256 acc[GEMV_MAX][2];
-            for (int t = 0; t < T; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
-            int k = 0;
-            for (; k + 16 <= K; k += 16) {
-                __m256 w0, w1;
-                if (dt == NVLM_DT_BF16) {
-                    __m256i h = _mm256_loadu_si256((const __m256i *)(wr + 2 * (size_t)k));
-                    w0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(h)), 16));
-                    w1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(h, 1)), 16));
-                } else if (dt == NVLM_DT_F16) {
-                    w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wr + 2 * (size_t)k)));
-                    w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wr + 2 * (size_t)k + 16)));
-                } else {
-                    w0 = _mm256_loadu_ps((const float *)(wr + 4 * (size_t)k));
-                    w1 = _mm256_loadu_ps((const float *)(wr + 4 * (size_t)k + 32));
-                }
-                for (int t = 0; t < T; t++) {
-                    const float *xt = j->x + (size_t)t * K + k;
-                    acc[t][0] = _mm256_fmadd_ps(_mm256_loadu_ps(xt), w0, acc[t][0]);
-                    acc[t][1] = _mm256_fmadd_ps(_mm256_loadu_ps(xt + 8), w1, acc[t][1]);
-                }
-            }
-            float tail[16];
-            if (k < K) nvlm_row_to_f32_avx2(tail, wr + (size_t)k * nvlm_dtype_size(dt), dt, K - k);
-            for (int t = 0; t < T; t++) {
-                __m256 s = _mm256_add_ps(acc[t][0], acc[t][1]);
-                __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-                h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-                h = _mm_add_ss(h, _mm_movehdup_ps(h));
-                float v = _mm_cvtss_f32(h);
-                for (int i = k; i < K; i++) v += j->x[(size_t)t * K + i] * tail[i - k];
-                out[t] = v;
-            }
+        } else { /* constant (T, dtype) pairs */
+#define ROW(TT)                                                                                     \
+    (dt == NVLM_DT_BF16 ? gemv_row(TT, NVLM_DT_BF16, wr, j->x, K, out)                               \
+     : dt == NVLM_DT_F16 ? gemv_row(TT, NVLM_DT_F16, wr, j->x, K, out)                                \
+                         : gemv_row(TT, NVLM_DT_F32, wr, j->x, K, out))
+            if (T == 1) ROW(1);
+            else if (T == 2) ROW(2);
+            else ROW(3);
+#undef ROW
         }
         for (int t = 0; t < T; t++) j->y[(size_t)t * N + r] = j->bias ? out[t] + j->bias[r] : out[t];
     }

@@ -1,0 +1,130 @@
+/* Machine limits measured with the same instructions the kernels use: a streaming sum for
+ * read bandwidth, independent FMA chains for compute. */
+#include "kernels/peak.h"
+#include "kernels/cpu.h"
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+double nvlm_bench_clock(int cpu, int n_threads) {
+    struct timespec ts;
+    clock_gettime(cpu ? CLOCK_PROCESS_CPUTIME_ID : CLOCK_MONOTONIC, &ts);
+    return (ts.tv_sec + ts.tv_nsec * 1e-9) / (cpu && n_threads > 0 ? n_threads : 1);
+}
+
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#include <immintrin.h>
+static float sum_avx2(const float *p, size_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i + 32 <= n; i += 32) {
+        a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
+        a1 = _mm256_add_ps(a1, _mm256_load_ps(p + i + 8));
+        a2 = _mm256_add_ps(a2, _mm256_load_ps(p + i + 16));
+        a3 = _mm256_add_ps(a3, _mm256_load_ps(p + i + 24));
+    }
+    float t[8];
+    _mm256_storeu_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+}
+
+/* 12 independent accumulators (named, so they stay in registers) cover FMA latency x
+ * throughput of current cores. */
+static float fma_avx2(long iters) {
+    __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+    __m256 a0 = _mm256_set1_ps(0), a1 = _mm256_set1_ps(1), a2 = _mm256_set1_ps(2), a3 = _mm256_set1_ps(3);
+    __m256 a4 = _mm256_set1_ps(4), a5 = _mm256_set1_ps(5), a6 = _mm256_set1_ps(6), a7 = _mm256_set1_ps(7);
+    __m256 a8 = _mm256_set1_ps(8), a9 = _mm256_set1_ps(9), a10 = _mm256_set1_ps(10), a11 = _mm256_set1_ps(11);
+    for (long it = 0; it < iters; it++) {
+        a0 = _mm256_fmadd_ps(a0, m, c), a1 = _mm256_fmadd_ps(a1, m, c), a2 = _mm256_fmadd_ps(a2, m, c);
+        a3 = _mm256_fmadd_ps(a3, m, c), a4 = _mm256_fmadd_ps(a4, m, c), a5 = _mm256_fmadd_ps(a5, m, c);
+        a6 = _mm256_fmadd_ps(a6, m, c), a7 = _mm256_fmadd_ps(a7, m, c), a8 = _mm256_fmadd_ps(a8, m, c);
+        a9 = _mm256_fmadd_ps(a9, m, c), a10 = _mm256_fmadd_ps(a10, m, c), a11 = _mm256_fmadd_ps(a11, m, c);
+    }
+    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                             _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
+    s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(a8, a9), _mm256_add_ps(a10, a11)));
+    float t[8];
+    _mm256_storeu_ps(t, s);
+    return t[0];
+}
+#pragma GCC pop_options
+#endif
+
+static float sum_scalar(const float *p, size_t n) {
+    float s[8] = {0};
+    for (size_t i = 0; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) s[k] += p[i + k];
+    return s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
+}
+
+typedef struct peak_job {
+    const float *buf;
+    size_t n;
+    int level;
+    long iters;
+    volatile float sink[256];
+} peak_job;
+
+static void read_part(void *ctx, size_t begin, size_t end, int thread) {
+    peak_job *j = ctx;
+    size_t per = j->n / 256;
+    for (size_t u = begin; u < end; u++) {
+        const float *p = j->buf + u * per;
+#if defined(__x86_64__)
+        float s = j->level >= NVLM_CPU_AVX2 ? sum_avx2(p, per) : sum_scalar(p, per);
+#else
+        float s = sum_scalar(p, per);
+#endif
+        j->sink[thread & 255] += s;
+    }
+}
+
+double nvlm_peak_read_gbs(nvlm_pool *pool, size_t bytes, int reps, int cpu_clock) {
+    int nt = nvlm_pool_threads(pool);
+    size_t n = bytes / sizeof(float) / 256 * 256;
+    float *buf = aligned_alloc(64, n * sizeof(float));
+    if (!buf) return 0;
+    memset(buf, 0, n * sizeof(float));
+    peak_job j = {.buf = buf, .n = n, .level = nvlm_pool_level(pool)};
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double t0 = nvlm_bench_clock(cpu_clock, nt);
+        nvlm_pool_run(pool, 256, 1, read_part, &j);
+        double t = nvlm_bench_clock(cpu_clock, nt) - t0;
+        if (t < best) best = t;
+    }
+    free(buf);
+    return (double)n * sizeof(float) / best / 1e9;
+}
+
+static void fma_part(void *ctx, size_t begin, size_t end, int thread) {
+    peak_job *j = ctx;
+    for (size_t u = begin; u < end; u++) {
+#if defined(__x86_64__)
+        if (j->level >= NVLM_CPU_AVX2) {
+            j->sink[thread & 255] += fma_avx2(j->iters);
+            continue;
+        }
+#endif
+        float a[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+        for (long it = 0; it < j->iters * 12; it++)
+            for (int k = 0; k < 8; k++) a[k] = a[k] * 0.999999f + 1e-7f;
+        j->sink[thread & 255] += a[0] + a[7];
+    }
+}
+
+double nvlm_peak_fma_gflops(nvlm_pool *pool, int cpu_clock) {
+    int nt = nvlm_pool_threads(pool);
+    peak_job j = {.level = nvlm_pool_level(pool), .iters = 2000000};
+    double best = 1e30;
+    for (int r = 0; r < 3; r++) {
+        double t0 = nvlm_bench_clock(cpu_clock, nt);
+        nvlm_pool_run(pool, (size_t)nt, 1, fma_part, &j);
+        double t = nvlm_bench_clock(cpu_clock, nt) - t0;
+        if (t < best) best = t;
+    }
+    /* per unit: iters x 12 FMAs x 8 lanes x 2 flops */
+    return (double)nt * j.iters * 12 * 8 * 2 / best / 1e9;
+}

@@ -1,0 +1,16 @@
+/* peak.h - the machine's own limits, measured (for nvlm bench's rooflines). Internal. */
+#ifndef NVLM_KERNELS_PEAK_H
+#define NVLM_KERNELS_PEAK_H
+#include "kernels/pool.h"
+
+
+/* Read bandwidth in GB/s: every pool thread sums its share of a buffer of `bytes` (which
+ * should be much larger than the last-level cache), best of `reps` passes. 0 on failure. */
+double nvlm_peak_read_gbs(nvlm_pool *pool, size_t bytes, int reps, int cpu_clock);
+/* Seconds on the clock the benchmarks use: wall time, or (cpu != 0) this process's CPU time
+ * divided by n_threads, which estimates the uncontended time on a machine shared with other
+ * busy processes (workers block rather than spin, so idle waiting is not counted). */
+double nvlm_bench_clock(int cpu, int n_threads);
+/* Single-precision FMA peak in GFLOP/s (2 flops per lane) at the pool's level, all threads. */
+double nvlm_peak_fma_gflops(nvlm_pool *pool, int cpu_clock);
+#endif

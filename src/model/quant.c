@@ -1,0 +1,283 @@
+/* Quantization of a model's weight matrices, in memory and to a folder. */
+#include "model/quant.h"
+#include "core/err.h"
+#include "core/file.h"
+#include "kernels/qblock.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int nvlm_quant_parse(const char *s, nvlm_dtype *out) {
+    if (!strcasecmp(s, "q8_0") || !strcasecmp(s, "q8")) *out = NVLM_DT_Q8_0;
+    else if (!strcasecmp(s, "q4") || !strcasecmp(s, "q4_0")) *out = NVLM_DT_Q4;
+    else return -1;
+    return 0;
+}
+
+nvlm_dtype nvlm_quant_target(const char *name, nvlm_dtype to) {
+    if (to != NVLM_DT_Q4) return to;
+    if (strstr(name, "embed_tokens") || strstr(name, "lm_head") || !strncmp(name, "vision_model.", 13) ||
+        !strncmp(name, "mlp1.", 5))
+        return NVLM_DT_Q8_0;
+    return to;
+}
+
+static void report_kept(nvlm_quant_report *rep, const char *name, int rows, int cols) {
+    rep->n_kept++;
+    size_t len = strlen(rep->kept);
+    if (len + 8 < sizeof rep->kept)
+        snprintf(rep->kept + len, sizeof rep->kept - len, "%s%s [%d x %d]", len ? "; " : "", name, rows, cols);
+}
+
+/* Quantized copy of one matrix (rows converted through float32). NULL when out of memory. */
+static void *quantize_matrix(const void *src, nvlm_dtype from, int rows, int cols, nvlm_dtype to) {
+    size_t in_rb = nvlm_row_bytes(from, cols), out_rb = nvlm_row_bytes(to, cols);
+    uint8_t *dst = malloc(out_rb * (size_t)rows);
+    float *row = malloc(sizeof(float) * (size_t)cols);
+    if (!dst || !row) {
+        free(dst), free(row);
+        return NULL;
+    }
+    for (int r = 0; r < rows; r++) {
+        nvlm_row_to_f32(row, (const uint8_t *)src + (size_t)r * in_rb, from, cols);
+        if (to == NVLM_DT_Q8_0) nvlm_quantize_row_q8_0(row, dst + (size_t)r * out_rb, cols);
+        else nvlm_quantize_row_q4(row, dst + (size_t)r * out_rb, cols);
+    }
+    free(row);
+    return dst;
+}
+
+/* Drops the mapped pages of a matrix we no longer read from the resident set. */
+static void release_mapping(const void *p, size_t n) {
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t b = ((uintptr_t)p + (uintptr_t)pg - 1) & ~(uintptr_t)(pg - 1), e = ((uintptr_t)p + n) & ~(uintptr_t)(pg - 1);
+    if (e > b) madvise((void *)b, e - b, MADV_DONTNEED);
+}
+
+typedef struct qctx {
+    nvlm_model *m;
+    nvlm_dtype to;
+    nvlm_quant_report *rep;
+    nvlm_err *err;
+} qctx;
+
+static int own_ptr(nvlm_model *m, void *p) {
+    if (m->n_owned == m->cap_owned) {
+        int cap = m->cap_owned ? m->cap_owned * 2 : 64;
+        float **n = realloc(m->owned, sizeof *n * (size_t)cap);
+        if (!n) return -1;
+        m->owned = n;
+        m->cap_owned = cap;
+    }
+    m->owned[m->n_owned++] = p;
+    return 0;
+}
+
+static int quant_one(qctx *q, nvlm_wmat *w, const char *name) {
+    if (nvlm_dtype_is_block(w->dtype)) return NVLM_OK; /* already quantized on disk */
+    size_t before = nvlm_row_bytes(w->dtype, w->cols) * (size_t)w->rows;
+    q->rep->bytes_before += before;
+    if (w->cols % NVLM_QK) {
+        report_kept(q->rep, name, w->rows, w->cols);
+        q->rep->bytes_after += before;
+        return NVLM_OK;
+    }
+    nvlm_dtype to = nvlm_quant_target(name, q->to);
+    void *d = quantize_matrix(w->data, w->dtype, w->rows, w->cols, to);
+    if (!d || own_ptr(q->m, d)) {
+        free(d);
+        return nvlm_fail(q->err, NVLM_E_NOMEM, "out of memory quantizing %s", name);
+    }
+    release_mapping(w->data, before);
+    w->data = d;
+    w->dtype = to;
+    q->rep->n_quantized++;
+    q->rep->bytes_after += nvlm_row_bytes(to, w->cols) * (size_t)w->rows;
+    return NVLM_OK;
+}
+
+int nvlm_quantize_model(nvlm_model *m, nvlm_dtype to, nvlm_quant_report *rep, nvlm_err *err) {
+    nvlm_quant_report local;
+    memset(rep ? rep : &local, 0, sizeof local);
+    qctx q = {m, to, rep ? rep : &local, err};
+    char name[160];
+    int rc = 0;
+#define Q(w, ...) if (!rc) { snprintf(name, sizeof name, __VA_ARGS__); rc = quant_one(&q, &(w), name); }
+    for (int i = 0; i < m->cfg.vision.num_layers; i++) {
+        Q(m->vit[i].qkv, "vision_model.encoder.layers.%d.attn.qkv.weight", i);
+        Q(m->vit[i].proj, "vision_model.encoder.layers.%d.attn.proj.weight", i);
+        Q(m->vit[i].fc1, "vision_model.encoder.layers.%d.mlp.fc1.weight", i);
+        Q(m->vit[i].fc2, "vision_model.encoder.layers.%d.mlp.fc2.weight", i);
+    }
+    Q(m->patch, "vision_model.embeddings.patch_embedding.weight");
+    for (int k = 0; k < m->cfg.projector_depth; k++) Q(m->proj[k], "mlp1.%d.weight", 2 * k + 1);
+    for (int i = 0; i < m->cfg.llm.num_layers; i++) {
+        llm_layer *L = &m->llm[i];
+        const char *p = "language_model.model.layers";
+        Q(L->wq, "%s.%d.self_attn.q_proj.weight", p, i);
+        Q(L->wk, "%s.%d.self_attn.k_proj.weight", p, i);
+        Q(L->wv, "%s.%d.self_attn.v_proj.weight", p, i);
+        Q(L->wo, "%s.%d.self_attn.o_proj.weight", p, i);
+        Q(L->gate, "%s.%d.mlp.gate_proj.weight", p, i);
+        Q(L->up, "%s.%d.mlp.up_proj.weight", p, i);
+        Q(L->down, "%s.%d.mlp.down_proj.weight", p, i);
+    }
+    for (int k = 0; m->xattn && k < m->cfg.num_xattn; k++) {
+        xattn_block *X = &m->xattn[k];
+        const char *p = "language_model.model.xattn_layers";
+        Q(X->wq, "%s.%d.cross_attn.q_proj.weight", p, k);
+        Q(X->wk, "%s.%d.cross_attn.k_proj.weight", p, k);
+        Q(X->wv, "%s.%d.cross_attn.v_proj.weight", p, k);
+        Q(X->wo, "%s.%d.cross_attn.o_proj.weight", p, k);
+        Q(X->gate, "%s.%d.mlp.gate_proj.weight", p, k);
+        Q(X->up, "%s.%d.mlp.up_proj.weight", p, k);
+        Q(X->down, "%s.%d.mlp.down_proj.weight", p, k);
+    }
+    int tied = m->lm_head.data == m->embed.data;
+    Q(m->embed, "language_model.model.embed_tokens.weight");
+    if (tied && !rc) m->lm_head = m->embed; /* one copy serves both */
+    else Q(m->lm_head, "language_model.lm_head.weight");
+#undef Q
+    return rc;
+}
+
+/* ---- writing a quantized folder ---- */
+
+typedef struct out_tensor {
+    const nvlm_tensor *t;
+    nvlm_dtype dtype;
+    void *data;           /* quantized bytes (owned), or NULL: t->data as stored */
+    uint64_t nbytes, offset;
+} out_tensor;
+
+static int cmp_out(const void *a, const void *b) {
+    return strcmp(((const out_tensor *)a)->t->name, ((const out_tensor *)b)->t->name);
+}
+
+static int copy_file(const char *src, const char *dst, nvlm_err *err) {
+    char *data;
+    size_t len;
+    int rc = nvlm_read_file(src, 0, &data, &len, err);
+    if (rc) return rc;
+    FILE *f = fopen(dst, "wb");
+    if (!f) {
+        free(data);
+        return nvlm_fail(err, NVLM_E_IO, "cannot write %s", dst);
+    }
+    int ok = fwrite(data, 1, len, f) == len;
+    ok &= fclose(f) == 0;
+    free(data);
+    return ok ? NVLM_OK : nvlm_fail(err, NVLM_E_IO, "cannot write %s", dst);
+}
+
+/* The safetensors layout (8-byte header length, JSON header padded with spaces to a multiple of
+ * 8, data) with tensors sorted by name and every span starting at a multiple of 64 bytes
+ * (padding is absorbed into the spans' gaps: nvlm's reader allows gaps, offsets are exact). */
+static int write_safetensors(const char *path, out_tensor *o, size_t n, nvlm_err *err) {
+    qsort(o, n, sizeof *o, cmp_out);
+    size_t cap = 256 + n * 320, len = 0;
+    char *h = malloc(cap);
+    if (!h) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    uint64_t off = 0;
+    len += (size_t)snprintf(h + len, cap - len, "{\"__metadata__\":{\"format\":\"pt\",\"nvlm\":\"quantized\"}");
+    for (size_t i = 0; i < n; i++) {
+        off = (off + 63) & ~(uint64_t)63;
+        o[i].offset = off;
+        len += (size_t)snprintf(h + len, cap - len, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[", o[i].t->name, nvlm_dtype_name(o[i].dtype));
+        for (int d = 0; d < o[i].t->ndim; d++)
+            len += (size_t)snprintf(h + len, cap - len, "%s%lld", d ? "," : "", (long long)o[i].t->shape[d]);
+        len += (size_t)snprintf(h + len, cap - len, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
+                                (unsigned long long)(off + o[i].nbytes));
+        off += o[i].nbytes;
+    }
+    len += (size_t)snprintf(h + len, cap - len, "}");
+    while (len % 8) h[len++] = ' ';
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        free(h);
+        return nvlm_fail(err, NVLM_E_IO, "cannot write %s", path);
+    }
+    uint8_t hl[8];
+    for (int i = 0; i < 8; i++) hl[i] = (uint8_t)((uint64_t)len >> (8 * i));
+    int ok = fwrite(hl, 1, 8, f) == 8 && fwrite(h, 1, len, f) == len;
+    static const uint8_t zeros[64];
+    uint64_t pos = 0;
+    for (size_t i = 0; ok && i < n; i++) {
+        if (o[i].offset > pos) ok = fwrite(zeros, 1, (size_t)(o[i].offset - pos), f) == o[i].offset - pos;
+        const void *src = o[i].data ? o[i].data : o[i].t->data;
+        ok = ok && fwrite(src, 1, (size_t)o[i].nbytes, f) == o[i].nbytes;
+        pos = o[i].offset + o[i].nbytes;
+    }
+    ok &= fclose(f) == 0;
+    free(h);
+    return ok ? NVLM_OK : nvlm_fail(err, NVLM_E_IO, "error writing %s (disk full?)", path);
+}
+
+int nvlm_quantize_folder(const char *in_dir, const char *out_dir, nvlm_dtype to, nvlm_quant_report *rep,
+                         nvlm_err *err) {
+    nvlm_quant_report local;
+    if (!rep) rep = &local;
+    memset(rep, 0, sizeof *rep);
+    nvlm_st *st = NULL;
+    int rc = nvlm_st_open(in_dir, &st, err);
+    if (rc) return rc;
+    if (mkdir(out_dir, 0777) && access(out_dir, W_OK)) {
+        nvlm_st_close(st);
+        return nvlm_fail(err, NVLM_E_IO, "cannot create folder %s", out_dir);
+    }
+    size_t n = nvlm_st_count(st);
+    out_tensor *o = calloc(n ? n : 1, sizeof *o);
+    if (!o) rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    for (size_t i = 0; !rc && i < n; i++) {
+        const nvlm_tensor *t = nvlm_st_at(st, i);
+        o[i] = (out_tensor){t, t->dtype, NULL, t->nbytes, 0};
+        if (t->ndim != 2 || nvlm_dtype_is_block(t->dtype)) continue; /* vectors, conv kernel, done */
+        rep->bytes_before += t->nbytes;
+        if (t->shape[1] % NVLM_QK) {
+            report_kept(rep, t->name, (int)t->shape[0], (int)t->shape[1]);
+            rep->bytes_after += t->nbytes;
+            continue;
+        }
+        nvlm_dtype dt = nvlm_quant_target(t->name, to);
+        o[i].data = quantize_matrix(t->data, t->dtype, (int)t->shape[0], (int)t->shape[1], dt);
+        if (!o[i].data) {
+            rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory quantizing %s", t->name);
+            break;
+        }
+        o[i].dtype = dt;
+        o[i].nbytes = nvlm_row_bytes(dt, t->shape[1]) * (uint64_t)t->shape[0];
+        rep->n_quantized++;
+        rep->bytes_after += o[i].nbytes;
+    }
+    char path[4096], src[4096];
+    if (!rc) {
+        snprintf(path, sizeof path, "%s/model.safetensors", out_dir);
+        rc = write_safetensors(path, o, n, err);
+    }
+    static const char *const copies[] = {"config.json", "tokenizer.json", "vocab.json", "merges.txt",
+                                         "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                                         "generation_config.json", "preprocessor_config.json"};
+    for (size_t i = 0; !rc && i < sizeof copies / sizeof copies[0]; i++) {
+        snprintf(src, sizeof src, "%s/%s", in_dir, copies[i]);
+        snprintf(path, sizeof path, "%s/%s", out_dir, copies[i]);
+        if (access(src, R_OK) == 0) rc = copy_file(src, path, err);
+    }
+    if (!rc) { /* a stale index would make loaders prefer old shards */
+        snprintf(path, sizeof path, "%s/model.safetensors.index.json", out_dir);
+        unlink(path);
+    }
+    for (size_t i = 0; o && i < n; i++) free(o[i].data);
+    free(o);
+    nvlm_st_close(st);
+    return rc;
+}
+
+int nvlm_model_quantize(nvlm_model *m, int weights, nvlm_err *err) {
+    if (weights == NVLM_WEIGHTS_STORED) return NVLM_OK;
+    if (weights != NVLM_WEIGHTS_Q8_0 && weights != NVLM_WEIGHTS_Q4)
+        return nvlm_fail(err, NVLM_E_INVALID_ARG, "unknown weights format %d", weights);
+    return nvlm_quantize_model(m, weights == NVLM_WEIGHTS_Q4 ? NVLM_DT_Q4 : NVLM_DT_Q8_0, NULL, err);
+}

@@ -1,0 +1,29 @@
+/* quant.h - block-quantized weights (docs/quantization.md): quantize a loaded model's matrices
+ * in memory (nvlm_load_options.weights), or write a quantized copy of a model folder that the
+ * engine loads directly (nvlm quantize). Matrices whose rows do not divide into 32-value
+ * blocks keep their stored format and are reported. Internal. */
+#ifndef NVLM_MODEL_QUANT_H
+#define NVLM_MODEL_QUANT_H
+#include "model/model.h"
+
+typedef struct nvlm_quant_report {
+    int n_quantized, n_kept;
+    char kept[4096];             /* "name [rows x cols]; ..." of the matrices left as stored */
+    uint64_t bytes_before, bytes_after; /* of the matrices considered */
+} nvlm_quant_report;
+
+/* Parses "q8_0" / "q4" (also "Q8_0", "Q4", "q4_0"); 0 on success. */
+int nvlm_quant_parse(const char *s, nvlm_dtype *out);
+
+/* The format a matrix gets when `to` is requested: Q4 keeps the token embedding, lm_head and
+ * the vision side (ViT, projector) at Q8_0 for quality; everything else gets `to`. */
+nvlm_dtype nvlm_quant_target(const char *tensor_name, nvlm_dtype to);
+
+/* Replaces every matrix of m by a quantized copy owned by m. rep may be NULL. */
+int nvlm_quantize_model(nvlm_model *m, nvlm_dtype to, nvlm_quant_report *rep, nvlm_err *err);
+
+/* Writes out_dir: config.json and tokenizer files copied, model.safetensors with every 2-D
+ * matrix in Q8_0/Q4 (dtype strings "Q8_0"/"Q4", shape [rows, cols]) and the rest as stored. */
+int nvlm_quantize_folder(const char *in_dir, const char *out_dir, nvlm_dtype to,
+                         nvlm_quant_report *rep, nvlm_err *err);
+#endif

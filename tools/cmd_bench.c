@@ -1,0 +1,267 @@
+/* nvlm bench - the machine's limits (read bandwidth, FMA peak), the kernels against them
+ * (GEMM GFLOP/s, GEMV GB/s per weight format and dispatch level), and with --model the
+ * engine end to end: ViT ms per tile, prompt tokens/s, generation tokens/s, peak RSS, at 1
+ * and N threads. docs/performance.md explains the figures. */
+#include "cli.h"
+#include "kernels/cpu.h"
+#include "kernels/ops.h"
+#include "kernels/peak.h"
+#include "kernels/qblock.h"
+#include "model/llm.h"
+#include "model/model.h"
+#include "model/quant.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+
+static double peak_rss_mb(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss / 1024.0;
+}
+
+typedef struct bench_opts {
+    int threads, tiles, prompt, gen, quick, kernels, weights;
+    int cpu_clock; /* --cpu-time: rates from process CPU time / threads (shared machines) */
+    const char *model;
+} bench_opts;
+
+typedef struct limits {
+    double bw, fma; /* GB/s, GFLOP/s at this thread count */
+} limits;
+
+static void help(FILE *f) {
+    fprintf(f, "usage: nvlm bench [--model DIR] [options]\n\n"
+               "  -m, --model DIR       also time the model: ViT ms/tile, prompt tok/s, generation tok/s\n"
+               "  -t, --threads N       the N of '1 and N threads' (default: all cores)\n"
+               "      --weights q8_0|q4 quantize the model's matrices at load\n"
+               "      --tiles N         tiles per ViT run (default 1)\n"
+               "      --prompt N        prompt tokens (default 512)\n"
+               "      --gen N           generated tokens (default 32)\n"
+               "      --no-kernels      skip the machine/kernel section\n"
+               "      --quick           smaller kernel sizes\n"
+               "      --cpu-time        rates from process CPU time / threads instead of wall time:\n"
+               "                        estimates the uncontended figures on a busy shared machine\n"
+               "NVLM_CPU=scalar|avx2 forces a lower kernel level.\n");
+}
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static float frand(void) {
+    rng_state ^= rng_state << 13, rng_state ^= rng_state >> 7, rng_state ^= rng_state << 17;
+    return (float)((rng_state >> 40) * (1.0 / (1 << 23)) - 1.0);
+}
+
+/* A [rows, cols] matrix of random weights in format dt (malloc'ed). */
+static void *rand_matrix(nvlm_dtype dt, int rows, int cols) {
+    size_t rb = nvlm_row_bytes(dt, cols);
+    uint8_t *m = malloc(rb * (size_t)rows);
+    float *row = malloc(sizeof(float) * (size_t)cols);
+    if (!m || !row) {
+        free(m), free(row);
+        return NULL;
+    }
+    for (int r = 0; r < rows; r++) {
+        for (int c = 0; c < cols; c++) row[c] = frand() * 0.05f;
+        uint8_t *d = m + (size_t)r * rb;
+        if (dt == NVLM_DT_Q8_0) nvlm_quantize_row_q8_0(row, d, cols);
+        else if (dt == NVLM_DT_Q4) nvlm_quantize_row_q4(row, d, cols);
+        else
+            for (int c = 0; c < cols; c++) {
+                if (dt == NVLM_DT_F32) memcpy(d + 4 * c, &row[c], 4);
+                else {
+                    uint16_t h = dt == NVLM_DT_F16 ? nvlm_f32_to_f16(row[c]) : nvlm_f32_to_bf16(row[c]);
+                    memcpy(d + 2 * c, &h, 2);
+                }
+            }
+    }
+    free(row);
+    return m;
+}
+
+static double time_matmul(const bench_opts *o, nvlm_pool *p, const nvlm_wmat *w, const float *x, int M, float *y,
+                          int reps) {
+    int nt = nvlm_pool_threads(p);
+    nvlm_matmul(p, y, x, M, w, NULL); /* warm up */
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double t0 = nvlm_bench_clock(o->cpu_clock, nt);
+        nvlm_matmul(p, y, x, M, w, NULL);
+        double t = nvlm_bench_clock(o->cpu_clock, nt) - t0;
+        if (t < best) best = t;
+    }
+    return best;
+}
+
+static void bench_kernels(const bench_opts *o, nvlm_pool **pools, const int *nts, int n_pools, limits *lim) {
+    static const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4};
+    char feat[256];
+    nvlm_cpu_features(feat, sizeof feat);
+    printf("cpu: %s; kernel level %s (hardware %s)\n", feat, nvlm_cpu_level_name(nvlm_pool_level(pools[0])),
+           nvlm_cpu_level_name(nvlm_cpu_hw_level()));
+    size_t bw_bytes = o->quick ? (size_t)64 << 20 : (size_t)256 << 20;
+    for (int i = 0; i < n_pools; i++) {
+        lim[i].bw = nvlm_peak_read_gbs(pools[i], bw_bytes, 5, o->cpu_clock);
+        lim[i].fma = nvlm_peak_fma_gflops(pools[i], o->cpu_clock);
+        printf("machine limits, %d thread(s): read bandwidth %.1f GB/s, FMA peak %.1f GFLOP/s\n", nts[i], lim[i].bw,
+               lim[i].fma);
+    }
+    int M = o->quick ? 128 : 512, N = 1024, K = 1024;
+    float *x = malloc(sizeof(float) * (size_t)M * K), *y = malloc(sizeof(float) * (size_t)M * 16384);
+    for (size_t i = 0; i < (size_t)M * K; i++) x[i] = frand();
+    printf("\nGEMM y[%d x %d] = x[%d x %d] W^T (prefill/ViT shape); GFLOP/s (%% of FMA peak)\n", M, N, M, K);
+    printf("%-6s", "format");
+    for (int i = 0; i < n_pools; i++) printf("   %2d thread(s)      ", nts[i]);
+    printf("\n");
+    for (size_t d = 0; d < 5; d++) {
+        void *wd = rand_matrix(dts[d], N, K);
+        nvlm_wmat w = {dts[d], N, K, wd};
+        printf("%-6s", nvlm_dtype_name(dts[d]));
+        for (int i = 0; i < n_pools; i++) {
+            double t = time_matmul(o, pools[i], &w, x, M, y, 3), gf = 2.0 * M * N * K / t / 1e9;
+            printf("   %7.1f (%5.1f%%)   ", gf, 100 * gf / lim[i].fma);
+        }
+        printf("\n");
+        free(wd);
+    }
+    int GN = o->quick ? 4096 : 16384, GK = 4096;
+    printf("\nGEMV y = W x, W [%d x %d] (generation); weight GB/s (%% of read bandwidth)\n", GN, GK);
+    for (size_t d = 0; d < 5; d++) {
+        void *wd = rand_matrix(dts[d], GN, GK);
+        if (!wd) continue;
+        nvlm_wmat w = {dts[d], GN, GK, wd};
+        double bytes = (double)nvlm_row_bytes(dts[d], GK) * GN;
+        printf("%-6s", nvlm_dtype_name(dts[d]));
+        for (int i = 0; i < n_pools; i++) {
+            double t = time_matmul(o, pools[i], &w, x, 1, y, 5), gbs = bytes / t / 1e9;
+            printf("   %7.1f (%5.1f%%)   ", gbs, 100 * gbs / lim[i].bw);
+        }
+        printf("\n");
+        free(wd);
+    }
+    free(x), free(y);
+}
+
+static void bench_model(const bench_opts *o, const int *nts, int n_pools, const limits *lim) {
+    for (int i = 0; i < n_pools; i++) {
+        nvlm_load_options lo = {nts[i], NULL, NULL};
+        nvlm_model *m = NULL;
+        nvlm_err err = {0};
+        if (nvlm_model_load(o->model, &lo, &m, &err) || nvlm_model_quantize(m, o->weights, &err)) {
+            cli_report("bench", &err);
+            nvlm_model_free(m);
+            return;
+        }
+        /* bytes read per generated token: every LLM matrix (embedding row aside) once */
+        double wbytes = 0;
+        for (int l = 0; l < m->cfg.llm.num_layers; l++) {
+            const llm_layer *L = &m->llm[l];
+            const nvlm_wmat *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
+            for (int k = 0; k < 7; k++) wbytes += (double)nvlm_row_bytes(ws[k]->dtype, ws[k]->cols) * ws[k]->rows;
+        }
+        wbytes += (double)nvlm_row_bytes(m->lm_head.dtype, m->lm_head.cols) * m->lm_head.rows;
+        const int S = m->cfg.image_size, h = m->cfg.llm.hidden_size, V = m->cfg.llm.vocab_size;
+        const int per_tile = nvlm_cfg_tokens_per_tile(&m->cfg);
+        printf("\nmodel %s, %d thread(s), weights %s:\n", o->model, nts[i],
+               o->weights == NVLM_WEIGHTS_Q8_0 ? "q8_0" : o->weights == NVLM_WEIGHTS_Q4 ? "q4" : "as stored");
+        /* ViT */
+        size_t npx = (size_t)o->tiles * 3 * S * S;
+        float *px = malloc(sizeof(float) * npx), *emb = malloc(sizeof(float) * (size_t)o->tiles * per_tile * h);
+        for (size_t k = 0; px && k < npx; k++) px[k] = frand();
+        double t0 = nvlm_bench_clock(o->cpu_clock, nts[i]);
+        int rc = px && emb ? nvlm_encode_tiles(m, px, o->tiles, emb, &err) : -1;
+        double vit = nvlm_bench_clock(o->cpu_clock, nts[i]) - t0;
+        if (!rc) printf("  ViT + projector: %.0f ms per tile (%d tile(s))\n", vit * 1e3 / o->tiles, o->tiles);
+        free(px), free(emb);
+        /* prompt + generation */
+        nvlm_kv kv;
+        float *x = malloc(sizeof(float) * (size_t)o->prompt * h), *logits = malloc(sizeof(float) * V);
+        int32_t *ids = malloc(sizeof(int32_t) * (size_t)o->prompt);
+        if (!x || !logits || !ids || nvlm_kv_init(&kv, m, &err)) {
+            free(x), free(logits), free(ids);
+            nvlm_model_free(m);
+            return;
+        }
+        for (int k = 0; k < o->prompt; k++) ids[k] = (int32_t)(k * 7919 % (V - 300));
+        nvlm_embed_tokens(m, ids, o->prompt, x, &err);
+        t0 = nvlm_bench_clock(o->cpu_clock, nts[i]);
+        for (int p0 = 0; p0 < o->prompt && !rc; p0 += 512) { /* chunks of 512 as chat.c */
+            int n = o->prompt - p0 < 512 ? o->prompt - p0 : 512;
+            rc = nvlm_llm_forward(m, &kv, x + (size_t)p0 * h, n, NULL, p0 + n == o->prompt ? logits : NULL, 0, &err);
+        }
+        double tp = nvlm_bench_clock(o->cpu_clock, nts[i]) - t0;
+        if (!rc) printf("  prompt: %d tokens in %.2f s = %.1f tok/s\n", o->prompt, tp, o->prompt / tp);
+        t0 = nvlm_bench_clock(o->cpu_clock, nts[i]);
+        for (int g = 0; g < o->gen && !rc; g++) {
+            int32_t id = nvlm_argmax(logits, V);
+            rc = nvlm_embed_tokens(m, &id, 1, x, &err);
+            if (!rc) rc = nvlm_llm_forward(m, &kv, x, 1, NULL, logits, 0, &err);
+        }
+        double tg = nvlm_bench_clock(o->cpu_clock, nts[i]) - t0;
+        if (!rc) {
+            double tps = o->gen / tg, roof = lim ? lim[i].bw * 1e9 / wbytes : 0;
+            printf("  generation: %d tokens in %.2f s = %.1f tok/s", o->gen, tg, tps);
+            if (lim) printf(" (weights %.0f MB/token; bandwidth roofline %.1f tok/s: %.0f%%)", wbytes / 1e6, roof, 100 * tps / roof);
+            printf("\n");
+        } else {
+            cli_report("bench", &err);
+        }
+        printf("  peak RSS so far: %.0f MB\n", peak_rss_mb());
+        nvlm_kv_free(&kv);
+        free(x), free(logits), free(ids);
+        nvlm_model_free(m);
+    }
+}
+
+int cmd_bench(int argc, char **argv) {
+    bench_opts o = {.tiles = 1, .prompt = 512, .gen = 32, .kernels = 1};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        long n;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            help(stdout);
+            return 0;
+        } else if (!strcmp(a, "--quick")) {
+            o.quick = 1;
+        } else if (!strcmp(a, "--cpu-time")) {
+            o.cpu_clock = 1;
+        } else if (!strcmp(a, "--no-kernels")) {
+            o.kernels = 0;
+        } else if (i + 1 >= argc) {
+            return cli_usage_error("bench", "unknown option or missing value: '%s' (see --help)", a);
+        } else if (!strcmp(a, "--model") || !strcmp(a, "-m")) {
+            o.model = argv[++i];
+        } else if (!strcmp(a, "--weights")) {
+            const char *v = argv[++i];
+            nvlm_dtype dt;
+            if (nvlm_quant_parse(v, &dt)) return cli_usage_error("bench", "--weights must be q8_0 or q4");
+            o.weights = dt == NVLM_DT_Q4 ? NVLM_WEIGHTS_Q4 : NVLM_WEIGHTS_Q8_0;
+        } else {
+            int *dst = !strcmp(a, "--threads") || !strcmp(a, "-t") ? &o.threads
+                       : !strcmp(a, "--tiles")                     ? &o.tiles
+                       : !strcmp(a, "--prompt")                    ? &o.prompt
+                       : !strcmp(a, "--gen")                       ? &o.gen
+                                                                   : NULL;
+            if (!dst) return cli_usage_error("bench", "unknown option '%s' (see --help)", a);
+            if (cli_parse_int(argv[++i], 1, 1 << 20, &n)) return cli_usage_error("bench", "bad value for %s", a);
+            *dst = (int)n;
+        }
+    }
+    if (!o.threads) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        o.threads = n > 0 ? (int)n : 1;
+    }
+    int nts[2] = {1, o.threads}, n_pools = o.threads > 1 ? 2 : 1;
+    nvlm_pool *pools[2] = {NULL, NULL};
+    limits lim[2] = {{0, 0}, {0, 0}};
+    nvlm_err err = {0};
+    for (int i = 0; i < n_pools; i++)
+        if (nvlm_pool_new(nts[i], &pools[i], &err)) return cli_report("bench", &err);
+    if (o.kernels) bench_kernels(&o, pools, nts, n_pools, lim);
+    for (int i = 0; i < n_pools; i++) nvlm_pool_free(pools[i]);
+    if (o.model) bench_model(&o, nts, n_pools, o.kernels ? lim : NULL);
+    return 0;
+}
