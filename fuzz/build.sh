@@ -37,6 +37,26 @@ build_config() {
   echo "built $OUT/fuzz_config"
 }
 
+# ---- image decoders: one target per decoder (input straight to it) + fuzz_image (sniffing)
+build_image() {
+  local pk="libpng libjpeg libwebp libwebpdemux libgif"
+  local src="fuzz/fuzz_image.c src/image/*.c src/core/*.c"
+  local fl="$CFLAGS $(pkg-config --cflags $pk) $SAN -fno-sanitize-recover=undefined"
+  local lb="$(pkg-config --libs $pk) -lm"
+  clang $fl $src $lb -o "$OUT/fuzz_image"
+  local f ext
+  for f in jpeg png webp gif bmp; do
+    clang $fl -DFUZZ_FORMAT="IMG_$(echo $f | tr a-z A-Z)" $src $lb -o "$OUT/fuzz_image_$f"
+    ext=$f; [ $f = jpeg ] && ext=jpg
+    mkdir -p "$OUT/corpus-image-$f"
+    # seeds: the reference images of that format up to 64 KB, and the bad ones
+    find ../shared/reference/images -name "*.$ext" -size -64k -exec cp {} "$OUT/corpus-image-$f/" \; 2>/dev/null || true
+  done
+  mkdir -p "$OUT/corpus-image"
+  find ../shared/reference/images -type f -size -64k -exec cp {} "$OUT/corpus-image/" \; 2>/dev/null || true
+  echo "built $OUT/fuzz_image and $OUT/fuzz_image_{jpeg,png,webp,gif,bmp}"
+}
+
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(tokenizer safetensors config)
+[ ${#targets[@]} -eq 0 ] && targets=(tokenizer safetensors config image)
 for t in "${targets[@]}"; do "build_$t"; done

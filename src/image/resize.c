@@ -204,11 +204,11 @@ typedef struct rs_kernels {
     void (*v_rows)(const uint8_t *, size_t, int, const rs_axis *, uint8_t *, size_t);
 } rs_kernels;
 
-static rs_kernels pick_kernels(void) {
+static rs_kernels pick_kernels(int simd) {
     rs_kernels k = {h_block_generic, v_rows_generic};
 #ifdef RS_HAVE_AVX2
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2")) {
+    if (simd && __builtin_cpu_supports("avx2")) {
         k.h_block = h_block_avx2;
         k.v_rows = v_rows_avx2;
     }
@@ -301,11 +301,16 @@ static void free_jobs(rs_job *jobs, int n) {
 
 int rs_resize_many(const uint8_t *src, int w, int h, int n, const int *ow, const int *oh,
                    uint8_t *const *outs, nvlm_err *err) {
+    return rs_resize_many_ex(src, w, h, n, ow, oh, outs, 1, err);
+}
+
+int rs_resize_many_ex(const uint8_t *src, int w, int h, int n, const int *ow, const int *oh,
+                      uint8_t *const *outs, int simd, nvlm_err *err) {
     if (!src || w <= 0 || h <= 0 || n <= 0)
         return nvlm_fail(err, NVLM_E_INVALID_ARG, "resize: empty source image");
     rs_job *jobs = calloc((size_t)n, sizeof *jobs);
     if (!jobs) return nvlm_fail(err, NVLM_E_NOMEM, "resize: out of memory");
-    rs_kernels K = pick_kernels();
+    rs_kernels K = pick_kernels(simd);
     int rc = NVLM_OK;
     for (int i = 0; i < n && rc == NVLM_OK; i++) {
         rs_job *j = &jobs[i];

@@ -24,4 +24,7 @@ void rs_axis_free(rs_axis *a);
  * reading the source). outs[i] must hold ow[i]*oh[i]*3 bytes. */
 int rs_resize_many(const uint8_t *src, int w, int h, int n, const int *ow, const int *oh,
                    uint8_t *const *outs, nvlm_err *err);
+/* The same; simd = 0 forces the portable kernels (tests compare both). */
+int rs_resize_many_ex(const uint8_t *src, int w, int h, int n, const int *ow, const int *oh,
+                      uint8_t *const *outs, int simd, nvlm_err *err);
 #endif
