@@ -91,7 +91,8 @@ static int quant_one(qctx *q, nvlm_wmat *w, const char *name) {
         free(d);
         return nvlm_fail(q->err, NVLM_E_NOMEM, "out of memory quantizing %s", name);
     }
-    release_mapping(w->data, before);
+    const nvlm_tensor *t = nvlm_st_find(q->m->st, name);
+    if (t && t->data == w->data) release_mapping(w->data, before); /* only the file mapping */
     w->data = d;
     w->dtype = to;
     q->rep->n_quantized++;
