@@ -333,7 +333,7 @@ static void test_concurrent(int port, const refcase *text, const refcase *image)
     client cl[N];
     double t0 = serve_now();
     for (int i = 0; i < N; i++) {
-        cl[i] = (client){0, port, (i % 4 == 3) ? image : text, i % 2, 0, 3, 0};
+        cl[i] = (client){0, port, (i % 4 == 3) ? image : text, i % 2, 0, 2, 0};
         pthread_create(&cl[i].th, NULL, client_main, &cl[i]);
     }
     int ok = 1, reqs = 0;
@@ -423,14 +423,24 @@ static long metric(int port, const char *name) {
 /* On a one-slot server: a client whose request is computing (a 7-tile image: a long
  * prefill) leaves, and so does one queued behind it; both are cancelled and the slot serves a
  * third client at once. */
+/* Polls a metric until it reaches want (bounded); returns its last value. */
+static long await_metric(int port, const char *name, long want) {
+    long v = metric(port, name);
+    for (int i = 0; i < 600 && v < want; i++) {
+        usleep(20 * 1000);
+        v = metric(port, name);
+    }
+    return v;
+}
+
 static void test_disconnect(int port, const char *key, const refcase *image) {
     const char *cancel = "nvlm_chat_completions_total{finish=\"cancelled\"} ";
     long before = metric(port, cancel);
     int fd = send_request(port, "POST", "/v1/chat/completions", key, image->body);
-    usleep(50 * 1000);
+    CHECK(await_metric(port, "\nnvlm_active_requests ", 1) == 1, "image request running");
     int fd2 = send_request(port, "POST", "/v1/chat/completions", key,
                            "{\"messages\":[{\"role\":\"user\",\"content\":\"queued\"}],\"max_tokens\":3}");
-    usleep(100 * 1000);
+    CHECK(await_metric(port, "\nnvlm_queue_depth ", 1) == 1, "second request queued");
     close(fd2);
     close(fd);
     double t0 = serve_now();
@@ -439,9 +449,10 @@ static void test_disconnect(int port, const char *key, const refcase *image) {
     double waited = serve_now() - t0;
     CHECK(a.status == 200 && a.completion == 4, "request after the disconnect: %d", a.status);
     answer_free(&a);
-    long after = metric(port, cancel);
+    long after = await_metric(port, cancel, before + 2);
     CHECK(after == before + 2, "both clients that left were cancelled (%ld -> %ld)", before, after);
-    printf("disconnect: the next request was answered %.0f ms after the clients left\n", waited * 1e3);
+    printf("disconnect: the next request was answered %.0f ms after the clients left (the running one was in its prefill)\n",
+           waited * 1e3);
 }
 
 /* ---------------------------------------------------------------- stop */
@@ -464,7 +475,7 @@ static void test_stop(nvlm_server *srv, int port, const refcase *image) {
     char *body = streamed(image->body);
     stream_client s = {0, port, body, {0}};
     pthread_create(&s.th, NULL, long_stream, &s);
-    usleep(300 * 1000);
+    CHECK(await_metric(port, "\nnvlm_active_requests ", 1) == 1, "streamed image request running");
     double t0 = serve_now();
     nvlm_server_stop(srv);
     double took = serve_now() - t0;
@@ -521,9 +532,9 @@ int main(void) {
     refcase cs[8];
     int n = load_cases(cs, 8, ids);
     const refcase *text = find_case(cs, n, "text_only"), *one = find_case(cs, n, "one_tile"),
-                  *seven = find_case(cs, n, "history_with_image");
-    CHECK(n == 8 && text && one && seven, "reference cases: %d", n);
-    if (!text || !one || !seven) return check_done("test_serve_http");
+                  *seven = find_case(cs, n, "history_with_image"), *two = find_case(cs, n, "two_images");
+    CHECK(n == 8 && text && one && seven && two, "reference cases: %d", n);
+    if (!text || !one || !seven || !two) return check_done("test_serve_http");
     test_reference(pa, cs, n);
     test_stop_string(pa, text);
     test_concurrent(pa, text, one);
@@ -538,7 +549,7 @@ int main(void) {
     test_disconnect(pb, "Authorization: Bearer sekret\r\n", seven);
 
     nvlm_server_stop(b);
-    test_stop(a, pa, seven);
+    test_stop(a, pa, two);
     for (int i = 0; i < n; i++) free(cs[i].body), free(cs[i].response), free(cs[i].finish);
     nvlm_model_free(m);
     return check_done("test_serve_http");

@@ -162,7 +162,8 @@ static void run_job(serve_sched *s, serve_job *j) {
     pthread_mutex_unlock(&j->mu);
     int rc;
     if (atomic_load(&j->cancelled)) {
-        rc = nvlm_fail(&j->err, NVLM_E_CANCELLED, "cancelled before it started");
+        rc = nvlm_fail(&j->err, NVLM_E_CANCELLED, "cancelled before it started (client gone or server stopping)");
+        if (j->req.stream) stream_end(j, rc);
     } else {
         if (j->req.stream) sse_event(j, serve_chunk_json(j->id, j->model, j->created, "assistant", "", 0, NULL));
         token_ctx t = {s, j};

@@ -27,6 +27,7 @@ struct nvlm_server {
     long started;
     atomic_int stopping;
     atomic_ulong counter;
+    atomic_int in_flight;        /* chat requests between their headers and their completion */
     serve_metrics metrics;
     serve_sched sched;
     struct MHD_Daemon *d;
@@ -34,6 +35,8 @@ struct nvlm_server {
 };
 
 typedef struct conn_state {
+    nvlm_server *srv;
+    int counted;             /* a chat request counted in srv->in_flight */
     nvlm_buf body;
     size_t received;
     int too_big;
@@ -265,6 +268,10 @@ static enum MHD_Result handle_chat(nvlm_server *s, struct MHD_Connection *c, con
     snprintf(j->model, sizeof j->model, "%s", s->model_id);
     j->created = (long)time(NULL);
     cs->job = j;
+    if (peer_gone(conn_fd(c))) { /* left while the body was parsed: not worth a slot */
+        serve_metrics_chat(&s->metrics, SERVE_FIN_CANCELLED, 0, 0, 0, -1, -1, -1);
+        return MHD_NO;
+    }
     rc = serve_sched_submit(&s->sched, j);
     if (rc) return fail(s, c, 503, rc == -1 ? "server_overloaded" : "shutting_down",
                         rc == -1 ? "too many requests are waiting; retry later" : "the server is shutting down");
@@ -326,6 +333,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (!cs) {
         if (!(cs = calloc(1, sizeof *cs))) return MHD_NO;
         *con_cls = cs;
+        cs->srv = s;
+        if (!strcmp(url, "/v1/chat/completions")) {
+            cs->counted = 1;
+            atomic_fetch_add(&s->in_flight, 1);
+        }
         return on_headers(s, c, url, method);
     }
     if (*upload_size) {
@@ -353,6 +365,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
         atomic_store(&cs->job->cancelled, 1);
         serve_job_release(cs->job);
     }
+    if (cs->counted) atomic_fetch_sub(&cs->srv->in_flight, 1);
     nvlm_buf_free(&cs->body);
     free(cs);
     *con_cls = NULL;
@@ -450,7 +463,9 @@ void nvlm_server_stop(nvlm_server *s) {
     if (!s) return;
     atomic_store(&s->stopping, 1);
     serve_sched_stop(&s->sched);   /* running answers end at their next token */
-    MHD_stop_daemon(s->d);         /* waits for the connection threads, whose jobs are over */
+    /* Let the requests in flight send their (last) bytes; MHD_stop_daemon would cut them. */
+    for (int i = 0; i < 1000 && atomic_load(&s->in_flight) > 0; i++) nanosleep(&(struct timespec){0, 10000000L}, NULL);
+    MHD_stop_daemon(s->d);
     serve_sched_destroy(&s->sched);
     serve_metrics_destroy(&s->metrics);
     server_free(s);
