@@ -113,17 +113,15 @@ static void h_block_generic(const uint8_t *T, const rs_axis *a, uint8_t *O) {
     }
 }
 
-static void v_rows_generic(const uint8_t *src, size_t stride, int shift, const rs_axis *a,
-                           uint8_t *out, size_t nbytes) {
-    for (int yy = 0; yy < a->out; yy++) {
-        const int32_t *k = a->k + (size_t)yy * (size_t)a->ksize;
-        const uint8_t *base = src + (size_t)(a->xmin[yy] - shift) * stride;
-        uint8_t *o = out + (size_t)yy * nbytes;
-        for (size_t j = 0; j < nbytes; j++) {
-            int32_t s = 1 << (PRECISION_BITS - 1);
-            for (int t = 0, n = a->n[yy]; t < n; t++) s += (int32_t)base[(size_t)t * stride + j] * k[t];
-            o[j] = clip8(s);
-        }
+/* Vertical pass, output row yy: source row r of the axis is src + (r - shift) * stride. */
+static void v_row_generic(const uint8_t *src, size_t stride, int shift, const rs_axis *a, int yy,
+                          uint8_t *o, size_t nbytes) {
+    const int32_t *k = a->k + (size_t)yy * (size_t)a->ksize;
+    const uint8_t *base = src + (size_t)(a->xmin[yy] - shift) * stride;
+    for (size_t j = 0; j < nbytes; j++) {
+        int32_t s = 1 << (PRECISION_BITS - 1);
+        for (int t = 0, n = a->n[yy]; t < n; t++) s += (int32_t)base[(size_t)t * stride + j] * k[t];
+        o[j] = clip8(s);
     }
 }
 
@@ -168,62 +166,67 @@ AVX2 static void h_block_avx2(const uint8_t *T, const rs_axis *a, uint8_t *O) {
     }
 }
 
-AVX2 static void v_rows_avx2(const uint8_t *src, size_t stride, int shift, const rs_axis *a,
-                             uint8_t *out, size_t nbytes) {
+AVX2 static void v_row_avx2(const uint8_t *src, size_t stride, int shift, const rs_axis *a,
+                            int yy, uint8_t *o, size_t nbytes) {
     const __m256i init = _mm256_set1_epi32(1 << (PRECISION_BITS - 1));
-    for (int yy = 0; yy < a->out; yy++) {
-        const int32_t *k = a->k + (size_t)yy * (size_t)a->ksize;
-        const uint8_t *base = src + (size_t)(a->xmin[yy] - shift) * stride;
-        int n = a->n[yy];
-        uint8_t *o = out + (size_t)yy * nbytes;
-        size_t j = 0;
-        for (; j + 32 <= nbytes; j += 32) {
-            __m256i s0 = init, s1 = init, s2 = init, s3 = init;
-            const uint8_t *p = base + j;
-            for (int t = 0; t < n; t++, p += stride) {
-                __m256i kk = _mm256_set1_epi32(k[t]);
-                MAC8(s0, p, kk);
-                MAC8(s1, p + 8, kk);
-                MAC8(s2, p + 16, kk);
-                MAC8(s3, p + 24, kk);
-            }
-            store32(o + j, s0, s1, s2, s3);
+    const int32_t *k = a->k + (size_t)yy * (size_t)a->ksize;
+    const uint8_t *base = src + (size_t)(a->xmin[yy] - shift) * stride;
+    int n = a->n[yy];
+    size_t j = 0;
+    for (; j + 32 <= nbytes; j += 32) {
+        __m256i s0 = init, s1 = init, s2 = init, s3 = init;
+        const uint8_t *p = base + j;
+        for (int t = 0; t < n; t++, p += stride) {
+            __m256i kk = _mm256_set1_epi32(k[t]);
+            MAC8(s0, p, kk);
+            MAC8(s1, p + 8, kk);
+            MAC8(s2, p + 16, kk);
+            MAC8(s3, p + 24, kk);
         }
-        for (; j < nbytes; j++) { /* row tail */
-            int32_t s = 1 << (PRECISION_BITS - 1);
-            const uint8_t *p = base + j;
-            for (int t = 0; t < n; t++, p += stride) s += (int32_t)*p * k[t];
-            o[j] = clip8(s);
-        }
+        store32(o + j, s0, s1, s2, s3);
+    }
+    for (; j < nbytes; j++) { /* row tail */
+        int32_t s = 1 << (PRECISION_BITS - 1);
+        const uint8_t *p = base + j;
+        for (int t = 0; t < n; t++, p += stride) s += (int32_t)*p * k[t];
+        o[j] = clip8(s);
     }
 }
 #endif
 
 typedef struct rs_kernels {
     void (*h_block)(const uint8_t *, const rs_axis *, uint8_t *);
-    void (*v_rows)(const uint8_t *, size_t, int, const rs_axis *, uint8_t *, size_t);
+    void (*v_row)(const uint8_t *, size_t, int, const rs_axis *, int, uint8_t *, size_t);
 } rs_kernels;
 
 static rs_kernels pick_kernels(int simd) {
-    rs_kernels k = {h_block_generic, v_rows_generic};
+    rs_kernels k = {h_block_generic, v_row_generic};
 #ifdef RS_HAVE_AVX2
     __builtin_cpu_init();
     if (simd && __builtin_cpu_supports("avx2")) {
         k.h_block = h_block_avx2;
-        k.v_rows = v_rows_avx2;
+        k.v_row = v_row_avx2;
     }
 #endif
     return k;
 }
 
-/* ------------------------------------------------------------------ driver */
+/* ------------------------------------------------------------------ driver
+ *
+ * Source rows are read once, in order, 8 at a time. For each output size ("job"), the
+ * horizontal results go into a sliding window of rows, and every vertical output row whose
+ * taps are all in the window is computed at once and handed to the emit callback. The
+ * window only ever holds about one vertical kernel of rows, so it stays in cache and the
+ * whole horizontal intermediate is never materialised. */
 
 typedef struct rs_job {
     int ow, oh, need_h, need_v;
     rs_axis ax, ay;
-    int y0, y1;      /* source rows the horizontal pass produces */
-    uint8_t *tmp;    /* horizontal result, rows y0..y1 (when both passes run) */
-    uint8_t *out;
+    int y0, y1;       /* source rows the horizontal pass must produce */
+    uint8_t *win;     /* horizontal rows [wbase, wbase + wcount), cap rows */
+    int wbase, wcount, cap;
+    int vy;           /* next vertical output row */
+    uint8_t *row;     /* one output row */
 } rs_job;
 
 /* Copies source rows [y, y+nr) into the transposed block T. Column by column with 4-byte
@@ -243,7 +246,7 @@ static void transpose_block(const uint8_t *src, int w, int y, int nr, uint8_t *T
     for (int r = 0; r < nr; r++) memcpy(t + r * 3, rows[r] + (size_t)x * 3, 3);
 }
 
-/* Copies lane r of O ([ow][LANES]) into one destination row. */
+/* Copies lane r of O ([ow][LANES]) into one row. */
 static void untranspose_row(const uint8_t *O, int ow, int r, uint8_t *dst) {
     const uint8_t *o = O + r * 3;
     int x = 0;
@@ -251,8 +254,32 @@ static void untranspose_row(const uint8_t *O, int ow, int r, uint8_t *dst) {
     memcpy(dst + (size_t)x * 3, o + (size_t)x * LANES, 3);
 }
 
+/* Emits every vertical output row of j whose source rows are all in the window. */
+static void drain_vertical(rs_job *j, int job, const rs_kernels *K, rs_emit_fn emit, void *user) {
+    size_t rb = (size_t)j->ow * 3;
+    while (j->vy < j->oh && j->ay.xmin[j->vy] + j->ay.n[j->vy] <= j->wbase + j->wcount) {
+        K->v_row(j->win, rb, j->wbase, &j->ay, j->vy, j->row, rb);
+        emit(user, job, j->vy, j->row);
+        j->vy++;
+    }
+}
+
+/* Makes room for one more row in j's window, dropping rows no later output needs. */
+static void window_room(rs_job *j) {
+    if (j->wcount < j->cap) return;
+    int keep_from = j->vy < j->oh ? j->ay.xmin[j->vy] : j->wbase + j->wcount;
+    int drop = keep_from - j->wbase;
+    /* drop > 0: the next output is not ready, so its taps end past the full window and,
+     * the window being longer than a kernel, they start past its first row */
+    if (drop <= 0) return;
+    size_t rb = (size_t)j->ow * 3;
+    memmove(j->win, j->win + (size_t)drop * rb, (size_t)(j->wcount - drop) * rb);
+    j->wbase += drop;
+    j->wcount -= drop;
+}
+
 static int run_horizontal(const uint8_t *src, int w, rs_job *jobs, int n, const rs_kernels *K,
-                          nvlm_err *err) {
+                          rs_emit_fn emit, void *user, nvlm_err *err) {
     int ylo = -1, yhi = -1, owmax = 0;
     for (int i = 0; i < n; i++) {
         if (!jobs[i].need_h) continue;
@@ -261,8 +288,6 @@ static int run_horizontal(const uint8_t *src, int w, rs_job *jobs, int n, const 
         if (jobs[i].ow > owmax) owmax = jobs[i].ow;
     }
     if (ylo < 0) return NVLM_OK;
-    /* rows are processed in transposition order, so a row range that does not start at ylo
-     * is still covered: blocks are aligned on ylo */
     uint8_t *T = calloc((size_t)w * LANES + 4, 1);
     uint8_t *O = malloc((size_t)owmax * LANES + 32); /* store32 writes 8 bytes past a column */
     if (!T || !O) {
@@ -277,12 +302,23 @@ static int run_horizontal(const uint8_t *src, int w, rs_job *jobs, int n, const 
             rs_job *j = &jobs[i];
             if (!j->need_h || y + nr <= j->y0 || y >= j->y1) continue;
             K->h_block(T, &j->ax, O);
-            uint8_t *dst = j->need_v ? j->tmp : j->out;
             for (int r = 0; r < nr; r++) {
                 int yy = y + r;
                 if (yy < j->y0 || yy >= j->y1) continue;
-                untranspose_row(O, j->ow, r, dst + (size_t)(yy - j->y0) * (size_t)j->ow * 3);
+                if (!j->need_v) {
+                    untranspose_row(O, j->ow, r, j->row);
+                    emit(user, i, yy, j->row);
+                    continue;
+                }
+                if (j->wcount == j->cap) {
+                    drain_vertical(j, i, K, emit, user); /* then the rows before the next
+                                                            output's first tap can go */
+                    window_room(j);
+                }
+                untranspose_row(O, j->ow, r, j->win + (size_t)j->wcount * (size_t)j->ow * 3);
+                j->wcount++;
             }
+            if (j->need_v) drain_vertical(j, i, K, emit, user);
         }
     }
     free(T);
@@ -294,19 +330,15 @@ static void free_jobs(rs_job *jobs, int n) {
     for (int i = 0; i < n; i++) {
         rs_axis_free(&jobs[i].ax);
         rs_axis_free(&jobs[i].ay);
-        free(jobs[i].tmp);
+        free(jobs[i].win);
+        free(jobs[i].row);
     }
     free(jobs);
 }
 
-int rs_resize_many(const uint8_t *src, int w, int h, int n, const int *ow, const int *oh,
-                   uint8_t *const *outs, nvlm_err *err) {
-    return rs_resize_many_ex(src, w, h, n, ow, oh, outs, 1, err);
-}
-
-int rs_resize_many_ex(const uint8_t *src, int w, int h, int n, const int *ow, const int *oh,
-                      uint8_t *const *outs, int simd, nvlm_err *err) {
-    if (!src || w <= 0 || h <= 0 || n <= 0)
+int rs_resize_stream(const uint8_t *src, int w, int h, int n, const int *ow, const int *oh,
+                     rs_emit_fn emit, void *user, int simd, nvlm_err *err) {
+    if (!src || w <= 0 || h <= 0 || n <= 0 || !emit)
         return nvlm_fail(err, NVLM_E_INVALID_ARG, "resize: empty source image");
     rs_job *jobs = calloc((size_t)n, sizeof *jobs);
     if (!jobs) return nvlm_fail(err, NVLM_E_NOMEM, "resize: out of memory");
@@ -316,7 +348,6 @@ int rs_resize_many_ex(const uint8_t *src, int w, int h, int n, const int *ow, co
         rs_job *j = &jobs[i];
         j->ow = ow[i];
         j->oh = oh[i];
-        j->out = outs[i];
         if (j->ow <= 0 || j->oh <= 0) {
             rc = nvlm_fail(err, NVLM_E_INVALID_ARG, "resize: bad target size %dx%d", j->ow, j->oh);
             break;
@@ -331,25 +362,54 @@ int rs_resize_many_ex(const uint8_t *src, int w, int h, int n, const int *ow, co
             /* only the rows the vertical pass reads (Pillow's ybox_first/ybox_last) */
             j->y0 = j->ay.xmin[0];
             j->y1 = j->ay.xmin[j->oh - 1] + j->ay.n[j->oh - 1];
+            j->wbase = j->y0;
+            j->cap = j->ay.ksize + HB + 64;
             if (j->need_h) {
-                j->tmp = malloc((size_t)j->ow * 3 * (size_t)(j->y1 - j->y0 > 0 ? j->y1 - j->y0 : 1));
-                if (!j->tmp) rc = nvlm_fail(err, NVLM_E_NOMEM, "resize: out of memory");
+                j->win = malloc((size_t)j->ow * 3 * (size_t)j->cap);
+                if (!j->win) rc = nvlm_fail(err, NVLM_E_NOMEM, "resize: out of memory");
             }
         }
+        j->row = malloc((size_t)j->ow * 3);
+        if (!j->row) rc = nvlm_fail(err, NVLM_E_NOMEM, "resize: out of memory");
     }
-    if (rc == NVLM_OK) rc = run_horizontal(src, w, jobs, n, &K, err);
+    if (rc == NVLM_OK) rc = run_horizontal(src, w, jobs, n, &K, emit, user, err);
     for (int i = 0; i < n && rc == NVLM_OK; i++) {
         rs_job *j = &jobs[i];
+        size_t rb = (size_t)w * 3;
         if (!j->need_h && !j->need_v) {
-            memcpy(j->out, src, (size_t)w * (size_t)h * 3);
-        } else if (j->need_v) {
-            const uint8_t *s = j->need_h ? j->tmp : src;
-            int shift = j->need_h ? j->y0 : 0;
-            K.v_rows(s, (size_t)j->ow * 3, shift, &j->ay, j->out, (size_t)j->ow * 3);
+            for (int y = 0; y < h; y++) emit(user, i, y, src + (size_t)y * rb);
+        } else if (j->need_v && !j->need_h) {
+            for (int y = 0; y < j->oh; y++) {
+                K.v_row(src, rb, 0, &j->ay, y, j->row, rb);
+                emit(user, i, y, j->row);
+            }
         }
     }
     free_jobs(jobs, n);
     return rc;
+}
+
+/* Contiguous outputs: outs[i] gets ow[i]*oh[i]*3 bytes. */
+typedef struct rs_contig {
+    const int *ow;
+    uint8_t *const *outs;
+} rs_contig;
+
+static void emit_contig(void *user, int job, int y, const uint8_t *row) {
+    const rs_contig *c = user;
+    size_t rb = (size_t)c->ow[job] * 3;
+    memcpy(c->outs[job] + (size_t)y * rb, row, rb);
+}
+
+int rs_resize_many(const uint8_t *src, int w, int h, int n, const int *ow, const int *oh,
+                   uint8_t *const *outs, nvlm_err *err) {
+    return rs_resize_many_ex(src, w, h, n, ow, oh, outs, 1, err);
+}
+
+int rs_resize_many_ex(const uint8_t *src, int w, int h, int n, const int *ow, const int *oh,
+                      uint8_t *const *outs, int simd, nvlm_err *err) {
+    rs_contig c = {ow, outs};
+    return rs_resize_stream(src, w, h, n, ow, oh, emit_contig, &c, simd, err);
 }
 
 int nvlm_image_resize(const nvlm_image *in, int width, int height, nvlm_image *out,

@@ -20,6 +20,15 @@ typedef struct rs_axis {
 int rs_axis_init(rs_axis *a, int in, int out, nvlm_err *err);
 void rs_axis_free(rs_axis *a);
 
+/* Receives output row y of output `job` (ow*3 bytes, valid during the call only). */
+typedef void (*rs_emit_fn)(void *user, int job, int y, const uint8_t *row);
+
+/* Resizes one RGB8 image to n sizes at once, handing each output row to emit as soon as it
+ * is ready (rows of one output come in order; outputs interleave). The horizontal passes
+ * share one read of the source. simd = 0 forces the portable kernels. */
+int rs_resize_stream(const uint8_t *src, int w, int h, int n, const int *ow, const int *oh,
+                     rs_emit_fn emit, void *user, int simd, nvlm_err *err);
+
 /* Resizes one RGB8 image to several sizes at once (the horizontal passes share the work of
  * reading the source). outs[i] must hold ow[i]*oh[i]*3 bytes. */
 int rs_resize_many(const uint8_t *src, int w, int h, int n, const int *ow, const int *oh,

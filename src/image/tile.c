@@ -1,7 +1,8 @@
 /* tile.c - nvlm_image_tile: grid choice, one Pillow-exact resize to the grid size, row-major
  * 448x448 crops, and the thumbnail (the decoded image resized straight to the tile size)
- * when there is more than one tile. Both resizes run together (rs_resize_many) so the source
- * is read once for their horizontal passes. */
+ * when there is more than one tile. Both resizes run together (rs_resize_stream) so the
+ * source is read once for their horizontal passes, and each output row goes straight into
+ * its tiles: the grid image is never stored whole. */
 #include "image/grid.h"
 #include "image/resize.h"
 #include "core/err.h"
@@ -12,6 +13,25 @@ void nvlm_tiles_free(nvlm_tiles *t) {
     if (!t) return;
     free(t->rgb);
     memset(t, 0, sizeof *t);
+}
+
+/* Where resized rows go: job 0 is the grid image, job 1 the thumbnail. */
+typedef struct tile_sink {
+    uint8_t *tiles;
+    int size, cols, n;
+} tile_sink;
+
+static void emit_row(void *user, int job, int y, const uint8_t *row) {
+    const tile_sink *t = user;
+    size_t tile_row = (size_t)t->size * 3, tile_bytes = tile_row * (size_t)t->size;
+    if (job == 1) {
+        memcpy(t->tiles + tile_bytes * (size_t)t->n + tile_row * (size_t)y, row, tile_row);
+        return;
+    }
+    int r = y / t->size, yy = y % t->size;
+    for (int c = 0; c < t->cols; c++)
+        memcpy(t->tiles + tile_bytes * (size_t)(r * t->cols + c) + tile_row * (size_t)yy,
+               row + tile_row * (size_t)c, tile_row);
 }
 
 int nvlm_image_tile(const nvlm_image *img, int tile_size, int min_num, int max_num,
@@ -29,26 +49,12 @@ int nvlm_image_tile(const nvlm_image *img, int tile_size, int min_num, int max_n
     int thumb = use_thumbnail && n != 1;
     size_t tile_bytes = (size_t)tile_size * (size_t)tile_size * 3;
     uint8_t *tiles = malloc(tile_bytes * (size_t)(n + thumb));
-    /* one tile: the grid image is the tile itself */
-    uint8_t *grid = n == 1 ? tiles : malloc(tile_bytes * (size_t)n);
-    if (!tiles || !grid) {
-        free(tiles);
-        if (grid != tiles) free(grid);
+    if (!tiles)
         return nvlm_fail(err, NVLM_E_NOMEM, "nvlm_image_tile: out of memory for %d tiles", n + thumb);
-    }
     int ow[2] = {tile_size * cols, tile_size}, oh[2] = {tile_size * rows, tile_size};
-    uint8_t *outs[2] = {grid, tiles + tile_bytes * (size_t)n};
-    rc = rs_resize_many(img->rgb, img->width, img->height, 1 + thumb, ow, oh, outs, err);
-    if (rc == NVLM_OK && n > 1) {
-        size_t grid_row = (size_t)ow[0] * 3, tile_row = (size_t)tile_size * 3;
-        for (int k = 0; k < n; k++) {
-            int c = k % cols, r = k / cols;
-            const uint8_t *src = grid + (size_t)r * tile_size * grid_row + (size_t)c * tile_row;
-            uint8_t *dst = tiles + tile_bytes * (size_t)k;
-            for (int y = 0; y < tile_size; y++) memcpy(dst + y * tile_row, src + y * grid_row, tile_row);
-        }
-    }
-    if (grid != tiles) free(grid);
+    tile_sink sink = {tiles, tile_size, cols, n};
+    rc = rs_resize_stream(img->rgb, img->width, img->height, 1 + thumb, ow, oh, emit_row, &sink, 1,
+                          err);
     if (rc != NVLM_OK) {
         free(tiles);
         return rc;
