@@ -3,6 +3,7 @@
  * plus the mlp1 unit data. NVLM_MODEL_CASES=id1,id2 restricts the cases (debugging). */
 #include "check.h"
 #include "core/file.h"
+#include "generate/chat_internal.h"
 #include "model/model.h"
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -35,43 +36,26 @@ static int ids_equal(const cJSON *arr, const int32_t *ids, size_t n) {
     return 1;
 }
 
-/* Projector output of every image of the case, compared to the reference file. */
-static void check_projector(nvlm_model *m, const cJSON *cs, const char *id) {
+/* Projector output of every image of the case (as the conversation computed it), compared
+ * to the reference file. */
+static void check_projector(nvlm_model *m, nvlm_chat *c, const cJSON *cs, const char *id) {
     const cJSON *ve = cJSON_GetObjectItem(cs, "vit_embeds");
     if (!cJSON_IsObject(ve)) return;
-    const cJSON *imgs = cJSON_GetObjectItem(cs, "images");
-    int max_num = cJSON_GetObjectItem(cs, "max_num")->valueint;
     size_t per_tile = (size_t)nvlm_cfg_tokens_per_tile(&m->cfg) * m->cfg.llm.hidden_size, total = 0;
-    const cJSON *im;
-    cJSON_ArrayForEach(im, imgs) {
-        nvlm_image img;
-        nvlm_tiles t;
-        nvlm_err err = {0};
-        char rel[512];
-        snprintf(rel, sizeof rel, "reference/%s", im->valuestring);
-        if (nvlm_image_load(shared_path(rel), NULL, &img, &err) ||
-            nvlm_image_tile(&img, m->cfg.image_size, 1, max_num, 1, &t, &err)) {
-            CHECK(0, "%s: image %s: %s", id, rel, err.msg);
-            return;
-        }
-        size_t S = (size_t)t.size, px_per = 3 * S * S;
-        float *px = malloc(sizeof(float) * px_per * t.num_tiles), *out = malloc(sizeof(float) * per_tile * t.num_tiles);
-        for (int k = 0; k < t.num_tiles; k++) nvlm_tile_normalize(t.rgb + k * px_per, (int)S, px + k * px_per);
-        int rc = nvlm_encode_tiles(m, px, t.num_tiles, out, &err);
-        CHECK(rc == 0, "%s: encode: %s", id, err.msg);
-        char path[512];
-        snprintf(path, sizeof path, "reference/%s", cJSON_GetObjectItem(ve, "path")->valuestring);
-        int ref_tiles = cJSON_GetArrayItem(cJSON_GetObjectItem(ve, "shape"), 0)->valueint;
-        float *ref = read_f32(path, per_tile * ref_tiles);
-        if (ref && !rc) {
-            double d = max_abs_diff(out, ref + total, per_tile * t.num_tiles);
-            CHECK(d <= 3e-5, "%s: projector output max abs diff %.3g > 3e-5", id, d);
-        }
-        total += per_tile * t.num_tiles;
-        free(ref), free(px), free(out);
-        nvlm_tiles_free(&t);
-        nvlm_image_free(&img);
+    char path[512];
+    snprintf(path, sizeof path, "reference/%s", cJSON_GetObjectItem(ve, "path")->valuestring);
+    int ref_tiles = cJSON_GetArrayItem(cJSON_GetObjectItem(ve, "shape"), 0)->valueint;
+    float *ref = read_f32(path, per_tile * ref_tiles);
+    int n_tiles;
+    const float *feat;
+    for (int i = 0; ref && (feat = nvlm_chat_image_features(c, i, &n_tiles)); i++) {
+        if (total + per_tile * n_tiles > per_tile * ref_tiles) break;
+        double d = max_abs_diff(feat, ref + total, per_tile * n_tiles);
+        CHECK(d <= 3e-5, "%s: image %d projector output max abs diff %.3g > 3e-5", id, i, d);
+        total += per_tile * n_tiles;
     }
+    CHECK(total == per_tile * ref_tiles, "%s: projector output covers %zu of %zu values", id, total, per_tile * ref_tiles);
+    free(ref);
 }
 
 static void run_case(nvlm_model *m, const cJSON *cs) {
@@ -120,8 +104,8 @@ static void run_case(nvlm_model *m, const cJSON *cs) {
         free(ref);
         nvlm_answer_free(&a);
     }
+    check_projector(m, c, cs, id);
     nvlm_chat_free(c);
-    check_projector(m, cs, id);
 }
 
 static void check_mlp1_unit(nvlm_model *m) {

@@ -1,6 +1,7 @@
 /* A conversation: chat()'s prompt, image encoding, prefill with KV-cache reuse, generation. */
 #include "core/err.h"
 #include "generate/layout_xh.h"
+#include "generate/chat_internal.h"
 #include "generate/prompt.h"
 #include "generate/sampler.h"
 #include "model/llm.h"
@@ -435,4 +436,10 @@ void nvlm_answer_free(nvlm_answer *a) {
 void nvlm_chat_cache_bytes(const nvlm_chat *c, size_t *self_kv, size_t *cross_kv) {
     *self_kv = 2 * sizeof(float) * (size_t)c->kv.n_layers * (size_t)c->kv.len * (size_t)c->kv.kv_dim;
     *cross_kv = c->xa ? nvlm_xattn_bytes(c->xa) : 0;
+}
+
+const float *nvlm_chat_image_features(const nvlm_chat *c, int i, int *n_tiles) {
+    if (!c || i < 0 || i >= c->n_images) return NULL;
+    if (n_tiles) *n_tiles = c->images[i].n_tiles;
+    return c->images[i].features;
 }
