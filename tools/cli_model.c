@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 void cli_model_opts_init(cli_model_opts *o) {
     memset(o, 0, sizeof *o);
@@ -104,10 +105,12 @@ const char *cli_model_flags_help(void) {
            "      --stop TEXT          extra stop string (repeatable); <|im_end|> always stops\n";
 }
 
+/* One line rewritten in place on a terminal, one line per step in a log. */
 static int show_progress(void *user, const char *what, uint64_t done, uint64_t total) {
     (void)user;
-    fprintf(stderr, "\rnvlm: %-24s %3d%%", what, total ? (int)(100 * done / total) : 100);
-    if (done == total) fputc('\n', stderr);
+    int tty = isatty(fileno(stderr));
+    fprintf(stderr, "%snvlm: %-24s %3d%%", tty ? "\r" : "", what, total ? (int)(100 * done / total) : 100);
+    if (!tty || done == total) fputc('\n', stderr);
     return 0;
 }
 

@@ -73,6 +73,7 @@ static int chat_loop(nvlm_chat *c, const cli_model_opts *o) {
         int rc = nvlm_chat_ask(c, line, &o->sampling, stream_token, NULL, &a, &err);
         free(line);
         printf("\n");
+        fflush(stdout);
         if (rc) {
             cli_report("chat", &err);
             continue;

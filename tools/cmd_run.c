@@ -151,6 +151,7 @@ int cmd_run(int argc, char **argv) {
     }
     if (r.json) print_json(&ans);
     else printf("\n");
+    fflush(stdout); /* the answer before the timings on stderr */
     if (!r.o.quiet) cli_print_timings(&ans);
     if (r.logits_out) rc = write_logits(r.logits_out, ans.last_logits, nvlm_model_vocab_size(m));
 done:
