@@ -34,6 +34,6 @@ mk() { # name arch size
 for size in small medium; do
   for a in D X H; do mk "$size-$a" "$a" "$size"; done
   echo "== $size: ${LLM[$size]} (X/H blocks before layers ${XL[$size]}), image $(basename $IMAGE)"
-  "$OUT/bench_xh" --image "$IMAGE" --tokens 32 --threads "$THREADS" --reps 2 \
+  "$OUT/bench_xh" --image "$IMAGE" --tokens ${NVLM_BENCH_TOKENS:-64} --threads "$THREADS" --reps ${NVLM_BENCH_REPS:-2} \
       "$size-D=$OUT/$size-D" "$size-X=$OUT/$size-X" "$size-H=$OUT/$size-H"
 done
