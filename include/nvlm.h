@@ -185,6 +185,12 @@ void nvlm_chat_mark_history(nvlm_chat *c);
 int nvlm_chat_add_image(nvlm_chat *c, const nvlm_image *img, nvlm_err *err);
 int nvlm_chat_add_image_file(nvlm_chat *c, const char *path, nvlm_err *err);
 
+/* Polled between units of work (a tile of the vision encoder, a chunk of the prompt, a
+ * generated token): non-zero makes nvlm_chat_ask return NVLM_E_CANCELLED soon. The conversation
+ * stays usable (nothing of the cancelled turn joins the history). */
+typedef int (*nvlm_abort_fn)(void *user);
+void nvlm_chat_set_abort(nvlm_chat *c, nvlm_abort_fn fn, void *user);
+
 /* Called for each generated token: id and the text it completes (maybe ""). Non-zero stops. */
 typedef int (*nvlm_token_fn)(void *user, int32_t id, const char *text, size_t len);
 

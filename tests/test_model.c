@@ -123,6 +123,46 @@ static void check_mlp1_unit(nvlm_model *m) {
     free(in), free(ref);
 }
 
+static int cancel_after(void *user) {
+    int *left = user;
+    return (*left)-- <= 0;
+}
+
+/* Cancelling mid-way (during the vision encoder, prefill or generation) returns
+ * NVLM_E_CANCELLED and leaves the conversation usable: the next ask answers as a fresh one. */
+static void check_cancel(nvlm_model *m) {
+    const char *image = shared_path("reference/images/skimage_astronaut.png");
+    char path[4096];
+    snprintf(path, sizeof path, "%s", image);
+    nvlm_sampling s;
+    nvlm_sampling_default(&s);
+    s.max_new_tokens = 6;
+    nvlm_err err = {0};
+    nvlm_answer want, got;
+    nvlm_chat *c = NULL;
+    nvlm_chat_new(m, &c, &err);
+    nvlm_chat_add_image_file(c, path, &err);
+    int rc = nvlm_chat_ask(c, "Describe.", &s, NULL, NULL, &want, &err);
+    CHECK(rc == 0, "uncancelled ask: %s", err.msg);
+    nvlm_chat_free(c);
+    for (int polls = 0; polls < 4 && rc == 0; polls++) {
+        int left = polls;
+        nvlm_chat_new(m, &c, &err);
+        nvlm_chat_add_image_file(c, path, &err);
+        nvlm_chat_set_abort(c, cancel_after, &left);
+        int r1 = nvlm_chat_ask(c, "Describe.", &s, NULL, NULL, &got, &err);
+        CHECK(r1 == NVLM_E_CANCELLED, "cancel after %d polls: rc %d", polls, r1);
+        nvlm_chat_set_abort(c, NULL, NULL);
+        int r2 = nvlm_chat_ask(c, "Describe.", &s, NULL, NULL, &got, &err);
+        CHECK(r2 == 0 && got.n_output == want.n_output && !strcmp(got.response, want.response) &&
+                  got.n_prompt == want.n_prompt,
+              "after cancel (%d polls): %s", polls, err.msg);
+        if (!r2) nvlm_answer_free(&got);
+        nvlm_chat_free(c);
+    }
+    if (!rc) nvlm_answer_free(&want);
+}
+
 static int selected(const char *id) {
     const char *only = getenv("NVLM_MODEL_CASES");
     if (!only || !*only) return 1;
@@ -154,7 +194,10 @@ int main(void) {
             snprintf(rel, sizeof rel, "reference/%s", model);
             CHECK(nvlm_model_load(shared_path(rel), &lo, &m, &err) == 0, "load %s: %s", rel, err.msg);
             snprintf(loaded, sizeof loaded, "%s", model);
-            if (m && !strcmp(model, "models/tiny-nvlm-d")) check_mlp1_unit(m);
+            if (m && !strcmp(model, "models/tiny-nvlm-d")) {
+                check_mlp1_unit(m);
+                if (selected("cancel")) check_cancel(m);
+            }
         }
         if (m && selected(id)) run_case(m, cs);
         cJSON_Delete(cs);

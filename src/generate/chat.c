@@ -31,6 +31,8 @@ struct nvlm_chat {
     nvlm_kv kv;
     int32_t *cached;         /* the ids whose keys/values are in kv, kv.len of them */
     size_t cap_cached;
+    nvlm_abort_fn abort_fn;  /* may be NULL */
+    void *abort_user;
     nvlm_xattn *xa;          /* NVLM-X/H: cross-attention memory and its visibility; NULL for D */
 };
 
@@ -155,16 +157,33 @@ int nvlm_chat_add_image_file(nvlm_chat *c, const char *path, nvlm_err *err) {
     return rc;
 }
 
-/* Runs the vision path on every image not encoded yet. */
+void nvlm_chat_set_abort(nvlm_chat *c, nvlm_abort_fn fn, void *user) {
+    c->abort_fn = fn;
+    c->abort_user = user;
+}
+
+/* Checked between units of work: a tile, a prefill chunk, a generated token. */
+static int check_abort(const nvlm_chat *c, nvlm_err *err) {
+    if (c->abort_fn && c->abort_fn(c->abort_user)) return nvlm_fail(err, NVLM_E_CANCELLED, "cancelled");
+    return NVLM_OK;
+}
+
+/* Runs the vision path on every image not encoded yet, one tile at a time (each tile is
+ * independent, so this is the same computation as all at once, and can be cancelled). */
 static int encode_pending_images(nvlm_chat *c, nvlm_err *err) {
     nvlm_model *m = c->m;
     size_t per_tile = (size_t)nvlm_cfg_tokens_per_tile(&m->cfg) * m->cfg.llm.hidden_size;
+    size_t px_per_tile = (size_t)3 * m->cfg.image_size * m->cfg.image_size;
     for (int i = 0; i < c->n_images; i++) {
         chat_image *im = &c->images[i];
         if (im->features) continue;
         im->features = malloc(sizeof(float) * per_tile * (size_t)im->n_tiles);
         if (!im->features) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory for image features");
-        int rc = nvlm_encode_tiles(m, im->pixels, im->n_tiles, im->features, err);
+        int rc = NVLM_OK;
+        for (int t = 0; t < im->n_tiles && !rc; t++) {
+            rc = check_abort(c, err);
+            if (!rc) rc = nvlm_encode_tiles(m, im->pixels + t * px_per_tile, 1, im->features + t * per_tile, err);
+        }
         if (rc) {
             free(im->features);
             im->features = NULL;
@@ -282,7 +301,8 @@ static int prefill(nvlm_chat *c, const int32_t *ids, size_t from, size_t n, floa
     int rc = NVLM_OK;
     for (size_t b = from; b < n && !rc; b += PREFILL_CHUNK) {
         size_t e = b + PREFILL_CHUNK < n ? b + PREFILL_CHUNK : n;
-        rc = embed_range(c, ids, b, e, emb, err);
+        rc = check_abort(c, err);
+        if (!rc) rc = embed_range(c, ids, b, e, emb, err);
         if (!rc) rc = nvlm_llm_forward(c->m, &c->kv, emb, (int)(e - b), hooks, e == n ? logits : NULL, 0, err);
         if (!rc) rc = remember_ids(c, ids + b, b, e, err);
     }
@@ -330,6 +350,7 @@ static int generate(nvlm_chat *c, const int32_t *prompt, size_t n_prompt, float 
     if (!rc) memcpy(seen, prompt, sizeof(int32_t) * n_prompt);
     *finish_length = 1;
     for (int step = 0; !rc && step < s->max_new_tokens; step++) {
+        if ((rc = check_abort(c, err))) break;
         if (s->repetition_penalty != 1.0f)
             nvlm_repetition_penalty(logits, V, seen, n_prompt + g->n_out, s->repetition_penalty);
         int32_t id = nvlm_sample(logits, V, s, &rng, NULL);
