@@ -2,39 +2,12 @@
  * reference README): prompt ids, projector output, last-prompt logits, greedy ids, response;
  * plus the mlp1 unit data. NVLM_MODEL_CASES=id1,id2 restricts the cases (debugging). */
 #include "check.h"
+#include "ref_cases.h"
 #include "core/file.h"
 #include "generate/chat_internal.h"
 #include "model/model.h"
 #include <cjson/cJSON.h>
 #include <math.h>
-
-static float *read_f32(const char *rel, size_t n) {
-    char *data;
-    size_t len;
-    nvlm_err err = {0};
-    if (nvlm_read_file(shared_path(rel), 0, &data, &len, &err) || len != n * 4) {
-        fprintf(stderr, "cannot read %s (%zu bytes, want %zu): %s\n", rel, len, n * 4, err.msg);
-        return NULL;
-    }
-    return (float *)data; /* malloc'ed: suitably aligned */
-}
-
-static double max_abs_diff(const float *a, const float *b, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (!(d <= m)) m = d; /* NaN propagates as a failure */
-    }
-    return m;
-}
-
-static int ids_equal(const cJSON *arr, const int32_t *ids, size_t n) {
-    if ((size_t)cJSON_GetArraySize(arr) != n) return 0;
-    size_t i = 0;
-    const cJSON *e;
-    cJSON_ArrayForEach(e, arr) if (e->valueint != ids[i++]) return 0;
-    return 1;
-}
 
 /* Projector output of every image of the case (as the conversation computed it), compared
  * to the reference file. */
@@ -45,12 +18,12 @@ static void check_projector(nvlm_model *m, nvlm_chat *c, const cJSON *cs, const 
     char path[512];
     snprintf(path, sizeof path, "reference/%s", cJSON_GetObjectItem(ve, "path")->valuestring);
     int ref_tiles = cJSON_GetArrayItem(cJSON_GetObjectItem(ve, "shape"), 0)->valueint;
-    float *ref = read_f32(path, per_tile * ref_tiles);
+    float *ref = ref_read_f32(path, per_tile * ref_tiles);
     int n_tiles;
     const float *feat;
     for (int i = 0; ref && (feat = nvlm_chat_image_features(c, i, &n_tiles)); i++) {
         if (total + per_tile * n_tiles > per_tile * ref_tiles) break;
-        double d = max_abs_diff(feat, ref + total, per_tile * n_tiles);
+        double d = ref_max_abs_diff(feat, ref + total, per_tile * n_tiles);
         CHECK(d <= 3e-5, "%s: image %d projector output max abs diff %.3g > 3e-5", id, i, d);
         total += per_tile * n_tiles;
     }
@@ -61,24 +34,8 @@ static void check_projector(nvlm_model *m, nvlm_chat *c, const cJSON *cs, const 
 static void run_case(nvlm_model *m, const cJSON *cs) {
     const char *id = cJSON_GetObjectItem(cs, "id")->valuestring;
     nvlm_err err = {0};
-    nvlm_chat *c = NULL;
-    CHECK(nvlm_chat_new(m, &c, &err) == 0, "%s: %s", id, err.msg);
+    nvlm_chat *c = ref_case_chat(m, cs, id);
     if (!c) return;
-    const cJSON *sys = cJSON_GetObjectItem(cs, "system_message"), *hist = cJSON_GetObjectItem(cs, "history");
-    if (cJSON_IsString(sys)) nvlm_chat_set_system(c, sys->valuestring, &err);
-    nvlm_chat_set_max_tiles(c, cJSON_GetObjectItem(cs, "max_num")->valueint);
-    if (cJSON_IsArray(hist)) {
-        nvlm_chat_mark_history(c);
-        const cJSON *t;
-        cJSON_ArrayForEach(t, hist)
-            nvlm_chat_add_history(c, cJSON_GetArrayItem(t, 0)->valuestring, cJSON_GetArrayItem(t, 1)->valuestring, &err);
-    }
-    const cJSON *im;
-    cJSON_ArrayForEach(im, cJSON_GetObjectItem(cs, "images")) {
-        char rel[512];
-        snprintf(rel, sizeof rel, "reference/%s", im->valuestring);
-        CHECK(nvlm_chat_add_image_file(c, shared_path(rel), &err) == 0, "%s: %s", id, err.msg);
-    }
     nvlm_sampling s;
     nvlm_sampling_default(&s);
     s.max_new_tokens = cJSON_GetObjectItem(cs, "max_new_tokens")->valueint;
@@ -86,8 +43,8 @@ static void run_case(nvlm_model *m, const cJSON *cs) {
     int rc = nvlm_chat_ask(c, cJSON_GetObjectItem(cs, "question")->valuestring, &s, NULL, NULL, &a, &err);
     CHECK(rc == 0, "%s: ask: %s", id, err.msg);
     if (rc == 0) {
-        CHECK(ids_equal(cJSON_GetObjectItem(cs, "prompt_ids"), a.prompt_ids, a.n_prompt), "%s: prompt ids differ (%zu ids)", id, a.n_prompt);
-        CHECK(ids_equal(cJSON_GetObjectItem(cs, "output_ids"), a.output_ids, a.n_output), "%s: output ids differ", id);
+        CHECK(ref_ids_equal(cJSON_GetObjectItem(cs, "prompt_ids"), a.prompt_ids, a.n_prompt), "%s: prompt ids differ (%zu ids)", id, a.n_prompt);
+        CHECK(ref_ids_equal(cJSON_GetObjectItem(cs, "output_ids"), a.output_ids, a.n_output), "%s: output ids differ", id);
         const char *want = cJSON_GetObjectItem(cs, "response")->valuestring;
         CHECK(!strcmp(a.response, want), "%s: response '%s' != '%s'", id, a.response, want);
         const cJSON *npl = cJSON_GetObjectItem(cs, "num_patches_list");
@@ -96,9 +53,9 @@ static void run_case(nvlm_model *m, const cJSON *cs) {
         CHECK(same, "%s: num_patches_list differs", id);
         char path[512];
         snprintf(path, sizeof path, "reference/%s", cJSON_GetObjectItem(cJSON_GetObjectItem(cs, "logits"), "path")->valuestring);
-        float *ref = read_f32(path, (size_t)m->cfg.llm.vocab_size);
+        float *ref = ref_read_f32(path, (size_t)m->cfg.llm.vocab_size);
         if (ref) {
-            double d = max_abs_diff(a.last_logits, ref, (size_t)m->cfg.llm.vocab_size);
+            double d = ref_max_abs_diff(a.last_logits, ref, (size_t)m->cfg.llm.vocab_size);
             CHECK(d <= 5e-4, "%s: logits max abs diff %.3g > 5e-4", id, d);
         }
         free(ref);
@@ -109,13 +66,13 @@ static void run_case(nvlm_model *m, const cJSON *cs) {
 }
 
 static void check_mlp1_unit(nvlm_model *m) {
-    float *in = read_f32("reference/model_cases/mlp1_unit.input.f32", 16 * 320);
-    float *ref = read_f32("reference/model_cases/mlp1_unit.output.f32", 16 * 64);
+    float *in = ref_read_f32("reference/model_cases/mlp1_unit.input.f32", 16 * 320);
+    float *ref = ref_read_f32("reference/model_cases/mlp1_unit.output.f32", 16 * 64);
     float out[16 * 64];
     nvlm_err err = {0};
     if (in && ref) {
         CHECK(nvlm_projector(m, in, 16, out, &err) == 0, "mlp1: %s", err.msg);
-        double d = max_abs_diff(out, ref, 16 * 64);
+        double d = ref_max_abs_diff(out, ref, 16 * 64);
         CHECK(d <= 1e-5, "mlp1 unit max abs diff %.3g > 1e-5", d);
     } else {
         CHECK(0, "mlp1 unit data missing");
@@ -163,15 +120,6 @@ static void check_cancel(nvlm_model *m) {
     if (!rc) nvlm_answer_free(&want);
 }
 
-static int selected(const char *id) {
-    const char *only = getenv("NVLM_MODEL_CASES");
-    if (!only || !*only) return 1;
-    size_t n = strlen(id);
-    for (const char *p = only; (p = strstr(p, id)); p += n)
-        if ((p == only || p[-1] == ',') && (p[n] == 0 || p[n] == ',')) return 1;
-    return 0;
-}
-
 int main(void) {
     char *text;
     size_t len;
@@ -187,7 +135,7 @@ int main(void) {
         cJSON *cs = cJSON_Parse(line);
         const char *id = cJSON_GetObjectItem(cs, "id")->valuestring;
         const char *model = cJSON_GetObjectItem(cs, "model")->valuestring;
-        if (selected(id) && strcmp(model, loaded)) {
+        if (ref_selected(id) && strcmp(model, loaded)) {
             nvlm_model_free(m);
             m = NULL;
             char rel[512];
@@ -196,10 +144,10 @@ int main(void) {
             snprintf(loaded, sizeof loaded, "%s", model);
             if (m && !strcmp(model, "models/tiny-nvlm-d")) {
                 check_mlp1_unit(m);
-                if (selected("cancel")) check_cancel(m);
+                if (ref_selected("cancel")) check_cancel(m);
             }
         }
-        if (m && selected(id)) run_case(m, cs);
+        if (m && ref_selected(id)) run_case(m, cs);
         cJSON_Delete(cs);
     }
     nvlm_model_free(m);

@@ -5,6 +5,7 @@
  * every inconsistent config of model_cases_xh/bad_configs.jsonl refused naming the field.
  * NVLM_MODEL_CASES=id1,id2 restricts the cases (debugging). */
 #include "check.h"
+#include "ref_cases.h"
 #include "core/file.h"
 #include "generate/layout_xh.h"
 #include "generate/prompt.h"
@@ -14,95 +15,40 @@
 #include <math.h>
 #include <unistd.h>
 
-static float *read_f32(const char *rel, size_t n) {
-    char *data;
-    size_t len;
-    nvlm_err err = {0};
-    if (nvlm_read_file(shared_path(rel), 0, &data, &len, &err) || len != n * 4) {
-        fprintf(stderr, "cannot read %s: %s\n", rel, err.msg);
-        return NULL;
-    }
-    return (float *)data;
-}
-
-static double max_abs_diff(const float *a, const float *b, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (!(d <= m)) m = d; /* NaN propagates as a failure */
-    }
-    return m;
-}
-
-static int ids_equal(const cJSON *arr, const int32_t *ids, size_t n) {
-    if ((size_t)cJSON_GetArraySize(arr) != n) return 0;
-    size_t i = 0;
-    const cJSON *e;
-    cJSON_ArrayForEach(e, arr) if (e->valueint != ids[i++]) return 0;
-    return 1;
-}
-
-static const char *str(const cJSON *o, const char *k) { return cJSON_GetObjectItem(o, k)->valuestring; }
-static int num(const cJSON *o, const char *k) { return cJSON_GetObjectItem(o, k)->valueint; }
-
-/* A chat set up as the case says (system, history, max_num, images). */
-static nvlm_chat *case_chat(nvlm_model *m, const cJSON *cs, const char *id) {
-    nvlm_err err = {0};
-    nvlm_chat *c = NULL;
-    CHECK(nvlm_chat_new(m, &c, &err) == 0, "%s: %s", id, err.msg);
-    if (!c) return NULL;
-    const cJSON *sys = cJSON_GetObjectItem(cs, "system_message"), *hist = cJSON_GetObjectItem(cs, "history");
-    if (cJSON_IsString(sys)) nvlm_chat_set_system(c, sys->valuestring, &err);
-    nvlm_chat_set_max_tiles(c, num(cs, "max_num"));
-    if (cJSON_IsArray(hist)) {
-        nvlm_chat_mark_history(c);
-        const cJSON *t;
-        cJSON_ArrayForEach(t, hist)
-            nvlm_chat_add_history(c, cJSON_GetArrayItem(t, 0)->valuestring, cJSON_GetArrayItem(t, 1)->valuestring, &err);
-    }
-    const cJSON *im;
-    cJSON_ArrayForEach(im, cJSON_GetObjectItem(cs, "images")) {
-        char rel[512];
-        snprintf(rel, sizeof rel, "reference/%s", im->valuestring);
-        CHECK(nvlm_chat_add_image_file(c, shared_path(rel), &err) == 0, "%s: %s", id, err.msg);
-    }
-    return c;
-}
-
 static void run_case(nvlm_model *m, const cJSON *cs) {
-    const char *id = str(cs, "id");
+    const char *id = ref_str(cs, "id");
     nvlm_err err = {0};
-    nvlm_chat *c = case_chat(m, cs, id);
+    nvlm_chat *c = ref_case_chat(m, cs, id);
     if (!c) return;
     nvlm_sampling s;
     nvlm_sampling_default(&s);
-    s.max_new_tokens = num(cs, "max_new_tokens");
+    s.max_new_tokens = ref_int(cs, "max_new_tokens");
     nvlm_answer a;
-    int rc = nvlm_chat_ask(c, str(cs, "question"), &s, NULL, NULL, &a, &err);
+    int rc = nvlm_chat_ask(c, ref_str(cs, "question"), &s, NULL, NULL, &a, &err);
     CHECK(rc == 0, "%s: ask: %s", id, err.msg);
     if (rc == 0) {
-        CHECK(ids_equal(cJSON_GetObjectItem(cs, "prompt_ids"), a.prompt_ids, a.n_prompt), "%s: prompt ids differ (%zu ids)", id, a.n_prompt);
-        CHECK(ids_equal(cJSON_GetObjectItem(cs, "output_ids"), a.output_ids, a.n_output), "%s: output ids differ", id);
-        CHECK(!strcmp(a.response, str(cs, "response")), "%s: response '%s' != '%s'", id, a.response, str(cs, "response"));
+        CHECK(ref_ids_equal(cJSON_GetObjectItem(cs, "prompt_ids"), a.prompt_ids, a.n_prompt), "%s: prompt ids differ (%zu ids)", id, a.n_prompt);
+        CHECK(ref_ids_equal(cJSON_GetObjectItem(cs, "output_ids"), a.output_ids, a.n_output), "%s: output ids differ", id);
+        CHECK(!strcmp(a.response, ref_str(cs, "response")), "%s: response '%s' != '%s'", id, a.response, ref_str(cs, "response"));
         const cJSON *npl = cJSON_GetObjectItem(cs, "num_patches_list");
         int same = (size_t)cJSON_GetArraySize(npl) == a.n_images;
         for (size_t i = 0; same && i < a.n_images; i++) same = cJSON_GetArrayItem(npl, (int)i)->valueint == a.num_patches[i];
         CHECK(same, "%s: num_patches_list differs", id);
         char path[512];
-        snprintf(path, sizeof path, "reference/%s", str(cJSON_GetObjectItem(cs, "logits"), "path"));
-        float *ref = read_f32(path, (size_t)m->cfg.llm.vocab_size);
+        snprintf(path, sizeof path, "reference/%s", ref_str(cJSON_GetObjectItem(cs, "logits"), "path"));
+        float *ref = ref_read_f32(path, (size_t)m->cfg.llm.vocab_size);
         CHECK(ref != NULL, "%s: no reference logits", id);
         if (ref) {
-            double d = max_abs_diff(a.last_logits, ref, (size_t)m->cfg.llm.vocab_size);
+            double d = ref_max_abs_diff(a.last_logits, ref, (size_t)m->cfg.llm.vocab_size);
             CHECK(d <= 6e-4, "%s: logits max abs diff %.3g > 6e-4", id, d);
         }
         free(ref);
         size_t self_kv, cross_kv;
         nvlm_chat_cache_bytes(c, &self_kv, &cross_kv);
-        size_t want = 2 * sizeof(float) * (size_t)m->cfg.num_xattn * (size_t)num(cs, "memory_rows") *
+        size_t want = 2 * sizeof(float) * (size_t)m->cfg.num_xattn * (size_t)ref_int(cs, "memory_rows") *
                       (size_t)(m->cfg.llm.num_kv_heads * nvlm_cfg_head_dim(&m->cfg));
         CHECK(cross_kv == want, "%s: cross-attention cache %zu bytes, want %zu (memory_rows %d)", id, cross_kv, want,
-              num(cs, "memory_rows"));
+              ref_int(cs, "memory_rows"));
         nvlm_answer_free(&a);
     }
     nvlm_chat_free(c);
@@ -111,7 +57,7 @@ static void run_case(nvlm_model *m, const cJSON *cs) {
 /* The layout alone, with zero features: memory rows of the case, and for NVLM-X the token
  * ranges of the tags (each sees its tile) and of "</Image>" (images visible after it). */
 static void check_layout(nvlm_model *m, const cJSON *cs) {
-    const char *id = str(cs, "id");
+    const char *id = ref_str(cs, "id");
     const cJSON *npl = cJSON_GetObjectItem(cs, "num_patches_list"), *hist = cJSON_GetObjectItem(cs, "history");
     int n_img = cJSON_GetArraySize(npl), tpt = nvlm_cfg_tokens_per_tile(&m->cfg), h = m->cfg.llm.hidden_size;
     nvlm_err err = {0};
@@ -127,7 +73,7 @@ static void check_layout(nvlm_model *m, const cJSON *cs) {
         CHECK(f && nvlm_layout_add_image(&xa, f, patches[i], &err) == 0, "%s: %s", id, err.msg);
         free(f);
     }
-    CHECK(xa.rows == num(cs, "memory_rows"), "%s: %d memory rows, want %d", id, xa.rows, num(cs, "memory_rows"));
+    CHECK(xa.rows == ref_int(cs, "memory_rows"), "%s: %d memory rows, want %d", id, xa.rows, ref_int(cs, "memory_rows"));
     /* the template as chat() builds it */
     nvlm_turn turns[8];
     int n_turns = 0;
@@ -135,7 +81,7 @@ static void check_layout(nvlm_model *m, const cJSON *cs) {
     cJSON_ArrayForEach(t, hist) if (n_turns < 8) turns[n_turns++] =
         (nvlm_turn){cJSON_GetArrayItem(t, 0)->valuestring, cJSON_GetArrayItem(t, 1)->valuestring};
     char q[1024];
-    const char *question = str(cs, "question");
+    const char *question = ref_str(cs, "question");
     snprintf(q, sizeof q, "%s%s", !cJSON_IsArray(hist) && n_img && !strstr(question, "<image>") ? "<image>\n" : "", question);
     nvlm_buf tmpl = {0};
     const cJSON *sys = cJSON_GetObjectItem(cs, "system_message");
@@ -143,14 +89,14 @@ static void check_layout(nvlm_model *m, const cJSON *cs) {
     int32_t *ids = NULL;
     size_t n = 0;
     CHECK(nvlm_layout_prompt(&xa, tmpl.data, patches, n_img, &ids, &n, &err) == 0, "%s: layout: %s", id, err.msg);
-    CHECK(ids_equal(cJSON_GetObjectItem(cs, "prompt_ids"), ids, n), "%s: layout prompt ids differ", id);
+    CHECK(ref_ids_equal(cJSON_GetObjectItem(cs, "prompt_ids"), ids, n), "%s: layout prompt ids differ", id);
     CHECK(xa.n_visible == n_img, "%s: %d images laid out, want %d", id, xa.n_visible, n_img);
     const cJSON *segs = cJSON_GetObjectItem(cs, "prompt_segments");
     if (cJSON_IsArray(segs)) {
         int tag = 0, img = 0, ok = 1;
         const cJSON *sg;
         cJSON_ArrayForEach(sg, segs) {
-            const char *kind = str(sg, "kind");
+            const char *kind = ref_str(sg, "kind");
             const cJSON *r = cJSON_GetObjectItem(sg, "ids");
             int p0 = cJSON_GetArrayItem(r, 0)->valueint, p1 = cJSON_GetArrayItem(r, 1)->valueint;
             if (!strcmp(kind, "tag")) {
@@ -247,7 +193,7 @@ static void check_multi_turn(nvlm_model *m, const char *name) {
         CHECK(bc == cross2, "%s: cross-attention cache %zu vs fresh %zu", name, cross2, bc);
         CHECK(a2.n_prompt == b2.n_prompt && !memcmp(a2.prompt_ids, b2.prompt_ids, sizeof(int32_t) * a2.n_prompt),
               "%s: second-turn prompt differs from the fresh chat's", name);
-        double d = max_abs_diff(a2.last_logits, b2.last_logits, (size_t)m->cfg.llm.vocab_size);
+        double d = ref_max_abs_diff(a2.last_logits, b2.last_logits, (size_t)m->cfg.llm.vocab_size);
         CHECK(d <= 1e-4, "%s: second-turn logits differ from a fresh chat by %.3g", name, d);
         CHECK(a2.n_output == b2.n_output && !memcmp(a2.output_ids, b2.output_ids, sizeof(int32_t) * a2.n_output),
               "%s: second-turn output differs from a fresh chat's", name);
@@ -267,11 +213,11 @@ static int mutated_copy(const cJSON *bc, char *dir, size_t cap) {
                                   "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"};
     char from[8192], to[1024];
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
-        snprintf(from, sizeof from, "%sreference/%s/%s", src, str(bc, "model"), files[i]);
+        snprintf(from, sizeof from, "%sreference/%s/%s", src, ref_str(bc, "model"), files[i]);
         snprintf(to, sizeof to, "%s/%s", dir, files[i]);
         if (access(from, F_OK) == 0 && symlink(from, to)) return -1;
     }
-    snprintf(from, sizeof from, "%sreference/%s/config.json", src, str(bc, "model"));
+    snprintf(from, sizeof from, "%sreference/%s/config.json", src, ref_str(bc, "model"));
     char *text;
     size_t len;
     nvlm_err err = {0};
@@ -327,9 +273,9 @@ static void check_bad_configs(void) {
         nvlm_load_options lo = {1, NULL, NULL};
         nvlm_err e = {0};
         int rc = nvlm_model_load(dir, &lo, &m, &e);
-        CHECK(rc < 0 && !m, "%s: loaded", str(bc, "id"));
-        CHECK(strstr(e.msg, str(bc, "error_mentions")) != NULL, "%s: error '%s' does not name %s", str(bc, "id"), e.msg,
-              str(bc, "error_mentions"));
+        CHECK(rc < 0 && !m, "%s: loaded", ref_str(bc, "id"));
+        CHECK(strstr(e.msg, ref_str(bc, "error_mentions")) != NULL, "%s: error '%s' does not name %s", ref_str(bc, "id"), e.msg,
+              ref_str(bc, "error_mentions"));
         nvlm_model_free(m);
         remove_copy(dir);
         cJSON_Delete(bc);
@@ -337,15 +283,6 @@ static void check_bad_configs(void) {
     }
     CHECK(n == 15, "%d bad configs, want 15", n);
     free(text);
-}
-
-static int selected(const char *id) {
-    const char *only = getenv("NVLM_MODEL_CASES");
-    if (!only || !*only) return 1;
-    size_t n = strlen(id);
-    for (const char *p = only; (p = strstr(p, id)); p += n)
-        if ((p == only || p[-1] == ',') && (p[n] == 0 || p[n] == ',')) return 1;
-    return 0;
 }
 
 int main(void) {
@@ -363,8 +300,8 @@ int main(void) {
     int n_cases = 0;
     for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
         cJSON *cs = cJSON_Parse(line);
-        const char *id = str(cs, "id"), *model = str(cs, "model");
-        if (selected(id) && strcmp(model, loaded)) {
+        const char *id = ref_str(cs, "id"), *model = ref_str(cs, "model");
+        if (ref_selected(id) && strcmp(model, loaded)) {
             if (m) check_multi_turn(m, loaded);
             nvlm_model_free(m);
             m = NULL;
@@ -374,7 +311,7 @@ int main(void) {
             snprintf(loaded, sizeof loaded, "%s", model);
             if (m) check_identity(m);
         }
-        if (m && selected(id)) {
+        if (m && ref_selected(id)) {
             run_case(m, cs);
             check_layout(m, cs);
             n_cases++;
