@@ -198,6 +198,7 @@ typedef struct nvlm_answer {
     char *response;          /* the stripped answer text, malloc'ed */
     int32_t *prompt_ids;     /* the whole prompt of this turn */
     size_t n_prompt;
+    size_t n_prompt_reused;  /* leading prompt tokens whose KV cache was kept from the last turn */
     int32_t *output_ids;     /* generated ids, with the stop token when one was generated */
     size_t n_output;
     int *num_patches;        /* tiles per image of the conversation */

@@ -136,7 +136,10 @@ int cli_chat_new(const char *cmd, const cli_model_opts *o, nvlm_model *m, nvlm_c
 }
 
 void cli_print_timings(const nvlm_answer *a) {
-    fprintf(stderr, "nvlm: vit %.1f ms | prompt %zu tokens %.1f ms (%.1f tok/s) | generated %zu tokens %.1f ms (%.1f tok/s)\n",
-            a->vit_ms, a->n_prompt, a->prompt_ms, a->prompt_ms > 0 ? a->n_prompt * 1e3 / a->prompt_ms : 0.0,
-            a->n_output, a->gen_ms, a->gen_ms > 0 ? a->n_output * 1e3 / a->gen_ms : 0.0);
+    size_t computed = a->n_prompt - a->n_prompt_reused;
+    fprintf(stderr, "nvlm: vit %.1f ms | prompt %zu tokens (%zu reused from the last turn) %.1f ms (%.1f tok/s) | "
+                    "generated %zu tokens %.1f ms (%.1f tok/s)\n",
+            a->vit_ms, a->n_prompt, a->n_prompt_reused, a->prompt_ms,
+            a->prompt_ms > 0 ? computed * 1e3 / a->prompt_ms : 0.0, a->n_output, a->gen_ms,
+            a->gen_ms > 0 ? a->n_output * 1e3 / a->gen_ms : 0.0);
 }

@@ -414,6 +414,7 @@ int nvlm_chat_ask(nvlm_chat *c, const char *question, const nvlm_sampling *s_in,
         size_t keep = common_prefix(c->cached, (size_t)c->kv.len, out->prompt_ids, out->n_prompt);
         if (keep == out->n_prompt) keep--; /* recompute the last position for its logits */
         nvlm_kv_truncate(&c->kv, (int)keep);
+        out->n_prompt_reused = keep;
         rc = prefill(c, out->prompt_ids, keep, out->n_prompt, logits, err);
     }
     double t2 = now_ms();
