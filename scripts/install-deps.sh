@@ -2,7 +2,7 @@
 # Installs the Debian packages nvlm builds and tests with (as root). Does nothing when all
 # are present, so it is safe to run every time.
 set -eu
-pkgs="build-essential pkg-config bc libjpeg62-turbo-dev libpng-dev libwebp-dev libgif-dev
+pkgs="build-essential pkg-config bc libjpeg62-turbo-dev libpng-dev libdeflate-dev libwebp-dev libgif-dev
       libutf8proc-dev libcjson-dev libonig-dev libssl-dev libmicrohttpd-dev"
 missing=""
 for p in $pkgs; do

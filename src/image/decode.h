@@ -20,6 +20,20 @@ typedef enum img_format {
     IMG_BMP
 } img_format;
 
+/* What a decode may be told and may tell (img_decode_ctl). */
+typedef struct img_ctl {
+    uint64_t max_pixels;
+    int png_libpng_only;  /* never the PNG fast path (the tests compare both ways) */
+    int png_fast_taken;   /* out: 1 when the PNG fast path made the image */
+    /* Optional, for a consumer running alongside the decoder. JPEG and PNG call
+     * rows_done(user, img, 0) once the image buffer exists, then with the count of final
+     * rows as it grows (other formats never call it: the image is whole on return); on a
+     * failure after the first call, rows_done(user, img, -1) comes before the buffer is
+     * freed, and must not return while the consumer still reads it. */
+    void (*rows_done)(void *user, const nvlm_image *img, int rows);
+    void *user;
+} img_ctl;
+
 /* Format named by the first bytes (Pillow's _accept checks), IMG_UNKNOWN if none. */
 img_format img_sniff(const uint8_t *data, size_t len);
 const char *img_format_name(img_format f);
@@ -28,9 +42,13 @@ const char *img_format_name(img_format f);
 int img_decode_as(img_format f, const uint8_t *data, size_t len, uint64_t max_pixels,
                   nvlm_image *out, nvlm_err *err);
 
-int img_decode_jpeg(const uint8_t *data, size_t len, uint64_t max_pixels, nvlm_image *out,
+/* The same with a control block (max_pixels 0 means the default). */
+int img_decode_ctl(img_format f, const uint8_t *data, size_t len, img_ctl *ctl, nvlm_image *out,
+                   nvlm_err *err);
+
+int img_decode_jpeg(const uint8_t *data, size_t len, img_ctl *ctl, nvlm_image *out,
                     nvlm_err *err);
-int img_decode_png(const uint8_t *data, size_t len, uint64_t max_pixels, nvlm_image *out,
+int img_decode_png(const uint8_t *data, size_t len, img_ctl *ctl, nvlm_image *out,
                    nvlm_err *err);
 int img_decode_webp(const uint8_t *data, size_t len, uint64_t max_pixels, nvlm_image *out,
                     nvlm_err *err);

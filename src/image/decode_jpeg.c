@@ -20,6 +20,7 @@ typedef struct jpeg_ctx {
     struct jpeg_error_mgr pub;
     jmp_buf jump;
     int truncated;               /* the source ran out of bytes */
+    int announced;               /* ctl->rows_done was told about the image buffer */
     char msg[JMSG_LENGTH_MAX];   /* libjpeg's message for the fatal error */
 } jpeg_ctx;
 
@@ -67,7 +68,7 @@ static void gray_row_to_rgb(const uint8_t *in, uint8_t *out, int w) {
 }
 
 /* The part that may longjmp; everything it owns lives in *img / *row so the caller frees it. */
-static int decode_body(struct jpeg_decompress_struct *cinfo, uint64_t max_pixels,
+static int decode_body(struct jpeg_decompress_struct *cinfo, img_ctl *ctl, jpeg_ctx *ctx,
                        nvlm_image *img, uint8_t **row, nvlm_err *err) {
     jpeg_read_header(cinfo, TRUE);
     int nc = cinfo->num_components;
@@ -75,8 +76,13 @@ static int decode_body(struct jpeg_decompress_struct *cinfo, uint64_t max_pixels
     else if (nc == 3) cinfo->out_color_space = JCS_RGB;
     else if (nc == 4) cinfo->out_color_space = JCS_CMYK;
     else return nvlm_fail(err, NVLM_E_UNSUPPORTED, "JPEG: cannot handle %d-component images", nc);
-    int rc = img_alloc("JPEG", cinfo->image_width, cinfo->image_height, max_pixels, 0, img, err);
+    int rc = img_alloc("JPEG", cinfo->image_width, cinfo->image_height, ctl->max_pixels, 0, img,
+                       err);
     if (rc != NVLM_OK) return rc;
+    if (ctl->rows_done) {
+        ctx->announced = 1;
+        ctl->rows_done(ctl->user, img, 0);
+    }
     jpeg_start_decompress(cinfo);
     if ((int)cinfo->output_width != img->width || (int)cinfo->output_height != img->height ||
         cinfo->output_components != (nc == 4 ? 4 : nc))
@@ -102,12 +108,13 @@ static int decode_body(struct jpeg_decompress_struct *cinfo, uint64_t max_pixels
             if (nc == 1) gray_row_to_rgb(*row, dst, (int)w);
             else cmyk_row_to_rgb(*row, dst, (int)w);
         }
+        if (ctl->rows_done) ctl->rows_done(ctl->user, img, (int)cinfo->output_scanline);
     }
     jpeg_finish_decompress(cinfo);
     return NVLM_OK;
 }
 
-int img_decode_jpeg(const uint8_t *data, size_t len, uint64_t max_pixels, nvlm_image *out,
+int img_decode_jpeg(const uint8_t *data, size_t len, img_ctl *ctl, nvlm_image *out,
                     nvlm_err *err) {
     struct jpeg_decompress_struct cinfo;
     jpeg_ctx ctx;
@@ -131,6 +138,7 @@ int img_decode_jpeg(const uint8_t *data, size_t len, uint64_t max_pixels, nvlm_i
             rc = nvlm_fail(err, NVLM_E_FORMAT, "JPEG: corrupt data: %s", ctx.msg);
         jpeg_destroy_decompress(&cinfo);
         free(*prow);
+        if (ctx.announced) ctl->rows_done(ctl->user, pimg, -1);
         nvlm_image_free(pimg);
         return rc;
     }
@@ -144,10 +152,11 @@ int img_decode_jpeg(const uint8_t *data, size_t len, uint64_t max_pixels, nvlm_i
     src.next_input_byte = data;
     src.bytes_in_buffer = len;
     cinfo.src = &src;
-    rc = decode_body(&cinfo, max_pixels, pimg, prow, err);
+    rc = decode_body(&cinfo, ctl, &ctx, pimg, prow, err);
     jpeg_destroy_decompress(&cinfo);
     free(row);
     if (rc != NVLM_OK) {
+        if (ctx.announced) ctl->rows_done(ctl->user, &img, -1);
         nvlm_image_free(&img);
         return rc;
     }

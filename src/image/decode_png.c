@@ -8,6 +8,7 @@
  * so we error on bad CRCs up to the first IDAT and use IDAT data whatever its CRC.
  * Truncated files (the zlib stream or IDAT chunks end before the last row) are errors. */
 #include "image/decode.h"
+#include "image/png_fast.h"
 #include "core/err.h"
 #include <png.h>
 #include <setjmp.h>
@@ -18,6 +19,7 @@ typedef struct png_src {
     const uint8_t *data;
     size_t len, pos;
     int truncated;
+    int announced; /* ctl->rows_done was told about the image buffer */
     char msg[256];
 } png_src;
 
@@ -48,7 +50,8 @@ typedef struct png_layout {
     uint8_t pal[256 * 3]; /* gray ramp, overwritten by PLTE entries */
 } png_layout;
 
-static void row_to_rgb(const png_layout *L, const uint8_t *in, uint8_t *out, int w) {
+static void row_to_rgb(const void *ctx, const uint8_t *in, uint8_t *out, int w) {
+    const png_layout *L = ctx;
     int ct = L->color_type, bd = L->bit_depth;
     int x;
     switch (ct) {
@@ -94,7 +97,27 @@ static void row_to_rgb(const png_layout *L, const uint8_t *in, uint8_t *out, int
     }
 }
 
-static int decode_body(png_structp png, png_infop info, uint64_t max_pixels,
+/* The fast path (png_fast.h) for a non-interlaced image; 1 when it made the image. */
+static int try_fast(const png_src *s, const png_layout *L, img_ctl *ctl, nvlm_image *img) {
+    png_fast_job j;
+    memset(&j, 0, sizeof j);
+    j.data = s->data;
+    j.len = s->len;
+    j.idat = s->pos;
+    j.w = (uint32_t)img->width;
+    j.h = (uint32_t)img->height;
+    j.bit_depth = L->bit_depth;
+    j.color_type = L->color_type;
+    j.to_rgb = L->color_type == PNG_COLOR_TYPE_RGB && L->bit_depth == 8 ? NULL : row_to_rgb;
+    j.ctx = L;
+    j.rgb = img->rgb;
+    j.img = img;
+    j.rows_done = ctl->rows_done;
+    j.user = ctl->user;
+    return png_fast_rows(&j);
+}
+
+static int decode_body(png_structp png, png_infop info, png_src *src, img_ctl *ctl,
                        nvlm_image *img, uint8_t **buf, nvlm_err *err) {
     png_layout L;
     png_uint_32 w, h;
@@ -118,8 +141,16 @@ static int decode_body(png_structp png, png_infop info, uint64_t max_pixels,
             L.pal[3 * i + 2] = pal[i].blue;
         }
     }
-    int rc = img_alloc("PNG", w, h, max_pixels, 0, img, err);
+    int rc = img_alloc("PNG", w, h, ctl->max_pixels, 0, img, err);
     if (rc != NVLM_OK) return rc;
+    if (ctl->rows_done) {
+        src->announced = 1;
+        ctl->rows_done(ctl->user, img, 0);
+    }
+    if (il == PNG_INTERLACE_NONE && !ctl->png_libpng_only && try_fast(src, &L, ctl, img)) {
+        ctl->png_fast_taken = 1;
+        return NVLM_OK;
+    }
     if (bd < 8) png_set_packing(png); /* one byte per sample, value unscaled */
     int passes = png_set_interlace_handling(png);
     png_read_update_info(png, info);
@@ -140,6 +171,7 @@ static int decode_body(png_structp png, png_infop info, uint64_t max_pixels,
         png_read_image(png, rows);
         for (png_uint_32 y = 0; y < h; y++)
             row_to_rgb(&L, rows[y], img->rgb + (size_t)y * w * 3, (int)w);
+        if (ctl->rows_done) ctl->rows_done(ctl->user, img, (int)h);
     } else {
         int direct = ct == PNG_COLOR_TYPE_RGB && bd == 8;
         if (!direct) {
@@ -150,15 +182,16 @@ static int decode_body(png_structp png, png_infop info, uint64_t max_pixels,
             uint8_t *dst = img->rgb + (size_t)y * w * 3;
             png_read_row(png, direct ? dst : *buf, NULL);
             if (!direct) row_to_rgb(&L, *buf, dst, (int)w);
+            if (ctl->rows_done) ctl->rows_done(ctl->user, img, (int)y + 1);
         }
     }
     /* No png_read_end: Pillow stops reading once the image is complete. */
     return NVLM_OK;
 }
 
-int img_decode_png(const uint8_t *data, size_t len, uint64_t max_pixels, nvlm_image *out,
+int img_decode_png(const uint8_t *data, size_t len, img_ctl *ctl, nvlm_image *out,
                    nvlm_err *err) {
-    png_src src = {data, len, 0, 0, {0}};
+    png_src src = {data, len, 0, 0, 0, {0}};
     nvlm_image img = {0, 0, NULL};
     uint8_t *buf = NULL;
     nvlm_image *volatile pimg = &img;
@@ -178,6 +211,7 @@ int img_decode_png(const uint8_t *data, size_t len, uint64_t max_pixels, nvlm_im
         else rc = nvlm_fail(err, NVLM_E_FORMAT, "PNG: corrupt data: %s", src.msg);
         png_destroy_read_struct(&png, &info, NULL);
         free(*pbuf);
+        if (src.announced) ctl->rows_done(ctl->user, pimg, -1);
         nvlm_image_free(pimg);
         return rc;
     }
@@ -187,10 +221,11 @@ int img_decode_png(const uint8_t *data, size_t len, uint64_t max_pixels, nvlm_im
     png_set_check_for_invalid_index(png, 0);
     png_set_user_limits(png, 0x7fffffff, 0x7fffffff); /* our pixel limit applies instead */
     png_set_read_fn(png, &src, on_read);
-    rc = decode_body(png, info, max_pixels, pimg, pbuf, err);
+    rc = decode_body(png, info, &src, ctl, pimg, pbuf, err);
     png_destroy_read_struct(&png, &info, NULL);
     free(buf);
     if (rc != NVLM_OK) {
+        if (src.announced) ctl->rows_done(ctl->user, &img, -1);
         nvlm_image_free(&img);
         return rc;
     }

@@ -53,9 +53,19 @@ int img_alloc(const char *fmt, uint64_t w, uint64_t h, uint64_t max_pixels, int 
 
 int img_decode_as(img_format f, const uint8_t *data, size_t len, uint64_t max_pixels,
                   nvlm_image *out, nvlm_err *err) {
+    img_ctl ctl = {0};
+    ctl.max_pixels = max_pixels;
+    return img_decode_ctl(f, data, len, &ctl, out, err);
+}
+
+int img_decode_ctl(img_format f, const uint8_t *data, size_t len, img_ctl *ctl, nvlm_image *out,
+                   nvlm_err *err) {
+    uint64_t max_pixels = ctl->max_pixels ? ctl->max_pixels : IMG_DEFAULT_MAX_PIXELS;
+    ctl->max_pixels = max_pixels;
+    ctl->png_fast_taken = 0;
     switch (f) {
-    case IMG_JPEG: return img_decode_jpeg(data, len, max_pixels, out, err);
-    case IMG_PNG: return img_decode_png(data, len, max_pixels, out, err);
+    case IMG_JPEG: return img_decode_jpeg(data, len, ctl, out, err);
+    case IMG_PNG: return img_decode_png(data, len, ctl, out, err);
     case IMG_WEBP: return img_decode_webp(data, len, max_pixels, out, err);
     case IMG_GIF: return img_decode_gif(data, len, max_pixels, out, err);
     case IMG_BMP: return img_decode_bmp(data, len, max_pixels, out, err);
