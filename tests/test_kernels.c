@@ -54,25 +54,29 @@ static void test_matmul(nvlm_pool *p1, nvlm_pool *p3, int level) {
             nvlm_wmat w = {dt, N, K, wd};
             float *ref = malloc(sizeof(float) * T * N), *y1 = malloc(sizeof(float) * T * N), *y3 = malloc(sizeof(float) * T * N);
             nvlm_matmul_scalar(p1, ref, x, T, &w, bias);
-            nvlm_matmul(p1, y1, x, T, &w, bias);
-            nvlm_matmul(p3, y3, x, T, &w, bias);
-            /* bound: float rounding of a K-term sum; block formats on the matrix-vector path also
-             * round x to 8 bits (relative 1/254 per term) */
-            double worst = 0;
-            for (int t = 0; t < T; t++)
-                for (int o = 0; o < N; o++) {
-                    double mag = 0;
-                    float wrow[600];
-                    nvlm_row_to_f32(wrow, (uint8_t *)wd + (size_t)o * nvlm_row_bytes(dt, K), dt, K);
-                    for (int k = 0; k < K; k++) mag += fabs((double)x[t * K + k] * wrow[k]);
-                    double tol = mag * (nvlm_dtype_is_block(dt) && T <= 3 && level ? 1.0 / 100 : 1e-6) + 1e-6;
-                    double e = fabs((double)y1[t * N + o] - ref[t * N + o]) / tol;
-                    if (!(e <= worst)) worst = e;
-                }
-            CHECK(worst <= 1, "%s matmul %s T=%d N=%d K=%d: error %.3g x the bound", nvlm_cpu_level_name(level),
-                  nvlm_dtype_name(dt), T, N, K, worst);
-            CHECK(!memcmp(y1, y3, sizeof(float) * T * N), "%s matmul %s T=%d N=%d K=%d: 1 and 3 threads differ",
-                  nvlm_cpu_level_name(level), nvlm_dtype_name(dt), T, N, K);
+            /* the default keeps x in float32; the int8-activation option (llama.cpp's way) rounds x
+             * to 8 bits per block of 32 (relative 1/254 per term) on the matrix-vector path */
+            for (int int8 = 0; int8 <= (nvlm_dtype_is_block(dt) && T <= 3 && level); int8++) {
+                nvlm_pool_set_int8_act(p1, int8), nvlm_pool_set_int8_act(p3, int8);
+                nvlm_matmul(p1, y1, x, T, &w, bias);
+                nvlm_matmul(p3, y3, x, T, &w, bias);
+                double worst = 0;
+                for (int t = 0; t < T; t++)
+                    for (int o = 0; o < N; o++) {
+                        double mag = 0;
+                        float wrow[600];
+                        nvlm_row_to_f32(wrow, (uint8_t *)wd + (size_t)o * nvlm_row_bytes(dt, K), dt, K);
+                        for (int k = 0; k < K; k++) mag += fabs((double)x[t * K + k] * wrow[k]);
+                        double tol = mag * (int8 ? 1.0 / 100 : 1e-6) + 1e-6;
+                        double e = fabs((double)y1[t * N + o] - ref[t * N + o]) / tol;
+                        if (!(e <= worst)) worst = e;
+                    }
+                CHECK(worst <= 1, "%s matmul %s%s T=%d N=%d K=%d: error %.3g x the bound", nvlm_cpu_level_name(level),
+                      nvlm_dtype_name(dt), int8 ? " (int8 x)" : "", T, N, K, worst);
+                CHECK(!memcmp(y1, y3, sizeof(float) * T * N), "%s matmul %s T=%d N=%d K=%d: 1 and 3 threads differ",
+                      nvlm_cpu_level_name(level), nvlm_dtype_name(dt), T, N, K);
+            }
+            nvlm_pool_set_int8_act(p1, 0), nvlm_pool_set_int8_act(p3, 0);
             free(wf), free(x), free(bias), free(wd), free(ref), free(y1), free(y3);
         }
 }

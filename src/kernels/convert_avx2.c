@@ -40,17 +40,17 @@ void nvlm_row_to_f32_avx2(float *dst, const void *src, nvlm_dtype t, int n) {
     }
     case NVLM_DT_Q4: {
         const nvlm_block_q4 *b = src;
-        const __m128i m4 = _mm_set1_epi8(15), e8 = _mm_set1_epi8(8);
+        const __m128i m4 = _mm_set1_epi8(15);
         for (int k = 0; k < n / NVLM_QK; k++) {
-            __m256 d = _mm256_set1_ps(_cvtsh_ss(b[k].d));
+            __m256 d = _mm256_set1_ps(_cvtsh_ss(b[k].d)), m = _mm256_set1_ps(_cvtsh_ss(b[k].m));
             __m128i bytes = _mm_loadu_si128((const __m128i *)b[k].q);
-            __m128i lo = _mm_sub_epi8(_mm_and_si128(bytes, m4), e8);
-            __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), m4), e8);
+            __m128i lo = _mm_and_si128(bytes, m4), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), m4);
             float *o = dst + k * NVLM_QK;
-            _mm256_storeu_ps(o, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
-            _mm256_storeu_ps(o + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))));
-            _mm256_storeu_ps(o + 16, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))));
-            _mm256_storeu_ps(o + 24, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))));
+            /* d * q + m as two roundings (mul, add), like the scalar reference */
+            _mm256_storeu_ps(o, _mm256_add_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo))), m));
+            _mm256_storeu_ps(o + 8, _mm256_add_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)))), m));
+            _mm256_storeu_ps(o + 16, _mm256_add_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi))), m));
+            _mm256_storeu_ps(o + 24, _mm256_add_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)))), m));
         }
         return;
     }
@@ -103,42 +103,42 @@ void nvlm_quantize_row_q8a_avx2(const float *x, nvlm_block_q8a *b, int n) {
     }
 }
 
-/* 32 int8 weights of block i as a vector. */
-static inline __m256i q_weights(nvlm_dtype t, const void *w, int i, float *dw) {
-    if (t == NVLM_DT_Q8_0) {
-        const nvlm_block_q8_0 *b = (const nvlm_block_q8_0 *)w + i;
-        *dw = _cvtsh_ss(b->d);
-        return _mm256_loadu_si256((const __m256i *)b->q);
-    }
-    const nvlm_block_q4 *b = (const nvlm_block_q4 *)w + i;
-    *dw = _cvtsh_ss(b->d);
-    __m128i bytes = _mm_loadu_si128((const __m128i *)b->q);
-    __m256i both = _mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes);
-    return _mm256_sub_epi8(_mm256_and_si256(both, _mm256_set1_epi8(15)), _mm256_set1_epi8(8));
-}
-
-/* Sum of 32 int8 products as 8 int32 lanes (maddubs needs an unsigned operand: |w|, sign moved to x). */
+/* Sum of 32 int8 products as 8 float lanes (maddubs needs an unsigned operand: |w|, sign moved to x). */
 static inline __m256 dot_i8(__m256i w, __m256i x) {
     __m256i ax = _mm256_sign_epi8(w, w), sx = _mm256_sign_epi8(x, w);
     __m256i s16 = _mm256_maddubs_epi16(ax, sx);
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
 }
 
+/* The same for unsigned weights 0..15 (Q4 nibbles), and the sum of x as 8 lanes. */
+static inline __m256 dot_u4(__m256i w, __m256i x, __m256 *xsum) {
+    __m256i ones = _mm256_set1_epi16(1);
+    *xsum = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), x), ones));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones));
+}
+
+/* llama.cpp-style dot product: int8 activations (nvlm_quantize_row_q8a) against the weight
+ * blocks (the option NVLM_QACT=int8; the default multiplies float32 activations). */
 float nvlm_vec_dot_q_avx2(nvlm_dtype t, const void *w, const nvlm_block_q8a *x, int n) {
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int nb = n / NVLM_QK, i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        float d0, d1;
-        __m256i w0 = q_weights(t, w, i, &d0), w1 = q_weights(t, w, i + 1, &d1);
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * x[i].d), dot_i8(w0, _mm256_loadu_si256((const __m256i *)x[i].q)), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1 * x[i + 1].d), dot_i8(w1, _mm256_loadu_si256((const __m256i *)x[i + 1].q)), acc1);
+    __m256 acc = _mm256_setzero_ps();
+    int nb = n / NVLM_QK;
+    if (t == NVLM_DT_Q8_0) {
+        const nvlm_block_q8_0 *b = w;
+        for (int i = 0; i < nb; i++) {
+            __m256i wq = _mm256_loadu_si256((const __m256i *)b[i].q);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(b[i].d) * x[i].d), dot_i8(wq, _mm256_loadu_si256((const __m256i *)x[i].q)), acc);
+        }
+    } else {
+        const nvlm_block_q4 *b = w;
+        for (int i = 0; i < nb; i++) {
+            __m128i bytes = _mm_loadu_si128((const __m128i *)b[i].q);
+            __m256i wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes), _mm256_set1_epi8(15));
+            __m256 xs, s = dot_u4(wq, _mm256_loadu_si256((const __m256i *)x[i].q), &xs);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(b[i].d) * x[i].d), s, acc);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(b[i].m) * x[i].d), xs, acc);
+        }
     }
-    for (; i < nb; i++) {
-        float d0;
-        __m256i w0 = q_weights(t, w, i, &d0);
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * x[i].d), dot_i8(w0, _mm256_loadu_si256((const __m256i *)x[i].q)), acc0);
-    }
-    return hsum(_mm256_add_ps(acc0, acc1));
+    return hsum(acc);
 }
 #pragma GCC pop_options
 #endif

@@ -4,11 +4,13 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 struct nvlm_pool {
     int n_threads;              /* including the calling thread */
     int level;                  /* kernel instruction-set level (kernels/cpu.h) */
+    int int8_act;               /* Q8_0/Q4 matrix-vector with int8 activations */
     pthread_t *workers;
     pthread_mutex_t mu;
     pthread_cond_t wake, done;
@@ -79,6 +81,8 @@ int nvlm_pool_new(int n_threads, nvlm_pool **out, nvlm_err *err) {
     if (!p) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory creating the thread pool");
     p->n_threads = n_threads;
     p->level = nvlm_cpu_level();
+    const char *qa = getenv("NVLM_QACT");
+    p->int8_act = qa && !strcmp(qa, "int8");
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);
@@ -130,6 +134,10 @@ int nvlm_pool_set_level(nvlm_pool *p, int level) {
     p->level = level < 0 ? 0 : level > hw ? hw : level;
     return p->level;
 }
+
+int nvlm_pool_int8_act(const nvlm_pool *p) { return p ? p->int8_act : 0; }
+
+void nvlm_pool_set_int8_act(nvlm_pool *p, int on) { p->int8_act = on != 0; }
 
 void nvlm_pool_run(nvlm_pool *p, size_t n, size_t grain, nvlm_pool_fn fn, void *ctx) {
     if (n == 0) return;

@@ -23,6 +23,12 @@ int nvlm_pool_level(const nvlm_pool *p);
 /* Forces a level (clamped to what the machine supports); returns the level set. */
 int nvlm_pool_set_level(nvlm_pool *p, int level);
 
+/* 1 when the matrix-vector kernels of Q8_0/Q4 weights quantize the activations to int8 per
+ * block of 32 (llama.cpp's way: less exact, see docs/quantization.md); 0 (the default) keeps
+ * them float32. Set at creation from NVLM_QACT=int8|f32; a NULL pool means 0. */
+int nvlm_pool_int8_act(const nvlm_pool *p);
+void nvlm_pool_set_int8_act(nvlm_pool *p, int on);
+
 /* Runs fn over [0, n) split into chunks of at least `grain` indices; returns when all are
  * done. pool may be NULL (runs inline). Not reentrant: do not call from inside fn. */
 void nvlm_pool_run(nvlm_pool *p, size_t n, size_t grain, nvlm_pool_fn fn, void *ctx);

@@ -1,10 +1,13 @@
-/* qblock.h - block-quantized weight formats (llama.cpp's layouts, docs/quantization.md):
- *   Q8_0: blocks of 32 weights = f16 scale d + 32 int8 q;        w = d * q        (34 bytes)
- *   Q4  : blocks of 32 weights = f16 scale d + 16 bytes of nibbles; byte j holds weight j in
- *         its low nibble and weight j+16 in its high nibble;     w = d * (q - 8)  (18 bytes)
- * A row of a matrix is cols/32 consecutive blocks. The matrix-vector kernels quantize the
- * activations to Q8A blocks (float scale, 32 int8) and take integer dot products, as
- * llama.cpp does; the matrix-matrix kernels expand weights to float32 instead. Internal. */
+/* qblock.h - block-quantized weight formats (llama.cpp's Q8_0 and Q4_1 layouts,
+ * docs/quantization.md):
+ *   Q8_0: blocks of 32 weights = f16 scale d + 32 int8 q;           w = d * q       (34 bytes)
+ *   Q4  : blocks of 32 weights = f16 scale d, f16 minimum m + 16 bytes of nibbles; byte j
+ *         holds weight j in its low nibble and weight j+16 in its high one; w = d * q + m
+ *         (20 bytes, llama.cpp's Q4_1; dtype string "Q4_1" on disk)
+ * A row of a matrix is cols/32 consecutive blocks. Both the matrix-vector and matrix-matrix
+ * kernels multiply float32 activations by the dequantized weights (the result is the float
+ * model with the weight error alone); the int8-activation dot products of llama.cpp
+ * (nvlm_vec_dot_q, activations quantized to Q8A blocks) remain as an option. Internal. */
 #ifndef NVLM_KERNELS_QBLOCK_H
 #define NVLM_KERNELS_QBLOCK_H
 #include "model/safetensors.h"
@@ -19,7 +22,7 @@ typedef struct nvlm_block_q8_0 {
 } nvlm_block_q8_0;
 
 typedef struct nvlm_block_q4 {
-    uint16_t d; /* f16 bits */
+    uint16_t d, m; /* f16 bits: scale and minimum */
     uint8_t q[NVLM_QK / 2];
 } nvlm_block_q4;
 
@@ -30,14 +33,15 @@ typedef struct nvlm_block_q8a {
 } nvlm_block_q8a;
 
 _Static_assert(sizeof(nvlm_block_q8_0) == 34, "Q8_0 block is 34 bytes");
-_Static_assert(sizeof(nvlm_block_q4) == 18, "Q4 block is 18 bytes");
+_Static_assert(sizeof(nvlm_block_q4) == 20, "Q4 block is 20 bytes");
 
 /* 1 for Q8_0 / Q4. */
 int nvlm_dtype_is_block(nvlm_dtype t);
 /* Bytes of one row of `cols` values (cols must divide into blocks for block formats). */
 size_t nvlm_row_bytes(nvlm_dtype t, int64_t cols);
 
-/* Quantize n values (n % 32 == 0). */
+/* Quantize n values (n % 32 == 0). Q8_0 and Q4 choose each block's scale (and minimum) by
+ * least squared error over a few candidates, with the f16-rounded values. */
 void nvlm_quantize_row_q8_0(const float *x, void *dst, int n);
 void nvlm_quantize_row_q4(const float *x, void *dst, int n);
 void nvlm_quantize_row_q8a(const float *x, nvlm_block_q8a *dst, int n);

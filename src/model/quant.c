@@ -12,7 +12,7 @@
 
 int nvlm_quant_parse(const char *s, nvlm_dtype *out) {
     if (!strcasecmp(s, "q8_0") || !strcasecmp(s, "q8")) *out = NVLM_DT_Q8_0;
-    else if (!strcasecmp(s, "q4") || !strcasecmp(s, "q4_0")) *out = NVLM_DT_Q4;
+    else if (!strcasecmp(s, "q4") || !strcasecmp(s, "q4_1")) *out = NVLM_DT_Q4;
     else return -1;
     return 0;
 }

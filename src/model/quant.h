@@ -12,7 +12,7 @@ typedef struct nvlm_quant_report {
     uint64_t bytes_before, bytes_after; /* of the matrices considered */
 } nvlm_quant_report;
 
-/* Parses "q8_0" / "q4" (also "Q8_0", "Q4", "q4_0"); 0 on success. */
+/* Parses "q8_0" / "q4" (also "Q8_0", "Q4", "q4_1"); 0 on success. */
 int nvlm_quant_parse(const char *s, nvlm_dtype *out);
 
 /* The format a matrix gets when `to` is requested: Q4 keeps the token embedding, lm_head and
@@ -23,7 +23,7 @@ nvlm_dtype nvlm_quant_target(const char *tensor_name, nvlm_dtype to);
 int nvlm_quantize_model(nvlm_model *m, nvlm_dtype to, nvlm_quant_report *rep, nvlm_err *err);
 
 /* Writes out_dir: config.json and tokenizer files copied, model.safetensors with every 2-D
- * matrix in Q8_0/Q4 (dtype strings "Q8_0"/"Q4", shape [rows, cols]) and the rest as stored. */
+ * matrix in Q8_0/Q4 (dtype strings "Q8_0"/"Q4_1", shape [rows, cols]) and the rest as stored. */
 int nvlm_quantize_folder(const char *in_dir, const char *out_dir, nvlm_dtype to,
                          nvlm_quant_report *rep, nvlm_err *err);
 #endif

@@ -35,7 +35,7 @@ struct nvlm_st {
     size_t n, cap;
 };
 
-static const char *const dtype_names[] = {"F32", "F16", "BF16", "Q8_0", "Q4"};
+static const char *const dtype_names[] = {"F32", "F16", "BF16", "Q8_0", "Q4_1"};
 
 const char *nvlm_dtype_name(nvlm_dtype t) {
     return (unsigned)t < sizeof dtype_names / sizeof *dtype_names ? dtype_names[t] : "?";
@@ -86,7 +86,7 @@ static int parse_dtype(const char *s, nvlm_dtype *out) {
     else if (!strcmp(s, "F16")) *out = NVLM_DT_F16;
     else if (!strcmp(s, "BF16")) *out = NVLM_DT_BF16;
     else if (!strcmp(s, "Q8_0")) *out = NVLM_DT_Q8_0; /* nvlm quantize output (docs/quantization.md) */
-    else if (!strcmp(s, "Q4")) *out = NVLM_DT_Q4;
+    else if (!strcmp(s, "Q4_1")) *out = NVLM_DT_Q4;
     else return 0;
     return 1;
 }
@@ -152,11 +152,11 @@ static int parse_entry(nvlm_st *st, const cJSON *e, const uint8_t *base, uint64_
         return nvlm_fail(err, NVLM_E_FORMAT, "%s: tensor %.200s: data_offsets [%llu, %llu] lie outside the file's %llu data bytes (truncated file?)",
                          file, name, (unsigned long long)b, (unsigned long long)en, (unsigned long long)data_len);
     uint64_t want = (uint64_t)t->numel * nvlm_dtype_size(dtype);
-    if (dtype == NVLM_DT_Q8_0 || dtype == NVLM_DT_Q4) { /* rows of 32-value blocks of 34 / 18 bytes */
+    if (dtype == NVLM_DT_Q8_0 || dtype == NVLM_DT_Q4) { /* rows of 32-value blocks of 34 / 20 bytes */
         if (ndim < 1 || t->shape[ndim - 1] % 32)
             return nvlm_fail(err, NVLM_E_FORMAT, "%s: tensor %.200s: %s needs a last dimension divisible by 32", file, name,
                              nvlm_dtype_name(dtype));
-        want = (uint64_t)t->numel / 32 * (dtype == NVLM_DT_Q8_0 ? 34 : 18);
+        want = (uint64_t)t->numel / 32 * (dtype == NVLM_DT_Q8_0 ? 34 : 20);
     }
     if (en - b != want)
         return nvlm_fail(err, NVLM_E_FORMAT, "%s: tensor %.200s: %s shape of %lld elements needs %llu bytes, data_offsets [%llu, %llu] span %llu",
