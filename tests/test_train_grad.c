@@ -1,7 +1,9 @@
 /* Finite-difference checks of the trainer's backward passes on odd shapes (not multiples of
- * any SIMD width): each kernel alone, then the whole NVLM-D training pass (projector, embedding,
- * RMSNorm, GQA attention with RoPE and biases, SwiGLU, final norm, lm_head, cross-entropy) on
- * a random model made here with odd sizes. */
+ * any SIMD width): each kernel alone, then the whole training pass (projector, embedding,
+ * RMSNorm, GQA attention with RoPE and biases, SwiGLU, final norm, lm_head, cross-entropy) of
+ * NVLM-D, and of NVLM-X and NVLM-H with their gated cross-attention blocks (per-head q/k
+ * norms, GQA over memory ranges, masks with empty rows, both tanh gates, H's tag-embedding
+ * memory rows and thumbnail rows in the decoder) on random models made here with odd sizes. */
 #include "check.h"
 #include "model/mkmodel.h"
 #include "model/model.h"
@@ -154,6 +156,41 @@ static void check_attention(void) {
     }
 }
 
+
+/* Cross-attention over memory ranges: 9 rows (some see nothing, ranges overlap), 3 query heads
+ * over 1 kv head (GQA) and over 3 (MHA), head dim 5, 11 memory rows. */
+typedef struct xatt_ctx {
+    float *q, *K, *V, *o, *R;
+    const int *lo, *hi;
+    int n, nh, nkv, d;
+} xatt_ctx;
+static double xatt_obj(void *p) {
+    xatt_ctx *c = p;
+    nvlm_t_xattention(NULL, c->o, c->q, c->K, c->V, c->lo, c->hi, c->n, c->nh, c->nkv, c->d);
+    return dotd(c->o, c->R, (size_t)c->n * c->nh * c->d);
+}
+static void check_xattention(void) {
+    static const int lo[9] = {0, 0, 3, 3, 0, 7, 0, 10, 5}, hi[9] = {0, 3, 7, 3, 11, 11, 11, 11, 9};
+    for (int variant = 0; variant < 2; variant++) {
+        xatt_ctx c = {0};
+        c.n = 9, c.nh = 3, c.nkv = variant ? 3 : 1, c.d = 5, c.lo = lo, c.hi = hi;
+        const int S = 11;
+        size_t qn = (size_t)c.n * c.nh * c.d, kn = (size_t)S * c.nkv * c.d;
+        c.q = rnd(qn, 1), c.K = rnd(kn, 1), c.V = rnd(kn, 1), c.R = rnd(qn, 1), c.o = malloc(sizeof(float) * qn);
+        xatt_obj(&c);
+        int empty_zero = 1;
+        for (int k = 0; k < c.nh * c.d; k++) empty_zero &= c.o[k] == 0.0f && c.o[3 * c.nh * c.d + k] == 0.0f;
+        CHECK(empty_zero, "rows with an empty memory range give zeros");
+        float *dq = malloc(sizeof(float) * qn), *dK = malloc(sizeof(float) * kn), *dV = malloc(sizeof(float) * kn);
+        int rc = nvlm_t_xattention_bwd(NULL, dq, dK, dV, c.R, c.q, c.K, c.V, c.lo, c.hi, c.n, c.nh, c.nkv, c.d, S);
+        CHECK(rc == 0, "cross-attention backward");
+        fd_check(variant ? "xattention dq (MHA)" : "xattention dq (GQA)", xatt_obj, &c, c.q, dq, qn, 1e-2f, 1e-3);
+        fd_check(variant ? "xattention dK (MHA)" : "xattention dK (GQA)", xatt_obj, &c, c.K, dK, kn, 1e-2f, 1e-3);
+        fd_check(variant ? "xattention dV (MHA)" : "xattention dV (GQA)", xatt_obj, &c, c.V, dV, kn, 1e-2f, 1e-3);
+        free(c.q), free(c.K), free(c.V), free(c.R), free(c.o), free(dq), free(dK), free(dV);
+    }
+}
+
 /* ------------------------------------------------------------ the whole pass */
 
 typedef struct seq_ctx {
@@ -169,6 +206,75 @@ static double seq_obj(void *p) {
     return r.loss_sum / c->norm;
 }
 
+/* A hand-made sequence of each architecture (13 tokens, tokens per tile 4):
+ *  D: 4 image-context positions (3..6) take feature rows 0..3;
+ *  X: no image rows in the decoder; memory = 2 tiles (8 feature rows); positions 0..2 see
+ *     nothing, 3 (tag 1) sees tile 0, 4 (tag 2) sees tile 1, 5.. see both;
+ *  H: positions 3..6 take the thumbnail (feature rows 8..11); memory = [tag A; tile 0; tag B
+ *     tag C; tile 1] (11 rows, 3 of them token embeddings); positions <= 6 see nothing. */
+typedef struct seq_spec {
+    int32_t ids[13], labels[13];
+    int ctx_rows[4], mem_src[11], lo[13], hi[13];
+    float *img;
+} seq_spec;
+
+static void make_seq(const nvlm_model *m, seq_spec *sp, nvlm_tseq *q) {
+    const int n = 13, C4 = 4 * m->cfg.vision.hidden_size;
+    static const int32_t base[13] = {5, 17, 99, 23, 24, 25, 26, 300, 17, 42, 7, 64, 8};
+    memcpy(sp->ids, base, sizeof base);
+    for (int t = 0; t < n; t++) sp->labels[t] = t >= 8 ? (base[t] * 7 + 1) % 500 : -100;
+    sp->labels[2] = 11; /* supervised positions that see no memory too (before the image) */
+    sp->labels[5] = 12;
+    *q = (nvlm_tseq){.ids = sp->ids, .labels = sp->labels, .n = n};
+    if (m->cfg.arch == NVLM_ARCH_D) {
+        for (int t = 3; t < 7; t++) sp->ids[t] = m->id_img_context;
+        sp->img = rnd((size_t)4 * C4, 1);
+        q->img = sp->img, q->n_img = 4;
+        return;
+    }
+    for (int t = 0; t < n; t++) sp->lo[t] = sp->hi[t] = 0;
+    q->mem_lo = sp->lo, q->mem_hi = sp->hi, q->mem_src = sp->mem_src;
+    if (m->cfg.arch == NVLM_ARCH_X) {
+        sp->img = rnd((size_t)8 * C4, 1);
+        q->img = sp->img, q->n_img = 8, q->n_mem = 8;
+        for (int r = 0; r < 8; r++) sp->mem_src[r] = r;
+        sp->hi[3] = 4, sp->lo[4] = 4, sp->hi[4] = 8;
+        for (int t = 5; t < n; t++) sp->hi[t] = 8;
+        return;
+    }
+    for (int t = 3; t < 7; t++) sp->ids[t] = m->id_img_context;
+    sp->img = rnd((size_t)12 * C4, 1);
+    q->img = sp->img, q->n_img = 12, q->n_mem = 11, q->ctx_rows = sp->ctx_rows, q->n_ctx = 4;
+    for (int k = 0; k < 4; k++) sp->ctx_rows[k] = 8 + k;
+    static const int src[11] = {-201, 0, 1, 2, 3, -31, -478, 4, 5, 6, 7}; /* token ids 200, 30, 477 */
+    memcpy(sp->mem_src, src, sizeof src);
+    for (int t = 7; t < n; t++) sp->hi[t] = 11;
+}
+
+/* Rows that see no memory are the identity: the loss at positions before the image does not
+ * depend on the cross-attention blocks, which get exactly zero gradient from it. */
+static void check_identity(nvlm_tmodel *tm, const nvlm_tseq *full) {
+    int32_t labels[13];
+    for (int t = 0; t < 13; t++) labels[t] = t == 1 || t == 2 ? full->ids[t] : -100;
+    nvlm_tseq q = *full;
+    q.labels = labels;
+    nvlm_err err = {0};
+    nvlm_tresult r1 = {0}, r2 = {0};
+    nvlm_tmodel_zero_grad(tm);
+    int rc = nvlm_train_seq(tm, &q, 1, 2.0, &r1, &err);
+    double gx = 0;
+    for (int i = 0; i < tm->n_p; i++)
+        if (strstr(tm->p[i].name, "xattn_layers"))
+            for (size_t k = 0; k < tm->p[i].n; k++) gx += fabs(tm->p[i].g[k]);
+    for (int k = 0; k < tm->n_x; k++) tm->X[k].attn_gate->w[0] += 0.3f, tm->X[k].mlp_gate->w[0] -= 0.2f;
+    if (!rc) rc = nvlm_train_seq(tm, &q, 0, 2.0, &r2, &err);
+    for (int k = 0; k < tm->n_x; k++) tm->X[k].attn_gate->w[0] -= 0.3f, tm->X[k].mlp_gate->w[0] += 0.2f;
+    CHECK(rc == 0, "identity rows: %s", err.msg);
+    CHECK(r1.loss_sum == r2.loss_sum, "loss before the image changed with the gates: %.9g vs %.9g", r1.loss_sum,
+          r2.loss_sum);
+    CHECK(gx == 0.0, "cross-attention gradient %.3g from rows that see no memory", gx);
+}
+
 static void check_model(const char *dir) {
     nvlm_model *m = NULL;
     nvlm_err err = {0};
@@ -181,34 +287,29 @@ static void check_model(const char *dir) {
     rc = nvlm_tmodel_new(m, &sel, &tm, &err);
     CHECK(rc == 0, "tmodel: %s", err.msg);
     if (rc) return nvlm_model_free(m);
-    /* a sequence of 11 tokens with 4 image-context positions in the middle */
-    const int n = 11, n_img = 4, C4 = 4 * m->cfg.vision.hidden_size;
-    int32_t ids[11] = {5, 17, 99, 0, 0, 0, 0, 300, 17, 42, 7}, labels[11];
-    for (int t = 0; t < n; t++) {
-        if (t >= 3 && t < 7) ids[t] = m->id_img_context;
-        labels[t] = t >= 8 ? (ids[t] + 1) % 500 : -100;
-    }
-    labels[4] = 11; /* a supervised position inside the image span, too */
-    float *img = rnd((size_t)n_img * C4, 1);
-    seq_ctx c = {tm, {ids, labels, n, img, n_img}, 0};
+    const char *arch = nvlm_arch_name(m->cfg.arch);
+    seq_spec sp;
+    seq_ctx c = {tm, {0}, 0};
+    make_seq(m, &sp, &c.q);
     c.norm = nvlm_tseq_supervised(&c.q);
+    if (tm->n_x) check_identity(tm, &c.q);
     for (int pass = 0; pass < 2; pass++) {
         tm->recompute = pass;
         nvlm_tmodel_zero_grad(tm);
         nvlm_tresult r = {0};
         rc = nvlm_train_seq(tm, &c.q, 1, c.norm, &r, &err);
-        CHECK(rc == 0 && r.count == (int)c.norm, "train_seq: %s", err.msg);
+        CHECK(rc == 0 && r.count == (int)c.norm, "%s train_seq: %s", arch, err.msg);
         for (int i = 0; i < tm->n_p && !rc; i++) {
             nvlm_tparam *p = &tm->p[i];
-            char what[200];
-            snprintf(what, sizeof what, "%s%s", p->name, pass ? " (recompute)" : "");
+            char what[240];
+            snprintf(what, sizeof what, "%s %s%s", arch, p->name, pass ? " (recompute)" : "");
             float *g = malloc(sizeof(float) * p->n);
             memcpy(g, p->g, sizeof(float) * p->n);
             fd_check(what, seq_obj, &c, p->w, g, p->n, 2e-3f, 4e-3);
             free(g);
         }
     }
-    free(img);
+    free(sp.img);
     nvlm_tmodel_free(tm);
     nvlm_model_free(m);
 }
@@ -218,19 +319,28 @@ int main(void) {
     check_norms();
     check_activations();
     check_attention();
+    check_xattention();
     char dir[] = "/tmp/nvlm_train_grad_XXXXXX";
     if (!mkdtemp(dir)) return check_done("test_train_grad");
-    nvlm_mkmodel_opts o;
-    nvlm_mkmodel_defaults(&o);
-    o.tokenizer_dir = shared_path("reference/tiny-tokenizer");
-    o.seed = 5, o.image_size = 56, o.patch_size = 14;
-    o.vit_hidden = 10, o.vit_layers = 1, o.vit_heads = 2, o.vit_dummy_heads = 1, o.vit_intermediate = 14;
-    o.llm_hidden = 18, o.llm_layers = 2, o.llm_heads = 3, o.llm_kv_heads = 1, o.llm_intermediate = 22;
-    o.dtype = NVLM_MK_F32;
-    nvlm_err err = {0};
-    int rc = nvlm_mkmodel(&o, dir, NULL, &err);
-    CHECK(rc == 0, "mkmodel: %s", err.msg);
-    if (!rc) check_model(dir);
+    for (int a = 0; a < 3; a++) {
+        nvlm_mkmodel_opts o;
+        nvlm_mkmodel_defaults(&o);
+        o.tokenizer_dir = shared_path("reference/tiny-tokenizer");
+        o.seed = 5, o.image_size = 56, o.patch_size = 14;
+        o.vit_hidden = 10, o.vit_layers = 1, o.vit_heads = 2, o.vit_dummy_heads = 1, o.vit_intermediate = 14;
+        o.llm_hidden = 18, o.llm_layers = 2, o.llm_heads = 3, o.llm_kv_heads = 1, o.llm_intermediate = 22;
+        o.dtype = NVLM_MK_F32;
+        if (a == 1) { /* X: a block before each layer, a 3-layer projector, an odd MLP width */
+            o.arch = NVLM_ARCH_X, o.n_xattn = 2, o.xattn_layers[0] = 0, o.xattn_layers[1] = 1;
+            o.projector_depth = 3, o.xattn_intermediate = 13;
+        } else if (a == 2) { /* H: one block before layer 1, a one-layer projector */
+            o.arch = NVLM_ARCH_H, o.n_xattn = 1, o.xattn_layers[0] = 1, o.projector_depth = 1;
+        }
+        nvlm_err err = {0};
+        int rc = nvlm_mkmodel(&o, dir, NULL, &err);
+        CHECK(rc == 0, "mkmodel: %s", err.msg);
+        if (!rc) check_model(dir);
+    }
     char cmd[256];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd)) fprintf(stderr, "could not remove %s\n", dir);

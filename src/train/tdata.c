@@ -2,7 +2,9 @@
 #include "train/tdata.h"
 #include "core/err.h"
 #include "core/file.h"
+#include "generate/layout_xh.h"
 #include "generate/prompt.h"
+#include "model/xattn.h"
 #include <cJSON.h>
 #include <libgen.h>
 #include <stdlib.h>
@@ -15,6 +17,7 @@ static void sample_free(nvlm_tsample *s) {
     free(s->turns);
     free(s->system);
     free(s->ids), free(s->labels), free(s->img), free(s->num_patches);
+    free(s->ctx_rows), free(s->mem_src), free(s->mem_lo), free(s->mem_hi);
 }
 
 void nvlm_tdata_free(nvlm_tdata *d) {
@@ -219,7 +222,8 @@ static int prefix_len(const nvlm_tokenizer *tok, const char *text, size_t len, c
     return NVLM_OK;
 }
 
-/* The template text with images expanded, and the [start, end) byte spans of each supervised
+/* The template text with images expanded (tpt > 0; tpt == 0 leaves the "<image>"
+ * placeholders for the NVLM-X/H layout), and the [start, end) byte spans of each supervised
  * answer (answer + <|im_end|>) in it. */
 static int build_text(const nvlm_tsample *s, const int *num_patches, int tpt, nvlm_buf *out, size_t *spans,
                       int *n_spans, nvlm_err *err) {
@@ -237,7 +241,10 @@ static int build_text(const nvlm_tsample *s, const int *num_patches, int tpt, nv
             if (!rc && auto_image && i == 0) rc = nvlm_buf_puts(&q, "<image>\n"); /* chat() with history None */
             if (!rc) rc = nvlm_buf_puts(&q, t);
             int k = nvlm_count_images(q.data ? q.data : "");
-            if (!rc && q.len) {
+            if (!rc && q.len && !tpt) {
+                rc = nvlm_buf_append(out, q.data, q.len);
+                if (!rc) rc = nvlm_buf_puts(out, "<|im_end|>");
+            } else if (!rc && q.len) {
                 nvlm_buf ex = {0};
                 rc = nvlm_expand_images(q.data, num_patches + img, k, "<|vision_pad|>", tpt, &ex, err);
                 if (!rc) rc = nvlm_buf_append(out, ex.data, ex.len);
@@ -260,6 +267,125 @@ static int build_text(const nvlm_tsample *s, const int *num_patches, int tpt, nv
     return rc;
 }
 
+/* ------------------------------------------------------------ NVLM-X / NVLM-H */
+
+/* Appends n ints to a growable array. */
+static int push_ints(int **a, int *n, int *cap, const int *v, int count) {
+    if (*n + count > *cap) {
+        int c = *cap ? *cap : 256;
+        while (c < *n + count) c *= 2;
+        int *p = realloc(*a, sizeof(int) * (size_t)c);
+        if (!p) return -1;
+        *a = p;
+        *cap = c;
+    }
+    memcpy(*a + *n, v, sizeof(int) * (size_t)count);
+    *n += count;
+    return 0;
+}
+
+/* Memory rows (mem_src) and decoder image rows (ctx_rows) of image i whose feature rows start
+ * at f0, in the order nvlm_layout_add_image lays them out: X: every tile; H: the tag ids
+ * (tokenised on their own, as layout_xh.c's h_memory) then the rows of each regular tile, and
+ * the thumbnail in the decoder. Returns the number of memory rows added, or < 0. */
+static int image_rows(nvlm_tsample *s, const nvlm_model *m, int n_tiles, int f0, int *cap_mem, int *cap_ctx,
+                      nvlm_err *err) {
+    const int tpt = nvlm_cfg_tokens_per_tile(&m->cfg), before = s->n_mem;
+    int *run = malloc(sizeof(int) * (size_t)tpt * (size_t)n_tiles);
+    if (!run) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    int rc = NVLM_OK;
+    if (m->cfg.arch == NVLM_ARCH_X) {
+        for (int r = 0; r < n_tiles * tpt; r++) run[r] = f0 + r;
+        if (push_ints(&s->mem_src, &s->n_mem, cap_mem, run, n_tiles * tpt)) rc = NVLM_E_NOMEM;
+    } else {
+        for (int j = 0; j + 1 < n_tiles && !rc; j++) {
+            char tag[32];
+            int32_t *ids;
+            size_t n;
+            nvlm_tile_tag(j, n_tiles, tag);
+            if ((rc = nvlm_tokenizer_encode(m->tok, tag, strlen(tag), &ids, &n, err))) break;
+            for (size_t k = 0; k < n; k++) run[k] = -ids[k] - 1;
+            if (push_ints(&s->mem_src, &s->n_mem, cap_mem, run, (int)n)) rc = NVLM_E_NOMEM;
+            free(ids);
+            for (int r = 0; r < tpt; r++) run[r] = f0 + j * tpt + r;
+            if (!rc && push_ints(&s->mem_src, &s->n_mem, cap_mem, run, tpt)) rc = NVLM_E_NOMEM;
+        }
+        for (int r = 0; r < tpt; r++) run[r] = f0 + (n_tiles - 1) * tpt + r;
+        if (!rc && push_ints(&s->ctx_rows, &s->n_ctx, cap_ctx, run, tpt)) rc = NVLM_E_NOMEM;
+    }
+    free(run);
+    if (rc == NVLM_E_NOMEM) return nvlm_fail(err, rc, "out of memory");
+    return rc ? rc : s->n_mem - before;
+}
+
+/* Number of tokens of the layout of tmpl[0, len) (with the placeholders it holds), checked
+ * to be a prefix of the full layout's ids. */
+static int layout_prefix(nvlm_xattn *xa, const char *tmpl, size_t len, const int *num_patches, const int32_t *full,
+                         size_t n_full, size_t *out, nvlm_err *err) {
+    char *p = strndup(tmpl, len);
+    if (!p) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int rc = nvlm_layout_prompt(xa, p, num_patches, nvlm_count_images(p), &ids, &n, err);
+    if (!rc && (n > n_full || memcmp(ids, full, sizeof *ids * n)))
+        rc = nvlm_fail(err, NVLM_E_UNSUPPORTED, "the tokens of an answer boundary merge with the text before it");
+    free(p), free(ids);
+    *out = n;
+    return rc;
+}
+
+/* NVLM-X/H: the decoder ids and labels, the memory rows and what each position reads, laid
+ * out by src/generate/layout_xh.c exactly as chat() lays out the same conversation. The
+ * nvlm_xattn used here holds no block (n_blocks = 0), so it records memory rows and the
+ * visibility without computing keys/values: the trainer computes those from its own weights. */
+static int prepare_xh(nvlm_tsample *s, nvlm_model *m, nvlm_err *err) {
+    nvlm_xattn xa;
+    int rc = nvlm_xattn_init(&xa, m, err);
+    if (rc) return rc;
+    xa.n_blocks = 0;
+    int cap_mem = 0, cap_ctx = 0, f0 = 0;
+    const int tpt = nvlm_cfg_tokens_per_tile(&m->cfg);
+    for (int i = 0; i < s->n_images && !rc; i++) {
+        int rows = image_rows(s, m, s->num_patches[i], f0, &cap_mem, &cap_ctx, err);
+        rc = rows < 0 ? rows : nvlm_xattn_add_image(&xa, NULL, rows, err);
+        f0 += s->num_patches[i] * tpt;
+    }
+    nvlm_buf text = {0};
+    size_t *spans = malloc(sizeof(size_t) * 2 * (size_t)s->n_turns);
+    int n_spans = 0;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (!rc && !spans) rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    if (!rc) rc = build_text(s, s->num_patches, 0, &text, spans, &n_spans, err);
+    if (!rc) rc = nvlm_layout_prompt(&xa, text.data, s->num_patches, s->n_images, &ids, &n, err);
+    if (!rc && n > (size_t)1 << 30) rc = nvlm_fail(err, NVLM_E_LIMIT, "sequence too long");
+    if (!rc && s->n_mem) {
+        s->mem_lo = malloc(sizeof(int) * n), s->mem_hi = malloc(sizeof(int) * n);
+        if (!s->mem_lo || !s->mem_hi) rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+        for (size_t t = 0; !rc && t < n; t++) nvlm_xattn_rows_of(&xa, (int)t, &s->mem_lo[t], &s->mem_hi[t]);
+    }
+    int32_t *labels = rc ? NULL : malloc(sizeof(int32_t) * (n ? n : 1));
+    if (!rc && !labels) rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    for (size_t t = 0; !rc && t < n; t++) labels[t] = -100;
+    for (int k = 0; k < n_spans && !rc; k++) {
+        size_t a, b;
+        rc = layout_prefix(&xa, text.data, spans[2 * k], s->num_patches, ids, n, &a, err);
+        if (!rc) rc = layout_prefix(&xa, text.data, spans[2 * k + 1], s->num_patches, ids, n, &b, err);
+        for (size_t t = a; !rc && t < b; t++) labels[t] = ids[t];
+    }
+    nvlm_buf_free(&text);
+    free(spans);
+    nvlm_xattn_free(&xa);
+    if (rc) {
+        free(ids), free(labels);
+        return rc;
+    }
+    s->ids = ids;
+    s->labels = labels;
+    s->n = (int)n;
+    return NVLM_OK;
+}
+
 int nvlm_tdata_prepare(nvlm_tdata *d, nvlm_model *m, int i, int max_num, nvlm_err *err) {
     nvlm_tsample *s = &d->s[i];
     if (s->ids) return NVLM_OK;
@@ -272,6 +398,11 @@ int nvlm_tdata_prepare(nvlm_tdata *d, nvlm_model *m, int i, int max_num, nvlm_er
             nvlm_fail_prefix(err, "%s:%d: ", d->path, s->line);
             return rc;
         }
+    }
+    if (m->cfg.arch != NVLM_ARCH_D) {
+        rc = prepare_xh(s, m, err);
+        if (rc) nvlm_fail_prefix(err, "%s:%d: ", d->path, s->line);
+        return rc;
     }
     nvlm_buf text = {0};
     size_t *spans = malloc(sizeof(size_t) * 2 * (size_t)s->n_turns);
@@ -306,5 +437,6 @@ int nvlm_tdata_prepare(nvlm_tdata *d, nvlm_model *m, int i, int max_num, nvlm_er
 
 void nvlm_tdata_seq(const nvlm_tdata *d, int i, nvlm_tseq *out) {
     const nvlm_tsample *s = &d->s[i];
-    *out = (nvlm_tseq){s->ids, s->labels, s->n, s->img, s->n_img};
+    *out = (nvlm_tseq){s->ids,    s->labels, s->n,      s->img,    s->n_img, s->ctx_rows,
+                       s->n_ctx,  s->mem_src, s->n_mem, s->mem_lo, s->mem_hi};
 }

@@ -26,6 +26,10 @@ typedef struct nvlm_tsample {
     float *img;           /* pixel-shuffled ViT features [n_img, 4C] */
     int n_img;
     int *num_patches;
+    /* NVLM-X/H (nvlm_tseq): decoder image rows, memory rows, each position's memory range */
+    int *ctx_rows, n_ctx;
+    int *mem_src, n_mem;
+    int *mem_lo, *mem_hi;
 } nvlm_tsample;
 
 typedef struct nvlm_tdata {

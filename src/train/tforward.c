@@ -1,7 +1,8 @@
 /* Training forward and backward of one sequence through the projector and the Qwen2 LLM
- * (design note §7, §9). The ViT is frozen and outside: the caller passes its pixel-shuffled
- * features. Only the supervised positions go through the final norm and lm_head, so the
- * logits never take [n, V] memory. */
+ * (design note §7, §9), with NVLM-X/H's gated cross-attention blocks before their layers
+ * (§12, src/train/txattn.c). The ViT is frozen and outside: the caller passes its
+ * pixel-shuffled features. Only the supervised positions go through the final norm and
+ * lm_head, so the logits never take [n, V] memory. */
 #include "core/err.h"
 #include "train/train.h"
 #include <math.h>
@@ -29,6 +30,10 @@ typedef struct seq_state {
     /* projector */
     float **pa, **pu; /* LayerNorm output / GELU outputs, pre-activations */
     float *pout;      /* [n_img, h] */
+    /* NVLM-X/H */
+    float *mem;       /* [n_mem, h] cross-attention memory */
+    nvlm_txstate *tx; /* [n_x] */
+    int n_x;
 } seq_state;
 
 #define ALLOC(p, count) (((p) = malloc(sizeof(float) * (size_t)(count))) != NULL)
@@ -49,9 +54,11 @@ static void state_free(seq_state *s, int depth) {
         if (s->pu) free(s->pu[k]);
     }
     free(s->pa), free(s->pu), free(s->pout);
+    for (int k = 0; s->tx && k < s->n_x; k++) nvlm_txstate_free(&s->tx[k]);
+    free(s->tx), free(s->mem);
 }
 
-static int state_alloc(seq_state *s, const nvlm_tmodel *tm, int n, int n_img) {
+static int state_alloc(seq_state *s, const nvlm_tmodel *tm, int n, int n_img, int n_mem) {
     const nvlm_llm_config *c = &tm->m->cfg.llm;
     memset(s, 0, sizeof *s);
     s->n = n, s->h = c->hidden_size, s->nh = c->num_heads, s->nkv = c->num_kv_heads;
@@ -81,6 +88,11 @@ static int state_alloc(seq_state *s, const nvlm_tmodel *tm, int n, int n_img) {
             if (ok && k < depth - 1) ok = ALLOC(s->pu[k], (size_t)n_img * tm->proj[k]->shape[0]);
         }
     }
+    if (ok && tm->n_x) {
+        s->n_x = tm->n_x;
+        ok = (s->tx = calloc((size_t)tm->n_x, sizeof *s->tx)) != NULL;
+    }
+    if (ok && n_mem > 0) ok = ALLOC(s->mem, (size_t)n_mem * s->h);
     return ok ? 0 : -1;
 }
 
@@ -280,10 +292,55 @@ static int check_seq(const nvlm_tmodel *tm, const nvlm_tseq *q, nvlm_err *err) {
                              q->labels[t], t);
         n_ctx += q->ids[t] == m->id_img_context;
     }
-    if (n_ctx != q->n_img || (q->n_img && !q->img))
-        return nvlm_fail(err, NVLM_E_INVALID_ARG, "the sequence has %d image-context tokens but %d image features",
-                         n_ctx, q->n_img);
+    if (q->n_img && !q->img) return nvlm_fail(err, NVLM_E_INVALID_ARG, "%d image rows without features", q->n_img);
+    if (!q->ctx_rows && !q->mem_src) {
+        if (n_ctx != q->n_img)
+            return nvlm_fail(err, NVLM_E_INVALID_ARG, "the sequence has %d image-context tokens but %d image features",
+                             n_ctx, q->n_img);
+        return NVLM_OK;
+    }
+    if (n_ctx != q->n_ctx || (n_ctx && !q->ctx_rows))
+        return nvlm_fail(err, NVLM_E_INVALID_ARG, "the sequence has %d image-context tokens but %d decoder image rows",
+                         n_ctx, q->n_ctx);
+    for (int k = 0; k < q->n_ctx; k++)
+        if (q->ctx_rows[k] < 0 || q->ctx_rows[k] >= q->n_img)
+            return nvlm_fail(err, NVLM_E_INVALID_ARG, "decoder image row %d takes feature row %d of %d", k,
+                             q->ctx_rows[k], q->n_img);
+    if (q->n_mem && (!tm->n_x || !q->mem_src || !q->mem_lo || !q->mem_hi))
+        return nvlm_fail(err, NVLM_E_INVALID_ARG, "a cross-attention memory needs an NVLM-X/H model and row ranges");
+    for (int r = 0; r < q->n_mem; r++)
+        if (q->mem_src[r] >= q->n_img || (q->mem_src[r] < 0 && -(q->mem_src[r] + 1) >= V))
+            return nvlm_fail(err, NVLM_E_INVALID_ARG, "memory row %d has a bad source %d", r, q->mem_src[r]);
+    for (int t = 0; q->mem_lo && t < q->n; t++)
+        if (q->mem_lo[t] < 0 || q->mem_lo[t] > q->mem_hi[t] || q->mem_hi[t] > q->n_mem)
+            return nvlm_fail(err, NVLM_E_INVALID_ARG, "position %d reads memory rows [%d, %d) of %d", t, q->mem_lo[t],
+                             q->mem_hi[t], q->n_mem);
     return NVLM_OK;
+}
+
+/* Block k runs before layer l? (-1: none) */
+static int block_before(const nvlm_tmodel *tm, int l) {
+    for (int k = 0; k < tm->n_x; k++)
+        if (tm->X[k].layer == l) return k;
+    return -1;
+}
+
+/* The cross-attention memory rows: projector rows or token embeddings (H's tile tags). */
+static void build_memory(const nvlm_tmodel *tm, const seq_state *s, const nvlm_tseq *q) {
+    for (int r = 0; r < q->n_mem; r++) {
+        int src = q->mem_src[r];
+        const float *from = src >= 0 ? s->pout + (size_t)src * s->h : tm->embed->w + (size_t)(-src - 1) * s->h;
+        memcpy(s->mem + (size_t)r * s->h, from, sizeof(float) * s->h);
+    }
+}
+
+/* Gradient of the memory into the projector rows (dimg) and the embedding rows. */
+static void scatter_memory(nvlm_tmodel *tm, const nvlm_tseq *q, const float *dmem, float *dimg, int h) {
+    for (int r = 0; r < q->n_mem; r++) {
+        int src = q->mem_src[r];
+        if (src >= 0) nvlm_axpy(dimg + (size_t)src * h, 1.0f, dmem + (size_t)r * h, h);
+        else if (tm->embed->g) nvlm_axpy(tm->embed->g + (size_t)(-src - 1) * h, 1.0f, dmem + (size_t)r * h, h);
+    }
 }
 
 int nvlm_train_seq(nvlm_tmodel *tm, const nvlm_tseq *q, int backward, double norm, nvlm_tresult *res,
@@ -291,40 +348,57 @@ int nvlm_train_seq(nvlm_tmodel *tm, const nvlm_tseq *q, int backward, double nor
     int rc = check_seq(tm, q, err);
     if (rc) return rc;
     seq_state s;
-    if (state_alloc(&s, tm, q->n, q->n_img)) {
+    if (state_alloc(&s, tm, q->n, q->n_img, q->n_mem)) {
         state_free(&s, tm->proj_depth);
         return nvlm_fail(err, NVLM_E_NOMEM, "out of memory for a training sequence of %d tokens", q->n);
     }
     const int n = q->n, h = s.h;
     nvlm_t_rope_table(&tm->m->cfg.llm, s.d, n, s.w.cs, s.w.sn);
     if (q->n_img) projector_forward(tm, &s, q->img, q->n_img);
+    if (q->n_mem) build_memory(tm, &s, q);
     /* embeddings; image-context rows take the projector output (no gradient to their rows) */
     for (int t = 0, r = 0; t < n; t++) {
         float *o = s.xs + (size_t)t * h;
-        if (q->ids[t] == tm->m->id_img_context) memcpy(o, s.pout + (size_t)r++ * h, sizeof(float) * h);
-        else memcpy(o, tm->embed->w + (size_t)q->ids[t] * h, sizeof(float) * h);
+        if (q->ids[t] == tm->m->id_img_context) {
+            int row = q->ctx_rows ? q->ctx_rows[r] : r;
+            r++;
+            memcpy(o, s.pout + (size_t)row * h, sizeof(float) * h);
+        } else memcpy(o, tm->embed->w + (size_t)q->ids[t] * h, sizeof(float) * h);
     }
-    for (int l = 0; l < s.nl && !rc; l++) rc = layer_forward(tm, &s, l, &s.acts[tm->recompute ? 0 : l]);
-    float *dx = NULL;
+    for (int l = 0; l < s.nl && !rc; l++) {
+        int k = block_before(tm, l);
+        if (k >= 0 && q->n_mem)
+            rc = nvlm_tx_forward(tm, k, &s.tx[k], s.xs + (size_t)l * n * h, n, q->mem_lo, q->mem_hi, s.mem, q->n_mem,
+                                 !tm->recompute);
+        if (!rc) rc = layer_forward(tm, &s, l, &s.acts[tm->recompute ? 0 : l]);
+    }
+    float *dx = NULL, *dmem = NULL;
     if (!rc && backward && !(dx = malloc(sizeof(float) * (size_t)n * h))) rc = NVLM_E_NOMEM;
+    if (!rc && backward && q->n_mem && !(dmem = calloc((size_t)q->n_mem * h, sizeof(float)))) rc = NVLM_E_NOMEM;
     if (!rc) rc = loss_head(tm, &s, q, backward, norm, dx, res);
     for (int l = s.nl - 1; l >= 0 && !rc && backward; l--) {
         lacts *a = &s.acts[tm->recompute ? 0 : l];
         if (tm->recompute) rc = layer_forward(tm, &s, l, a);
         if (!rc) rc = layer_backward(tm, &s, l, a, dx);
+        int k = block_before(tm, l);
+        if (!rc && k >= 0 && q->n_mem) rc = nvlm_tx_backward(tm, k, &s.tx[k], dx, s.mem, q->n_mem, dmem);
     }
     if (!rc && backward) {
-        float *dimg = q->n_img ? malloc(sizeof(float) * (size_t)q->n_img * h) : NULL;
+        float *dimg = q->n_img ? calloc((size_t)q->n_img * h, sizeof(float)) : NULL;
         if (q->n_img && !dimg) rc = NVLM_E_NOMEM;
         for (int t = 0, r = 0; t < n && !rc; t++) {
             const float *g = dx + (size_t)t * h;
-            if (q->ids[t] == tm->m->id_img_context) memcpy(dimg + (size_t)r++ * h, g, sizeof(float) * h);
-            else if (tm->embed->g) nvlm_axpy(tm->embed->g + (size_t)q->ids[t] * h, 1.0f, g, h);
+            if (q->ids[t] == tm->m->id_img_context) {
+                int row = q->ctx_rows ? q->ctx_rows[r] : r;
+                r++;
+                nvlm_axpy(dimg + (size_t)row * h, 1.0f, g, h);
+            } else if (tm->embed->g) nvlm_axpy(tm->embed->g + (size_t)q->ids[t] * h, 1.0f, g, h);
         }
+        if (!rc && q->n_mem) scatter_memory(tm, q, dmem, dimg, h);
         if (!rc && q->n_img) rc = projector_backward(tm, &s, q->img, q->n_img, dimg);
         free(dimg);
     }
-    free(dx);
+    free(dx), free(dmem);
     state_free(&s, tm->proj_depth);
     if (rc == NVLM_E_NOMEM) return nvlm_fail(err, rc, "out of memory in the training pass (%d tokens)", n);
     if (rc && err && !err->code) return nvlm_fail(err, rc, "training pass failed");

@@ -276,3 +276,120 @@ int nvlm_t_attention_bwd(nvlm_pool *pool, float *dq, float *dk, float *dv, const
     free(hv);
     return j.failed ? NVLM_E_NOMEM : NVLM_OK;
 }
+
+/* ------------------------------------------------------------ cross-attention over ranges */
+
+typedef struct xatt_job {
+    float *o, *dq, *dk, *dv;  /* dk, dv: per query head [nh][S, d] in backward */
+    const float *q, *k, *v, *dout;
+    const int *lo, *hi;
+    int n, nh, nkv, d, S;
+    float scale;
+    int failed;
+} xatt_job;
+
+/* One unit = (row, head): attention over the row's memory range. */
+static void xatt_units(void *ctx, size_t begin, size_t end, int thread) {
+    (void)thread;
+    xatt_job *j = ctx;
+    float *scores = malloc(sizeof(float) * (size_t)(j->S ? j->S : 1));
+    if (!scores) {
+        j->failed = 1;
+        return;
+    }
+    const int kvd = j->nkv * j->d, group = j->nh / j->nkv;
+    for (size_t u = begin; u < end; u++) {
+        int t = (int)(u / (size_t)j->nh), a = (int)(u % (size_t)j->nh), g = a / group;
+        size_t r0 = (size_t)j->lo[t];
+        nvlm_attend(j->q + ((size_t)t * j->nh + a) * j->d, j->k + r0 * kvd + (size_t)g * j->d, (size_t)kvd,
+                    j->v + r0 * kvd + (size_t)g * j->d, (size_t)kvd, j->hi[t] > j->lo[t] ? j->hi[t] - j->lo[t] : 0,
+                    j->d, j->scale, scores, j->o + ((size_t)t * j->nh + a) * j->d);
+    }
+    free(scores);
+}
+
+static int max_range(const int *lo, const int *hi, int n) {
+    int S = 0;
+    for (int t = 0; t < n; t++) S = hi[t] - lo[t] > S ? hi[t] - lo[t] : S;
+    return S;
+}
+
+int nvlm_t_xattention(nvlm_pool *pool, float *o, const float *q, const float *K, const float *V, const int *lo,
+                      const int *hi, int n, int nh, int nkv, int d) {
+    xatt_job j = {o, NULL, NULL, NULL, q, K, V, NULL, lo, hi, n, nh, nkv, d, max_range(lo, hi, n),
+                  1.0f / sqrtf((float)d), 0};
+    nvlm_pool_run(pool, (size_t)n * nh, 1, xatt_units, &j);
+    return j.failed ? NVLM_E_NOMEM : NVLM_OK;
+}
+
+/* One unit = one query head over every row; dK/dV go to that head's own slice. */
+static void xatt_bwd_units(void *ctx, size_t begin, size_t end, int thread) {
+    (void)thread;
+    xatt_job *j = ctx;
+    const int d = j->d, qd = j->nh * d, kvd = j->nkv * d, group = j->nh / j->nkv;
+    int R = max_range(j->lo, j->hi, j->n);
+    float *p = malloc(sizeof(float) * (size_t)(R ? R : 1)), *dp = malloc(sizeof(float) * (size_t)(R ? R : 1));
+    if (!p || !dp) {
+        j->failed = 1;
+        free(p);
+        free(dp);
+        return;
+    }
+    for (size_t a = begin; a < end; a++) {
+        int g = (int)a / group;
+        float *dk = j->dk + a * (size_t)j->S * d, *dv = j->dv + a * (size_t)j->S * d;
+        memset(dk, 0, sizeof(float) * (size_t)j->S * d);
+        memset(dv, 0, sizeof(float) * (size_t)j->S * d);
+        for (int t = 0; t < j->n; t++) {
+            const float *q = j->q + (size_t)t * qd + a * d, *go = j->dout + (size_t)t * qd + a * d;
+            float *dq = j->dq + (size_t)t * qd + a * d;
+            const int lo = j->lo[t], m = j->hi[t] - lo;
+            memset(dq, 0, sizeof(float) * (size_t)d);
+            if (m <= 0) continue;
+            const float *K = j->k + (size_t)lo * kvd + g * d, *V = j->v + (size_t)lo * kvd + g * d;
+            for (int s = 0; s < m; s++) p[s] = j->scale * nvlm_dot(q, K + (size_t)s * kvd, d);
+            nvlm_softmax(p, m);
+            double D = 0;
+            for (int s = 0; s < m; s++) {
+                dp[s] = nvlm_dot(go, V + (size_t)s * kvd, d);
+                D += (double)p[s] * dp[s];
+            }
+            for (int s = 0; s < m; s++) {
+                float ds = p[s] * (dp[s] - (float)D) * j->scale;
+                nvlm_axpy(dq, ds, K + (size_t)s * kvd, d);
+                nvlm_axpy(dk + (size_t)(lo + s) * d, ds, q, d);
+                nvlm_axpy(dv + (size_t)(lo + s) * d, p[s], go, d);
+            }
+        }
+    }
+    free(p);
+    free(dp);
+}
+
+int nvlm_t_xattention_bwd(nvlm_pool *pool, float *dq, float *dK, float *dV, const float *dout, const float *q,
+                          const float *K, const float *V, const int *lo, const int *hi, int n, int nh, int nkv,
+                          int d, int S) {
+    float *hk = malloc(sizeof(float) * (size_t)nh * (size_t)(S ? S : 1) * d);
+    float *hv = malloc(sizeof(float) * (size_t)nh * (size_t)(S ? S : 1) * d);
+    if (!hk || !hv) {
+        free(hk);
+        free(hv);
+        return NVLM_E_NOMEM;
+    }
+    xatt_job j = {NULL, dq, hk, hv, q, K, V, dout, lo, hi, n, nh, nkv, d, S, 1.0f / sqrtf((float)d), 0};
+    nvlm_pool_run(pool, (size_t)nh, 1, xatt_bwd_units, &j);
+    /* sum the heads of each group in a fixed order */
+    const int group = nh / nkv, kvd = nkv * d;
+    memset(dK, 0, sizeof(float) * (size_t)S * kvd);
+    memset(dV, 0, sizeof(float) * (size_t)S * kvd);
+    for (int a = 0; a < nh; a++) {
+        int g = a / group;
+        for (int s = 0; s < S; s++) {
+            nvlm_axpy(dK + (size_t)s * kvd + g * d, 1.0f, hk + ((size_t)a * S + s) * d, d);
+            nvlm_axpy(dV + (size_t)s * kvd + g * d, 1.0f, hv + ((size_t)a * S + s) * d, d);
+        }
+    }
+    free(hk);
+    free(hv);
+    return j.failed ? NVLM_E_NOMEM : NVLM_OK;
+}

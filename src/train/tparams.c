@@ -96,6 +96,37 @@ static int bind(nvlm_tmodel *tm, nvlm_tparam **out, nvlm_err *err, const char *f
     return *out ? 0 : nvlm_fail(err, NVLM_E_FORMAT, "tensor %s is missing", name);
 }
 
+/* NVLM-X/H: the cross-attention blocks, keyed by their position in cross_attention_layers. */
+static int bind_xattn(nvlm_tmodel *tm, nvlm_err *err) {
+    const nvlm_config *c = &tm->m->cfg;
+    if (c->arch == NVLM_ARCH_D || c->num_xattn == 0) return NVLM_OK;
+    tm->X = calloc((size_t)c->num_xattn, sizeof *tm->X);
+    if (!tm->X) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    tm->n_x = c->num_xattn;
+    for (int k = 0; k < c->num_xattn; k++) {
+        nvlm_txblock *B = &tm->X[k];
+        char p[96];
+        int rc;
+        B->layer = c->xattn_layers[k];
+        snprintf(p, sizeof p, "language_model.model.xattn_layers.%d.", k);
+        if ((rc = bind(tm, &B->in_norm, err, "%sinput_layernorm.weight", p)) ||
+            (rc = bind(tm, &B->post_norm, err, "%spost_attention_layernorm.weight", p)) ||
+            (rc = bind(tm, &B->wq, err, "%scross_attn.q_proj.weight", p)) ||
+            (rc = bind(tm, &B->wk, err, "%scross_attn.k_proj.weight", p)) ||
+            (rc = bind(tm, &B->wv, err, "%scross_attn.v_proj.weight", p)) ||
+            (rc = bind(tm, &B->wo, err, "%scross_attn.o_proj.weight", p)) ||
+            (rc = bind(tm, &B->q_norm, err, "%scross_attn.q_norm.weight", p)) ||
+            (rc = bind(tm, &B->k_norm, err, "%scross_attn.k_norm.weight", p)) ||
+            (rc = bind(tm, &B->attn_gate, err, "%scross_attn_attn_gate", p)) ||
+            (rc = bind(tm, &B->mlp_gate, err, "%scross_attn_mlp_gate", p)) ||
+            (rc = bind(tm, &B->gate, err, "%smlp.gate_proj.weight", p)) ||
+            (rc = bind(tm, &B->up, err, "%smlp.up_proj.weight", p)) ||
+            (rc = bind(tm, &B->down, err, "%smlp.down_proj.weight", p)))
+            return rc;
+    }
+    return NVLM_OK;
+}
+
 static int bind_all(nvlm_tmodel *tm, nvlm_err *err) {
     const nvlm_config *c = &tm->m->cfg;
     int rc;
@@ -131,7 +162,7 @@ static int bind_all(nvlm_tmodel *tm, nvlm_err *err) {
             (rc = bind(tm, &L->down, err, "%smlp.down_proj.weight", p)))
             return rc;
     }
-    return NVLM_OK;
+    return bind_xattn(tm, err);
 }
 
 int nvlm_tmodel_new(nvlm_model *m, const nvlm_train_select *sel, nvlm_tmodel **out, nvlm_err *err) {
@@ -139,9 +170,6 @@ int nvlm_tmodel_new(nvlm_model *m, const nvlm_train_select *sel, nvlm_tmodel **o
     if (!m || !sel) return nvlm_fail(err, NVLM_E_INVALID_ARG, "no model or selection");
     if (sel->stage != 1 && sel->stage != 2)
         return nvlm_fail(err, NVLM_E_INVALID_ARG, "stage %d: the trainer knows stages 1 and 2", sel->stage);
-    if (m->cfg.arch != NVLM_ARCH_D)
-        return nvlm_fail(err, NVLM_E_UNSUPPORTED, "training %s is not implemented yet (NVLM-D only)",
-                         nvlm_arch_name(m->cfg.arch));
     nvlm_tmodel *tm = calloc(1, sizeof *tm);
     if (!tm) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
     tm->m = m;
@@ -169,6 +197,7 @@ void nvlm_tmodel_free(nvlm_tmodel *tm) {
     }
     free(tm->p);
     free(tm->L);
+    free(tm->X);
     free(tm);
 }
 

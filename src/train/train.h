@@ -27,6 +27,14 @@ typedef struct nvlm_tlayer {
     nvlm_tparam *in_norm, *post_norm, *wq, *bq, *wk, *bk, *wv, *bv, *wo, *gate, *up, *down;
 } nvlm_tlayer;
 
+/* An NVLM-X/H gated cross-attention block (design note §12); the gates are the raw
+ * parameters alpha (the block uses tanh(alpha)). */
+typedef struct nvlm_txblock {
+    int layer;             /* the LLM layer it runs before */
+    nvlm_tparam *in_norm, *post_norm, *wq, *wk, *wv, *wo, *q_norm, *k_norm;
+    nvlm_tparam *attn_gate, *mlp_gate, *gate, *up, *down;
+} nvlm_txblock;
+
 enum { NVLM_TRAIN_MAX_PROJ = 8 };
 
 typedef struct nvlm_tmodel {
@@ -37,11 +45,13 @@ typedef struct nvlm_tmodel {
     int proj_depth;
     nvlm_tparam *embed, *final_norm, *lm_head;
     nvlm_tlayer *L;
+    nvlm_txblock *X;               /* NVLM-X/H: cfg.num_xattn blocks; NULL for D */
+    int n_x;
     int recompute;                 /* 1: keep only each layer's input, recompute in backward */
 } nvlm_tmodel;
 
-/* Which tensors learn. NULL patterns: the stage's default set (stage 1: mlp1.*; stage 2:
- * mlp1.* and language_model.*). patterns: comma-separated fnmatch globs over tensor names.
+/* Which tensors learn. NULL patterns: the stage's default set (stage 1: mlp1.* and, for X/H,
+ * the cross-attention blocks; stage 2: those and every LLM weight). patterns: comma-separated fnmatch globs over tensor names.
  * decay_all: weight decay on every trainable tensor (PyTorch AdamW on a plain list, as the
  * reference); 0: not on 1-D tensors (norm weights, biases). */
 typedef struct nvlm_train_select {
@@ -60,13 +70,24 @@ size_t nvlm_tmodel_trainable(const nvlm_tmodel *tm);
 /* ------------------------------------------------------------ one sequence */
 
 /* A prepared training sequence. labels[t] is the target id of position t, or -100: the loss
- * at position t uses labels[t + 1] (Hugging Face's shift). img: the pixel-shuffled ViT
- * features of every image-context position, in order ([n_img, 4C]), NULL without images. */
+ * at position t uses labels[t + 1] (Hugging Face's shift). img: pixel-shuffled ViT feature
+ * rows ([n_img, 4C], NULL without images); the projector maps them to rows P[0..n_img).
+ *
+ * NVLM-D (ctx_rows and mem_src NULL): image-context position k takes P[k].
+ * NVLM-X/H: image-context position k takes P[ctx_rows[k]] (H: the thumbnails; X: none);
+ * the cross-attention memory has n_mem rows, row r = P[mem_src[r]] when mem_src[r] >= 0,
+ * else the embedding of token id -mem_src[r] - 1 (H's tile tags); position t reads memory
+ * rows [mem_lo[t], mem_hi[t]) (empty: the blocks leave it unchanged). */
 typedef struct nvlm_tseq {
     const int32_t *ids, *labels;
     int n;
     const float *img;
     int n_img;
+    const int *ctx_rows;
+    int n_ctx;
+    const int *mem_src;
+    int n_mem;
+    const int *mem_lo, *mem_hi;
 } nvlm_tseq;
 
 /* Supervised positions of a sequence (t with labels[t+1] != -100). */
@@ -127,4 +148,36 @@ int nvlm_t_attention(nvlm_pool *pool, float *o, const float *q, const float *k, 
 /* Its backward (probabilities recomputed): dq (overwrites), dk, dv (overwrite). */
 int nvlm_t_attention_bwd(nvlm_pool *pool, float *dq, float *dk, float *dv, const float *dout, const float *q,
                          const float *k, const float *v, int n, int nh, int nkv, int d);
+
+/* Cross-attention over memory ranges (no positions, no causal mask): query row t of head a
+ * attends K/V rows [lo[t], hi[t]) of kv head a / (nh / nkv); q [n, nh d], K, V [S, nkv d] ->
+ * o [n, nh d] (zero for an empty range). */
+int nvlm_t_xattention(nvlm_pool *pool, float *o, const float *q, const float *K, const float *V, const int *lo,
+                      const int *hi, int n, int nh, int nkv, int d);
+/* Its backward (probabilities recomputed): dq (overwrites), dK, dV [S, nkv d] (overwrite). */
+int nvlm_t_xattention_bwd(nvlm_pool *pool, float *dq, float *dK, float *dV, const float *dout, const float *q,
+                          const float *K, const float *V, const int *lo, const int *hi, int n, int nh, int nkv,
+                          int d, int S);
+
+/* ------------------------------------------------------------ gated cross-attention block (txattn.c) */
+
+/* What block k's backward needs: the rows that see memory, their input and activations,
+ * and the memory's keys/values. */
+typedef struct nvlm_txstate {
+    int n_sel;                  /* rows with a non-empty memory range */
+    int *sel, *lo, *hi;         /* [n_sel] */
+    float *xin;                 /* [n_sel, h] block input of those rows */
+    float *qp, *q, *att, *o, *x1, *g, *u, *z;   /* activations, NULL after a recompute-mode forward */
+    float *Kp, *K, *V;          /* [S, kvd]: before k_norm, after, values */
+} nvlm_txstate;
+
+/* Applies block k in place to xs [n, h] (positions seeing memory rows [lo[t], hi[t]) of M
+ * [S, h]); keep_acts 0 keeps only what a recompute needs. */
+int nvlm_tx_forward(nvlm_tmodel *tm, int k, nvlm_txstate *st, float *xs, int n, const int *lo, const int *hi,
+                    const float *M, int S, int keep_acts);
+/* dx [n, h]: gradient of the block output in, of its input out (other rows unchanged);
+ * gradients of the block's trainable tensors accumulate; dM [S, h] += gradient of the memory
+ * (dM may be NULL). */
+int nvlm_tx_backward(nvlm_tmodel *tm, int k, nvlm_txstate *st, float *dx, const float *M, int S, float *dM);
+void nvlm_txstate_free(nvlm_txstate *st);
 #endif
