@@ -151,6 +151,11 @@ enum { NVLM_WEIGHTS_STORED = 0, NVLM_WEIGHTS_Q8_0 = 1, NVLM_WEIGHTS_Q4 = 2 };
  * stay as stored). NVLM_WEIGHTS_STORED does nothing. */
 int nvlm_model_quantize(nvlm_model *m, int weights, nvlm_err *err);
 
+/* Element type of the self-attention KV cache of chats created afterwards: float32 (the
+ * default) or F16 (half the memory; docs/performance.md gives the measured effect). */
+enum { NVLM_KV_F32 = 0, NVLM_KV_F16 = 1 };
+int nvlm_model_set_kv_type(nvlm_model *m, int kv_type, nvlm_err *err);
+
 /* ------------------------------------------------------------------- chat */
 
 typedef struct nvlm_sampling {

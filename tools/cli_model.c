@@ -38,6 +38,11 @@ int cli_model_flag(const char *cmd, cli_model_opts *o, int argc, char **argv, in
         else if (!strcmp(v, "q4")) o->weights = NVLM_WEIGHTS_Q4;
         else if (!strcmp(v, "stored")) o->weights = NVLM_WEIGHTS_STORED;
         else BAD();
+    } else if (!strcmp(a, "--kv")) {
+        VALUE();
+        if (!strcmp(v, "f16")) o->kv_type = NVLM_KV_F16;
+        else if (!strcmp(v, "f32")) o->kv_type = NVLM_KV_F32;
+        else BAD();
     } else if (!strcmp(a, "--max-num")) {
         VALUE();
         if (cli_parse_int(v, 1, 64, &n)) BAD();
@@ -93,6 +98,7 @@ const char *cli_model_flags_help(void) {
            "  -m, --model DIR          model folder (config.json, *.safetensors, tokenizer)\n"
            "  -t, --threads N          worker threads (default: all cores)\n"
            "      --weights q8_0|q4    quantize the weight matrices at load (default: as stored)\n"
+           "      --kv f16|f32         KV cache element type (default f32; f16 halves its memory)\n"
            "      --max-num N          max tiles per image (default: the config's max_dynamic_patch)\n"
            "      --system TEXT        system message (default \"Answer the questions.\"; \"\" for none)\n"
            "  -n, --max-new-tokens N   generation limit (default 1024)\n"
@@ -119,7 +125,7 @@ int cli_load_model(const char *cmd, const cli_model_opts *o, nvlm_model **m) {
     nvlm_load_options lo = {o->threads, o->quiet ? NULL : show_progress, NULL};
     nvlm_err err = {0};
     if (nvlm_model_load(o->model_dir, &lo, m, &err)) return cli_report(cmd, &err);
-    if (nvlm_model_quantize(*m, o->weights, &err)) {
+    if (nvlm_model_quantize(*m, o->weights, &err) || nvlm_model_set_kv_type(*m, o->kv_type, &err)) {
         nvlm_model_free(*m);
         *m = NULL;
         return cli_report(cmd, &err);

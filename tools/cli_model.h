@@ -9,6 +9,7 @@ typedef struct cli_model_opts {
     const char *model_dir;
     int threads;
     int weights;        /* NVLM_WEIGHTS_*: --weights q8_0|q4 */
+    int kv_type;        /* NVLM_KV_*: --kv f16|f32 */
     int max_num;
     const char *system;
     int system_set;

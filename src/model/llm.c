@@ -2,7 +2,9 @@
 #include "model/llm.h"
 #include "core/err.h"
 #include "kernels/attention.h"
+#include "kernels/cpu.h"
 #include "kernels/qblock.h"
+#include "kernels/simd.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +13,7 @@ int nvlm_kv_init(nvlm_kv *kv, const nvlm_model *m, nvlm_err *err) {
     memset(kv, 0, sizeof *kv);
     kv->n_layers = m->cfg.llm.num_layers;
     kv->kv_dim = m->cfg.llm.num_kv_heads * nvlm_cfg_head_dim(&m->cfg);
+    kv->f16 = m->kv_f16;
     kv->k = calloc((size_t)kv->n_layers, sizeof *kv->k);
     kv->v = calloc((size_t)kv->n_layers, sizeof *kv->v);
     if (!kv->k || !kv->v) {
@@ -24,15 +27,28 @@ int nvlm_kv_reserve(nvlm_kv *kv, int extra, nvlm_err *err) {
     if (kv->len + extra <= kv->cap) return NVLM_OK;
     int cap = kv->cap ? kv->cap : 256;
     while (cap < kv->len + extra) cap *= 2;
+    size_t elem = kv->f16 ? sizeof(uint16_t) : sizeof(float);
     for (int l = 0; l < kv->n_layers; l++) {
-        float *k = realloc(kv->k[l], sizeof(float) * (size_t)cap * kv->kv_dim);
+        void *k = realloc(kv->k[l], elem * (size_t)cap * kv->kv_dim);
         if (k) kv->k[l] = k;
-        float *v = k ? realloc(kv->v[l], sizeof(float) * (size_t)cap * kv->kv_dim) : NULL;
+        void *v = k ? realloc(kv->v[l], elem * (size_t)cap * kv->kv_dim) : NULL;
         if (v) kv->v[l] = v;
         if (!k || !v)
             return nvlm_fail(err, NVLM_E_NOMEM, "out of memory growing the KV cache to %d positions", cap);
     }
     kv->cap = cap;
+    return NVLM_OK;
+}
+
+size_t nvlm_kv_bytes(const nvlm_kv *kv) {
+    return 2 * (kv->f16 ? sizeof(uint16_t) : sizeof(float)) * (size_t)kv->n_layers * (size_t)kv->len * (size_t)kv->kv_dim;
+}
+
+int nvlm_model_set_kv_type(nvlm_model *m, int kv_type, nvlm_err *err) {
+    if (!m) return nvlm_fail(err, NVLM_E_INVALID_ARG, "no model");
+    if (kv_type != NVLM_KV_F32 && kv_type != NVLM_KV_F16)
+        return nvlm_fail(err, NVLM_E_INVALID_ARG, "unknown KV cache type %d (NVLM_KV_F32 or NVLM_KV_F16)", kv_type);
+    m->kv_f16 = kv_type == NVLM_KV_F16;
     return NVLM_OK;
 }
 
@@ -92,28 +108,67 @@ static void rope_apply(float *x, int n_heads, int d, const float *cs, const floa
 
 typedef struct self_attn_job {
     const float *q;      /* [n_tok, n_h d] */
-    const float *k, *v;  /* cache of this layer [len, kv_dim] */
+    const void *k, *v;   /* cache of this layer [len, kv_dim], float32 or F16 */
+    int f16;
     float *out;          /* [n_tok, n_h d] */
     int n_tok, pos0, n_h, group, d, kv_dim;
     float scale;
     int level;           /* kernels/cpu.h */
 } self_attn_job;
 
-/* One unit = one query head: causal attention of its n_tok queries over positions 0..pos0+t. */
+/* F16 cache: the keys and values of kv head g as float32 rows of d (kbuf, vbuf). */
+static void kv_head_to_f32(const self_attn_job *j, size_t g, int n_keys, float *kbuf, float *vbuf) {
+    const uint16_t *k = (const uint16_t *)j->k + g * j->d, *v = (const uint16_t *)j->v + g * j->d;
+    for (int t = 0; t < n_keys; t++) {
+        const uint16_t *kr = k + (size_t)t * j->kv_dim, *vr = v + (size_t)t * j->kv_dim;
+#ifdef NVLM_HAVE_AVX2_KERNELS
+        if (j->level >= NVLM_CPU_AVX2) {
+            nvlm_row_to_f32_avx2(kbuf + (size_t)t * j->d, kr, NVLM_DT_F16, j->d);
+            nvlm_row_to_f32_avx2(vbuf + (size_t)t * j->d, vr, NVLM_DT_F16, j->d);
+            continue;
+        }
+#endif
+        nvlm_to_f32(kbuf + (size_t)t * j->d, kr, NVLM_DT_F16, (size_t)j->d);
+        nvlm_to_f32(vbuf + (size_t)t * j->d, vr, NVLM_DT_F16, (size_t)j->d);
+    }
+}
+
+/* One unit = one query head: causal attention of its n_tok queries over positions 0..pos0+t.
+ * With an F16 cache the unit's kv head is expanded once to float32 (consecutive query heads
+ * share it), then the same kernel runs, so results do not depend on the split. */
 static void self_attn_units(void *ctx, size_t begin, size_t end, int thread) {
     (void)thread;
     const self_attn_job *j = ctx;
     int n_keys = j->pos0 + j->n_tok;
-    float *scratch = malloc(sizeof(float) * nvlm_attention_scratch(j->level, n_keys, j->d));
+    size_t nkd = (size_t)n_keys * j->d;
+    float *scratch = malloc(sizeof(float) * (nvlm_attention_scratch(j->level, n_keys, j->d) + (j->f16 ? 2 * nkd : 0)));
     if (!scratch) return;
-    size_t qs = (size_t)j->n_h * j->d;
+    float *kbuf = scratch + nvlm_attention_scratch(j->level, n_keys, j->d), *vbuf = kbuf + nkd;
+    size_t qs = (size_t)j->n_h * j->d, have = (size_t)-1;
     for (size_t a = begin; a < end; a++) {
         size_t g = a / (size_t)j->group;
-        nvlm_attention(j->level, j->q + a * j->d, qs, j->n_tok, j->k + g * j->d, (size_t)j->kv_dim,
-                       j->v + g * j->d, (size_t)j->kv_dim, n_keys, j->pos0, j->d, j->scale,
+        const float *k = (const float *)j->k + g * j->d, *v = (const float *)j->v + g * j->d;
+        size_t stride = (size_t)j->kv_dim;
+        if (j->f16) {
+            if (g != have) kv_head_to_f32(j, g, n_keys, kbuf, vbuf), have = g;
+            k = kbuf, v = vbuf, stride = (size_t)j->d;
+        }
+        nvlm_attention(j->level, j->q + a * j->d, qs, j->n_tok, k, stride, v, stride, n_keys, j->pos0, j->d, j->scale,
                        j->out + a * j->d, qs, scratch);
     }
     free(scratch);
+}
+
+/* Appends n rows of kv_dim keys and values at position pos0 of layer l's cache. */
+static void kv_store(nvlm_kv *kv, int l, int pos0, const float *k, const float *v, int n) {
+    size_t off = (size_t)pos0 * kv->kv_dim, cnt = (size_t)n * kv->kv_dim;
+    if (!kv->f16) {
+        memcpy((float *)kv->k[l] + off, k, sizeof(float) * cnt);
+        memcpy((float *)kv->v[l] + off, v, sizeof(float) * cnt);
+        return;
+    }
+    uint16_t *kd = (uint16_t *)kv->k[l] + off, *vd = (uint16_t *)kv->v[l] + off;
+    for (size_t i = 0; i < cnt; i++) kd[i] = nvlm_f32_to_f16(k[i]), vd[i] = nvlm_f32_to_f16(v[i]);
 }
 
 typedef struct llm_buffers {
@@ -154,9 +209,8 @@ static void llm_layer_forward(nvlm_model *m, nvlm_kv *kv, int l, int n, llm_buff
         rope_apply(b->q + (size_t)t * c->num_heads * d, c->num_heads, d, cs, sn);
         rope_apply(b->k + (size_t)t * kvd, c->num_kv_heads, d, cs, sn);
     }
-    memcpy(kv->k[l] + (size_t)pos0 * kvd, b->k, sizeof(float) * (size_t)n * kvd);
-    memcpy(kv->v[l] + (size_t)pos0 * kvd, b->v, sizeof(float) * (size_t)n * kvd);
-    self_attn_job aj = {b->q, kv->k[l], kv->v[l], b->att, n, pos0, c->num_heads,
+    kv_store(kv, l, pos0, b->k, b->v, n);
+    self_attn_job aj = {b->q, kv->k[l], kv->v[l], kv->f16, b->att, n, pos0, c->num_heads,
                         c->num_heads / c->num_kv_heads, d, kvd, 1.0f / sqrtf((float)d), nvlm_pool_level(m->pool)};
     nvlm_pool_run(m->pool, (size_t)c->num_heads, 1, self_attn_units, &aj);
     nvlm_matmul(m->pool, b->y, b->att, n, &L->wo, NULL);

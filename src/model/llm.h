@@ -3,14 +3,18 @@
 #define NVLM_MODEL_LLM_H
 #include "model/model.h"
 
-/* Rotated keys and values of every layer for positions [0, len). */
+/* Rotated keys and values of every layer for positions [0, len), float32 or F16 bits. */
 typedef struct nvlm_kv {
     int n_layers, kv_dim;
     int len, cap;
-    float **k, **v;     /* [n_layers][cap * kv_dim] */
+    int f16;            /* elements are F16 (m->kv_f16 at init) */
+    void **k, **v;      /* [n_layers][cap * kv_dim] */
 } nvlm_kv;
 
+/* The element type is the model's (nvlm_model_set_kv_type). */
 int nvlm_kv_init(nvlm_kv *kv, const nvlm_model *m, nvlm_err *err);
+/* Bytes held for the len positions in use. */
+size_t nvlm_kv_bytes(const nvlm_kv *kv);
 /* Makes room for `extra` more positions. */
 int nvlm_kv_reserve(nvlm_kv *kv, int extra, nvlm_err *err);
 /* Forgets positions >= len (prefix reuse). */

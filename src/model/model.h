@@ -62,6 +62,8 @@ struct nvlm_model {
     nvlm_wmat lm_head;
     xattn_block *xattn;              /* [cfg.num_xattn], NULL for NVLM-D */
 
+    int kv_f16;                      /* NVLM_KV_F16: chats keep keys/values in F16 */
+
     /* special ids from the checkpoint's own tokenizer */
     int32_t id_im_start, id_im_end, id_img_context;
 
