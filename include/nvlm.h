@@ -118,6 +118,35 @@ void nvlm_tiles_free(nvlm_tiles *t);
  * exactly as torchvision's ToTensor + Normalize compute it. */
 void nvlm_tile_normalize(const uint8_t *tile_rgb, int size, float *out_chw);
 
+/* Tiles of several images in one go: all tiles, image after image, in one array, each
+ * image's exactly as nvlm_image_tile makes them (the bytes never depend on threads). */
+typedef struct nvlm_tile_opts {
+    int tile_size;         /* 0: 448 */
+    int min_num, max_num;  /* 0: 1 and 6 */
+    int no_thumbnail;      /* 1: never append the thumbnail */
+    int threads;           /* <= 1: the calling thread only */
+    nvlm_image_limits limits; /* for nvlm_images_load_tile */
+} nvlm_tile_opts;
+
+typedef struct nvlm_tile_batch {
+    int n_images;
+    int total_tiles;       /* sum of images[i].num_tiles */
+    int size;              /* tile side */
+    nvlm_tiles *images;    /* per image: grid, num_tiles, thumbnail; .rgb points into rgb */
+    int *first_tile;       /* per image: index of its first tile */
+    uint8_t *rgb;          /* total_tiles * size * size * 3 bytes, HWC per tile */
+} nvlm_tile_batch;
+
+int nvlm_images_tile(const nvlm_image *imgs, int n_images, const nvlm_tile_opts *opts,
+                     nvlm_tile_batch *out, nvlm_err *err);
+/* Decodes the files and tiles them; with threads > 1 an image is resized while it is still
+ * being decoded (JPEG, PNG) and the rest shared in bands. Errors name the file. */
+int nvlm_images_load_tile(const char *const *paths, int n_images, const nvlm_tile_opts *opts,
+                          nvlm_tile_batch *out, nvlm_err *err);
+void nvlm_tile_batch_free(nvlm_tile_batch *b);
+/* nvlm_tile_normalize of n consecutive tiles into float32 [n, 3, size, size]. */
+void nvlm_tiles_normalize(const uint8_t *tiles_rgb, int n_tiles, int size, float *out);
+
 /* ------------------------------------------------------------------ model */
 
 typedef struct nvlm_model nvlm_model;

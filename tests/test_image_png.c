@@ -9,6 +9,18 @@
 #include "image/decode.h"
 #include "image/png_fast.h"
 #include <dirent.h>
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+#ifndef UNDER_ASAN
+#define UNDER_ASAN 0
+#endif
+/* Files above this size get only a few variants (fewer under ASan, where decoding is slow). */
+#define BIG_FILE (UNDER_ASAN ? 8000 : 60000)
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,7 +153,7 @@ static void variants(const char *name, const uint8_t *d, size_t n) {
         free(pp.z.p);
         return;
     }
-    int plain = !is_interlaced(d, n), big = n > 60000;
+    int plain = !is_interlaced(d, n), big = n > BIG_FILE;
     if (plain && fast >= 0) CHECK(fast == 1, "%s: fast path not taken on a plain PNG", name);
     /* re-cut IDAT data: the fast path must be taken exactly when it was before */
     static const size_t steps[] = {1, 7, 8192, 1u << 30};
@@ -158,7 +170,7 @@ static void variants(const char *name, const uint8_t *d, size_t n) {
                      pp.first_idat + (pp.idat_end - pp.first_idat) / 2, pp.idat_end - 5,
                      pp.idat_end - 4, pp.idat_end - 1, pp.idat_end, pp.idat_end + 8};
     for (size_t c = 0; c < sizeof cuts / sizeof cuts[0]; c++) {
-        if (cuts[c] > n || (big && c % 3 != 0)) continue;
+        if (cuts[c] > n || (big && c != 3)) continue;
         snprintf(what, sizeof what, "%s cut at %zu", name, cuts[c]);
         compare(what, d, cuts[c]);
     }

@@ -42,6 +42,10 @@ const char *img_format_name(img_format f);
 int img_decode_as(img_format f, const uint8_t *data, size_t len, uint64_t max_pixels,
                   nvlm_image *out, nvlm_err *err);
 
+/* nvlm_image_decode with a control block: sniffing, then the decoder. */
+int img_decode_buf(const uint8_t *data, size_t len, img_ctl *ctl, nvlm_image *out,
+                   nvlm_err *err);
+
 /* The same with a control block (max_pixels 0 means the default). */
 int img_decode_ctl(img_format f, const uint8_t *data, size_t len, img_ctl *ctl, nvlm_image *out,
                    nvlm_err *err);

@@ -73,20 +73,27 @@ int img_decode_ctl(img_format f, const uint8_t *data, size_t len, img_ctl *ctl, 
     }
 }
 
-int nvlm_image_decode(const uint8_t *data, size_t len, const nvlm_image_limits *limits,
-                      nvlm_image *out, nvlm_err *err) {
-    if (!out) return nvlm_fail(err, NVLM_E_INVALID_ARG, "nvlm_image_decode: out is NULL");
+int img_decode_buf(const uint8_t *data, size_t len, img_ctl *ctl, nvlm_image *out,
+                   nvlm_err *err) {
     memset(out, 0, sizeof *out);
     if (!data && len) return nvlm_fail(err, NVLM_E_INVALID_ARG, "nvlm_image_decode: data is NULL");
     if (len == 0) return nvlm_fail(err, NVLM_E_FORMAT, "empty file: not an image");
-    uint64_t max_pixels = limits && limits->max_pixels ? limits->max_pixels : IMG_DEFAULT_MAX_PIXELS;
     img_format f = img_sniff(data, len);
     if (f == IMG_UNKNOWN)
         return nvlm_fail(err, NVLM_E_UNSUPPORTED,
                          "unknown image format (not JPEG, PNG, WebP, GIF or BMP)");
-    int rc = img_decode_as(f, data, len, max_pixels, out, err);
+    int rc = img_decode_ctl(f, data, len, ctl, out, err);
     if (rc != NVLM_OK) nvlm_image_free(out); /* decoders leave it empty; be sure */
     return rc;
+}
+
+int nvlm_image_decode(const uint8_t *data, size_t len, const nvlm_image_limits *limits,
+                      nvlm_image *out, nvlm_err *err) {
+    if (!out) return nvlm_fail(err, NVLM_E_INVALID_ARG, "nvlm_image_decode: out is NULL");
+    img_ctl ctl;
+    memset(&ctl, 0, sizeof ctl);
+    ctl.max_pixels = limits ? limits->max_pixels : 0;
+    return img_decode_buf(data, len, &ctl, out, err);
 }
 
 int nvlm_image_load(const char *path, const nvlm_image_limits *limits, nvlm_image *out,

@@ -26,3 +26,10 @@ void nvlm_tile_normalize(const uint8_t *tile_rgb, int size, float *out_chw) {
         b[i] = lut[2][tile_rgb[2]];
     }
 }
+
+void nvlm_tiles_normalize(const uint8_t *tiles_rgb, int n_tiles, int size, float *out) {
+    if (!tiles_rgb || !out || size <= 0 || n_tiles <= 0) return;
+    size_t plane = (size_t)size * (size_t)size;
+    for (int k = 0; k < n_tiles; k++)
+        nvlm_tile_normalize(tiles_rgb + plane * 3 * (size_t)k, size, out + plane * 3 * (size_t)k);
+}

@@ -225,7 +225,7 @@ typedef struct rs_job {
     int y0, y1;       /* source rows the horizontal pass must produce */
     uint8_t *win;     /* horizontal rows [wbase, wbase + wcount), cap rows */
     int wbase, wcount, cap;
-    int vy;           /* next vertical output row */
+    int vy, vend;     /* next vertical output row, end of the rows wanted */
     uint8_t *row;     /* one output row */
 } rs_job;
 
@@ -257,7 +257,7 @@ static void untranspose_row(const uint8_t *O, int ow, int r, uint8_t *dst) {
 /* Emits every vertical output row of j whose source rows are all in the window. */
 static void drain_vertical(rs_job *j, int job, const rs_kernels *K, rs_emit_fn emit, void *user) {
     size_t rb = (size_t)j->ow * 3;
-    while (j->vy < j->oh && j->ay.xmin[j->vy] + j->ay.n[j->vy] <= j->wbase + j->wcount) {
+    while (j->vy < j->vend && j->ay.xmin[j->vy] + j->ay.n[j->vy] <= j->wbase + j->wcount) {
         K->v_row(j->win, rb, j->wbase, &j->ay, j->vy, j->row, rb);
         emit(user, job, j->vy, j->row);
         j->vy++;
@@ -267,7 +267,7 @@ static void drain_vertical(rs_job *j, int job, const rs_kernels *K, rs_emit_fn e
 /* Makes room for one more row in j's window, dropping rows no later output needs. */
 static void window_room(rs_job *j) {
     if (j->wcount < j->cap) return;
-    int keep_from = j->vy < j->oh ? j->ay.xmin[j->vy] : j->wbase + j->wcount;
+    int keep_from = j->vy < j->vend ? j->ay.xmin[j->vy] : j->wbase + j->wcount;
     int drop = keep_from - j->wbase;
     /* drop > 0: the next output is not ready, so its taps end past the full window and,
      * the window being longer than a kernel, they start past its first row */
@@ -279,10 +279,10 @@ static void window_room(rs_job *j) {
 }
 
 static int run_horizontal(const uint8_t *src, int w, rs_job *jobs, int n, const rs_kernels *K,
-                          rs_emit_fn emit, void *user, nvlm_err *err) {
+                          rs_emit_fn emit, void *user, const rs_opts *o, nvlm_err *err) {
     int ylo = -1, yhi = -1, owmax = 0;
     for (int i = 0; i < n; i++) {
-        if (!jobs[i].need_h) continue;
+        if (!jobs[i].need_h || jobs[i].y0 >= jobs[i].y1) continue;
         if (ylo < 0 || jobs[i].y0 < ylo) ylo = jobs[i].y0;
         if (jobs[i].y1 > yhi) yhi = jobs[i].y1;
         if (jobs[i].ow > owmax) owmax = jobs[i].ow;
@@ -295,8 +295,13 @@ static int run_horizontal(const uint8_t *src, int w, rs_job *jobs, int n, const 
         free(O);
         return nvlm_fail(err, NVLM_E_NOMEM, "resize: out of memory");
     }
+    int rc = NVLM_OK;
     for (int y = ylo; y < yhi; y += HB) {
         int nr = yhi - y < HB ? yhi - y : HB;
+        if (o->wait_rows && o->wait_rows(o->wait_user, y + nr) != 0) {
+            rc = nvlm_fail(err, NVLM_E_CANCELLED, "resize: source image abandoned");
+            break;
+        }
         transpose_block(src, w, y, nr, T);
         for (int i = 0; i < n; i++) {
             rs_job *j = &jobs[i];
@@ -323,7 +328,7 @@ static int run_horizontal(const uint8_t *src, int w, rs_job *jobs, int n, const 
     }
     free(T);
     free(O);
-    return NVLM_OK;
+    return rc;
 }
 
 static void free_jobs(rs_job *jobs, int n) {
@@ -338,50 +343,77 @@ static void free_jobs(rs_job *jobs, int n) {
 
 int rs_resize_stream(const uint8_t *src, int w, int h, int n, const int *ow, const int *oh,
                      rs_emit_fn emit, void *user, int simd, nvlm_err *err) {
-    if (!src || w <= 0 || h <= 0 || n <= 0 || !emit)
+    rs_opts o;
+    memset(&o, 0, sizeof o);
+    o.simd = simd;
+    return rs_resize_stream_ex(src, w, h, n, ow, oh, emit, user, &o, err);
+}
+
+/* Sets up job j: weights, the output rows [vy, vend) wanted and the source rows they read. */
+static int job_init(rs_job *j, int w, int h, int ow, int oh, const rs_opts *o, int i,
+                    nvlm_err *err) {
+    j->ow = ow;
+    j->oh = oh;
+    if (ow <= 0 || oh <= 0)
+        return nvlm_fail(err, NVLM_E_INVALID_ARG, "resize: bad target size %dx%d", ow, oh);
+    j->vy = o->row_from ? o->row_from[i] : 0;
+    j->vend = o->row_to ? o->row_to[i] : oh;
+    if (j->vy < 0 || j->vend > oh || j->vy > j->vend)
+        return nvlm_fail(err, NVLM_E_INVALID_ARG, "resize: bad row range %d..%d of %d", j->vy,
+                         j->vend, oh);
+    j->need_h = ow != w;
+    j->need_v = oh != h;
+    j->y0 = j->vy; /* without a vertical pass, output row y is source row y */
+    j->y1 = j->vend;
+    int rc;
+    if (j->need_h && (rc = rs_axis_init(&j->ax, w, ow, err)) != NVLM_OK) return rc;
+    if (j->need_v) {
+        if ((rc = rs_axis_init(&j->ay, h, oh, err)) != NVLM_OK) return rc;
+        /* only the rows the vertical pass reads (Pillow's ybox_first/ybox_last) */
+        if (j->vy < j->vend) {
+            j->y0 = j->ay.xmin[j->vy];
+            j->y1 = j->ay.xmin[j->vend - 1] + j->ay.n[j->vend - 1];
+        } else {
+            j->y0 = j->y1 = 0;
+        }
+        j->wbase = j->y0;
+        j->cap = j->ay.ksize + HB + 64;
+        if (j->need_h) {
+            j->win = malloc((size_t)ow * 3 * (size_t)j->cap);
+            if (!j->win) return nvlm_fail(err, NVLM_E_NOMEM, "resize: out of memory");
+        }
+    }
+    j->row = malloc((size_t)ow * 3);
+    if (!j->row) return nvlm_fail(err, NVLM_E_NOMEM, "resize: out of memory");
+    return NVLM_OK;
+}
+
+int rs_resize_stream_ex(const uint8_t *src, int w, int h, int n, const int *ow, const int *oh,
+                        rs_emit_fn emit, void *user, const rs_opts *o, nvlm_err *err) {
+    if (!src || w <= 0 || h <= 0 || n <= 0 || !emit || !o)
         return nvlm_fail(err, NVLM_E_INVALID_ARG, "resize: empty source image");
     rs_job *jobs = calloc((size_t)n, sizeof *jobs);
     if (!jobs) return nvlm_fail(err, NVLM_E_NOMEM, "resize: out of memory");
-    rs_kernels K = pick_kernels(simd);
+    rs_kernels K = pick_kernels(o->simd);
     int rc = NVLM_OK;
-    for (int i = 0; i < n && rc == NVLM_OK; i++) {
-        rs_job *j = &jobs[i];
-        j->ow = ow[i];
-        j->oh = oh[i];
-        if (j->ow <= 0 || j->oh <= 0) {
-            rc = nvlm_fail(err, NVLM_E_INVALID_ARG, "resize: bad target size %dx%d", j->ow, j->oh);
-            break;
-        }
-        j->need_h = j->ow != w;
-        j->need_v = j->oh != h;
-        j->y0 = 0;
-        j->y1 = h;
-        if (j->need_h && (rc = rs_axis_init(&j->ax, w, j->ow, err)) != NVLM_OK) break;
-        if (j->need_v) {
-            if ((rc = rs_axis_init(&j->ay, h, j->oh, err)) != NVLM_OK) break;
-            /* only the rows the vertical pass reads (Pillow's ybox_first/ybox_last) */
-            j->y0 = j->ay.xmin[0];
-            j->y1 = j->ay.xmin[j->oh - 1] + j->ay.n[j->oh - 1];
-            j->wbase = j->y0;
-            j->cap = j->ay.ksize + HB + 64;
-            if (j->need_h) {
-                j->win = malloc((size_t)j->ow * 3 * (size_t)j->cap);
-                if (!j->win) rc = nvlm_fail(err, NVLM_E_NOMEM, "resize: out of memory");
-            }
-        }
-        j->row = malloc((size_t)j->ow * 3);
-        if (!j->row) rc = nvlm_fail(err, NVLM_E_NOMEM, "resize: out of memory");
-    }
-    if (rc == NVLM_OK) rc = run_horizontal(src, w, jobs, n, &K, emit, user, err);
+    for (int i = 0; i < n && rc == NVLM_OK; i++) rc = job_init(&jobs[i], w, h, ow[i], oh[i], o, i, err);
+    if (rc == NVLM_OK) rc = run_horizontal(src, w, jobs, n, &K, emit, user, o, err);
     for (int i = 0; i < n && rc == NVLM_OK; i++) {
         rs_job *j = &jobs[i];
         size_t rb = (size_t)w * 3;
-        if (!j->need_h && !j->need_v) {
-            for (int y = 0; y < h; y++) emit(user, i, y, src + (size_t)y * rb);
-        } else if (j->need_v && !j->need_h) {
-            for (int y = 0; y < j->oh; y++) {
+        if (j->need_h) continue;
+        /* no horizontal pass: the source rows are read whole */
+        int need = j->need_v ? j->y1 : j->vend;
+        if (o->wait_rows && o->wait_rows(o->wait_user, need) != 0) {
+            rc = nvlm_fail(err, NVLM_E_CANCELLED, "resize: source image abandoned");
+            break;
+        }
+        for (int y = j->vy; y < j->vend; y++) {
+            if (j->need_v) {
                 K.v_row(src, rb, 0, &j->ay, y, j->row, rb);
                 emit(user, i, y, j->row);
+            } else {
+                emit(user, i, y, src + (size_t)y * rb);
             }
         }
     }

@@ -29,6 +29,20 @@ typedef void (*rs_emit_fn)(void *user, int job, int y, const uint8_t *row);
 int rs_resize_stream(const uint8_t *src, int w, int h, int n, const int *ow, const int *oh,
                      rs_emit_fn emit, void *user, int simd, nvlm_err *err);
 
+/* Options of rs_resize_stream_ex. */
+typedef struct rs_opts {
+    int simd;                      /* 0 forces the portable kernels */
+    const int *row_from, *row_to;  /* per output: only rows [from, to) (NULL: all rows); the
+                                      bytes of a row do not depend on the range */
+    /* Called before source rows [0, rows) are read (rows only grow); nonzero aborts the
+     * resize with NVLM_E_CANCELLED. For a source still being decoded. NULL: all there. */
+    int (*wait_rows)(void *user, int rows);
+    void *wait_user;
+} rs_opts;
+
+int rs_resize_stream_ex(const uint8_t *src, int w, int h, int n, const int *ow, const int *oh,
+                        rs_emit_fn emit, void *user, const rs_opts *o, nvlm_err *err);
+
 /* Resizes one RGB8 image to several sizes at once (the horizontal passes share the work of
  * reading the source). outs[i] must hold ow[i]*oh[i]*3 bytes. */
 int rs_resize_many(const uint8_t *src, int w, int h, int n, const int *ow, const int *oh,
