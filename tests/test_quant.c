@@ -355,6 +355,27 @@ static void test_kv_f16(void) {
     free(text);
 }
 
+/* The vision encoder's row-parallel parts (norms, residuals, QK-norm, im2col, embeddings) and
+ * attention give the same bits with 1 and 3 threads. */
+static void test_vit_threads(void) {
+    const char *dir = shared_path("reference/models/tiny-nvlm-d");
+    nvlm_model *m[2] = {NULL, NULL};
+    nvlm_err err = {0};
+    for (int k = 0; k < 2; k++) {
+        nvlm_load_options lo = {k ? 3 : 1, NULL, NULL};
+        CHECK(nvlm_model_load(dir, &lo, &m[k], &err) == 0, "load: %s", err.msg);
+    }
+    if (m[0] && m[1]) {
+        const int S = m[0]->cfg.image_size, per = nvlm_cfg_tokens_per_tile(&m[0]->cfg) * m[0]->cfg.llm.hidden_size;
+        float *px = malloc(sizeof(float) * 2 * 3 * S * S), *o1 = malloc(sizeof(float) * 2 * per), *o3 = malloc(sizeof(float) * 2 * per);
+        for (size_t i = 0; i < (size_t)2 * 3 * S * S; i++) px[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
+        CHECK(nvlm_encode_tiles(m[0], px, 2, o1, &err) == 0 && nvlm_encode_tiles(m[1], px, 2, o3, &err) == 0, "encode: %s", err.msg);
+        CHECK(!memcmp(o1, o3, sizeof(float) * 2 * per), "ViT output differs between 1 and 3 threads");
+        free(px), free(o1), free(o3);
+    }
+    nvlm_model_free(m[0]), nvlm_model_free(m[1]);
+}
+
 /* nvlm quantize's folder gives exactly the logits of quantizing at load. */
 static void test_folder(const char *dir, const char *out) {
     nvlm_quant_report rep;
@@ -394,6 +415,7 @@ int main(void) {
         test_quality(model);
         test_reference_cases();
         test_kv_f16();
+        test_vit_threads();
         if (getenv("NVLM_QUANT_TINY")) test_quality(shared_path("reference/models/tiny-nvlm-d"));
         test_folder(model, qdir);
     }

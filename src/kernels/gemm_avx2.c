@@ -355,12 +355,17 @@ void nvlm_matmul_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, cons
 
 /* ---- attention: per block of queries, S = Q K^T, softmax, O = P V, all via ukr ---- */
 
-enum { BQ = 24 }; /* queries per block: S is BQ x n_keys floats */
+enum {
+    BQ = 24,            /* queries per block: S is BQ x n_keys floats */
+    PREPACK_KEYS = 8192 /* up to this many keys, K and V are packed once per head */
+};
+
+static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
 
 size_t nvlm_attention_scratch_avx2(int n_keys, int d) {
-    (void)d;
-    size_t lds = ((size_t)n_keys + 15) & ~(size_t)15;
-    return BQ * lds + (size_t)GROUP * KC * NR + 16;
+    size_t lds = round16((size_t)n_keys), s = BQ * lds + (size_t)GROUP * KC * NR + 16;
+    if (n_keys <= PREPACK_KEYS) s += lds * (size_t)d + round16((size_t)d) * lds;
+    return s;
 }
 
 static inline __m256 exp256(__m256 x) { /* Cephes expf, |rel err| < 2e-7 on [-87, 88] */
@@ -420,13 +425,40 @@ static void softmax_row(float *s, int n, int n_zero, float scale) {
     for (i = n; i < n_zero; i++) s[i] = 0;
 }
 
+/* C[0:M, panels] (+)= A . B^T with B already packed: panel p holds kp rows of NR floats
+ * (row k at bp + p * kp * NR + k * NR). Same FMA chains as gemm_cols (K blocks of KC in order),
+ * so the values do not depend on which path packed B. */
+static void gemm_packed(int M, int K, const float *A, size_t lda, const float *bp, size_t kp, int n0, int n1,
+                        float *C, size_t ldc) {
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        int kc = K - k0 < KC ? K - k0 : KC;
+        for (int t0 = 0; t0 < M; t0 += MR) {
+            int mr = M - t0 < MR ? M - t0 : MR;
+            for (int c0 = n0; c0 < n1; c0 += NR) {
+                int nr = n1 - c0 < NR ? n1 - c0 : NR;
+                ukr_any(mr, kc, A + (size_t)t0 * lda + k0, lda, bp + (size_t)(c0 / NR) * kp * NR + (size_t)k0 * NR,
+                        C + (size_t)t0 * ldc + c0, ldc, nr, k0 > 0, NULL);
+            }
+        }
+    }
+}
+
 void nvlm_attention_avx2(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride, const float *v,
                          size_t v_stride, int n_keys, int causal_pos0, int d, float scale, float *out,
                          size_t out_stride, float *scratch) {
-    size_t lds = ((size_t)n_keys + 15) & ~(size_t)15;
+    size_t lds = round16((size_t)n_keys);
     float *S = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
-    float *wp = S + BQ * lds;
+    float *wp = S + BQ * lds, *kp = wp + (size_t)GROUP * KC * NR, *vp = kp + lds * (size_t)d;
     strided ks = {k, k_stride}, vs = {v, v_stride};
+    int prepack = n_keys <= PREPACK_KEYS && n_keys > 0;
+    if (prepack) { /* once per head instead of once per block of queries */
+        for (int j0 = 0; j0 < n_keys; j0 += NR)
+            pack_rows_f32(&ks, j0, n_keys - j0 < NR ? n_keys - j0 : NR, 0, d, kp + (size_t)j0 * d);
+        for (int c0 = 0; c0 < d; c0 += NR)
+            for (int k0 = 0; k0 < n_keys; k0 += KC)
+                pack_cols_f32(&vs, c0, d - c0 < NR ? d - c0 : NR, k0, n_keys - k0 < KC ? n_keys - k0 : KC,
+                              vp + (size_t)(c0 / NR) * lds * NR + (size_t)k0 * NR);
+    }
     for (int q0 = 0; q0 < n_q; q0 += BQ) {
         int bq = n_q - q0 < BQ ? n_q - q0 : BQ;
         int nk = causal_pos0 < 0 ? n_keys : causal_pos0 + q0 + bq;
@@ -435,16 +467,22 @@ void nvlm_attention_avx2(const float *q, size_t q_stride, int n_q, const float *
             for (int i = 0; i < bq; i++) memset(out + (size_t)(q0 + i) * out_stride, 0, sizeof(float) * (size_t)d);
             continue;
         }
-        for (int j0 = 0; j0 < nk; j0 += GROUP * NR)
-            gemm_cols(bq, d, q + (size_t)q0 * q_stride, q_stride, pack_rows_f32, &ks, j0,
-                      j0 + GROUP * NR < nk ? j0 + GROUP * NR : nk, S, lds, NULL, wp);
+        if (prepack)
+            gemm_packed(bq, d, q + (size_t)q0 * q_stride, q_stride, kp, (size_t)d, 0, nk, S, lds);
+        else
+            for (int j0 = 0; j0 < nk; j0 += GROUP * NR)
+                gemm_cols(bq, d, q + (size_t)q0 * q_stride, q_stride, pack_rows_f32, &ks, j0,
+                          j0 + GROUP * NR < nk ? j0 + GROUP * NR : nk, S, lds, NULL, wp);
         for (int i = 0; i < bq; i++) {
             int len = causal_pos0 < 0 ? nk : causal_pos0 + q0 + i + 1;
             softmax_row(S + (size_t)i * lds, len < nk ? len : nk, nk, scale);
         }
-        for (int c0 = 0; c0 < d; c0 += GROUP * NR)
-            gemm_cols(bq, nk, S, lds, pack_cols_f32, &vs, c0, c0 + GROUP * NR < d ? c0 + GROUP * NR : d,
-                      out + (size_t)q0 * out_stride, out_stride, NULL, wp);
+        if (prepack)
+            gemm_packed(bq, nk, S, lds, vp, lds, 0, d, out + (size_t)q0 * out_stride, out_stride);
+        else
+            for (int c0 = 0; c0 < d; c0 += GROUP * NR)
+                gemm_cols(bq, nk, S, lds, pack_cols_f32, &vs, c0, c0 + GROUP * NR < d ? c0 + GROUP * NR : d,
+                          out + (size_t)q0 * out_stride, out_stride, NULL, wp);
     }
 }
 

@@ -70,13 +70,18 @@ void nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvl
 typedef struct act_job {
     float *a;
     const float *b;
+    size_t n;
     int level, silu;
 } act_job;
 
-static void act_range(void *ctx, size_t begin, size_t end, int thread) {
+/* Units of ACT_UNIT elements: every chunk starts at a multiple of 8, so each element takes the
+ * same path (vector body or scalar tail) whatever the number of threads. */
+enum { ACT_UNIT = 64 };
+
+static void act_range(void *ctx, size_t ubegin, size_t uend, int thread) {
     (void)thread;
     const act_job *j = ctx;
-    size_t n = end - begin;
+    size_t begin = ubegin * ACT_UNIT, end = uend * ACT_UNIT < j->n ? uend * ACT_UNIT : j->n, n = end - begin;
 #ifdef NVLM_HAVE_AVX2_KERNELS
     if (j->level >= NVLM_CPU_AVX2) {
         if (j->silu) nvlm_silu_mul_avx2(j->a + begin, j->b + begin, n);
@@ -89,11 +94,11 @@ static void act_range(void *ctx, size_t begin, size_t end, int thread) {
 }
 
 void nvlm_gelu_pool(nvlm_pool *pool, float *x, size_t n) {
-    act_job j = {x, NULL, nvlm_pool_level(pool), 0};
-    nvlm_pool_run(pool, n, 4096, act_range, &j);
+    act_job j = {x, NULL, n, nvlm_pool_level(pool), 0};
+    nvlm_pool_run(pool, (n + ACT_UNIT - 1) / ACT_UNIT, 4096 / ACT_UNIT, act_range, &j);
 }
 
 void nvlm_silu_mul_pool(nvlm_pool *pool, float *a, const float *b, size_t n) {
-    act_job j = {a, b, nvlm_pool_level(pool), 1};
-    nvlm_pool_run(pool, n, 4096, act_range, &j);
+    act_job j = {a, b, n, nvlm_pool_level(pool), 1};
+    nvlm_pool_run(pool, (n + ACT_UNIT - 1) / ACT_UNIT, 4096 / ACT_UNIT, act_range, &j);
 }

@@ -7,19 +7,48 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Patch p x p of tile pixels [3, S, S] at (gy, gx) flattened as (c, ky, kx): the order of the
- * conv weight [C, 3, p, p], so the convolution is a matrix product. */
-static void im2col(const float *px, int S, int p, int channels, float *out) {
+/* Patches of row gy of a tile's pixels [3, S, S], each flattened as (c, ky, kx): the order of
+ * the conv weight [C, 3, p, p], so the convolution is a matrix product. */
+static void im2col_row(const float *px, int S, int p, int channels, int gy, float *out) {
     int G = S / p;
-    for (int gy = 0; gy < G; gy++)
-        for (int gx = 0; gx < G; gx++) {
-            float *o = out + ((size_t)gy * G + gx) * (size_t)(channels * p * p);
-            for (int c = 0; c < channels; c++)
-                for (int ky = 0; ky < p; ky++) {
-                    const float *row = px + ((size_t)c * S + (size_t)gy * p + ky) * S + (size_t)gx * p;
-                    memcpy(o + ((size_t)c * p + ky) * p, row, sizeof(float) * (size_t)p);
-                }
-        }
+    for (int gx = 0; gx < G; gx++) {
+        float *o = out + ((size_t)gy * G + gx) * (size_t)(channels * p * p);
+        for (int c = 0; c < channels; c++)
+            for (int ky = 0; ky < p; ky++) {
+                const float *row = px + ((size_t)c * S + (size_t)gy * p + ky) * S + (size_t)gx * p;
+                memcpy(o + ((size_t)c * p + ky) * p, row, sizeof(float) * (size_t)p);
+            }
+    }
+}
+
+/* The embedding's row-wise parts over the pool: im2col by (tile, patch row), then the class
+ * token and position embeddings by (tile, token). */
+typedef struct vit_embed_job {
+    const nvlm_model *m;
+    const float *pixels, *emb;  /* [n, 3, S, S], [n*P, C] */
+    float *cols, *x;            /* [n*P, 3 p p], [n*T, C] */
+} vit_embed_job;
+
+static void vit_im2col_units(void *ctx, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const vit_embed_job *j = ctx;
+    const int S = j->m->cfg.image_size, p = j->m->cfg.vision.patch_size, ch = j->m->cfg.vision.num_channels, G = S / p;
+    for (size_t u = begin; u < end; u++) {
+        size_t tile = u / (size_t)G;
+        im2col_row(j->pixels + tile * ch * S * S, S, p, ch, (int)(u % (size_t)G), j->cols + tile * G * G * (size_t)(ch * p * p));
+    }
+}
+
+static void vit_pos_units(void *ctx, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const vit_embed_job *j = ctx;
+    const int C = j->m->cfg.vision.hidden_size, G = j->m->cfg.image_size / j->m->cfg.vision.patch_size, T = G * G + 1;
+    for (size_t u = begin; u < end; u++) {
+        size_t tile = u / (size_t)T, q = u % (size_t)T;
+        const float *src = q ? j->emb + (tile * (T - 1) + q - 1) * C : j->m->cls, *pos = j->m->pos + q * C;
+        float *xt = j->x + u * C;
+        for (int c = 0; c < C; c++) xt[c] = src[c] + pos[c];
+    }
 }
 
 typedef struct vit_attn_job {
@@ -59,30 +88,66 @@ static void vit_buffers_free(vit_buffers *b) {
     free(b->mlp);
 }
 
-/* x[n*T, C] through one pre-norm, layer-scaled InternViT layer. */
-static void vit_layer_forward(nvlm_model *m, const vit_layer *L, int n, vit_buffers *b) {
+/* Row-wise work of a layer, split over the pool by rows (each row is computed the same way
+ * whatever the split): optionally x += ls * y (residual with layer scale), then
+ * out = rmsnorm(x) * norm, or the QK-norm of the q and k parts of qkv rows. */
+typedef struct vit_rows_job {
+    float *x;              /* [rows, C] */
+    const float *y;        /* residual branch [rows, C], or NULL */
+    const float *ls;       /* layer scale [C] */
+    const float *norm;     /* RMSNorm weight [C], or NULL: no norm */
+    float *out;            /* [rows, C] */
+    float *qkv;            /* QK-norm rows [rows, 3E] instead (x, y, norm unused) */
+    const float *q_norm, *k_norm;
+    int C, E;
+    float eps;
+} vit_rows_job;
+
+static void vit_rows(void *ctx, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const vit_rows_job *j = ctx;
+    const size_t C = (size_t)j->C;
+    for (size_t t = begin; t < end; t++) {
+        if (j->qkv) { /* QK-norm: statistic over the C real channels only */
+            float *q = j->qkv + t * 3 * (size_t)j->E, *k = q + j->E;
+            nvlm_rmsnorm(q, q, j->q_norm, j->E, j->C, j->eps);
+            nvlm_rmsnorm(k, k, j->k_norm, j->E, j->C, j->eps);
+            continue;
+        }
+        float *x = j->x + t * C;
+        if (j->y)
+            for (size_t c = 0; c < C; c++) x[c] += j->ls[c] * j->y[t * C + c];
+        if (j->norm) nvlm_rmsnorm(j->out + t * C, x, j->norm, j->C, j->C, j->eps);
+    }
+}
+
+/* x += ls * y (when y), then out = rmsnorm(x) * norm (when norm), over all rows in parallel. */
+static void vit_resid_norm(nvlm_model *m, size_t rows, float *x, const float *y, const float *ls, const float *norm,
+                           float *out) {
+    vit_rows_job j = {x, y, ls, norm, out, NULL, NULL, NULL, m->cfg.vision.hidden_size, m->vit_width,
+                      m->cfg.vision.layer_norm_eps};
+    nvlm_pool_run(m->pool, rows, 16, vit_rows, &j);
+}
+
+/* x[n*T, C] through one pre-norm, layer-scaled InternViT layer. On entry y holds norm1(x) (the
+ * previous layer fused it into its last residual); on exit x is the layer's output and, when
+ * next_norm is not NULL, y holds next_norm(x). */
+static void vit_layer_forward(nvlm_model *m, const vit_layer *L, int n, vit_buffers *b, const float *next_norm) {
     const nvlm_vision_config *vc = &m->cfg.vision;
     const int C = vc->hidden_size, E = m->vit_width, I = vc->intermediate_size;
     const int G = m->cfg.image_size / vc->patch_size, T = G * G + 1, hd = C / vc->num_heads;
     const size_t rows = (size_t)n * T;
-    for (size_t t = 0; t < rows; t++) nvlm_rmsnorm(b->y + t * C, b->x + t * C, L->norm1, C, C, vc->layer_norm_eps);
     nvlm_matmul(m->pool, b->qkv, b->y, (int)rows, &L->qkv, NULL);
-    for (size_t t = 0; t < rows; t++) { /* QK-norm: statistic over the C real channels only */
-        float *q = b->qkv + t * 3 * E, *k = q + E;
-        nvlm_rmsnorm(q, q, L->q_norm, E, C, vc->layer_norm_eps);
-        nvlm_rmsnorm(k, k, L->k_norm, E, C, vc->layer_norm_eps);
-    }
+    vit_rows_job qk = {NULL, NULL, NULL, NULL, NULL, b->qkv, L->q_norm, L->k_norm, C, E, vc->layer_norm_eps};
+    nvlm_pool_run(m->pool, rows, 16, vit_rows, &qk);
     vit_attn_job aj = {b->qkv, b->att, T, E, E / hd, hd, 1.0f / sqrtf((float)hd), nvlm_pool_level(m->pool)};
     nvlm_pool_run(m->pool, (size_t)n * aj.heads, 1, vit_attn_units, &aj);
     nvlm_matmul(m->pool, b->y, b->att, (int)rows, &L->proj, L->proj_bias);
-    for (size_t t = 0; t < rows; t++)
-        for (int c = 0; c < C; c++) b->x[t * C + c] += L->ls1[c] * b->y[t * C + c];
-    for (size_t t = 0; t < rows; t++) nvlm_rmsnorm(b->y + t * C, b->x + t * C, L->norm2, C, C, vc->layer_norm_eps);
+    vit_resid_norm(m, rows, b->x, b->y, L->ls1, L->norm2, b->y); /* in place: row t reads y[t] first */
     nvlm_matmul(m->pool, b->mlp, b->y, (int)rows, &L->fc1, L->fc1_bias);
     nvlm_gelu_pool(m->pool, b->mlp, rows * I);
     nvlm_matmul(m->pool, b->y, b->mlp, (int)rows, &L->fc2, L->fc2_bias);
-    for (size_t t = 0; t < rows; t++)
-        for (int c = 0; c < C; c++) b->x[t * C + c] += L->ls2[c] * b->y[t * C + c];
+    vit_resid_norm(m, rows, b->x, b->y, L->ls2, next_norm, b->y);
 }
 
 int nvlm_vit_forward(nvlm_model *m, const float *pixels, int n, float *out, nvlm_err *err) {
@@ -111,21 +176,17 @@ int nvlm_vit_forward(nvlm_model *m, const float *pixels, int n, float *out, nvlm
         vit_buffers_free(&b);
         return nvlm_fail(err, NVLM_E_NOMEM, "out of memory for the patch embedding");
     }
-    for (int i = 0; i < n; i++) im2col(pixels + (size_t)i * vc->num_channels * S * S, S, p, vc->num_channels, cols + (size_t)i * P * K);
+    vit_embed_job ej = {m, pixels, emb, cols, b.x};
+    nvlm_pool_run(m->pool, (size_t)n * G, 1, vit_im2col_units, &ej);
     nvlm_matmul(m->pool, emb, cols, n * P, &m->patch, m->patch_bias);
-    for (int i = 0; i < n; i++) {
-        float *xt = b.x + (size_t)i * T * C;
-        for (int c = 0; c < C; c++) xt[c] = m->cls[c] + m->pos[c];
-        for (int q = 0; q < P; q++)
-            for (int c = 0; c < C; c++)
-                xt[(size_t)(q + 1) * C + c] = emb[((size_t)i * P + q) * C + c] + m->pos[(size_t)(q + 1) * C + c];
-    }
+    nvlm_pool_run(m->pool, rows, 64, vit_pos_units, &ej);
     if (cols != b.qkv) {
         free(cols);
         free(emb);
     }
     int layers = m->cfg.select_layer < 0 ? vc->num_layers + 1 + m->cfg.select_layer : m->cfg.select_layer;
-    for (int l = 0; l < layers; l++) vit_layer_forward(m, &m->vit[l], n, &b);
+    if (layers > 0) vit_resid_norm(m, rows, b.x, NULL, NULL, m->vit[0].norm1, b.y);
+    for (int l = 0; l < layers; l++) vit_layer_forward(m, &m->vit[l], n, &b, l + 1 < layers ? m->vit[l + 1].norm1 : NULL);
     for (int i = 0; i < n; i++) /* drop the class token */
         memcpy(out + (size_t)i * P * C, b.x + ((size_t)i * T + 1) * C, sizeof(float) * (size_t)P * C);
     vit_buffers_free(&b);
