@@ -46,6 +46,7 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libnvlm.a tests/check.h
 # The suite: plain build, then the same tests under ASan+UBSan.
 check: all
 	$(MAKE) --no-print-directory BUILD=build-asan SAN=1 OPT=-O1 all
+	tests/openai/install.sh build/npm
 	tests/run.sh build build-asan
 
 test: all

@@ -1,8 +1,10 @@
 /* Scheduling: a FIFO queue of requests, `parallel` worker threads (the slots), and a FIFO
- * ticket lock on the model's compute that a generating request gives back after every token.
- * The model's thread pool runs one parallel loop at a time, so two chats may not compute at
- * once; with the ticket lock the slots take turns token by token, in arrival order, and a long
- * answer never holds the others back for more than one step (a prefill is one step). */
+ * ticket lock on the model's compute that a request gives back after every unit of work the
+ * engine polls between (an image tile, a 512-token prefill chunk, a generated token). The
+ * model's thread pool runs one parallel loop at a time, so two chats may not compute at once;
+ * with the ticket lock the slots take turns in arrival order, and a long image or prompt never
+ * holds the others back for more than one tile or chunk. The same poll cancels: a job whose
+ * client left, or that the server stops, ends at its next tile, chunk or token. */
 #include "core/err.h"
 #include "serve/serve_int.h"
 #include <stdio.h>
@@ -135,11 +137,29 @@ static int on_token(void *user, int32_t id, const char *text, size_t len) {
     return atomic_load(&j->cancelled);
 }
 
+/* The engine's cancellation poll, called before every image tile, prefill chunk and token.
+ * Before the first token it ends a cancelled job at once (NVLM_E_CANCELLED) and otherwise
+ * gives the other slots their turn, so a long image encoding or prompt neither outlives its
+ * client nor stalls the others' tokens for more than a tile or a chunk. Once tokens flow,
+ * on_token does both and ends the answer with a finish reason instead. */
+static int on_poll(void *user) {
+    token_ctx *t = user;
+    serve_job *j = t->j;
+    if (j->n_generated) return 0;
+    if (atomic_load(&j->cancelled)) return 1;
+    ticket_yield(&t->s->compute);
+    return atomic_load(&j->cancelled);
+}
+
 /* The stream's closing events: the rest of the answer, the finish reason, usage, [DONE]. */
 static void stream_end(serve_job *j, int rc) {
     if (rc) {
         serve_error e;
-        serve_fail(&e, 500, NULL, NULL, "generation failed: %s", j->err.msg);
+        if (rc == NVLM_E_CANCELLED)
+            serve_fail(&e, 503, "cancelled", NULL, "the request was cancelled before its answer began "
+                                                   "(the server is shutting down)");
+        else
+            serve_fail(&e, 500, NULL, NULL, "generation failed: %s", j->err.msg);
         sse_event(j, serve_error_json(&e));
     } else {
         char *delta = NULL;
@@ -167,9 +187,11 @@ static void run_job(serve_sched *s, serve_job *j) {
     } else {
         if (j->req.stream) sse_event(j, serve_chunk_json(j->id, j->model, j->created, "assistant", "", 0, NULL));
         token_ctx t = {s, j};
+        nvlm_chat_set_abort(j->chat, on_poll, &t);
         ticket_acquire(&s->compute);
         rc = nvlm_chat_ask(j->chat, j->req.question, &j->req.sampling, on_token, &t, &j->answer, &j->err);
         ticket_release(&s->compute);
+        nvlm_chat_set_abort(j->chat, NULL, NULL);
         if (j->req.stream) stream_end(j, rc);
     }
     int cancelled = atomic_load(&j->cancelled);
@@ -269,6 +291,32 @@ int serve_sched_submit(serve_sched *s, serve_job *j) {
     }
     pthread_mutex_unlock(&s->mu);
     return rc;
+}
+
+void serve_sched_cancel(serve_sched *s, serve_job *j) {
+    atomic_store(&j->cancelled, 1);
+    pthread_mutex_lock(&s->mu);
+    serve_job **p = &s->head, *prev = NULL;
+    while (*p && *p != j) prev = *p, p = &(*p)->next;
+    int queued = *p != NULL;
+    if (queued) {
+        *p = j->next;
+        if (s->tail == j) s->tail = prev;
+        j->next = NULL;
+        s->depth--;
+        serve_metrics_gauges(s->metrics, s->depth, s->active);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (!queued) return; /* running: the engine's poll or on_token ends it; done: nothing to do */
+    pthread_mutex_lock(&j->mu);
+    nvlm_fail(&j->err, NVLM_E_CANCELLED, "cancelled while queued");
+    j->state = JOB_FAILED;
+    j->t_end = serve_now();
+    double waited = j->t_end - j->t_queued;
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    serve_metrics_chat(s->metrics, SERVE_FIN_CANCELLED, 0, 0, 0, waited, -1, waited);
+    serve_job_release(j); /* the queue's reference */
 }
 
 void serve_sched_stop(serve_sched *s) {

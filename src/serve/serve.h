@@ -2,9 +2,10 @@
  *
  * One loaded model is shared read-only by all requests; each request gets its own nvlm_chat
  * (own KV cache). The model's thread pool runs one parallel loop at a time, so the compute is
- * serialised by a FIFO ticket lock that every running request gives up after each generated
- * token: up to `parallel` requests are in flight and advance in turn, token by token; further
- * requests wait in a FIFO queue. A greedy answer is therefore the same alone or concurrent.
+ * serialised by a FIFO ticket lock that every running request gives up after each image tile,
+ * prefill chunk and generated token: up to `parallel` requests are in flight and advance in
+ * turn; further requests wait in a FIFO queue. A greedy answer is therefore the same alone or
+ * concurrent. A request whose client leaves stops at its next tile, chunk or token.
  * Internal to libnvlm; used by tools/cmd_serve.c and the tests. */
 #ifndef NVLM_SERVE_SERVE_H
 #define NVLM_SERVE_SERVE_H

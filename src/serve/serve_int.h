@@ -190,6 +190,9 @@ int serve_sched_start(serve_sched *s, nvlm_model *m, serve_metrics *metrics, int
                       nvlm_err *err);
 /* Queues j (takes a reference); -1 when the queue is full, -2 when stopping. */
 int serve_sched_submit(serve_sched *s, serve_job *j);
+/* Cancels j: a queued job leaves the queue at once (finished as cancelled), a running one
+ * ends at the engine's next poll (tile, prefill chunk or token). Any thread, any state. */
+void serve_sched_cancel(serve_sched *s, serve_job *j);
 /* Refuses new jobs, cancels every job and joins the workers. */
 void serve_sched_stop(serve_sched *s);
 /* Frees what serve_sched_stop left (after no thread can submit any more). */

@@ -1,8 +1,8 @@
 /* The HTTP side of `nvlm serve` on libmicrohttpd: routes, authentication, body limits, and
  * the connection threads waiting for their job. MHD runs one thread per connection, so a
  * handler may block while its request is queued or generating; while it waits it polls its
- * socket and cancels the job as soon as the client has gone, which frees the slot at the next
- * token (or takes the job out of the queue). */
+ * socket and cancels the job as soon as the client has gone: a queued job leaves the queue at
+ * once, a running one ends at the engine's next poll (an image tile, a prefill chunk, a token). */
 #include "core/err.h"
 #include "model/model.h"
 #include "serve/serve_int.h"
@@ -103,7 +103,8 @@ static int peer_gone(int fd) {
 static int job_finished(const serve_job *j) { return j->state == JOB_DONE || j->state == JOB_FAILED; }
 static int stream_ready(const serve_job *j) { return j->events_read < j->events.len || job_finished(j); }
 
-/* Waits (j->mu held) until ready(j); returns 0, or -1 after cancelling when the client left. */
+/* Waits (j->mu held) until ready(j); returns 0, or -1 when the client left (the caller
+ * cancels the job once it has let go of j->mu). */
 static int wait_job(serve_job *j, int fd, int (*ready)(const serve_job *)) {
     while (!ready(j)) {
         struct timespec ts;
@@ -112,10 +113,7 @@ static int wait_job(serve_job *j, int fd, int (*ready)(const serve_job *)) {
         if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
         pthread_cond_timedwait(&j->cv, &j->mu, &ts);
         if (ready(j)) break;
-        if (peer_gone(fd)) {
-            atomic_store(&j->cancelled, 1);
-            return -1;
-        }
+        if (peer_gone(fd)) return -1;
     }
     return 0;
 }
@@ -123,6 +121,7 @@ static int wait_job(serve_job *j, int fd, int (*ready)(const serve_job *)) {
 /* ------------------------------------------------------------ streaming */
 
 typedef struct stream_ctx {
+    nvlm_server *srv;
     serve_job *job;
     int fd;
 } stream_ctx;
@@ -133,7 +132,8 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
     (void)pos;
     pthread_mutex_lock(&j->mu);
     ssize_t n;
-    if (wait_job(j, sc->fd, stream_ready)) {
+    int gone = wait_job(j, sc->fd, stream_ready);
+    if (gone) {
         n = MHD_CONTENT_READER_END_WITH_ERROR;
     } else if (j->events_read < j->events.len) {
         size_t k = j->events.len - j->events_read;
@@ -145,12 +145,13 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         n = MHD_CONTENT_READER_END_OF_STREAM;
     }
     pthread_mutex_unlock(&j->mu);
+    if (gone) serve_sched_cancel(&sc->srv->sched, j);
     return n;
 }
 
 static void stream_free(void *cls) {
     stream_ctx *sc = cls;
-    atomic_store(&sc->job->cancelled, 1); /* no-op when finished; stops it when the client left */
+    serve_sched_cancel(&sc->srv->sched, sc->job); /* no-op when finished; stops it when the client left */
     serve_job_release(sc->job);
     free(sc);
 }
@@ -159,7 +160,7 @@ static enum MHD_Result start_stream(nvlm_server *s, struct MHD_Connection *c, se
     stream_ctx *sc = malloc(sizeof *sc);
     struct MHD_Response *r = NULL;
     if (sc) {
-        *sc = (stream_ctx){j, conn_fd(c)};
+        *sc = (stream_ctx){s, j, conn_fd(c)};
         pthread_mutex_lock(&j->mu);
         j->refs++;
         pthread_mutex_unlock(&j->mu);
@@ -181,10 +182,14 @@ static enum MHD_Result finish_plain(nvlm_server *s, struct MHD_Connection *c, se
     pthread_mutex_lock(&j->mu);
     int gone = wait_job(j, conn_fd(c), job_finished);
     pthread_mutex_unlock(&j->mu);
-    if (gone) return MHD_NO; /* nobody to answer: close */
+    if (gone) {
+        serve_sched_cancel(&s->sched, j);
+        return MHD_NO; /* nobody to answer: close */
+    }
     if (j->state == JOB_FAILED) {
         int code = j->err.code;
-        int status = code == NVLM_E_CANCELLED ? 503 : code == NVLM_E_LIMIT || code == NVLM_E_INVALID_ARG ? 400 : 500;
+        if (code == NVLM_E_CANCELLED) return fail(s, c, 503, "shutting_down", "the server is shutting down");
+        int status = code == NVLM_E_LIMIT || code == NVLM_E_INVALID_ARG ? 400 : 500;
         return fail(s, c, status, NULL, j->err.msg);
     }
     const nvlm_answer *a = &j->answer;
@@ -362,7 +367,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     conn_state *cs = *con_cls;
     if (!cs) return;
     if (cs->job) {
-        atomic_store(&cs->job->cancelled, 1);
+        serve_sched_cancel(&cs->srv->sched, cs->job);
         serve_job_release(cs->job);
     }
     if (cs->counted) atomic_fetch_sub(&cs->srv->in_flight, 1);
