@@ -39,10 +39,10 @@ build_config() {
 
 # ---- image decoders: one target per decoder (input straight to it) + fuzz_image (sniffing)
 build_image() {
-  local pk="libpng libjpeg libwebp libwebpdemux libgif"
+  local pk="libpng libdeflate libjpeg libwebp libwebpdemux libgif"
   local src="fuzz/fuzz_image.c src/image/*.c src/core/*.c"
   local fl="$CFLAGS $(pkg-config --cflags $pk) $SAN -fno-sanitize-recover=undefined"
-  local lb="$(pkg-config --libs $pk) -lm"
+  local lb="$(pkg-config --libs $pk) -lm -lpthread"
   clang $fl $src $lb -o "$OUT/fuzz_image"
   local f ext
   for f in jpeg png webp gif bmp; do
@@ -54,7 +54,11 @@ build_image() {
   done
   mkdir -p "$OUT/corpus-image"
   find ../shared/reference/images -type f -size -64k -exec cp {} "$OUT/corpus-image/" \; 2>/dev/null || true
-  echo "built $OUT/fuzz_image and $OUT/fuzz_image_{jpeg,png,webp,gif,bmp}"
+  # the PNG fast path against libpng (differential), seeded with the PNG corpus
+  clang $fl -DFUZZ_PNG_DIFF $src $lb -o "$OUT/fuzz_image_pngdiff"
+  mkdir -p "$OUT/corpus-image-pngdiff"
+  cp "$OUT"/corpus-image-png/* "$OUT/corpus-image-pngdiff/" 2>/dev/null || true
+  echo "built $OUT/fuzz_image, $OUT/fuzz_image_{jpeg,png,webp,gif,bmp} and $OUT/fuzz_image_pngdiff"
 }
 
 targets=("$@")

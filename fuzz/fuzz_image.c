@@ -2,13 +2,38 @@
  * -DFUZZ_FORMAT=IMG_PNG etc. (the input goes straight to that decoder, no sniffing), and
  * once without (nvlm_image_decode: sniffing + every decoder). A decoded image of modest
  * size also goes through the tiler, so the resize sees odd sizes too.
+ * -DFUZZ_PNG_DIFF (fuzz_image_pngdiff) decodes every input as PNG both ways, fast path and
+ * libpng only, and aborts unless both give the same status, message and pixels.
  * Build: fuzz/build.sh image    Run: build-fuzz/fuzz_image_png build-fuzz/corpus-image-png */
 #include "nvlm.h"
 #include "image/decode.h"
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#ifdef FUZZ_PNG_DIFF
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    img_ctl fast, slow;
+    memset(&fast, 0, sizeof fast);
+    memset(&slow, 0, sizeof slow);
+    fast.max_pixels = slow.max_pixels = 1u << 24;
+    slow.png_libpng_only = 1;
+    nvlm_image a, b;
+    nvlm_err ea = {0, ""}, eb = {0, ""};
+    int ra = img_decode_ctl(IMG_PNG, data, size, &fast, &a, &ea);
+    int rb = img_decode_ctl(IMG_PNG, data, size, &slow, &b, &eb);
+    if (ra != rb) abort();
+    if (ra != NVLM_OK && strcmp(ea.msg, eb.msg)) abort();
+    if (ra == NVLM_OK && (a.width != b.width || a.height != b.height ||
+                          memcmp(a.rgb, b.rgb, (size_t)a.width * (size_t)a.height * 3)))
+        abort();
+    nvlm_image_free(&a);
+    nvlm_image_free(&b);
+    return 0;
+}
+#else
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     nvlm_image img;
@@ -36,3 +61,4 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     nvlm_image_free(&img);
     return 0;
 }
+#endif

@@ -3,9 +3,13 @@
  * written over header fields, inserted and deleted bytes, and truncations, and go through
  * nvlm_image_decode (and now and then nvlm_image_tile). Nothing may crash or read out of
  * bounds (run under ASan+UBSan in the suite); every success must be a well-formed image and
- * every failure an error with a message. The real fuzzing is fuzz/fuzz_image*.c. */
+ * every failure an error with a message. Every mutated PNG is also decoded with libpng only
+ * and must give the same result as the default decode (which takes the PNG fast path when
+ * it can), and now and then the tiles are also made on two threads and must be the same.
+ * The real fuzzing is fuzz/fuzz_image*.c. */
 #include "check.h"
 #include "nvlm.h"
+#include "image/decode.h"
 #include <dirent.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -121,6 +125,7 @@ int main(void) {
     size_t cap = MAX_SEED_BYTES + 4096;
     uint8_t *buf = malloc(cap);
     int ok = 0, refused = 0, bad_success = 0, bad_failure = 0, tiled = 0;
+    int png_compared = 0, png_fast = 0, png_differ = 0, mt_differ = 0;
     time_t start = time(NULL);
     int it = 0;
     for (; it < ITERATIONS; it++) {
@@ -130,6 +135,28 @@ int main(void) {
         nvlm_image img;
         nvlm_err err = {0, ""};
         int rc = nvlm_image_decode(buf, len, &lim, &img, &err);
+        if (img_sniff(buf, len) == IMG_PNG) { /* the same again, libpng only */
+            img_ctl fast = {0}, slow = {0};
+            fast.max_pixels = slow.max_pixels = lim.max_pixels;
+            slow.png_libpng_only = 1;
+            nvlm_image a, b;
+            nvlm_err ea = {0, ""}, eb = {0, ""};
+            int ra = img_decode_ctl(IMG_PNG, buf, len, &fast, &a, &ea);
+            int rb = img_decode_ctl(IMG_PNG, buf, len, &slow, &b, &eb);
+            int same = ra == rb && ra == rc &&
+                       (ra != NVLM_OK ? !strcmp(ea.msg, eb.msg)
+                                      : a.width == b.width && a.height == b.height &&
+                                            !memcmp(a.rgb, b.rgb, (size_t)a.width * a.height * 3));
+            if (!same) {
+                png_differ++;
+                fprintf(stderr, "PNG mutation %d of %s: fast %d '%s', libpng %d '%s'\n", it,
+                        s->name, ra, ea.msg, rb, eb.msg);
+            }
+            png_compared++;
+            png_fast += fast.png_fast_taken;
+            nvlm_image_free(&a);
+            nvlm_image_free(&b);
+        }
         if (rc == NVLM_OK) {
             ok++;
             if (img.width <= 0 || img.height <= 0 || !img.rgb ||
@@ -142,7 +169,17 @@ int main(void) {
                 (void)sum;
                 if (it % 64 == 0 && (uint64_t)img.width * img.height <= 1u << 20) {
                     nvlm_tiles t;
-                    if (nvlm_image_tile(&img, 448, 1, 6, 1, &t, &err) == NVLM_OK) tiled++;
+                    if (nvlm_image_tile(&img, 448, 1, 6, 1, &t, &err) == NVLM_OK) {
+                        tiled++;
+                        nvlm_tile_batch b;
+                        nvlm_tile_opts o = {0};
+                        o.threads = 2;
+                        if (nvlm_images_tile(&img, 1, &o, &b, &err) != NVLM_OK ||
+                            b.total_tiles != t.num_tiles ||
+                            memcmp(b.rgb, t.rgb, (size_t)t.num_tiles * 448 * 448 * 3))
+                            mt_differ++;
+                        nvlm_tile_batch_free(&b);
+                    }
                     nvlm_tiles_free(&t);
                 }
             }
@@ -155,10 +192,15 @@ int main(void) {
     }
     CHECK(bad_success == 0, "%d decodes returned a malformed image", bad_success);
     CHECK(bad_failure == 0, "%d failures without a proper error", bad_failure);
+    CHECK(png_differ == 0, "%d of %d mutated PNGs decode differently fast and libpng-only",
+          png_differ, png_compared);
+    CHECK(png_fast > 100, "the PNG fast path took only %d mutated PNGs", png_fast);
+    CHECK(mt_differ == 0, "%d images tile differently on two threads", mt_differ);
     CHECK(ok > it / 20 && refused > it / 20, "mutations should both pass and fail (%d ok, %d refused)", ok,
           refused);
-    printf("test_image_fuzzsmoke: %d seeds, %d mutated inputs: %d decoded (%d tiled), %d refused\n", n, it,
-           ok, tiled, refused);
+    printf("test_image_fuzzsmoke: %d seeds, %d mutated inputs: %d decoded (%d tiled), %d refused; "
+           "%d PNGs compared with libpng only (%d by the fast path)\n", n, it, ok, tiled, refused,
+           png_compared, png_fast);
     free(buf);
     for (int i = 0; i < n; i++) free(seeds[i].data);
     return check_done("test_image_fuzzsmoke");

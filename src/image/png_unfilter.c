@@ -63,22 +63,24 @@ static inline __m128i abs16(__m128i v) {
 
 /* Pixels [0, npx) of a row with 3- or 4-byte pixels; loads read 4 bytes, so npx stops one
  * pixel short of the row end when bpp is 3 (the caller finishes the row bytewise). */
-static void unfilter_px(int filter, const uint8_t *in, const uint8_t *prior, uint8_t *out,
-                        size_t npx, size_t bpp) {
-    const __m128i lo = _mm_set1_epi16(0xff);
+static inline __attribute__((always_inline)) void
+unfilter_px(int filter, const uint8_t *in, const uint8_t *prior, uint8_t *out, size_t npx,
+            size_t bpp) {
+    /* lanes hold bytes zero-extended to 16 bits; adding with _mm_add_epi8 wraps the low
+     * byte mod 256 and keeps the high byte 0, so no masking is needed */
     __m128i a = _mm_setzero_si128(), c = _mm_setzero_si128();
     size_t i, o;
     switch (filter) {
     case 1:
         for (i = 0, o = 0; i < npx; i++, o += bpp) {
-            a = _mm_and_si128(_mm_add_epi16(load_px(in + o), a), lo);
+            a = _mm_add_epi8(load_px(in + o), a);
             store_px(out + o, a, bpp);
         }
         break;
     case 3:
         for (i = 0, o = 0; i < npx; i++, o += bpp) {
             __m128i avg = _mm_srli_epi16(_mm_add_epi16(a, load_px(prior + o)), 1);
-            a = _mm_and_si128(_mm_add_epi16(load_px(in + o), avg), lo);
+            a = _mm_add_epi8(load_px(in + o), avg);
             store_px(out + o, a, bpp);
         }
         break;
@@ -92,12 +94,21 @@ static void unfilter_px(int filter, const uint8_t *in, const uint8_t *prior, uin
             __m128i use_c = _mm_cmpgt_epi16(pb, pc);
             __m128i bc = _mm_or_si128(_mm_and_si128(use_c, c), _mm_andnot_si128(use_c, b));
             __m128i pred = _mm_or_si128(_mm_and_si128(not_a, bc), _mm_andnot_si128(not_a, a));
-            a = _mm_and_si128(_mm_add_epi16(load_px(in + o), pred), lo);
+            a = _mm_add_epi8(load_px(in + o), pred);
             c = b;
             store_px(out + o, a, bpp);
         }
         break;
     }
+}
+/* bpp as a constant: the 3- or 4-byte moves become single instructions */
+static void unfilter_px3(int filter, const uint8_t *in, const uint8_t *prior, uint8_t *out,
+                         size_t npx) {
+    unfilter_px(filter, in, prior, out, npx, 3);
+}
+static void unfilter_px4(int filter, const uint8_t *in, const uint8_t *prior, uint8_t *out,
+                         size_t npx) {
+    unfilter_px(filter, in, prior, out, npx, 4);
 }
 #define HAVE_PX_KERNELS 1
 #endif
@@ -108,7 +119,8 @@ void png_unfilter_row(int filter, const uint8_t *in, const uint8_t *prior, uint8
 #ifdef HAVE_PX_KERNELS
     if ((bpp == 3 || bpp == 4) && (filter == 1 || filter == 3 || filter == 4) && n >= 2 * bpp) {
         size_t npx = n / bpp - 1; /* the last pixel goes bytewise: no access past the row */
-        unfilter_px(filter, in, prior, out, npx, bpp);
+        if (bpp == 3) unfilter_px3(filter, in, prior, out, npx);
+        else unfilter_px4(filter, in, prior, out, npx);
         done = npx * bpp;
     }
 #endif
