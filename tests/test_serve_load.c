@@ -76,7 +76,7 @@ static int same(const answer *a, const answer *b) {
 
 static void *client_main(void *arg) {
     client *c = arg;
-    for (int i = 0; serve_now() < c->deadline; i++) {
+    for (int i = 0; i == 0 || serve_now() < c->deadline; i++) { /* at least one: 64 at once */
         kind *k = &c->kinds[(c->index + i) % KINDS];
         double t0 = serve_now();
         answer a;
