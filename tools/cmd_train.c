@@ -16,7 +16,8 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: nvlm train --model DIR --data FILE.jsonl --stage 1|2 --out DIR [options]\n\n"
             "Trains an NVLM checkpoint on conversations ({\"image\": ..., \"conversations\": [...]}).\n"
-            "Stage 1 trains the projector (mlp1); stage 2 the projector and the LLM. The ViT is frozen.\n\n"
+            "Stage 1 trains the projector (mlp1) and, for NVLM-X/H, the gated cross-attention blocks;\n"
+            "stage 2 those and every LLM weight. The ViT is frozen. NVLM-D, -X and -H checkpoints.\n\n"
             "  --steps N | --epochs N     length of the run (default 1 epoch)\n"
             "  --batch N --grad-accum N   sequences per micro-batch, micro-batches per step (1, 1)\n"
             "  --lr X --warmup N --schedule cosine|constant   (1e-4, 0, cosine to 10%%)\n"

@@ -326,9 +326,10 @@ static void emit(run *r, nvlm_train_report *rep) {
         else
             fprintf(r->log,
                     "{\"step\": %lld, \"epoch\": %d, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.4g, "
-                    "\"tokens_per_s\": %.1f, \"elapsed_s\": %.2f, \"peak_rss_mb\": %ld}\n",
+                    "\"tokens_per_s\": %.1f, \"samples_per_s\": %.3f, \"step_s\": %.4f, \"elapsed_s\": %.2f, "
+                    "\"peak_rss_mb\": %ld}\n",
                     (long long)rep->step, rep->epoch, rep->loss, rep->lr, rep->grad_norm, rep->tokens_per_s,
-                    rep->elapsed_s, rep->peak_rss_mb);
+                    rep->samples / fmax(rep->step_s, 1e-9), rep->step_s, rep->elapsed_s, rep->peak_rss_mb);
         fflush(r->log);
     }
     if (r->cb) r->cb(r->user, rep);
@@ -453,11 +454,13 @@ int nvlm_train_run(const nvlm_train_opts *o, nvlm_train_cb cb, void *user, nvlm_
         }
         double loss = 0, gnorm = 0, lr = 0;
         long tokens = 0;
+        int n_samples = o->batch * o->grad_accum;
         rc = train_step(&r, &loss, &gnorm, &lr, &tokens, err);
         if (rc) break;
         double t = now_s();
-        nvlm_train_report rep = {r.cur.step, r.total, r.cur.epoch, loss, lr, gnorm, tokens / fmax(t - t_last, 1e-9),
-                                 t - t0, 0, 0, 0, 0, NULL, NULL, 0};
+        nvlm_train_report rep = {.step = r.cur.step, .total_steps = r.total, .epoch = r.cur.epoch, .loss = loss,
+                                 .lr = lr, .grad_norm = gnorm, .tokens_per_s = tokens / fmax(t - t_last, 1e-9),
+                                 .elapsed_s = t - t0, .step_s = t - t_last, .samples = n_samples};
         rep.eta_s = (t - t0) / (double)(r.cur.step - first) * (double)(r.total - r.cur.step);
         t_last = t;
         emit(&r, &rep);
@@ -473,6 +476,7 @@ int nvlm_train_run(const nvlm_train_opts *o, nvlm_train_cb cb, void *user, nvlm_
             if (!rc) emit(&r, &sv);
         }
         done = last;
+        t_last = now_s(); /* evaluation and saving are not part of the next step's time */
     }
     if (!rc) {
         rc = save_checkpoint(&r, err);

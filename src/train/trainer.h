@@ -44,6 +44,8 @@ typedef struct nvlm_train_report {
     const char *event;          /* NULL, or "saved" / "resumed" / "interrupted" with path */
     const char *path;
     long peak_rss_mb;
+    double step_s;              /* wall time of this step alone (not evaluation or saving) */
+    int samples;                /* sequences in the step (batch x grad-accum) */
 } nvlm_train_report;
 
 typedef void (*nvlm_train_cb)(void *user, const nvlm_train_report *r);
