@@ -5,7 +5,7 @@
  * bounds (run under ASan+UBSan in the suite); every success must be a well-formed image and
  * every failure an error with a message. Every mutated PNG is also decoded with libpng only
  * and must give the same result as the default decode (which takes the PNG fast path when
- * it can), and now and then the tiles are also made on two threads and must be the same.
+ * it can; every other input), and now and then the tiles are also made on two threads and must be the same.
  * The real fuzzing is fuzz/fuzz_image*.c. */
 #include "check.h"
 #include "nvlm.h"
@@ -135,7 +135,7 @@ int main(void) {
         nvlm_image img;
         nvlm_err err = {0, ""};
         int rc = nvlm_image_decode(buf, len, &lim, &img, &err);
-        if (img_sniff(buf, len) == IMG_PNG) { /* the same again, libpng only */
+        if ((it & 1) == 0 && img_sniff(buf, len) == IMG_PNG) { /* again, libpng only */
             img_ctl fast = {0}, slow = {0};
             fast.max_pixels = slow.max_pixels = lim.max_pixels;
             slow.png_libpng_only = 1;
@@ -194,7 +194,7 @@ int main(void) {
     CHECK(bad_failure == 0, "%d failures without a proper error", bad_failure);
     CHECK(png_differ == 0, "%d of %d mutated PNGs decode differently fast and libpng-only",
           png_differ, png_compared);
-    CHECK(png_fast > 100, "the PNG fast path took only %d mutated PNGs", png_fast);
+    CHECK(png_fast > 50, "the PNG fast path took only %d mutated PNGs", png_fast);
     CHECK(mt_differ == 0, "%d images tile differently on two threads", mt_differ);
     CHECK(ok > it / 20 && refused > it / 20, "mutations should both pass and fail (%d ok, %d refused)", ok,
           refused);
