@@ -111,6 +111,9 @@ int png_fast_rows(const png_fast_job *j) {
     size_t rowbytes = (w * bits + 7) / 8, bpp = bits >= 8 ? bits / 8 : 1;
     if (rowbytes + 1 > SIZE_MAX / h) return 0;
     size_t stride = rowbytes + 1, raw_len = stride * h;
+    /* the whole inflated image is held at once: past 1 GiB, libpng's row-by-row reading
+     * is the better trade */
+    if (raw_len > ((size_t)1 << 30)) return 0;
     uint8_t *raw;
     if (!inflate_rows(j, raw_len, &raw)) return 0;
     for (size_t y = 0; y < h; y++)
