@@ -165,7 +165,7 @@ static void learn(nvlm_arch arch, int resume) {
            r2.last_loss, r2.eval_acc, quick ? " [few steps under ASan]" : "");
     if (quick) CHECK(r2.last_loss < r1.first_loss, "%s loss %.3f -> %.3f", name, r1.first_loss, r2.last_loss);
     else CHECK(r2.eval_acc >= 0.8, "%s held-out exact match %.2f after stage 2", name, r2.eval_acc);
-    if (!resume || rc) return;
+    if (!resume || quick || rc) return;
 
     /* resume: 3 steps, then on to 8 from that checkpoint == 8 in one go */
     nvlm_train_opts a = o2;

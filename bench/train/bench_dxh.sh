@@ -5,14 +5,14 @@
 # side"), the same steps, batch, learning rates and seed. Stage 1 then stage 2 (20% text-only
 # samples mixed in) with held-out evaluation; prints the table and writes the plot.
 #   bench/train/bench_dxh.sh [BUILD] [THREADS]
-# Env: TILE (tile side, default 224 -> 64 tokens per tile), S1, S2 (steps: 12, 36), BATCH (4),
-#      NTRAIN / NEVAL (images: 24 / 16). Throughput is taken over the steps after the first
+# Env: TILE (tile side, default 168 -> 36 tokens per tile), S1, S2 (steps: 12, 30), BATCH (4),
+#      NTRAIN / NEVAL (images: 16 / 12). Throughput is taken over the steps after the first
 # epoch of each stage, when every image's frozen ViT features are cached (the ViT runs once
 # per image, identically for D, X and H).
 set -eu
 cd "$(dirname "$0")/../.."
 BUILD=${1:-build}; THREADS=${2:-2}; N=$BUILD/nvlm
-TILE=${TILE:-224}; S1=${S1:-12}; S2=${S2:-36}; BATCH=${BATCH:-4}; NTRAIN=${NTRAIN:-24}; NEVAL=${NEVAL:-16}
+TILE=${TILE:-168}; S1=${S1:-12}; S2=${S2:-30}; BATCH=${BATCH:-4}; NTRAIN=${NTRAIN:-16}; NEVAL=${NEVAL:-12}
 W=${NVLM_BENCH_DIR:-${TMPDIR:-/tmp}/nvlm_bench_dxh}; mkdir -p "$W"
 TOK=../shared/reference/tiny-tokenizer
 VIT="--image-size $TILE --patch-size 14 --vit-hidden 64 --vit-layers 2 --vit-heads 4 --vit-dummy-heads 0 --vit-intermediate 256"
@@ -59,7 +59,7 @@ PY
 
 for a in D X H; do
   extra=""; [ $a != D ] && extra="--xattn-layers 0,2 --projector-depth 2"
-  [ -f "$W/base-$a/config.json" ] || $N mkmodel --out "$W/base-$a" --arch $a --tokenizer "$TOK" --seed 1 $VIT $LLM $extra >/dev/null
+  [ -f "$W/base-$a/config.json" ] || $N mkmodel --out "$W/base-$a" --arch $a --tokenizer "$TOK" --seed 1 $VIT $LLM $extra >/dev/null 2>&1
   rm -rf "$W/s1-$a" "$W/s2-$a"
   /usr/bin/time -f '%M' -o "$W/rss1-$a" $N train --model "$W/base-$a" --data "$W/train.jsonl" --stage 1 --out "$W/s1-$a" \
       --steps $S1 --batch $BATCH --lr 3e-3 --warmup 2 --threads $THREADS --max-tiles 6 --seed 3 \
