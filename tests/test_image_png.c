@@ -249,14 +249,15 @@ static void check_unfilter(void) {
     enum { N = 301 };
     uint8_t in[N], prior[N], out[N], ref[N];
     int bad = 0;
-    for (int it = 0; it < 400; it++) {
-        size_t bpp = 1 + (size_t)(it % 8), n = 1 + rnd() % N;
-        int f = (it / 8) % 5;
+    for (int it = 0; it < 1200; it++) {
+        int isa = it % 3; /* bytes, SSE2, SSE4.1 (each where the CPU has it) */
+        size_t bpp = 1 + (size_t)(it / 3 % 8), n = 1 + rnd() % N;
+        int f = (it / 24) % 5;
         for (size_t i = 0; i < N; i++) {
             in[i] = (uint8_t)rnd();
             prior[i] = (uint8_t)rnd();
         }
-        png_unfilter_row(f, in, prior, out, n, bpp);
+        png_unfilter_row_isa(f, in, prior, out, n, bpp, isa);
         for (size_t i = 0; i < n; i++) {
             int a = i >= bpp ? ref[i - bpp] : 0, b = prior[i], c = i >= bpp ? prior[i - bpp] : 0;
             int p = a + b - c, pa = abs(p - a), pb = abs(p - b), pc = abs(p - c);

@@ -40,4 +40,8 @@ int png_fast_rows(const png_fast_job *job);
  * bytes in and the previous unfiltered row prior (zeros for the first row). filter 0..4. */
 void png_unfilter_row(int filter, const uint8_t *in, const uint8_t *prior, uint8_t *out,
                       size_t n, size_t bpp);
+/* The same with at most the given kernels (tests run each): bytes only, SSE2, SSE4.1. */
+enum { PNG_ISA_BYTES = 0, PNG_ISA_SSE2 = 1, PNG_ISA_SSE41 = 2 };
+void png_unfilter_row_isa(int filter, const uint8_t *in, const uint8_t *prior, uint8_t *out,
+                          size_t n, size_t bpp, int isa);
 #endif
