@@ -7,7 +7,7 @@
 static void help(FILE *f) {
     fprintf(f, "usage: nvlm quantize --model DIR --out DIR2 --type q8_0|q4\n\n"
                "Writes DIR2 (config, tokenizer files, model.safetensors) with every weight matrix in\n"
-               "Q8_0 or Q4 blocks of 32; the engine loads DIR2 directly. Matrices whose rows do not\n"
+               "Q8_0 or Q4 (Q4_1 layout: scale and minimum) blocks of 32; the engine loads DIR2 directly. Matrices whose rows do not\n"
                "divide into blocks of 32 stay in their stored format and are listed. With q4 the\n"
                "token embedding, lm_head and the vision side are written as Q8_0.\n");
 }

@@ -17,11 +17,18 @@ size_t nvlm_row_bytes(nvlm_dtype t, int64_t cols) {
 /* (libm's fminf/fmaxf are calls: they honour NaN, which quantization never sees) */
 static inline float clampf(float v, float lo, float hi) { return v < lo ? lo : v > hi ? hi : v; }
 
+/* Round to nearest even for |v| <= 2^22 (callers clamp first): rintf is a libm call without
+ * SSE4.1, and quantizing a model calls it billions of times. */
+static inline float round_even(float v) {
+    const float big = 12582912.0f; /* 1.5 * 2^23 (no -ffast-math: the sum is not folded away) */
+    return (v + big) - big;
+}
+
 /* Squared error of a Q8_0 block with scale d (f16-rounded by the caller). */
 static float q8_error(const float *x, float d) {
     float id = d != 0 ? 1.0f / d : 0.0f, e = 0;
     for (int j = 0; j < NVLM_QK; j++) {
-        float q = clampf(rintf(x[j] * id), -128.0f, 127.0f);
+        float q = round_even(clampf(x[j] * id, -128.0f, 127.0f));
         float r = x[j] - d * q;
         e += r * r;
     }
@@ -44,7 +51,7 @@ void nvlm_quantize_row_q8_0(const float *x, void *dst, int n) {
         }
         float d = nvlm_f16_to_f32(best), id = d != 0 ? 1.0f / d : 0.0f;
         b[i].d = best;
-        for (int j = 0; j < NVLM_QK; j++) b[i].q[j] = (int8_t)clampf(rintf(x[j] * id), -128.0f, 127.0f);
+        for (int j = 0; j < NVLM_QK; j++) b[i].q[j] = (int8_t)round_even(clampf(x[j] * id, -128.0f, 127.0f));
     }
 }
 
@@ -52,7 +59,7 @@ void nvlm_quantize_row_q8_0(const float *x, void *dst, int n) {
 static float q4_assign(const float *x, float d, float m, uint8_t *q) {
     float id = d != 0 ? 1.0f / d : 0.0f, e = 0;
     for (int j = 0; j < NVLM_QK; j++) {
-        float v = clampf(rintf((x[j] - m) * id), 0.0f, 15.0f);
+        float v = round_even(clampf((x[j] - m) * id, 0.0f, 15.0f));
         q[j] = (uint8_t)v;
         float r = x[j] - (d * v + m);
         e += r * r;

@@ -32,22 +32,43 @@ static void report_kept(nvlm_quant_report *rep, const char *name, int rows, int 
         snprintf(rep->kept + len, sizeof rep->kept - len, "%s%s [%d x %d]", len ? "; " : "", name, rows, cols);
 }
 
-/* Quantized copy of one matrix (rows converted through float32). NULL when out of memory. */
-static void *quantize_matrix(const void *src, nvlm_dtype from, int rows, int cols, nvlm_dtype to) {
-    size_t in_rb = nvlm_row_bytes(from, cols), out_rb = nvlm_row_bytes(to, cols);
-    uint8_t *dst = malloc(out_rb * (size_t)rows);
-    float *row = malloc(sizeof(float) * (size_t)cols);
-    if (!dst || !row) {
-        free(dst), free(row);
-        return NULL;
+typedef struct qrows_job {
+    const uint8_t *src;
+    uint8_t *dst;
+    nvlm_dtype from, to;
+    int cols;
+    int failed;           /* a worker could not get its row buffer */
+} qrows_job;
+
+/* Rows [begin, end): each row is quantized alone, so the split never changes the bytes. */
+static void quantize_rows(void *ctx, size_t begin, size_t end, int thread) {
+    (void)thread;
+    qrows_job *j = ctx;
+    size_t in_rb = nvlm_row_bytes(j->from, j->cols), out_rb = nvlm_row_bytes(j->to, j->cols);
+    float *row = malloc(sizeof(float) * (size_t)j->cols);
+    if (!row) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
     }
-    for (int r = 0; r < rows; r++) {
-        nvlm_row_to_f32(row, (const uint8_t *)src + (size_t)r * in_rb, from, cols);
-        if (to == NVLM_DT_Q8_0) nvlm_quantize_row_q8_0(row, dst + (size_t)r * out_rb, cols);
-        else nvlm_quantize_row_q4(row, dst + (size_t)r * out_rb, cols);
+    for (size_t r = begin; r < end; r++) {
+        nvlm_row_to_f32(row, j->src + r * in_rb, j->from, j->cols);
+        if (j->to == NVLM_DT_Q8_0) nvlm_quantize_row_q8_0(row, j->dst + r * out_rb, j->cols);
+        else nvlm_quantize_row_q4(row, j->dst + r * out_rb, j->cols);
     }
     free(row);
-    return dst;
+}
+
+/* Quantized copy of one matrix (rows converted through float32, split over pool, which may be
+ * NULL). NULL when out of memory. */
+static void *quantize_matrix(nvlm_pool *pool, const void *src, nvlm_dtype from, int rows, int cols, nvlm_dtype to) {
+    qrows_job j = {src, malloc(nvlm_row_bytes(to, cols) * (size_t)rows), from, to, cols, 0};
+    if (!j.dst) return NULL;
+    nvlm_pool_run(pool, (size_t)rows, 16, quantize_rows, &j);
+    if (j.failed) {
+        free(j.dst);
+        return NULL;
+    }
+    return j.dst;
 }
 
 /* Drops the mapped pages of a matrix we no longer read from the resident set. */
@@ -86,7 +107,7 @@ static int quant_one(qctx *q, nvlm_wmat *w, const char *name) {
         return NVLM_OK;
     }
     nvlm_dtype to = nvlm_quant_target(name, q->to);
-    void *d = quantize_matrix(w->data, w->dtype, w->rows, w->cols, to);
+    void *d = quantize_matrix(q->m->pool, w->data, w->dtype, w->rows, w->cols, to);
     if (!d || own_ptr(q->m, d)) {
         free(d);
         return nvlm_fail(q->err, NVLM_E_NOMEM, "out of memory quantizing %s", name);
@@ -231,6 +252,9 @@ int nvlm_quantize_folder(const char *in_dir, const char *out_dir, nvlm_dtype to,
     }
     size_t n = nvlm_st_count(st);
     out_tensor *o = calloc(n ? n : 1, sizeof *o);
+    nvlm_pool *pool = NULL; /* all cores; without one (cannot start threads) the rows run inline */
+    nvlm_err pool_err;
+    if (nvlm_pool_new(0, &pool, &pool_err)) pool = NULL;
     if (!o) rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
     for (size_t i = 0; !rc && i < n; i++) {
         const nvlm_tensor *t = nvlm_st_at(st, i);
@@ -243,7 +267,7 @@ int nvlm_quantize_folder(const char *in_dir, const char *out_dir, nvlm_dtype to,
             continue;
         }
         nvlm_dtype dt = nvlm_quant_target(t->name, to);
-        o[i].data = quantize_matrix(t->data, t->dtype, (int)t->shape[0], (int)t->shape[1], dt);
+        o[i].data = quantize_matrix(pool, t->data, t->dtype, (int)t->shape[0], (int)t->shape[1], dt);
         if (!o[i].data) {
             rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory quantizing %s", t->name);
             break;
@@ -272,6 +296,7 @@ int nvlm_quantize_folder(const char *in_dir, const char *out_dir, nvlm_dtype to,
     }
     for (size_t i = 0; o && i < n; i++) free(o[i].data);
     free(o);
+    nvlm_pool_free(pool);
     nvlm_st_close(st);
     return rc;
 }
