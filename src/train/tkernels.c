@@ -251,6 +251,23 @@ static void attn_bwd_units(void *ctx, size_t begin, size_t end, int thread) {
     free(dp);
 }
 
+
+/* dk/dv [rows, nkv*d] = for each kv head g, the sum over its query heads a (in order) of the
+ * per-head gradients hk/hv [nh, rows, d]: a fixed order, so results do not depend on threads. */
+static void sum_head_groups(float *dk, float *dv, const float *hk, const float *hv, int rows, int nh, int nkv,
+                            int d) {
+    const int group = nh / nkv, kvd = nkv * d;
+    memset(dk, 0, sizeof(float) * (size_t)rows * kvd);
+    memset(dv, 0, sizeof(float) * (size_t)rows * kvd);
+    for (int a = 0; a < nh; a++) {
+        int g = a / group;
+        for (int t = 0; t < rows; t++) {
+            nvlm_axpy(dk + (size_t)t * kvd + g * d, 1.0f, hk + ((size_t)a * rows + t) * d, d);
+            nvlm_axpy(dv + (size_t)t * kvd + g * d, 1.0f, hv + ((size_t)a * rows + t) * d, d);
+        }
+    }
+}
+
 int nvlm_t_attention_bwd(nvlm_pool *pool, float *dq, float *dk, float *dv, const float *dout, const float *q,
                          const float *k, const float *v, int n, int nh, int nkv, int d) {
     float *hk = malloc(sizeof(float) * (size_t)nh * n * d), *hv = malloc(sizeof(float) * (size_t)nh * n * d);
@@ -261,17 +278,7 @@ int nvlm_t_attention_bwd(nvlm_pool *pool, float *dq, float *dk, float *dv, const
     }
     attn_job j = {NULL, dq, hk, hv, q, k, v, dout, n, nh, nkv, d, 1.0f / sqrtf((float)d), 0};
     nvlm_pool_run(pool, (size_t)nh, 1, attn_bwd_units, &j);
-    /* sum the heads of each group in a fixed order */
-    const int group = nh / nkv, kvd = nkv * d;
-    memset(dk, 0, sizeof(float) * (size_t)n * kvd);
-    memset(dv, 0, sizeof(float) * (size_t)n * kvd);
-    for (int a = 0; a < nh; a++) {
-        int g = a / group;
-        for (int t = 0; t < n; t++) {
-            nvlm_axpy(dk + (size_t)t * kvd + g * d, 1.0f, hk + ((size_t)a * n + t) * d, d);
-            nvlm_axpy(dv + (size_t)t * kvd + g * d, 1.0f, hv + ((size_t)a * n + t) * d, d);
-        }
-    }
+    sum_head_groups(dk, dv, hk, hv, n, nh, nkv, d);
     free(hk);
     free(hv);
     return j.failed ? NVLM_E_NOMEM : NVLM_OK;
@@ -378,17 +385,7 @@ int nvlm_t_xattention_bwd(nvlm_pool *pool, float *dq, float *dK, float *dV, cons
     }
     xatt_job j = {NULL, dq, hk, hv, q, K, V, dout, lo, hi, n, nh, nkv, d, S, 1.0f / sqrtf((float)d), 0};
     nvlm_pool_run(pool, (size_t)nh, 1, xatt_bwd_units, &j);
-    /* sum the heads of each group in a fixed order */
-    const int group = nh / nkv, kvd = nkv * d;
-    memset(dK, 0, sizeof(float) * (size_t)S * kvd);
-    memset(dV, 0, sizeof(float) * (size_t)S * kvd);
-    for (int a = 0; a < nh; a++) {
-        int g = a / group;
-        for (int s = 0; s < S; s++) {
-            nvlm_axpy(dK + (size_t)s * kvd + g * d, 1.0f, hk + ((size_t)a * S + s) * d, d);
-            nvlm_axpy(dV + (size_t)s * kvd + g * d, 1.0f, hv + ((size_t)a * S + s) * d, d);
-        }
-    }
+    sum_head_groups(dK, dV, hk, hv, S, nh, nkv, d);
     free(hk);
     free(hv);
     return j.failed ? NVLM_E_NOMEM : NVLM_OK;
