@@ -456,7 +456,7 @@ void nvlm_answer_free(nvlm_answer *a) {
 }
 
 void nvlm_chat_cache_bytes(const nvlm_chat *c, size_t *self_kv, size_t *cross_kv) {
-    *self_kv = 2 * sizeof(float) * (size_t)c->kv.n_layers * (size_t)c->kv.len * (size_t)c->kv.kv_dim;
+    *self_kv = nvlm_kv_bytes(&c->kv);
     *cross_kv = c->xa ? nvlm_xattn_bytes(c->xa) : 0;
 }
 

@@ -15,10 +15,10 @@ typedef struct binder {
     char name[256];
 } binder;
 
-static int own(nvlm_model *m, float *p) {
+int nvlm_model_own(nvlm_model *m, void *p) {
     if (m->n_owned == m->cap_owned) {
         int cap = m->cap_owned ? m->cap_owned * 2 : 64;
-        float **n = realloc(m->owned, sizeof *n * (size_t)cap);
+        void **n = realloc(m->owned, sizeof *n * (size_t)cap);
         if (!n) return -1;
         m->owned = n;
         m->cap_owned = cap;
@@ -46,7 +46,7 @@ static int bind_vec_shape(binder *b, const float **out, int ndim, const int64_t 
     int rc = nvlm_st_expect(b->m->st, b->name, ndim, shape, &t, b->err);
     if (rc) return rc;
     float *v = malloc(sizeof(float) * (size_t)t->numel);
-    if (!v || own(b->m, v)) {
+    if (!v || nvlm_model_own(b->m, v)) {
         free(v);
         return nvlm_fail(b->err, NVLM_E_NOMEM, "out of memory loading %s", b->name);
     }

@@ -67,10 +67,14 @@ struct nvlm_model {
     /* special ids from the checkpoint's own tokenizer */
     int32_t id_im_start, id_im_end, id_img_context;
 
-    /* float32 copies of small vectors, freed with the model */
-    float **owned;
+    /* buffers made at load (float32 copies of small vectors, quantized matrices), freed with the model */
+    void **owned;
     int n_owned, cap_owned;
 };
+
+/* Hands a malloc'ed buffer to the model, which frees it with itself; -1 (buffer not taken) when
+ * out of memory. */
+int nvlm_model_own(nvlm_model *m, void *p);
 
 /* Runs InternViT + pixel shuffle + projector on n_tiles normalised tiles
  * ([n_tiles, 3, S, S] float32) and writes [n_tiles, 256, h] to out. */

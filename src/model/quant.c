@@ -85,18 +85,6 @@ typedef struct qctx {
     nvlm_err *err;
 } qctx;
 
-static int own_ptr(nvlm_model *m, void *p) {
-    if (m->n_owned == m->cap_owned) {
-        int cap = m->cap_owned ? m->cap_owned * 2 : 64;
-        float **n = realloc(m->owned, sizeof *n * (size_t)cap);
-        if (!n) return -1;
-        m->owned = n;
-        m->cap_owned = cap;
-    }
-    m->owned[m->n_owned++] = p;
-    return 0;
-}
-
 static int quant_one(qctx *q, nvlm_wmat *w, const char *name) {
     if (nvlm_dtype_is_block(w->dtype)) return NVLM_OK; /* already quantized on disk */
     size_t before = nvlm_row_bytes(w->dtype, w->cols) * (size_t)w->rows;
@@ -108,7 +96,7 @@ static int quant_one(qctx *q, nvlm_wmat *w, const char *name) {
     }
     nvlm_dtype to = nvlm_quant_target(name, q->to);
     void *d = quantize_matrix(q->m->pool, w->data, w->dtype, w->rows, w->cols, to);
-    if (!d || own_ptr(q->m, d)) {
+    if (!d || nvlm_model_own(q->m, d)) {
         free(d);
         return nvlm_fail(q->err, NVLM_E_NOMEM, "out of memory quantizing %s", name);
     }
