@@ -9,16 +9,6 @@
 #include "image/decode.h"
 #include "image/png_fast.h"
 #include <dirent.h>
-#if defined(__SANITIZE_ADDRESS__)
-#define UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define UNDER_ASAN 1
-#endif
-#endif
-#ifndef UNDER_ASAN
-#define UNDER_ASAN 0
-#endif
 /* Files above this size get only a few variants (fewer under ASan, where decoding is slow). */
 #define BIG_FILE (UNDER_ASAN ? 8000 : 60000)
 #include <stdint.h>

@@ -15,19 +15,6 @@
 static char tmp_root[64];
 static char tok_dir[4096];
 
-static void rm_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        char p[1024];
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
 
 static const char *out_dir(const char *name) {
     static char p[4][256];
@@ -181,8 +168,8 @@ static void test_d(void) {
         nvlm_st_close(st);
         nvlm_config_free(&cfg);
     }
-    rm_dir(d);
-    rm_dir(d2);
+    check_rm_flat_dir(d);
+    check_rm_flat_dir(d2);
 }
 
 static void test_xh(void) {
@@ -211,7 +198,7 @@ static void test_xh(void) {
         nvlm_st_close(st);
         nvlm_config_free(&cfg);
     }
-    rm_dir(d);
+    check_rm_flat_dir(d);
     /* H like the reference: layers 0,1, depth 2, sharded in 2 */
     o.arch = NVLM_ARCH_H;
     o.n_xattn = 2;
@@ -228,7 +215,7 @@ static void test_xh(void) {
         nvlm_st_close(st);
         nvlm_config_free(&cfg);
     }
-    rm_dir(d);
+    check_rm_flat_dir(d);
     /* other shapes: deeper projector, own xattn MLP, GQA 8/2, random dummies, all-F16 */
     nvlm_mkmodel_defaults(&o);
     o.arch = NVLM_ARCH_X;
@@ -266,7 +253,7 @@ static void test_xh(void) {
         nvlm_st_close(st);
         nvlm_config_free(&cfg);
     }
-    rm_dir(d);
+    check_rm_flat_dir(d);
     /* mixed-f16 and f32 storage */
     nvlm_mkmodel_defaults(&o);
     o.vocab = 64;
@@ -286,7 +273,7 @@ static void test_xh(void) {
         nvlm_st_close(st);
         nvlm_config_free(&cfg);
     }
-    rm_dir(d);
+    check_rm_flat_dir(d);
 }
 
 static void test_errors(void) {
@@ -318,7 +305,7 @@ static void test_errors(void) {
     CHECK(rc == NVLM_E_INVALID_ARG, "D with xattn layers: %s", err.msg);
     rc = nvlm_mkmodel(&o, "/nonexistent/a/b", NULL, &err);
     CHECK(rc < 0, "unwritable folder: %s", err.msg);
-    rm_dir(d);
+    check_rm_flat_dir(d);
 }
 
 int main(void) {

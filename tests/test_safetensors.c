@@ -14,19 +14,6 @@
 
 static char tmp_root[64];
 
-static void rm_dir(const char *dir) { /* flat folders only */
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        char p[1024];
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
 
 static void put_file(const char *dir, const char *name, const void *data, size_t len) {
     char p[1024];
@@ -51,7 +38,7 @@ static uint8_t *get_file(const char *dir, const char *name, size_t *len) {
 static const char *new_dir(const char *name) {
     static char p[256];
     snprintf(p, sizeof p, "%s/%s", tmp_root, name);
-    rm_dir(p);
+    check_rm_flat_dir(p);
     mkdir(p, 0777);
     return p;
 }
@@ -492,7 +479,7 @@ int main(void) {
     test_bad_single();
     test_bad_sharded();
     const char *sub[] = {"writer", "bad", "raw", "sharded", "sharded2", "sharded3", "twoshards"};
-    for (size_t i = 0; i < sizeof sub / sizeof *sub; i++) rm_dir(new_dir(sub[i]));
+    for (size_t i = 0; i < sizeof sub / sizeof *sub; i++) check_rm_flat_dir(new_dir(sub[i]));
     rmdir(tmp_root);
     return check_done("test_safetensors");
 }
