@@ -121,11 +121,22 @@ int nvlm_chat_add_history(nvlm_chat *c, const char *question, const char *answer
     return push_turn(c, question, answer, err);
 }
 
-int nvlm_chat_add_image(nvlm_chat *c, const nvlm_image *img, nvlm_err *err) {
+/* Tiling as chat() does it for this model: the chat's max_num or the config's bound, the
+ * config's thumbnail rule, the model's threads (results do not depend on them). */
+static nvlm_tile_opts tile_opts(const nvlm_chat *c) {
     const nvlm_config *cfg = &c->m->cfg;
-    int max_num = c->max_tiles ? c->max_tiles : cfg->max_dynamic_patch;
-    int min_num = cfg->min_dynamic_patch < max_num ? cfg->min_dynamic_patch : max_num;
-    if (!cfg->dynamic_image_size) min_num = max_num = 1;
+    nvlm_tile_opts o = {0};
+    o.tile_size = cfg->image_size;
+    o.max_num = c->max_tiles ? c->max_tiles : cfg->max_dynamic_patch;
+    o.min_num = cfg->min_dynamic_patch < o.max_num ? cfg->min_dynamic_patch : o.max_num;
+    if (!cfg->dynamic_image_size) o.min_num = o.max_num = 1;
+    o.no_thumbnail = !cfg->use_thumbnail;
+    o.threads = nvlm_pool_threads(c->m->pool);
+    return o;
+}
+
+/* Queues the (one-image) batch's tiles, normalised, for the next placeholder. */
+static int queue_tiles(nvlm_chat *c, const nvlm_tile_batch *b, nvlm_err *err) {
     if (c->n_images == c->cap_images) {
         int cap = c->cap_images ? 2 * c->cap_images : 4;
         chat_image *n = realloc(c->images, sizeof *n * (size_t)cap);
@@ -133,27 +144,32 @@ int nvlm_chat_add_image(nvlm_chat *c, const nvlm_image *img, nvlm_err *err) {
         c->images = n;
         c->cap_images = cap;
     }
-    nvlm_tiles tiles;
-    int rc = nvlm_image_tile(img, cfg->image_size, min_num, max_num, cfg->use_thumbnail, &tiles, err);
-    if (rc) return rc;
-    size_t S = (size_t)tiles.size, per = 3 * S * S;
-    float *px = malloc(sizeof(float) * per * (size_t)tiles.num_tiles);
-    if (!px) {
-        nvlm_tiles_free(&tiles);
-        return nvlm_fail(err, NVLM_E_NOMEM, "out of memory for %d tiles", tiles.num_tiles);
-    }
-    for (int i = 0; i < tiles.num_tiles; i++) nvlm_tile_normalize(tiles.rgb + (size_t)i * per, (int)S, px + (size_t)i * per);
-    c->images[c->n_images++] = (chat_image){tiles.num_tiles, px, NULL};
-    nvlm_tiles_free(&tiles);
+    size_t per = (size_t)3 * b->size * b->size;
+    float *px = malloc(sizeof(float) * per * (size_t)b->total_tiles);
+    if (!px) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory for %d tiles", b->total_tiles);
+    nvlm_tiles_normalize(b->rgb, b->total_tiles, b->size, px);
+    c->images[c->n_images++] = (chat_image){b->total_tiles, px, NULL};
     return NVLM_OK;
 }
 
-int nvlm_chat_add_image_file(nvlm_chat *c, const char *path, nvlm_err *err) {
-    nvlm_image img;
-    int rc = nvlm_image_load(path, NULL, &img, err);
+int nvlm_chat_add_image(nvlm_chat *c, const nvlm_image *img, nvlm_err *err) {
+    nvlm_tile_opts o = tile_opts(c);
+    nvlm_tile_batch b;
+    int rc = nvlm_images_tile(img, 1, &o, &b, err);
     if (rc) return rc;
-    rc = nvlm_chat_add_image(c, &img, err);
-    nvlm_image_free(&img);
+    rc = queue_tiles(c, &b, err);
+    nvlm_tile_batch_free(&b);
+    return rc;
+}
+
+/* Decoding and resizing overlap on two threads or more. */
+int nvlm_chat_add_image_file(nvlm_chat *c, const char *path, nvlm_err *err) {
+    nvlm_tile_opts o = tile_opts(c);
+    nvlm_tile_batch b;
+    int rc = nvlm_images_load_tile(&path, 1, &o, &b, err);
+    if (rc) return rc;
+    rc = queue_tiles(c, &b, err);
+    nvlm_tile_batch_free(&b);
     return rc;
 }
 
