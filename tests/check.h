@@ -4,6 +4,7 @@
 #ifndef NVLM_TESTS_CHECK_H
 #define NVLM_TESTS_CHECK_H
 #include <dirent.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +57,31 @@ static inline void check_rm_flat_dir(const char *dir) {
     }
     closedir(d);
     rmdir(dir);
+}
+
+/* Writes a 24-bit BMP (bottom-up rows padded to 4 bytes) of W x H RGB pixels (HWC); 0 or -1. */
+static inline int check_write_bmp24(const char *path, int W, int H, const uint8_t *px) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    int row = (W * 3 + 3) & ~3;
+    uint32_t size = 54 + (uint32_t)row * H;
+    uint8_t h[54] = {'B', 'M'};
+    memcpy(h + 2, &size, 4);
+    h[10] = 54, h[14] = 40;
+    memcpy(h + 18, &W, 4);
+    memcpy(h + 22, &H, 4);
+    h[26] = 1, h[28] = 24;
+    fwrite(h, 1, 54, f);
+    uint8_t pad[3] = {0};
+    for (int y = H - 1; y >= 0; y--) {
+        for (int x = 0; x < W; x++) {
+            const uint8_t *p = px + ((size_t)y * W + x) * 3;
+            uint8_t bgr[3] = {p[2], p[1], p[0]};
+            fwrite(bgr, 1, 3, f);
+        }
+        fwrite(pad, 1, (size_t)(row - W * 3), f);
+    }
+    return fclose(f);
 }
 
 static inline int check_done(const char *name) {

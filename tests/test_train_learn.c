@@ -18,30 +18,6 @@ static const char *colours[] = {"red", "green", "blue", "yellow"};
 static const uint8_t rgb[4][3] = {{220, 30, 30}, {30, 200, 40}, {40, 60, 230}, {230, 220, 30}};
 static const char *sides[] = {"left", "right"};
 
-/* 24-bit BMP (bottom-up rows padded to 4 bytes). */
-static int write_bmp(const char *path, int W, int H, const uint8_t *px) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return -1;
-    int row = (W * 3 + 3) & ~3;
-    uint32_t size = 54 + (uint32_t)row * H;
-    uint8_t h[54] = {'B', 'M'};
-    memcpy(h + 2, &size, 4);
-    h[10] = 54, h[14] = 40;
-    memcpy(h + 18, &W, 4);
-    memcpy(h + 22, &H, 4);
-    h[26] = 1, h[28] = 24;
-    fwrite(h, 1, 54, f);
-    uint8_t pad[3] = {0};
-    for (int y = H - 1; y >= 0; y--) {
-        for (int x = 0; x < W; x++) {
-            const uint8_t *p = px + ((size_t)y * W + x) * 3;
-            uint8_t bgr[3] = {p[2], p[1], p[0]};
-            fwrite(bgr, 1, 3, f);
-        }
-        fwrite(pad, 1, (size_t)(row - W * 3), f);
-    }
-    return fclose(f);
-}
 
 static uint64_t rs = 99;
 static int rnd(int n) {
@@ -66,7 +42,7 @@ static void make_set(const char *dir, const char *name, int n, int first, int W,
         char img[64];
         snprintf(img, sizeof img, "%s%04d.bmp", prefix, first + i);
         snprintf(path, sizeof path, "%s/%s", dir, img);
-        write_bmp(path, W, S, px);
+        check_write_bmp24(path, W, S, px);
         if (i % 2 == 0)
             fprintf(f, "{\"image\": \"%s\", \"conversations\": [{\"from\": \"human\", \"value\": \"<image>\\nWhat colour is "
                        "the shape?\"}, {\"from\": \"gpt\", \"value\": \"%s\"}]}\n", img, colours[c]);

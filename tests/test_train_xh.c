@@ -13,31 +13,20 @@
 
 static char dir[] = "/tmp/nvlm_train_xh_XXXXXX";
 
-/* 24-bit BMP (bottom-up rows padded to 4 bytes) of a gradient with a coloured block. */
+/* A BMP image of a gradient with a coloured block that depends on seed. */
 static void write_bmp(const char *path, int W, int H, int seed) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return;
-    int row = (W * 3 + 3) & ~3;
-    uint32_t size = 54 + (uint32_t)row * H;
-    uint8_t h[54] = {'B', 'M'};
-    memcpy(h + 2, &size, 4);
-    h[10] = 54, h[14] = 40;
-    memcpy(h + 18, &W, 4);
-    memcpy(h + 22, &H, 4);
-    h[26] = 1, h[28] = 24;
-    fwrite(h, 1, 54, f);
-    uint8_t *line = calloc((size_t)row, 1);
-    for (int y = H - 1; y >= 0; y--) {
+    uint8_t *px = malloc((size_t)W * H * 3);
+    if (!px) return;
+    for (int y = 0; y < H; y++)
         for (int x = 0; x < W; x++) {
             int in = x > W / 3 && x < W / 2 && y > H / 4 && y < H / 2;
-            line[3 * x] = (uint8_t)(in ? 30 * seed : x * 255 / W);
-            line[3 * x + 1] = (uint8_t)(in ? 200 : y * 255 / H);
-            line[3 * x + 2] = (uint8_t)((x + y + 40 * seed) & 255);
+            uint8_t *p = px + ((size_t)y * W + x) * 3;
+            p[0] = (uint8_t)((x + y + 40 * seed) & 255);
+            p[1] = (uint8_t)(in ? 200 : y * 255 / H);
+            p[2] = (uint8_t)(in ? 30 * seed : x * 255 / W);
         }
-        fwrite(line, 1, (size_t)row, f);
-    }
-    free(line);
-    fclose(f);
+    check_write_bmp24(path, W, H, px);
+    free(px);
 }
 
 /* -log softmax(logits)[id] in double. */
