@@ -11,8 +11,14 @@
 #if defined(__x86_64__)
 #define NVLM_HAVE_AVX2_KERNELS 1
 
+/* Up to this many tokens, a matrix product streams the weights (gemv_avx2.c); beyond, the packed
+ * micro-kernel (gemm_avx2.c). */
+#define NVLM_GEMV_MAX 3
+
 void nvlm_matmul_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
                       const float *bias);
+void nvlm_gemv_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
+                    const float *bias);
 void nvlm_attention_avx2(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride,
                          const float *v, size_t v_stride, int n_keys, int causal_pos0, int d,
                          float scale, float *out, size_t out_stride, float *scratch);
