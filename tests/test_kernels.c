@@ -7,6 +7,7 @@
 #include "kernels/ops.h"
 #include "kernels/qblock.h"
 #include "kernels/simd.h"
+#include "kernels/simd_neon.h"
 #include <math.h>
 
 static uint64_t rng = 88172645463325252ull;
@@ -163,6 +164,42 @@ static void test_avx2_helpers(void) {
 }
 #endif
 
+#ifdef NVLM_HAVE_NEON_KERNELS
+/* The NEON helpers against their exact scalar twins (F16 edge values included: FCVTL must
+ * agree with nvlm_f16_to_f32 on subnormals, infinities, signed zero and quiet NaN). */
+static void test_neon_helpers(void) {
+    int n = 32 * 7;
+    float *x = rand_vec((size_t)n, 3.0f), *w = rand_vec((size_t)n, 1.0f);
+    x[5] = 0;
+    memset(x + 64, 0, sizeof(float) * 32); /* an all-zero block */
+    nvlm_block_q8a a[7], b[7];
+    nvlm_quantize_row_q8a(x, a, n);
+    nvlm_quantize_row_q8a_neon(x, b, n);
+    CHECK(!memcmp(a, b, sizeof a), "neon q8a quantization differs from the scalar reference");
+    static const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4};
+    for (size_t d = 0; d < 5; d++) {
+        void *wd = make_weights(dts[d], w, 1, n);
+        float r[32 * 7], s[32 * 7];
+        int m = nvlm_dtype_is_block(dts[d]) ? n : n - 13; /* tails for plain formats */
+        nvlm_row_to_f32(r, wd, dts[d], m);
+        nvlm_row_to_f32_neon(s, wd, dts[d], m);
+        CHECK(!memcmp(r, s, sizeof(float) * m), "neon row_to_f32 %s differs", nvlm_dtype_name(dts[d]));
+        if (nvlm_dtype_is_block(dts[d])) {
+            float dr = nvlm_vec_dot_q(dts[d], wd, a, n), ds = nvlm_vec_dot_q_neon(dts[d], wd, a, n);
+            CHECK(fabsf(dr - ds) <= 1e-5f * (fabsf(dr) + 1), "neon vec_dot %s: %g vs %g", nvlm_dtype_name(dts[d]), ds, dr);
+        }
+        free(wd);
+    }
+    static const uint16_t f16[16] = {0x0001, 0x03ff, 0x0200, 0x8001, 0x8000, 0x0000, 0x7c00, 0xfc00,
+                                     0x7bff, 0xfbff, 0x0400, 0x3c00, 0x7e00, 0x3555, 0xc000, 0x1234};
+    float r[16], s[16];
+    nvlm_row_to_f32(r, f16, NVLM_DT_F16, 16);
+    nvlm_row_to_f32_neon(s, f16, NVLM_DT_F16, 16);
+    CHECK(!memcmp(r, s, sizeof r), "neon F16 edge values differ from nvlm_f16_to_f32");
+    free(x), free(w);
+}
+#endif
+
 /* Quantization round trip stays within half a step. */
 static void test_quant_roundtrip(void) {
     int n = 32 * 9;
@@ -195,6 +232,7 @@ int main(void) {
     nvlm_cpu_features(feat, sizeof feat);
     printf("cpu: %s (kernel levels up to %s)\n", feat, nvlm_cpu_level_name(hw));
     for (int level = NVLM_CPU_SCALAR; level <= hw; level++) {
+        if (!nvlm_cpu_level_usable(level)) continue; /* aarch64: the x86 levels below NEON */
         nvlm_pool_set_level(p1, level);
         nvlm_pool_set_level(p3, level);
         test_matmul(p1, p3, level);
@@ -203,6 +241,9 @@ int main(void) {
     }
 #ifdef NVLM_HAVE_AVX2_KERNELS
     if (hw >= NVLM_CPU_AVX2) test_avx2_helpers();
+#endif
+#ifdef NVLM_HAVE_NEON_KERNELS
+    if (hw == NVLM_CPU_NEON) test_neon_helpers();
 #endif
     test_quant_roundtrip();
     nvlm_pool_free(p1);

@@ -3,6 +3,7 @@
 #include "kernels/attention.h"
 #include "kernels/cpu.h"
 #include "kernels/simd.h"
+#include "kernels/simd_neon.h"
 #include <string.h>
 
 void nvlm_attend(const float *q, const float *k, size_t k_stride, const float *v, size_t v_stride,
@@ -16,6 +17,9 @@ void nvlm_attend(const float *q, const float *k, size_t k_stride, const float *v
 size_t nvlm_attention_scratch(int level, int n_keys, int d) {
 #ifdef NVLM_HAVE_AVX2_KERNELS
     if (level >= NVLM_CPU_AVX2) return nvlm_attention_scratch_avx2(n_keys, d);
+#endif
+#ifdef NVLM_HAVE_NEON_KERNELS
+    if (level == NVLM_CPU_NEON) return nvlm_attention_scratch_neon(n_keys, d);
 #endif
     (void)level, (void)d;
     return (size_t)(n_keys > 0 ? n_keys : 1);
@@ -31,6 +35,14 @@ void nvlm_attention(int level, const float *q, size_t q_stride, int n_q, const f
         return;
     }
 #endif
+#ifdef NVLM_HAVE_NEON_KERNELS
+    if (level == NVLM_CPU_NEON) {
+        nvlm_attention_neon(q, q_stride, n_q, k, k_stride, v, v_stride, n_keys, causal_pos0, d, scale, out,
+                            out_stride, scratch);
+        return;
+    }
+#endif
+    (void)level;
     for (int i = 0; i < n_q; i++) {
         int len = causal_pos0 < 0 ? n_keys : causal_pos0 + i + 1;
         if (len > n_keys) len = n_keys;

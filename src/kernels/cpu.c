@@ -7,6 +7,10 @@
 #if defined(__x86_64__) || defined(__i386__)
 #define NVLM_X86 1
 #endif
+#if defined(__aarch64__)
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+#endif
 
 int nvlm_cpu_hw_level(void) {
 #ifdef NVLM_X86
@@ -20,8 +24,20 @@ int nvlm_cpu_hw_level(void) {
         __builtin_cpu_supports("avx512vl"))
         return NVLM_CPU_AVX512;
     return NVLM_CPU_AVX2;
+#elif defined(__aarch64__)
+    return NVLM_CPU_NEON;
 #else
     return NVLM_CPU_SCALAR;
+#endif
+}
+
+int nvlm_cpu_level_usable(int level) {
+    if (level == NVLM_CPU_SCALAR) return 1;
+    if (level < 0 || level > nvlm_cpu_hw_level()) return 0;
+#ifdef NVLM_X86
+    return level != NVLM_CPU_NEON;
+#else
+    return level == NVLM_CPU_NEON;
 #endif
 }
 
@@ -32,14 +48,17 @@ int nvlm_cpu_level(void) {
         if (!strcmp(e, "scalar")) want = NVLM_CPU_SCALAR;
         else if (!strcmp(e, "avx2")) want = NVLM_CPU_AVX2;
         else if (!strncmp(e, "avx512", 6)) want = NVLM_CPU_AVX512;
+        else if (!strcmp(e, "neon")) want = NVLM_CPU_NEON;
     }
-    return want < hw ? want : hw;
+    int level = want < hw ? want : hw;
+    return nvlm_cpu_level_usable(level) ? level : NVLM_CPU_SCALAR;
 }
 
 const char *nvlm_cpu_level_name(int level) {
     switch (level) {
     case NVLM_CPU_AVX2: return "avx2";
     case NVLM_CPU_AVX512: return "avx512";
+    case NVLM_CPU_NEON: return "neon";
     default: return "scalar";
     }
 }
@@ -68,5 +87,17 @@ void nvlm_cpu_features(char *buf, int size) {
         }
         if (has) off += snprintf(buf + off, (size_t)(size - off), "%s%s", off ? " " : "", names[i]);
     }
+#elif defined(__aarch64__)
+    /* the kernels need asimd only; the rest says what later kernels could use */
+    static const struct { unsigned long bit; int hw2; const char *name; } caps[] = {
+        {HWCAP_ASIMD, 0, "asimd"},     {HWCAP_FPHP, 0, "fphp"}, {HWCAP_ASIMDHP, 0, "asimdhp"},
+        {HWCAP_ASIMDDP, 0, "asimddp"}, {HWCAP_SVE, 0, "sve"},   {HWCAP2_I8MM, 1, "i8mm"},
+        {HWCAP2_BF16, 1, "bf16"},
+    };
+    unsigned long hw1 = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
+    int off = 0;
+    for (size_t i = 0; i < sizeof caps / sizeof caps[0] && off < size; i++)
+        if ((caps[i].hw2 ? hw2 : hw1) & caps[i].bit)
+            off += snprintf(buf + off, (size_t)(size - off), "%s%s", off ? " " : "", caps[i].name);
 #endif
 }

@@ -6,6 +6,7 @@
 #include "kernels/ops.h"
 #include "kernels/qblock.h"
 #include "kernels/simd.h"
+#include "kernels/simd_neon.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -64,6 +65,12 @@ void nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvl
         return;
     }
 #endif
+#ifdef NVLM_HAVE_NEON_KERNELS
+    if (nvlm_pool_level(pool) == NVLM_CPU_NEON) {
+        nvlm_matmul_neon(pool, y, x, n_tok, w, bias);
+        return;
+    }
+#endif
     nvlm_matmul_scalar(pool, y, x, n_tok, w, bias);
 }
 
@@ -74,8 +81,8 @@ typedef struct act_job {
     int level, silu;
 } act_job;
 
-/* Units of ACT_UNIT elements: every chunk starts at a multiple of 8, so each element takes the
- * same path (vector body or scalar tail) whatever the number of threads. */
+/* Units of ACT_UNIT elements: every chunk starts at a multiple of 8 (AVX2; NEON: 4), so each
+ * element takes the same path (vector body or scalar tail) whatever the number of threads. */
 enum { ACT_UNIT = 64 };
 
 static void act_range(void *ctx, size_t ubegin, size_t uend, int thread) {
@@ -86,6 +93,13 @@ static void act_range(void *ctx, size_t ubegin, size_t uend, int thread) {
     if (j->level >= NVLM_CPU_AVX2) {
         if (j->silu) nvlm_silu_mul_avx2(j->a + begin, j->b + begin, n);
         else nvlm_gelu_avx2(j->a + begin, n);
+        return;
+    }
+#endif
+#ifdef NVLM_HAVE_NEON_KERNELS
+    if (j->level == NVLM_CPU_NEON) {
+        if (j->silu) nvlm_silu_mul_neon(j->a + begin, j->b + begin, n);
+        else nvlm_gelu_neon(j->a + begin, n);
         return;
     }
 #endif
