@@ -201,6 +201,7 @@ typedef struct rs_kernels {
 
 static rs_kernels pick_kernels(int simd) {
     rs_kernels k = {h_block_generic, v_row_generic};
+    (void)simd; /* unused where there are no SIMD kernels (aarch64) */
 #ifdef RS_HAVE_AVX2
     __builtin_cpu_init();
     if (simd && __builtin_cpu_supports("avx2")) {
