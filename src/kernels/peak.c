@@ -52,6 +52,44 @@ static float fma_avx2(long iters) {
 #pragma GCC pop_options
 #endif
 
+#if defined(__aarch64__)
+#include <arm_neon.h>
+static float sum_neon(const float *p, size_t n) {
+    float32x4_t a0 = vdupq_n_f32(0), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i + 16 <= n; i += 16) {
+        a0 = vaddq_f32(a0, vld1q_f32(p + i));
+        a1 = vaddq_f32(a1, vld1q_f32(p + i + 4));
+        a2 = vaddq_f32(a2, vld1q_f32(p + i + 8));
+        a3 = vaddq_f32(a3, vld1q_f32(p + i + 12));
+    }
+    return vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+}
+
+/* 24 independent accumulators of 4 lanes (the 8x12 micro-kernel's count): the same flops per
+ * iteration as fma_avx2's 12 x 8. FMLA accumulates into its destination, so each chain is
+ * a += c * m (the AVX2 form a = a * m + c would need a register move per FMA). */
+static float fma_neon(long iters) {
+    const float32x4_t m = vdupq_n_f32(0.999999f), c = vdupq_n_f32(1e-7f);
+    /* named, so they stay in registers (an array is stored back every iteration); distinct
+     * starting values, so the compiler cannot merge the chains */
+#define S(i) a##i = vdupq_n_f32(i)
+    float32x4_t S(0), S(1), S(2), S(3), S(4), S(5), S(6), S(7), S(8), S(9), S(10), S(11);
+    float32x4_t S(12), S(13), S(14), S(15), S(16), S(17), S(18), S(19), S(20), S(21), S(22), S(23);
+#undef S
+#define F4(i, j, k, l) a##i = vfmaq_f32(a##i, c, m), a##j = vfmaq_f32(a##j, c, m), \
+                       a##k = vfmaq_f32(a##k, c, m), a##l = vfmaq_f32(a##l, c, m)
+    for (long it = 0; it < iters; it++) {
+        F4(0, 1, 2, 3), F4(4, 5, 6, 7), F4(8, 9, 10, 11);
+        F4(12, 13, 14, 15), F4(16, 17, 18, 19), F4(20, 21, 22, 23);
+    }
+#undef F4
+    float32x4_t s = vaddq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)), vaddq_f32(vaddq_f32(a4, a5), vaddq_f32(a6, a7)));
+    s = vaddq_f32(s, vaddq_f32(vaddq_f32(vaddq_f32(a8, a9), vaddq_f32(a10, a11)), vaddq_f32(vaddq_f32(a12, a13), vaddq_f32(a14, a15))));
+    s = vaddq_f32(s, vaddq_f32(vaddq_f32(vaddq_f32(a16, a17), vaddq_f32(a18, a19)), vaddq_f32(vaddq_f32(a20, a21), vaddq_f32(a22, a23))));
+    return vgetq_lane_f32(s, 0);
+}
+#endif
+
 static float sum_scalar(const float *p, size_t n) {
     float s[8] = {0};
     for (size_t i = 0; i + 8 <= n; i += 8)
@@ -74,6 +112,8 @@ static void read_part(void *ctx, size_t begin, size_t end, int thread) {
         const float *p = j->buf + u * per;
 #if defined(__x86_64__)
         float s = j->level >= NVLM_CPU_AVX2 ? sum_avx2(p, per) : sum_scalar(p, per);
+#elif defined(__aarch64__)
+        float s = j->level == NVLM_CPU_NEON ? sum_neon(p, per) : sum_scalar(p, per);
 #else
         float s = sum_scalar(p, per);
 #endif
@@ -105,6 +145,11 @@ static void fma_part(void *ctx, size_t begin, size_t end, int thread) {
 #if defined(__x86_64__)
         if (j->level >= NVLM_CPU_AVX2) {
             j->sink[thread & 255] += fma_avx2(j->iters);
+            continue;
+        }
+#elif defined(__aarch64__)
+        if (j->level == NVLM_CPU_NEON) {
+            j->sink[thread & 255] += fma_neon(j->iters);
             continue;
         }
 #endif
