@@ -85,7 +85,9 @@ static void test_matmul(nvlm_pool *p1, nvlm_pool *p3, int level) {
 static void test_attention(int level) {
     static const int cases[][4] = {/* n_q, n_keys, d, causal_pos0 */
                                    {1, 1, 16, 0},   {1, 37, 16, 36}, {5, 5, 20, -1},  {37, 37, 64, -1},
-                                   {30, 45, 64, 15}, {50, 50, 72, 0}, {25, 130, 128, -1}, {3, 300, 64, 297}};
+                                   {30, 45, 64, 15}, {50, 50, 72, 0}, {25, 130, 128, -1}, {3, 300, 64, 297},
+                                   /* beyond PREPACK_KEYS: K and V packed per block of queries */
+                                   {26, 8250, 20, 8230}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         int nq = cases[c][0], nk = cases[c][1], d = cases[c][2], pos0 = cases[c][3];
         size_t qs = (size_t)d + 3, ks = (size_t)2 * d + 1;
