@@ -5,6 +5,7 @@
 #include "kernels/cpu.h"
 #include "kernels/qblock.h"
 #include "kernels/simd.h"
+#include "kernels/simd_neon.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,6 +126,13 @@ static void kv_head_to_f32(const self_attn_job *j, size_t g, int n_keys, float *
         if (j->level >= NVLM_CPU_AVX2) {
             nvlm_row_to_f32_avx2(kbuf + (size_t)t * j->d, kr, NVLM_DT_F16, j->d);
             nvlm_row_to_f32_avx2(vbuf + (size_t)t * j->d, vr, NVLM_DT_F16, j->d);
+            continue;
+        }
+#endif
+#ifdef NVLM_HAVE_NEON_KERNELS
+        if (j->level == NVLM_CPU_NEON) {
+            nvlm_row_to_f32_neon(kbuf + (size_t)t * j->d, kr, NVLM_DT_F16, j->d);
+            nvlm_row_to_f32_neon(vbuf + (size_t)t * j->d, vr, NVLM_DT_F16, j->d);
             continue;
         }
 #endif
