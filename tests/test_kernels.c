@@ -43,7 +43,9 @@ static void *make_weights(nvlm_dtype dt, const float *w, int rows, int cols) {
 
 static void test_matmul(nvlm_pool *p1, nvlm_pool *p3, int level) {
     static const int shapes[][3] = {{1, 37, 67}, {2, 19, 100}, {3, 33, 160}, {4, 17, 64}, {7, 50, 300},
-                                    {13, 70, 96}, {25, 17, 520}, {6, 16, 256}, {31, 81, 288}};
+                                    {13, 70, 96}, {25, 17, 520}, {6, 16, 256}, {31, 81, 288},
+                                    /* several K blocks with a tail, slivers and groups of panels */
+                                    {37, 100, 600}, {29, 150, 544}};
     static const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
@@ -81,6 +83,40 @@ static void test_matmul(nvlm_pool *p1, nvlm_pool *p3, int level) {
             free(wf), free(x), free(bias), free(wd), free(ref), free(y1), free(y3);
         }
 }
+
+#ifdef NVLM_HAVE_AVX2_KERNELS
+/* Matrices sharing x (q/k/v, gate/up): the same values as one nvlm_matmul each, at 1 and 3 threads. */
+static void test_matmul_multi(nvlm_pool *p1, nvlm_pool *p3) {
+    static const int shapes[][4] = {{40, 96, 40, 288}, {13, 33, 17, 70}, {2, 40, 24, 64}}; /* T, N0, N1, K */
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int T = shapes[s][0], N[3] = {shapes[s][1], shapes[s][2], shapes[s][1] + 5}, K = shapes[s][3];
+        float *x = rand_vec((size_t)T * K, 1.0f), *bias = rand_vec((size_t)N[2], 1.0f);
+        void *wd[3];
+        nvlm_wmat w[3];
+        float *ref[3], *y1[3], *y3[3];
+        for (int i = 0; i < 3; i++) {
+            float *wf = rand_vec((size_t)N[i] * K, 0.5f);
+            nvlm_dtype dt = i == 1 ? NVLM_DT_Q8_0 : NVLM_DT_F16;
+            wd[i] = make_weights(dt, wf, N[i], K);
+            w[i] = (nvlm_wmat){dt, N[i], K, wd[i]};
+            ref[i] = malloc(sizeof(float) * T * N[i]), y1[i] = malloc(sizeof(float) * T * N[i]);
+            y3[i] = malloc(sizeof(float) * T * N[i]);
+            nvlm_matmul(p1, ref[i], x, T, &w[i], i == 1 ? NULL : bias);
+            free(wf);
+        }
+        const nvlm_wmat *ws[3] = {&w[0], &w[1], &w[2]};
+        const float *bs[3] = {bias, NULL, bias};
+        nvlm_matmul_multi_avx2(p1, 3, y1, x, T, ws, bs);
+        nvlm_matmul_multi_avx2(p3, 3, y3, x, T, ws, bs);
+        for (int i = 0; i < 3; i++) {
+            CHECK(!memcmp(y1[i], ref[i], sizeof(float) * T * N[i]), "matmul_multi T=%d K=%d matrix %d: differs from nvlm_matmul", T, K, i);
+            CHECK(!memcmp(y3[i], ref[i], sizeof(float) * T * N[i]), "matmul_multi T=%d K=%d matrix %d: 3 threads differ", T, K, i);
+            free(wd[i]), free(ref[i]), free(y1[i]), free(y3[i]);
+        }
+        free(x), free(bias);
+    }
+}
+#endif
 
 static void test_attention(int level) {
     static const int cases[][4] = {/* n_q, n_keys, d, causal_pos0 */
@@ -242,7 +278,12 @@ int main(void) {
         test_activations(p3, level);
     }
 #ifdef NVLM_HAVE_AVX2_KERNELS
-    if (hw >= NVLM_CPU_AVX2) test_avx2_helpers();
+    if (hw >= NVLM_CPU_AVX2) {
+        nvlm_pool_set_level(p1, NVLM_CPU_AVX2);
+        nvlm_pool_set_level(p3, NVLM_CPU_AVX2);
+        test_matmul_multi(p1, p3);
+        test_avx2_helpers();
+    }
 #endif
 #ifdef NVLM_HAVE_NEON_KERNELS
     if (hw == NVLM_CPU_NEON) test_neon_helpers();

@@ -1,10 +1,18 @@
-/* AVX2 matrix products: a 6x16 register-blocked micro-kernel over packed weight panels
- * (prefill, ViT, attention); up to NVLM_GEMV_MAX tokens go to the streaming matrix-vector
- * kernels of gemv_avx2.c (generation).
+/* AVX2 matrix products: a 6x16 register-blocked micro-kernel over packed operands (prefill, ViT,
+ * attention); up to NVLM_GEMV_MAX tokens go to the streaming matrix-vector kernels of
+ * gemv_avx2.c (generation).
+ *
+ * Packing: the activations (A, the broadcast side) are copied once per call into slivers of
+ * MR rows, k-major (row i of k at [k * MR + i]), so the micro-kernel reads one contiguous
+ * stream: rows 4 KiB apart no longer alias in the L1 sets and one pointer walks them. The
+ * weights (B) are converted to float32 per K block of KC into panels of NR outputs, k-major,
+ * GROUP panels at a time (in L2), and each A sliver is applied to the GROUP panels in turn
+ * while it sits in L1.
  *
  * Determinism: every output element is one FMA chain over k in index order inside a K block
- * of KC, the blocks added in order, then the bias. Which thread computes it and where its
- * tile starts does not change that chain, so results are identical for any thread count. */
+ * of KC, the blocks added in order, then the bias. Which thread computes it, where its tile
+ * or group starts and whether its sliver is padded do not change that chain, so results are
+ * identical for any thread count. */
 #include "kernels/simd.h"
 #ifdef NVLM_HAVE_AVX2_KERNELS
 #pragma GCC push_options
@@ -15,34 +23,62 @@
 #include <string.h>
 
 enum {
-    MR = 6,          /* tokens per micro-tile */
-    NR = 16,         /* outputs per micro-tile (two ymm) */
-    KC = 256,        /* K block: a packed panel is KC x NR floats = 16 KiB (L1) */
-    GROUP = 4,       /* panels packed together: x rows are reused from L1 over 64 outputs */
+    MR = 6,          /* tokens per micro-tile (a packed A sliver) */
+    NR = 16,         /* outputs per micro-tile (two ymm): a packed B panel */
+    KC = 256,        /* K block: a packed panel is KC x NR floats = 16 KiB */
+    GROUP = 4,       /* panels packed together (64 KiB, L2): an A sliver is reused from L1 over them */
+    PF_B = 512,      /* the micro-kernel prefetches its B panel this many floats (32 k steps) ahead */
 };
 
-/* Fills dst[k * NR + r] (k < kc, r < NR) with B(n0 + r, k0 + k); rows r >= nr are zero. */
-typedef void (*pack_fn)(const void *ctx, int n0, int nr, int k0, int kc, float *dst);
 
-static inline __attribute__((always_inline)) void ukr(int mr, int kc, const float *a, size_t lda,
-                                                      const float *b, float *c, size_t ldc, int nr,
-                                                      int accumulate, const float *bias) {
-    __m256 acc[MR][2];
-#pragma GCC unroll 6
-    for (int i = 0; i < mr; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-    for (int k = 0; k < kc; k++) {
-        __m256 b0 = _mm256_load_ps(b + k * NR), b1 = _mm256_load_ps(b + k * NR + 8);
-#pragma GCC unroll 6
-        for (int i = 0; i < mr; i++) {
-            __m256 av = _mm256_broadcast_ss(a + i * lda + k);
-            acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
-            acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
-        }
+/* ---- the micro-kernel ---- */
+
+/* C[0:mr, 0:nr] (+)= A . B over kc: a is a packed sliver (MR floats per k), b a packed panel
+ * (NR floats per k, 32-byte aligned). Rows of the sliver past mr are computed and dropped.
+ * accumulate: add to C (the K blocks after the first); bias: added after (the last block).
+ * pf: the A sliver to prefetch (the next one). */
+static void ukr(int kc, const float *restrict a, const float *restrict b, float *c, size_t ldc, int mr, int nr,
+                int accumulate, const float *bias, const float *pf) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    /* one k step: 2 loads of B, 6 broadcasts of A, 12 FMAs */
+#define UKR_STEP(k)                                                                                      \
+    do {                                                                                                 \
+        const __m256 b0 = _mm256_load_ps(b + (k) * NR), b1 = _mm256_load_ps(b + (k) * NR + 8);           \
+        const float *ak = a + (k) * MR;                                                                  \
+        __m256 av = _mm256_broadcast_ss(ak);                                                             \
+        c00 = _mm256_fmadd_ps(av, b0, c00), c01 = _mm256_fmadd_ps(av, b1, c01);                          \
+        av = _mm256_broadcast_ss(ak + 1);                                                                \
+        c10 = _mm256_fmadd_ps(av, b0, c10), c11 = _mm256_fmadd_ps(av, b1, c11);                          \
+        av = _mm256_broadcast_ss(ak + 2);                                                                \
+        c20 = _mm256_fmadd_ps(av, b0, c20), c21 = _mm256_fmadd_ps(av, b1, c21);                          \
+        av = _mm256_broadcast_ss(ak + 3);                                                                \
+        c30 = _mm256_fmadd_ps(av, b0, c30), c31 = _mm256_fmadd_ps(av, b1, c31);                          \
+        av = _mm256_broadcast_ss(ak + 4);                                                                \
+        c40 = _mm256_fmadd_ps(av, b0, c40), c41 = _mm256_fmadd_ps(av, b1, c41);                          \
+        av = _mm256_broadcast_ss(ak + 5);                                                                \
+        c50 = _mm256_fmadd_ps(av, b0, c50), c51 = _mm256_fmadd_ps(av, b1, c51);                          \
+    } while (0)
+    int k = 0;
+    for (; k + 4 <= kc; k += 4) {
+        /* the next sliver (from L3 when a group starts; 96 bytes of it per 4 steps) and B ahead (L2) */
+        _mm_prefetch((const char *)(pf + k * MR), _MM_HINT_T0);
+        _mm_prefetch((const char *)(pf + k * MR + 16), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + k * NR + PF_B), _MM_HINT_T0);
+        UKR_STEP(k);
+        UKR_STEP(k + 1);
+        UKR_STEP(k + 2);
+        UKR_STEP(k + 3);
     }
-    float bb[NR] = {0};
-    if (bias) memcpy(bb, bias, sizeof(float) * (size_t)nr);
-    __m256 bias0 = _mm256_loadu_ps(bb), bias1 = _mm256_loadu_ps(bb + 8);
-#pragma GCC unroll 6
+    for (; k < kc; k++) UKR_STEP(k);
+#undef UKR_STEP
+    __m256 acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+    __m256 bias0 = _mm256_setzero_ps(), bias1 = bias0;
+    if (bias) {
+        float bb[NR] = {0};
+        memcpy(bb, bias, sizeof(float) * (size_t)nr);
+        bias0 = _mm256_loadu_ps(bb), bias1 = _mm256_loadu_ps(bb + 8);
+    }
     for (int i = 0; i < mr; i++) {
         float *ci = c + i * ldc, tmp[NR];
         if (nr < NR) {
@@ -65,73 +101,111 @@ static inline __attribute__((always_inline)) void ukr(int mr, int kc, const floa
     }
 }
 
-static void ukr_any(int mr, int kc, const float *a, size_t lda, const float *b, float *c, size_t ldc, int nr,
-                    int accumulate, const float *bias) {
-    switch (mr) { /* constant mr: the accumulators stay in registers */
-    case 6: ukr(6, kc, a, lda, b, c, ldc, nr, accumulate, bias); break;
-    case 5: ukr(5, kc, a, lda, b, c, ldc, nr, accumulate, bias); break;
-    case 4: ukr(4, kc, a, lda, b, c, ldc, nr, accumulate, bias); break;
-    case 3: ukr(3, kc, a, lda, b, c, ldc, nr, accumulate, bias); break;
-    case 2: ukr(2, kc, a, lda, b, c, ldc, nr, accumulate, bias); break;
-    default: ukr(1, kc, a, lda, b, c, ldc, nr, accumulate, bias); break;
-    }
-}
-
-/* C[0:M, n0:n1] = A[0:M, 0:K] . B^T (+ bias[n0:n1]), B reached through pack. n1 - n0 <= GROUP*NR;
- * wp holds GROUP*KC*NR floats, 32-byte aligned. */
-static void gemm_cols(int M, int K, const float *A, size_t lda, pack_fn pack, const void *pctx, int n0, int n1,
-                      float *C, size_t ldc, const float *bias, float *wp) {
-    int np = (n1 - n0 + NR - 1) / NR;
-    for (int k0 = 0; k0 < K; k0 += KC) {
-        int kc = K - k0 < KC ? K - k0 : KC, last = k0 + kc >= K;
-        for (int p = 0; p < np; p++) {
-            int c0 = n0 + p * NR;
-            pack(pctx, c0, n1 - c0 < NR ? n1 - c0 : NR, k0, kc, wp + (size_t)p * KC * NR);
-        }
-        for (int t0 = 0; t0 < M; t0 += MR) {
-            int mr = M - t0 < MR ? M - t0 : MR;
-            for (int p = 0; p < np; p++) {
-                int c0 = n0 + p * NR, nr = n1 - c0 < NR ? n1 - c0 : NR;
-                ukr_any(mr, kc, A + (size_t)t0 * lda + k0, lda, wp + (size_t)p * KC * NR, C + (size_t)t0 * ldc + c0, ldc,
-                        nr, k0 > 0, last && bias ? bias + c0 : NULL);
-            }
-        }
-    }
-}
-
 /* ---- packing ---- */
+
+/* In-place transpose of the 8x8 block r[row][col]. */
+static inline void transpose8(__m256 r[8]) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20), r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20), r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31), r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31), r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+/* Packed A: K blocks one after the other, each holding the mp = ceil(M / MR) * MR rows as
+ * slivers of MR rows, k-major: element (t, k0 + k) of the block at k0 is at
+ * ap[k0 * mp + t / MR * MR * kc + k * MR + t % MR]. Each block is one sequential stream. */
+static inline size_t a_off(size_t mp, int k0, int kc, int t0) { return (size_t)k0 * mp + (size_t)t0 * kc; }
+
+/* Packs rows t0 .. t0 + mr of x (row stride lda, K columns) as the sliver at t0; rows i >= mr
+ * are zero. */
+static void pack_a(const float *x, size_t lda, int mr, int K, float *ap, size_t mp, int t0) {
+    const float *row[MR];
+    for (int i = 0; i < MR; i++) row[i] = x + (size_t)(t0 + (i < mr ? i : 0)) * lda;
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        int kc = K - k0 < KC ? K - k0 : KC, k = 0;
+        float *dst = ap + a_off(mp, k0, kc, t0);
+        if (mr == MR)
+            for (; k + 8 <= kc; k += 8) {
+                __m256 r[8];
+                for (int i = 0; i < MR; i++) r[i] = _mm256_loadu_ps(row[i] + k0 + k);
+                r[6] = r[7] = _mm256_setzero_ps();
+                transpose8(r);
+                for (int j = 0; j < 8; j++) { /* 6 floats: 4 + 2, never past the sliver */
+                    float *d = dst + (size_t)(k + j) * MR;
+                    _mm_storeu_ps(d, _mm256_castps256_ps128(r[j]));
+                    _mm_storel_pi((__m64 *)(d + 4), _mm256_extractf128_ps(r[j], 1));
+                }
+            }
+        for (; k < kc; k++)
+            for (int i = 0; i < MR; i++) dst[(size_t)k * MR + i] = i < mr ? row[i][k0 + k] : 0.0f;
+    }
+}
+
+/* dst[k * NR + r] = rows[r][k] for k < kc, r < NR (rows: NR rows of KC floats). */
+static void transpose_panel(const float (*rows)[KC], int kc, float *dst) {
+    int k = 0;
+    for (; k + 8 <= kc; k += 8)
+        for (int h = 0; h < NR; h += 8) {
+            __m256 r[8];
+            for (int j = 0; j < 8; j++) r[j] = _mm256_load_ps(rows[h + j] + k);
+            transpose8(r);
+            for (int j = 0; j < 8; j++) _mm256_store_ps(dst + (size_t)(k + j) * NR + h, r[j]);
+        }
+    for (; k < kc; k++)
+        for (int r = 0; r < NR; r++) dst[(size_t)k * NR + r] = rows[r][k];
+}
+
+/* Fills dst[k * NR + r] (k < kc, r < NR) with B(n0 + r, k0 + k); rows r >= nr are zero. */
+typedef void (*pack_fn)(const void *ctx, int n0, int nr, int k0, int kc, float *dst);
+
+/* B rows are rows of a weight matrix in any stored format: converted, then transposed. */
+static void pack_wmat(const void *ctx, int n0, int nr, int k0, int kc, float *dst) {
+    const nvlm_wmat *w = ctx;
+    size_t row_bytes = nvlm_row_bytes(w->dtype, w->cols);
+    size_t off = nvlm_dtype_is_block(w->dtype) ? nvlm_row_bytes(w->dtype, k0) /* k0 % 32 == 0 */
+                                               : (size_t)k0 * nvlm_dtype_size(w->dtype);
+    /* the rows' next K block (or, after the last, the next group's first) is fetched into L2 now,
+     * so that packing it waits on L2/L3 rather than on 16 short DRAM streams */
+    int pk0 = k0 + KC < w->cols ? k0 + KC : 0, pn0 = k0 + KC < w->cols ? n0 : n0 + GROUP * NR;
+    int pkc = w->cols - pk0 < KC ? w->cols - pk0 : KC;
+    size_t poff = nvlm_dtype_is_block(w->dtype) ? nvlm_row_bytes(w->dtype, pk0) : (size_t)pk0 * nvlm_dtype_size(w->dtype);
+    size_t pbytes = nvlm_dtype_is_block(w->dtype) ? nvlm_row_bytes(w->dtype, pkc) : (size_t)pkc * nvlm_dtype_size(w->dtype);
+    float rows[NR][KC] __attribute__((aligned(32)));
+    for (int r = 0; r < NR; r++) {
+        if (r < nr)
+            nvlm_row_to_f32_avx2(rows[r], (const uint8_t *)w->data + (size_t)(n0 + r) * row_bytes + off, w->dtype, kc);
+        else
+            memset(rows[r], 0, sizeof(float) * (size_t)kc);
+        if (pn0 + r < w->rows) {
+            const char *pr = (const char *)w->data + (size_t)(pn0 + r) * row_bytes + poff;
+            for (size_t b = 0; b < pbytes; b += 64) _mm_prefetch(pr + b, _MM_HINT_T1);
+        }
+    }
+    transpose_panel((const float(*)[KC])rows, kc, dst);
+}
 
 typedef struct strided {
     const float *p;
     size_t stride;
 } strided;
 
-/* B rows are rows of a weight matrix in any stored format. */
-static void pack_wmat(const void *ctx, int n0, int nr, int k0, int kc, float *dst) {
-    const nvlm_wmat *w = ctx;
-    size_t row_bytes = nvlm_row_bytes(w->dtype, w->cols);
-    float row[KC];
-    for (int r = 0; r < nr; r++) {
-        const uint8_t *src = (const uint8_t *)w->data + (size_t)(n0 + r) * row_bytes;
-        if (nvlm_dtype_is_block(w->dtype)) /* k0 and kc are multiples of 32 (cols % 32 == 0) */
-            nvlm_row_to_f32_avx2(row, src + nvlm_row_bytes(w->dtype, k0), w->dtype, kc);
-        else
-            nvlm_row_to_f32_avx2(row, src + (size_t)k0 * nvlm_dtype_size(w->dtype), w->dtype, kc);
-        for (int k = 0; k < kc; k++) dst[k * NR + r] = row[k];
-    }
-    for (int r = nr; r < NR; r++)
-        for (int k = 0; k < kc; k++) dst[k * NR + r] = 0;
-}
-
 /* B rows are float rows at a stride (keys: S = Q K^T). */
 static void pack_rows_f32(const void *ctx, int n0, int nr, int k0, int kc, float *dst) {
     const strided *s = ctx;
-    for (int r = 0; r < nr; r++) {
-        const float *src = s->p + (size_t)(n0 + r) * s->stride + k0;
-        for (int k = 0; k < kc; k++) dst[k * NR + r] = src[k];
+    float rows[NR][KC] __attribute__((aligned(32)));
+    for (int r = 0; r < NR; r++) {
+        if (r < nr) memcpy(rows[r], s->p + (size_t)(n0 + r) * s->stride + k0, sizeof(float) * (size_t)kc);
+        else memset(rows[r], 0, sizeof(float) * (size_t)kc);
     }
-    for (int r = nr; r < NR; r++)
-        for (int k = 0; k < kc; k++) dst[k * NR + r] = 0;
+    transpose_panel((const float(*)[KC])rows, kc, dst);
 }
 
 /* B^T rows are float rows at a stride (values: O = P V). */
@@ -148,27 +222,110 @@ static void pack_cols_f32(const void *ctx, int n0, int nr, int k0, int kc, float
     }
 }
 
-/* ---- matmul: y = x W^T + b ---- */
+/* ---- blocked products ---- */
+
+/* C[0:M, n0:n1] = A . B^T (+ bias[n0:n1]), A packed (see a_off), B reached through pack.
+ * n1 - n0 <= GROUP*NR; wp holds GROUP*KC*NR floats, 32-byte aligned. */
+static void gemm_cols(int M, int K, const float *ap, pack_fn pack, const void *pctx, int n0, int n1, float *C,
+                      size_t ldc, const float *bias, float *wp) {
+    int np = (n1 - n0 + NR - 1) / NR;
+    size_t mp = (size_t)(M + MR - 1) / MR * MR;
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        int kc = K - k0 < KC ? K - k0 : KC, last = k0 + kc >= K;
+        for (int p = 0; p < np; p++) {
+            int c0 = n0 + p * NR;
+            pack(pctx, c0, n1 - c0 < NR ? n1 - c0 : NR, k0, kc, wp + (size_t)p * KC * NR);
+        }
+        for (int t0 = 0; t0 < M; t0 += MR) {
+            int mr = M - t0 < MR ? M - t0 : MR;
+            const float *as = ap + a_off(mp, k0, kc, t0);
+            for (int p = 0; p < np; p++) {
+                int c0 = n0 + p * NR, nr = n1 - c0 < NR ? n1 - c0 : NR;
+                ukr(kc, as, wp + (size_t)p * KC * NR, C + (size_t)t0 * ldc + c0, ldc, mr, nr, k0 > 0,
+                    last && bias ? bias + c0 : NULL, as + MR * kc);
+            }
+        }
+    }
+}
+
+/* C[0:M, n0:n1] (+)= A . B^T with A packed as in gemm_cols and B already packed: panel p holds
+ * kp rows of NR floats (row k at bp + p * kp * NR + k * NR). Same FMA chains as gemm_cols. */
+static void gemm_packed(int M, int K, const float *ap, const float *bp, size_t kp, int n0, int n1, float *C,
+                        size_t ldc) {
+    size_t mp = (size_t)(M + MR - 1) / MR * MR;
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        int kc = K - k0 < KC ? K - k0 : KC;
+        for (int t0 = 0; t0 < M; t0 += MR) {
+            int mr = M - t0 < MR ? M - t0 : MR;
+            const float *as = ap + a_off(mp, k0, kc, t0);
+            for (int c0 = n0; c0 < n1; c0 += NR) {
+                int nr = n1 - c0 < NR ? n1 - c0 : NR;
+                ukr(kc, as, bp + (size_t)(c0 / NR) * kp * NR + (size_t)k0 * NR, C + (size_t)t0 * ldc + c0, ldc, mr,
+                    nr, k0 > 0, NULL, as + MR * kc);
+            }
+        }
+    }
+}
+
+/* ---- matmul: y = x W^T + b, for one or several weight matrices sharing x ---- */
 
 typedef struct mm_job {
-    float *y;
     const float *x;
-    int n_tok;
-    const nvlm_wmat *w;
-    const float *bias;
+    float *ap;                          /* x packed: ceil(n_tok / MR) slivers of K x MR */
+    int n_tok, K, n_w;
+    float *const *y;
+    const nvlm_wmat *const *w;
+    const float *const *bias;
+    size_t first[NVLM_MATMUL_MULTI_MAX + 1]; /* panel index where matrix i starts */
 } mm_job;
 
+static void mm_pack_units(void *ctx, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const mm_job *j = ctx;
+    size_t mp = (size_t)(j->n_tok + MR - 1) / MR * MR;
+    for (size_t s = begin; s < end; s++) {
+        int t0 = (int)s * MR, mr = j->n_tok - t0 < MR ? j->n_tok - t0 : MR;
+        pack_a(j->x, (size_t)j->K, mr, j->K, j->ap, mp, t0);
+    }
+}
+
+/* Units are panels of NR outputs, the matrices' panels one after the other; a thread's range
+ * is done GROUP panels at a time. */
 static void mm_gemm_units(void *ctx, size_t begin, size_t end, int thread) {
     (void)thread;
     const mm_job *j = ctx;
     float *wp = aligned_alloc(64, sizeof(float) * GROUP * KC * NR);
     if (!wp) return;
-    const int N = j->w->rows, K = j->w->cols;
-    for (size_t u = begin; u < end; u++) {
-        int n0 = (int)u * GROUP * NR, n1 = n0 + GROUP * NR < N ? n0 + GROUP * NR : N;
-        gemm_cols(j->n_tok, K, j->x, (size_t)K, pack_wmat, j->w, n0, n1, j->y, (size_t)N, j->bias, wp);
+    for (int i = 0; i < j->n_w; i++) {
+        size_t b = begin > j->first[i] ? begin : j->first[i], e = end < j->first[i + 1] ? end : j->first[i + 1];
+        const int N = j->w[i]->rows;
+        for (size_t p = b; p < e; p += GROUP) {
+            int n0 = (int)(p - j->first[i]) * NR, n1 = (int)((p + GROUP < e ? p + GROUP : e) - j->first[i]) * NR;
+            gemm_cols(j->n_tok, j->K, j->ap, pack_wmat, j->w[i], n0, n1 < N ? n1 : N, j->y[i], (size_t)N, j->bias[i], wp);
+        }
     }
     free(wp);
+}
+
+void nvlm_matmul_multi_avx2(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
+                            const nvlm_wmat *const *w, const float *const *bias) {
+    if (n_tok <= 0 || n_w <= 0) return;
+    if (n_tok <= NVLM_GEMV_MAX || n_w > NVLM_MATMUL_MULTI_MAX) {
+        for (int i = 0; i < n_w; i++) nvlm_matmul_avx2(pool, y[i], x, n_tok, w[i], bias[i]);
+        return;
+    }
+    const int K = w[0]->cols;
+    size_t slivers = ((size_t)n_tok + MR - 1) / MR;
+    float *ap = malloc(sizeof(float) * slivers * MR * (size_t)K); /* plain malloc: reused heap, no page faults */
+    if (!ap) { /* cannot happen in practice; the reference needs less memory */
+        for (int i = 0; i < n_w; i++) nvlm_matmul_scalar(pool, y[i], x, n_tok, w[i], bias[i]);
+        return;
+    }
+    mm_job j = {x, ap, n_tok, K, n_w, y, w, bias, {0}};
+    for (int i = 0; i < n_w; i++) j.first[i + 1] = j.first[i] + ((size_t)w[i]->rows + NR - 1) / NR;
+    nvlm_pool_run(pool, slivers, 8, mm_pack_units, &j);
+    nvlm_pool_run(pool, j.first[n_w], GROUP, mm_gemm_units, &j);
+    free(ap);
 }
 
 void nvlm_matmul_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias) {
@@ -176,15 +333,13 @@ void nvlm_matmul_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, cons
         nvlm_gemv_avx2(pool, y, x, n_tok, w, bias);
         return;
     }
-    mm_job j = {y, x, n_tok, w, bias};
-    size_t units = ((size_t)w->rows + GROUP * NR - 1) / (GROUP * NR);
-    nvlm_pool_run(pool, units, 1, mm_gemm_units, &j);
+    nvlm_matmul_multi_avx2(pool, 1, &y, x, n_tok, &w, &bias);
 }
 
 /* ---- attention: per block of queries, S = Q K^T, softmax, O = P V, all via ukr ---- */
 
 enum {
-    BQ = 24,            /* queries per block: S is BQ x n_keys floats */
+    BQ = 24,            /* queries per block (4 slivers): S is BQ x n_keys floats */
     PREPACK_KEYS = 8192 /* up to this many keys, K and V are packed once per head */
 };
 
@@ -192,6 +347,7 @@ static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
 
 size_t nvlm_attention_scratch_avx2(int n_keys, int d) {
     size_t lds = round16((size_t)n_keys), s = BQ * lds + (size_t)GROUP * KC * NR + 16;
+    s += (size_t)BQ * (lds > (size_t)d ? lds : (size_t)d); /* Q or P packed */
     if (n_keys <= PREPACK_KEYS) s += lds * (size_t)d + round16((size_t)d) * lds;
     return s;
 }
@@ -253,35 +409,20 @@ static void softmax_row(float *s, int n, int n_zero, float scale) {
     for (i = n; i < n_zero; i++) s[i] = 0;
 }
 
-/* C[0:M, panels] (+)= A . B^T with B already packed: panel p holds kp rows of NR floats
- * (row k at bp + p * kp * NR + k * NR). Same FMA chains as gemm_cols (K blocks of KC in order),
- * so the values do not depend on which path packed B. */
-static void gemm_packed(int M, int K, const float *A, size_t lda, const float *bp, size_t kp, int n0, int n1,
-                        float *C, size_t ldc) {
-    for (int k0 = 0; k0 < K; k0 += KC) {
-        int kc = K - k0 < KC ? K - k0 : KC;
-        for (int t0 = 0; t0 < M; t0 += MR) {
-            int mr = M - t0 < MR ? M - t0 : MR;
-            for (int c0 = n0; c0 < n1; c0 += NR) {
-                int nr = n1 - c0 < NR ? n1 - c0 : NR;
-                ukr_any(mr, kc, A + (size_t)t0 * lda + k0, lda, bp + (size_t)(c0 / NR) * kp * NR + (size_t)k0 * NR,
-                        C + (size_t)t0 * ldc + c0, ldc, nr, k0 > 0, NULL);
-            }
-        }
-    }
-}
 
 void nvlm_attention_avx2(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride, const float *v,
                          size_t v_stride, int n_keys, int causal_pos0, int d, float scale, float *out,
                          size_t out_stride, float *scratch) {
-    size_t lds = round16((size_t)n_keys);
+    size_t lds = round16((size_t)n_keys), lda = lds > round16((size_t)d) ? lds : round16((size_t)d);
     float *S = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
-    float *wp = S + BQ * lds, *kp = wp + (size_t)GROUP * KC * NR, *vp = kp + lds * (size_t)d;
+    float *wp = S + BQ * lds, *ap = wp + (size_t)GROUP * KC * NR, *kp = ap + BQ * lda, *vp = kp + lds * (size_t)d;
     strided ks = {k, k_stride}, vs = {v, v_stride};
     int prepack = n_keys <= PREPACK_KEYS && n_keys > 0;
     if (prepack) { /* once per head instead of once per block of queries */
         for (int j0 = 0; j0 < n_keys; j0 += NR)
-            pack_rows_f32(&ks, j0, n_keys - j0 < NR ? n_keys - j0 : NR, 0, d, kp + (size_t)j0 * d);
+            for (int k0 = 0; k0 < d; k0 += KC)
+                pack_rows_f32(&ks, j0, n_keys - j0 < NR ? n_keys - j0 : NR, k0, d - k0 < KC ? d - k0 : KC,
+                              kp + (size_t)j0 * d + (size_t)k0 * NR);
         for (int c0 = 0; c0 < d; c0 += NR)
             for (int k0 = 0; k0 < n_keys; k0 += KC)
                 pack_cols_f32(&vs, c0, d - c0 < NR ? d - c0 : NR, k0, n_keys - k0 < KC ? n_keys - k0 : KC,
@@ -295,21 +436,26 @@ void nvlm_attention_avx2(const float *q, size_t q_stride, int n_q, const float *
             for (int i = 0; i < bq; i++) memset(out + (size_t)(q0 + i) * out_stride, 0, sizeof(float) * (size_t)d);
             continue;
         }
+        size_t mp = (size_t)(bq + MR - 1) / MR * MR;
+        for (int t0 = 0; t0 < bq; t0 += MR)
+            pack_a(q + (size_t)q0 * q_stride, q_stride, bq - t0 < MR ? bq - t0 : MR, d, ap, mp, t0);
         if (prepack)
-            gemm_packed(bq, d, q + (size_t)q0 * q_stride, q_stride, kp, (size_t)d, 0, nk, S, lds);
+            gemm_packed(bq, d, ap, kp, (size_t)d, 0, nk, S, lds);
         else
             for (int j0 = 0; j0 < nk; j0 += GROUP * NR)
-                gemm_cols(bq, d, q + (size_t)q0 * q_stride, q_stride, pack_rows_f32, &ks, j0,
-                          j0 + GROUP * NR < nk ? j0 + GROUP * NR : nk, S, lds, NULL, wp);
+                gemm_cols(bq, d, ap, pack_rows_f32, &ks, j0, j0 + GROUP * NR < nk ? j0 + GROUP * NR : nk, S, lds,
+                          NULL, wp);
         for (int i = 0; i < bq; i++) {
             int len = causal_pos0 < 0 ? nk : causal_pos0 + q0 + i + 1;
             softmax_row(S + (size_t)i * lds, len < nk ? len : nk, nk, scale);
         }
+        for (int t0 = 0; t0 < bq; t0 += MR)
+            pack_a(S, lds, bq - t0 < MR ? bq - t0 : MR, nk, ap, mp, t0);
         if (prepack)
-            gemm_packed(bq, nk, S, lds, vp, lds, 0, d, out + (size_t)q0 * out_stride, out_stride);
+            gemm_packed(bq, nk, ap, vp, lds, 0, d, out + (size_t)q0 * out_stride, out_stride);
         else
             for (int c0 = 0; c0 < d; c0 += GROUP * NR)
-                gemm_cols(bq, nk, S, lds, pack_cols_f32, &vs, c0, c0 + GROUP * NR < d ? c0 + GROUP * NR : d,
+                gemm_cols(bq, nk, ap, pack_cols_f32, &vs, c0, c0 + GROUP * NR < d ? c0 + GROUP * NR : d,
                           out + (size_t)q0 * out_stride, out_stride, NULL, wp);
     }
 }

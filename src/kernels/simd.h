@@ -17,6 +17,12 @@
 
 void nvlm_matmul_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
                       const float *bias);
+/* y[i] = x W[i]^T + bias[i] for n_w <= NVLM_MATMUL_MULTI_MAX matrices of the same cols (q/k/v,
+ * gate/up): x is packed once and the pool splits all their outputs together. Same values as
+ * nvlm_matmul_avx2 on each. */
+#define NVLM_MATMUL_MULTI_MAX 4
+void nvlm_matmul_multi_avx2(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
+                            const nvlm_wmat *const *w, const float *const *bias);
 void nvlm_gemv_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
                     const float *bias);
 void nvlm_attention_avx2(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride,

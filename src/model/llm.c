@@ -204,31 +204,84 @@ static int llm_buffers_alloc(llm_buffers *b, const nvlm_llm_config *c, int n) {
     return b->x && b->y && b->q && b->k && b->v && b->att && b->gate && b->up && b->cs && b->sn ? 0 : -1;
 }
 
+/* y[i] = x W[i]^T + bias[i] for matrices that share x (q/k/v, gate/up): on the packed path x is
+ * packed once and the pool splits all their outputs together (same values as one by one). */
+static void matmul_shared_x(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n, const nvlm_wmat *const *w,
+                            const float *const *bias) {
+#ifdef NVLM_HAVE_AVX2_KERNELS
+    if (nvlm_pool_level(pool) >= NVLM_CPU_AVX2) {
+        nvlm_matmul_multi_avx2(pool, n_w, y, x, n, w, bias);
+        return;
+    }
+#endif
+    for (int i = 0; i < n_w; i++) nvlm_matmul(pool, y[i], x, n, w[i], bias[i]);
+}
+
+/* The row-wise work between the matrix products, split over the pool by token (each row is
+ * computed the same way whatever the split). */
+enum { ROWS_NORM, ROWS_ADD_NORM, ROWS_ADD, ROWS_ROPE };
+
+typedef struct llm_rows_job {
+    int op;
+    const nvlm_llm_config *c;
+    llm_buffers *b;
+    const float *norm;  /* ROWS_NORM, ROWS_ADD_NORM */
+    nvlm_kv *kv;        /* ROWS_ROPE: rotate q and k, append k and v to layer l's cache */
+    int l, pos0, d;
+} llm_rows_job;
+
+static void llm_rows(void *ctx, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const llm_rows_job *j = ctx;
+    const nvlm_llm_config *c = j->c;
+    const int h = c->hidden_size, d = j->d;
+    llm_buffers *b = j->b;
+    if (j->op == ROWS_ROPE) {
+        const int kvd = c->num_kv_heads * d;
+        for (size_t t = begin; t < end; t++) {
+            const float *cs = b->cs + t * (d / 2), *sn = b->sn + t * (d / 2);
+            rope_apply(b->q + t * c->num_heads * d, c->num_heads, d, cs, sn);
+            rope_apply(b->k + t * kvd, c->num_kv_heads, d, cs, sn);
+        }
+        kv_store(j->kv, j->l, j->pos0 + (int)begin, b->k + begin * kvd, b->v + begin * kvd, (int)(end - begin));
+        return;
+    }
+    for (size_t t = begin; t < end; t++) {
+        float *x = b->x + t * h, *y = b->y + t * h;
+        if (j->op != ROWS_NORM)
+            for (int i = 0; i < h; i++) x[i] += y[i];
+        if (j->op != ROWS_ADD) nvlm_rmsnorm(y, x, j->norm, h, h, c->rms_norm_eps);
+    }
+}
+
+static void llm_rows_run(nvlm_model *m, int op, llm_buffers *b, int n, const float *norm, nvlm_kv *kv, int l) {
+    const nvlm_llm_config *c = &m->cfg.llm;
+    llm_rows_job j = {op, c, b, norm, kv, l, kv ? kv->len : 0, c->hidden_size / c->num_heads};
+    nvlm_pool_run(m->pool, (size_t)n, 16, llm_rows, &j);
+}
+
 static void llm_layer_forward(nvlm_model *m, nvlm_kv *kv, int l, int n, llm_buffers *b) {
     const nvlm_llm_config *c = &m->cfg.llm;
     const llm_layer *L = &m->llm[l];
-    const int h = c->hidden_size, d = h / c->num_heads, kvd = kv->kv_dim, pos0 = kv->len;
-    for (int t = 0; t < n; t++) nvlm_rmsnorm(b->y + (size_t)t * h, b->x + (size_t)t * h, L->input_norm, h, h, c->rms_norm_eps);
-    nvlm_matmul(m->pool, b->q, b->y, n, &L->wq, L->bq);
-    nvlm_matmul(m->pool, b->k, b->y, n, &L->wk, L->bk);
-    nvlm_matmul(m->pool, b->v, b->y, n, &L->wv, L->bv);
-    for (int t = 0; t < n; t++) {
-        const float *cs = b->cs + (size_t)t * (d / 2), *sn = b->sn + (size_t)t * (d / 2);
-        rope_apply(b->q + (size_t)t * c->num_heads * d, c->num_heads, d, cs, sn);
-        rope_apply(b->k + (size_t)t * kvd, c->num_kv_heads, d, cs, sn);
-    }
-    kv_store(kv, l, pos0, b->k, b->v, n);
+    const int d = c->hidden_size / c->num_heads, kvd = kv->kv_dim, pos0 = kv->len;
+    llm_rows_run(m, ROWS_NORM, b, n, L->input_norm, NULL, l);
+    float *qkv_out[3] = {b->q, b->k, b->v};
+    const nvlm_wmat *qkv_w[3] = {&L->wq, &L->wk, &L->wv};
+    const float *qkv_b[3] = {L->bq, L->bk, L->bv};
+    matmul_shared_x(m->pool, 3, qkv_out, b->y, n, qkv_w, qkv_b);
+    llm_rows_run(m, ROWS_ROPE, b, n, NULL, kv, l);
     self_attn_job aj = {b->q, kv->k[l], kv->v[l], kv->f16, b->att, n, pos0, c->num_heads,
                         c->num_heads / c->num_kv_heads, d, kvd, 1.0f / sqrtf((float)d), nvlm_pool_level(m->pool)};
     nvlm_pool_run(m->pool, (size_t)c->num_heads, 1, self_attn_units, &aj);
     nvlm_matmul(m->pool, b->y, b->att, n, &L->wo, NULL);
-    for (size_t i = 0; i < (size_t)n * h; i++) b->x[i] += b->y[i];
-    for (int t = 0; t < n; t++) nvlm_rmsnorm(b->y + (size_t)t * h, b->x + (size_t)t * h, L->post_norm, h, h, c->rms_norm_eps);
-    nvlm_matmul(m->pool, b->gate, b->y, n, &L->gate, NULL);
-    nvlm_matmul(m->pool, b->up, b->y, n, &L->up, NULL);
+    llm_rows_run(m, ROWS_ADD_NORM, b, n, L->post_norm, NULL, l);
+    float *mlp_out[2] = {b->gate, b->up};
+    const nvlm_wmat *mlp_w[2] = {&L->gate, &L->up};
+    const float *mlp_b[2] = {NULL, NULL};
+    matmul_shared_x(m->pool, 2, mlp_out, b->y, n, mlp_w, mlp_b);
     nvlm_silu_mul_pool(m->pool, b->gate, b->up, (size_t)n * c->intermediate_size);
     nvlm_matmul(m->pool, b->y, b->gate, n, &L->down, NULL);
-    for (size_t i = 0; i < (size_t)n * h; i++) b->x[i] += b->y[i];
+    llm_rows_run(m, ROWS_ADD, b, n, NULL, NULL, l);
 }
 
 int nvlm_llm_forward(nvlm_model *m, nvlm_kv *kv, const float *embeds, int n, const nvlm_llm_hooks *hooks,
