@@ -2,7 +2,8 @@
  * ViT, attention); up to NVLM_GEMV_NEON_MAX tokens go to the streaming matrix-vector kernels
  * of gemv_neon.c (generation). The micro-kernel keeps 24 accumulators (8 rows x 3 vectors of
  * 4 outputs) in registers; per k it loads 8 values of A (two vectors) and 12 of B (three) and
- * issues 24 FMAs by lane (vfmaq_laneq_f32), so A is packed too: 8 rows interleaved by k.
+ * issues 24 FMAs by lane (vfmaq_laneq_f32), so A is packed too: 8 rows interleaved by k (for a
+ * matmul once per call, shared by the threads; attention packs its small blocks as it goes).
  *
  * Determinism: every output element is one FMA chain over k in index order inside a K block
  * of KC, the blocks added in order, then the bias. Which thread computes it and where its
@@ -74,11 +75,16 @@ static void ukr(int kc, const float *ap, const float *bp, float *c, size_t ldc, 
     }
 }
 
-/* C[0:M, n0:n1] = A[0:M, 0:K] . B^T (+ bias[n0:n1]), B reached through pack. n1 - n0 <= GROUP*NR;
- * wp holds GROUP*KC*NR floats, ap KC*MR. */
-static void gemm_cols(int M, int K, const float *A, size_t lda, pack_fn pack, const void *pctx, int n0, int n1,
-                      float *C, size_t ldc, const float *bias, float *wp, float *ap) {
-    int np = (n1 - n0 + NR - 1) / NR;
+/* A packed once per matmul call for every K block and tile of MR tokens: block (k0, t0) of
+ * kc x MR floats at k0 * m_pad + t0 * kc (m_pad = M rounded up to MR), as pack_a lays it out. */
+static size_t apack_at(int k0, int t0, int kc, int m_pad) { return (size_t)k0 * m_pad + (size_t)t0 * kc; }
+
+/* C[0:M, n0:n1] = A[0:M, 0:K] . B^T (+ bias[n0:n1]), B reached through pack. A is either
+ * packed already (apk, apack_at: the matmul) or rows at lda packed here per tile into ap
+ * (KC*MR floats: attention's blocks). n1 - n0 <= GROUP*NR; wp holds GROUP*KC*NR floats. */
+static void gemm_cols(int M, int K, const float *A, size_t lda, const float *apk, pack_fn pack, const void *pctx,
+                      int n0, int n1, float *C, size_t ldc, const float *bias, float *wp, float *ap) {
+    int np = (n1 - n0 + NR - 1) / NR, m_pad = (M + MR - 1) / MR * MR;
     for (int k0 = 0; k0 < K; k0 += KC) {
         int kc = K - k0 < KC ? K - k0 : KC, last = k0 + kc >= K;
         for (int p = 0; p < np; p++) {
@@ -87,10 +93,11 @@ static void gemm_cols(int M, int K, const float *A, size_t lda, pack_fn pack, co
         }
         for (int t0 = 0; t0 < M; t0 += MR) {
             int mr = M - t0 < MR ? M - t0 : MR;
-            pack_a(A + (size_t)t0 * lda + k0, lda, mr, kc, ap);
+            const float *at = apk ? apk + apack_at(k0, t0, kc, m_pad) : ap;
+            if (!apk) pack_a(A + (size_t)t0 * lda + k0, lda, mr, kc, ap);
             for (int p = 0; p < np; p++) {
                 int c0 = n0 + p * NR, nr = n1 - c0 < NR ? n1 - c0 : NR;
-                ukr(kc, ap, wp + (size_t)p * KC * NR, C + (size_t)t0 * ldc + c0, ldc, mr, nr, k0 > 0,
+                ukr(kc, at, wp + (size_t)p * KC * NR, C + (size_t)t0 * ldc + c0, ldc, mr, nr, k0 > 0,
                     last && bias ? bias + c0 : NULL);
             }
         }
@@ -155,18 +162,32 @@ typedef struct mm_job {
     int n_tok;
     const nvlm_wmat *w;
     const float *bias;
+    float *apk; /* x packed (apack_at) */
 } mm_job;
+
+/* Packs the tiles [begin, end) of MR tokens of x for every K block. */
+static void mm_pack_x(void *ctx, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const mm_job *j = ctx;
+    const int M = j->n_tok, K = j->w->cols, m_pad = (M + MR - 1) / MR * MR;
+    for (size_t u = begin; u < end; u++) {
+        int t0 = (int)u * MR, mr = M - t0 < MR ? M - t0 : MR;
+        for (int k0 = 0; k0 < K; k0 += KC) {
+            int kc = K - k0 < KC ? K - k0 : KC;
+            pack_a(j->x + (size_t)t0 * K + k0, (size_t)K, mr, kc, j->apk + apack_at(k0, t0, kc, m_pad));
+        }
+    }
+}
 
 static void mm_gemm_units(void *ctx, size_t begin, size_t end, int thread) {
     (void)thread;
     const mm_job *j = ctx;
-    float *wp = malloc(sizeof(float) * (GROUP * KC * NR + KC * MR));
+    float *wp = malloc(sizeof(float) * GROUP * KC * NR);
     if (!wp) return;
     const int N = j->w->rows, K = j->w->cols;
     for (size_t u = begin; u < end; u++) {
         int n0 = (int)u * GROUP * NR, n1 = n0 + GROUP * NR < N ? n0 + GROUP * NR : N;
-        gemm_cols(j->n_tok, K, j->x, (size_t)K, pack_wmat, j->w, n0, n1, j->y, (size_t)N, j->bias, wp,
-                  wp + GROUP * KC * NR);
+        gemm_cols(j->n_tok, K, NULL, 0, j->apk, pack_wmat, j->w, n0, n1, j->y, (size_t)N, j->bias, wp, NULL);
     }
     free(wp);
 }
@@ -176,9 +197,14 @@ void nvlm_matmul_neon(nvlm_pool *pool, float *y, const float *x, int n_tok, cons
         nvlm_gemv_neon(pool, y, x, n_tok, w, bias);
         return;
     }
-    mm_job j = {y, x, n_tok, w, bias};
+    /* x is packed once per call (not once per group of outputs): every thread reads it */
+    size_t tiles = ((size_t)n_tok + MR - 1) / MR;
+    mm_job j = {y, x, n_tok, w, bias, malloc(sizeof(float) * tiles * MR * (size_t)w->cols)};
+    if (!j.apk) return; /* leaves y untouched, like the scalar path */
+    nvlm_pool_run(pool, tiles, 4, mm_pack_x, &j);
     size_t units = ((size_t)w->rows + GROUP * NR - 1) / (GROUP * NR);
     nvlm_pool_run(pool, units, 1, mm_gemm_units, &j);
+    free(j.apk);
 }
 
 /* ---- attention: per block of queries, S = Q K^T, softmax, O = P V, all via ukr ---- */
@@ -282,7 +308,7 @@ void nvlm_attention_neon(const float *q, size_t q_stride, int n_q, const float *
             gemm_packed(bq, d, q + (size_t)q0 * q_stride, q_stride, kp, (size_t)d, 0, nk, S, lds, ap);
         else
             for (int j0 = 0; j0 < nk; j0 += GROUP * NR)
-                gemm_cols(bq, d, q + (size_t)q0 * q_stride, q_stride, pack_rows_f32, &ks, j0,
+                gemm_cols(bq, d, q + (size_t)q0 * q_stride, q_stride, NULL, pack_rows_f32, &ks, j0,
                           j0 + GROUP * NR < nk ? j0 + GROUP * NR : nk, S, lds, NULL, wp, ap);
         for (int i = 0; i < bq; i++) {
             int len = causal_pos0 < 0 ? nk : causal_pos0 + q0 + i + 1;
@@ -292,7 +318,7 @@ void nvlm_attention_neon(const float *q, size_t q_stride, int n_q, const float *
             gemm_packed(bq, nk, S, lds, vp, lds, 0, d, out + (size_t)q0 * out_stride, out_stride, ap);
         else
             for (int c0 = 0; c0 < d; c0 += GROUP * NR)
-                gemm_cols(bq, nk, S, lds, pack_cols_f32, &vs, c0, c0 + GROUP * NR < d ? c0 + GROUP * NR : d,
+                gemm_cols(bq, nk, S, lds, NULL, pack_cols_f32, &vs, c0, c0 + GROUP * NR < d ? c0 + GROUP * NR : d,
                           out + (size_t)q0 * out_stride, out_stride, NULL, wp, ap);
     }
 }
