@@ -6,16 +6,18 @@
 # With --all it first compiles every src/ and tools/ file for aarch64 (-Werror), one check per
 # file; a file that needs a library's arm64 headers that are not installed (jconfig.h,
 # opensslconf.h...) is reported and skipped, not failed.
+# With --ubsan the test is built with -fsanitize=undefined (linked dynamically: qemu -L).
 # Prints "check-neon: N checks passed, M failed" (tests/run.sh adds it to the suite), or
 # "neon check skipped: <what is missing>" and exits 0 when the toolchain is absent
 # (scripts/install-deps.sh installs it).
-# usage: scripts/check-neon.sh [OUT_DIR] [--all]
+# usage: scripts/check-neon.sh [OUT_DIR] [--all] [--ubsan]
 set -u
 cd "$(dirname "$0")/.."
-out=build-neon-aarch64 all=0
+out=build-neon-aarch64 all=0 ubsan=0
 for a in "$@"; do
   case "$a" in
   --all) all=1 ;;
+  --ubsan) ubsan=1 ;;
   *) out=$a ;;
   esac
 done
@@ -35,8 +37,14 @@ if [ -n "$missing" ]; then
   exit 0
 fi
 
-mkdir -p "$out/obj" "$out/all"
 cflags="-std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -O2 -Iinclude -Isrc -ffunction-sections -fdata-sections"
+link=-static qemu_args=()
+if [ "$ubsan" = 1 ]; then # the shared libraries from Debian's cross packages
+  out=$out-ubsan cflags="$cflags -g -fsanitize=undefined -fno-sanitize-recover=undefined" link=""
+  qemu_args=(-L "${QEMU_LD_PREFIX:-/usr/aarch64-linux-gnu}")
+fi
+mkdir -p "$out/obj" "$out/all"
+
 # pkg-config's include folders are the x86 ones; the cross compiler also searches /usr/include,
 # so only headers generated per architecture are missing
 pkg_cflags=$(pkg-config --cflags libpng libdeflate libjpeg libwebp libwebpdemux libgif libutf8proc libcjson oniguruma libcrypto libmicrohttpd 2>/dev/null)
@@ -89,9 +97,9 @@ while read -r rc src obj; do
   fi
 done <<<"$(printf '%s\n' "$res" | sort -k2)"
 bin=$out/test_kernels
-if [ "$build_ok" = 1 ] && "$cc" $cflags -Itests tests/test_kernels.c $objs -static -Wl,--gc-sections -lm -lpthread -o "$bin" 2>"$bin.err"; then
+if [ "$build_ok" = 1 ] && "$cc" $cflags -Itests tests/test_kernels.c $objs $link -Wl,--gc-sections -lm -lpthread -o "$bin" 2>"$bin.err"; then
   passed=$((passed + 1))
-  tout=$(timeout "${NVLM_NEON_TIMEOUT:-300}" "$qemu" "$bin" 2>&1); rc=$?
+  tout=$(timeout "${NVLM_NEON_TIMEOUT:-300}" "$qemu" "${qemu_args[@]}" "$bin" 2>&1); rc=$?
   line=$(printf '%s\n' "$tout" | grep -E '^test_kernels: [0-9]+ checks passed, [0-9]+ failed$' | tail -n 1)
   printf '%s\n' "$tout" | grep -E '^cpu:|^FAIL' | sed 's/^/aarch64 /'
   if [ -n "$line" ]; then
