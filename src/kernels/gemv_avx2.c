@@ -1,202 +1,340 @@
 /* AVX2 matrix-vector products (generation: 1 to NVLM_GEMV_MAX tokens): weight rows are streamed
  * once from memory and converted in registers (BF16 shift, F16 vcvtph2ps, Q8_0/Q4 blocks to float
  * then scaled per block), then multiplied by the float32 activations; or, with the int8-activation
- * option, integer dot products against activations quantized per block (nvlm_vec_dot_q_avx2).
+ * option, integer dot products against activations quantized per block of 32.
  *
- * Determinism: each output is computed by one thread from its row alone, in a fixed order, so
- * results are identical for any thread count. */
+ * Speed: one pass handles a group of rows (4 for one token) with independent accumulators, so
+ * the activation loads are shared and the FMA latency of one row hides behind the others; short
+ * rows (K = 896) also share the horizontal sums (hsum4). Memory, not arithmetic, should bound it.
+ *
+ * Determinism: each output is computed by one thread from its row alone, in a fixed order that
+ * depends neither on the group it is in nor on the number of tokens of the call, so results are
+ * identical for any thread count. */
 #include "kernels/simd.h"
 #ifdef NVLM_HAVE_AVX2_KERNELS
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
 #include <stdlib.h>
+#include <string.h>
 
-enum { GEMV_MAX = NVLM_GEMV_MAX };
+#define AI static inline __attribute__((always_inline))
+/* the row and token loops must unroll: their accumulators then live in registers */
+#define UNROLL _Pragma("GCC unroll 4")
+
+enum {
+    GEMV_MAX = NVLM_GEMV_MAX,
+    RG_MAX = 4,        /* rows per group (one token); 4 / T for T tokens */
+    GRAIN_ROWS = 64,   /* smallest share of rows handed to a thread */
+    PREFETCH_AHEAD = 1024,
+};
+
+/* Per-block activation data of the int8 path: scale d and (Q4) d * sum(q) of the block. */
+typedef struct xq_scale {
+    float d, ds;
+} xq_scale;
 
 typedef struct gemv_job {
     float *y;
     const float *x;
-    int n_tok;
+    int n_tok, rg; /* tokens, rows per group */
     const nvlm_wmat *w;
     const float *bias;
-    const nvlm_block_q8a *xq; /* int8 x for block formats (option), or NULL */
-    const float *xsum;        /* Q4: sum of x per block of 32, [n_tok, cols/32] */
+    const nvlm_block_q8a *xq; /* int8 x per block [n_tok, cols/32] (option), or NULL */
+    const xq_scale *xd;       /* its scales [n_tok, cols/32] */
+    const float *xs;          /* float path, Q4: lane sums of x per block [n_tok, cols/32, 8] */
 } gemv_job;
 
-/* One plain-format weight row against T tokens (T constant after inlining: the accumulators
- * stay in registers). */
-static inline __attribute__((always_inline)) void gemv_row(int T, nvlm_dtype dt, const uint8_t *wr, const float *x,
-                                                           int K, float *out) {
-    __m256 acc[GEMV_MAX][2];
-#pragma GCC unroll 3
-    for (int t = 0; t < T; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+/* Rows per pass. Block formats: 4 for one token (the conversions are the bottleneck: the rows
+ * share the activation loads and hide each other's latency); plain formats: 1, whose FMAs are
+ * cheap, and one row stream at a time reads memory faster than several (measured). */
+static int rows_per_group(nvlm_dtype dt, int T) {
+    if (!nvlm_dtype_is_block(dt)) return 1;
+    return T == 1 ? 4 : T == 2 ? 2 : 1;
+}
+
+/* Row sums of 4 vectors, each in the same fixed order: ((v0+v1)+(v2+v3)) + ((v4+v5)+(v6+v7)). */
+AI __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+/* out[t][r] = the sum of acc[t][r]. */
+AI void finish(int R, int T, __m256 acc[GEMV_MAX][RG_MAX], float out[GEMV_MAX][RG_MAX]) {
+    const __m256 z = _mm256_setzero_ps();
+    UNROLL
+    for (int t = 0; t < T; t++)
+        _mm_storeu_ps(out[t], hsum4(acc[t][0], R > 1 ? acc[t][1] : z, R > 2 ? acc[t][2] : z, R > 3 ? acc[t][3] : z));
+}
+
+/* Software prefetch, as the weights are consumed, of the same bytes of the next group
+ * (PREFETCH_AHEAD further): the hardware prefetchers alone fall well short on several
+ * interleaved row streams (measured: Q8_0 at 4 rows a pass from 52% to 80% of the read
+ * bandwidth, one core). Lines [p, p + n), n constant. */
+AI void prefetch(const uint8_t *p, size_t n) {
+    for (size_t o = 0; o < n; o += 64) _mm_prefetch((const char *)p + PREFETCH_AHEAD + o, _MM_HINT_T0);
+}
+
+/* ---- F32 / F16 / BF16 ---- */
+
+/* 8 weights of a plain-format row from element k, as float. */
+AI __m256 load_plain(nvlm_dtype dt, const uint8_t *row, int k) {
+    if (dt == NVLM_DT_BF16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(row + 2 * (size_t)k))), 16));
+    if (dt == NVLM_DT_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 2 * (size_t)k)));
+    return _mm256_loadu_ps((const float *)(row + 4 * (size_t)k));
+}
+
+/* R rows (stride rb bytes) against T tokens. Per row and token two accumulators, for the even
+ * and odd 8-column steps of each 16; the K % 16 tail is added in order after the sum. */
+AI void plain_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const float *x, int K,
+                    float out[GEMV_MAX][RG_MAX]) {
+    const size_t es = dt == NVLM_DT_F32 ? 4 : 2; /* bytes per weight */
+    __m256 a0[GEMV_MAX][RG_MAX], a1[GEMV_MAX][RG_MAX];
+    UNROLL
+    for (int t = 0; t < T; t++)
+        UNROLL
+        for (int r = 0; r < R; r++) a0[t][r] = a1[t][r] = _mm256_setzero_ps();
     int k = 0;
     for (; k + 16 <= K; k += 16) {
-        __m256 w0, w1;
-        if (dt == NVLM_DT_BF16) {
-            __m256i h = _mm256_loadu_si256((const __m256i *)(wr + 2 * (size_t)k));
-            w0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(h)), 16));
-            w1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(h, 1)), 16));
-        } else if (dt == NVLM_DT_F16) {
-            w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wr + 2 * (size_t)k)));
-            w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wr + 2 * (size_t)k + 16)));
-        } else {
-            w0 = _mm256_loadu_ps((const float *)(wr + 4 * (size_t)k));
-            w1 = _mm256_loadu_ps((const float *)(wr + 4 * (size_t)k + 32));
-        }
-#pragma GCC unroll 3
-        for (int t = 0; t < T; t++) {
-            const float *xt = x + (size_t)t * K + k;
-            acc[t][0] = _mm256_fmadd_ps(_mm256_loadu_ps(xt), w0, acc[t][0]);
-            acc[t][1] = _mm256_fmadd_ps(_mm256_loadu_ps(xt + 8), w1, acc[t][1]);
+        prefetch(w + R * rb + (size_t)k * R * es, 16 * R * es);
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            __m256 w0 = load_plain(dt, w + r * rb, k), w1 = load_plain(dt, w + r * rb, k + 8);
+            UNROLL
+            for (int t = 0; t < T; t++) {
+                a0[t][r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + (size_t)t * K + k), a0[t][r]);
+                a1[t][r] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + (size_t)t * K + k + 8), a1[t][r]);
+            }
         }
     }
-    float tail[16];
-    if (k < K) nvlm_row_to_f32_avx2(tail, wr + (size_t)k * nvlm_dtype_size(dt), dt, K - k);
-    for (int t = 0; t < T; t++) {
-        __m256 s = _mm256_add_ps(acc[t][0], acc[t][1]);
-        __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_add_ss(h, _mm_movehdup_ps(h));
-        float v = _mm_cvtss_f32(h);
-        for (int i = k; i < K; i++) v += x[(size_t)t * K + i] * tail[i - k];
-        out[t] = v;
+    UNROLL
+    for (int t = 0; t < T; t++)
+        UNROLL
+        for (int r = 0; r < R; r++) a0[t][r] = _mm256_add_ps(a0[t][r], a1[t][r]);
+    finish(R, T, a0, out);
+    if (k < K) {
+        float tail[16];
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            nvlm_row_to_f32_avx2(tail, w + r * rb + (size_t)k * nvlm_dtype_size(dt), dt, K - k);
+            UNROLL
+            for (int t = 0; t < T; t++)
+                for (int i = k; i < K; i++) out[t][r] += x[(size_t)t * K + i] * tail[i - k];
+        }
     }
 }
 
-/* Block i of a Q8_0 / Q4 row as 4 x 8 floats q (Q8_0: int8; Q4: nibbles 0..15), its scale d
- * and (Q4) minimum m. */
-static inline __attribute__((always_inline)) void qblock_load(nvlm_dtype dt, const uint8_t *wr, int i, __m256 *w,
-                                                              __m256 *d, float *m) {
-    if (dt == NVLM_DT_Q8_0) {
-        const nvlm_block_q8_0 *b = (const nvlm_block_q8_0 *)wr + i;
-        *d = _mm256_set1_ps(_cvtsh_ss(b->d));
-        /* written out: a loop here is not unrolled and sends w through the stack */
-        w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)b->q)));
-        w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->q + 8))));
-        w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->q + 16))));
-        w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->q + 24))));
-    } else {
-        const nvlm_block_q4 *b = (const nvlm_block_q4 *)wr + i;
-        *d = _mm256_set1_ps(_cvtsh_ss(b->d));
-        *m = _cvtsh_ss(b->m);
-        __m128i bytes = _mm_loadu_si128((const __m128i *)b->q), m4 = _mm_set1_epi8(15);
-        __m128i lo = _mm_and_si128(bytes, m4), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), m4);
-        w[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-        w[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
-        w[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-        w[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
-    }
+/* ---- Q8_0 / Q4 against float32 activations ---- */
+
+/* sum over one Q8_0 block of q x, 8 lanes. */
+AI __m256 q8_dot(const int8_t *q, const float *x) {
+    __m256 s = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q))), _mm256_loadu_ps(x));
+    s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8)))), _mm256_loadu_ps(x + 8), s);
+    s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + 16)))), _mm256_loadu_ps(x + 16), s);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + 24)))), _mm256_loadu_ps(x + 24), s);
 }
 
-/* acc += d * sum(q x) over one block. */
-static inline __attribute__((always_inline)) __m256 qblock_fma(const __m256 *w, __m256 d, const float *xt, __m256 acc) {
-    __m256 s = _mm256_mul_ps(w[0], _mm256_loadu_ps(xt));
-    s = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xt + 8), s);
-    s = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xt + 16), s);
-    s = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xt + 24), s);
-    return _mm256_fmadd_ps(d, s, acc);
+/* The same for a Q4 block's nibbles: byte j holds weights j (low) and j + 16 (high), so one
+ * zero-extension of 8 bytes to 32-bit lanes serves two groups of 8 weights. */
+AI __m256 q4_dot(const uint8_t *q, const float *x) {
+    const __m256i m4 = _mm256_set1_epi32(15);
+    __m256i b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)q));
+    __m256i b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8)));
+    __m256 s = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b0, m4)), _mm256_loadu_ps(x));
+    s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b1, m4)), _mm256_loadu_ps(x + 8), s);
+    s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4)), _mm256_loadu_ps(x + 16), s);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4)), _mm256_loadu_ps(x + 24), s);
 }
 
-/* One Q8_0 / Q4 weight row against T float32 tokens: per block, the 32 weights converted to
- * float in registers, sum(q x) by FMA, then scaled by d (and, for Q4, m * sum(x) of the block
- * from xsum[t * nb + i]). Exactly the weights' values; no activation rounding. Blocks alternate
- * between two accumulators (even, odd) to hide the FMA latency. */
-static inline __attribute__((always_inline)) void gemv_qrow(int T, nvlm_dtype dt, const uint8_t *wr, const float *x,
-                                                            const float *xsum, int K, float *out) {
+/* R rows of Q8_0 / Q4 blocks against T float tokens: per block acc += d * sum(q x), and for Q4
+ * acc += m * xs (xs: the block's x summed in 8 lanes), one accumulator per row and token; the
+ * rows of a group keep several blocks in flight. Exactly the weights' values. */
+AI void qf_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const float *x, const float *xs, int K,
+                 float out[GEMV_MAX][RG_MAX]) {
     const int nb = K / NVLM_QK;
-    __m256 acc0[GEMV_MAX], acc1[GEMV_MAX];
-    float macc[GEMV_MAX] = {0};
-#pragma GCC unroll 3
-    for (int t = 0; t < T; t++) acc0[t] = acc1[t] = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        __m256 w0[4], w1[4], d0, d1;
-        float m0 = 0, m1 = 0;
-        qblock_load(dt, wr, i, w0, &d0, &m0);
-        qblock_load(dt, wr, i + 1, w1, &d1, &m1);
-#pragma GCC unroll 3
-        for (int t = 0; t < T; t++) {
-            const float *xt = x + (size_t)t * K + (size_t)i * NVLM_QK;
-            acc0[t] = qblock_fma(w0, d0, xt, acc0[t]);
-            acc1[t] = qblock_fma(w1, d1, xt + NVLM_QK, acc1[t]);
-            if (dt == NVLM_DT_Q4) macc[t] += m0 * xsum[(size_t)t * nb + i] + m1 * xsum[(size_t)t * nb + i + 1];
+    __m256 acc[GEMV_MAX][RG_MAX];
+    UNROLL
+    for (int t = 0; t < T; t++)
+        UNROLL
+        for (int r = 0; r < R; r++) acc[t][r] = _mm256_setzero_ps();
+    const size_t bs = dt == NVLM_DT_Q8_0 ? sizeof(nvlm_block_q8_0) : sizeof(nvlm_block_q4);
+    for (int i = 0; i < nb; i++) {
+        prefetch(w + R * rb + (size_t)i * R * bs, R * bs);
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            if (dt == NVLM_DT_Q8_0) {
+                const nvlm_block_q8_0 *b = (const nvlm_block_q8_0 *)(w + r * rb) + i;
+                __m256 d = _mm256_set1_ps(_cvtsh_ss(b->d));
+                UNROLL
+                for (int t = 0; t < T; t++)
+                    acc[t][r] = _mm256_fmadd_ps(d, q8_dot(b->q, x + (size_t)t * K + (size_t)i * NVLM_QK), acc[t][r]);
+            } else {
+                const nvlm_block_q4 *b = (const nvlm_block_q4 *)(w + r * rb) + i;
+                __m256 d = _mm256_set1_ps(_cvtsh_ss(b->d)), m = _mm256_set1_ps(_cvtsh_ss(b->m));
+                UNROLL
+                for (int t = 0; t < T; t++) {
+                    acc[t][r] = _mm256_fmadd_ps(d, q4_dot(b->q, x + (size_t)t * K + (size_t)i * NVLM_QK), acc[t][r]);
+                    acc[t][r] = _mm256_fmadd_ps(m, _mm256_loadu_ps(xs + ((size_t)t * nb + i) * 8), acc[t][r]);
+                }
+            }
         }
     }
-    if (i < nb) {
-        __m256 w0[4], d0;
-        float m0 = 0;
-        qblock_load(dt, wr, i, w0, &d0, &m0);
-#pragma GCC unroll 3
-        for (int t = 0; t < T; t++) {
-            acc0[t] = qblock_fma(w0, d0, x + (size_t)t * K + (size_t)i * NVLM_QK, acc0[t]);
-            if (dt == NVLM_DT_Q4) macc[t] += m0 * xsum[(size_t)t * nb + i];
+    finish(R, T, acc, out);
+}
+
+/* ---- Q8_0 / Q4 against int8 activations (option) ---- */
+
+/* Sum of 32 int8 products as 8 int32 lanes (maddubs wants an unsigned operand: |w|, sign moved
+ * to x; |w| <= 128, |x| <= 127, so pairs fit in int16). */
+AI __m256i dot_i8(__m256i w, __m256i x) {
+    __m256i s16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+    return _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+}
+
+AI void qi_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const nvlm_block_q8a *xq,
+                 const xq_scale *xd, int K, float out[GEMV_MAX][RG_MAX]) {
+    const int nb = K / NVLM_QK;
+    __m256 acc[GEMV_MAX][RG_MAX];
+    __m128 macc[GEMV_MAX][RG_MAX]; /* Q4: lane 1 collects m * d_x * sum(q_x) */
+    UNROLL
+    for (int t = 0; t < T; t++)
+        UNROLL
+        for (int r = 0; r < R; r++) acc[t][r] = _mm256_setzero_ps(), macc[t][r] = _mm_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            if (dt == NVLM_DT_Q8_0) {
+                const nvlm_block_q8_0 *b = (const nvlm_block_q8_0 *)(w + r * rb) + i;
+                __m256i wq = _mm256_loadu_si256((const __m256i *)b->q);
+                float dw = _cvtsh_ss(b->d);
+                UNROLL
+                for (int t = 0; t < T; t++) {
+                    const nvlm_block_q8a *a = xq + (size_t)t * nb + i;
+                    __m256 s = _mm256_cvtepi32_ps(dot_i8(wq, _mm256_loadu_si256((const __m256i *)a->q)));
+                    acc[t][r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a->d), s, acc[t][r]);
+                }
+            } else {
+                const nvlm_block_q4 *b = (const nvlm_block_q4 *)(w + r * rb) + i;
+                __m128i bytes = _mm_loadu_si128((const __m128i *)b->q);
+                __m256i wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes), _mm256_set1_epi8(15));
+                uint32_t dm;
+                memcpy(&dm, b, 4);
+                __m128 wdm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm)); /* d, m */
+                UNROLL
+                for (int t = 0; t < T; t++) {
+                    const nvlm_block_q8a *a = xq + (size_t)t * nb + i;
+                    __m256i s16 = _mm256_maddubs_epi16(wq, _mm256_loadu_si256((const __m256i *)a->q));
+                    __m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+                    __m128 sc = _mm_mul_ps(wdm, _mm_castpd_ps(_mm_load_sd((const double *)(xd + (size_t)t * nb + i))));
+                    acc[t][r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(sc), s, acc[t][r]);
+                    macc[t][r] = _mm_add_ps(macc[t][r], sc);
+                }
+            }
         }
     }
-    for (int t = 0; t < T; t++) {
-        __m256 s = _mm256_add_ps(acc0[t], acc1[t]);
-        __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_add_ss(h, _mm_movehdup_ps(h));
-        out[t] = _mm_cvtss_f32(h) + macc[t];
+    finish(R, T, acc, out);
+    if (dt == NVLM_DT_Q4)
+        UNROLL
+        for (int t = 0; t < T; t++)
+            UNROLL
+            for (int r = 0; r < R; r++) out[t][r] += _mm_cvtss_f32(_mm_movehdup_ps(macc[t][r]));
+}
+
+/* ---- driver ---- */
+
+/* One group of R rows from row r0, T tokens (R, T constant after inlining). */
+AI void group(int R, int T, const gemv_job *j, size_t r0, float out[GEMV_MAX][RG_MAX]) {
+    const nvlm_dtype dt = j->w->dtype;
+    const int K = j->w->cols;
+    const size_t rb = nvlm_row_bytes(dt, K);
+    const uint8_t *w = (const uint8_t *)j->w->data + r0 * rb;
+    switch (dt) {
+    case NVLM_DT_BF16: plain_group(R, T, NVLM_DT_BF16, w, rb, j->x, K, out); break;
+    case NVLM_DT_F16: plain_group(R, T, NVLM_DT_F16, w, rb, j->x, K, out); break;
+    case NVLM_DT_Q8_0:
+        if (j->xq) qi_group(R, T, NVLM_DT_Q8_0, w, rb, j->xq, j->xd, K, out);
+        else qf_group(R, T, NVLM_DT_Q8_0, w, rb, j->x, NULL, K, out);
+        break;
+    case NVLM_DT_Q4:
+        if (j->xq) qi_group(R, T, NVLM_DT_Q4, w, rb, j->xq, j->xd, K, out);
+        else qf_group(R, T, NVLM_DT_Q4, w, rb, j->x, j->xs, K, out);
+        break;
+    default: plain_group(R, T, NVLM_DT_F32, w, rb, j->x, K, out); break;
     }
 }
 
-/* Streams weight rows [begin, end) once, each against up to GEMV_MAX tokens. */
-static void mm_gemv_rows(void *ctx, size_t begin, size_t end, int thread) {
+/* Row groups [begin, end): full groups of rg rows, the matrix's last group possibly shorter. */
+static void gemv_groups(void *ctx, size_t begin, size_t end, int thread) {
     (void)thread;
     const gemv_job *j = ctx;
-    const int N = j->w->rows, K = j->w->cols, T = j->n_tok;
-    const nvlm_dtype dt = j->w->dtype;
-    const size_t row_bytes = nvlm_row_bytes(dt, K);
-    for (size_t r = begin; r < end; r++) {
-        const uint8_t *wr = (const uint8_t *)j->w->data + r * row_bytes;
-        float out[GEMV_MAX];
-        if (nvlm_dtype_is_block(dt) && j->xq) { /* int8 activations (option) */
-            for (int t = 0; t < T; t++) out[t] = nvlm_vec_dot_q_avx2(dt, wr, j->xq + (size_t)t * (K / NVLM_QK), K);
-        } else { /* constant (T, dtype) pairs */
-#define ROW(TT)                                                                                     \
-    (dt == NVLM_DT_BF16   ? gemv_row(TT, NVLM_DT_BF16, wr, j->x, K, out)                             \
-     : dt == NVLM_DT_F16  ? gemv_row(TT, NVLM_DT_F16, wr, j->x, K, out)                              \
-     : dt == NVLM_DT_Q8_0 ? gemv_qrow(TT, NVLM_DT_Q8_0, wr, j->x, NULL, K, out)                      \
-     : dt == NVLM_DT_Q4   ? gemv_qrow(TT, NVLM_DT_Q4, wr, j->x, j->xsum, K, out)                     \
-                          : gemv_row(TT, NVLM_DT_F32, wr, j->x, K, out))
-            if (T == 1) ROW(1);
-            else if (T == 2) ROW(2);
-            else ROW(3);
-#undef ROW
+    const int N = j->w->rows, T = j->n_tok, rg = j->rg;
+    for (size_t g = begin; g < end; g++) {
+        size_t r0 = g * (size_t)rg;
+        int R = N - (int)r0 < rg ? N - (int)r0 : rg;
+        float out[GEMV_MAX][RG_MAX];
+        if (T == 1) {
+            if (R == 4) group(4, 1, j, r0, out);
+            else if (R == 3) group(3, 1, j, r0, out);
+            else if (R == 2) group(2, 1, j, r0, out);
+            else group(1, 1, j, r0, out);
+        } else if (T == 2) {
+            if (R == 2) group(2, 2, j, r0, out);
+            else group(1, 2, j, r0, out);
+        } else {
+            group(1, 3, j, r0, out);
         }
-        for (int t = 0; t < T; t++) j->y[(size_t)t * N + r] = j->bias ? out[t] + j->bias[r] : out[t];
+        UNROLL
+        for (int t = 0; t < T; t++)
+            UNROLL
+            for (int r = 0; r < R; r++) j->y[(size_t)t * N + r0 + r] = j->bias ? out[t][r] + j->bias[r0 + r] : out[t][r];
     }
 }
 
+/* Per-block activation data of the block formats for one call: on the stack up to 512 blocks
+ * (one token of K = 16384), else on the heap. */
+enum { STACK_BLOCKS = 512 };
+typedef union act_buf {
+    struct {
+        nvlm_block_q8a q[STACK_BLOCKS];
+        xq_scale d[STACK_BLOCKS];
+    } i8;
+    float xs[STACK_BLOCKS * 8];
+} act_buf;
+
 void nvlm_gemv_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias) {
-    gemv_job j = {y, x, n_tok, w, bias, NULL, NULL};
-    /* per-call activation data on the stack up to K = 16384 */
-    nvlm_block_q8a xq[GEMV_MAX * 512], *xqp = NULL;
-    float xs[GEMV_MAX * 512], *xsp = NULL;
-    size_t nb = (size_t)w->cols / NVLM_QK;
-    if (nvlm_dtype_is_block(w->dtype) && nvlm_pool_int8_act(pool)) {
-        xqp = nb * (size_t)n_tok > sizeof xq / sizeof xq[0] ? malloc(sizeof *xqp * nb * (size_t)n_tok) : xq;
-        if (!xqp) return;
-        for (int t = 0; t < n_tok; t++) nvlm_quantize_row_q8a_avx2(x + (size_t)t * w->cols, xqp + t * nb, w->cols);
-        j.xq = xqp;
-    } else if (w->dtype == NVLM_DT_Q4) { /* block sums of x for the minimum term */
-        xsp = nb * (size_t)n_tok > sizeof xs / sizeof xs[0] ? malloc(sizeof *xsp * nb * (size_t)n_tok) : xs;
-        if (!xsp) return;
-        for (size_t b = 0; b < nb * (size_t)n_tok; b++) {
-            __m256 v = _mm256_loadu_ps(x + b * NVLM_QK);
-            for (int k = 1; k < 4; k++) v = _mm256_add_ps(v, _mm256_loadu_ps(x + b * NVLM_QK + 8 * k));
-            __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            xsp[b] = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
-        }
-        j.xsum = xsp;
+    gemv_job j = {y, x, n_tok, rows_per_group(w->dtype, n_tok), w, bias, NULL, NULL, NULL};
+    const size_t nb = (size_t)w->cols / NVLM_QK, nbt = nb * (size_t)n_tok;
+    act_buf stack;
+    void *heap = NULL;
+    if (nvlm_dtype_is_block(w->dtype) && nbt > STACK_BLOCKS) {
+        heap = malloc((sizeof(nvlm_block_q8a) + sizeof(xq_scale) + sizeof(float) * 8) * nbt);
+        if (!heap) return;
     }
-    nvlm_pool_run(pool, (size_t)w->rows, 16, mm_gemv_rows, &j);
-    if (xqp && xqp != xq) free(xqp);
-    if (xsp && xsp != xs) free(xsp);
+    nvlm_block_q8a *xq = heap ? (nvlm_block_q8a *)heap : stack.i8.q;
+    xq_scale *xd = heap ? (xq_scale *)(xq + nbt) : stack.i8.d;
+    float *xs = heap ? (float *)heap : stack.xs;
+    if (nvlm_dtype_is_block(w->dtype) && nvlm_pool_int8_act(pool)) {
+        for (int t = 0; t < n_tok; t++) nvlm_quantize_row_q8a_avx2(x + (size_t)t * w->cols, xq + t * nb, w->cols);
+        for (size_t b = 0; b < nbt; b++) {
+            int s = 0;
+            for (int k = 0; k < NVLM_QK; k++) s += xq[b].q[k];
+            xd[b].d = xq[b].d;
+            xd[b].ds = xq[b].d * (float)s;
+        }
+        j.xq = xq, j.xd = xd;
+    } else if (w->dtype == NVLM_DT_Q4) { /* x of each block summed in 8 lanes, for the minimum term */
+        for (size_t b = 0; b < nbt; b++) {
+            const float *xb = x + b * NVLM_QK;
+            __m256 v = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(xb), _mm256_loadu_ps(xb + 8)),
+                                     _mm256_add_ps(_mm256_loadu_ps(xb + 16), _mm256_loadu_ps(xb + 24)));
+            _mm256_storeu_ps(xs + 8 * b, v);
+        }
+        j.xs = xs;
+    }
+    size_t groups = ((size_t)w->rows + j.rg - 1) / j.rg;
+    nvlm_pool_run(pool, groups, (GRAIN_ROWS + j.rg - 1) / j.rg, gemv_groups, &j);
+    free(heap);
 }
 
 #pragma GCC pop_options

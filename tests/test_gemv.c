@@ -1,0 +1,194 @@
+/* The matrix-vector (generation, 1-3 tokens) kernels of gemv_avx2.c against their scalar
+ * references, on the shapes they special-case: row counts that are not multiples of the row
+ * group (4), K = 32, 96, 896, 4864 (and K % 16 != 0 for the plain formats), 1-3 tokens, block
+ * formats beyond the on-stack activation buffer. Also: identical results for 1 and 3 threads,
+ * a token's result independent of how many tokens share the call, and the int8-activation
+ * option against nvlm_vec_dot_q on the same quantized activations. */
+#include "check.h"
+#include "kernels/cpu.h"
+#include "kernels/ops.h"
+#include "kernels/qblock.h"
+#include "kernels/simd.h"
+#include <math.h>
+
+static uint64_t rng = 0x2545f4914f6cdd1dull;
+static float frand(void) { /* uniform [-1, 1) */
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (float)((rng >> 40) * (1.0 / (1 << 23)) - 1.0);
+}
+
+static const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4};
+
+/* A [rows, cols] matrix of format dt from random weights (row-wise scale varies too). */
+static void *make_weights(nvlm_dtype dt, int rows, int cols) {
+    size_t rb = nvlm_row_bytes(dt, cols);
+    uint8_t *out = malloc(rb * (size_t)rows + 1); /* + 1: an odd address for the next test's use */
+    float *row = malloc(sizeof(float) * (size_t)cols);
+    for (int r = 0; r < rows; r++) {
+        float s = 0.05f + 0.5f * (float)(r % 7);
+        for (int c = 0; c < cols; c++) row[c] = frand() * s + (c % 32 == 5 ? 0.3f * s : 0.0f);
+        uint8_t *dst = out + (size_t)r * rb;
+        if (dt == NVLM_DT_Q8_0) nvlm_quantize_row_q8_0(row, dst, cols);
+        else if (dt == NVLM_DT_Q4) nvlm_quantize_row_q4(row, dst, cols);
+        else
+            for (int c = 0; c < cols; c++) {
+                if (dt == NVLM_DT_F32) memcpy(dst + 4 * c, &row[c], 4);
+                else {
+                    uint16_t h = dt == NVLM_DT_F16 ? nvlm_f32_to_f16(row[c]) : nvlm_f32_to_bf16(row[c]);
+                    memcpy(dst + 2 * c, &h, 2);
+                }
+            }
+    }
+    free(row);
+    return out;
+}
+
+/* Activations with a spread of magnitudes, a zero block and a block with one outlier. */
+static float *make_x(int T, int K) {
+    float *x = malloc(sizeof(float) * (size_t)T * K);
+    for (int i = 0; i < T * K; i++) x[i] = frand() * (1.0f + 3.0f * (float)((i / 32) % 3));
+    if (K >= 64)
+        for (int t = 0; t < T; t++) {
+            memset(x + (size_t)t * K + 32, 0, sizeof(float) * 32);
+            x[(size_t)t * K + 7] = 50.0f;
+        }
+    return x;
+}
+
+/* Largest |y - ref| / (tol * sum |x w| + 1e-6) over all outputs (1 means at the bound). */
+static double worst_error(const float *y, const float *ref, const float *x, const nvlm_wmat *w, int T, double tol) {
+    const int N = w->rows, K = w->cols;
+    float *wrow = malloc(sizeof(float) * (size_t)K);
+    double worst = 0;
+    for (int o = 0; o < N; o++) {
+        nvlm_row_to_f32(wrow, (const uint8_t *)w->data + (size_t)o * nvlm_row_bytes(w->dtype, K), w->dtype, K);
+        for (int t = 0; t < T; t++) {
+            double mag = 0;
+            for (int k = 0; k < K; k++) mag += fabs((double)x[(size_t)t * K + k] * wrow[k]);
+            double e = fabs((double)y[(size_t)t * N + o] - ref[(size_t)t * N + o]) / (tol * mag + 1e-6);
+            if (!(e <= worst)) worst = e;
+        }
+    }
+    free(wrow);
+    return worst;
+}
+
+/* Float activations: against nvlm_matmul_scalar within 1e-6 of sum |x w| (summation order
+ * only); 1 and 3 threads identical; token t of a T-token call identical to a 1-token call. */
+static void test_float_path(nvlm_pool *p1, nvlm_pool *p3, int level) {
+    static const int Ns[] = {1, 3, 6, 13, 130};
+    static const int Ks[] = {32, 37, 96, 100, 896, 4864};
+    for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++)
+        for (size_t a = 0; a < sizeof Ns / sizeof Ns[0]; a++)
+            for (size_t b = 0; b < sizeof Ks / sizeof Ks[0]; b++) {
+                nvlm_dtype dt = dts[d];
+                int N = Ns[a], K = Ks[b];
+                if (nvlm_dtype_is_block(dt) && K % NVLM_QK) continue;
+                if (K == 4864 && N > 13) continue; /* keeps the test short */
+                void *wd = make_weights(dt, N, K);
+                nvlm_wmat w = {dt, N, K, wd};
+                float *x = make_x(3, K), *bias = malloc(sizeof(float) * N);
+                for (int o = 0; o < N; o++) bias[o] = frand();
+                float *ref = malloc(sizeof(float) * 3 * N), *y1 = malloc(sizeof(float) * 3 * N);
+                float *y3 = malloc(sizeof(float) * 3 * N), *yt = malloc(sizeof(float) * N);
+                for (int T = 1; T <= 3; T++) {
+                    const float *bs = T == 2 ? NULL : bias;
+                    nvlm_matmul_scalar(p1, ref, x, T, &w, bs);
+                    nvlm_matmul(p1, y1, x, T, &w, bs);
+                    nvlm_matmul(p3, y3, x, T, &w, bs);
+                    double e = worst_error(y1, ref, x, &w, T, 1e-6);
+                    CHECK(e <= 1, "%s N=%d K=%d T=%d: error %.3g x the bound", nvlm_dtype_name(dt), N, K, T, e);
+                    CHECK(!memcmp(y1, y3, sizeof(float) * T * N), "%s N=%d K=%d T=%d: 1 and 3 threads differ",
+                          nvlm_dtype_name(dt), N, K, T);
+                    int same = 1;
+                    for (int t = 0; t < T; t++) {
+                        nvlm_matmul(p1, yt, x + (size_t)t * K, 1, &w, bs);
+                        same &= !memcmp(yt, y1 + (size_t)t * N, sizeof(float) * N);
+                    }
+                    if (level == NVLM_CPU_NEON) continue; /* a property of the scalar and AVX2 code */
+                    CHECK(same, "%s N=%d K=%d T=%d: a token's result depends on the tokens beside it",
+                          nvlm_dtype_name(dt), N, K, T);
+                }
+                free(wd), free(x), free(bias), free(ref), free(y1), free(y3), free(yt);
+            }
+}
+
+/* Int8 activations (NVLM_QACT=int8): against nvlm_vec_dot_q on the activations quantized by
+ * nvlm_quantize_row_q8a (the same integers; only the float scaling and summation order differ). */
+static void test_int8_path(nvlm_pool *p1, nvlm_pool *p3) {
+    static const int Ns[] = {1, 5, 67};
+    static const int Ks[] = {32, 96, 896, 4864, 16416};
+    nvlm_pool_set_int8_act(p1, 1), nvlm_pool_set_int8_act(p3, 1);
+    for (size_t d = 3; d < sizeof dts / sizeof dts[0]; d++)
+        for (size_t a = 0; a < sizeof Ns / sizeof Ns[0]; a++)
+            for (size_t b = 0; b < sizeof Ks / sizeof Ks[0]; b++) {
+                nvlm_dtype dt = dts[d];
+                int N = Ns[a], K = Ks[b];
+                if (K > 896 && N > 5) continue;
+                void *wd = make_weights(dt, N, K);
+                nvlm_wmat w = {dt, N, K, wd};
+                float *x = make_x(3, K), *y1 = malloc(sizeof(float) * 3 * N), *y3 = malloc(sizeof(float) * 3 * N);
+                nvlm_block_q8a *xq = malloc(sizeof(nvlm_block_q8a) * (K / NVLM_QK));
+                size_t rb = nvlm_row_bytes(dt, K);
+                for (int T = 1; T <= 3; T++) {
+                    nvlm_matmul(p1, y1, x, T, &w, NULL);
+                    nvlm_matmul(p3, y3, x, T, &w, NULL);
+                    double worst = 0;
+                    for (int t = 0; t < T; t++) {
+                        nvlm_quantize_row_q8a(x + (size_t)t * K, xq, K);
+                        for (int o = 0; o < N; o++) {
+                            const uint8_t *row = (const uint8_t *)wd + (size_t)o * rb;
+                            double ref = nvlm_vec_dot_q(dt, row, xq, K), mag = 0;
+                            /* magnitude: sum |w| |x_q| with the dequantized weights */
+                            float wr[32];
+                            for (int i = 0; i < K / NVLM_QK; i++) {
+                                nvlm_row_to_f32(wr, row + i * (rb / (K / NVLM_QK)), dt, NVLM_QK);
+                                for (int j = 0; j < NVLM_QK; j++) mag += fabs((double)wr[j] * xq[i].q[j] * xq[i].d);
+                            }
+                            double e = fabs(y1[(size_t)t * N + o] - ref) / (1e-5 * mag + 1e-6);
+                            if (!(e <= worst)) worst = e;
+                        }
+                    }
+                    CHECK(worst <= 1, "int8 x %s N=%d K=%d T=%d: error %.3g x the bound", nvlm_dtype_name(dt), N, K, T, worst);
+                    CHECK(!memcmp(y1, y3, sizeof(float) * T * N), "int8 x %s N=%d K=%d T=%d: 1 and 3 threads differ",
+                          nvlm_dtype_name(dt), N, K, T);
+                }
+                free(wd), free(x), free(y1), free(y3), free(xq);
+            }
+    nvlm_pool_set_int8_act(p1, 0), nvlm_pool_set_int8_act(p3, 0);
+}
+
+/* Enough rows that 3 threads take several chunks each, at the model's shapes. */
+static void test_threads_large(nvlm_pool *p1, nvlm_pool *p3) {
+    for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
+        int N = 4099, K = 896;
+        void *wd = make_weights(dts[d], N, K);
+        nvlm_wmat w = {dts[d], N, K, wd};
+        float *x = make_x(1, K), *y1 = malloc(sizeof(float) * N), *y3 = malloc(sizeof(float) * N);
+        nvlm_matmul(p1, y1, x, 1, &w, NULL);
+        nvlm_matmul(p3, y3, x, 1, &w, NULL);
+        CHECK(!memcmp(y1, y3, sizeof(float) * N), "%s N=%d K=%d: 1 and 3 threads differ", nvlm_dtype_name(dts[d]), N, K);
+        free(wd), free(x), free(y1), free(y3);
+    }
+}
+
+int main(void) {
+    nvlm_pool *p1 = NULL, *p3 = NULL;
+    nvlm_err err = {0};
+    CHECK(nvlm_pool_new(1, &p1, &err) == 0 && nvlm_pool_new(3, &p3, &err) == 0, "pool: %s", err.msg);
+    if (!p1 || !p3) return check_done("test_gemv");
+    /* at every level this machine has: the scalar level checks the reference against itself
+     * (threads, token independence); the SIMD level checks the kernels */
+    for (int level = NVLM_CPU_SCALAR; level <= nvlm_cpu_hw_level(); level++) {
+        if (!nvlm_cpu_level_usable(level)) continue;
+        nvlm_pool_set_level(p1, level), nvlm_pool_set_level(p3, level);
+        test_float_path(p1, p3, level);
+        test_threads_large(p1, p3);
+#ifdef NVLM_HAVE_AVX2_KERNELS
+        if (level == NVLM_CPU_AVX2) test_int8_path(p1, p3);
+#endif
+    }
+    nvlm_pool_free(p1);
+    nvlm_pool_free(p3);
+    return check_done("test_gemv");
+}
