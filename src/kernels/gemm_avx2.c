@@ -33,30 +33,35 @@ enum {
 
 /* ---- the micro-kernel ---- */
 
-/* C[0:mr, 0:nr] (+)= A . B over kc: a is a packed sliver (MR floats per k), b a packed panel
- * (NR floats per k, 32-byte aligned). Rows of the sliver past mr are computed and dropped.
- * accumulate: add to C (the K blocks after the first); bias: added after (the last block).
- * pf: the A sliver to prefetch (the next one). */
-static void ukr(int kc, const float *restrict a, const float *restrict b, float *c, size_t ldc, int mr, int nr,
-                int accumulate, const float *bias, const float *pf) {
+/* C[0:mr, 0:nr] (+)= A . B over kc. A's row i at step k is a[i * rs + k * ks]: a packed sliver
+ * (rs 1, ks MR; rows past mr are zeros) or rows at a stride (rs lda, ks 1; rows past mr are
+ * read from row 0). Rows past mr are computed and dropped. b is a packed panel (NR floats per
+ * k, 32-byte aligned). accumulate: add to C (the K blocks after the first); bias: added after
+ * (the last block). pf: the A sliver to prefetch (the next one). */
+static inline __attribute__((always_inline)) void ukr_body(int kc, const float *a, size_t rs, size_t ks,
+                                                           const float *restrict b, float *c, size_t ldc, int mr,
+                                                           int nr, int accumulate, const float *bias, const float *pf) {
+    const float *a0 = a, *a1 = a + (mr > 1 ? rs : 0), *a2 = a + (mr > 2 ? 2 * rs : 0);
+    const float *a3 = a + (mr > 3 ? 3 * rs : 0), *a4 = a + (mr > 4 ? 4 * rs : 0), *a5 = a + (mr > 5 ? 5 * rs : 0);
+    if (rs == 1) a1 = a + 1, a2 = a + 2, a3 = a + 3, a4 = a + 4, a5 = a + 5; /* packed: zero rows */
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     /* one k step: 2 loads of B, 6 broadcasts of A, 12 FMAs */
 #define UKR_STEP(k)                                                                                      \
     do {                                                                                                 \
         const __m256 b0 = _mm256_load_ps(b + (k) * NR), b1 = _mm256_load_ps(b + (k) * NR + 8);           \
-        const float *ak = a + (k) * MR;                                                                  \
-        __m256 av = _mm256_broadcast_ss(ak);                                                             \
+        const size_t o = (size_t)(k) * ks;                                                               \
+        __m256 av = _mm256_broadcast_ss(a0 + o);                                                         \
         c00 = _mm256_fmadd_ps(av, b0, c00), c01 = _mm256_fmadd_ps(av, b1, c01);                          \
-        av = _mm256_broadcast_ss(ak + 1);                                                                \
+        av = _mm256_broadcast_ss(a1 + o);                                                                \
         c10 = _mm256_fmadd_ps(av, b0, c10), c11 = _mm256_fmadd_ps(av, b1, c11);                          \
-        av = _mm256_broadcast_ss(ak + 2);                                                                \
+        av = _mm256_broadcast_ss(a2 + o);                                                                \
         c20 = _mm256_fmadd_ps(av, b0, c20), c21 = _mm256_fmadd_ps(av, b1, c21);                          \
-        av = _mm256_broadcast_ss(ak + 3);                                                                \
+        av = _mm256_broadcast_ss(a3 + o);                                                                \
         c30 = _mm256_fmadd_ps(av, b0, c30), c31 = _mm256_fmadd_ps(av, b1, c31);                          \
-        av = _mm256_broadcast_ss(ak + 4);                                                                \
+        av = _mm256_broadcast_ss(a4 + o);                                                                \
         c40 = _mm256_fmadd_ps(av, b0, c40), c41 = _mm256_fmadd_ps(av, b1, c41);                          \
-        av = _mm256_broadcast_ss(ak + 5);                                                                \
+        av = _mm256_broadcast_ss(a5 + o);                                                                \
         c50 = _mm256_fmadd_ps(av, b0, c50), c51 = _mm256_fmadd_ps(av, b1, c51);                          \
     } while (0)
     int k = 0;
@@ -99,6 +104,19 @@ static void ukr(int kc, const float *restrict a, const float *restrict b, float 
         _mm256_storeu_ps(ci + 8, r1);
         if (nr < NR) memcpy(c + i * ldc, tmp, sizeof(float) * (size_t)nr);
     }
+}
+
+/* A packed (the matrix products). */
+static void ukr(int kc, const float *a, const float *b, float *c, size_t ldc, int mr, int nr, int accumulate,
+                const float *bias, const float *pf) {
+    ukr_body(kc, a, 1, MR, b, c, ldc, mr, nr, accumulate, bias, pf);
+}
+
+/* A as rows at a stride (attention's probabilities: already in L2, packing them would cost a
+ * copy of S per block). */
+static void ukr_rows(int kc, const float *a, size_t lda, const float *b, float *c, size_t ldc, int mr, int nr,
+                     int accumulate) {
+    ukr_body(kc, a, lda, 1, b, c, ldc, mr, nr, accumulate, NULL, b);
 }
 
 /* ---- packing ---- */
@@ -248,20 +266,26 @@ static void gemm_cols(int M, int K, const float *ap, pack_fn pack, const void *p
     }
 }
 
-/* C[0:M, n0:n1] (+)= A . B^T with A packed as in gemm_cols and B already packed: panel p holds
- * kp rows of NR floats (row k at bp + p * kp * NR + k * NR). Same FMA chains as gemm_cols. */
-static void gemm_packed(int M, int K, const float *ap, const float *bp, size_t kp, int n0, int n1, float *C,
-                        size_t ldc) {
+/* C[0:M, n0:n1] (+)= A . B^T with B already packed: panel p holds kp rows of NR floats (row k at
+ * bp + p * kp * NR + k * NR). A packed as in gemm_cols (lda 0: K blocks of KC, the FMA chains
+ * of gemm_cols) or rows at a stride of lda (one K block). */
+static void gemm_packed(int M, int K, const float *a, size_t lda, const float *bp, size_t kp, int n0, int n1,
+                        float *C, size_t ldc) {
     size_t mp = (size_t)(M + MR - 1) / MR * MR;
-    for (int k0 = 0; k0 < K; k0 += KC) {
-        int kc = K - k0 < KC ? K - k0 : KC;
+    /* A as rows (P V): one K block over all keys, B streams from L2; no C round trips, and no
+     * block of a single key when n_keys = 1025 (the ViT) */
+    const int kb = lda ? K : KC;
+    for (int k0 = 0; k0 < K; k0 += kb) {
+        int kc = K - k0 < kb ? K - k0 : kb;
         for (int t0 = 0; t0 < M; t0 += MR) {
             int mr = M - t0 < MR ? M - t0 : MR;
-            const float *as = ap + a_off(mp, k0, kc, t0);
+            const float *as = lda ? a + (size_t)t0 * lda + k0 : a + a_off(mp, k0, kc, t0);
             for (int c0 = n0; c0 < n1; c0 += NR) {
                 int nr = n1 - c0 < NR ? n1 - c0 : NR;
-                ukr(kc, as, bp + (size_t)(c0 / NR) * kp * NR + (size_t)k0 * NR, C + (size_t)t0 * ldc + c0, ldc, mr,
-                    nr, k0 > 0, NULL, as + MR * kc);
+                const float *bs = bp + (size_t)(c0 / NR) * kp * NR + (size_t)k0 * NR;
+                float *cs = C + (size_t)t0 * ldc + c0;
+                if (lda) ukr_rows(kc, as, lda, bs, cs, ldc, mr, nr, k0 > 0);
+                else ukr(kc, as, bs, cs, ldc, mr, nr, k0 > 0, NULL, as + MR * kc);
             }
         }
     }
@@ -345,8 +369,15 @@ enum {
 
 static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
 
+/* Row stride of S: a multiple of 16 floats, never of 1 KiB, so the 6 rows that the micro-kernel
+ * reads together do not share L1 sets. */
+static size_t s_stride(int n_keys) {
+    size_t l = round16((size_t)n_keys);
+    return l % 256 ? l : l + 16;
+}
+
 size_t nvlm_attention_scratch_avx2(int n_keys, int d) {
-    size_t lds = round16((size_t)n_keys), s = BQ * lds + (size_t)GROUP * KC * NR + 16;
+    size_t lds = s_stride(n_keys), s = BQ * lds + (size_t)GROUP * KC * NR + 16;
     s += (size_t)BQ * (lds > (size_t)d ? lds : (size_t)d); /* Q or P packed */
     if (n_keys <= PREPACK_KEYS) s += lds * (size_t)d + round16((size_t)d) * lds;
     return s;
@@ -413,7 +444,7 @@ static void softmax_row(float *s, int n, int n_zero, float scale) {
 void nvlm_attention_avx2(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride, const float *v,
                          size_t v_stride, int n_keys, int causal_pos0, int d, float scale, float *out,
                          size_t out_stride, float *scratch) {
-    size_t lds = round16((size_t)n_keys), lda = lds > round16((size_t)d) ? lds : round16((size_t)d);
+    size_t lds = s_stride(n_keys), lda = lds > round16((size_t)d) ? lds : round16((size_t)d);
     float *S = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
     float *wp = S + BQ * lds, *ap = wp + (size_t)GROUP * KC * NR, *kp = ap + BQ * lda, *vp = kp + lds * (size_t)d;
     strided ks = {k, k_stride}, vs = {v, v_stride};
@@ -440,7 +471,7 @@ void nvlm_attention_avx2(const float *q, size_t q_stride, int n_q, const float *
         for (int t0 = 0; t0 < bq; t0 += MR)
             pack_a(q + (size_t)q0 * q_stride, q_stride, bq - t0 < MR ? bq - t0 : MR, d, ap, mp, t0);
         if (prepack)
-            gemm_packed(bq, d, ap, kp, (size_t)d, 0, nk, S, lds);
+            gemm_packed(bq, d, ap, 0, kp, (size_t)d, 0, nk, S, lds);
         else
             for (int j0 = 0; j0 < nk; j0 += GROUP * NR)
                 gemm_cols(bq, d, ap, pack_rows_f32, &ks, j0, j0 + GROUP * NR < nk ? j0 + GROUP * NR : nk, S, lds,
@@ -449,11 +480,12 @@ void nvlm_attention_avx2(const float *q, size_t q_stride, int n_q, const float *
             int len = causal_pos0 < 0 ? nk : causal_pos0 + q0 + i + 1;
             softmax_row(S + (size_t)i * lds, len < nk ? len : nk, nk, scale);
         }
-        for (int t0 = 0; t0 < bq; t0 += MR)
-            pack_a(S, lds, bq - t0 < MR ? bq - t0 : MR, nk, ap, mp, t0);
         if (prepack)
-            gemm_packed(bq, nk, ap, vp, lds, 0, d, out + (size_t)q0 * out_stride, out_stride);
+            gemm_packed(bq, nk, S, lds, vp, lds, 0, d, out + (size_t)q0 * out_stride, out_stride);
         else
+            for (int t0 = 0; t0 < bq; t0 += MR)
+                pack_a(S, lds, bq - t0 < MR ? bq - t0 : MR, nk, ap, mp, t0);
+        if (!prepack)
             for (int c0 = 0; c0 < d; c0 += GROUP * NR)
                 gemm_cols(bq, nk, ap, pack_cols_f32, &vs, c0, c0 + GROUP * NR < d ? c0 + GROUP * NR : d,
                           out + (size_t)q0 * out_stride, out_stride, NULL, wp);
