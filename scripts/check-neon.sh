@@ -6,18 +6,19 @@
 # With --all it first compiles every src/ and tools/ file for aarch64 (-Werror), one check per
 # file; a file that needs a library's arm64 headers that are not installed (jconfig.h,
 # opensslconf.h...) is reported and skipped, not failed.
-# With --ubsan the test is built with -fsanitize=undefined (linked dynamically: qemu -L).
+# With --san the test is built with -fsanitize=address,undefined (linked dynamically: qemu -L;
+# LeakSanitizer does not run under qemu, so detect_leaks=0). Slower: not part of the suite.
 # Prints "check-neon: N checks passed, M failed" (tests/run.sh adds it to the suite), or
 # "neon check skipped: <what is missing>" and exits 0 when the toolchain is absent
 # (scripts/install-deps.sh installs it).
-# usage: scripts/check-neon.sh [OUT_DIR] [--all] [--ubsan]
+# usage: scripts/check-neon.sh [OUT_DIR] [--all] [--san]
 set -u
 cd "$(dirname "$0")/.."
-out=build-neon-aarch64 all=0 ubsan=0
+out=build-neon-aarch64 all=0 san=0
 for a in "$@"; do
   case "$a" in
   --all) all=1 ;;
-  --ubsan) ubsan=1 ;;
+  --san) san=1 ;;
   *) out=$a ;;
   esac
 done
@@ -39,9 +40,10 @@ fi
 
 cflags="-std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -O2 -Iinclude -Isrc -ffunction-sections -fdata-sections"
 link=-static qemu_args=()
-if [ "$ubsan" = 1 ]; then # the shared libraries from Debian's cross packages
-  out=$out-ubsan cflags="$cflags -g -fsanitize=undefined -fno-sanitize-recover=undefined" link=""
+if [ "$san" = 1 ]; then # the shared libraries from Debian's cross packages
+  out=$out-san link="" cflags="$cflags -g -fsanitize=address,undefined -fno-sanitize-recover=undefined"
   qemu_args=(-L "${QEMU_LD_PREFIX:-/usr/aarch64-linux-gnu}")
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0}
 fi
 mkdir -p "$out/obj" "$out/all"
 
