@@ -85,7 +85,7 @@ AI __m256 load_plain(nvlm_dtype dt, const uint8_t *row, int k) {
     return _mm256_loadu_ps((const float *)(row + 4 * (size_t)k));
 }
 
-/* R rows (stride rb bytes) against T tokens. Per row and token two accumulators, for the even
+/* R rows (stride rb bytes; used with R = 1) against T tokens. Per row and token two accumulators, for the even
  * and odd 8-column steps of each 16; the K % 16 tail is added in order after the sum. */
 AI void plain_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const float *x, int K,
                     float out[GEMV_MAX][RG_MAX]) {
@@ -201,7 +201,9 @@ AI void qi_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const
     for (int t = 0; t < T; t++)
         UNROLL
         for (int r = 0; r < R; r++) acc[t][r] = _mm256_setzero_ps(), macc[t][r] = _mm_setzero_ps();
+    const size_t bs = dt == NVLM_DT_Q8_0 ? sizeof(nvlm_block_q8_0) : sizeof(nvlm_block_q4);
     for (int i = 0; i < nb; i++) {
+        prefetch(w + R * rb + (size_t)i * R * bs, R * bs);
         UNROLL
         for (int r = 0; r < R; r++) {
             if (dt == NVLM_DT_Q8_0) {
@@ -243,15 +245,16 @@ AI void qi_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const
 
 /* ---- driver ---- */
 
-/* One group of R rows from row r0, T tokens (R, T constant after inlining). */
+/* One group of R rows from row r0, T tokens (R, T constant after inlining; plain formats come
+ * one row at a time, R = 1). */
 AI void group(int R, int T, const gemv_job *j, size_t r0, float out[GEMV_MAX][RG_MAX]) {
     const nvlm_dtype dt = j->w->dtype;
     const int K = j->w->cols;
     const size_t rb = nvlm_row_bytes(dt, K);
     const uint8_t *w = (const uint8_t *)j->w->data + r0 * rb;
     switch (dt) {
-    case NVLM_DT_BF16: plain_group(R, T, NVLM_DT_BF16, w, rb, j->x, K, out); break;
-    case NVLM_DT_F16: plain_group(R, T, NVLM_DT_F16, w, rb, j->x, K, out); break;
+    case NVLM_DT_BF16: plain_group(1, T, NVLM_DT_BF16, w, rb, j->x, K, out); break;
+    case NVLM_DT_F16: plain_group(1, T, NVLM_DT_F16, w, rb, j->x, K, out); break;
     case NVLM_DT_Q8_0:
         if (j->xq) qi_group(R, T, NVLM_DT_Q8_0, w, rb, j->xq, j->xd, K, out);
         else qf_group(R, T, NVLM_DT_Q8_0, w, rb, j->x, NULL, K, out);
@@ -260,7 +263,7 @@ AI void group(int R, int T, const gemv_job *j, size_t r0, float out[GEMV_MAX][RG
         if (j->xq) qi_group(R, T, NVLM_DT_Q4, w, rb, j->xq, j->xd, K, out);
         else qf_group(R, T, NVLM_DT_Q4, w, rb, j->x, j->xs, K, out);
         break;
-    default: plain_group(R, T, NVLM_DT_F32, w, rb, j->x, K, out); break;
+    default: plain_group(1, T, NVLM_DT_F32, w, rb, j->x, K, out); break;
     }
 }
 
