@@ -1,0 +1,236 @@
+#!/bin/bash
+# bench/llamacpp/run.sh LLAMA_BUILD_DIR [NVLM_BUILD] [MODEL_DIR]
+#
+# nvlm beside llama.cpp on one random Qwen2-0.5B-shaped text model (the LLM of an NVLM-D
+# checkpoint), F16 / Q8_0 / 4-bit: prompt (pp512) and generation (tg128) tokens/s at 1 and 2
+# threads, measured in the same run, format by format (llama.cpp then nvlm), and one table with
+# the ratios nvlm / llama.cpp. See README.md beside this file for how to get a llama.cpp build.
+#
+#   LLAMA_BUILD_DIR  a CMake build of llama.cpp with llama-bench and llama-quantize (bin/ or .);
+#                    its CMakeCache.txt names the source tree whose gguf-py converts the model
+#   NVLM_BUILD       nvlm build folder holding the `nvlm` binary (default: build)
+#   MODEL_DIR        NVLM-D checkpoint folder; made with `nvlm mkmodel` if it has no config.json
+#                    (default: $WORK/q05-f16)
+# environment: WORK (default /tmp/nvlm-llamacpp: GGUFs, logs), REPS (llama-bench -r, default 2),
+#   THREADS (default 2: measures 1 and THREADS), PROMPT (512), GEN (128), LLAMA_SRC (overrides
+#   the source tree), SKIP_CHECK=1 (skip the greedy-token cross-check).
+set -euo pipefail
+
+die() { echo "run.sh: $*" >&2; exit 1; }
+[ $# -ge 1 ] || die "usage: bench/llamacpp/run.sh LLAMA_BUILD_DIR [NVLM_BUILD] [MODEL_DIR]"
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+LB=$(cd "$1" && pwd) || die "no folder $1"
+NB=${2:-build}
+case "$NB" in /*) ;; *) NB="$REPO/$NB" ;; esac
+WORK=${WORK:-/tmp/nvlm-llamacpp}
+MD=${3:-$WORK/q05-f16}
+REPS=${REPS:-2}
+THREADS=${THREADS:-2}
+PROMPT=${PROMPT:-512}
+GEN=${GEN:-128}
+PY=/usr/bin/python3
+
+find_bin() { for d in "$LB/bin" "$LB"; do [ -x "$d/$1" ] && { echo "$d/$1"; return 0; }; done; return 1; }
+LBENCH=$(find_bin llama-bench) || die "no llama-bench in $LB/bin or $LB"
+LQUANT=$(find_bin llama-quantize) || die "no llama-quantize in $LB/bin or $LB"
+LSIMPLE=$(find_bin llama-simple || true)
+NVLM="$NB/nvlm"
+[ -x "$NVLM" ] || die "no $NVLM (build it: make -j2 BUILD=${2:-build})"
+[ -x "$PY" ] || die "$PY is missing (Debian's python3 with numpy: apt-get install python3-numpy)"
+"$PY" -c 'import numpy' 2>/dev/null || die "numpy missing for $PY (apt-get install python3-numpy)"
+SRC=${LLAMA_SRC:-$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$LB/CMakeCache.txt" 2>/dev/null || true)}
+if [ -z "$SRC" ] || [ ! -d "$SRC/gguf-py/gguf" ]; then
+    die "cannot find llama.cpp's gguf-py (set LLAMA_SRC=<checkout>)"
+fi
+COMMIT=$(git -C "$SRC" rev-parse --short=9 HEAD 2>/dev/null || echo unknown)
+mkdir -p "$WORK"
+LOG="$WORK/log-$(date -u +%Y%m%d-%H%M%S)"
+mkdir -p "$LOG"
+T0=$(date +%s)
+say() { printf '[%4ds] %s\n' $(( $(date +%s) - T0 )) "$*" >&2; }
+
+# 1. the checkpoint (random weights, Qwen2-0.5B's LLM shape, F16, tiny ViT)
+if [ ! -f "$MD/config.json" ]; then
+    say "making $MD (nvlm mkmodel)"
+    "$NVLM" mkmodel --out "$MD" --tokenizer "$REPO/../shared/reference/tokenizer" --dtype f16 \
+        --llm-hidden 896 --llm-layers 24 --llm-heads 14 --llm-kv-heads 2 --llm-intermediate 4864 \
+        --vit-hidden 64 --vit-layers 1 --vit-heads 4 --vit-dummy-heads 0 --vit-intermediate 128 \
+        > "$LOG/mkmodel.txt" 2>&1 || die "nvlm mkmodel failed (see $LOG/mkmodel.txt)"
+fi
+
+# 2. the same LLM as GGUF, then llama.cpp's Q8_0 and Q4_0 of it (remade when older than the model).
+# Q4_0 keeps token_embd and output at Q8_0, as nvlm's q4 policy does (llama.cpp would pick Q6_K/
+# Q8_0 for output.weight itself): the 4-bit rows then differ only in the layer matrices' format.
+NAME=$(basename "$MD")
+G16="$WORK/$NAME-f16.gguf" G8="$WORK/$NAME-q8_0.gguf" G4="$WORK/$NAME-q4_0.gguf"
+newer() { [ -f "$1" ] && [ "$1" -nt "$2" ] && [ "$1" -nt "$HERE/to_gguf.py" ]; }
+WEIGHTS=""
+for w in "$MD"/*.safetensors; do [ -f "$w" ] && WEIGHTS=$w && break; done
+[ -n "$WEIGHTS" ] || die "no *.safetensors in $MD"
+if ! newer "$G16" "$WEIGHTS"; then
+    say "converting $MD -> $G16"
+    PYTHONPATH="$SRC/gguf-py" nice -n 5 "$PY" "$HERE/to_gguf.py" "$MD" "$G16.tmp" > "$LOG/to_gguf.txt" 2>&1 ||
+        die "to_gguf.py failed (see $LOG/to_gguf.txt)"
+    mv "$G16.tmp" "$G16"
+fi
+if ! newer "$G8" "$G16"; then
+    say "llama-quantize Q8_0"
+    "$LQUANT" "$G16" "$G8.tmp" Q8_0 2 > "$LOG/quant-q8_0.txt" 2>&1 || die "llama-quantize failed ($LOG/quant-q8_0.txt)"
+    mv "$G8.tmp" "$G8"
+fi
+if ! newer "$G4" "$G16"; then
+    say "llama-quantize Q4_0"
+    "$LQUANT" --output-tensor-type q8_0 --token-embedding-type q8_0 "$G16" "$G4.tmp" Q4_0 2 \
+        > "$LOG/quant-q4_0.txt" 2>&1 || die "llama-quantize failed ($LOG/quant-q4_0.txt)"
+    mv "$G4.tmp" "$G4"
+fi
+
+# 3. greedy-token cross-check: the same chat prompt, 32 greedy tokens, both engines, F16.
+# llama-simple gets nvlm's chat layout as text (special tokens parsed); llama-tokenize, when
+# built, shows that both engines make the same prompt ids of it.
+CHECK="skipped (no llama-simple in $LB)"
+if [ -n "${SKIP_CHECK:-}" ]; then
+    CHECK="skipped (SKIP_CHECK)"
+elif [ -n "$LSIMPLE" ]; then
+    say "greedy cross-check (llama-simple vs nvlm run, F16)"
+    Q="Écris un poème sur la mer, s'il te plaît. 1234567"
+    CHAT=$(printf '<|im_start|>system\nAnswer the questions.<|im_end|><|im_start|>user\n%s<|im_end|><|im_start|>assistant\nx' "$Q")
+    CHAT=${CHAT%x} # keep the final newline that $(...) would strip
+    "$NVLM" run -m "$MD" -p "$Q" -n 32 -t "$THREADS" --json -q > "$LOG/check-nvlm.json" 2> "$LOG/check-nvlm.err" || true
+    "$LSIMPLE" -m "$G16" -n 32 "$CHAT" > "$LOG/check-llama.txt" 2> "$LOG/check-llama.err" || true
+    LTOK=$(find_bin llama-tokenize || true)
+    if [ -n "$LTOK" ]; then
+        "$LTOK" -m "$G16" -p "$CHAT" --ids --log-disable 2> /dev/null | tail -1 > "$LOG/check-llama-ids.txt" || true
+    fi
+    CHECK=$(CHAT="$CHAT" "$PY" - "$LOG" <<'PYEOF'
+import json, os, sys
+log = sys.argv[1]
+try:
+    nv = json.load(open(os.path.join(log, "check-nvlm.json"), encoding="utf-8"))
+    ll = open(os.path.join(log, "check-llama.txt"), encoding="utf-8", errors="replace").read()
+except Exception as e:
+    print("FAILED to run (%s; see %s)" % (e, log)); sys.exit()
+chat = os.environ["CHAT"]
+if not ll.startswith(chat):
+    print("FAILED: llama-simple did not echo the prompt (see %s)" % log); sys.exit()
+ll = ll[len(chat):]
+ll = ll[:-1] if ll.endswith("\n") else ll
+ids = "prompt ids not compared (no llama-tokenize)"
+try:
+    lids = json.loads(open(os.path.join(log, "check-llama-ids.txt")).read())
+    ids = "same %d prompt ids" % len(lids) if lids == nv["prompt_ids"] else "DIFFERENT prompt ids"
+except (OSError, ValueError):
+    pass
+n = len(nv["output_ids"])
+if ll == nv["response"]:
+    print("SAME text of %d greedy tokens (%s); %s" % (n, nv["finish_reason"], ids))
+else:
+    print("DIFFERENT: nvlm %r vs llama.cpp %r; %s" % (nv["response"], ll, ids))
+PYEOF
+)
+    say "cross-check: $CHECK"
+fi
+
+# 4. the machine's limits (nvlm's probes), then the formats, llama.cpp and nvlm back to back
+say "machine limits (nvlm bench --quick)"
+"$NVLM" bench --quick -t "$THREADS" > "$LOG/limits.txt" 2>&1 || true
+TLIST=1
+[ "$THREADS" -gt 1 ] && TLIST="1,$THREADS"
+# nvlm's quantized folders (`nvlm quantize`, as llama.cpp's files are made once; loading them is
+# the same in-memory format as --weights q8_0|q4 at load, without quantizing 0.6 B weights twice
+# per run). Reused while newer than the weights and loadable by this nvlm (the format may change).
+nvlm_qdir() { # $1 = q8_0|q4 -> prints the folder
+    local d="$WORK/$NAME-nvlm-$1"
+    if ! { [ "$d/model.safetensors" -nt "$WEIGHTS" ] && "$NVLM" info --model "$d" > /dev/null 2>&1; }; then
+        say "nvlm quantize --type $1"
+        rm -rf "$d"
+        "$NVLM" quantize --model "$MD" --out "$d" --type "$1" > "$LOG/nvlm-quantize-$1.txt" 2>&1 ||
+            say "nvlm quantize $1 failed (see $LOG/nvlm-quantize-$1.txt)"
+    fi
+    echo "$d"
+}
+N8=$(nvlm_qdir q8_0)
+N4=$(nvlm_qdir q4)
+nvlm_bench() { # $1 = label, $2 = model folder
+    "$NVLM" bench --model "$2" --no-kernels --prompt "$PROMPT" --gen "$GEN" -t "$THREADS" > "$LOG/nvlm-$1.txt" 2>&1
+}
+for f in f16 q8_0 q4; do
+    case $f in f16) g=$G16 m=$MD ;; q8_0) g=$G8 m=$N8 ;; q4) g=$G4 m=$N4 ;; esac
+    say "$f: llama-bench -m $(basename "$g") -p $PROMPT -n $GEN -t $TLIST -r $REPS"
+    "$LBENCH" -m "$g" -p "$PROMPT" -n "$GEN" -t "$TLIST" -r "$REPS" -o csv \
+        > "$LOG/llama-$f.csv" 2> "$LOG/llama-$f.err" || say "llama-bench $f failed (see $LOG/llama-$f.err)"
+    echo "after llama-bench $f: $(uptime)" >> "$LOG/uptime.txt"
+    say "$f: nvlm bench --model $(basename "$m") --prompt $PROMPT --gen $GEN -t $THREADS"
+    if ! nvlm_bench "$f" "$m"; then
+        if [ "$m" != "$MD" ]; then # a stale quantized folder: remake it once
+            touch -d @0 "$m/model.safetensors" 2> /dev/null || true
+            m=$(nvlm_qdir "${f}")
+            nvlm_bench "$f" "$m" || say "nvlm bench $f failed (see $LOG/nvlm-$f.txt)"
+        else
+            say "nvlm bench $f failed (see $LOG/nvlm-$f.txt)"
+        fi
+    fi
+    echo "after nvlm bench $f:  $(uptime)" >> "$LOG/uptime.txt"
+done
+say "measured in $(( $(date +%s) - T0 )) s"
+
+# 5. the table
+"$PY" - "$LOG" "$COMMIT" "$CHECK" "$PROMPT" "$GEN" <<'EOF'
+import csv, os, re, sys
+log, commit, check, P, G = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+
+def llama(f):  # (threads, 'pp'|'tg') -> (avg t/s, stddev)
+    out = {}
+    try:
+        for r in csv.DictReader(open(os.path.join(log, "llama-%s.csv" % f))):
+            kind = "pp" if int(r["n_prompt"]) > 0 else "tg"
+            out[(int(r["n_threads"]), kind)] = (float(r["avg_ts"]), float(r["stddev_ts"]))
+    except (OSError, KeyError, ValueError):
+        pass
+    return out
+
+def nvlm(f):  # (threads, 'pp'|'tg') -> t/s
+    out, t = {}, None
+    try:
+        for line in open(os.path.join(log, "nvlm-%s.txt" % f)):
+            m = re.match(r"model .*, (\d+) thread\(s\)", line)
+            if m: t = int(m.group(1))
+            m = re.match(r"\s+(prompt|generation): \d+ tokens in [\d.]+ s = ([\d.]+) tok/s", line)
+            if m and t: out[(t, "pp" if m.group(1) == "prompt" else "tg")] = float(m.group(2))
+    except OSError:
+        pass
+    return out
+
+rows = [("f16", "F16", "F16"), ("q8_0", "Q8_0", "Q8_0"), ("q4", "Q4_0 4.5b/w*", "Q4_1 5.0b/w")]
+print("nvlm vs llama.cpp %s, random Qwen2-0.5B-shaped LLM (h 896, 24 layers, 14/2 heads, ffn 4864, "
+      "vocab 151680, untied lm_head)" % commit)
+for line in open(os.path.join(log, "limits.txt"), errors="replace"):
+    if line.startswith("machine limits") or line.startswith("cpu:"): print(line.rstrip())
+print()
+hdr = "%-6s %-15s %-15s %3s | %9s %9s %6s | %9s %9s %6s" % (
+    "format", "llama.cpp type", "nvlm type", "thr", "ll pp%d" % P, "nv pp%d" % P, "ratio",
+    "ll tg%d" % G, "nv tg%d" % G, "ratio")
+print(hdr); print("-" * len(hdr))
+for f, lt, nt in rows:
+    L, N = llama(f), nvlm(f)
+    for t in sorted({k[0] for k in list(L) + list(N)}):
+        cells = []
+        for k in ("pp", "tg"):
+            l, n = L.get((t, k)), N.get((t, k))
+            cells += ["%9s" % ("%.1f" % l[0] if l else "-"), "%9s" % ("%.1f" % n if n else "-"),
+                      "%6s" % ("%.2f" % (n / l[0]) if l and n else "-")]
+        print("%-6s %-15s %-15s %3d | %s %s %s | %s %s %s" % ((f, lt, nt, t) + tuple(cells)))
+print("""
+ratio = nvlm / llama.cpp tokens/s (> 1: nvlm faster). llama.cpp: llama-bench mean of -r reps after
+a warm-up; pp = one %d-token batch, tg = %d tokens from an empty cache. nvlm: `nvlm bench` on the
+folder `nvlm quantize` wrote, one run, no warm-up; tg = %d tokens after the %d-token prompt (a longer KV cache than llama-bench's tg).
+4-bit: llama.cpp Q4_0 is 4.5 bits/weight (18-byte blocks) for the layer matrices, with token_embd
+and output.weight at Q8_0 (*); nvlm's q4 is Q4_1-style, 5 bits/weight (20-byte blocks, scale and
+minimum), with embed_tokens and lm_head at Q8_0. Q8_0 is the same 34-byte block in both.
+greedy cross-check (F16, 32 tokens): %s""" % (P, G, G, P, check))
+print("load (uptime after each step):")
+for line in open(os.path.join(log, "uptime.txt")): print("  " + " ".join(line.split()))
+print("logs: " + log)
+EOF
+say "done"
