@@ -87,7 +87,7 @@ static void test_matmul(nvlm_pool *p1, nvlm_pool *p3, int level) {
 #ifdef NVLM_HAVE_AVX2_KERNELS
 /* Matrices sharing x (q/k/v, gate/up): the same values as one nvlm_matmul each, at 1 and 3 threads. */
 static void test_matmul_multi(nvlm_pool *p1, nvlm_pool *p3) {
-    static const int shapes[][4] = {{40, 96, 40, 288}, {13, 33, 17, 70}, {2, 40, 24, 64}}; /* T, N0, N1, K */
+    static const int shapes[][4] = {{40, 96, 40, 288}, {13, 33, 17, 96}, {2, 40, 24, 64}}; /* T, N0, N1, K; K % 32 == 0 (Q8_0) */
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int T = shapes[s][0], N[3] = {shapes[s][1], shapes[s][2], shapes[s][1] + 5}, K = shapes[s][3];
         float *x = rand_vec((size_t)T * K, 1.0f), *bias = rand_vec((size_t)N[2], 1.0f);

@@ -28,6 +28,7 @@ enum {
     KC = 256,        /* K block: a packed panel is KC x NR floats = 16 KiB */
     GROUP = 4,       /* panels packed together (64 KiB, L2): an A sliver is reused from L1 over them */
     PF_B = 512,      /* the micro-kernel prefetches its B panel this many floats (32 k steps) ahead */
+    PF_SLIVERS = 8,  /* B's next K block is prefetched this many slivers before the block ends */
 };
 
 
@@ -181,7 +182,8 @@ static void transpose_panel(const float (*rows)[KC], int kc, float *dst) {
         for (int r = 0; r < NR; r++) dst[(size_t)k * NR + r] = rows[r][k];
 }
 
-/* Fills dst[k * NR + r] (k < kc, r < NR) with B(n0 + r, k0 + k); rows r >= nr are zero. */
+/* Fills dst[k * NR + r] (k < kc, r < NR) with B(n0 + r, k0 + k); rows r >= nr are zero.
+ * dst NULL: only prefetch what that call would read (weights: from DRAM into L2). */
 typedef void (*pack_fn)(const void *ctx, int n0, int nr, int k0, int kc, float *dst);
 
 /* B rows are rows of a weight matrix in any stored format: converted, then transposed. */
@@ -190,24 +192,46 @@ static void pack_wmat(const void *ctx, int n0, int nr, int k0, int kc, float *ds
     size_t row_bytes = nvlm_row_bytes(w->dtype, w->cols);
     size_t off = nvlm_dtype_is_block(w->dtype) ? nvlm_row_bytes(w->dtype, k0) /* k0 % 32 == 0 */
                                                : (size_t)k0 * nvlm_dtype_size(w->dtype);
-    /* the rows' next K block (or, after the last, the next group's first) is fetched into L2 now,
-     * so that packing it waits on L2/L3 rather than on 16 short DRAM streams */
-    int pk0 = k0 + KC < w->cols ? k0 + KC : 0, pn0 = k0 + KC < w->cols ? n0 : n0 + GROUP * NR;
-    int pkc = w->cols - pk0 < KC ? w->cols - pk0 : KC;
-    size_t poff = nvlm_dtype_is_block(w->dtype) ? nvlm_row_bytes(w->dtype, pk0) : (size_t)pk0 * nvlm_dtype_size(w->dtype);
-    size_t pbytes = nvlm_dtype_is_block(w->dtype) ? nvlm_row_bytes(w->dtype, pkc) : (size_t)pkc * nvlm_dtype_size(w->dtype);
+    if (!dst) { /* prefetch into L2 only */
+        size_t bytes = nvlm_dtype_is_block(w->dtype) ? nvlm_row_bytes(w->dtype, kc) : (size_t)kc * nvlm_dtype_size(w->dtype);
+        for (int r = 0; r < nr; r++) {
+            const char *pr = (const char *)w->data + (size_t)(n0 + r) * row_bytes + off;
+            for (size_t b = 0; b < bytes; b += 64) _mm_prefetch(pr + b, _MM_HINT_T1);
+        }
+        return;
+    }
+    const uint8_t *src = (const uint8_t *)w->data + (size_t)n0 * row_bytes + off;
+    int k = 0;
+    if (w->dtype == NVLM_DT_F16 || w->dtype == NVLM_DT_BF16 || w->dtype == NVLM_DT_F32) {
+        /* 8 rows x 8 values converted in registers and transposed: no row buffer */
+        const size_t es = nvlm_dtype_size(w->dtype);
+        for (; k + 8 <= kc; k += 8)
+            for (int h = 0; h < NR; h += 8) {
+                __m256 r[8];
+                for (int j = 0; j < 8; j++) {
+                    const uint8_t *p = src + (size_t)(h + j) * row_bytes + (size_t)k * es;
+                    r[j] = h + j >= nr                    ? _mm256_setzero_ps()
+                           : w->dtype == NVLM_DT_F16  ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p))
+                           : w->dtype == NVLM_DT_BF16 ? _mm256_castsi256_ps(_mm256_slli_epi32(
+                                                            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16))
+                                                      : _mm256_loadu_ps((const float *)p);
+                }
+                transpose8(r);
+                for (int j = 0; j < 8; j++) _mm256_store_ps(dst + (size_t)(k + j) * NR + h, r[j]);
+            }
+        if (k == kc) return;
+    }
     float rows[NR][KC] __attribute__((aligned(32)));
     for (int r = 0; r < NR; r++) {
-        if (r < nr)
-            nvlm_row_to_f32_avx2(rows[r], (const uint8_t *)w->data + (size_t)(n0 + r) * row_bytes + off, w->dtype, kc);
-        else
-            memset(rows[r], 0, sizeof(float) * (size_t)kc);
-        if (pn0 + r < w->rows) {
-            const char *pr = (const char *)w->data + (size_t)(pn0 + r) * row_bytes + poff;
-            for (size_t b = 0; b < pbytes; b += 64) _mm_prefetch(pr + b, _MM_HINT_T1);
+        if (r < nr) {
+            const uint8_t *p = src + (size_t)r * row_bytes; /* block formats: k is 0 here */
+            p += nvlm_dtype_is_block(w->dtype) ? 0 : (size_t)k * nvlm_dtype_size(w->dtype);
+            nvlm_row_to_f32_avx2(rows[r], p, w->dtype, kc - k);
+        } else {
+            memset(rows[r], 0, sizeof(float) * (size_t)(kc - k));
         }
     }
-    transpose_panel((const float(*)[KC])rows, kc, dst);
+    transpose_panel((const float(*)[KC])rows, kc - k, dst + (size_t)k * NR);
 }
 
 typedef struct strided {
@@ -218,6 +242,7 @@ typedef struct strided {
 /* B rows are float rows at a stride (keys: S = Q K^T). */
 static void pack_rows_f32(const void *ctx, int n0, int nr, int k0, int kc, float *dst) {
     const strided *s = ctx;
+    if (!dst) return;
     float rows[NR][KC] __attribute__((aligned(32)));
     for (int r = 0; r < NR; r++) {
         if (r < nr) memcpy(rows[r], s->p + (size_t)(n0 + r) * s->stride + k0, sizeof(float) * (size_t)kc);
@@ -229,6 +254,7 @@ static void pack_rows_f32(const void *ctx, int n0, int nr, int k0, int kc, float
 /* B^T rows are float rows at a stride (values: O = P V). */
 static void pack_cols_f32(const void *ctx, int n0, int nr, int k0, int kc, float *dst) {
     const strided *s = ctx;
+    if (!dst) return;
     for (int k = 0; k < kc; k++) {
         const float *src = s->p + (size_t)(k0 + k) * s->stride + n0;
         if (nr == NR) {
@@ -243,11 +269,14 @@ static void pack_cols_f32(const void *ctx, int n0, int nr, int k0, int kc, float
 /* ---- blocked products ---- */
 
 /* C[0:M, n0:n1] = A . B^T (+ bias[n0:n1]), A packed (see a_off), B reached through pack.
- * n1 - n0 <= GROUP*NR; wp holds GROUP*KC*NR floats, 32-byte aligned. */
+ * n1 - n0 <= GROUP*NR; wp holds GROUP*KC*NR floats, 32-byte aligned. Near the end of each K
+ * block, B's next block (after the last, columns [pn0, pn1) at k 0: the caller's next group)
+ * is prefetched, so packing it does not wait on memory. */
 static void gemm_cols(int M, int K, const float *ap, pack_fn pack, const void *pctx, int n0, int n1, float *C,
-                      size_t ldc, const float *bias, float *wp) {
+                      size_t ldc, const float *bias, float *wp, int pn0, int pn1) {
     int np = (n1 - n0 + NR - 1) / NR;
     size_t mp = (size_t)(M + MR - 1) / MR * MR;
+    int t_pf = M - PF_SLIVERS * MR > 0 ? (M - PF_SLIVERS * MR) / MR * MR : 0;
     for (int k0 = 0; k0 < K; k0 += KC) {
         int kc = K - k0 < KC ? K - k0 : KC, last = k0 + kc >= K;
         for (int p = 0; p < np; p++) {
@@ -257,6 +286,11 @@ static void gemm_cols(int M, int K, const float *ap, pack_fn pack, const void *p
         for (int t0 = 0; t0 < M; t0 += MR) {
             int mr = M - t0 < MR ? M - t0 : MR;
             const float *as = ap + a_off(mp, k0, kc, t0);
+            if (t0 == t_pf) {
+                int f0 = last ? pn0 : n0, f1 = last ? pn1 : n1, fk = last ? 0 : k0 + KC;
+                int fkc = K - fk < KC ? K - fk : KC;
+                for (int c0 = f0; c0 < f1; c0 += NR) pack(pctx, c0, f1 - c0 < NR ? f1 - c0 : NR, fk, fkc, NULL);
+            }
             for (int p = 0; p < np; p++) {
                 int c0 = n0 + p * NR, nr = n1 - c0 < NR ? n1 - c0 : NR;
                 ukr(kc, as, wp + (size_t)p * KC * NR, C + (size_t)t0 * ldc + c0, ldc, mr, nr, k0 > 0,
@@ -325,7 +359,9 @@ static void mm_gemm_units(void *ctx, size_t begin, size_t end, int thread) {
         const int N = j->w[i]->rows;
         for (size_t p = b; p < e; p += GROUP) {
             int n0 = (int)(p - j->first[i]) * NR, n1 = (int)((p + GROUP < e ? p + GROUP : e) - j->first[i]) * NR;
-            gemm_cols(j->n_tok, j->K, j->ap, pack_wmat, j->w[i], n0, n1 < N ? n1 : N, j->y[i], (size_t)N, j->bias[i], wp);
+            int n2 = (int)((p + 2 * GROUP < e ? p + 2 * GROUP : e) - j->first[i]) * NR; /* the next group */
+            n1 = n1 < N ? n1 : N, n2 = n2 < N ? n2 : N;
+            gemm_cols(j->n_tok, j->K, j->ap, pack_wmat, j->w[i], n0, n1, j->y[i], (size_t)N, j->bias[i], wp, n1, n2);
         }
     }
     free(wp);
@@ -475,7 +511,7 @@ void nvlm_attention_avx2(const float *q, size_t q_stride, int n_q, const float *
         else
             for (int j0 = 0; j0 < nk; j0 += GROUP * NR)
                 gemm_cols(bq, d, ap, pack_rows_f32, &ks, j0, j0 + GROUP * NR < nk ? j0 + GROUP * NR : nk, S, lds,
-                          NULL, wp);
+                          NULL, wp, 0, 0);
         for (int i = 0; i < bq; i++) {
             int len = causal_pos0 < 0 ? nk : causal_pos0 + q0 + i + 1;
             softmax_row(S + (size_t)i * lds, len < nk ? len : nk, nk, scale);
@@ -488,7 +524,7 @@ void nvlm_attention_avx2(const float *q, size_t q_stride, int n_q, const float *
         if (!prepack)
             for (int c0 = 0; c0 < d; c0 += GROUP * NR)
                 gemm_cols(bq, nk, ap, pack_cols_f32, &vs, c0, c0 + GROUP * NR < d ? c0 + GROUP * NR : d,
-                          out + (size_t)q0 * out_stride, out_stride, NULL, wp);
+                          out + (size_t)q0 * out_stride, out_stride, NULL, wp, 0, 0);
     }
 }
 
