@@ -414,7 +414,7 @@ static size_t s_stride(int n_keys) {
 
 size_t nvlm_attention_scratch_avx2(int n_keys, int d) {
     size_t lds = s_stride(n_keys), s = BQ * lds + (size_t)GROUP * KC * NR + 16;
-    s += (size_t)BQ * (lds > (size_t)d ? lds : (size_t)d); /* Q or P packed */
+    s += (size_t)BQ * (lds > round16((size_t)d) ? lds : round16((size_t)d)); /* Q or P packed */
     if (n_keys <= PREPACK_KEYS) s += lds * (size_t)d + round16((size_t)d) * lds;
     return s;
 }
