@@ -348,7 +348,7 @@ static void mm_pack_units(void *ctx, size_t begin, size_t end, int thread) {
 }
 
 /* Units are panels of NR outputs, the matrices' panels one after the other; a thread's range
- * is done GROUP panels at a time. */
+ * is done in groups of at most GROUP panels. */
 static void mm_gemm_units(void *ctx, size_t begin, size_t end, int thread) {
     (void)thread;
     const mm_job *j = ctx;
@@ -357,9 +357,12 @@ static void mm_gemm_units(void *ctx, size_t begin, size_t end, int thread) {
     for (int i = 0; i < j->n_w; i++) {
         size_t b = begin > j->first[i] ? begin : j->first[i], e = end < j->first[i + 1] ? end : j->first[i + 1];
         const int N = j->w[i]->rows;
-        for (size_t p = b; p < e; p += GROUP) {
-            int n0 = (int)(p - j->first[i]) * NR, n1 = (int)((p + GROUP < e ? p + GROUP : e) - j->first[i]) * NR;
-            int n2 = (int)((p + 2 * GROUP < e ? p + 2 * GROUP : e) - j->first[i]) * NR; /* the next group */
+        if (b >= e) continue;
+        /* groups of equal size (9 panels: 3+3+3, not 4+4+1 with a sliver read for one panel) */
+        size_t ng = (e - b + GROUP - 1) / GROUP, gs = (e - b + ng - 1) / ng;
+        for (size_t p = b; p < e; p += gs) {
+            int n0 = (int)(p - j->first[i]) * NR, n1 = (int)((p + gs < e ? p + gs : e) - j->first[i]) * NR;
+            int n2 = (int)((p + 2 * gs < e ? p + 2 * gs : e) - j->first[i]) * NR; /* the next group */
             n1 = n1 < N ? n1 : N, n2 = n2 < N ? n2 : N;
             gemm_cols(j->n_tok, j->K, j->ap, pack_wmat, j->w[i], n0, n1, j->y[i], (size_t)N, j->bias[i], wp, n1, n2);
         }

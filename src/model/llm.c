@@ -115,7 +115,20 @@ typedef struct self_attn_job {
     int n_tok, pos0, n_h, group, d, kv_dim;
     float scale;
     int level;           /* kernels/cpu.h */
+    int parts;           /* query ranges per head (units = heads x parts) */
 } self_attn_job;
+
+/* Start of query range p of `parts`: the ranges cost the same causal work (query i sees
+ * pos0 + i + 1 keys), so heads x parts units split evenly over the pool (14 heads alone go
+ * 8:6 over 2 threads). Depends only on (n_tok, pos0, parts), never on the thread count. */
+static int attn_part_start(const self_attn_job *j, int p) {
+    if (p <= 0) return 0;
+    if (p >= j->parts) return j->n_tok;
+    double n = j->n_tok, z = j->pos0, target = (n * z + n * n / 2) * p / j->parts;
+    int q = (int)(-z + sqrt(z * z + 2 * target) + 0.5);
+    q = (q + 4) / 8 * 8; /* whole slivers */
+    return q < 0 ? 0 : q > j->n_tok ? j->n_tok : q;
+}
 
 /* F16 cache: the keys and values of kv head g as float32 rows of d (kbuf, vbuf). */
 static void kv_head_to_f32(const self_attn_job *j, size_t g, int n_keys, float *kbuf, float *vbuf) {
@@ -141,28 +154,35 @@ static void kv_head_to_f32(const self_attn_job *j, size_t g, int n_keys, float *
     }
 }
 
-/* One unit = one query head: causal attention of its n_tok queries over positions 0..pos0+t.
- * With an F16 cache the unit's kv head is expanded once to float32 (consecutive query heads
- * share it), then the same kernel runs, so results do not depend on the split. */
+/* One unit = one range of queries of one head (attn_part_start): causal attention over
+ * positions 0..pos0+t. With an F16 cache the unit's kv head is expanded once to float32
+ * (consecutive units share it), then the same kernel runs, so results do not depend on the
+ * split over threads. */
 static void self_attn_units(void *ctx, size_t begin, size_t end, int thread) {
     (void)thread;
     const self_attn_job *j = ctx;
     int n_keys = j->pos0 + j->n_tok;
-    size_t nkd = (size_t)n_keys * j->d;
-    float *scratch = malloc(sizeof(float) * (nvlm_attention_scratch(j->level, n_keys, j->d) + (j->f16 ? 2 * nkd : 0)));
+    size_t nkd = (size_t)n_keys * j->d, ss = 0;
+    for (size_t a = begin; a < end; a++) { /* scratch for the largest unit (prepacking depends on n) */
+        size_t s = nvlm_attention_scratch(j->level, j->pos0 + attn_part_start(j, (int)(a % j->parts) + 1), j->d);
+        ss = s > ss ? s : ss;
+    }
+    float *scratch = malloc(sizeof(float) * (ss + (j->f16 ? 2 * nkd : 0)));
     if (!scratch) return;
-    float *kbuf = scratch + nvlm_attention_scratch(j->level, n_keys, j->d), *vbuf = kbuf + nkd;
+    float *kbuf = scratch + ss, *vbuf = kbuf + nkd;
     size_t qs = (size_t)j->n_h * j->d, have = (size_t)-1;
     for (size_t a = begin; a < end; a++) {
-        size_t g = a / (size_t)j->group;
+        size_t head = a / (size_t)j->parts, g = head / (size_t)j->group;
+        int q0 = attn_part_start(j, (int)(a % j->parts)), q1 = attn_part_start(j, (int)(a % j->parts) + 1);
+        if (q1 <= q0) continue;
         const float *k = (const float *)j->k + g * j->d, *v = (const float *)j->v + g * j->d;
         size_t stride = (size_t)j->kv_dim;
         if (j->f16) {
             if (g != have) kv_head_to_f32(j, g, n_keys, kbuf, vbuf), have = g;
             k = kbuf, v = vbuf, stride = (size_t)j->d;
         }
-        nvlm_attention(j->level, j->q + a * j->d, qs, j->n_tok, k, stride, v, stride, n_keys, j->pos0, j->d, j->scale,
-                       j->out + a * j->d, qs, scratch);
+        nvlm_attention(j->level, j->q + (size_t)q0 * qs + head * j->d, qs, q1 - q0, k, stride, v, stride, j->pos0 + q1,
+                       j->pos0 + q0, j->d, j->scale, j->out + (size_t)q0 * qs + head * j->d, qs, scratch);
     }
     free(scratch);
 }
@@ -271,8 +291,9 @@ static void llm_layer_forward(nvlm_model *m, nvlm_kv *kv, int l, int n, llm_buff
     matmul_shared_x(m->pool, 3, qkv_out, b->y, n, qkv_w, qkv_b);
     llm_rows_run(m, ROWS_ROPE, b, n, NULL, kv, l);
     self_attn_job aj = {b->q, kv->k[l], kv->v[l], kv->f16, b->att, n, pos0, c->num_heads,
-                        c->num_heads / c->num_kv_heads, d, kvd, 1.0f / sqrtf((float)d), nvlm_pool_level(m->pool)};
-    nvlm_pool_run(m->pool, (size_t)c->num_heads, 1, self_attn_units, &aj);
+                        c->num_heads / c->num_kv_heads, d, kvd, 1.0f / sqrtf((float)d), nvlm_pool_level(m->pool),
+                        n >= 64 ? 4 : 1};
+    nvlm_pool_run(m->pool, (size_t)c->num_heads * aj.parts, 1, self_attn_units, &aj);
     nvlm_matmul(m->pool, b->y, b->att, n, &L->wo, NULL);
     llm_rows_run(m, ROWS_ADD_NORM, b, n, L->post_norm, NULL, l);
     float *mlp_out[2] = {b->gate, b->up};
