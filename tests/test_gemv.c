@@ -2,6 +2,7 @@
  * references, on the shapes they special-case: row counts that are not multiples of the row
  * group (4), K = 32, 96, 896, 4864 (and K % 16 != 0 for the plain formats), 1-3 tokens, block
  * formats beyond the on-stack activation buffer. Also: identical results for 1 and 3 threads,
+ * the default activation type per format (Q4: int8),
  * a token's result independent of how many tokens share the call, and the int8-activation
  * option against nvlm_vec_dot_q on the same quantized activations. */
 #include "check.h"
@@ -177,6 +178,12 @@ int main(void) {
     nvlm_err err = {0};
     CHECK(nvlm_pool_new(1, &p1, &err) == 0 && nvlm_pool_new(3, &p3, &err) == 0, "pool: %s", err.msg);
     if (!p1 || !p3) return check_done("test_gemv");
+    /* the default (NVLM_QACT unset): int8 activations for Q4 only */
+    if (!getenv("NVLM_QACT"))
+        CHECK(nvlm_pool_int8_act_for(p1, NVLM_DT_Q4) == 1 && nvlm_pool_int8_act_for(p1, NVLM_DT_Q8_0) == 0 &&
+                  nvlm_pool_int8_act(p1) == 0,
+              "default activation types");
+    nvlm_pool_set_int8_act(p1, 0), nvlm_pool_set_int8_act(p3, 0); /* float32 x for every format */
     /* at every level this machine has: the scalar level checks the reference against itself
      * (threads, token independence); the SIMD level checks the kernels */
     for (int level = NVLM_CPU_SCALAR; level <= nvlm_cpu_hw_level(); level++) {

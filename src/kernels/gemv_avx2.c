@@ -228,7 +228,7 @@ AI void qi_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const
                     const nvlm_block_q8a *a = xq + (size_t)t * nb + i;
                     __m256i s16 = _mm256_maddubs_epi16(wq, _mm256_loadu_si256((const __m256i *)a->q));
                     __m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
-                    __m128 sc = _mm_mul_ps(wdm, _mm_castpd_ps(_mm_load_sd((const double *)(xd + (size_t)t * nb + i))));
+                    __m128 sc = _mm_mul_ps(wdm, _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(xd + (size_t)t * nb + i))));
                     acc[t][r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(sc), s, acc[t][r]);
                     macc[t][r] = _mm_add_ps(macc[t][r], sc);
                 }
@@ -317,7 +317,7 @@ void nvlm_gemv_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const 
     nvlm_block_q8a *xq = heap ? (nvlm_block_q8a *)heap : stack.i8.q;
     xq_scale *xd = heap ? (xq_scale *)(xq + nbt) : stack.i8.d;
     float *xs = heap ? (float *)heap : stack.xs;
-    if (nvlm_dtype_is_block(w->dtype) && nvlm_pool_int8_act(pool)) {
+    if (nvlm_dtype_is_block(w->dtype) && nvlm_pool_int8_act_for(pool, w->dtype)) {
         for (int t = 0; t < n_tok; t++) nvlm_quantize_row_q8a_avx2(x + (size_t)t * w->cols, xq + t * nb, w->cols);
         for (size_t b = 0; b < nbt; b++) {
             int s = 0;

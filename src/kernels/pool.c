@@ -10,7 +10,7 @@
 struct nvlm_pool {
     int n_threads;              /* including the calling thread */
     int level;                  /* kernel instruction-set level (kernels/cpu.h) */
-    int int8_act;               /* Q8_0/Q4 matrix-vector with int8 activations */
+    int int8_act;               /* Q8_0/Q4 matrix-vector with int8 activations: 1, 0, -1 unset */
     pthread_t *workers;
     pthread_mutex_t mu;
     pthread_cond_t wake, done;
@@ -82,7 +82,7 @@ int nvlm_pool_new(int n_threads, nvlm_pool **out, nvlm_err *err) {
     p->n_threads = n_threads;
     p->level = nvlm_cpu_level();
     const char *qa = getenv("NVLM_QACT");
-    p->int8_act = qa && !strcmp(qa, "int8");
+    p->int8_act = !qa || !*qa ? -1 : !strcmp(qa, "int8");
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);
@@ -135,7 +135,12 @@ int nvlm_pool_set_level(nvlm_pool *p, int level) {
     return p->level;
 }
 
-int nvlm_pool_int8_act(const nvlm_pool *p) { return p ? p->int8_act : 0; }
+int nvlm_pool_int8_act(const nvlm_pool *p) { return p ? p->int8_act > 0 : 0; }
+
+int nvlm_pool_int8_act_for(const nvlm_pool *p, nvlm_dtype t) {
+    int a = p ? p->int8_act : -1;
+    return a < 0 ? t == NVLM_DT_Q4 : a;
+}
 
 void nvlm_pool_set_int8_act(nvlm_pool *p, int on) { p->int8_act = on != 0; }
 

@@ -5,6 +5,7 @@
  * neighbour process does not collapse throughput. Internal. */
 #ifndef NVLM_KERNELS_POOL_H
 #define NVLM_KERNELS_POOL_H
+#include "model/safetensors.h"
 #include "nvlm.h"
 #include <stddef.h>
 
@@ -23,11 +24,15 @@ int nvlm_pool_level(const nvlm_pool *p);
 /* Forces a level (clamped to what the machine supports); returns the level set. */
 int nvlm_pool_set_level(nvlm_pool *p, int level);
 
-/* 1 when the matrix-vector kernels of Q8_0/Q4 weights quantize the activations to int8 per
- * block of 32 (llama.cpp's way: less exact, see docs/quantization.md); 0 (the default) keeps
- * them float32. Set at creation from NVLM_QACT=int8|f32; a NULL pool means 0. */
+/* 1 when the matrix-vector kernels of Q8_0/Q4 weights were told to quantize the activations to
+ * int8 per block of 32 (llama.cpp's way: less exact, see docs/quantization.md), 0 when told to
+ * keep them float32 or not told. Set at creation from NVLM_QACT=int8|f32; a NULL pool means 0. */
 int nvlm_pool_int8_act(const nvlm_pool *p);
 void nvlm_pool_set_int8_act(nvlm_pool *p, int on);
+/* Whether the AVX2 matrix-vector kernel of format t uses int8 activations: as set (the setter
+ * or NVLM_QACT=int8|f32), else by default for Q4 only (its float path is ~1.5x slower; the
+ * activation rounding is small beside its weight error, docs/quantization.md). */
+int nvlm_pool_int8_act_for(const nvlm_pool *p, nvlm_dtype t);
 
 /* Runs fn over [0, n) split into chunks of at least `grain` indices; returns when all are
  * done. pool may be NULL (runs inline). Not reentrant: do not call from inside fn. */
