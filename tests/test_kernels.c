@@ -122,6 +122,8 @@ static void test_attention(int level) {
     static const int cases[][4] = {/* n_q, n_keys, d, causal_pos0 */
                                    {1, 1, 16, 0},   {1, 37, 16, 36}, {5, 5, 20, -1},  {37, 37, 64, -1},
                                    {30, 45, 64, 15}, {50, 50, 72, 0}, {25, 130, 128, -1}, {3, 300, 64, 297},
+                                   /* up to 3 queries: no packing (odd d, causal start inside) */
+                                   {2, 41, 20, -1},  {3, 9, 13, 2},
                                    /* beyond PREPACK_KEYS: K and V packed per block of queries */
                                    {26, 8250, 20, 8230}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
