@@ -138,8 +138,8 @@ static void print_text(const char *dir, const nvlm_config *c, const nvlm_param_c
     printf("weights memory (approx.):\n"
            "  F32          %12s\n  BF16/F16     %12s\n"
            "  Q8_0         %12s  (34 bytes per 32 weights)\n"
-           "  Q4           %12s  (18 bytes per 32 weights)\n",
-           human(4 * n, m[0]), human(2 * n, m[1]), human(n / 32 * 34, m[2]), human(n / 32 * 18, m[3]));
+           "  Q4           %12s  (20 bytes per 32 weights)\n",
+           human(4 * n, m[0]), human(2 * n, m[1]), human(n / 32 * 34, m[2]), human(n / 32 * 20, m[3]));
     if (!ci->has_weights) {
         printf("checkpoint:    no weights in the folder (config only)\n");
         return;
@@ -199,7 +199,7 @@ static void print_json(const char *dir, const nvlm_config *c, const nvlm_param_c
     uint64_t n = pc->total;
     printf(" \"memory_bytes_approx\": {\"f32\": %llu, \"bf16\": %llu, \"q8_0\": %llu, \"q4\": %llu},\n",
            (unsigned long long)(4 * n), (unsigned long long)(2 * n), (unsigned long long)((n + 31) / 32 * 34),
-           (unsigned long long)((n + 31) / 32 * 18));
+           (unsigned long long)((n + 31) / 32 * 20));
     printf(" \"checkpoint\": {\"weights\": %s, \"sharded\": %s, \"loadable\": %s, \"valid\": %s",
            ci->has_weights ? "true" : "false", ci->sharded ? "true" : "false", ci->opened ? "true" : "false",
            ci->valid ? "true" : "false");
