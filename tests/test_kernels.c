@@ -173,72 +173,54 @@ static void test_activations(nvlm_pool *p, int level) {
     free(a), free(b), free(r), free(s);
 }
 
-#ifdef NVLM_HAVE_AVX2_KERNELS
-/* The AVX2 helpers that have an exact scalar twin. */
-static void test_avx2_helpers(void) {
-    int n = 32 * 7;
-    float *x = rand_vec((size_t)n, 3.0f), *w = rand_vec((size_t)n, 1.0f);
-    x[5] = 0;
-    memset(x + 64, 0, sizeof(float) * 32); /* an all-zero block */
-    nvlm_block_q8a a[7], b[7];
-    nvlm_quantize_row_q8a(x, a, n);
-    nvlm_quantize_row_q8a_avx2(x, b, n);
-    CHECK(!memcmp(a, b, sizeof a), "q8a quantization differs from the scalar reference");
-    static const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4};
-    for (size_t d = 0; d < 5; d++) {
-        void *wd = make_weights(dts[d], w, 1, n);
-        float r[32 * 7], s[32 * 7];
-        int m = nvlm_dtype_is_block(dts[d]) ? n : n - 13; /* tails for plain formats */
-        nvlm_row_to_f32(r, wd, dts[d], m);
-        nvlm_row_to_f32_avx2(s, wd, dts[d], m);
-        CHECK(!memcmp(r, s, sizeof(float) * m), "row_to_f32 %s differs", nvlm_dtype_name(dts[d]));
-        if (nvlm_dtype_is_block(dts[d])) {
-            float dr = nvlm_vec_dot_q(dts[d], wd, a, n), ds = nvlm_vec_dot_q_avx2(dts[d], wd, a, n);
-            CHECK(fabsf(dr - ds) <= 1e-5f * (fabsf(dr) + 1), "vec_dot %s: %g vs %g", nvlm_dtype_name(dts[d]), ds, dr);
-        }
-        free(wd);
-    }
-    float dr = nvlm_dot(x, w, n - 5), ds = nvlm_dot_avx2(x, w, n - 5);
-    CHECK(fabsf(dr - ds) <= 1e-5f * (fabsf(dr) + 1), "dot: %g vs %g", ds, dr);
-    free(x), free(w);
-}
-#endif
+/* A SIMD level's helpers that have an exact scalar twin. */
+typedef struct simd_helpers {
+    const char *name;
+    void (*quantize_row_q8a)(const float *x, nvlm_block_q8a *dst, int n);
+    void (*row_to_f32)(float *dst, const void *src, nvlm_dtype t, int n);
+    float (*vec_dot_q)(nvlm_dtype t, const void *w, const nvlm_block_q8a *x, int n);
+    float (*dot)(const float *a, const float *b, int n); /* NULL: none at this level */
+} simd_helpers;
 
-#ifdef NVLM_HAVE_NEON_KERNELS
-/* The NEON helpers against their exact scalar twins (F16 edge values included: FCVTL must
- * agree with nvlm_f16_to_f32 on subnormals, infinities, signed zero and quiet NaN). */
-static void test_neon_helpers(void) {
+/* F16 edge values (subnormals, infinities, signed zero, quiet NaN): the SIMD conversion must agree
+ * with nvlm_f16_to_f32 on them too. */
+static const uint16_t f16_edges[16] = {0x0001, 0x03ff, 0x0200, 0x8001, 0x8000, 0x0000, 0x7c00, 0xfc00,
+                                       0x7bff, 0xfbff, 0x0400, 0x3c00, 0x7e00, 0x3555, 0xc000, 0x1234};
+
+static void test_simd_helpers(const simd_helpers *h) {
     int n = 32 * 7;
     float *x = rand_vec((size_t)n, 3.0f), *w = rand_vec((size_t)n, 1.0f);
     x[5] = 0;
     memset(x + 64, 0, sizeof(float) * 32); /* an all-zero block */
     nvlm_block_q8a a[7], b[7];
     nvlm_quantize_row_q8a(x, a, n);
-    nvlm_quantize_row_q8a_neon(x, b, n);
-    CHECK(!memcmp(a, b, sizeof a), "neon q8a quantization differs from the scalar reference");
+    h->quantize_row_q8a(x, b, n);
+    CHECK(!memcmp(a, b, sizeof a), "%s q8a quantization differs from the scalar reference", h->name);
     static const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4};
     for (size_t d = 0; d < 5; d++) {
         void *wd = make_weights(dts[d], w, 1, n);
         float r[32 * 7], s[32 * 7];
         int m = nvlm_dtype_is_block(dts[d]) ? n : n - 13; /* tails for plain formats */
         nvlm_row_to_f32(r, wd, dts[d], m);
-        nvlm_row_to_f32_neon(s, wd, dts[d], m);
-        CHECK(!memcmp(r, s, sizeof(float) * m), "neon row_to_f32 %s differs", nvlm_dtype_name(dts[d]));
+        h->row_to_f32(s, wd, dts[d], m);
+        CHECK(!memcmp(r, s, sizeof(float) * m), "%s row_to_f32 %s differs", h->name, nvlm_dtype_name(dts[d]));
         if (nvlm_dtype_is_block(dts[d])) {
-            float dr = nvlm_vec_dot_q(dts[d], wd, a, n), ds = nvlm_vec_dot_q_neon(dts[d], wd, a, n);
-            CHECK(fabsf(dr - ds) <= 1e-5f * (fabsf(dr) + 1), "neon vec_dot %s: %g vs %g", nvlm_dtype_name(dts[d]), ds, dr);
+            float dr = nvlm_vec_dot_q(dts[d], wd, a, n), ds = h->vec_dot_q(dts[d], wd, a, n);
+            CHECK(fabsf(dr - ds) <= 1e-5f * (fabsf(dr) + 1), "%s vec_dot %s: %g vs %g", h->name,
+                  nvlm_dtype_name(dts[d]), ds, dr);
         }
         free(wd);
     }
-    static const uint16_t f16[16] = {0x0001, 0x03ff, 0x0200, 0x8001, 0x8000, 0x0000, 0x7c00, 0xfc00,
-                                     0x7bff, 0xfbff, 0x0400, 0x3c00, 0x7e00, 0x3555, 0xc000, 0x1234};
+    if (h->dot) {
+        float dr = nvlm_dot(x, w, n - 5), ds = h->dot(x, w, n - 5);
+        CHECK(fabsf(dr - ds) <= 1e-5f * (fabsf(dr) + 1), "%s dot: %g vs %g", h->name, ds, dr);
+    }
     float r[16], s[16];
-    nvlm_row_to_f32(r, f16, NVLM_DT_F16, 16);
-    nvlm_row_to_f32_neon(s, f16, NVLM_DT_F16, 16);
-    CHECK(!memcmp(r, s, sizeof r), "neon F16 edge values differ from nvlm_f16_to_f32");
+    nvlm_row_to_f32(r, f16_edges, NVLM_DT_F16, 16);
+    h->row_to_f32(s, f16_edges, NVLM_DT_F16, 16);
+    CHECK(!memcmp(r, s, sizeof r), "%s F16 edge values differ from nvlm_f16_to_f32", h->name);
     free(x), free(w);
 }
-#endif
 
 /* Quantization round trip stays within half a step. */
 static void test_quant_roundtrip(void) {
@@ -284,11 +266,17 @@ int main(void) {
         nvlm_pool_set_level(p1, NVLM_CPU_AVX2);
         nvlm_pool_set_level(p3, NVLM_CPU_AVX2);
         test_matmul_multi(p1, p3);
-        test_avx2_helpers();
+        static const simd_helpers avx2 = {"avx2", nvlm_quantize_row_q8a_avx2, nvlm_row_to_f32_avx2,
+                                          nvlm_vec_dot_q_avx2, nvlm_dot_avx2};
+        test_simd_helpers(&avx2);
     }
 #endif
 #ifdef NVLM_HAVE_NEON_KERNELS
-    if (hw == NVLM_CPU_NEON) test_neon_helpers();
+    if (hw == NVLM_CPU_NEON) {
+        static const simd_helpers neon = {"neon", nvlm_quantize_row_q8a_neon, nvlm_row_to_f32_neon,
+                                          nvlm_vec_dot_q_neon, NULL};
+        test_simd_helpers(&neon);
+    }
 #endif
     test_quant_roundtrip();
     nvlm_pool_free(p1);
