@@ -187,10 +187,16 @@ static void bench_model(const bench_opts *o, const int *nts, int n_pools, const 
         size_t npx = (size_t)o->tiles * 3 * S * S;
         float *px = malloc(sizeof(float) * npx), *emb = malloc(sizeof(float) * (size_t)o->tiles * per_tile * h);
         for (size_t k = 0; px && k < npx; k++) px[k] = frand();
-        double t0 = nvlm_bench_clock(o->cpu_clock, nts[i]);
-        int rc = px && emb ? nvlm_encode_tiles(m, px, o->tiles, emb, &err) : -1;
-        double vit = nvlm_bench_clock(o->cpu_clock, nts[i]) - t0;
-        if (!rc) printf("  ViT + projector: %.0f ms per tile (%d tile(s))\n", vit * 1e3 / o->tiles, o->tiles);
+        /* best of up to 3 runs (the first also pays for its fresh buffers), stopping after 10 s */
+        double vit = 1e30, spent = 0, t0;
+        int rc = px && emb ? 0 : -1, runs = 0;
+        for (; !rc && runs < 3 && spent < 10; runs++) {
+            t0 = nvlm_bench_clock(o->cpu_clock, nts[i]);
+            rc = nvlm_encode_tiles(m, px, o->tiles, emb, &err);
+            double t = nvlm_bench_clock(o->cpu_clock, nts[i]) - t0;
+            vit = t < vit ? t : vit, spent += t;
+        }
+        if (!rc) printf("  ViT + projector: %.0f ms per tile (%d tile(s), best of %d)\n", vit * 1e3 / o->tiles, o->tiles, runs);
         free(px), free(emb);
         /* prompt + generation */
         nvlm_kv kv;
