@@ -74,6 +74,34 @@ void nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvl
     nvlm_matmul_scalar(pool, y, x, n_tok, w, bias);
 }
 
+void nvlm_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
+                       const nvlm_wmat *const *w, const float *const *bias) {
+    if (n_tok <= 0) return;
+#ifdef NVLM_HAVE_AVX2_KERNELS
+    if (nvlm_pool_level(pool) >= NVLM_CPU_AVX2) {
+        nvlm_matmul_multi_avx2(pool, n_w, y, x, n_tok, w, bias);
+        return;
+    }
+#endif
+    for (int i = 0; i < n_w; i++) nvlm_matmul(pool, y[i], x, n_tok, w[i], bias[i]);
+}
+
+void nvlm_row_to_f32_at(int level, float *dst, const void *src, nvlm_dtype t, int n) {
+#ifdef NVLM_HAVE_AVX2_KERNELS
+    if (level >= NVLM_CPU_AVX2) {
+        nvlm_row_to_f32_avx2(dst, src, t, n);
+        return;
+    }
+#endif
+#ifdef NVLM_HAVE_NEON_KERNELS
+    if (level == NVLM_CPU_NEON) {
+        nvlm_row_to_f32_neon(dst, src, t, n);
+        return;
+    }
+#endif
+    nvlm_row_to_f32(dst, src, t, n);
+}
+
 typedef struct act_job {
     float *a;
     const float *b;

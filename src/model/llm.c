@@ -2,10 +2,7 @@
 #include "model/llm.h"
 #include "core/err.h"
 #include "kernels/attention.h"
-#include "kernels/cpu.h"
 #include "kernels/qblock.h"
-#include "kernels/simd.h"
-#include "kernels/simd_neon.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,23 +131,8 @@ static int attn_part_start(const self_attn_job *j, int p) {
 static void kv_head_to_f32(const self_attn_job *j, size_t g, int n_keys, float *kbuf, float *vbuf) {
     const uint16_t *k = (const uint16_t *)j->k + g * j->d, *v = (const uint16_t *)j->v + g * j->d;
     for (int t = 0; t < n_keys; t++) {
-        const uint16_t *kr = k + (size_t)t * j->kv_dim, *vr = v + (size_t)t * j->kv_dim;
-#ifdef NVLM_HAVE_AVX2_KERNELS
-        if (j->level >= NVLM_CPU_AVX2) {
-            nvlm_row_to_f32_avx2(kbuf + (size_t)t * j->d, kr, NVLM_DT_F16, j->d);
-            nvlm_row_to_f32_avx2(vbuf + (size_t)t * j->d, vr, NVLM_DT_F16, j->d);
-            continue;
-        }
-#endif
-#ifdef NVLM_HAVE_NEON_KERNELS
-        if (j->level == NVLM_CPU_NEON) {
-            nvlm_row_to_f32_neon(kbuf + (size_t)t * j->d, kr, NVLM_DT_F16, j->d);
-            nvlm_row_to_f32_neon(vbuf + (size_t)t * j->d, vr, NVLM_DT_F16, j->d);
-            continue;
-        }
-#endif
-        nvlm_to_f32(kbuf + (size_t)t * j->d, kr, NVLM_DT_F16, (size_t)j->d);
-        nvlm_to_f32(vbuf + (size_t)t * j->d, vr, NVLM_DT_F16, (size_t)j->d);
+        nvlm_row_to_f32_at(j->level, kbuf + (size_t)t * j->d, k + (size_t)t * j->kv_dim, NVLM_DT_F16, j->d);
+        nvlm_row_to_f32_at(j->level, vbuf + (size_t)t * j->d, v + (size_t)t * j->kv_dim, NVLM_DT_F16, j->d);
     }
 }
 
@@ -224,19 +206,6 @@ static int llm_buffers_alloc(llm_buffers *b, const nvlm_llm_config *c, int n) {
     return b->x && b->y && b->q && b->k && b->v && b->att && b->gate && b->up && b->cs && b->sn ? 0 : -1;
 }
 
-/* y[i] = x W[i]^T + bias[i] for matrices that share x (q/k/v, gate/up): on the packed path x is
- * packed once and the pool splits all their outputs together (same values as one by one). */
-static void matmul_shared_x(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n, const nvlm_wmat *const *w,
-                            const float *const *bias) {
-#ifdef NVLM_HAVE_AVX2_KERNELS
-    if (nvlm_pool_level(pool) >= NVLM_CPU_AVX2) {
-        nvlm_matmul_multi_avx2(pool, n_w, y, x, n, w, bias);
-        return;
-    }
-#endif
-    for (int i = 0; i < n_w; i++) nvlm_matmul(pool, y[i], x, n, w[i], bias[i]);
-}
-
 /* The row-wise work between the matrix products, split over the pool by token (each row is
  * computed the same way whatever the split). */
 enum { ROWS_NORM, ROWS_ADD_NORM, ROWS_ADD, ROWS_ROPE };
@@ -288,7 +257,7 @@ static void llm_layer_forward(nvlm_model *m, nvlm_kv *kv, int l, int n, llm_buff
     float *qkv_out[3] = {b->q, b->k, b->v};
     const nvlm_wmat *qkv_w[3] = {&L->wq, &L->wk, &L->wv};
     const float *qkv_b[3] = {L->bq, L->bk, L->bv};
-    matmul_shared_x(m->pool, 3, qkv_out, b->y, n, qkv_w, qkv_b);
+    nvlm_matmul_multi(m->pool, 3, qkv_out, b->y, n, qkv_w, qkv_b);
     llm_rows_run(m, ROWS_ROPE, b, n, NULL, kv, l);
     self_attn_job aj = {b->q, kv->k[l], kv->v[l], kv->f16, b->att, n, pos0, c->num_heads,
                         c->num_heads / c->num_kv_heads, d, kvd, 1.0f / sqrtf((float)d), nvlm_pool_level(m->pool),
@@ -299,7 +268,7 @@ static void llm_layer_forward(nvlm_model *m, nvlm_kv *kv, int l, int n, llm_buff
     float *mlp_out[2] = {b->gate, b->up};
     const nvlm_wmat *mlp_w[2] = {&L->gate, &L->up};
     const float *mlp_b[2] = {NULL, NULL};
-    matmul_shared_x(m->pool, 2, mlp_out, b->y, n, mlp_w, mlp_b);
+    nvlm_matmul_multi(m->pool, 2, mlp_out, b->y, n, mlp_w, mlp_b);
     nvlm_silu_mul_pool(m->pool, b->gate, b->up, (size_t)n * c->intermediate_size);
     nvlm_matmul(m->pool, b->y, b->gate, n, &L->down, NULL);
     llm_rows_run(m, ROWS_ADD, b, n, NULL, NULL, l);
