@@ -28,17 +28,7 @@ static void *make_weights(nvlm_dtype dt, int rows, int cols) {
     for (int r = 0; r < rows; r++) {
         float s = 0.05f + 0.5f * (float)(r % 7);
         for (int c = 0; c < cols; c++) row[c] = frand() * s + (c % 32 == 5 ? 0.3f * s : 0.0f);
-        uint8_t *dst = out + (size_t)r * rb;
-        if (dt == NVLM_DT_Q8_0) nvlm_quantize_row_q8_0(row, dst, cols);
-        else if (dt == NVLM_DT_Q4) nvlm_quantize_row_q4(row, dst, cols);
-        else
-            for (int c = 0; c < cols; c++) {
-                if (dt == NVLM_DT_F32) memcpy(dst + 4 * c, &row[c], 4);
-                else {
-                    uint16_t h = dt == NVLM_DT_F16 ? nvlm_f32_to_f16(row[c]) : nvlm_f32_to_bf16(row[c]);
-                    memcpy(dst + 2 * c, &h, 2);
-                }
-            }
+        nvlm_row_from_f32(out + (size_t)r * rb, row, dt, cols);
     }
     free(row);
     return out;

@@ -25,19 +25,7 @@ static float *rand_vec(size_t n, float scale) {
 static void *make_weights(nvlm_dtype dt, const float *w, int rows, int cols) {
     size_t rb = nvlm_row_bytes(dt, cols);
     uint8_t *out = malloc(rb * (size_t)rows + 1);
-    for (int r = 0; r < rows; r++) {
-        const float *src = w + (size_t)r * cols;
-        uint8_t *dst = out + (size_t)r * rb;
-        for (int c = 0; c < cols; c++) {
-            if (dt == NVLM_DT_F32) memcpy(dst + 4 * c, &src[c], 4);
-            if (dt == NVLM_DT_F16 || dt == NVLM_DT_BF16) {
-                uint16_t h = dt == NVLM_DT_F16 ? nvlm_f32_to_f16(src[c]) : nvlm_f32_to_bf16(src[c]);
-                memcpy(dst + 2 * c, &h, 2);
-            }
-        }
-        if (dt == NVLM_DT_Q8_0) nvlm_quantize_row_q8_0(src, dst, cols);
-        if (dt == NVLM_DT_Q4) nvlm_quantize_row_q4(src, dst, cols);
-    }
+    for (int r = 0; r < rows; r++) nvlm_row_from_f32(out + (size_t)r * rb, w + (size_t)r * cols, dt, cols);
     return out;
 }
 
@@ -236,6 +224,23 @@ static void test_quant_roundtrip(void) {
         for (int j = 0; j < 32; j++) ok &= fabsf(y[b * 32 + j] - x[b * 32 + j]) <= amax / 127 * 0.51f + 1e-6f;
     }
     CHECK(ok, "Q8_0 round trip beyond half a step");
+    /* nvlm_row_from_f32: plain formats round each value as nvlm_f32_to_f16/bf16 do (F32 exact),
+     * block formats as the quantizers do */
+    static const nvlm_dtype plain[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0};
+    for (size_t d = 0; d < 4; d++) {
+        uint8_t enc[4 * 32 * 9 + 1] __attribute__((aligned(8))), want[4 * 32 * 9];
+        size_t at = plain[d] == NVLM_DT_Q8_0 ? 0 : 1; /* odd address: plain rows may be unaligned */
+        nvlm_row_from_f32(enc + at, x, plain[d], n);
+        size_t nb = nvlm_row_bytes(plain[d], n);
+        if (plain[d] == NVLM_DT_Q8_0) nvlm_quantize_row_q8_0(x, want, n);
+        for (int i = 0; plain[d] != NVLM_DT_Q8_0 && i < n; i++) {
+            uint16_t h = plain[d] == NVLM_DT_F16 ? nvlm_f32_to_f16(x[i]) : nvlm_f32_to_bf16(x[i]);
+            if (plain[d] == NVLM_DT_F32) memcpy(want + 4 * i, &x[i], 4);
+            else memcpy(want + 2 * i, &h, 2);
+        }
+        CHECK(!memcmp(enc + at, want, nb), "row_from_f32 %s differs from the element-wise conversion",
+              nvlm_dtype_name(plain[d]));
+    }
     nvlm_quantize_row_q4(x, buf, n);
     nvlm_row_to_f32(y, buf, NVLM_DT_Q4, n);
     double e = 0, s = 0;

@@ -66,17 +66,7 @@ static void *rand_matrix(nvlm_dtype dt, int rows, int cols) {
     }
     for (int r = 0; r < rows; r++) {
         for (int c = 0; c < cols; c++) row[c] = frand() * 0.05f;
-        uint8_t *d = m + (size_t)r * rb;
-        if (dt == NVLM_DT_Q8_0) nvlm_quantize_row_q8_0(row, d, cols);
-        else if (dt == NVLM_DT_Q4) nvlm_quantize_row_q4(row, d, cols);
-        else
-            for (int c = 0; c < cols; c++) {
-                if (dt == NVLM_DT_F32) memcpy(d + 4 * c, &row[c], 4);
-                else {
-                    uint16_t h = dt == NVLM_DT_F16 ? nvlm_f32_to_f16(row[c]) : nvlm_f32_to_bf16(row[c]);
-                    memcpy(d + 2 * c, &h, 2);
-                }
-            }
+        nvlm_row_from_f32(m + (size_t)r * rb, row, dt, cols);
     }
     free(row);
     return m;

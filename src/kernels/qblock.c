@@ -107,6 +107,21 @@ void nvlm_quantize_row_q8a(const float *x, nvlm_block_q8a *b, int n) {
     }
 }
 
+void nvlm_row_from_f32(void *dst, const float *x, nvlm_dtype t, int n) {
+    if (t == NVLM_DT_Q8_0) {
+        nvlm_quantize_row_q8_0(x, dst, n);
+    } else if (t == NVLM_DT_Q4) {
+        nvlm_quantize_row_q4(x, dst, n);
+    } else if (t == NVLM_DT_F32) {
+        memcpy(dst, x, sizeof(float) * (size_t)n);
+    } else { /* F16 / BF16, possibly at an odd address */
+        for (int i = 0; i < n; i++) {
+            uint16_t h = t == NVLM_DT_F16 ? nvlm_f32_to_f16(x[i]) : nvlm_f32_to_bf16(x[i]);
+            memcpy((uint8_t *)dst + 2 * (size_t)i, &h, 2);
+        }
+    }
+}
+
 void nvlm_row_to_f32(float *dst, const void *src, nvlm_dtype t, int n) {
     if (t == NVLM_DT_Q8_0) {
         const nvlm_block_q8_0 *b = src;

@@ -46,6 +46,9 @@ size_t nvlm_row_bytes(nvlm_dtype t, int64_t cols);
 void nvlm_quantize_row_q8_0(const float *x, void *dst, int n);
 void nvlm_quantize_row_q4(const float *x, void *dst, int n);
 void nvlm_quantize_row_q8a(const float *x, nvlm_block_q8a *dst, int n);
+/* n float32 values to a row of F32/F16/BF16 (rounded to nearest even) or Q8_0/Q4 (quantized as
+ * above); the inverse of nvlm_row_to_f32 up to that rounding. */
+void nvlm_row_from_f32(void *dst, const float *x, nvlm_dtype t, int n);
 /* Any dtype (plain or block) to float32, n values. */
 void nvlm_row_to_f32(float *dst, const void *src, nvlm_dtype t, int n);
 
