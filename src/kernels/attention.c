@@ -14,14 +14,14 @@ void nvlm_attend(const float *q, const float *k, size_t k_stride, const float *v
     for (int j = 0; j < n_keys; j++) nvlm_axpy(out, scores[j], v + (size_t)j * v_stride, d);
 }
 
-size_t nvlm_attention_scratch(int level, int n_keys, int d) {
+size_t nvlm_attention_scratch(int level, int n_q, int n_keys, int d) {
 #ifdef NVLM_HAVE_AVX2_KERNELS
-    if (level >= NVLM_CPU_AVX2) return nvlm_attention_scratch_avx2(n_keys, d);
+    if (level >= NVLM_CPU_AVX2) return nvlm_attention_scratch_avx2(n_q, n_keys, d);
 #endif
 #ifdef NVLM_HAVE_NEON_KERNELS
-    if (level == NVLM_CPU_NEON) return nvlm_attention_scratch_neon(n_keys, d);
+    if (level == NVLM_CPU_NEON) return nvlm_attention_scratch_neon(n_q, n_keys, d);
 #endif
-    (void)level, (void)d;
+    (void)level, (void)n_q, (void)d;
     return (size_t)(n_keys > 0 ? n_keys : 1);
 }
 

@@ -210,14 +210,16 @@ void nvlm_matmul_neon(nvlm_pool *pool, float *y, const float *x, int n_tok, cons
 /* ---- attention: per block of queries, S = Q K^T, softmax, O = P V, all via ukr ---- */
 
 enum {
-    BQ = 24,            /* queries per block (3 micro-tiles): S is BQ x n_keys floats */
-    PREPACK_KEYS = 8192 /* up to this many keys, K and V are packed once per head */
+    BQ = 24,             /* queries per block (3 micro-tiles): S is BQ x n_keys floats */
+    PREPACK_KEYS = 8192, /* up to this many keys, K and V are packed once per head */
+    DIRECT_Q = 3         /* up to this many queries: no packing (attend_direct) */
 };
 
 static size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
 
 /* Layout of the scratch: S [BQ x lds], wp, ap, then (prepack) K panels and V panels. */
-size_t nvlm_attention_scratch_neon(int n_keys, int d) {
+size_t nvlm_attention_scratch_neon(int n_q, int n_keys, int d) {
+    if (n_q <= DIRECT_Q) return (size_t)(n_keys > 0 ? n_keys : 1); /* the scores */
     size_t lds = round_up((size_t)(n_keys > 0 ? n_keys : 1), 4);
     size_t s = BQ * lds + (size_t)GROUP * KC * NR + (size_t)KC * MR;
     if (n_keys <= PREPACK_KEYS) s += round_up((size_t)n_keys, NR) * (size_t)d + round_up((size_t)d, NR) * lds;
@@ -282,9 +284,82 @@ static void gemm_packed(int M, int K, const float *A, size_t lda, const float *b
     }
 }
 
+/* ---- few queries (generation): K and V read in place, no packing (as gemm_avx2.c) ---- */
+
+#define UNROLL8 _Pragma("GCC unroll 8")
+
+/* S[r] = q . k_r for nk (1..8) key rows: one 4-lane FMA chain per key over d in order, the
+ * d % 4 tail added after; the keys share each load of q. */
+static inline __attribute__((always_inline)) void dots(int nk, const float *q, const float *k, size_t ks, int d,
+                                                       float *S) {
+    float32x4_t acc[8];
+    UNROLL8
+    for (int r = 0; r < 8; r++) acc[r] = vdupq_n_f32(0);
+    int c = 0;
+    for (; c + 4 <= d; c += 4) {
+        float32x4_t qv = vld1q_f32(q + c);
+        UNROLL8
+        for (int r = 0; r < nk; r++) acc[r] = vfmaq_f32(acc[r], qv, vld1q_f32(k + (size_t)r * ks + c));
+    }
+    for (int r = 0; r < nk; r++) {
+        float o = vaddvq_f32(acc[r]);
+        for (int t = c; t < d; t++) o = fmaf(q[t], k[(size_t)r * ks + t], o);
+        S[r] = o;
+    }
+}
+
+/* o[0:d] = sum_j S[j] v_j: 32 columns at a time in 8 accumulators, keys in order. */
+static void weighted_rows(const float *S, int n, const float *v, size_t vs, int d, float *o) {
+    for (int c0 = 0; c0 + 4 <= d; c0 += 32) {
+        int nv = (d - c0) / 4 < 8 ? (d - c0) / 4 : 8;
+        float32x4_t acc[8];
+        UNROLL8
+        for (int r = 0; r < 8; r++) acc[r] = vdupq_n_f32(0);
+        for (int j = 0; j < n; j++) {
+            const float *vj = v + (size_t)j * vs + c0;
+            if (nv == 8) {
+                UNROLL8
+                for (int r = 0; r < 8; r++) acc[r] = vfmaq_n_f32(acc[r], vld1q_f32(vj + 4 * r), S[j]);
+            } else {
+                for (int r = 0; r < nv; r++) acc[r] = vfmaq_n_f32(acc[r], vld1q_f32(vj + 4 * r), S[j]);
+            }
+        }
+        for (int r = 0; r < nv; r++) vst1q_f32(o + c0 + 4 * r, acc[r]);
+    }
+    for (int c = d / 4 * 4; c < d; c++) {
+        float a = 0;
+        for (int j = 0; j < n; j++) a = fmaf(S[j], v[(size_t)j * vs + c], a);
+        o[c] = a;
+    }
+}
+
+static void attend_direct(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride, const float *v,
+                          size_t v_stride, int n_keys, int causal_pos0, int d, float scale, float *out,
+                          size_t out_stride, float *S) {
+    for (int i = 0; i < n_q; i++) {
+        const float *qi = q + (size_t)i * q_stride;
+        float *oi = out + (size_t)i * out_stride;
+        int len = causal_pos0 < 0 ? n_keys : causal_pos0 + i + 1;
+        if (len > n_keys) len = n_keys;
+        if (len <= 0) {
+            memset(oi, 0, sizeof(float) * (size_t)d);
+            continue;
+        }
+        int j = 0;
+        for (; j + 8 <= len; j += 8) dots(8, qi, k + (size_t)j * k_stride, k_stride, d, S + j);
+        for (; j < len; j++) dots(1, qi, k + (size_t)j * k_stride, k_stride, d, S + j);
+        softmax_row(S, len, len, scale);
+        weighted_rows(S, len, v, v_stride, d, oi);
+    }
+}
+
 void nvlm_attention_neon(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride, const float *v,
                          size_t v_stride, int n_keys, int causal_pos0, int d, float scale, float *out,
                          size_t out_stride, float *scratch) {
+    if (n_q <= DIRECT_Q) {
+        attend_direct(q, q_stride, n_q, k, k_stride, v, v_stride, n_keys, causal_pos0, d, scale, out, out_stride, scratch);
+        return;
+    }
     size_t lds = round_up((size_t)(n_keys > 0 ? n_keys : 1), 4);
     float *S = scratch, *wp = S + BQ * lds, *ap = wp + (size_t)GROUP * KC * NR, *kp = ap + (size_t)KC * MR;
     float *vp = kp + round_up((size_t)n_keys, NR) * (size_t)d;

@@ -28,7 +28,7 @@ void nvlm_gemv_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const 
 void nvlm_attention_avx2(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride,
                          const float *v, size_t v_stride, int n_keys, int causal_pos0, int d,
                          float scale, float *out, size_t out_stride, float *scratch);
-size_t nvlm_attention_scratch_avx2(int n_keys, int d);
+size_t nvlm_attention_scratch_avx2(int n_q, int n_keys, int d);
 void nvlm_gelu_avx2(float *x, size_t n);
 void nvlm_silu_mul_avx2(float *a, const float *b, size_t n);
 void nvlm_quantize_row_q8a_avx2(const float *x, nvlm_block_q8a *dst, int n);

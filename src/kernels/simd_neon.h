@@ -23,7 +23,7 @@ void nvlm_gemv_neon(nvlm_pool *pool, float *y, const float *x, int n_tok, const 
 void nvlm_attention_neon(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride,
                          const float *v, size_t v_stride, int n_keys, int causal_pos0, int d,
                          float scale, float *out, size_t out_stride, float *scratch);
-size_t nvlm_attention_scratch_neon(int n_keys, int d);
+size_t nvlm_attention_scratch_neon(int n_q, int n_keys, int d);
 void nvlm_gelu_neon(float *x, size_t n);
 void nvlm_silu_mul_neon(float *a, const float *b, size_t n);
 /* float32 <- F32/F16/BF16/Q8_0/Q4 row (n values; block formats need n % 32 == 0); the same

@@ -146,7 +146,8 @@ static void self_attn_units(void *ctx, size_t begin, size_t end, int thread) {
     int n_keys = j->pos0 + j->n_tok;
     size_t nkd = (size_t)n_keys * j->d, ss = 0;
     for (size_t a = begin; a < end; a++) { /* scratch for the largest unit (prepacking depends on n) */
-        size_t s = nvlm_attention_scratch(j->level, j->pos0 + attn_part_start(j, (int)(a % j->parts) + 1), j->d);
+        int q0 = attn_part_start(j, (int)(a % j->parts)), q1 = attn_part_start(j, (int)(a % j->parts) + 1);
+        size_t s = nvlm_attention_scratch(j->level, q1 - q0, j->pos0 + q1, j->d);
         ss = s > ss ? s : ss;
     }
     float *scratch = malloc(sizeof(float) * (ss + (j->f16 ? 2 * nkd : 0)));

@@ -63,7 +63,7 @@ typedef struct vit_attn_job {
 static void vit_attn_units(void *ctx, size_t begin, size_t end, int thread) {
     (void)thread;
     const vit_attn_job *j = ctx;
-    float *scratch = malloc(sizeof(float) * nvlm_attention_scratch(j->level, j->T, j->hd));
+    float *scratch = malloc(sizeof(float) * nvlm_attention_scratch(j->level, j->T, j->T, j->hd));
     if (!scratch) return;
     size_t row = (size_t)3 * j->E;
     for (size_t u = begin; u < end; u++) {
