@@ -130,7 +130,11 @@ int main(void) {
     }
     nvlm_model *m = NULL;
     char loaded[512] = "";
-    nvlm_load_options lo = {2, NULL, NULL};
+    nvlm_load_options lo = {.n_threads = 2, .weights_io = 42};
+    CHECK(nvlm_model_load(shared_path("reference/models/tiny-nvlm-d"), &lo, &m, &err) == NVLM_E_INVALID_ARG && !m &&
+              strstr(err.msg, "weights_io 42"),
+          "bad weights_io: %s", err.msg);
+    int n_loaded = 0;
     for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
         cJSON *cs = cJSON_Parse(line);
         const char *id = cJSON_GetObjectItem(cs, "id")->valuestring;
@@ -140,6 +144,7 @@ int main(void) {
             m = NULL;
             char rel[512];
             snprintf(rel, sizeof rel, "reference/%s", model);
+            lo.weights_io = n_loaded++ % 2 ? NVLM_IO_MMAP : NVLM_IO_READ; /* the cases hold either way */
             CHECK(nvlm_model_load(shared_path(rel), &lo, &m, &err) == 0, "load %s: %s", rel, err.msg);
             snprintf(loaded, sizeof loaded, "%s", model);
             if (m && !strcmp(model, "models/tiny-nvlm-d")) {

@@ -76,7 +76,7 @@ static void scale_head(nvlm_model *m) {
 }
 
 static nvlm_model *load_ex(const char *dir, int weights, int rescale) {
-    nvlm_load_options lo = {2, NULL, NULL};
+    nvlm_load_options lo = {.n_threads = 2};
     nvlm_model *m = NULL;
     nvlm_err err = {0};
     CHECK(nvlm_model_load(dir, &lo, &m, &err) == 0, "load %s: %s", dir, err.msg);
@@ -388,7 +388,7 @@ static void test_vit_threads(void) {
     nvlm_model *m[2] = {NULL, NULL};
     nvlm_err err = {0};
     for (int k = 0; k < 2; k++) {
-        nvlm_load_options lo = {k ? 3 : 1, NULL, NULL};
+        nvlm_load_options lo = {.n_threads = k ? 3 : 1};
         CHECK(nvlm_model_load(dir, &lo, &m[k], &err) == 0, "load: %s", err.msg);
     }
     if (m[0] && m[1]) {

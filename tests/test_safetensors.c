@@ -471,6 +471,78 @@ static void test_bad_sharded(void) {
     expect_open_fails(d, "two shards", "in two shards", "one.safetensors");
 }
 
+/* Reading into memory: the same bytes at 64-byte boundaries, progress to the total, cancel and
+ * a file cut short under the reader leave a usable checkpoint behind. */
+typedef struct read_count {
+    uint64_t last, total;
+    int calls, cancel_at;
+} read_count;
+
+static int count_read(void *user, uint64_t done, uint64_t total) {
+    read_count *c = user;
+    c->last = done, c->total = total;
+    return ++c->calls == c->cancel_at;
+}
+
+static void test_read_into_memory(void) {
+    nvlm_err err = {0};
+    const char *names[] = {"reference/models/tiny-nvlm-d", "reference/models/tiny-nvlm-d-sharded"};
+    for (int k = 0; k < 2; k++) {
+        nvlm_st *mapped, *st;
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s", shared_path(names[k]));
+        if (nvlm_st_open(dir, &mapped, &err) || nvlm_st_open(dir, &st, &err)) {
+            CHECK(0, "open %s: %s", names[k], err.msg);
+            return;
+        }
+        read_count c = {0, 0, 0, 0};
+        int rc = nvlm_st_read_into_memory(st, count_read, &c, &err);
+        CHECK(rc == 0 && c.calls >= 1 && c.last == c.total && c.total == nvlm_st_total_bytes(st), "read %s: %s", names[k], err.msg);
+        int same = 1, aligned = 1;
+        for (size_t i = 0; i < nvlm_st_count(st); i++) {
+            const nvlm_tensor *a = nvlm_st_at(mapped, i), *b = nvlm_st_at(st, i);
+            same &= a->nbytes == b->nbytes && !memcmp(a->data, b->data, a->nbytes) && a->data != b->data;
+            aligned &= (uintptr_t)b->data % 64 == 0;
+        }
+        CHECK(same && aligned, "%s: every tensor read, the same bytes, 64-byte aligned", names[k]);
+        const void *before = nvlm_st_at(st, 0)->data;
+        CHECK(nvlm_st_read_into_memory(st, NULL, NULL, &err) == 0 && nvlm_st_at(st, 0)->data == before,
+              "reading again leaves what is in memory: %s", err.msg);
+        nvlm_st_close(st);
+        /* cancelled after the first chunk: an error, the checkpoint still whole */
+        if (nvlm_st_open(dir, &st, &err)) continue;
+        c = (read_count){0, 0, 0, 1};
+        rc = nvlm_st_read_into_memory(st, count_read, &c, &err);
+        CHECK(rc == NVLM_E_CANCELLED && strstr(err.msg, "cancelled"), "cancel: %d %s", rc, err.msg);
+        same = 1;
+        for (size_t i = 0; i < nvlm_st_count(st); i++)
+            same &= !memcmp(nvlm_st_at(mapped, i)->data, nvlm_st_at(st, i)->data, nvlm_st_at(st, i)->nbytes);
+        CHECK(same, "%s: still readable after a cancelled read", names[k]);
+        nvlm_st_close(st);
+        nvlm_st_close(mapped);
+    }
+    /* a file cut short between opening and reading: an error naming it, no crash */
+    size_t len;
+    char src[4096];
+    snprintf(src, sizeof src, "%s", shared_path("reference/models/tiny-nvlm-d"));
+    uint8_t *img = get_file(src, "model.safetensors", &len);
+    const char *d = new_dir("cut");
+    put_file(d, "model.safetensors", img, len);
+    nvlm_st *st;
+    if (img && nvlm_st_open(d, &st, &err) == 0) {
+        char p[512];
+        snprintf(p, sizeof p, "%s/model.safetensors", d);
+        CHECK(truncate(p, (off_t)(len / 2)) == 0, "truncate");
+        int rc = nvlm_st_read_into_memory(st, NULL, NULL, &err);
+        CHECK(rc == NVLM_E_IO && strstr(err.msg, "model.safetensors ends at byte") && strstr(err.msg, "truncated"), "cut: %d %s", rc,
+              err.msg);
+        nvlm_st_close(st);
+    } else {
+        CHECK(0, "open the copy: %s", err.msg);
+    }
+    free(img);
+}
+
 int main(void) {
     snprintf(tmp_root, sizeof tmp_root, "/tmp/nvlm_test_st_XXXXXX");
     if (!mkdtemp(tmp_root)) return 1;
@@ -478,7 +550,8 @@ int main(void) {
     test_writer();
     test_bad_single();
     test_bad_sharded();
-    const char *sub[] = {"writer", "bad", "raw", "sharded", "sharded2", "sharded3", "twoshards"};
+    test_read_into_memory();
+    const char *sub[] = {"writer", "bad", "raw", "sharded", "sharded2", "sharded3", "twoshards", "cut"};
     for (size_t i = 0; i < sizeof sub / sizeof *sub; i++) check_rm_flat_dir(new_dir(sub[i]));
     rmdir(tmp_root);
     return check_done("test_safetensors");

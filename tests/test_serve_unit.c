@@ -169,7 +169,7 @@ static void test_mapping(const char *png_url) {
 static void test_reference_prompts(void) {
     nvlm_model *m = NULL;
     nvlm_err err = {0};
-    nvlm_load_options lo = {1, NULL, NULL};
+    nvlm_load_options lo = {.n_threads = 1};
     if (nvlm_model_load(shared_path("reference/models/tiny-nvlm-d"), &lo, &m, &err)) {
         CHECK(0, "load tiny model: %s", err.msg);
         return;

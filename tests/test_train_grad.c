@@ -287,7 +287,7 @@ static void check_identity(nvlm_tmodel *tm, const nvlm_tseq *full) {
 static void check_model(const char *dir) {
     nvlm_model *m = NULL;
     nvlm_err err = {0};
-    nvlm_load_options lo = {1, NULL, NULL};
+    nvlm_load_options lo = {.n_threads = 1};
     int rc = nvlm_model_load(dir, &lo, &m, &err);
     CHECK(rc == 0, "load: %s", err.msg);
     if (rc) return;

@@ -178,7 +178,7 @@ int main(void) {
     CHECK(rc == 0, "%s", err.msg);
     if (rc) return check_done("test_train_ref");
     nvlm_model *m = NULL;
-    nvlm_load_options lo = {2, NULL, NULL};
+    nvlm_load_options lo = {.n_threads = 2};
     rc = nvlm_model_load(shared_path("reference/models/tiny-nvlm-d"), &lo, &m, &err);
     CHECK(rc == 0, "%s", err.msg);
     int k = 0;

@@ -145,7 +145,7 @@ int main(void) {
         int rc = nvlm_mkmodel(&o, mdir, NULL, &err);
         CHECK(rc == 0, "mkmodel: %s", err.msg);
         nvlm_model *m = NULL;
-        nvlm_load_options lo = {1, NULL, NULL};
+        nvlm_load_options lo = {.n_threads = 1};
         if (!rc) rc = nvlm_model_load(mdir, &lo, &m, &err);
         CHECK(rc == 0, "load: %s", err.msg);
         nvlm_tdata *d = NULL;

@@ -270,7 +270,7 @@ static void check_bad_configs(void) {
             continue;
         }
         nvlm_model *m = NULL;
-        nvlm_load_options lo = {1, NULL, NULL};
+        nvlm_load_options lo = {.n_threads = 1};
         nvlm_err e = {0};
         int rc = nvlm_model_load(dir, &lo, &m, &e);
         CHECK(rc < 0 && !m, "%s: loaded", ref_str(bc, "id"));
@@ -296,7 +296,7 @@ int main(void) {
     }
     nvlm_model *m = NULL;
     char loaded[512] = "";
-    nvlm_load_options lo = {2, NULL, NULL};
+    nvlm_load_options lo = {.n_threads = 2};
     int n_cases = 0;
     for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
         cJSON *cs = cJSON_Parse(line);

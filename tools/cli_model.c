@@ -38,6 +38,10 @@ int cli_model_flag(const char *cmd, cli_model_opts *o, int argc, char **argv, in
         else if (!strcmp(v, "q4")) o->weights = NVLM_WEIGHTS_Q4;
         else if (!strcmp(v, "stored")) o->weights = NVLM_WEIGHTS_STORED;
         else BAD();
+    } else if (!strcmp(a, "--mmap")) {
+        o->weights_io = NVLM_IO_MMAP;
+    } else if (!strcmp(a, "--no-mmap")) {
+        o->weights_io = NVLM_IO_READ;
     } else if (!strcmp(a, "--kv")) {
         VALUE();
         if (!strcmp(v, "f16")) o->kv_type = NVLM_KV_F16;
@@ -98,6 +102,9 @@ const char *cli_model_flags_help(void) {
            "  -m, --model DIR          model folder (config.json, *.safetensors, tokenizer)\n"
            "  -t, --threads N          worker threads (default: all cores)\n"
            "      --weights q8_0|q4    quantize the weight matrices at load (default: as stored)\n"
+           "      --mmap / --no-mmap   map the weight files / read them into memory (default: read\n"
+           "                           when they fit in 3/4 of free memory; reading makes\n"
+           "                           generation 10-15%% faster, mapping starts at once)\n"
            "      --kv f16|f32         KV cache element type (default f32; f16 halves its memory)\n"
            "      --max-num N          max tiles per image (default: the config's max_dynamic_patch)\n"
            "      --system TEXT        system message (default \"Answer the questions.\"; \"\" for none)\n"
@@ -111,18 +118,33 @@ const char *cli_model_flags_help(void) {
            "      --stop TEXT          extra stop string (repeatable); <|im_end|> always stops\n";
 }
 
-/* One line rewritten in place on a terminal, one line per step in a log. */
+typedef struct progress_line {
+    char what[64];
+    int pct;
+} progress_line;
+
+/* One line rewritten in place on a terminal; in a log, one line per step and per 10%. */
 static int show_progress(void *user, const char *what, uint64_t done, uint64_t total) {
-    (void)user;
-    int tty = isatty(fileno(stderr));
-    fprintf(stderr, "%snvlm: %-24s %3d%%", tty ? "\r" : "", what, total ? (int)(100 * done / total) : 100);
+    progress_line *last = user;
+    int tty = isatty(fileno(stderr)), pct = total ? (int)(100 * done / total) : 100;
+    int same = !strncmp(last->what, what, sizeof last->what - 1);
+    if (!tty && same && pct / 10 == last->pct / 10 && done != total) return 0;
+    snprintf(last->what, sizeof last->what, "%s", what);
+    last->pct = pct;
+    fprintf(stderr, "%snvlm: %-24s %3d%%", tty ? "\r" : "", what, pct);
     if (!tty || done == total) fputc('\n', stderr);
     return 0;
 }
 
+int cli_weights_io(int io, int weights) {
+    return io == NVLM_IO_AUTO && weights != NVLM_WEIGHTS_STORED ? NVLM_IO_MMAP : io;
+}
+
 int cli_load_model(const char *cmd, const cli_model_opts *o, nvlm_model **m) {
     if (!o->model_dir) return cli_usage_error(cmd, "--model DIR is required");
-    nvlm_load_options lo = {o->threads, o->quiet ? NULL : show_progress, NULL};
+    progress_line line = {"", -1};
+    nvlm_load_options lo = {.n_threads = o->threads, .progress = o->quiet ? NULL : show_progress, .progress_user = &line,
+                            .weights_io = cli_weights_io(o->weights_io, o->weights)};
     nvlm_err err = {0};
     if (nvlm_model_load(o->model_dir, &lo, m, &err)) return cli_report(cmd, &err);
     if (nvlm_model_quantize(*m, o->weights, &err) || nvlm_model_set_kv_type(*m, o->kv_type, &err)) {

@@ -9,6 +9,7 @@ typedef struct cli_model_opts {
     const char *model_dir;
     int threads;
     int weights;        /* NVLM_WEIGHTS_*: --weights q8_0|q4 */
+    int weights_io;     /* NVLM_IO_*: --mmap / --no-mmap */
     int kv_type;        /* NVLM_KV_*: --kv f16|f32 */
     int max_num;
     const char *system;
@@ -24,6 +25,9 @@ void cli_model_opts_init(cli_model_opts *o);
  * 0 when not one of these flags, -1 after printing a usage error. */
 int cli_model_flag(const char *cmd, cli_model_opts *o, int argc, char **argv, int *i);
 const char *cli_model_flags_help(void);
+/* The load's weights_io for a --mmap/--no-mmap choice io and a --weights choice: quantizing
+ * at load makes its own copy, so by default the stored weights are then only mapped. */
+int cli_weights_io(int io, int weights);
 /* Load with progress on stderr; returns 0 or the exit status after printing the error. */
 int cli_load_model(const char *cmd, const cli_model_opts *o, nvlm_model **m);
 int cli_chat_new(const char *cmd, const cli_model_opts *o, nvlm_model *m, nvlm_chat **c);

@@ -2,7 +2,7 @@
  * (GEMM GFLOP/s, GEMV GB/s per weight format and dispatch level), and with --model the
  * engine end to end: ViT ms per tile, prompt tokens/s, generation tokens/s, peak RSS, at 1
  * and N threads. docs/performance.md explains the figures. */
-#include "cli.h"
+#include "cli_model.h"
 #include "kernels/cpu.h"
 #include "kernels/ops.h"
 #include "kernels/peak.h"
@@ -26,6 +26,7 @@ static double peak_rss_mb(void) {
 
 typedef struct bench_opts {
     int threads, tiles, prompt, gen, quick, kernels, weights;
+    int weights_io; /* NVLM_IO_*: --mmap / --no-mmap */
     int cpu_clock; /* --cpu-time: rates from process CPU time / threads (shared machines) */
     const char *model;
 } bench_opts;
@@ -39,6 +40,8 @@ static void help(FILE *f) {
                "  -m, --model DIR       also time the model: ViT ms/tile, prompt tok/s, generation tok/s\n"
                "  -t, --threads N       the N of '1 and N threads' (default: all cores)\n"
                "      --weights q8_0|q4 quantize the model's matrices at load\n"
+               "      --mmap, --no-mmap map the weight files / read them into memory (default as\n"
+               "                        `nvlm run`: read when they fit, map when quantizing at load)\n"
                "      --tiles N         tiles per ViT run (default 1)\n"
                "      --prompt N        prompt tokens (default 512)\n"
                "      --gen N           generated tokens (default 32)\n"
@@ -152,9 +155,10 @@ static double page_in_weights(const nvlm_model *m) {
 
 static void bench_model(const bench_opts *o, const int *nts, int n_pools, const limits *lim) {
     for (int i = 0; i < n_pools; i++) {
-        nvlm_load_options lo = {nts[i], NULL, NULL};
+        nvlm_load_options lo = {.n_threads = nts[i], .weights_io = cli_weights_io(o->weights_io, o->weights)};
         nvlm_model *m = NULL;
         nvlm_err err = {0};
+        double t_load = nvlm_bench_clock(0, 1);
         if (nvlm_model_load(o->model, &lo, &m, &err) || nvlm_model_quantize(m, o->weights, &err)) {
             cli_report("bench", &err);
             nvlm_model_free(m);
@@ -172,7 +176,10 @@ static void bench_model(const bench_opts *o, const int *nts, int n_pools, const 
         const int per_tile = nvlm_cfg_tokens_per_tile(&m->cfg);
         printf("\nmodel %s, %d thread(s), weights %s:\n", o->model, nts[i],
                o->weights == NVLM_WEIGHTS_Q8_0 ? "q8_0" : o->weights == NVLM_WEIGHTS_Q4 ? "q4" : "as stored");
-        if (o->weights == NVLM_WEIGHTS_STORED) printf("  weights paged in (untimed): %.2f s\n", page_in_weights(m));
+        t_load = nvlm_bench_clock(0, 1) - t_load;
+        if (o->weights != NVLM_WEIGHTS_STORED) printf("  loaded and quantized in %.2f s (untimed)\n", t_load);
+        else if (m->weights_read) printf("  weights read into memory (--no-mmap) in %.2f s (untimed)\n", t_load);
+        else printf("  weights mapped (--mmap), loaded and paged in in %.2f s (untimed)\n", t_load + page_in_weights(m));
         /* ViT */
         size_t npx = (size_t)o->tiles * 3 * S * S;
         float *px = malloc(sizeof(float) * npx), *emb = malloc(sizeof(float) * (size_t)o->tiles * per_tile * h);
@@ -240,6 +247,10 @@ int cmd_bench(int argc, char **argv) {
             o.quick = 1;
         } else if (!strcmp(a, "--cpu-time")) {
             o.cpu_clock = 1;
+        } else if (!strcmp(a, "--mmap")) {
+            o.weights_io = NVLM_IO_MMAP;
+        } else if (!strcmp(a, "--no-mmap")) {
+            o.weights_io = NVLM_IO_READ;
         } else if (!strcmp(a, "--no-kernels")) {
             o.kernels = 0;
         } else if (i + 1 >= argc) {

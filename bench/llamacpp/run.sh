@@ -152,8 +152,13 @@ nvlm_qdir() { # $1 = q8_0|q4 -> prints the folder
 }
 N8=$(nvlm_qdir q8_0)
 N4=$(nvlm_qdir q4)
-nvlm_bench() { # $1 = label, $2 = model folder
-    "$NVLM" bench --model "$2" --no-kernels --prompt "$PROMPT" --gen "$GEN" -t "$THREADS" > "$LOG/nvlm-$1.txt" 2>&1
+nvlm_bench() { # $1 = label, $2 = model folder: as llama-bench, pp and tg apart (tg from an empty cache), REPS runs
+    : > "$LOG/nvlm-$1-pp.txt"
+    : > "$LOG/nvlm-$1-tg.txt"
+    for _ in $(seq "$REPS"); do
+        "$NVLM" bench --model "$2" --no-kernels --prompt "$PROMPT" --gen 1 -t "$THREADS" >> "$LOG/nvlm-$1-pp.txt" 2>&1 &&
+            "$NVLM" bench --model "$2" --no-kernels --prompt 1 --gen "$GEN" -t "$THREADS" >> "$LOG/nvlm-$1-tg.txt" 2>&1 || return 1
+    done
 }
 for f in f16 q8_0 q4; do
     case $f in f16) g=$G16 m=$MD ;; q8_0) g=$G8 m=$N8 ;; q4) g=$G4 m=$N4 ;; esac
@@ -161,14 +166,14 @@ for f in f16 q8_0 q4; do
     "$LBENCH" -m "$g" -p "$PROMPT" -n "$GEN" -t "$TLIST" -r "$REPS" -o csv \
         > "$LOG/llama-$f.csv" 2> "$LOG/llama-$f.err" || say "llama-bench $f failed (see $LOG/llama-$f.err)"
     echo "after llama-bench $f: $(uptime)" >> "$LOG/uptime.txt"
-    say "$f: nvlm bench --model $(basename "$m") --prompt $PROMPT --gen $GEN -t $THREADS"
+    say "$f: nvlm bench --model $(basename "$m") -t $THREADS: --prompt $PROMPT --gen 1, then --prompt 1 --gen $GEN; $REPS times"
     if ! nvlm_bench "$f" "$m"; then
         if [ "$m" != "$MD" ]; then # a stale quantized folder: remake it once
             touch -d @0 "$m/model.safetensors" 2> /dev/null || true
             m=$(nvlm_qdir "${f}")
-            nvlm_bench "$f" "$m" || say "nvlm bench $f failed (see $LOG/nvlm-$f.txt)"
+            nvlm_bench "$f" "$m" || say "nvlm bench $f failed (see $LOG/nvlm-$f-*.txt)"
         else
-            say "nvlm bench $f failed (see $LOG/nvlm-$f.txt)"
+            say "nvlm bench $f failed (see $LOG/nvlm-$f-*.txt)"
         fi
     fi
     echo "after nvlm bench $f:  $(uptime)" >> "$LOG/uptime.txt"
@@ -190,17 +195,19 @@ def llama(f):  # (threads, 'pp'|'tg') -> (avg t/s, stddev)
         pass
     return out
 
-def nvlm(f):  # (threads, 'pp'|'tg') -> t/s
-    out, t = {}, None
-    try:
-        for line in open(os.path.join(log, "nvlm-%s.txt" % f)):
-            m = re.match(r"model .*, (\d+) thread\(s\)", line)
-            if m: t = int(m.group(1))
-            m = re.match(r"\s+(prompt|generation): \d+ tokens in [\d.]+ s = ([\d.]+) tok/s", line)
-            if m and t: out[(t, "pp" if m.group(1) == "prompt" else "tg")] = float(m.group(2))
-    except OSError:
-        pass
-    return out
+def nvlm(f):  # (threads, 'pp'|'tg') -> mean t/s of the runs
+    runs = {}
+    for kind, what in (("pp", "prompt"), ("tg", "generation")):
+        t = None
+        try:
+            for line in open(os.path.join(log, "nvlm-%s-%s.txt" % (f, kind))):
+                m = re.match(r"model .*, (\d+) thread\(s\)", line)
+                if m: t = int(m.group(1))
+                m = re.match(r"\s+%s: \d+ tokens in [\d.]+ s = ([\d.]+) tok/s" % what, line)
+                if m and t: runs.setdefault((t, kind), []).append(float(m.group(1)))
+        except OSError:
+            pass
+    return {k: sum(v) / len(v) for k, v in runs.items()}
 
 rows = [("f16", "F16", "F16"), ("q8_0", "Q8_0", "Q8_0"), ("q4", "Q4_0 4.5b/w*", "Q4_1 5.0b/w")]
 print("nvlm vs llama.cpp %s, random Qwen2-0.5B-shaped LLM (h 896, 24 layers, 14/2 heads, ffn 4864, "
@@ -224,11 +231,12 @@ for f, lt, nt in rows:
 print("""
 ratio = nvlm / llama.cpp tokens/s (> 1: nvlm faster). llama.cpp: llama-bench mean of -r reps after
 a warm-up; pp = one %d-token batch, tg = %d tokens from an empty cache. nvlm: `nvlm bench` on the
-folder `nvlm quantize` wrote, one run, no warm-up; tg = %d tokens after the %d-token prompt (a longer KV cache than llama-bench's tg).
+folder `nvlm quantize` wrote, mean of the same number of runs, no warm-up (weights read in
+untimed); pp = one %d-token prompt, tg = %d tokens after a 1-token prompt, as llama-bench's.
 4-bit: llama.cpp Q4_0 is 4.5 bits/weight (18-byte blocks) for the layer matrices, with token_embd
 and output.weight at Q8_0 (*); nvlm's q4 is Q4_1-style, 5 bits/weight (20-byte blocks, scale and
 minimum), with embed_tokens and lm_head at Q8_0. Q8_0 is the same 34-byte block in both.
-greedy cross-check (F16, 32 tokens): %s""" % (P, G, G, P, check))
+greedy cross-check (F16, 32 tokens): %s""" % (P, G, P, G, check))
 print("load (uptime after each step):")
 for line in open(os.path.join(log, "uptime.txt")): print("  " + " ".join(line.split()))
 print("logs: " + log)

@@ -55,7 +55,7 @@ int main(int argc, char **argv) {
             *eq = 0;
             nvlm_model *m = NULL;
             nvlm_err err = {0};
-            nvlm_load_options lo = {threads, NULL, NULL};
+            nvlm_load_options lo = {.n_threads = threads};
             if (nvlm_model_load(eq + 1, &lo, &m, &err)) {
                 fprintf(stderr, "bench_xh: %s: %s\n", eq + 1, err.msg);
                 return 1;

@@ -91,6 +91,51 @@ void nvlm_unmap_file(nvlm_mapped_file *f) {
     }
 }
 
+int nvlm_map_anon(size_t len, nvlm_mapped_file *out, uint8_t **mem, const char *what, nvlm_err *err) {
+    out->data = NULL;
+    out->len = 0;
+    *mem = NULL;
+    if (len == 0) return NVLM_OK;
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return nvlm_fail(err, NVLM_E_NOMEM, "not enough memory for %s (%.1f MB): %s", what, (double)len / 1e6, strerror(errno));
+    out->data = p;
+    out->len = len;
+    *mem = p;
+    return NVLM_OK;
+}
+
+void nvlm_seal_anon(nvlm_mapped_file *f) {
+    if (f->data) mprotect((void *)f->data, f->len, PROT_READ);
+}
+
+int nvlm_pread_all(int fd, void *buf, size_t len, uint64_t off, const char *path, nvlm_err *err) {
+    uint8_t *p = buf;
+    while (len) {
+        ssize_t got = pread(fd, p, len, (off_t)off);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) return nvlm_fail(err, NVLM_E_IO, "error reading %s at byte %llu: %s", path, (unsigned long long)off, strerror(errno));
+        if (got == 0)
+            return nvlm_fail(err, NVLM_E_IO, "%s ends at byte %llu, before the data its header promises (truncated while loading?)", path,
+                             (unsigned long long)off);
+        p += got;
+        len -= (size_t)got;
+        off += (uint64_t)got;
+    }
+    return NVLM_OK;
+}
+
+uint64_t nvlm_mem_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    unsigned long long kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) break;
+    fclose(f);
+    return (uint64_t)kb * 1024;
+}
+
 char *nvlm_path_join(const char *dir, const char *name) {
     size_t a = strlen(dir), b = strlen(name);
     char *p = malloc(a + b + 2);

@@ -16,7 +16,21 @@ typedef struct nvlm_mapped_file {
 } nvlm_mapped_file;
 
 int nvlm_map_file(const char *path, nvlm_mapped_file *out, nvlm_err *err);
+/* Frees a mapping of either kind (file or anonymous). */
 void nvlm_unmap_file(nvlm_mapped_file *f);
+
+/* A private anonymous mapping of len bytes, zero-filled and writable through *mem until
+ * nvlm_seal_anon; freed by nvlm_unmap_file. `what` names it in the out-of-memory error. */
+int nvlm_map_anon(size_t len, nvlm_mapped_file *out, uint8_t **mem, const char *what, nvlm_err *err);
+/* Makes an anonymous mapping read-only (stray writes then fault, as on a file mapping). */
+void nvlm_seal_anon(nvlm_mapped_file *f);
+/* Reads exactly len bytes at offset off of the open file fd into buf (retrying short reads);
+ * path names the file in errors. */
+int nvlm_pread_all(int fd, void *buf, size_t len, uint64_t off, const char *path, nvlm_err *err);
+
+/* MemAvailable of /proc/meminfo in bytes (memory the kernel can give without swapping,
+ * counting reclaimable page cache), or 0 when unknown. */
+uint64_t nvlm_mem_available(void);
 
 /* "dir/name" in a malloc'ed string (NULL on allocation failure). */
 char *nvlm_path_join(const char *dir, const char *name);

@@ -2,6 +2,7 @@
  * layer that uses it. Matrices stay in the mapping in their stored dtype; vectors (norms,
  * biases, embeddings of the ViT) are converted once to float32. */
 #include "core/err.h"
+#include "core/file.h"
 #include "model/model.h"
 #include "model/tensors.h"
 #include <math.h>
@@ -242,6 +243,26 @@ static int find_special(nvlm_model *m, const char *token, int32_t *out, nvlm_err
     return NVLM_OK;
 }
 
+static int report_read(void *user, uint64_t done, uint64_t total) {
+    const nvlm_load_options *opt = user;
+    return opt->progress(opt->progress_user, "reading weights", done, total);
+}
+
+/* Reads the weights into memory when opt asks for it or, by default, when they fit well. */
+static int place_weights(nvlm_model *m, const nvlm_load_options *opt, nvlm_err *err) {
+    int io = opt ? opt->weights_io : NVLM_IO_AUTO;
+    if (io != NVLM_IO_AUTO && io != NVLM_IO_READ && io != NVLM_IO_MMAP)
+        return nvlm_fail(err, NVLM_E_INVALID_ARG, "weights_io %d is not NVLM_IO_AUTO, NVLM_IO_READ or NVLM_IO_MMAP", io);
+    if (io == NVLM_IO_AUTO) {
+        uint64_t avail = nvlm_mem_available(), need = nvlm_st_total_bytes(m->st);
+        io = avail && need <= avail / 4 * 3 ? NVLM_IO_READ : NVLM_IO_MMAP;
+    }
+    if (io == NVLM_IO_MMAP) return NVLM_OK;
+    int rc = nvlm_st_read_into_memory(m->st, opt && opt->progress ? report_read : NULL, (void *)opt, err);
+    m->weights_read = !rc;
+    return rc;
+}
+
 static int load_parts(nvlm_model *m, const char *dir, const nvlm_load_options *opt, nvlm_err *err) {
     int rc;
     if ((rc = nvlm_config_load(dir, &m->cfg, err))) return rc;
@@ -249,6 +270,7 @@ static int load_parts(nvlm_model *m, const char *dir, const nvlm_load_options *o
         return nvlm_fail(err, NVLM_E_CANCELLED, "loading cancelled");
     if ((rc = nvlm_st_open(dir, &m->st, err))) return rc;
     if ((rc = nvlm_check_tensors(&m->cfg, m->st, err))) return rc;
+    if ((rc = place_weights(m, opt, err))) return rc;
     m->vit_dummy_heads = nvlm_vit_dummy_heads(&m->cfg, m->st);
     m->vit_width = (m->cfg.vision.num_heads + m->vit_dummy_heads) * nvlm_cfg_vit_head_dim(&m->cfg);
     if (opt && opt->progress && opt->progress(opt->progress_user, "loading tokenizer", 1, 4))

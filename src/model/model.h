@@ -39,6 +39,7 @@ typedef struct xattn_block {
 struct nvlm_model {
     nvlm_config cfg;
     nvlm_st *st;
+    int weights_read;                /* the tensors were read into memory (else mapped) */
     nvlm_tokenizer *tok;
     nvlm_pool *pool;
 

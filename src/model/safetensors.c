@@ -11,10 +11,13 @@
 #include "core/err.h"
 #include "core/file.h"
 #include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define INDEX_NAME "model.safetensors.index.json"
 #define SINGLE_NAME "model.safetensors"
@@ -24,6 +27,7 @@
 typedef struct st_file {
     char *path;
     nvlm_mapped_file map;   /* empty when the data is borrowed (nvlm_st_parse_buffer) */
+    int in_memory;          /* map is the anonymous arena of nvlm_st_read_into_memory */
 } st_file;
 
 struct nvlm_st {
@@ -283,6 +287,7 @@ static int add_file(nvlm_st *st, char *path, nvlm_err *err) {
     f->path = path;
     f->map.data = NULL;
     f->map.len = 0;
+    f->in_memory = 0;
     int rc = nvlm_map_file(path, &f->map, err);
     if (rc) return rc;
     return parse_file(st, f->map.data, f->map.len, f->path, err);
@@ -455,6 +460,83 @@ uint64_t nvlm_st_total_bytes(const nvlm_st *st) {
     uint64_t s = 0;
     for (size_t i = 0; st && i < st->n; i++) s += st->t[i].nbytes;
     return s;
+}
+
+/* ------------------------------------------------- reading into memory */
+
+enum { READ_ALIGN = 64, READ_CHUNK = 64 << 20 };
+
+typedef struct read_state {
+    nvlm_st_progress progress;
+    void *user;
+    uint64_t done, total;
+} read_state;
+
+static size_t round_up(uint64_t n) { return (size_t)((n + READ_ALIGN - 1) / READ_ALIGN * READ_ALIGN); }
+
+/* Reads t's span (at file offset off) into dst in chunks, reporting progress after each. */
+static int read_span(int fd, uint8_t *dst, const nvlm_tensor *t, uint64_t off, read_state *rs, nvlm_err *err) {
+    for (uint64_t o = 0; o < t->nbytes;) {
+        size_t n = t->nbytes - o < READ_CHUNK ? (size_t)(t->nbytes - o) : READ_CHUNK;
+        int rc = nvlm_pread_all(fd, dst + o, n, off + o, t->file, err);
+        if (rc) return rc;
+        o += n;
+        rs->done += n;
+        if (rs->progress && rs->progress(rs->user, rs->done, rs->total))
+            return nvlm_fail(err, NVLM_E_CANCELLED, "loading cancelled");
+    }
+    return NVLM_OK;
+}
+
+/* The tensors of f into one arena; on success the tensors point into it and f holds it. */
+static int read_file_tensors(nvlm_st *st, st_file *f, read_state *rs, nvlm_err *err) {
+    const uint8_t *lo = f->map.data, *hi = f->map.data + f->map.len;
+    size_t need = 0;
+    for (size_t i = 0; i < st->n; i++)
+        if (st->t[i].file == f->path) need += round_up(st->t[i].nbytes);
+    nvlm_mapped_file arena;
+    uint8_t *mem;
+    int rc = nvlm_map_anon(need, &arena, &mem, f->path, err);
+    if (rc)
+        return nvlm_fail(err, rc, "not enough memory to read the %.1f MB of weights of %s into memory; map the file instead (--mmap)",
+                         (double)need / 1e6, f->path);
+    int fd = open(f->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) rc = nvlm_fail(err, NVLM_E_IO, "cannot open %s: %s", f->path, strerror(errno));
+    size_t at = 0;
+    for (size_t i = 0; i < st->n && !rc; i++) {
+        const nvlm_tensor *t = &st->t[i];
+        if (t->file != f->path) continue;
+        const uint8_t *src = t->data;
+        if (src < lo || src + t->nbytes > hi) rc = nvlm_fail(err, NVLM_E_INTERNAL, "%s: tensor %s outside its file", f->path, t->name);
+        else rc = read_span(fd, mem + at, t, (uint64_t)(src - lo), rs, err);
+        at += round_up(t->nbytes);
+    }
+    if (fd >= 0) close(fd);
+    if (rc) {
+        nvlm_unmap_file(&arena);
+        return rc;
+    }
+    at = 0; /* every read succeeded: only now repoint the tensors */
+    for (size_t i = 0; i < st->n; i++) {
+        if (st->t[i].file != f->path) continue;
+        st->t[i].data = mem + at;
+        at += round_up(st->t[i].nbytes);
+    }
+    nvlm_seal_anon(&arena);
+    nvlm_unmap_file(&f->map);
+    f->map = arena;
+    f->in_memory = 1;
+    return NVLM_OK;
+}
+
+int nvlm_st_read_into_memory(nvlm_st *st, nvlm_st_progress progress, void *user, nvlm_err *err) {
+    read_state rs = {progress, user, 0, nvlm_st_total_bytes(st)};
+    for (size_t i = 0; i < st->n_files; i++) {
+        if (!st->files[i].map.data || st->files[i].in_memory) continue; /* empty, borrowed or done */
+        int rc = read_file_tensors(st, &st->files[i], &rs, err);
+        if (rc) return rc;
+    }
+    return NVLM_OK;
 }
 
 static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {

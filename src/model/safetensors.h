@@ -63,6 +63,17 @@ const char *nvlm_st_file_path(const nvlm_st *st, size_t i);
 /* Sum of the tensors' byte spans. */
 uint64_t nvlm_st_total_bytes(const nvlm_st *st);
 
+/* Moves every tensor's data from the file mappings into the process's own memory: one
+ * read-only anonymous arena per file, each tensor read with pread at a 64-byte boundary;
+ * the file mappings are then dropped. Tensor pointers change (call before binding them).
+ * Why: generation streams the weights, and measured here it runs 10-15% faster from
+ * anonymous memory than from page-cache pages (docs/performance.md). progress (may be
+ * NULL) gets bytes done / total after each chunk and cancels by returning non-zero. On
+ * failure st is still valid (the files not yet moved stay mapped). Files already in memory
+ * are left as they are. */
+typedef int (*nvlm_st_progress)(void *user, uint64_t done, uint64_t total);
+int nvlm_st_read_into_memory(nvlm_st *st, nvlm_st_progress progress, void *user, nvlm_err *err);
+
 /* What model.safetensors.index.json says, without opening the shards (works on a folder
  * that holds only config.json + index, like the 72B reference). */
 typedef struct nvlm_st_index_info {
