@@ -168,10 +168,10 @@ int main(void) {
     nvlm_err err = {0};
     CHECK(nvlm_pool_new(1, &p1, &err) == 0 && nvlm_pool_new(3, &p3, &err) == 0, "pool: %s", err.msg);
     if (!p1 || !p3) return check_done("test_gemv");
-    /* the default (NVLM_QACT unset): int8 activations for Q4 only */
+    /* the default (NVLM_QACT unset): int8 activations for the block formats */
     if (!getenv("NVLM_QACT"))
-        CHECK(nvlm_pool_int8_act_for(p1, NVLM_DT_Q4) == 1 && nvlm_pool_int8_act_for(p1, NVLM_DT_Q8_0) == 0 &&
-                  nvlm_pool_int8_act(p1) == 0,
+        CHECK(nvlm_pool_int8_act_for(p1, NVLM_DT_Q4) == 1 && nvlm_pool_int8_act_for(p1, NVLM_DT_Q8_0) == 1 &&
+                  nvlm_pool_int8_act_for(p1, NVLM_DT_F16) == 0 && nvlm_pool_int8_act(p1) == 0,
               "default activation types");
     nvlm_pool_set_int8_act(p1, 0), nvlm_pool_set_int8_act(p3, 0); /* float32 x for every format */
     /* at every level this machine has: the scalar level checks the reference against itself

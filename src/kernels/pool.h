@@ -1,8 +1,10 @@
 /* pool.h - a fixed set of worker threads that run one parallel loop at a time.
  * Work is split into contiguous index ranges decided only by (n, n_threads), and each
  * index is computed by exactly one thread in the same order, so results never depend on
- * timing. Workers spin briefly on a new job, then sleep on a condition variable, so a busy
- * neighbour process does not collapse throughput. Internal. */
+ * timing. Jobs are published through atomics (pool.c says how); workers and the caller spin
+ * up to 100 us for the next job or for the last chunk, then sleep on a condition variable, and
+ * the caller never waits for a worker that has not started, so a busy neighbour process does
+ * not collapse throughput. One caller at a time (the server takes turns). Internal. */
 #ifndef NVLM_KERNELS_POOL_H
 #define NVLM_KERNELS_POOL_H
 #include "model/safetensors.h"
@@ -30,8 +32,9 @@ int nvlm_pool_set_level(nvlm_pool *p, int level);
 int nvlm_pool_int8_act(const nvlm_pool *p);
 void nvlm_pool_set_int8_act(nvlm_pool *p, int on);
 /* Whether the AVX2 matrix-vector kernel of format t uses int8 activations: as set (the setter
- * or NVLM_QACT=int8|f32), else by default for Q4 only (its float path is ~1.5x slower; the
- * activation rounding is small beside its weight error, docs/quantization.md). */
+ * or NVLM_QACT=int8|f32), else by default for Q8_0 and Q4 (their float paths convert the
+ * weights at ~1.4x the cost, which bounds 2-thread generation; the activation rounding is small
+ * beside the weight error, docs/quantization.md). */
 int nvlm_pool_int8_act_for(const nvlm_pool *p, nvlm_dtype t);
 
 /* Runs fn over [0, n) split into chunks of at least `grain` indices; returns when all are
