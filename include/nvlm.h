@@ -156,7 +156,7 @@ typedef struct nvlm_model nvlm_model;
 typedef int (*nvlm_progress_fn)(void *user, const char *what, uint64_t done, uint64_t total);
 
 /* How the weights reach memory. READ copies them into the process's own memory at load
- * (generation then runs 10-15% faster than from mapped page-cache pages, measured in
+ * (generation then runs up to ~10% faster than from mapped page-cache pages, measured in
  * docs/performance.md). MMAP maps the files: loads at once, pages in on first use, shares
  * the page cache between processes and can run a model larger than RAM (slowly). AUTO
  * reads when the weights take under 3/4 of the available memory, else maps. */

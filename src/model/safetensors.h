@@ -66,7 +66,7 @@ uint64_t nvlm_st_total_bytes(const nvlm_st *st);
 /* Moves every tensor's data from the file mappings into the process's own memory: one
  * read-only anonymous arena per file, each tensor read with pread at a 64-byte boundary;
  * the file mappings are then dropped. Tensor pointers change (call before binding them).
- * Why: generation streams the weights, and measured here it runs 10-15% faster from
+ * Why: generation streams the weights, and measured here it runs up to ~10% faster from
  * anonymous memory than from page-cache pages (docs/performance.md). progress (may be
  * NULL) gets bytes done / total after each chunk and cancels by returning non-zero. On
  * failure st is still valid (the files not yet moved stay mapped). Files already in memory
