@@ -333,25 +333,7 @@ static void weighted_rows(const float *S, int n, const float *v, size_t vs, int 
     }
 }
 
-static void attend_direct(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride, const float *v,
-                          size_t v_stride, int n_keys, int causal_pos0, int d, float scale, float *out,
-                          size_t out_stride, float *S) {
-    for (int i = 0; i < n_q; i++) {
-        const float *qi = q + (size_t)i * q_stride;
-        float *oi = out + (size_t)i * out_stride;
-        int len = causal_pos0 < 0 ? n_keys : causal_pos0 + i + 1;
-        if (len > n_keys) len = n_keys;
-        if (len <= 0) {
-            memset(oi, 0, sizeof(float) * (size_t)d);
-            continue;
-        }
-        int j = 0;
-        for (; j + 8 <= len; j += 8) dots(8, qi, k + (size_t)j * k_stride, k_stride, d, S + j);
-        for (; j < len; j++) dots(1, qi, k + (size_t)j * k_stride, k_stride, d, S + j);
-        softmax_row(S, len, len, scale);
-        weighted_rows(S, len, v, v_stride, d, oi);
-    }
-}
+#include "kernels/attend_direct.h"
 
 void nvlm_attention_neon(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride, const float *v,
                          size_t v_stride, int n_keys, int causal_pos0, int d, float scale, float *out,
