@@ -1,6 +1,7 @@
-/* Loading a model folder: config, checkpoint, tokenizer, and binding every tensor to the
- * layer that uses it. Matrices stay in the mapping in their stored dtype; vectors (norms,
- * biases, embeddings of the ViT) are converted once to float32. */
+/* Loading a model folder: config, checkpoint (its tensors read into memory or left mapped,
+ * nvlm_load_options.weights_io), tokenizer, and binding every tensor to the layer that uses
+ * it. Matrices stay in their stored dtype; vectors (norms, biases, embeddings of the ViT) are
+ * converted once to float32. */
 #include "core/err.h"
 #include "core/file.h"
 #include "model/model.h"

@@ -494,6 +494,7 @@ static int read_file_tensors(nvlm_st *st, st_file *f, read_state *rs, nvlm_err *
     size_t need = 0;
     for (size_t i = 0; i < st->n; i++)
         if (st->t[i].file == f->path) need += round_up(st->t[i].nbytes);
+    if (need == 0) return NVLM_OK; /* no tensor data: the (header-only) mapping stays */
     nvlm_mapped_file arena;
     uint8_t *mem;
     int rc = nvlm_map_anon(need, &arena, &mem, f->path, err);
