@@ -134,6 +134,17 @@ int main(void) {
     CHECK(nvlm_model_load(shared_path("reference/models/tiny-nvlm-d"), &lo, &m, &err) == NVLM_E_INVALID_ARG && !m &&
               strstr(err.msg, "weights_io 42"),
           "bad weights_io: %s", err.msg);
+    /* the choice itself: AUTO reads under 3/4 of the available memory, READ refuses beyond it */
+    CHECK(nvlm_weights_io_choice(NVLM_IO_AUTO, 75, 100, &err) == NVLM_IO_READ &&
+              nvlm_weights_io_choice(NVLM_IO_AUTO, 76, 100, &err) == NVLM_IO_MMAP &&
+              nvlm_weights_io_choice(NVLM_IO_AUTO, 1, 0, &err) == NVLM_IO_MMAP &&
+              nvlm_weights_io_choice(NVLM_IO_MMAP, 1000, 100, &err) == NVLM_IO_MMAP &&
+              nvlm_weights_io_choice(NVLM_IO_READ, 100, 100, &err) == NVLM_IO_READ &&
+              nvlm_weights_io_choice(NVLM_IO_READ, 1, 0, &err) == NVLM_IO_READ,
+          "weights_io choices");
+    CHECK(nvlm_weights_io_choice(NVLM_IO_READ, 2000000000, 1000000000, &err) == NVLM_E_NOMEM && strstr(err.msg, "2.0 GB") &&
+              strstr(err.msg, "1.0 GB") && strstr(err.msg, "--mmap"),
+          "reading more than the available memory: %s", err.msg);
     int n_loaded = 0;
     for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
         cJSON *cs = cJSON_Parse(line);

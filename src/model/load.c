@@ -249,15 +249,20 @@ static int report_read(void *user, uint64_t done, uint64_t total) {
     return opt->progress(opt->progress_user, "reading weights", done, total);
 }
 
-/* Reads the weights into memory when opt asks for it or, by default, when they fit well. */
-static int place_weights(nvlm_model *m, const nvlm_load_options *opt, nvlm_err *err) {
-    int io = opt ? opt->weights_io : NVLM_IO_AUTO;
+int nvlm_weights_io_choice(int io, uint64_t need, uint64_t avail, nvlm_err *err) {
     if (io != NVLM_IO_AUTO && io != NVLM_IO_READ && io != NVLM_IO_MMAP)
         return nvlm_fail(err, NVLM_E_INVALID_ARG, "weights_io %d is not NVLM_IO_AUTO, NVLM_IO_READ or NVLM_IO_MMAP", io);
-    if (io == NVLM_IO_AUTO) {
-        uint64_t avail = nvlm_mem_available(), need = nvlm_st_total_bytes(m->st);
-        io = avail && need <= avail / 4 * 3 ? NVLM_IO_READ : NVLM_IO_MMAP;
-    }
+    if (io == NVLM_IO_AUTO) return avail && need <= avail / 4 * 3 ? NVLM_IO_READ : NVLM_IO_MMAP;
+    if (io == NVLM_IO_READ && avail && need > avail)
+        return nvlm_fail(err, NVLM_E_NOMEM, "the weights take %.1f GB and only %.1f GB of memory are available: map them instead (--mmap)",
+                         (double)need / 1e9, (double)avail / 1e9);
+    return io;
+}
+
+/* Reads the weights into memory when opt asks for it or, by default, when they fit well. */
+static int place_weights(nvlm_model *m, const nvlm_load_options *opt, nvlm_err *err) {
+    int io = nvlm_weights_io_choice(opt ? opt->weights_io : NVLM_IO_AUTO, nvlm_st_total_bytes(m->st), nvlm_mem_available(), err);
+    if (io < 0) return io;
     if (io == NVLM_IO_MMAP) return NVLM_OK;
     int rc = nvlm_st_read_into_memory(m->st, opt && opt->progress ? report_read : NULL, (void *)opt, err);
     m->weights_read = !rc;

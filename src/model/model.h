@@ -76,6 +76,11 @@ struct nvlm_model {
 /* Hands a malloc'ed buffer to the model, which frees it with itself; -1 (buffer not taken) when
  * out of memory. */
 int nvlm_model_own(nvlm_model *m, void *p);
+/* How nvlm_model_load brings `need` bytes of weights in, with `avail` bytes of MemAvailable
+ * (0: unknown): NVLM_IO_READ or NVLM_IO_MMAP for io = NVLM_IO_AUTO (read under 3/4 of avail),
+ * io itself otherwise; a negative status when io is not an NVLM_IO_* value, or when reading
+ * was asked for and the weights exceed avail (an error now, not the OOM killer later). */
+int nvlm_weights_io_choice(int io, uint64_t need, uint64_t avail, nvlm_err *err);
 
 /* Runs InternViT + pixel shuffle + projector on n_tiles normalised tiles
  * ([n_tiles, 3, S, S] float32) and writes [n_tiles, 256, h] to out. */
