@@ -4,6 +4,7 @@
 #include "cli.h"
 #include "model/config.h"
 #include "model/safetensors.h"
+#include "model/model.h"
 #include "model/tensors.h"
 #include "core/file.h"
 #include <stdio.h>
@@ -166,6 +167,17 @@ static void print_text(const char *dir, const nvlm_config *c, const nvlm_param_c
                    ci->mix.tensors[d], commas(ci->mix.params[d], b[2], 40), commas(ci->mix.bytes[d], b[3], 40));
     if (ci->unknown) printf("  %zu tensor%s of unknown names (ignored)\n", ci->unknown, ci->unknown > 1 ? "s" : "");
     printf("  %s%s\n", ci->valid ? "matches config.json" : "INVALID: ", ci->valid ? "" : ci->err.msg);
+    uint64_t avail = nvlm_mem_available();
+    if (avail) {
+        char need[32], have[32];
+        int io = nvlm_weights_io_choice(NVLM_IO_AUTO, ci->bytes, avail, NULL);
+        if (io == NVLM_IO_READ)
+            printf("loading:       read into memory by default (%s of weights, %s of memory available now;"
+                   " --mmap maps instead)\n", human((double)ci->bytes, need), human((double)avail, have));
+        else
+            printf("loading:       mapped by default (%s of weights: over 3/4 of the %s of memory available now)\n",
+                   human((double)ci->bytes, need), human((double)avail, have));
+    }
 }
 
 static void json_str(const char *s) { cli_json_string(stdout, s, strlen(s)); }
