@@ -91,18 +91,51 @@ void nvlm_unmap_file(nvlm_mapped_file *f) {
     }
 }
 
+/* Weights are streamed once per generated token, 4 KiB pages at a time: with 2 MiB pages the
+ * walk through memory takes 512x fewer TLB misses (measured: 2-10% faster generation). Linux
+ * gives them to an aligned region that asks (THP "madvise" mode, Debian's default); elsewhere
+ * the advice is ignored and the pages stay small. */
+enum { HUGE_PAGE = 2u << 20 };
+
+static void advise_huge(void *p, size_t len) {
+#ifdef MADV_HUGEPAGE
+    if (len >= HUGE_PAGE) (void)madvise(p, len, MADV_HUGEPAGE);
+#else
+    (void)p, (void)len;
+#endif
+}
+
 int nvlm_map_anon(size_t len, nvlm_mapped_file *out, uint8_t **mem, const char *what, nvlm_err *err) {
     out->data = NULL;
     out->len = 0;
     *mem = NULL;
     if (len == 0) return NVLM_OK;
-    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    /* over-map by one huge page, then trim to a huge-page-aligned start */
+    size_t pad = len >= HUGE_PAGE ? HUGE_PAGE : 0;
+    if (len > SIZE_MAX - pad) return nvlm_fail(err, NVLM_E_NOMEM, "not enough memory for %s", what);
+    uint8_t *p = mmap(NULL, len + pad, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return nvlm_fail(err, NVLM_E_NOMEM, "not enough memory for %s (%.1f MB): %s", what, (double)len / 1e6, strerror(errno));
+    if (pad) {
+        size_t head = (HUGE_PAGE - (uintptr_t)p % HUGE_PAGE) % HUGE_PAGE;
+        if (head) munmap(p, head);
+        if (pad - head) munmap(p + head + len, pad - head);
+        p += head;
+    }
+    advise_huge(p, len);
     out->data = p;
     out->len = len;
     *mem = p;
     return NVLM_OK;
+}
+
+void *nvlm_alloc_weights(size_t len) {
+    if (len < HUGE_PAGE) return malloc(len ? len : 1);
+    if (len > SIZE_MAX - HUGE_PAGE) return NULL;
+    size_t rounded = (len + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+    void *p = aligned_alloc(HUGE_PAGE, rounded);
+    if (p) advise_huge(p, rounded);
+    return p;
 }
 
 void nvlm_seal_anon(nvlm_mapped_file *f) {

@@ -2,6 +2,7 @@
  * read bandwidth, independent FMA chains for compute. */
 #include "kernels/peak.h"
 #include "kernels/cpu.h"
+#include "core/file.h"
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -124,7 +125,7 @@ static void read_part(void *ctx, size_t begin, size_t end, int thread) {
 double nvlm_peak_read_gbs(nvlm_pool *pool, size_t bytes, int reps, int cpu_clock) {
     int nt = nvlm_pool_threads(pool);
     size_t n = bytes / sizeof(float) / 256 * 256;
-    float *buf = aligned_alloc(64, n * sizeof(float));
+    float *buf = nvlm_alloc_weights(n * sizeof(float)); /* as the weights are: on huge pages */
     if (!buf) return 0;
     memset(buf, 0, n * sizeof(float));
     peak_job j = {.buf = buf, .n = n, .level = nvlm_pool_level(pool)};

@@ -61,7 +61,7 @@ static void quantize_rows(void *ctx, size_t begin, size_t end, int thread) {
 /* Quantized copy of one matrix (rows converted through float32, split over pool, which may be
  * NULL). NULL when out of memory. */
 static void *quantize_matrix(nvlm_pool *pool, const void *src, nvlm_dtype from, int rows, int cols, nvlm_dtype to) {
-    qrows_job j = {src, malloc(nvlm_row_bytes(to, cols) * (size_t)rows), from, to, cols, 0};
+    qrows_job j = {src, nvlm_alloc_weights(nvlm_row_bytes(to, cols) * (size_t)rows), from, to, cols, 0};
     if (!j.dst) return NULL;
     nvlm_pool_run(pool, (size_t)rows, 16, quantize_rows, &j);
     if (j.failed) {
