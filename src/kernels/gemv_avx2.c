@@ -43,6 +43,7 @@ typedef struct gemv_job {
     const nvlm_block_q8a *xq; /* int8 x per block [n_tok, cols/32] (option), or NULL */
     const xq_scale *xd;       /* its scales [n_tok, cols/32] */
     const float *xs;          /* float path, Q4: lane sums of x per block [n_tok, cols/32, 8] */
+    size_t rb;                /* bytes per weight row */
 } gemv_job;
 
 /* Rows per pass. Block formats: 4 for one token (the conversions are the bottleneck: the rows
@@ -250,7 +251,7 @@ AI void qi_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const
 AI void group(int R, int T, const gemv_job *j, size_t r0, float out[GEMV_MAX][RG_MAX]) {
     const nvlm_dtype dt = j->w->dtype;
     const int K = j->w->cols;
-    const size_t rb = nvlm_row_bytes(dt, K);
+    const size_t rb = j->rb;
     const uint8_t *w = (const uint8_t *)j->w->data + r0 * rb;
     switch (dt) {
     case NVLM_DT_BF16: plain_group(1, T, NVLM_DT_BF16, w, rb, j->x, K, out); break;
@@ -306,7 +307,7 @@ typedef union act_buf {
 } act_buf;
 
 void nvlm_gemv_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias) {
-    gemv_job j = {y, x, n_tok, rows_per_group(w->dtype, n_tok), w, bias, NULL, NULL, NULL};
+    gemv_job j = {y, x, n_tok, rows_per_group(w->dtype, n_tok), w, bias, NULL, NULL, NULL, nvlm_row_bytes(w->dtype, w->cols)};
     const size_t nb = (size_t)w->cols / NVLM_QK, nbt = nb * (size_t)n_tok;
     act_buf stack;
     void *heap = NULL;
