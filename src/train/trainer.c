@@ -5,6 +5,7 @@
 #include "train/trainer.h"
 #include "core/err.h"
 #include "core/file.h"
+#include "kernels/qblock.h"
 #include "model/safetensors_write.h"
 #include "train/tdata.h"
 #include "train/train.h"
@@ -18,6 +19,8 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
+
+enum { SAVE_CHUNK = 1 << 20 }; /* elements converted per call when saving F16 / BF16 weights */
 
 void nvlm_train_opts_default(nvlm_train_opts *o) {
     memset(o, 0, sizeof *o);
@@ -170,8 +173,8 @@ static int save_model(run *r, const char *dir, nvlm_err *err) {
                 rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory saving %s", p->name);
                 break;
             }
-            for (size_t k = 0; k < p->n; k++)
-                b[k] = p->dtype == NVLM_DT_BF16 ? nvlm_f32_to_bf16(p->w[k]) : nvlm_f32_to_f16(p->w[k]);
+            for (size_t k = 0; k < p->n; k += SAVE_CHUNK) /* nvlm_row_from_f32 counts in int */
+                nvlm_row_from_f32(b + k, p->w + k, p->dtype, (int)(p->n - k < SAVE_CHUNK ? p->n - k : SAVE_CHUNK));
             bufs[p - r->tm->p] = b;
             data = b;
         }
