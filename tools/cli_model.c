@@ -38,10 +38,7 @@ int cli_model_flag(const char *cmd, cli_model_opts *o, int argc, char **argv, in
         else if (!strcmp(v, "q4")) o->weights = NVLM_WEIGHTS_Q4;
         else if (!strcmp(v, "stored")) o->weights = NVLM_WEIGHTS_STORED;
         else BAD();
-    } else if (!strcmp(a, "--mmap")) {
-        o->weights_io = NVLM_IO_MMAP;
-    } else if (!strcmp(a, "--no-mmap")) {
-        o->weights_io = NVLM_IO_READ;
+    } else if (cli_weights_io_flag(a, &o->weights_io)) { /* taken: nothing more to read */
     } else if (!strcmp(a, "--kv")) {
         VALUE();
         if (!strcmp(v, "f16")) o->kv_type = NVLM_KV_F16;
@@ -134,6 +131,13 @@ static int show_progress(void *user, const char *what, uint64_t done, uint64_t t
     fprintf(stderr, "%snvlm: %-24s %3d%%", tty ? "\r" : "", what, pct);
     if (!tty || done == total) fputc('\n', stderr);
     return 0;
+}
+
+int cli_weights_io_flag(const char *arg, int *io) {
+    if (!strcmp(arg, "--mmap")) *io = NVLM_IO_MMAP;
+    else if (!strcmp(arg, "--no-mmap")) *io = NVLM_IO_READ;
+    else return 0;
+    return 1;
 }
 
 int cli_weights_io(int io, int weights) {

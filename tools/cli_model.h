@@ -25,6 +25,8 @@ void cli_model_opts_init(cli_model_opts *o);
  * 0 when not one of these flags, -1 after printing a usage error. */
 int cli_model_flag(const char *cmd, cli_model_opts *o, int argc, char **argv, int *i);
 const char *cli_model_flags_help(void);
+/* Takes --mmap (NVLM_IO_MMAP) or --no-mmap (NVLM_IO_READ) into *io: 1 when arg is one of them. */
+int cli_weights_io_flag(const char *arg, int *io);
 /* The load's weights_io for a --mmap/--no-mmap choice io and a --weights choice: quantizing
  * at load makes its own copy, so by default the stored weights are then only mapped. */
 int cli_weights_io(int io, int weights);

@@ -247,10 +247,7 @@ int cmd_bench(int argc, char **argv) {
             o.quick = 1;
         } else if (!strcmp(a, "--cpu-time")) {
             o.cpu_clock = 1;
-        } else if (!strcmp(a, "--mmap")) {
-            o.weights_io = NVLM_IO_MMAP;
-        } else if (!strcmp(a, "--no-mmap")) {
-            o.weights_io = NVLM_IO_READ;
+        } else if (cli_weights_io_flag(a, &o.weights_io)) { /* taken */
         } else if (!strcmp(a, "--no-kernels")) {
             o.kernels = 0;
         } else if (i + 1 >= argc) {
