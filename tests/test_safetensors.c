@@ -476,10 +476,12 @@ static void test_bad_sharded(void) {
 typedef struct read_count {
     uint64_t last, total;
     int calls, cancel_at;
+    int backwards; /* set when done ever shrank */
 } read_count;
 
 static int count_read(void *user, uint64_t done, uint64_t total) {
     read_count *c = user;
+    c->backwards |= done < c->last;
     c->last = done, c->total = total;
     return ++c->calls == c->cancel_at;
 }
@@ -495,8 +497,8 @@ static void test_read_into_memory(void) {
             CHECK(0, "open %s: %s", names[k], err.msg);
             return;
         }
-        read_count c = {0, 0, 0, 0};
-        int rc = nvlm_st_read_into_memory(st, count_read, &c, &err);
+        read_count c = {0, 0, 0, 0, 0};
+        int rc = nvlm_st_read_into_memory(st, 1 + k, count_read, &c, &err);
         CHECK(rc == 0 && c.calls >= 1 && c.last == c.total && c.total == nvlm_st_total_bytes(st), "read %s: %s", names[k], err.msg);
         int same = 1, aligned = 1;
         for (size_t i = 0; i < nvlm_st_count(st); i++) {
@@ -506,13 +508,13 @@ static void test_read_into_memory(void) {
         }
         CHECK(same && aligned, "%s: every tensor read, the same bytes, 64-byte aligned", names[k]);
         const void *before = nvlm_st_at(st, 0)->data;
-        CHECK(nvlm_st_read_into_memory(st, NULL, NULL, &err) == 0 && nvlm_st_at(st, 0)->data == before,
+        CHECK(nvlm_st_read_into_memory(st, 0, NULL, NULL, &err) == 0 && nvlm_st_at(st, 0)->data == before,
               "reading again leaves what is in memory: %s", err.msg);
         nvlm_st_close(st);
         /* cancelled after the first chunk: an error, the checkpoint still whole */
         if (nvlm_st_open(dir, &st, &err)) continue;
-        c = (read_count){0, 0, 0, 1};
-        rc = nvlm_st_read_into_memory(st, count_read, &c, &err);
+        c = (read_count){0, 0, 0, 1, 0};
+        rc = nvlm_st_read_into_memory(st, 2, count_read, &c, &err);
         CHECK(rc == NVLM_E_CANCELLED && strstr(err.msg, "cancelled"), "cancel: %d %s", rc, err.msg);
         same = 1;
         for (size_t i = 0; i < nvlm_st_count(st); i++)
@@ -533,7 +535,7 @@ static void test_read_into_memory(void) {
         char p[512];
         snprintf(p, sizeof p, "%s/model.safetensors", d);
         CHECK(truncate(p, (off_t)(len / 2)) == 0, "truncate");
-        int rc = nvlm_st_read_into_memory(st, NULL, NULL, &err);
+        int rc = nvlm_st_read_into_memory(st, 2, NULL, NULL, &err);
         CHECK(rc == NVLM_E_IO && strstr(err.msg, "model.safetensors ends at byte") && strstr(err.msg, "truncated"), "cut: %d %s", rc,
               err.msg);
         nvlm_st_close(st);
@@ -541,6 +543,67 @@ static void test_read_into_memory(void) {
         CHECK(0, "open the copy: %s", err.msg);
     }
     free(img);
+}
+
+/* A checkpoint whose tensors span several 8 MiB read pieces, in 2 shards: read by 1 to 5
+ * threads, every byte lands where it belongs; progress only grows and ends at the total;
+ * a cancel at any progress call and a shard cut short are errors that leave it readable. */
+static void test_read_parallel(void) {
+    nvlm_err err = {0};
+    nvlm_stw *w;
+    if (nvlm_stw_new(&w, &err)) {
+        CHECK(0, "new: %s", err.msg);
+        return;
+    }
+    enum { BIG = (20 << 20) / 4 + 3, SMALL = 1000 };
+    float *big = malloc(sizeof(float) * BIG), small[SMALL];
+    for (int i = 0; i < BIG; i++) big[i] = (float)i;
+    for (int i = 0; i < SMALL; i++) small[i] = -(float)i;
+    int64_t sb[1] = {BIG}, ss[1] = {SMALL}, s2[1] = {BIG / 2}, st1[1] = {SMALL - 1};
+    CHECK(nvlm_stw_add(w, "big", NVLM_DT_F32, 1, sb, big, &err) == 0 && nvlm_stw_add(w, "small", NVLM_DT_F32, 1, ss, small, &err) == 0 &&
+              nvlm_stw_add(w, "half", NVLM_DT_F32, 1, s2, big + 1, &err) == 0 && nvlm_stw_add(w, "tiny", NVLM_DT_F32, 1, st1, small + 1, &err) == 0,
+          "add: %s", err.msg);
+    const char *d = new_dir("parallel");
+    CHECK(nvlm_stw_write_dir(w, d, 2, &err) == 0, "write: %s", err.msg);
+    nvlm_stw_free(w);
+    nvlm_st *mapped, *st;
+    if (nvlm_st_open(d, &mapped, &err)) {
+        CHECK(0, "open: %s", err.msg);
+        free(big);
+        return;
+    }
+    for (int nt = 1; nt <= 5; nt++) {
+        if (nvlm_st_open(d, &st, &err)) break;
+        read_count c = {0, 0, 0, 0, 0};
+        int rc = nvlm_st_read_into_memory(st, nt, count_read, &c, &err);
+        int same = rc == 0;
+        for (size_t i = 0; same && i < nvlm_st_count(st); i++)
+            same = !memcmp(nvlm_st_at(mapped, i)->data, nvlm_st_at(st, i)->data, nvlm_st_at(st, i)->nbytes) &&
+                   (uintptr_t)nvlm_st_at(st, i)->data % 64 == 0;
+        CHECK(same && c.last == c.total && c.total == nvlm_st_total_bytes(st) && c.calls >= 2 && !c.backwards, "%d readers: %s", nt, err.msg);
+        nvlm_st_close(st);
+        for (int at = 1; at <= 3; at++) { /* cancelled at the at-th progress call */
+            if (nvlm_st_open(d, &st, &err)) break;
+            c = (read_count){0, 0, 0, at, 0};
+            rc = nvlm_st_read_into_memory(st, nt, count_read, &c, &err);
+            same = 1;
+            for (size_t i = 0; i < nvlm_st_count(st); i++)
+                same &= !memcmp(nvlm_st_at(mapped, i)->data, nvlm_st_at(st, i)->data, nvlm_st_at(st, i)->nbytes);
+            CHECK(rc == NVLM_E_CANCELLED && same, "%d readers, cancel at call %d: %d %s", nt, at, rc, err.msg);
+            nvlm_st_close(st);
+        }
+    }
+    /* the shard holding "big" cut short after opening: an I/O error naming it */
+    char p[600];
+    snprintf(p, sizeof p, "%s", nvlm_st_find(mapped, "big")->file);
+    if (nvlm_st_open(d, &st, &err) == 0) {
+        CHECK(truncate(p, 12 << 20) == 0, "truncate");
+        int rc = nvlm_st_read_into_memory(st, 3, NULL, NULL, &err);
+        CHECK(rc == NVLM_E_IO && strstr(err.msg, "ends at byte"), "cut shard, 3 readers: %d %s", rc, err.msg);
+        nvlm_st_close(st);
+    }
+    nvlm_st_close(mapped);
+    free(big);
 }
 
 int main(void) {
@@ -551,7 +614,8 @@ int main(void) {
     test_bad_single();
     test_bad_sharded();
     test_read_into_memory();
-    const char *sub[] = {"writer", "bad", "raw", "sharded", "sharded2", "sharded3", "twoshards", "cut"};
+    test_read_parallel();
+    const char *sub[] = {"writer", "bad", "raw", "sharded", "sharded2", "sharded3", "twoshards", "cut", "parallel"};
     for (size_t i = 0; i < sizeof sub / sizeof *sub; i++) check_rm_flat_dir(new_dir(sub[i]));
     rmdir(tmp_root);
     return check_done("test_safetensors");

@@ -264,7 +264,7 @@ static int place_weights(nvlm_model *m, const nvlm_load_options *opt, nvlm_err *
     int io = nvlm_weights_io_choice(opt ? opt->weights_io : NVLM_IO_AUTO, nvlm_st_total_bytes(m->st), nvlm_mem_available(), err);
     if (io < 0) return io;
     if (io == NVLM_IO_MMAP) return NVLM_OK;
-    int rc = nvlm_st_read_into_memory(m->st, opt && opt->progress ? report_read : NULL, (void *)opt, err);
+    int rc = nvlm_st_read_into_memory(m->st, opt ? opt->n_threads : 0, opt && opt->progress ? report_read : NULL, (void *)opt, err);
     m->weights_read = !rc;
     return rc;
 }

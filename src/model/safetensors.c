@@ -14,6 +14,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -464,33 +466,122 @@ uint64_t nvlm_st_total_bytes(const nvlm_st *st) {
 
 /* ------------------------------------------------- reading into memory */
 
-enum { READ_ALIGN = 64, READ_CHUNK = 64 << 20 };
+/* READ_CHUNK: the unit a reader takes (small enough to share a file among threads, large
+ * enough that a pread costs nothing beside its copy); MAX_READERS: more threads than this do
+ * not read memory or a disk any faster. */
+enum { READ_ALIGN = 64, READ_CHUNK = 8 << 20, MAX_READERS = 8 };
 
 typedef struct read_state {
     nvlm_st_progress progress;
     void *user;
-    uint64_t done, total;
+    uint64_t done, total; /* done: bytes of the files finished before the current one */
 } read_state;
 
 static size_t round_up(uint64_t n) { return (size_t)((n + READ_ALIGN - 1) / READ_ALIGN * READ_ALIGN); }
 
-/* Reads t's span (at file offset off) into dst in chunks, reporting progress after each. */
-static int read_span(int fd, uint8_t *dst, const nvlm_tensor *t, uint64_t off, read_state *rs, nvlm_err *err) {
-    for (uint64_t o = 0; o < t->nbytes;) {
-        size_t n = t->nbytes - o < READ_CHUNK ? (size_t)(t->nbytes - o) : READ_CHUNK;
-        int rc = nvlm_pread_all(fd, dst + o, n, off + o, t->file, err);
-        if (rc) return rc;
-        o += n;
-        rs->done += n;
-        if (rs->progress && rs->progress(rs->user, rs->done, rs->total))
-            return nvlm_fail(err, NVLM_E_CANCELLED, "loading cancelled");
+/* One pread of at most READ_CHUNK bytes: file offset off into dst. */
+typedef struct read_piece {
+    uint8_t *dst;
+    uint64_t off;
+    size_t len;
+} read_piece;
+
+/* The pieces of one file, taken in turn by the reader threads and the caller. Only the caller
+ * reports progress (done) and sees the cancel; the first error stops every reader. */
+typedef struct read_job {
+    int fd;
+    const char *path;
+    const read_piece *piece;
+    size_t n_piece;
+    atomic_size_t next;
+    atomic_uint_fast64_t done;
+    atomic_int stop;
+    pthread_mutex_t mu; /* guards rc and err */
+    int rc;
+    nvlm_err err;
+} read_job;
+
+/* Reads pieces until none are left or a reader stopped; returns after the piece it holds when
+ * once is set (the caller, to report progress between pieces). */
+static void read_pieces(read_job *j, int once) {
+    while (!atomic_load(&j->stop)) {
+        size_t i = atomic_fetch_add(&j->next, 1);
+        if (i >= j->n_piece) return;
+        const read_piece *pc = &j->piece[i];
+        nvlm_err e = {0};
+        if (nvlm_pread_all(j->fd, pc->dst, pc->len, pc->off, j->path, &e)) {
+            pthread_mutex_lock(&j->mu);
+            if (!j->rc) j->rc = e.code ? e.code : NVLM_E_IO, j->err = e;
+            pthread_mutex_unlock(&j->mu);
+            atomic_store(&j->stop, 1);
+            return;
+        }
+        atomic_fetch_add(&j->done, pc->len);
+        if (once) return;
     }
+}
+
+static void *reader_main(void *arg) {
+    read_pieces(arg, 0);
+    return NULL;
+}
+
+/* The pieces of f's tensors, placed one after the other in mem at 64-byte boundaries. NULL
+ * when out of memory. */
+static read_piece *file_pieces(const nvlm_st *st, const st_file *f, uint8_t *mem, size_t *n_out, nvlm_err *err) {
+    const uint8_t *lo = f->map.data, *hi = f->map.data + f->map.len;
+    size_t n = 0, at = 0;
+    for (size_t i = 0; i < st->n; i++)
+        if (st->t[i].file == f->path) n += (size_t)((st->t[i].nbytes + READ_CHUNK - 1) / READ_CHUNK);
+    read_piece *pc = malloc(sizeof *pc * (n ? n : 1));
+    if (!pc) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory reading %s", f->path), NULL;
+    n = 0;
+    for (size_t i = 0; i < st->n; i++) {
+        const nvlm_tensor *t = &st->t[i];
+        if (t->file != f->path) continue;
+        const uint8_t *src = t->data;
+        if (src < lo || src + t->nbytes > hi) {
+            free(pc);
+            return nvlm_fail(err, NVLM_E_INTERNAL, "%s: tensor %s outside its file", f->path, t->name), NULL;
+        }
+        for (uint64_t o = 0; o < t->nbytes; o += READ_CHUNK)
+            pc[n++] = (read_piece){mem + at + o, (uint64_t)(src - lo) + o, t->nbytes - o < READ_CHUNK ? (size_t)(t->nbytes - o) : READ_CHUNK};
+        at += round_up(t->nbytes);
+    }
+    *n_out = n;
+    return pc;
+}
+
+/* Reads the pieces with up to n_threads threads (the caller one of them), reporting progress
+ * from the caller after each of its pieces. */
+static int read_parallel(read_job *j, int n_threads, read_state *rs, nvlm_err *err) {
+    pthread_t th[MAX_READERS];
+    int started = 0;
+    if (n_threads > MAX_READERS) n_threads = MAX_READERS;
+    if ((size_t)n_threads > j->n_piece) n_threads = (int)j->n_piece;
+    for (int i = 1; i < n_threads; i++) /* a thread that does not start leaves its share to the others */
+        if (pthread_create(&th[started], NULL, reader_main, j) == 0) started++;
+    int cancelled = 0;
+    while (!atomic_load(&j->stop) && atomic_load(&j->next) < j->n_piece) {
+        read_pieces(j, 1);
+        if (rs->progress && rs->progress(rs->user, rs->done + atomic_load(&j->done), rs->total)) {
+            cancelled = 1;
+            atomic_store(&j->stop, 1);
+        }
+    }
+    for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
+    rs->done += atomic_load(&j->done);
+    if (j->rc) {
+        *err = j->err;
+        return j->rc;
+    }
+    if (cancelled) return nvlm_fail(err, NVLM_E_CANCELLED, "loading cancelled");
+    if (rs->progress && rs->progress(rs->user, rs->done, rs->total)) return nvlm_fail(err, NVLM_E_CANCELLED, "loading cancelled");
     return NVLM_OK;
 }
 
 /* The tensors of f into one arena; on success the tensors point into it and f holds it. */
-static int read_file_tensors(nvlm_st *st, st_file *f, read_state *rs, nvlm_err *err) {
-    const uint8_t *lo = f->map.data, *hi = f->map.data + f->map.len;
+static int read_file_tensors(nvlm_st *st, st_file *f, int n_threads, read_state *rs, nvlm_err *err) {
     size_t need = 0;
     for (size_t i = 0; i < st->n; i++)
         if (st->t[i].file == f->path) need += round_up(st->t[i].nbytes);
@@ -501,23 +592,26 @@ static int read_file_tensors(nvlm_st *st, st_file *f, read_state *rs, nvlm_err *
     if (rc)
         return nvlm_fail(err, rc, "not enough memory to read the %.1f MB of weights of %s into memory; map the file instead (--mmap)",
                          (double)need / 1e6, f->path);
-    int fd = open(f->path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) rc = nvlm_fail(err, NVLM_E_IO, "cannot open %s: %s", f->path, strerror(errno));
-    size_t at = 0;
-    for (size_t i = 0; i < st->n && !rc; i++) {
-        const nvlm_tensor *t = &st->t[i];
-        if (t->file != f->path) continue;
-        const uint8_t *src = t->data;
-        if (src < lo || src + t->nbytes > hi) rc = nvlm_fail(err, NVLM_E_INTERNAL, "%s: tensor %s outside its file", f->path, t->name);
-        else rc = read_span(fd, mem + at, t, (uint64_t)(src - lo), rs, err);
-        at += round_up(t->nbytes);
+    read_job j = {.path = f->path, .fd = open(f->path, O_RDONLY | O_CLOEXEC)};
+    if (j.fd < 0) rc = nvlm_fail(err, NVLM_E_IO, "cannot open %s: %s", f->path, strerror(errno));
+    read_piece *pieces = rc ? NULL : file_pieces(st, f, mem, &j.n_piece, err);
+    if (!rc && !pieces) rc = err->code ? err->code : NVLM_E_NOMEM;
+    if (!rc) {
+        j.piece = pieces;
+        atomic_init(&j.next, 0);
+        atomic_init(&j.done, 0);
+        atomic_init(&j.stop, 0);
+        pthread_mutex_init(&j.mu, NULL);
+        rc = read_parallel(&j, n_threads, rs, err);
+        pthread_mutex_destroy(&j.mu);
     }
-    if (fd >= 0) close(fd);
+    free(pieces);
+    if (j.fd >= 0) close(j.fd);
     if (rc) {
         nvlm_unmap_file(&arena);
         return rc;
     }
-    at = 0; /* every read succeeded: only now repoint the tensors */
+    size_t at = 0; /* every read succeeded: only now repoint the tensors */
     for (size_t i = 0; i < st->n; i++) {
         if (st->t[i].file != f->path) continue;
         st->t[i].data = mem + at;
@@ -530,11 +624,15 @@ static int read_file_tensors(nvlm_st *st, st_file *f, read_state *rs, nvlm_err *
     return NVLM_OK;
 }
 
-int nvlm_st_read_into_memory(nvlm_st *st, nvlm_st_progress progress, void *user, nvlm_err *err) {
+int nvlm_st_read_into_memory(nvlm_st *st, int n_threads, nvlm_st_progress progress, void *user, nvlm_err *err) {
     read_state rs = {progress, user, 0, nvlm_st_total_bytes(st)};
+    if (n_threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = n > 0 ? (int)(n < MAX_READERS ? n : MAX_READERS) : 1;
+    }
     for (size_t i = 0; i < st->n_files; i++) {
         if (!st->files[i].map.data || st->files[i].in_memory) continue; /* empty, borrowed or done */
-        int rc = read_file_tensors(st, &st->files[i], &rs, err);
+        int rc = read_file_tensors(st, &st->files[i], n_threads, &rs, err);
         if (rc) return rc;
     }
     return NVLM_OK;
