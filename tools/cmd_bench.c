@@ -153,6 +153,22 @@ static double page_in_weights(const nvlm_model *m) {
     return nvlm_bench_clock(0, 1) - t0;
 }
 
+/* The weights one generated token reads: every LLM matrix once (the embedding row aside).
+ * NULL when out of memory. */
+static nvlm_span *token_weights(const nvlm_model *m, int *n) {
+    const int L = m->cfg.llm.num_layers;
+    nvlm_span *s = malloc(sizeof *s * (size_t)(7 * L + 1));
+    *n = 0;
+    if (!s) return NULL;
+    for (int l = 0; l < L; l++) {
+        const llm_layer *y = &m->llm[l];
+        const nvlm_wmat *ws[] = {&y->wq, &y->wk, &y->wv, &y->wo, &y->gate, &y->up, &y->down};
+        for (int k = 0; k < 7; k++) s[(*n)++] = (nvlm_span){ws[k]->data, nvlm_row_bytes(ws[k]->dtype, ws[k]->cols) * (size_t)ws[k]->rows};
+    }
+    s[(*n)++] = (nvlm_span){m->lm_head.data, nvlm_row_bytes(m->lm_head.dtype, m->lm_head.cols) * (size_t)m->lm_head.rows};
+    return s;
+}
+
 static void bench_model(const bench_opts *o, const int *nts, int n_pools, const limits *lim) {
     for (int i = 0; i < n_pools; i++) {
         nvlm_load_options lo = {.n_threads = nts[i], .weights_io = cli_weights_io(o->weights_io, o->weights)};
@@ -165,13 +181,10 @@ static void bench_model(const bench_opts *o, const int *nts, int n_pools, const 
             return;
         }
         /* bytes read per generated token: every LLM matrix (embedding row aside) once */
+        int n_span = 0;
+        nvlm_span *spans = token_weights(m, &n_span);
         double wbytes = 0;
-        for (int l = 0; l < m->cfg.llm.num_layers; l++) {
-            const llm_layer *L = &m->llm[l];
-            const nvlm_wmat *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
-            for (int k = 0; k < 7; k++) wbytes += (double)nvlm_row_bytes(ws[k]->dtype, ws[k]->cols) * ws[k]->rows;
-        }
-        wbytes += (double)nvlm_row_bytes(m->lm_head.dtype, m->lm_head.cols) * m->lm_head.rows;
+        for (int k = 0; k < n_span; k++) wbytes += (double)spans[k].n;
         const int S = m->cfg.image_size, h = m->cfg.llm.hidden_size, V = m->cfg.llm.vocab_size;
         const int per_tile = nvlm_cfg_tokens_per_tile(&m->cfg);
         printf("\nmodel %s, %d thread(s), weights %s:\n", o->model, nts[i],
@@ -200,7 +213,7 @@ static void bench_model(const bench_opts *o, const int *nts, int n_pools, const 
         float *x = malloc(sizeof(float) * (size_t)o->prompt * h), *logits = malloc(sizeof(float) * V);
         int32_t *ids = malloc(sizeof(int32_t) * (size_t)o->prompt);
         if (!x || !logits || !ids || nvlm_kv_init(&kv, m, &err)) {
-            free(x), free(logits), free(ids);
+            free(x), free(logits), free(ids), free(spans);
             nvlm_model_free(m);
             return;
         }
@@ -213,21 +226,32 @@ static void bench_model(const bench_opts *o, const int *nts, int n_pools, const 
         }
         double tp = nvlm_bench_clock(o->cpu_clock, nts[i]) - t0;
         if (!rc) printf("  prompt: %d tokens in %.2f s = %.1f tok/s\n", o->prompt, tp, o->prompt / tp);
-        t0 = nvlm_bench_clock(o->cpu_clock, nts[i]);
-        for (int g = 0; g < o->gen && !rc; g++) {
-            int32_t id = nvlm_argmax(logits, V);
-            rc = nvlm_embed_tokens(m, &id, 1, x, &err);
-            if (!rc) rc = nvlm_llm_forward(m, &kv, x, 1, NULL, logits, 0, &err);
+        /* generation in rounds, each after one pass that only reads the same weights: the two
+         * share the minute (this machine's bandwidth drifts) and the memory (same pages) */
+        const int rounds = o->gen >= 4 ? 4 : 1;
+        double tg = 0, tr = 0;
+        for (int r = 0, g = 0; r < rounds && !rc; r++) {
+            tr += spans ? nvlm_read_spans_seconds(m->pool, spans, n_span, o->cpu_clock) : 0;
+            t0 = nvlm_bench_clock(o->cpu_clock, nts[i]);
+            for (int end = o->gen * (r + 1) / rounds; g < end && !rc; g++) {
+                int32_t id = nvlm_argmax(logits, V);
+                rc = nvlm_embed_tokens(m, &id, 1, x, &err);
+                if (!rc) rc = nvlm_llm_forward(m, &kv, x, 1, NULL, logits, 0, &err);
+            }
+            tg += nvlm_bench_clock(o->cpu_clock, nts[i]) - t0;
         }
-        double tg = nvlm_bench_clock(o->cpu_clock, nts[i]) - t0;
         if (!rc) {
-            double tps = o->gen / tg, roof = lim ? lim[i].bw * 1e9 / wbytes : 0;
+            double tps = o->gen / tg;
             printf("  generation: %d tokens in %.2f s = %.1f tok/s", o->gen, tg, tps);
-            if (lim) printf(" (weights %.0f MB/token; bandwidth roofline %.1f tok/s: %.0f%%)", wbytes / 1e6, roof, 100 * tps / roof);
+            if (tr > 0) /* the roofline: one token per pass over the weights */
+                printf(" (weights %.0f MB/token, read alone at %.1f GB/s between the rounds: roofline %.1f tok/s, %.0f%%)",
+                       wbytes / 1e6, wbytes * rounds / tr / 1e9, rounds / tr, 100 * tps * tr / rounds);
+            if (lim) printf("\n    (beside the machine-limits probe's %.1f GB/s: %.0f%%)", lim[i].bw, 100 * tps * wbytes / (lim[i].bw * 1e9));
             printf("\n");
         } else {
             cli_report("bench", &err);
         }
+        free(spans);
         printf("  peak RSS so far: %.0f MB\n", peak_rss_mb());
         nvlm_kv_free(&kv);
         free(x), free(logits), free(ids);

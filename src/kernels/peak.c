@@ -3,6 +3,7 @@
 #include "kernels/peak.h"
 #include "kernels/cpu.h"
 #include "core/file.h"
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -28,6 +29,20 @@ static float sum_avx2(const float *p, size_t n) {
     float t[8];
     _mm256_storeu_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
     return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+}
+
+/* XOR of every 32 bytes of [p, p + n): integer loads and logic only, so no float assist
+ * whatever the bytes are (weights read as they are stored). n % 128 == 0. */
+static uint64_t fold_avx2(const uint8_t *p, size_t n) {
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i < n; i += 128) {
+        a0 = _mm256_xor_si256(a0, _mm256_loadu_si256((const __m256i *)(p + i)));
+        a1 = _mm256_xor_si256(a1, _mm256_loadu_si256((const __m256i *)(p + i + 32)));
+        a2 = _mm256_xor_si256(a2, _mm256_loadu_si256((const __m256i *)(p + i + 64)));
+        a3 = _mm256_xor_si256(a3, _mm256_loadu_si256((const __m256i *)(p + i + 96)));
+    }
+    __m256i a = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+    return (uint64_t)_mm256_extract_epi64(a, 0) ^ (uint64_t)_mm256_extract_epi64(a, 3);
 }
 
 /* 12 independent accumulators (named, so they stay in registers) cover FMA latency x
@@ -91,6 +106,19 @@ static float fma_neon(long iters) {
 }
 #endif
 
+static uint64_t fold_scalar(const uint8_t *p, size_t n) { /* n % 128 == 0; vectorised by the compiler */
+    uint64_t a[16] = {0};
+    for (size_t i = 0; i < n; i += 128)
+        for (int k = 0; k < 16; k++) {
+            uint64_t v;
+            memcpy(&v, p + i + 8 * (size_t)k, 8);
+            a[k] ^= v;
+        }
+    uint64_t r = 0;
+    for (int k = 0; k < 16; k++) r ^= a[k];
+    return r;
+}
+
 static float sum_scalar(const float *p, size_t n) {
     float s[8] = {0};
     for (size_t i = 0; i + 8 <= n; i += 8)
@@ -138,6 +166,48 @@ double nvlm_peak_read_gbs(nvlm_pool *pool, size_t bytes, int reps, int cpu_clock
     }
     free(buf);
     return (double)n * sizeof(float) / best / 1e9;
+}
+
+enum { SPAN_UNIT = 1 << 20 }; /* bytes a thread takes at a time */
+
+typedef struct span_job {
+    const nvlm_span *unit; /* the spans cut into pieces of at most SPAN_UNIT bytes */
+    int level;
+    volatile uint64_t sink[256];
+} span_job;
+
+static void read_units(void *ctx, size_t begin, size_t end, int thread) {
+    span_job *j = ctx;
+    uint64_t x = 0;
+    for (size_t u = begin; u < end; u++) {
+        const uint8_t *p = j->unit[u].p;
+        size_t n = j->unit[u].n, body = n / 128 * 128;
+#if defined(__x86_64__)
+        x ^= j->level >= NVLM_CPU_AVX2 ? fold_avx2(p, body) : fold_scalar(p, body);
+#else
+        x ^= fold_scalar(p, body);
+#endif
+        for (size_t i = body; i < n; i++) x ^= p[i];
+    }
+    j->sink[thread & 255] ^= x;
+}
+
+double nvlm_read_spans_seconds(nvlm_pool *pool, const nvlm_span *spans, int n, int cpu_clock) {
+    size_t n_units = 0;
+    for (int i = 0; i < n; i++) n_units += (spans[i].n + SPAN_UNIT - 1) / SPAN_UNIT;
+    nvlm_span *unit = malloc(sizeof *unit * (n_units ? n_units : 1));
+    if (!unit) return 0;
+    n_units = 0;
+    for (int i = 0; i < n; i++)
+        for (size_t o = 0; o < spans[i].n; o += SPAN_UNIT)
+            unit[n_units++] = (nvlm_span){(const uint8_t *)spans[i].p + o, spans[i].n - o < SPAN_UNIT ? spans[i].n - o : SPAN_UNIT};
+    span_job j = {.unit = unit, .level = nvlm_pool_level(pool)};
+    int nt = nvlm_pool_threads(pool);
+    double t0 = nvlm_bench_clock(cpu_clock, nt);
+    nvlm_pool_run(pool, n_units, 1, read_units, &j);
+    double t = nvlm_bench_clock(cpu_clock, nt) - t0;
+    free(unit);
+    return t;
 }
 
 static void fma_part(void *ctx, size_t begin, size_t end, int thread) {

@@ -2,11 +2,21 @@
 #ifndef NVLM_KERNELS_PEAK_H
 #define NVLM_KERNELS_PEAK_H
 #include "kernels/pool.h"
+#include <stddef.h>
 
 
 /* Read bandwidth in GB/s: every pool thread sums its share of a buffer of `bytes` (which
  * should be much larger than the last-level cache), best of `reps` passes. 0 on failure. */
 double nvlm_peak_read_gbs(nvlm_pool *pool, size_t bytes, int reps, int cpu_clock);
+/* A byte range (nvlm_read_spans_seconds). */
+typedef struct nvlm_span {
+    const void *p;
+    size_t n;
+} nvlm_span;
+/* Seconds for the pool's threads to read every byte of the spans once (1 MiB pieces taken in
+ * turn, XOR-folded with 32-byte loads): the read alone, of the very memory given. On the
+ * model's own weights it is the generation roofline of that memory, measured (0 on failure). */
+double nvlm_read_spans_seconds(nvlm_pool *pool, const nvlm_span *spans, int n, int cpu_clock);
 /* Seconds on the clock the benchmarks use: wall time, or (cpu != 0) this process's CPU time
  * divided by n_threads, which estimates the uncontended time on a machine shared with other
  * busy processes (workers block rather than spin, so idle waiting is not counted). */
