@@ -157,8 +157,9 @@ typedef int (*nvlm_progress_fn)(void *user, const char *what, uint64_t done, uin
 
 /* How the weights reach memory. READ copies them into the process's own memory at load, with
  * n_threads readers (at most 8), onto huge pages where Linux allows (generation then runs up
- * to ~10% faster than from mapped page-cache pages, measured in docs/performance.md). MMAP maps the files: loads at once, pages in on first use, shares
- * the page cache between processes and can run a model larger than RAM (slowly). AUTO
+ * to ~10% faster than from mapped page-cache pages, measured in docs/performance.md). MMAP
+ * maps the files: loads at once, pages in on first use, shares the page cache between
+ * processes and can run a model larger than RAM (slowly). AUTO
  * reads when the weights take under 3/4 of the available memory, else maps. READ of more
  * than the available memory fails at once (NVLM_E_NOMEM) rather than end in the OOM killer. */
 enum { NVLM_IO_AUTO = 0, NVLM_IO_READ = 1, NVLM_IO_MMAP = 2 };

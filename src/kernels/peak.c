@@ -106,7 +106,7 @@ static float fma_neon(long iters) {
 }
 #endif
 
-static uint64_t fold_scalar(const uint8_t *p, size_t n) { /* n % 128 == 0; vectorised by the compiler */
+static uint64_t fold_scalar(const uint8_t *p, size_t n) { /* n % 128 == 0 */
     uint64_t a[16] = {0};
     for (size_t i = 0; i < n; i += 128)
         for (int k = 0; k < 16; k++) {

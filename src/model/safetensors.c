@@ -509,9 +509,13 @@ static void read_pieces(read_job *j, int once) {
         if (i >= j->n_piece) return;
         const read_piece *pc = &j->piece[i];
         nvlm_err e = {0};
-        if (nvlm_pread_all(j->fd, pc->dst, pc->len, pc->off, j->path, &e)) {
+        int rc = nvlm_pread_all(j->fd, pc->dst, pc->len, pc->off, j->path, &e);
+        if (rc) {
             pthread_mutex_lock(&j->mu);
-            if (!j->rc) j->rc = e.code ? e.code : NVLM_E_IO, j->err = e;
+            if (!j->rc) { /* the first error is the one reported */
+                j->rc = rc;
+                j->err = e;
+            }
             pthread_mutex_unlock(&j->mu);
             atomic_store(&j->stop, 1);
             return;
@@ -526,15 +530,15 @@ static void *reader_main(void *arg) {
     return NULL;
 }
 
-/* The pieces of f's tensors, placed one after the other in mem at 64-byte boundaries. NULL
- * when out of memory. */
-static read_piece *file_pieces(const nvlm_st *st, const st_file *f, uint8_t *mem, size_t *n_out, nvlm_err *err) {
+/* The pieces of f's tensors (*out, *n_out; free it), placed one after the other in mem at
+ * 64-byte boundaries. */
+static int file_pieces(const nvlm_st *st, const st_file *f, uint8_t *mem, read_piece **out, size_t *n_out, nvlm_err *err) {
     const uint8_t *lo = f->map.data, *hi = f->map.data + f->map.len;
     size_t n = 0, at = 0;
     for (size_t i = 0; i < st->n; i++)
         if (st->t[i].file == f->path) n += (size_t)((st->t[i].nbytes + READ_CHUNK - 1) / READ_CHUNK);
     read_piece *pc = malloc(sizeof *pc * (n ? n : 1));
-    if (!pc) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory reading %s", f->path), NULL;
+    if (!pc) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory reading %s", f->path);
     n = 0;
     for (size_t i = 0; i < st->n; i++) {
         const nvlm_tensor *t = &st->t[i];
@@ -542,14 +546,15 @@ static read_piece *file_pieces(const nvlm_st *st, const st_file *f, uint8_t *mem
         const uint8_t *src = t->data;
         if (src < lo || src + t->nbytes > hi) {
             free(pc);
-            return nvlm_fail(err, NVLM_E_INTERNAL, "%s: tensor %s outside its file", f->path, t->name), NULL;
+            return nvlm_fail(err, NVLM_E_INTERNAL, "%s: tensor %s outside its file", f->path, t->name);
         }
         for (uint64_t o = 0; o < t->nbytes; o += READ_CHUNK)
             pc[n++] = (read_piece){mem + at + o, (uint64_t)(src - lo) + o, t->nbytes - o < READ_CHUNK ? (size_t)(t->nbytes - o) : READ_CHUNK};
         at += round_up(t->nbytes);
     }
+    *out = pc;
     *n_out = n;
-    return pc;
+    return NVLM_OK;
 }
 
 /* Reads the pieces with up to n_threads threads (the caller one of them), reporting progress
@@ -594,8 +599,8 @@ static int read_file_tensors(nvlm_st *st, st_file *f, int n_threads, read_state 
                          (double)need / 1e6, f->path);
     read_job j = {.path = f->path, .fd = open(f->path, O_RDONLY | O_CLOEXEC)};
     if (j.fd < 0) rc = nvlm_fail(err, NVLM_E_IO, "cannot open %s: %s", f->path, strerror(errno));
-    read_piece *pieces = rc ? NULL : file_pieces(st, f, mem, &j.n_piece, err);
-    if (!rc && !pieces) rc = err->code ? err->code : NVLM_E_NOMEM;
+    read_piece *pieces = NULL;
+    if (!rc) rc = file_pieces(st, f, mem, &pieces, &j.n_piece, err);
     if (!rc) {
         j.piece = pieces;
         atomic_init(&j.next, 0);
