@@ -1,0 +1,85 @@
+/* The `nvlm` command line as a user meets it: the binary built beside this test (BUILD/nvlm)
+ * run through the shell on the tiny reference model. Exit codes, the messages that name what
+ * is wrong, and that the answer does not depend on the thread count or on how the weights
+ * reach memory. Under ASan the binary is the ASan build, so its leaks fail here too. */
+#include "check.h"
+#include <sys/wait.h>
+
+static char nvlm_bin[4096];
+static char out[1 << 16];
+
+/* Runs `nvlm ARGS` with stderr folded into stdout; its output lands in out, returns its exit code
+ * (-1 when it did not exit normally). */
+static int nvlm(const char *args) {
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "%s %s 2>&1", nvlm_bin, args);
+    FILE *p = popen(cmd, "r");
+    out[0] = 0;
+    if (!p) return -1;
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = 0;
+    while (fgetc(p) != EOF) { /* drain the rest so the child never blocks on a full pipe */
+    }
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int count(const char *hay, const char *needle) {
+    int n = 0;
+    for (const char *s = hay; (s = strstr(s, needle)); s += strlen(needle)) n++;
+    return n;
+}
+
+static void test_usage(void) {
+    CHECK(nvlm("--help") == 0 && strstr(out, "commands:") && strstr(out, "bench"), "--help: %s", out);
+    CHECK(nvlm("frobnicate") != 0 && strstr(out, "unknown command 'frobnicate'"), "unknown command: %s", out);
+    CHECK(nvlm("bench --prompt x") == 2 && strstr(out, "bad value for --prompt"), "bench bad value: %s", out);
+    CHECK(nvlm("bench --frobnicate 3") == 2 && strstr(out, "unknown option '--frobnicate'"), "bench unknown option: %s", out);
+    CHECK(nvlm("run --model /nonexistent/nvlm -p hi") != 0 && strstr(out, "/nonexistent/nvlm/config.json"), "run, no model: %s", out);
+    CHECK(nvlm("run -p hi --threads 0") == 2 && strstr(out, "bad value for --threads"), "run --threads 0: %s", out);
+}
+
+static void test_bench(const char *model) {
+    char a[4608];
+    snprintf(a, sizeof a, "bench --model %s --prompt 4 --gen 4 -t 2 --no-kernels", model);
+    CHECK(nvlm(a) == 0, "bench: %s", out);
+    /* 1 and 2 threads, each with its roofline read from the weights between the rounds */
+    CHECK(count(out, "generation: 4 tokens") == 2 && count(out, "read alone at") == 2 && count(out, "peak RSS") == 2, "bench output: %s",
+          out);
+    CHECK(count(out, "weights read into memory (--no-mmap)") == 2, "bench reads by default: %s", out);
+    snprintf(a, sizeof a, "bench --model %s --prompt 2 --gen 1 -t 1 --no-kernels --mmap", model);
+    CHECK(nvlm(a) == 0 && strstr(out, "weights mapped (--mmap)") && strstr(out, "generation: 1 tokens"), "bench --mmap: %s", out);
+}
+
+/* The same greedy answer at 1 and 2 threads, read into memory or mapped. */
+static void test_run_same_answer(const char *model) {
+    static char first[1 << 16];
+    const char *modes[] = {"-t 1 --no-mmap", "-t 2 --no-mmap", "-t 2 --mmap"};
+    for (int i = 0; i < 3; i++) {
+        char a[4608];
+        snprintf(a, sizeof a, "run -m %s -p Hello -n 6 --json -q %s", model, modes[i]);
+        int rc = nvlm(a);
+        CHECK(rc == 0 && strstr(out, "\"output_ids\""), "run %s: %s", modes[i], out);
+        if (i == 0) snprintf(first, sizeof first, "%s", out);
+        else CHECK(!strcmp(out, first), "run %s differs:\n%s\nvs\n%s", modes[i], out, first);
+    }
+    char a[4608];
+    snprintf(a, sizeof a, "info --model %s", model);
+    CHECK(nvlm(a) == 0 && strstr(out, "loading:") && strstr(out, "read into memory by default"), "info: %s", out);
+}
+
+int main(int argc, char **argv) {
+    (void)argc;
+    const char *slash = strrchr(argv[0], '/');
+    snprintf(nvlm_bin, sizeof nvlm_bin, "%.*s/../nvlm", slash ? (int)(slash - argv[0]) : 1, slash ? argv[0] : ".");
+    if (access(nvlm_bin, X_OK)) {
+        CHECK(0, "no nvlm binary at %s (make builds it beside the tests)", nvlm_bin);
+        return check_done("test_cli");
+    }
+    char model[4096];
+    snprintf(model, sizeof model, "%s", shared_path("reference/models/tiny-nvlm-d"));
+    test_usage();
+    test_bench(model);
+    test_run_same_answer(model);
+    return check_done("test_cli");
+}
