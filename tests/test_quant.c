@@ -457,6 +457,37 @@ int main(void) {
               nvlm_dtype_name(m->llm[0].gate.dtype), nvlm_dtype_name(m->vit[0].fc1.dtype));
         nvlm_model_free(m);
     }
+    /* into its own folder: refused before anything is written (it would replace the weights it
+     * reads; writing over a mapped file ended in SIGBUS); into a folder that holds an older
+     * copy: replaced whole, no temporary file left behind */
+    if (!rc) {
+        char again[600];
+        snprintf(again, sizeof again, "%s/.", tiny_q);
+        uint8_t *before = NULL, *after = NULL;
+        size_t nb = 0, na = 0;
+        char st_path[600];
+        snprintf(st_path, sizeof st_path, "%s/model.safetensors", tiny_q);
+        CHECK(nvlm_read_file(st_path, 0, (char **)&before, &nb, &err) == 0, "read: %s", err.msg);
+        rc = nvlm_quantize_folder(again, tiny_q, NVLM_DT_Q8_0, &rep, &err);
+        CHECK(rc == NVLM_E_INVALID_ARG && strstr(err.msg, "is the model folder") && strstr(err.msg, "new folder"), "same folder: %d %s", rc,
+              err.msg);
+        CHECK(nvlm_read_file(st_path, 0, (char **)&after, &na, &err) == 0 && na == nb && !memcmp(before, after, nb),
+              "the model folder is unchanged");
+        free(before), free(after);
+        rc = nvlm_quantize_folder(shared_path("reference/models/tiny-nvlm-d"), tiny_q, NVLM_DT_Q8_0, &rep, &err);
+        m = rc ? NULL : load(tiny_q, NVLM_WEIGHTS_STORED);
+        CHECK(m && m->llm[0].gate.dtype == NVLM_DT_Q8_0, "requantized over the old copy: %s", err.msg);
+        nvlm_model_free(m);
+        char ls[700];
+        snprintf(ls, sizeof ls, "ls '%s' | grep -c tmp", tiny_q);
+        FILE *p = popen(ls, "r");
+        int left = -1;
+        if (p) {
+            CHECK(fscanf(p, "%d", &left) == 1, "ls");
+            pclose(p);
+        }
+        CHECK(left == 0, "%d temporary files left in the output folder", left);
+    }
     free(g_scaled_head);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);

@@ -3,6 +3,7 @@
 #include "core/err.h"
 #include "core/file.h"
 #include "kernels/qblock.h"
+#include "model/safetensors_write.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,22 +168,6 @@ static int cmp_out(const void *a, const void *b) {
     return strcmp(((const out_tensor *)a)->t->name, ((const out_tensor *)b)->t->name);
 }
 
-static int copy_file(const char *src, const char *dst, nvlm_err *err) {
-    char *data;
-    size_t len;
-    int rc = nvlm_read_file(src, 0, &data, &len, err);
-    if (rc) return rc;
-    FILE *f = fopen(dst, "wb");
-    if (!f) {
-        free(data);
-        return nvlm_fail(err, NVLM_E_IO, "cannot write %s", dst);
-    }
-    int ok = fwrite(data, 1, len, f) == len;
-    ok &= fclose(f) == 0;
-    free(data);
-    return ok ? NVLM_OK : nvlm_fail(err, NVLM_E_IO, "cannot write %s", dst);
-}
-
 /* The safetensors layout (8-byte header length, JSON header padded with spaces to a multiple of
  * 8, data) with tensors sorted by name and every span starting at a multiple of 64 bytes
  * (padding is absorbed into the spans' gaps: nvlm's reader allows gaps, offsets are exact). */
@@ -205,11 +190,13 @@ static int write_safetensors(const char *path, out_tensor *o, size_t n, nvlm_err
     }
     len += (size_t)snprintf(h + len, cap - len, "}");
     while (len % 8) h[len++] = ' ';
-    FILE *f = fopen(path, "wb");
-    if (!f) {
+    nvlm_atomic_file a; /* a crash or a full disk leaves no half-written model behind */
+    int rc = nvlm_atomic_open(&a, path, err);
+    if (rc) {
         free(h);
-        return nvlm_fail(err, NVLM_E_IO, "cannot write %s", path);
+        return rc;
     }
+    FILE *f = a.f;
     uint8_t hl[8];
     for (int i = 0; i < 8; i++) hl[i] = (uint8_t)((uint64_t)len >> (8 * i));
     int ok = fwrite(hl, 1, 8, f) == 8 && fwrite(h, 1, len, f) == len;
@@ -221,9 +208,12 @@ static int write_safetensors(const char *path, out_tensor *o, size_t n, nvlm_err
         ok = ok && fwrite(src, 1, (size_t)o[i].nbytes, f) == o[i].nbytes;
         pos = o[i].offset + o[i].nbytes;
     }
-    ok &= fclose(f) == 0;
     free(h);
-    return ok ? NVLM_OK : nvlm_fail(err, NVLM_E_IO, "error writing %s (disk full?)", path);
+    if (!ok) {
+        nvlm_atomic_close(&a, 0, err);
+        return nvlm_fail(err, NVLM_E_IO, "error writing %s (disk full?)", path);
+    }
+    return nvlm_atomic_close(&a, 1, err);
 }
 
 int nvlm_quantize_folder(const char *in_dir, const char *out_dir, nvlm_dtype to, nvlm_quant_report *rep,
@@ -231,6 +221,9 @@ int nvlm_quantize_folder(const char *in_dir, const char *out_dir, nvlm_dtype to,
     nvlm_quant_report local;
     if (!rep) rep = &local;
     memset(rep, 0, sizeof *rep);
+    if (nvlm_same_dir(in_dir, out_dir)) /* it would replace the weights it reads */
+        return nvlm_fail(err, NVLM_E_INVALID_ARG, "the output folder %s is the model folder %s itself: write the quantized copy to a new folder",
+                         out_dir, in_dir);
     nvlm_st *st = NULL;
     int rc = nvlm_st_open(in_dir, &st, err);
     if (rc) return rc;
@@ -265,19 +258,12 @@ int nvlm_quantize_folder(const char *in_dir, const char *out_dir, nvlm_dtype to,
         rep->n_quantized++;
         rep->bytes_after += o[i].nbytes;
     }
-    char path[4096], src[4096];
+    char path[4096];
     if (!rc) {
         snprintf(path, sizeof path, "%s/model.safetensors", out_dir);
         rc = write_safetensors(path, o, n, err);
     }
-    static const char *const copies[] = {"config.json", "tokenizer.json", "vocab.json", "merges.txt",
-                                         "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                                         "generation_config.json", "preprocessor_config.json"};
-    for (size_t i = 0; !rc && i < sizeof copies / sizeof copies[0]; i++) {
-        snprintf(src, sizeof src, "%s/%s", in_dir, copies[i]);
-        snprintf(path, sizeof path, "%s/%s", out_dir, copies[i]);
-        if (access(src, R_OK) == 0) rc = copy_file(src, path, err);
-    }
+    if (!rc) rc = nvlm_copy_side_files(in_dir, out_dir, err);
     if (!rc) { /* a stale index would make loaders prefer old shards */
         snprintf(path, sizeof path, "%s/model.safetensors.index.json", out_dir);
         unlink(path);

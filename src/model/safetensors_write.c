@@ -3,6 +3,7 @@
 #include "core/err.h"
 #include "core/file.h"
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -271,18 +272,59 @@ int nvlm_stw_write_file(const nvlm_stw *w, const char *path, nvlm_err *err) {
     return rc;
 }
 
-int nvlm_write_file_atomic(const char *path, const void *data, size_t len, nvlm_err *err) {
-    char *tmp = temp_name(path);
-    if (!tmp) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
-    FILE *f = fopen(tmp, "wb");
-    int rc = f ? write_all(f, data, len, path, err) : nvlm_fail(err, NVLM_E_IO, "cannot create %s: %s", tmp, strerror(errno));
-    if (f) {
-        if (!rc) rc = finish(f, tmp, path, err);
-        else fclose(f);
-    }
-    if (rc) unlink(tmp);
-    free(tmp);
+int nvlm_atomic_open(nvlm_atomic_file *a, const char *path, nvlm_err *err) {
+    a->f = NULL;
+    a->path = path;
+    a->tmp = temp_name(path);
+    if (!a->tmp) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    a->f = fopen(a->tmp, "wb");
+    if (a->f) return NVLM_OK;
+    int rc = nvlm_fail(err, NVLM_E_IO, "cannot create %s: %s", a->tmp, strerror(errno));
+    free(a->tmp);
+    a->tmp = NULL;
     return rc;
+}
+
+int nvlm_atomic_close(nvlm_atomic_file *a, int ok, nvlm_err *err) {
+    int rc = NVLM_OK;
+    if (!a->f) return NVLM_OK;
+    if (ok) rc = finish(a->f, a->tmp, a->path, err);
+    else fclose(a->f);
+    if (!ok || rc) unlink(a->tmp);
+    free(a->tmp);
+    a->f = NULL, a->tmp = NULL;
+    return rc;
+}
+
+int nvlm_write_file_atomic(const char *path, const void *data, size_t len, nvlm_err *err) {
+    nvlm_atomic_file a;
+    int rc = nvlm_atomic_open(&a, path, err);
+    if (rc) return rc;
+    rc = write_all(a.f, data, len, path, err);
+    int rc2 = nvlm_atomic_close(&a, !rc, err);
+    return rc ? rc : rc2;
+}
+
+int nvlm_copy_side_files(const char *from_dir, const char *to_dir, nvlm_err *err) {
+    static const char *const names[] = {"config.json", "tokenizer.json", "vocab.json", "merges.txt",
+                                        "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                                        "generation_config.json", "preprocessor_config.json"};
+    int rc = NVLM_OK;
+    for (size_t i = 0; i < sizeof names / sizeof *names && !rc; i++) {
+        char *src = nvlm_path_join(from_dir, names[i]), *dst = nvlm_path_join(to_dir, names[i]);
+        char *data = NULL;
+        size_t len;
+        if (!src || !dst) rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+        else if (nvlm_file_exists(src) && !(rc = nvlm_read_file(src, 0, &data, &len, err)))
+            rc = nvlm_write_file_atomic(dst, data, len, err);
+        free(data), free(src), free(dst);
+    }
+    return rc;
+}
+
+int nvlm_same_dir(const char *a, const char *b) {
+    char ra[PATH_MAX], rb[PATH_MAX];
+    return realpath(a, ra) && realpath(b, rb) && !strcmp(ra, rb);
 }
 
 /* ------------------------------------------------------------- a folder */

@@ -14,6 +14,7 @@
 #ifndef NVLM_MODEL_SAFETENSORS_WRITE_H
 #define NVLM_MODEL_SAFETENSORS_WRITE_H
 #include "model/safetensors.h"
+#include <stdio.h>
 
 typedef struct nvlm_stw nvlm_stw;
 
@@ -46,4 +47,24 @@ int nvlm_stw_write_dir(const nvlm_stw *w, const char *dir, int n_shards, nvlm_er
 
 /* Writes bytes to path atomically (temporary file, fsync, rename). */
 int nvlm_write_file_atomic(const char *path, const void *data, size_t len, nvlm_err *err);
+
+/* A file written atomically piece by piece: nvlm_atomic_open gives f on a temporary name
+ * beside path; nvlm_atomic_close(ok) flushes, syncs and renames it over path (ok) or removes
+ * it (!ok, or any error), so path holds either its old bytes or all the new ones. A reader
+ * that has the old file mapped keeps its pages. */
+typedef struct nvlm_atomic_file {
+    FILE *f;
+    char *tmp;
+    const char *path;
+} nvlm_atomic_file;
+int nvlm_atomic_open(nvlm_atomic_file *a, const char *path, nvlm_err *err);
+int nvlm_atomic_close(nvlm_atomic_file *a, int ok, nvlm_err *err);
+
+/* The files of a checkpoint folder beside its weights (config.json, the tokenizer's files,
+ * generation and preprocessor configs): each one from_dir has is copied into to_dir
+ * atomically. */
+int nvlm_copy_side_files(const char *from_dir, const char *to_dir, nvlm_err *err);
+/* 1 when paths a and b name the same existing folder (symbolic links, "..", trailing
+ * slashes resolved). */
+int nvlm_same_dir(const char *a, const char *b);
 #endif

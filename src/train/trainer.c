@@ -128,28 +128,6 @@ static int mkdir_p(const char *dir, nvlm_err *err) {
     return NVLM_OK;
 }
 
-static int same_dir(const char *a, const char *b) {
-    char ra[PATH_MAX], rb[PATH_MAX];
-    return realpath(a, ra) && realpath(b, rb) && !strcmp(ra, rb);
-}
-
-static const char *const copied_files[] = {"config.json", "tokenizer.json", "vocab.json", "merges.txt",
-                                           "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                                           "generation_config.json", "preprocessor_config.json"};
-
-static int copy_file(const char *from_dir, const char *to_dir, const char *name, nvlm_err *err) {
-    char *src = nvlm_path_join(from_dir, name), *dst = nvlm_path_join(to_dir, name);
-    int rc = src && dst ? NVLM_OK : nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
-    if (!rc && nvlm_file_exists(src)) {
-        char *data;
-        size_t len;
-        rc = nvlm_read_file(src, 0, &data, &len, err);
-        if (!rc) rc = nvlm_write_file_atomic(dst, data, len, err);
-        if (!rc) free(data);
-    }
-    free(src), free(dst);
-    return rc;
-}
 
 /* model.safetensors in the source layout and dtypes (vision tensors copied as they are). */
 static int save_model(run *r, const char *dir, nvlm_err *err) {
@@ -231,9 +209,7 @@ static int save_state(run *r, const char *dir, nvlm_err *err) {
 static int save_checkpoint(run *r, nvlm_err *err) {
     const char *dir = r->o->out_dir;
     int rc = mkdir_p(dir, err);
-    if (!rc && !same_dir(r->src_dir, dir))
-        for (size_t i = 0; i < sizeof copied_files / sizeof *copied_files && !rc; i++)
-            rc = copy_file(r->src_dir, dir, copied_files[i], err);
+    if (!rc && !nvlm_same_dir(r->src_dir, dir)) rc = nvlm_copy_side_files(r->src_dir, dir, err);
     if (!rc) rc = save_model(r, dir, err);
     if (!rc) rc = save_state(r, dir, err);
     if (rc) nvlm_fail_prefix(err, "saving a checkpoint in %s: ", dir);
