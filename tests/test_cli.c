@@ -37,6 +37,19 @@ static void test_usage(void) {
     CHECK(nvlm("bench --frobnicate 3") == 2 && strstr(out, "unknown option '--frobnicate'"), "bench unknown option: %s", out);
     CHECK(nvlm("run --model /nonexistent/nvlm -p hi") != 0 && strstr(out, "/nonexistent/nvlm/config.json"), "run, no model: %s", out);
     CHECK(nvlm("run -p hi --threads 0") == 2 && strstr(out, "bad value for --threads"), "run --threads 0: %s", out);
+    CHECK(nvlm("bench --model /nonexistent/nvlm --no-kernels") == 1 && strstr(out, "/nonexistent/nvlm/config.json"), "bench, no model: %s",
+          out);
+}
+
+/* Missing input files are named before the model loads (nothing about weights is printed). */
+static void test_run_files_first(const char *model) {
+    char a[4608];
+    snprintf(a, sizeof a, "run -m %s -i /nonexistent/cat.png -p hi", model);
+    CHECK(nvlm(a) == 1 && strstr(out, "cannot read image /nonexistent/cat.png") && !strstr(out, "weights"), "missing image: %s", out);
+    snprintf(a, sizeof a, "run -m %s -p hi --history /nonexistent/h.json", model);
+    CHECK(nvlm(a) == 1 && strstr(out, "cannot read history /nonexistent/h.json") && !strstr(out, "weights"), "missing history: %s", out);
+    snprintf(a, sizeof a, "run -m %s -p hi --logits-out /nonexistent/dir/l.bin", model);
+    CHECK(nvlm(a) == 1 && strstr(out, "folder /nonexistent/dir") && !strstr(out, "weights"), "unwritable logits: %s", out);
 }
 
 static void test_bench(const char *model) {
@@ -80,6 +93,7 @@ int main(int argc, char **argv) {
     snprintf(model, sizeof model, "%s", shared_path("reference/models/tiny-nvlm-d"));
     test_usage();
     test_bench(model);
+    test_run_files_first(model);
     test_run_same_answer(model);
     return check_done("test_cli");
 }

@@ -169,16 +169,17 @@ static nvlm_span *token_weights(const nvlm_model *m, int *n) {
     return s;
 }
 
-static void bench_model(const bench_opts *o, const int *nts, int n_pools, const limits *lim) {
-    for (int i = 0; i < n_pools; i++) {
+/* Returns the exit status: 1 after printing the first error. */
+static int bench_model(const bench_opts *o, const int *nts, int n_pools, const limits *lim) {
+    int status = 0;
+    for (int i = 0; i < n_pools && !status; i++) {
         nvlm_load_options lo = {.n_threads = nts[i], .weights_io = cli_weights_io(o->weights_io, o->weights)};
         nvlm_model *m = NULL;
         nvlm_err err = {0};
         double t_load = nvlm_bench_clock(0, 1);
         if (nvlm_model_load(o->model, &lo, &m, &err) || nvlm_model_quantize(m, o->weights, &err)) {
-            cli_report("bench", &err);
             nvlm_model_free(m);
-            return;
+            return cli_report("bench", &err);
         }
         /* bytes read per generated token: every LLM matrix (embedding row aside) once */
         int n_span = 0;
@@ -213,9 +214,10 @@ static void bench_model(const bench_opts *o, const int *nts, int n_pools, const 
         float *x = malloc(sizeof(float) * (size_t)o->prompt * h), *logits = malloc(sizeof(float) * V);
         int32_t *ids = malloc(sizeof(int32_t) * (size_t)o->prompt);
         if (!x || !logits || !ids || nvlm_kv_init(&kv, m, &err)) {
+            if (!err.msg[0]) snprintf(err.msg, sizeof err.msg, "out of memory");
             free(x), free(logits), free(ids), free(spans);
             nvlm_model_free(m);
-            return;
+            return cli_report("bench", &err);
         }
         for (int k = 0; k < o->prompt; k++) ids[k] = (int32_t)(k * 7919 % (V - 300));
         nvlm_embed_tokens(m, ids, o->prompt, x, &err);
@@ -249,7 +251,7 @@ static void bench_model(const bench_opts *o, const int *nts, int n_pools, const 
             if (lim) printf("\n    (beside the machine-limits probe's %.1f GB/s: %.0f%%)", lim[i].bw, 100 * tps * wbytes / (lim[i].bw * 1e9));
             printf("\n");
         } else {
-            cli_report("bench", &err);
+            status = cli_report("bench", &err);
         }
         free(spans);
         printf("  peak RSS so far: %.0f MB\n", peak_rss_mb());
@@ -257,6 +259,7 @@ static void bench_model(const bench_opts *o, const int *nts, int n_pools, const 
         free(x), free(logits), free(ids);
         nvlm_model_free(m);
     }
+    return status;
 }
 
 int cmd_bench(int argc, char **argv) {
@@ -306,6 +309,5 @@ int cmd_bench(int argc, char **argv) {
         if (nvlm_pool_new(nts[i], &pools[i], &err)) return cli_report("bench", &err);
     if (o.kernels) bench_kernels(&o, pools, nts, n_pools, lim);
     for (int i = 0; i < n_pools; i++) nvlm_pool_free(pools[i]);
-    if (o.model) bench_model(&o, nts, n_pools, o.kernels ? lim : NULL);
-    return 0;
+    return o.model ? bench_model(&o, nts, n_pools, o.kernels ? lim : NULL) : 0;
 }

@@ -2,9 +2,11 @@
 #include "cli_model.h"
 #include "core/file.h"
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MAX_IMAGES 64
 
@@ -127,6 +129,27 @@ static int parse_args(int argc, char **argv, run_args *r) {
     return 0;
 }
 
+/* The files the answer needs, checked before the model loads (a 72B load takes minutes, and a
+ * typo in an image path should not wait for it): images and history readable, the logits
+ * file's folder writable. Returns the exit status. */
+static int check_files(const run_args *r) {
+    for (int i = 0; i < r->n_images; i++)
+        if (access(r->images[i], R_OK))
+            return fprintf(stderr, "nvlm run: cannot read image %s: %s\n", r->images[i], strerror(errno)), 1;
+    if (r->history && access(r->history, R_OK))
+        return fprintf(stderr, "nvlm run: cannot read history %s: %s\n", r->history, strerror(errno)), 1;
+    if (r->logits_out) {
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s", r->logits_out);
+        char *slash = strrchr(dir, '/');
+        if (slash) *slash = 0;
+        const char *d = !slash ? "." : dir[0] ? dir : "/";
+        if (access(d, W_OK))
+            return fprintf(stderr, "nvlm run: cannot write --logits-out %s: folder %s: %s\n", r->logits_out, d, strerror(errno)), 1;
+    }
+    return 0;
+}
+
 int cmd_run(int argc, char **argv) {
     run_args r;
     memset(&r, 0, sizeof r);
@@ -137,7 +160,7 @@ int cmd_run(int argc, char **argv) {
     nvlm_chat *c = NULL;
     nvlm_answer ans = {0};
     nvlm_err err = {0};
-    if ((rc = cli_load_model("run", &r.o, &m))) return rc;
+    if ((rc = check_files(&r)) || (rc = cli_load_model("run", &r.o, &m))) return rc;
     if ((rc = cli_chat_new("run", &r.o, m, &c))) goto done;
     if (r.history && (rc = load_history(r.history, c))) goto done;
     for (int i = 0; i < r.n_images; i++)
