@@ -276,26 +276,10 @@ static int read_tokenizer(const char *dir, tok_info *ti, nvlm_err *err) {
     return rc;
 }
 
+/* What --tokenizer DIR contributes (config.json is mkmodel's own). */
 static const char *const tokenizer_files[] = {"tokenizer.json", "vocab.json", "merges.txt",
                                               "tokenizer_config.json", "special_tokens_map.json",
                                               "added_tokens.json"};
-
-static int copy_tokenizer(const char *from, const char *to, nvlm_err *err) {
-    int rc = 0;
-    for (size_t i = 0; i < sizeof tokenizer_files / sizeof *tokenizer_files && !rc; i++) {
-        char *src = nvlm_path_join(from, tokenizer_files[i]);
-        char *dst = nvlm_path_join(to, tokenizer_files[i]);
-        char *data = NULL;
-        size_t len;
-        if (!src || !dst) rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
-        else if (nvlm_file_exists(src) && !(rc = nvlm_read_file(src, 0, &data, &len, err)))
-            rc = nvlm_write_file_atomic(dst, data, len, err);
-        free(data);
-        free(src);
-        free(dst);
-    }
-    return rc;
-}
 
 /* ----------------------------------------------------------------- config */
 
@@ -488,7 +472,8 @@ int nvlm_mkmodel(const nvlm_mkmodel_opts *opts, const char *out_dir, uint64_t *n
     }
     if (!rc) rc = remove_stale_weights(out_dir, err);
     if (!rc) rc = nvlm_stw_write_dir(w, out_dir, o.shards, err);
-    if (!rc && o.tokenizer_dir) rc = copy_tokenizer(o.tokenizer_dir, out_dir, err);
+    if (!rc && o.tokenizer_dir)
+        rc = nvlm_copy_files(o.tokenizer_dir, out_dir, tokenizer_files, sizeof tokenizer_files / sizeof *tokenizer_files, err);
     nvlm_stw_free(w);
     free(users);
     free(g.specs);

@@ -305,12 +305,9 @@ int nvlm_write_file_atomic(const char *path, const void *data, size_t len, nvlm_
     return rc ? rc : rc2;
 }
 
-int nvlm_copy_side_files(const char *from_dir, const char *to_dir, nvlm_err *err) {
-    static const char *const names[] = {"config.json", "tokenizer.json", "vocab.json", "merges.txt",
-                                        "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                                        "generation_config.json", "preprocessor_config.json"};
+int nvlm_copy_files(const char *from_dir, const char *to_dir, const char *const *names, size_t n, nvlm_err *err) {
     int rc = NVLM_OK;
-    for (size_t i = 0; i < sizeof names / sizeof *names && !rc; i++) {
+    for (size_t i = 0; i < n && !rc; i++) {
         char *src = nvlm_path_join(from_dir, names[i]), *dst = nvlm_path_join(to_dir, names[i]);
         char *data = NULL;
         size_t len;
@@ -320,6 +317,13 @@ int nvlm_copy_side_files(const char *from_dir, const char *to_dir, nvlm_err *err
         free(data), free(src), free(dst);
     }
     return rc;
+}
+
+int nvlm_copy_side_files(const char *from_dir, const char *to_dir, nvlm_err *err) {
+    static const char *const names[] = {"config.json", "tokenizer.json", "vocab.json", "merges.txt",
+                                        "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                                        "generation_config.json", "preprocessor_config.json"};
+    return nvlm_copy_files(from_dir, to_dir, names, sizeof names / sizeof *names, err);
 }
 
 int nvlm_same_dir(const char *a, const char *b) {

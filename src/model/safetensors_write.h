@@ -60,6 +60,8 @@ typedef struct nvlm_atomic_file {
 int nvlm_atomic_open(nvlm_atomic_file *a, const char *path, nvlm_err *err);
 int nvlm_atomic_close(nvlm_atomic_file *a, int ok, nvlm_err *err);
 
+/* Copies each file of names[0..n) that from_dir has into to_dir, atomically. */
+int nvlm_copy_files(const char *from_dir, const char *to_dir, const char *const *names, size_t n, nvlm_err *err);
 /* The files of a checkpoint folder beside its weights (config.json, the tokenizer's files,
  * generation and preprocessor configs): each one from_dir has is copied into to_dir
  * atomically. */
