@@ -81,6 +81,34 @@ static void test_run_same_answer(const char *model) {
     CHECK(nvlm(a) == 0 && strstr(out, "loading:") && strstr(out, "read into memory by default"), "info: %s", out);
 }
 
+/* The smaller commands: tokenize, preprocess, quantize (to a scratch folder: it says which
+ * matrices stay as stored, refuses its own model folder, and its output answers). */
+static void test_tools(const char *model) {
+    char a[4608];
+    snprintf(a, sizeof a, "tokenize --model %s --text 'Hello world<|im_start|>'", model);
+    CHECK(nvlm(a) == 0 && strstr(out, "{\"ids\": [") && strstr(out, ", 4257]}"), "tokenize: %s", out);
+    snprintf(a, sizeof a, "preprocess --image %s --json", shared_path("reference/images/astronaut_q90.jpg"));
+    CHECK(nvlm(a) == 0 && strstr(out, "\"grid\"") && strstr(out, "\"tile_sha256\""), "preprocess: %s", out);
+    snprintf(a, sizeof a, "preprocess --image %s", shared_path("reference/images/bad/truncated.png"));
+    CHECK(nvlm(a) == 1 && strstr(out, "truncated.png: PNG: image file is truncated"), "preprocess, bad image: %s", out);
+    char dir[] = "/tmp/nvlm_test_cli_XXXXXX";
+    if (!mkdtemp(dir)) {
+        CHECK(0, "mkdtemp");
+        return;
+    }
+    snprintf(a, sizeof a, "quantize --model %s --out %s/q --type q4", model, dir);
+    CHECK(nvlm(a) == 0 && strstr(out, "kept as stored") && strstr(out, "vision_model.encoder.layers.0.attn.qkv.weight [384 x 80]"),
+          "quantize: %s", out);
+    snprintf(a, sizeof a, "quantize --model %s/q --out %s/q/ --type q8_0", dir, dir);
+    CHECK(nvlm(a) == 1 && strstr(out, "is the model folder"), "quantize into itself: %s", out);
+    snprintf(a, sizeof a, "run -m %s/q -p Hello -n 3 --json -q", dir);
+    CHECK(nvlm(a) == 0 && strstr(out, "\"output_ids\""), "run the quantized folder: %s", out);
+    char q[64];
+    snprintf(q, sizeof q, "%s/q", dir);
+    check_rm_flat_dir(q);
+    rmdir(dir);
+}
+
 int main(int argc, char **argv) {
     (void)argc;
     const char *slash = strrchr(argv[0], '/');
@@ -95,5 +123,6 @@ int main(int argc, char **argv) {
     test_bench(model);
     test_run_files_first(model);
     test_run_same_answer(model);
+    test_tools(model);
     return check_done("test_cli");
 }
