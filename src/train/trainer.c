@@ -128,7 +128,6 @@ static int mkdir_p(const char *dir, nvlm_err *err) {
     return NVLM_OK;
 }
 
-
 /* model.safetensors in the source layout and dtypes (vision tensors copied as they are). */
 static int save_model(run *r, const char *dir, nvlm_err *err) {
     nvlm_stw *w;
