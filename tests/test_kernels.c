@@ -265,7 +265,8 @@ static void test_read_spans(nvlm_pool *p, int level) {
     nvlm_span s[] = {{buf, 1}, {buf + 1, 0}, {buf + 3, 129}, {buf + 200, N - 200}, {buf + 7, 127}};
     double t = nvlm_read_spans_seconds(p, s, (int)(sizeof s / sizeof *s), 0);
     CHECK(t > 0 && t < 10, "read spans at level %d: %g s", level, t);
-    CHECK(nvlm_read_spans_seconds(p, s, 0, 0) >= 0, "no spans");
+    double t0 = nvlm_read_spans_seconds(p, s, 0, 0);
+    CHECK(t0 >= 0 && t0 < 1, "no spans: nothing to read, %g s", t0);
     free(buf);
 }
 
