@@ -16,7 +16,7 @@ void nvlm_attend(const float *q, const float *k, size_t k_stride, const float *v
 
 size_t nvlm_attention_scratch(int level, int n_q, int n_keys, int d) {
 #ifdef NVLM_HAVE_AVX2_KERNELS
-    if (level >= NVLM_CPU_AVX2) return nvlm_attention_scratch_avx2(n_q, n_keys, d);
+    if (nvlm_cpu_at_least(level, NVLM_CPU_AVX2)) return nvlm_attention_scratch_avx2(n_q, n_keys, d);
 #endif
 #ifdef NVLM_HAVE_NEON_KERNELS
     if (level == NVLM_CPU_NEON) return nvlm_attention_scratch_neon(n_q, n_keys, d);
@@ -29,7 +29,7 @@ void nvlm_attention(int level, const float *q, size_t q_stride, int n_q, const f
                     const float *v, size_t v_stride, int n_keys, int causal_pos0, int d, float scale,
                     float *out, size_t out_stride, float *scratch) {
 #ifdef NVLM_HAVE_AVX2_KERNELS
-    if (level >= NVLM_CPU_AVX2) {
+    if (nvlm_cpu_at_least(level, NVLM_CPU_AVX2)) {
         nvlm_attention_avx2(q, q_stride, n_q, k, k_stride, v, v_stride, n_keys, causal_pos0, d, scale, out,
                             out_stride, scratch);
         return;

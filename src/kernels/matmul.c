@@ -60,7 +60,7 @@ void nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvl
                  const float *bias) {
     if (n_tok <= 0) return;
 #ifdef NVLM_HAVE_AVX2_KERNELS
-    if (nvlm_pool_level(pool) >= NVLM_CPU_AVX2) {
+    if (nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX2)) {
         nvlm_matmul_avx2(pool, y, x, n_tok, w, bias);
         return;
     }
@@ -78,7 +78,7 @@ void nvlm_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x
                        const nvlm_wmat *const *w, const float *const *bias) {
     if (n_tok <= 0) return;
 #ifdef NVLM_HAVE_AVX2_KERNELS
-    if (nvlm_pool_level(pool) >= NVLM_CPU_AVX2) {
+    if (nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX2)) {
         nvlm_matmul_multi_avx2(pool, n_w, y, x, n_tok, w, bias);
         return;
     }
@@ -88,7 +88,7 @@ void nvlm_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x
 
 void nvlm_row_to_f32_at(int level, float *dst, const void *src, nvlm_dtype t, int n) {
 #ifdef NVLM_HAVE_AVX2_KERNELS
-    if (level >= NVLM_CPU_AVX2) {
+    if (nvlm_cpu_at_least(level, NVLM_CPU_AVX2)) {
         nvlm_row_to_f32_avx2(dst, src, t, n);
         return;
     }
@@ -118,7 +118,7 @@ static void act_range(void *ctx, size_t ubegin, size_t uend, int thread) {
     const act_job *j = ctx;
     size_t begin = ubegin * ACT_UNIT, end = uend * ACT_UNIT < j->n ? uend * ACT_UNIT : j->n, n = end - begin;
 #ifdef NVLM_HAVE_AVX2_KERNELS
-    if (j->level >= NVLM_CPU_AVX2) {
+    if (nvlm_cpu_at_least(j->level, NVLM_CPU_AVX2)) {
         if (j->silu) nvlm_silu_mul_avx2(j->a + begin, j->b + begin, n);
         else nvlm_gelu_avx2(j->a + begin, n);
         return;

@@ -140,7 +140,7 @@ static void read_part(void *ctx, size_t begin, size_t end, int thread) {
     for (size_t u = begin; u < end; u++) {
         const float *p = j->buf + u * per;
 #if defined(__x86_64__)
-        float s = j->level >= NVLM_CPU_AVX2 ? sum_avx2(p, per) : sum_scalar(p, per);
+        float s = nvlm_cpu_at_least(j->level, NVLM_CPU_AVX2) ? sum_avx2(p, per) : sum_scalar(p, per);
 #elif defined(__aarch64__)
         float s = j->level == NVLM_CPU_NEON ? sum_neon(p, per) : sum_scalar(p, per);
 #else
@@ -183,7 +183,7 @@ static void read_units(void *ctx, size_t begin, size_t end, int thread) {
         const uint8_t *p = j->unit[u].p;
         size_t n = j->unit[u].n, body = n / 128 * 128;
 #if defined(__x86_64__)
-        x ^= j->level >= NVLM_CPU_AVX2 ? fold_avx2(p, body) : fold_scalar(p, body);
+        x ^= nvlm_cpu_at_least(j->level, NVLM_CPU_AVX2) ? fold_avx2(p, body) : fold_scalar(p, body);
 #else
         x ^= fold_scalar(p, body);
 #endif
@@ -214,7 +214,7 @@ static void fma_part(void *ctx, size_t begin, size_t end, int thread) {
     peak_job *j = ctx;
     for (size_t u = begin; u < end; u++) {
 #if defined(__x86_64__)
-        if (j->level >= NVLM_CPU_AVX2) {
+        if (nvlm_cpu_at_least(j->level, NVLM_CPU_AVX2)) {
             j->sink[thread & 255] += fma_avx2(j->iters);
             continue;
         }

@@ -215,8 +215,7 @@ int nvlm_pool_threads(const nvlm_pool *p) { return p ? p->n_threads : 1; }
 int nvlm_pool_level(const nvlm_pool *p) { return p ? p->level : nvlm_cpu_level(); }
 
 int nvlm_pool_set_level(nvlm_pool *p, int level) {
-    int hw = nvlm_cpu_hw_level();
-    p->level = level < 0 ? 0 : level > hw ? hw : level;
+    p->level = nvlm_cpu_clamp(level);
     return p->level;
 }
 
