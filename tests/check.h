@@ -36,11 +36,14 @@ static int check_passed_, check_failed_;
         }                                                                          \
     } while (0)
 
-/* Path of a file under the shared reference folder (NVLM_SHARED, default ../shared). */
+/* Path of a file of the test data, rel being relative to the shared folder ("reference/..."):
+ * under tests/data (the copy kept in the repository, see tests/data/README.md), or under
+ * $NVLM_SHARED when it is set (the shared folder that copy was made from). Relative to the
+ * repository root, where tests/run.sh runs the tests. The one place tests resolve data paths. */
 static inline const char *shared_path(const char *rel) {
     static char buf[4096];
     const char *root = getenv("NVLM_SHARED");
-    snprintf(buf, sizeof buf, "%s/%s", root && *root ? root : "../shared", rel);
+    snprintf(buf, sizeof buf, "%s/%s", root && *root ? root : "tests/data", rel);
     return buf;
 }
 

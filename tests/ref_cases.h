@@ -1,5 +1,5 @@
 /* ref_cases.h - what the end-to-end model tests share: reading the reference's float32 files
- * and case lines (../shared/reference/model_cases*.jsonl), comparing ids and values, and
+ * and case lines (tests/data/reference/model_cases*.jsonl), comparing ids and values, and
  * setting up a conversation as a case describes it. Header-only: each test is one program. */
 #ifndef NVLM_TESTS_REF_CASES_H
 #define NVLM_TESTS_REF_CASES_H

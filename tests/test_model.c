@@ -1,4 +1,4 @@
-/* NVLM-D end to end against ../shared/reference/model_cases.jsonl (pass criteria in the
+/* NVLM-D end to end against tests/data/reference/model_cases.jsonl (pass criteria in the
  * reference README): prompt ids, projector output, last-prompt logits, greedy ids, response;
  * plus the mlp1 unit data. NVLM_MODEL_CASES=id1,id2 restricts the cases (debugging). */
 #include "check.h"

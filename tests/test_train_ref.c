@@ -1,4 +1,4 @@
-/* The trainer against ../shared/reference/train_cases.jsonl (PyTorch reference): prompt ids
+/* The trainer against tests/data/reference/train_cases.jsonl (PyTorch reference): prompt ids
  * and labels from the conversation format, loss, the gradient of every trainable tensor in
  * stage 1 and stage 2, and the parameters after one AdamW step (README.models.md, pass
  * criterion 6). */
