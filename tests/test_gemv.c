@@ -84,16 +84,16 @@ static void test_float_path(nvlm_pool *p1, nvlm_pool *p3, int level) {
                 float *y3 = malloc(sizeof(float) * 3 * N), *yt = malloc(sizeof(float) * N);
                 for (int T = 1; T <= 3; T++) {
                     const float *bs = T == 2 ? NULL : bias;
-                    nvlm_matmul_scalar(p1, ref, x, T, &w, bs);
-                    nvlm_matmul(p1, y1, x, T, &w, bs);
-                    nvlm_matmul(p3, y3, x, T, &w, bs);
+                    nvlm_matmul_scalar(p1, ref, x, T, &w, bs, NULL);
+                    nvlm_matmul(p1, y1, x, T, &w, bs, NULL);
+                    nvlm_matmul(p3, y3, x, T, &w, bs, NULL);
                     double e = worst_error(y1, ref, x, &w, T, 1e-6);
                     CHECK(e <= 1, "%s N=%d K=%d T=%d: error %.3g x the bound", nvlm_dtype_name(dt), N, K, T, e);
                     CHECK(!memcmp(y1, y3, sizeof(float) * T * N), "%s N=%d K=%d T=%d: 1 and 3 threads differ",
                           nvlm_dtype_name(dt), N, K, T);
                     int same = 1;
                     for (int t = 0; t < T; t++) {
-                        nvlm_matmul(p1, yt, x + (size_t)t * K, 1, &w, bs);
+                        nvlm_matmul(p1, yt, x + (size_t)t * K, 1, &w, bs, NULL);
                         same &= !memcmp(yt, y1 + (size_t)t * N, sizeof(float) * N);
                     }
                     if (level == NVLM_CPU_NEON) continue; /* a property of the scalar and AVX2 code */
@@ -122,8 +122,8 @@ static void test_int8_path(nvlm_pool *p1, nvlm_pool *p3) {
                 nvlm_block_q8a *xq = malloc(sizeof(nvlm_block_q8a) * (K / NVLM_QK));
                 size_t rb = nvlm_row_bytes(dt, K);
                 for (int T = 1; T <= 3; T++) {
-                    nvlm_matmul(p1, y1, x, T, &w, NULL);
-                    nvlm_matmul(p3, y3, x, T, &w, NULL);
+                    nvlm_matmul(p1, y1, x, T, &w, NULL, NULL);
+                    nvlm_matmul(p3, y3, x, T, &w, NULL, NULL);
                     double worst = 0;
                     for (int t = 0; t < T; t++) {
                         nvlm_quantize_row_q8a(x + (size_t)t * K, xq, K);
@@ -156,8 +156,8 @@ static void test_threads_large(nvlm_pool *p1, nvlm_pool *p3) {
         void *wd = make_weights(dts[d], N, K);
         nvlm_wmat w = {dts[d], N, K, wd};
         float *x = make_x(1, K), *y1 = malloc(sizeof(float) * N), *y3 = malloc(sizeof(float) * N);
-        nvlm_matmul(p1, y1, x, 1, &w, NULL);
-        nvlm_matmul(p3, y3, x, 1, &w, NULL);
+        nvlm_matmul(p1, y1, x, 1, &w, NULL, NULL);
+        nvlm_matmul(p3, y3, x, 1, &w, NULL, NULL);
         CHECK(!memcmp(y1, y3, sizeof(float) * N), "%s N=%d K=%d: 1 and 3 threads differ", nvlm_dtype_name(dts[d]), N, K);
         free(wd), free(x), free(y1), free(y3);
     }

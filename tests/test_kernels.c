@@ -10,6 +10,7 @@
 #include "kernels/simd.h"
 #include "kernels/simd_neon.h"
 #include <math.h>
+#include <stdint.h>
 
 static uint64_t rng = 88172645463325252ull;
 static float frand(void) { /* uniform [-1, 1) */
@@ -45,13 +46,13 @@ static void test_matmul(nvlm_pool *p1, nvlm_pool *p3, int level) {
             void *wd = make_weights(dt, wf, N, K);
             nvlm_wmat w = {dt, N, K, wd};
             float *ref = malloc(sizeof(float) * T * N), *y1 = malloc(sizeof(float) * T * N), *y3 = malloc(sizeof(float) * T * N);
-            nvlm_matmul_scalar(p1, ref, x, T, &w, bias);
+            nvlm_matmul_scalar(p1, ref, x, T, &w, bias, NULL);
             /* the default keeps x in float32; the int8-activation option (llama.cpp's way) rounds x
              * to 8 bits per block of 32 (relative 1/254 per term) on the matrix-vector path */
             for (int int8 = 0; int8 <= (nvlm_dtype_is_block(dt) && T <= 3 && level); int8++) {
                 nvlm_pool_set_int8_act(p1, int8), nvlm_pool_set_int8_act(p3, int8);
-                nvlm_matmul(p1, y1, x, T, &w, bias);
-                nvlm_matmul(p3, y3, x, T, &w, bias);
+                nvlm_matmul(p1, y1, x, T, &w, bias, NULL);
+                nvlm_matmul(p3, y3, x, T, &w, bias, NULL);
                 double worst = 0;
                 for (int t = 0; t < T; t++)
                     for (int o = 0; o < N; o++) {
@@ -90,13 +91,13 @@ static void test_matmul_multi(nvlm_pool *p1, nvlm_pool *p3) {
             w[i] = (nvlm_wmat){dt, N[i], K, wd[i]};
             ref[i] = malloc(sizeof(float) * T * N[i]), y1[i] = malloc(sizeof(float) * T * N[i]);
             y3[i] = malloc(sizeof(float) * T * N[i]);
-            nvlm_matmul(p1, ref[i], x, T, &w[i], i == 1 ? NULL : bias);
+            nvlm_matmul(p1, ref[i], x, T, &w[i], i == 1 ? NULL : bias, NULL);
             free(wf);
         }
         const nvlm_wmat *ws[3] = {&w[0], &w[1], &w[2]};
         const float *bs[3] = {bias, NULL, bias};
-        nvlm_matmul_multi_avx2(p1, 3, y1, x, T, ws, bs);
-        nvlm_matmul_multi_avx2(p3, 3, y3, x, T, ws, bs);
+        nvlm_matmul_multi_avx2(p1, 3, y1, x, T, ws, bs, NULL);
+        nvlm_matmul_multi_avx2(p3, 3, y3, x, T, ws, bs, NULL);
         for (int i = 0; i < 3; i++) {
             CHECK(!memcmp(y1[i], ref[i], sizeof(float) * T * N[i]), "matmul_multi T=%d K=%d matrix %d: differs from nvlm_matmul", T, K, i);
             CHECK(!memcmp(y3[i], ref[i], sizeof(float) * T * N[i]), "matmul_multi T=%d K=%d matrix %d: 3 threads differ", T, K, i);
@@ -270,6 +271,44 @@ static void test_read_spans(nvlm_pool *p, int level) {
     free(buf);
 }
 
+/* A matrix product whose scratch cannot be had (the pool's scratch limit at 0 stands for a failed
+ * allocation) returns NVLM_E_NOMEM with a message, at every level, and never skips its work
+ * silently; with the limit lifted the same calls succeed. */
+static void test_scratch_failure(int level) {
+    nvlm_pool *p = NULL;
+    CHECK(nvlm_pool_new(3, &p, NULL) == 0, "pool");
+    if (!p) return;
+    nvlm_pool_set_level(p, level);
+    nvlm_pool_set_int8_act(p, 1); /* the NEON matrix-vector product takes scratch for int8 activations only */
+    const int T = 8, N = 40, K = 32 * 1600; /* 1600 blocks per row: more than the gemv stack buffers hold */
+    float *x = rand_vec((size_t)T * K, 1.0f), *wf = rand_vec((size_t)N * K, 0.1f);
+    float *y[2] = {malloc(sizeof(float) * T * N), malloc(sizeof(float) * T * N)};
+    void *wq = make_weights(NVLM_DT_Q8_0, wf, N, K);
+    nvlm_wmat w = {.dtype = NVLM_DT_Q8_0, .rows = N, .cols = K, .data = wq};
+    const nvlm_wmat *ws[2] = {&w, &w};
+    const float *bs[2] = {NULL, NULL};
+    const char *name = nvlm_cpu_level_name(level);
+    nvlm_pool_set_scratch_limit(p, 0);
+    for (int t = 1; t <= T; t += T - 1) { /* the matrix-vector path and the packed one */
+        nvlm_err err = {0};
+        int rc = nvlm_matmul(p, y[0], x, t, &w, NULL, &err);
+        CHECK(rc == NVLM_E_NOMEM && err.code == NVLM_E_NOMEM && strstr(err.msg, "out of memory") &&
+                  strstr(err.msg, "scratch"),
+              "%s: %d tokens without scratch: rc %d (%s)", name, t, rc, err.msg);
+        err = (nvlm_err){0};
+        rc = nvlm_matmul_multi(p, 2, y, x, t, ws, bs, &err);
+        CHECK(rc == NVLM_E_NOMEM && strstr(err.msg, "out of memory"), "%s: multi, %d tokens without scratch: rc %d",
+              name, t, rc);
+        CHECK(nvlm_matmul_scalar(p, y[0], x, t, &w, NULL, NULL) == NVLM_E_NOMEM, "%s: scalar without scratch", name);
+    }
+    nvlm_pool_set_scratch_limit(p, SIZE_MAX);
+    nvlm_err err = {0};
+    CHECK(nvlm_matmul(p, y[0], x, T, &w, NULL, &err) == 0 && nvlm_matmul(p, y[1], x, 1, &w, NULL, &err) == 0,
+          "%s: with scratch: %s", name, err.msg);
+    free(x), free(wf), free(y[0]), free(y[1]), free(wq);
+    nvlm_pool_free(p);
+}
+
 int main(void) {
     nvlm_err err = {0};
     nvlm_pool *p1 = NULL, *p3 = NULL;
@@ -294,6 +333,7 @@ int main(void) {
         test_attention(level);
         test_activations(p3, level);
         test_read_spans(p3, level);
+        test_scratch_failure(level);
     }
 #ifdef NVLM_HAVE_AVX2_KERNELS
     if (nvlm_cpu_at_least(hw, NVLM_CPU_AVX2)) {

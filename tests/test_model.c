@@ -120,6 +120,48 @@ static void check_cancel(nvlm_model *m) {
     if (!rc) nvlm_answer_free(&want);
 }
 
+/* A matrix product that cannot get its scratch (the pool's limit at 0 stands for a failed
+ * allocation) fails the ask with NVLM_E_NOMEM and a message, in the vision encoder and in the
+ * LLM, instead of answering from skipped work; with the limit lifted the chat answers as before. */
+static void check_scratch_failure(nvlm_model *m) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s", shared_path("reference/images/skimage_astronaut.png"));
+    nvlm_sampling s;
+    nvlm_sampling_default(&s);
+    s.max_new_tokens = 4;
+    nvlm_err err = {0};
+    nvlm_answer want, got;
+    for (int image = 0; image < 2; image++) {
+        nvlm_chat *c = NULL;
+        CHECK(nvlm_chat_new(m, &c, &err) == 0, "%s", err.msg);
+        if (!c) return;
+        if (image) nvlm_chat_add_image_file(c, path, &err);
+        int rc = nvlm_chat_ask(c, "Describe.", &s, NULL, NULL, &want, &err);
+        CHECK(rc == 0, "ask: %s", err.msg);
+        nvlm_chat_free(c);
+        c = NULL;
+        nvlm_chat_new(m, &c, &err);
+        if (image) nvlm_chat_add_image_file(c, path, &err);
+        nvlm_pool_set_scratch_limit(m->pool, 0);
+        err = (nvlm_err){0};
+        int r1 = nvlm_chat_ask(c, "Describe.", &s, NULL, NULL, &got, &err);
+        CHECK(r1 == NVLM_E_NOMEM && strstr(err.msg, "out of memory") && strstr(err.msg, "scratch"),
+              "ask without scratch (image %d): rc %d: %s", image, r1, err.msg);
+        if (!r1) nvlm_answer_free(&got);
+        nvlm_pool_set_scratch_limit(m->pool, SIZE_MAX);
+        nvlm_chat_free(c);
+        c = NULL;
+        nvlm_chat_new(m, &c, &err);
+        if (image) nvlm_chat_add_image_file(c, path, &err);
+        int r2 = nvlm_chat_ask(c, "Describe.", &s, NULL, NULL, &got, &err);
+        CHECK(r2 == 0 && !rc && got.n_output == want.n_output && !strcmp(got.response, want.response),
+              "after the scratch failure (image %d): %s", image, err.msg);
+        if (!r2) nvlm_answer_free(&got);
+        if (!rc) nvlm_answer_free(&want);
+        nvlm_chat_free(c);
+    }
+}
+
 int main(void) {
     char *text;
     size_t len;
@@ -161,6 +203,7 @@ int main(void) {
             if (m && !strcmp(model, "models/tiny-nvlm-d")) {
                 check_mlp1_unit(m);
                 if (ref_selected("cancel")) check_cancel(m);
+                if (ref_selected("scratch")) check_scratch_failure(m);
             }
         }
         if (m && ref_selected(id)) run_case(m, cs);

@@ -78,11 +78,15 @@ static void *rand_matrix(nvlm_dtype dt, int rows, int cols) {
 static double time_matmul(const bench_opts *o, nvlm_pool *p, const nvlm_wmat *w, const float *x, int M, float *y,
                           int reps) {
     int nt = nvlm_pool_threads(p);
-    nvlm_matmul(p, y, x, M, w, NULL); /* warm up */
+    nvlm_err err = {0};
+    if (nvlm_matmul(p, y, x, M, w, NULL, &err)) { /* warm up */
+        fprintf(stderr, "bench: %s\n", err.msg);
+        return 1e30;
+    }
     double best = 1e30;
     for (int r = 0; r < reps; r++) {
         double t0 = nvlm_bench_clock(o->cpu_clock, nt);
-        nvlm_matmul(p, y, x, M, w, NULL);
+        nvlm_matmul(p, y, x, M, w, NULL, NULL); /* the same call succeeded above */
         double t = nvlm_bench_clock(o->cpu_clock, nt) - t0;
         if (t < best) best = t;
     }

@@ -17,9 +17,11 @@
 #include <sys/mman.h>
 #include <time.h>
 
-void nvlm_gemv_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias);
-void var_gemv(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias);
-typedef void (*gemv_fn)(nvlm_pool *, float *, const float *, int, const nvlm_wmat *, const float *);
+int nvlm_gemv_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias,
+                   nvlm_err *err);
+int var_gemv(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias,
+             nvlm_err *err);
+typedef int (*gemv_fn)(nvlm_pool *, float *, const float *, int, const nvlm_wmat *, const float *, nvlm_err *);
 
 enum { LAYERS = 24, PER_LAYER = 7, N_MAT = LAYERS * PER_LAYER + 1, MAX_PAIRS = 1000, HUGE_PAGE = 2 << 20 };
 static const int shape[PER_LAYER + 1][2] = {{896, 896}, {128, 896}, {128, 896}, {896, 896}, {4864, 896}, {4864, 896}, {896, 4864}, {151936, 896}};
@@ -76,7 +78,7 @@ int main(int argc, char **argv) {
             int arm = p & 1 ? 1 - k : k; /* ABBA: neither arm always goes first */
             const nvlm_wmat *ws = w[pages ? arm : 0];
             double t0 = now();
-            for (int i = 0; i < N_MAT; i++) fn[arm](pool, y[arm], x, 1, &ws[i], NULL);
+            for (int i = 0; i < N_MAT; i++) fn[arm](pool, y[arm], x, 1, &ws[i], NULL, NULL);
             t[arm][p] = now() - t0;
         }
     if (memcmp(y[0], y[1], sizeof(float) * 151936)) printf("note: the two arms' outputs differ\n");

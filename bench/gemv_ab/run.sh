@@ -18,7 +18,7 @@ case "$mode" in
   variant) src=$2; shift 2
     cc -std=c11 -D_GNU_SOURCE -O2 -Iinclude -Isrc -Dnvlm_gemv_avx2=var_gemv -c "$src" -o "$tmp/var.o";;
   pages) shift
-    printf 'void var_gemv(void);\nvoid var_gemv(void) {}\n' > "$tmp/var.c"
+    printf 'int var_gemv(void);\nint var_gemv(void) { return 0; }\n' > "$tmp/var.c"
     cc -std=c11 -O2 -c "$tmp/var.c" -o "$tmp/var.o";;
   *) sed -n '2,8p' "$0"; exit 2;;
 esac

@@ -330,6 +330,7 @@ static void gemm_packed(int M, int K, const float *a, size_t lda, const float *b
 typedef struct mm_job {
     const float *x;
     float *ap;                          /* x packed: ceil(n_tok / MR) slivers of K x MR */
+    float *wp;                          /* per thread GROUP * KC * NR floats (weights packed) */
     int n_tok, K, n_w;
     float *const *y;
     const nvlm_wmat *const *w;
@@ -350,10 +351,8 @@ static void mm_pack_units(void *ctx, size_t begin, size_t end, int thread) {
 /* Units are panels of NR outputs, the matrices' panels one after the other; a thread's range
  * is done in groups of at most GROUP panels. */
 static void mm_gemm_units(void *ctx, size_t begin, size_t end, int thread) {
-    (void)thread;
     const mm_job *j = ctx;
-    float *wp = aligned_alloc(64, sizeof(float) * GROUP * KC * NR);
-    if (!wp) return;
+    float *wp = j->wp + (size_t)thread * GROUP * KC * NR;
     for (int i = 0; i < j->n_w; i++) {
         size_t b = begin > j->first[i] ? begin : j->first[i], e = end < j->first[i + 1] ? end : j->first[i + 1];
         const int N = j->w[i]->rows;
@@ -367,36 +366,37 @@ static void mm_gemm_units(void *ctx, size_t begin, size_t end, int thread) {
             gemm_cols(j->n_tok, j->K, j->ap, pack_wmat, j->w[i], n0, n1, j->y[i], (size_t)N, j->bias[i], wp, n1, n2);
         }
     }
-    free(wp);
 }
 
-void nvlm_matmul_multi_avx2(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
-                            const nvlm_wmat *const *w, const float *const *bias) {
-    if (n_tok <= 0 || n_w <= 0) return;
+int nvlm_matmul_multi_avx2(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
+                           const nvlm_wmat *const *w, const float *const *bias, nvlm_err *err) {
+    if (n_tok <= 0 || n_w <= 0) return NVLM_OK;
     if (n_tok <= NVLM_GEMV_MAX || n_w > NVLM_MATMUL_MULTI_MAX) {
-        for (int i = 0; i < n_w; i++) nvlm_matmul_avx2(pool, y[i], x, n_tok, w[i], bias[i]);
-        return;
+        for (int i = 0; i < n_w; i++) {
+            int rc = nvlm_matmul_avx2(pool, y[i], x, n_tok, w[i], bias[i], err);
+            if (rc) return rc;
+        }
+        return NVLM_OK;
     }
     const int K = w[0]->cols;
     size_t slivers = ((size_t)n_tok + MR - 1) / MR;
-    float *ap = malloc(sizeof(float) * slivers * MR * (size_t)K); /* plain malloc: reused heap, no page faults */
-    if (!ap) { /* cannot happen in practice; the reference needs less memory */
-        for (int i = 0; i < n_w; i++) nvlm_matmul_scalar(pool, y[i], x, n_tok, w[i], bias[i]);
-        return;
-    }
-    mm_job j = {x, ap, n_tok, K, n_w, y, w, bias, {0}};
+    /* x packed, then every thread's weight panel (64-byte aligned), all taken before the loops */
+    size_t ap_n = (slivers * MR * (size_t)K + 15) & ~(size_t)15, wp_n = (size_t)GROUP * KC * NR;
+    size_t bytes = sizeof(float) * (ap_n + wp_n * (size_t)nvlm_pool_threads(pool));
+    float *ap = nvlm_pool_scratch(pool, bytes);
+    if (!ap) return nvlm_pool_scratch_fail(err, "a matrix product", bytes);
+    mm_job j = {.x = x, .ap = ap, .wp = ap + ap_n, .n_tok = n_tok, .K = K, .n_w = n_w, .y = y, .w = w, .bias = bias};
     for (int i = 0; i < n_w; i++) j.first[i + 1] = j.first[i] + ((size_t)w[i]->rows + NR - 1) / NR;
     nvlm_pool_run(pool, slivers, 8, mm_pack_units, &j);
     nvlm_pool_run(pool, j.first[n_w], GROUP, mm_gemm_units, &j);
     free(ap);
+    return NVLM_OK;
 }
 
-void nvlm_matmul_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias) {
-    if (n_tok <= NVLM_GEMV_MAX) {
-        nvlm_gemv_avx2(pool, y, x, n_tok, w, bias);
-        return;
-    }
-    nvlm_matmul_multi_avx2(pool, 1, &y, x, n_tok, &w, &bias);
+int nvlm_matmul_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias,
+                     nvlm_err *err) {
+    if (n_tok <= NVLM_GEMV_MAX) return nvlm_gemv_avx2(pool, y, x, n_tok, w, bias, err);
+    return nvlm_matmul_multi_avx2(pool, 1, &y, x, n_tok, &w, &bias, err);
 }
 
 /* ---- attention: per block of queries, S = Q K^T, softmax, O = P V, all via ukr ---- */

@@ -163,6 +163,7 @@ typedef struct mm_job {
     const nvlm_wmat *w;
     const float *bias;
     float *apk; /* x packed (apack_at) */
+    float *wp;  /* per thread GROUP * KC * NR floats (weights packed) */
 } mm_job;
 
 /* Packs the tiles [begin, end) of MR tokens of x for every K block. */
@@ -180,31 +181,31 @@ static void mm_pack_x(void *ctx, size_t begin, size_t end, int thread) {
 }
 
 static void mm_gemm_units(void *ctx, size_t begin, size_t end, int thread) {
-    (void)thread;
     const mm_job *j = ctx;
-    float *wp = malloc(sizeof(float) * GROUP * KC * NR);
-    if (!wp) return;
+    float *wp = j->wp + (size_t)thread * GROUP * KC * NR;
     const int N = j->w->rows, K = j->w->cols;
     for (size_t u = begin; u < end; u++) {
         int n0 = (int)u * GROUP * NR, n1 = n0 + GROUP * NR < N ? n0 + GROUP * NR : N;
         gemm_cols(j->n_tok, K, NULL, 0, j->apk, pack_wmat, j->w, n0, n1, j->y, (size_t)N, j->bias, wp, NULL);
     }
-    free(wp);
 }
 
-void nvlm_matmul_neon(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias) {
-    if (n_tok <= NVLM_GEMV_NEON_MAX) {
-        nvlm_gemv_neon(pool, y, x, n_tok, w, bias);
-        return;
-    }
-    /* x is packed once per call (not once per group of outputs): every thread reads it */
+int nvlm_matmul_neon(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias,
+                     nvlm_err *err) {
+    if (n_tok <= NVLM_GEMV_NEON_MAX) return nvlm_gemv_neon(pool, y, x, n_tok, w, bias, err);
+    /* x is packed once per call (not once per group of outputs): every thread reads it; the
+     * threads' weight panels follow, all taken before the loops */
     size_t tiles = ((size_t)n_tok + MR - 1) / MR;
-    mm_job j = {y, x, n_tok, w, bias, malloc(sizeof(float) * tiles * MR * (size_t)w->cols)};
-    if (!j.apk) return; /* leaves y untouched, like the scalar path */
+    size_t ap_n = (tiles * MR * (size_t)w->cols + 15) & ~(size_t)15, wp_n = (size_t)GROUP * KC * NR;
+    size_t bytes = sizeof(float) * (ap_n + wp_n * (size_t)nvlm_pool_threads(pool));
+    float *apk = nvlm_pool_scratch(pool, bytes);
+    if (!apk) return nvlm_pool_scratch_fail(err, "a matrix product", bytes);
+    mm_job j = {.y = y, .x = x, .n_tok = n_tok, .w = w, .bias = bias, .apk = apk, .wp = apk + ap_n};
     nvlm_pool_run(pool, tiles, 4, mm_pack_x, &j);
     size_t units = ((size_t)w->rows + GROUP * NR - 1) / (GROUP * NR);
     nvlm_pool_run(pool, units, 1, mm_gemm_units, &j);
-    free(j.apk);
+    free(apk);
+    return NVLM_OK;
 }
 
 /* ---- attention: per block of queries, S = Q K^T, softmax, O = P V, all via ukr ---- */

@@ -306,14 +306,17 @@ typedef union act_buf {
     float xs[STACK_BLOCKS * 8];
 } act_buf;
 
-void nvlm_gemv_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias) {
-    gemv_job j = {y, x, n_tok, rows_per_group(w->dtype, n_tok), w, bias, NULL, NULL, NULL, nvlm_row_bytes(w->dtype, w->cols)};
+int nvlm_gemv_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias,
+                   nvlm_err *err) {
+    gemv_job j = {.y = y, .x = x, .n_tok = n_tok, .rg = rows_per_group(w->dtype, n_tok), .w = w, .bias = bias,
+                  .rb = nvlm_row_bytes(w->dtype, w->cols)};
     const size_t nb = (size_t)w->cols / NVLM_QK, nbt = nb * (size_t)n_tok;
     act_buf stack;
     void *heap = NULL;
     if (nvlm_dtype_is_block(w->dtype) && nbt > STACK_BLOCKS) {
-        heap = malloc((sizeof(nvlm_block_q8a) + sizeof(xq_scale) + sizeof(float) * 8) * nbt);
-        if (!heap) return;
+        size_t bytes = (sizeof(nvlm_block_q8a) + sizeof(xq_scale) + sizeof(float) * 8) * nbt;
+        heap = nvlm_pool_scratch(pool, bytes);
+        if (!heap) return nvlm_pool_scratch_fail(err, "a matrix-vector product", bytes);
     }
     nvlm_block_q8a *xq = heap ? (nvlm_block_q8a *)heap : stack.i8.q;
     xq_scale *xd = heap ? (xq_scale *)(xq + nbt) : stack.i8.d;
@@ -339,6 +342,7 @@ void nvlm_gemv_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const 
     size_t groups = ((size_t)w->rows + j.rg - 1) / j.rg;
     nvlm_pool_run(pool, groups, (GRAIN_ROWS + j.rg - 1) / j.rg, gemv_groups, &j);
     free(heap);
+    return NVLM_OK;
 }
 
 #pragma GCC pop_options

@@ -159,21 +159,24 @@ static void gemv_rows(void *ctx, size_t begin, size_t end, int thread) {
     }
 }
 
-void nvlm_gemv_neon(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias) {
-    gemv_job j = {y, x, n_tok, w, bias, NULL, NULL};
-    /* per-call activation data on the stack up to K = 16384 */
+int nvlm_gemv_neon(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias,
+                   nvlm_err *err) {
+    gemv_job j = {.y = y, .x = x, .n_tok = n_tok, .w = w, .bias = bias};
+    /* per-call activation data on the stack up to K = 16384, else scratch taken before the loop */
     nvlm_block_q8a xq[GEMV_MAX * 512], *xqp = NULL;
     float xs[GEMV_MAX * 512], *xsp = NULL;
-    size_t nb = (size_t)w->cols / NVLM_QK;
+    size_t nb = (size_t)w->cols / NVLM_QK, nbt = nb * (size_t)n_tok;
     if (nvlm_dtype_is_block(w->dtype) && nvlm_pool_int8_act(pool)) {
-        xqp = nb * (size_t)n_tok > sizeof xq / sizeof xq[0] ? malloc(sizeof *xqp * nb * (size_t)n_tok) : xq;
-        if (!xqp) return;
+        size_t bytes = sizeof *xqp * nbt;
+        xqp = nbt > sizeof xq / sizeof xq[0] ? nvlm_pool_scratch(pool, bytes) : xq;
+        if (!xqp) return nvlm_pool_scratch_fail(err, "a matrix-vector product", bytes);
         for (int t = 0; t < n_tok; t++) nvlm_quantize_row_q8a_neon(x + (size_t)t * w->cols, xqp + t * nb, w->cols);
         j.xq = xqp;
     } else if (w->dtype == NVLM_DT_Q4) { /* block sums of x for the minimum term */
-        xsp = nb * (size_t)n_tok > sizeof xs / sizeof xs[0] ? malloc(sizeof *xsp * nb * (size_t)n_tok) : xs;
-        if (!xsp) return;
-        for (size_t b = 0; b < nb * (size_t)n_tok; b++) {
+        size_t bytes = sizeof *xsp * nbt;
+        xsp = nbt > sizeof xs / sizeof xs[0] ? nvlm_pool_scratch(pool, bytes) : xs;
+        if (!xsp) return nvlm_pool_scratch_fail(err, "a matrix-vector product", bytes);
+        for (size_t b = 0; b < nbt; b++) {
             const float *xb = x + b * NVLM_QK;
             float32x4_t s0 = vaddq_f32(vld1q_f32(xb), vld1q_f32(xb + 4));
             float32x4_t s1 = vaddq_f32(vld1q_f32(xb + 8), vld1q_f32(xb + 12));
@@ -186,5 +189,6 @@ void nvlm_gemv_neon(nvlm_pool *pool, float *y, const float *x, int n_tok, const 
     nvlm_pool_run(pool, (size_t)w->rows, 16, gemv_rows, &j);
     if (xqp && xqp != xq) free(xqp);
     if (xsp && xsp != xs) free(xsp);
+    return NVLM_OK;
 }
 #endif

@@ -2,6 +2,7 @@
  * the run-time dispatch to the SIMD kernels (kernels/cpu.h, the pool's level).
  * Scalar: work is split over output rows; each thread expands a block of weight rows to
  * float32 once and applies it to every token, so a weight row is read once per call. */
+#include "core/err.h"
 #include "kernels/cpu.h"
 #include "kernels/ops.h"
 #include "kernels/qblock.h"
@@ -18,6 +19,7 @@ typedef struct matmul_job {
     int n_tok;
     const nvlm_wmat *w;
     const float *bias;
+    float *wbuf; /* ROW_BLOCK rows of K floats per thread, taken before the parallel region */
 } matmul_job;
 
 static const void *row_ptr(const nvlm_wmat *w, int r) {
@@ -25,11 +27,9 @@ static const void *row_ptr(const nvlm_wmat *w, int r) {
 }
 
 static void matmul_rows(void *ctx, size_t begin, size_t end, int thread) {
-    (void)thread;
     const matmul_job *j = ctx;
     const int K = j->w->cols, N = j->w->rows;
-    float *wbuf = malloc(sizeof(float) * ROW_BLOCK * (size_t)K);
-    if (!wbuf) return; /* cannot happen in practice; leaves y untouched */
+    float *wbuf = j->wbuf + (size_t)thread * ROW_BLOCK * (size_t)K;
     for (size_t r0 = begin; r0 < end; r0 += ROW_BLOCK) {
         int nr = (int)(end - r0 < ROW_BLOCK ? end - r0 : ROW_BLOCK);
         const void *src = row_ptr(j->w, (int)r0);
@@ -47,43 +47,43 @@ static void matmul_rows(void *ctx, size_t begin, size_t end, int thread) {
             }
         }
     }
-    free(wbuf);
 }
 
-void nvlm_matmul_scalar(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
-                        const float *bias) {
-    matmul_job j = {y, x, n_tok, w, bias};
+int nvlm_matmul_scalar(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
+                       const float *bias, nvlm_err *err) {
+    if (n_tok <= 0) return NVLM_OK;
+    size_t bytes = sizeof(float) * ROW_BLOCK * (size_t)w->cols * (size_t)nvlm_pool_threads(pool);
+    matmul_job j = {.y = y, .x = x, .n_tok = n_tok, .w = w, .bias = bias, .wbuf = nvlm_pool_scratch(pool, bytes)};
+    if (!j.wbuf) return nvlm_pool_scratch_fail(err, "a matrix product", bytes);
     nvlm_pool_run(pool, (size_t)w->rows, ROW_BLOCK, matmul_rows, &j);
+    free(j.wbuf);
+    return NVLM_OK;
 }
 
-void nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
-                 const float *bias) {
-    if (n_tok <= 0) return;
+int nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
+                const float *bias, nvlm_err *err) {
+    if (n_tok <= 0) return NVLM_OK;
 #ifdef NVLM_HAVE_AVX2_KERNELS
-    if (nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX2)) {
-        nvlm_matmul_avx2(pool, y, x, n_tok, w, bias);
-        return;
-    }
+    if (nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX2)) return nvlm_matmul_avx2(pool, y, x, n_tok, w, bias, err);
 #endif
 #ifdef NVLM_HAVE_NEON_KERNELS
-    if (nvlm_pool_level(pool) == NVLM_CPU_NEON) {
-        nvlm_matmul_neon(pool, y, x, n_tok, w, bias);
-        return;
-    }
+    if (nvlm_pool_level(pool) == NVLM_CPU_NEON) return nvlm_matmul_neon(pool, y, x, n_tok, w, bias, err);
 #endif
-    nvlm_matmul_scalar(pool, y, x, n_tok, w, bias);
+    return nvlm_matmul_scalar(pool, y, x, n_tok, w, bias, err);
 }
 
-void nvlm_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
-                       const nvlm_wmat *const *w, const float *const *bias) {
-    if (n_tok <= 0) return;
+int nvlm_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
+                      const nvlm_wmat *const *w, const float *const *bias, nvlm_err *err) {
+    if (n_tok <= 0) return NVLM_OK;
 #ifdef NVLM_HAVE_AVX2_KERNELS
-    if (nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX2)) {
-        nvlm_matmul_multi_avx2(pool, n_w, y, x, n_tok, w, bias);
-        return;
-    }
+    if (nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX2))
+        return nvlm_matmul_multi_avx2(pool, n_w, y, x, n_tok, w, bias, err);
 #endif
-    for (int i = 0; i < n_w; i++) nvlm_matmul(pool, y[i], x, n_tok, w[i], bias[i]);
+    for (int i = 0; i < n_w; i++) {
+        int rc = nvlm_matmul(pool, y[i], x, n_tok, w[i], bias[i], err);
+        if (rc) return rc;
+    }
+    return NVLM_OK;
 }
 
 void nvlm_row_to_f32_at(int level, float *dst, const void *src, nvlm_dtype t, int n) {
@@ -136,11 +136,11 @@ static void act_range(void *ctx, size_t ubegin, size_t uend, int thread) {
 }
 
 void nvlm_gelu_pool(nvlm_pool *pool, float *x, size_t n) {
-    act_job j = {x, NULL, n, nvlm_pool_level(pool), 0};
+    act_job j = {.a = x, .n = n, .level = nvlm_pool_level(pool), .silu = 0};
     nvlm_pool_run(pool, (n + ACT_UNIT - 1) / ACT_UNIT, 4096 / ACT_UNIT, act_range, &j);
 }
 
 void nvlm_silu_mul_pool(nvlm_pool *pool, float *a, const float *b, size_t n) {
-    act_job j = {a, b, n, nvlm_pool_level(pool), 1};
+    act_job j = {.a = a, .b = b, .n = n, .level = nvlm_pool_level(pool), .silu = 1};
     nvlm_pool_run(pool, (n + ACT_UNIT - 1) / ACT_UNIT, 4096 / ACT_UNIT, act_range, &j);
 }

@@ -5,6 +5,7 @@
 #include <sched.h>
 #include <stdalign.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -41,6 +42,7 @@ struct nvlm_pool {
     int n_threads;              /* including the calling thread */
     int level;                  /* kernel instruction-set level (kernels/cpu.h) */
     int int8_act;               /* Q8_0/Q4 matrix-vector with int8 activations: 1, 0, -1 unset */
+    size_t scratch_limit;       /* bytes one kernel call may take (nvlm_pool_scratch) */
     pthread_t *workers;
     job_slot slot[SLOTS];
     alignas(64) atomic_uint generation; /* jobs published; job g lives in slot[g % SLOTS] */
@@ -157,6 +159,7 @@ int nvlm_pool_new(int n_threads, nvlm_pool **out, nvlm_err *err) {
     memset(p, 0, size);
     p->n_threads = n_threads;
     p->level = nvlm_cpu_level();
+    p->scratch_limit = SIZE_MAX;
     const char *qa = getenv("NVLM_QACT");
     p->int8_act = !qa || !*qa ? -1 : !strcmp(qa, "int8");
     pthread_mutex_init(&p->mu, NULL);
@@ -227,6 +230,19 @@ int nvlm_pool_int8_act_for(const nvlm_pool *p, nvlm_dtype t) {
 }
 
 void nvlm_pool_set_int8_act(nvlm_pool *p, int on) { p->int8_act = on != 0; }
+
+void *nvlm_pool_scratch(const nvlm_pool *p, size_t bytes) {
+    if (p && bytes > p->scratch_limit) return NULL;
+    if (bytes > SIZE_MAX - 64) return NULL;
+    return aligned_alloc(64, bytes ? (bytes + 63) / 64 * 64 : 64); /* a multiple of the alignment */
+}
+
+int nvlm_pool_scratch_fail(nvlm_err *err, const char *what, size_t bytes) {
+    return nvlm_fail(err, NVLM_E_NOMEM, "out of memory: %s needs %.1f MiB of scratch; free memory or run fewer tokens at once",
+                     what, (double)bytes / (1024.0 * 1024.0));
+}
+
+void nvlm_pool_set_scratch_limit(nvlm_pool *p, size_t bytes) { p->scratch_limit = bytes; }
 
 void nvlm_pool_run(nvlm_pool *p, size_t n, size_t grain, nvlm_pool_fn fn, void *ctx) {
     if (n == 0) return;

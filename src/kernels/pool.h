@@ -37,6 +37,16 @@ void nvlm_pool_set_int8_act(nvlm_pool *p, int on);
  * beside the weight error, docs/quantization.md). */
 int nvlm_pool_int8_act_for(const nvlm_pool *p, nvlm_dtype t);
 
+/* Scratch memory of one kernel call, 64-byte aligned, free()d by the caller. Kernels take all
+ * of it before their parallel region (one slice per thread: nvlm_pool_threads), so workers
+ * never allocate and a failure is the call's error, never skipped work. NULL when out of
+ * memory or when bytes exceeds the pool's scratch limit; nvlm_pool_scratch_fail words the error. */
+void *nvlm_pool_scratch(const nvlm_pool *p, size_t bytes);
+int nvlm_pool_scratch_fail(nvlm_err *err, const char *what, size_t bytes);
+/* Caps one kernel call's scratch at bytes (default SIZE_MAX, no cap): a call that needs more
+ * fails with NVLM_E_NOMEM. Bounds memory, and lets tests take the out-of-memory path. */
+void nvlm_pool_set_scratch_limit(nvlm_pool *p, size_t bytes);
+
 /* Runs fn over [0, n) split into chunks of at least `grain` indices; returns when all are
  * done. pool may be NULL (runs inline). Not reentrant: do not call from inside fn. */
 void nvlm_pool_run(nvlm_pool *p, size_t n, size_t grain, nvlm_pool_fn fn, void *ctx);

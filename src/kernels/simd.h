@@ -15,16 +15,17 @@
  * micro-kernel (gemm_avx2.c). */
 #define NVLM_GEMV_MAX 3
 
-void nvlm_matmul_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
-                      const float *bias);
+/* The AVX2 matrix products return as nvlm_matmul (kernels/ops.h): NVLM_E_NOMEM without scratch. */
+int nvlm_matmul_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
+                     const float *bias, nvlm_err *err);
 /* y[i] = x W[i]^T + bias[i] for n_w <= NVLM_MATMUL_MULTI_MAX matrices of the same cols (q/k/v,
  * gate/up): x is packed once and the pool splits all their outputs together. Same values as
  * nvlm_matmul_avx2 on each. */
 #define NVLM_MATMUL_MULTI_MAX 4
-void nvlm_matmul_multi_avx2(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
-                            const nvlm_wmat *const *w, const float *const *bias);
-void nvlm_gemv_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
-                    const float *bias);
+int nvlm_matmul_multi_avx2(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
+                           const nvlm_wmat *const *w, const float *const *bias, nvlm_err *err);
+int nvlm_gemv_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
+                   const float *bias, nvlm_err *err);
 void nvlm_attention_avx2(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride,
                          const float *v, size_t v_stride, int n_keys, int causal_pos0, int d,
                          float scale, float *out, size_t out_stride, float *scratch);

@@ -16,10 +16,10 @@
  * packed 8x12 micro-kernel (gemm_neon.c). */
 #define NVLM_GEMV_NEON_MAX 3
 
-void nvlm_matmul_neon(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
-                      const float *bias);
-void nvlm_gemv_neon(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
-                    const float *bias);
+int nvlm_matmul_neon(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
+                     const float *bias, nvlm_err *err);
+int nvlm_gemv_neon(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
+                   const float *bias, nvlm_err *err);
 void nvlm_attention_neon(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride,
                          const float *v, size_t v_stride, int n_keys, int causal_pos0, int d,
                          float scale, float *out, size_t out_stride, float *scratch);

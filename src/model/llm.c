@@ -250,7 +250,7 @@ static void llm_rows_run(nvlm_model *m, int op, llm_buffers *b, int n, const flo
     nvlm_pool_run(m->pool, (size_t)n, 16, llm_rows, &j);
 }
 
-static void llm_layer_forward(nvlm_model *m, nvlm_kv *kv, int l, int n, llm_buffers *b) {
+static int llm_layer_forward(nvlm_model *m, nvlm_kv *kv, int l, int n, llm_buffers *b, nvlm_err *err) {
     const nvlm_llm_config *c = &m->cfg.llm;
     const llm_layer *L = &m->llm[l];
     const int d = c->hidden_size / c->num_heads, kvd = kv->kv_dim, pos0 = kv->len;
@@ -258,21 +258,23 @@ static void llm_layer_forward(nvlm_model *m, nvlm_kv *kv, int l, int n, llm_buff
     float *qkv_out[3] = {b->q, b->k, b->v};
     const nvlm_wmat *qkv_w[3] = {&L->wq, &L->wk, &L->wv};
     const float *qkv_b[3] = {L->bq, L->bk, L->bv};
-    nvlm_matmul_multi(m->pool, 3, qkv_out, b->y, n, qkv_w, qkv_b);
+    int rc = nvlm_matmul_multi(m->pool, 3, qkv_out, b->y, n, qkv_w, qkv_b, err);
+    if (rc) return rc;
     llm_rows_run(m, ROWS_ROPE, b, n, NULL, kv, l);
     self_attn_job aj = {b->q, kv->k[l], kv->v[l], kv->f16, b->att, n, pos0, c->num_heads,
                         c->num_heads / c->num_kv_heads, d, kvd, 1.0f / sqrtf((float)d), nvlm_pool_level(m->pool),
                         n >= 64 ? 4 : 1};
     nvlm_pool_run(m->pool, (size_t)c->num_heads * aj.parts, 1, self_attn_units, &aj);
-    nvlm_matmul(m->pool, b->y, b->att, n, &L->wo, NULL);
+    if ((rc = nvlm_matmul(m->pool, b->y, b->att, n, &L->wo, NULL, err))) return rc;
     llm_rows_run(m, ROWS_ADD_NORM, b, n, L->post_norm, NULL, l);
     float *mlp_out[2] = {b->gate, b->up};
     const nvlm_wmat *mlp_w[2] = {&L->gate, &L->up};
     const float *mlp_b[2] = {NULL, NULL};
-    nvlm_matmul_multi(m->pool, 2, mlp_out, b->y, n, mlp_w, mlp_b);
+    if ((rc = nvlm_matmul_multi(m->pool, 2, mlp_out, b->y, n, mlp_w, mlp_b, err))) return rc;
     nvlm_silu_mul_pool(m->pool, b->gate, b->up, (size_t)n * c->intermediate_size);
-    nvlm_matmul(m->pool, b->y, b->gate, n, &L->down, NULL);
+    if ((rc = nvlm_matmul(m->pool, b->y, b->gate, n, &L->down, NULL, err))) return rc;
     llm_rows_run(m, ROWS_ADD, b, n, NULL, NULL, l);
+    return NVLM_OK;
 }
 
 int nvlm_llm_forward(nvlm_model *m, nvlm_kv *kv, const float *embeds, int n, const nvlm_llm_hooks *hooks,
@@ -291,7 +293,7 @@ int nvlm_llm_forward(nvlm_model *m, nvlm_kv *kv, const float *embeds, int n, con
     rope_table(c, d, kv->len, n, b.cs, b.sn);
     for (int l = 0; l < c->num_layers && !rc; l++) {
         if (hooks && hooks->before_layer) rc = hooks->before_layer(hooks->user, l, b.x, n, kv->len, err);
-        if (!rc) llm_layer_forward(m, kv, l, n, &b);
+        if (!rc) rc = llm_layer_forward(m, kv, l, n, &b, err);
     }
     if (!rc) {
         kv->len += n;
@@ -299,7 +301,7 @@ int nvlm_llm_forward(nvlm_model *m, nvlm_kv *kv, const float *embeds, int n, con
             int first = all_logits ? 0 : n - 1;
             for (int t = first; t < n; t++)
                 nvlm_rmsnorm(b.y + (size_t)(t - first) * h, b.x + (size_t)t * h, m->final_norm, h, h, c->rms_norm_eps);
-            nvlm_matmul(m->pool, logits, b.y, n - first, &m->lm_head, NULL);
+            rc = nvlm_matmul(m->pool, logits, b.y, n - first, &m->lm_head, NULL, err);
         }
     }
     llm_buffers_free(&b);

@@ -132,22 +132,25 @@ static void vit_resid_norm(nvlm_model *m, size_t rows, float *x, const float *y,
 /* x[n*T, C] through one pre-norm, layer-scaled InternViT layer. On entry y holds norm1(x) (the
  * previous layer fused it into its last residual); on exit x is the layer's output and, when
  * next_norm is not NULL, y holds next_norm(x). */
-static void vit_layer_forward(nvlm_model *m, const vit_layer *L, int n, vit_buffers *b, const float *next_norm) {
+static int vit_layer_forward(nvlm_model *m, const vit_layer *L, int n, vit_buffers *b, const float *next_norm,
+                             nvlm_err *err) {
     const nvlm_vision_config *vc = &m->cfg.vision;
     const int C = vc->hidden_size, E = m->vit_width, I = vc->intermediate_size;
     const int G = m->cfg.image_size / vc->patch_size, T = G * G + 1, hd = C / vc->num_heads;
     const size_t rows = (size_t)n * T;
-    nvlm_matmul(m->pool, b->qkv, b->y, (int)rows, &L->qkv, NULL);
+    int rc = nvlm_matmul(m->pool, b->qkv, b->y, (int)rows, &L->qkv, NULL, err);
+    if (rc) return rc;
     vit_rows_job qk = {NULL, NULL, NULL, NULL, NULL, b->qkv, L->q_norm, L->k_norm, C, E, vc->layer_norm_eps};
     nvlm_pool_run(m->pool, rows, 16, vit_rows, &qk);
     vit_attn_job aj = {b->qkv, b->att, T, E, E / hd, hd, 1.0f / sqrtf((float)hd), nvlm_pool_level(m->pool)};
     nvlm_pool_run(m->pool, (size_t)n * aj.heads, 1, vit_attn_units, &aj);
-    nvlm_matmul(m->pool, b->y, b->att, (int)rows, &L->proj, L->proj_bias);
+    if ((rc = nvlm_matmul(m->pool, b->y, b->att, (int)rows, &L->proj, L->proj_bias, err))) return rc;
     vit_resid_norm(m, rows, b->x, b->y, L->ls1, L->norm2, b->y); /* in place: row t reads y[t] first */
-    nvlm_matmul(m->pool, b->mlp, b->y, (int)rows, &L->fc1, L->fc1_bias);
+    if ((rc = nvlm_matmul(m->pool, b->mlp, b->y, (int)rows, &L->fc1, L->fc1_bias, err))) return rc;
     nvlm_gelu_pool(m->pool, b->mlp, rows * I);
-    nvlm_matmul(m->pool, b->y, b->mlp, (int)rows, &L->fc2, L->fc2_bias);
+    if ((rc = nvlm_matmul(m->pool, b->y, b->mlp, (int)rows, &L->fc2, L->fc2_bias, err))) return rc;
     vit_resid_norm(m, rows, b->x, b->y, L->ls2, next_norm, b->y);
+    return NVLM_OK;
 }
 
 int nvlm_vit_forward(nvlm_model *m, const float *pixels, int n, float *out, nvlm_err *err) {
@@ -178,19 +181,20 @@ int nvlm_vit_forward(nvlm_model *m, const float *pixels, int n, float *out, nvlm
     }
     vit_embed_job ej = {m, pixels, emb, cols, b.x};
     nvlm_pool_run(m->pool, (size_t)n * G, 1, vit_im2col_units, &ej);
-    nvlm_matmul(m->pool, emb, cols, n * P, &m->patch, m->patch_bias);
-    nvlm_pool_run(m->pool, rows, 64, vit_pos_units, &ej);
+    int rc = nvlm_matmul(m->pool, emb, cols, n * P, &m->patch, m->patch_bias, err);
+    if (!rc) nvlm_pool_run(m->pool, rows, 64, vit_pos_units, &ej);
     if (cols != b.qkv) {
         free(cols);
         free(emb);
     }
     int layers = m->cfg.select_layer < 0 ? vc->num_layers + 1 + m->cfg.select_layer : m->cfg.select_layer;
-    if (layers > 0) vit_resid_norm(m, rows, b.x, NULL, NULL, m->vit[0].norm1, b.y);
-    for (int l = 0; l < layers; l++) vit_layer_forward(m, &m->vit[l], n, &b, l + 1 < layers ? m->vit[l + 1].norm1 : NULL);
-    for (int i = 0; i < n; i++) /* drop the class token */
+    if (layers > 0 && !rc) vit_resid_norm(m, rows, b.x, NULL, NULL, m->vit[0].norm1, b.y);
+    for (int l = 0; l < layers && !rc; l++)
+        rc = vit_layer_forward(m, &m->vit[l], n, &b, l + 1 < layers ? m->vit[l + 1].norm1 : NULL, err);
+    for (int i = 0; i < n && !rc; i++) /* drop the class token */
         memcpy(out + (size_t)i * P * C, b.x + ((size_t)i * T + 1) * C, sizeof(float) * (size_t)P * C);
     vit_buffers_free(&b);
-    return NVLM_OK;
+    return rc;
 }
 
 void nvlm_pixel_shuffle(const float *in, int G, int C, float *out) {
@@ -218,10 +222,11 @@ int nvlm_projector(nvlm_model *m, const float *in, int n, float *out, nvlm_err *
     }
     for (int t = 0; t < n; t++)
         nvlm_layernorm(a + (size_t)t * width, in + (size_t)t * width, m->proj_ln_w, m->proj_ln_b, width, 1e-5f);
-    for (int k = 0; k < depth; k++) {
+    int rc = NVLM_OK;
+    for (int k = 0; k < depth && !rc; k++) {
         float *dst = k == depth - 1 ? out : b;
-        nvlm_matmul(m->pool, dst, a, n, &m->proj[k], NULL);
-        if (k < depth - 1) {
+        rc = nvlm_matmul(m->pool, dst, a, n, &m->proj[k], NULL, err);
+        if (!rc && k < depth - 1) {
             nvlm_gelu_pool(m->pool, dst, (size_t)n * m->proj[k].rows);
             float *tmp = a;
             a = b;
@@ -230,7 +235,7 @@ int nvlm_projector(nvlm_model *m, const float *in, int n, float *out, nvlm_err *
     }
     free(a);
     free(b);
-    return NVLM_OK;
+    return rc;
 }
 
 int nvlm_encode_tiles(nvlm_model *m, const float *pixels, int n, float *out, nvlm_err *err) {

@@ -67,8 +67,9 @@ int nvlm_xattn_add_image(nvlm_xattn *x, const float *mem, int rows, nvlm_err *er
     for (int b = 0; b < x->n_blocks && rows > 0; b++) {
         const xattn_block *B = &x->m->xattn[b];
         float *K = x->k[b] + (size_t)x->rows * x->kv_dim, *V = x->v[b] + (size_t)x->rows * x->kv_dim;
-        nvlm_matmul(x->m->pool, K, mem, rows, &B->wk, NULL);
-        nvlm_matmul(x->m->pool, V, mem, rows, &B->wv, NULL);
+        if ((rc = nvlm_matmul(x->m->pool, K, mem, rows, &B->wk, NULL, err)) ||
+            (rc = nvlm_matmul(x->m->pool, V, mem, rows, &B->wv, NULL, err)))
+            return rc;
         for (size_t r = 0; r < (size_t)rows * kvh; r++)
             nvlm_rmsnorm(K + r * d, K + r * d, B->k_norm, d, d, cfg->llm.rms_norm_eps);
     }
@@ -171,26 +172,28 @@ static int xattn_bufs_alloc(xattn_bufs *b, const nvlm_xattn *x, int n) {
 }
 
 /* The block on the n gathered rows of b->x (each sees memory rows [lo, hi), hi > lo). */
-static void xattn_rows(nvlm_xattn *x, const xattn_block *B, int n, xattn_bufs *b) {
+static int xattn_rows(nvlm_xattn *x, const xattn_block *B, int n, xattn_bufs *b, nvlm_err *err) {
     const nvlm_config *cfg = &x->m->cfg;
     const int h = cfg->llm.hidden_size, nh = cfg->llm.num_heads, d = nvlm_cfg_head_dim(cfg);
     const float eps = cfg->llm.rms_norm_eps;
     const size_t N = (size_t)n;
     for (size_t t = 0; t < N; t++) nvlm_rmsnorm(b->y + t * h, b->x + t * h, B->input_norm, h, h, eps);
-    nvlm_matmul(x->m->pool, b->q, b->y, n, &B->wq, NULL);
+    int rc = nvlm_matmul(x->m->pool, b->q, b->y, n, &B->wq, NULL, err);
+    if (rc) return rc;
     for (size_t r = 0; r < N * nh; r++) nvlm_rmsnorm(b->q + r * d, b->q + r * d, B->q_norm, d, d, eps);
     const int k = (int)(B - x->m->xattn);
     xattn_job j = {b->q, x->k[k], x->v[k], b->lo, b->hi, b->att, b->scores, nh, nh / cfg->llm.num_kv_heads, d,
                    x->kv_dim, x->rows, 1.0f / sqrtf((float)d)};
     nvlm_pool_run(x->m->pool, N * nh, 1, xattn_units, &j);
-    nvlm_matmul(x->m->pool, b->y, b->att, n, &B->wo, NULL);
+    if ((rc = nvlm_matmul(x->m->pool, b->y, b->att, n, &B->wo, NULL, err))) return rc;
     for (size_t i = 0; i < N * h; i++) b->x[i] += B->attn_gate * b->y[i];
     for (size_t t = 0; t < N; t++) nvlm_rmsnorm(b->y + t * h, b->x + t * h, B->post_norm, h, h, eps);
-    nvlm_matmul(x->m->pool, b->gate, b->y, n, &B->gate, NULL);
-    nvlm_matmul(x->m->pool, b->up, b->y, n, &B->up, NULL);
+    if ((rc = nvlm_matmul(x->m->pool, b->gate, b->y, n, &B->gate, NULL, err))) return rc;
+    if ((rc = nvlm_matmul(x->m->pool, b->up, b->y, n, &B->up, NULL, err))) return rc;
     nvlm_silu_mul(b->gate, b->up, N * cfg->xattn_intermediate_size);
-    nvlm_matmul(x->m->pool, b->y, b->gate, n, &B->down, NULL);
+    if ((rc = nvlm_matmul(x->m->pool, b->y, b->gate, n, &B->down, NULL, err))) return rc;
     for (size_t i = 0; i < N * h; i++) b->x[i] += B->mlp_gate * b->y[i];
+    return NVLM_OK;
 }
 
 int nvlm_xattn_apply(nvlm_xattn *x, int k, float *xs, int n_tok, int pos0, nvlm_err *err) {
@@ -211,12 +214,10 @@ int nvlm_xattn_apply(nvlm_xattn *x, int k, float *xs, int n_tok, int pos0, nvlm_
         memcpy(b.x + (size_t)n * h, xs + (size_t)t * h, sizeof(float) * h);
         n++;
     }
-    if (n) {
-        xattn_rows(x, &x->m->xattn[k], n, &b);
-        for (int i = 0; i < n; i++) memcpy(xs + (size_t)b.sel[i] * h, b.x + (size_t)i * h, sizeof(float) * h);
-    }
+    int rc = n ? xattn_rows(x, &x->m->xattn[k], n, &b, err) : NVLM_OK;
+    for (int i = 0; i < n && !rc; i++) memcpy(xs + (size_t)b.sel[i] * h, b.x + (size_t)i * h, sizeof(float) * h);
     xattn_bufs_free(&b);
-    return NVLM_OK;
+    return rc;
 }
 
 int nvlm_xattn_before_layer(void *user, int layer, float *xs, int n_tok, int pos0, nvlm_err *err) {

@@ -100,7 +100,7 @@ static const float *G(const nvlm_tparam *p) { return p->w; }
 
 /* ------------------------------------------------------------ projector */
 
-static void projector_forward(nvlm_tmodel *tm, seq_state *s, const float *z, int n_img) {
+static int projector_forward(nvlm_tmodel *tm, seq_state *s, const float *z, int n_img) {
     nvlm_pool *pool = tm->m->pool;
     int width = (int)tm->ln_w->n;
     for (int t = 0; t < n_img; t++)
@@ -109,13 +109,16 @@ static void projector_forward(nvlm_tmodel *tm, seq_state *s, const float *z, int
         const nvlm_tparam *W = tm->proj[k];
         int rows = (int)W->shape[0], cols = (int)W->shape[1];
         if (k == tm->proj_depth - 1) {
-            nvlm_t_linear(pool, s->pout, s->pa[k], n_img, W->w, rows, cols, NULL);
+            int rc = nvlm_t_linear(pool, s->pout, s->pa[k], n_img, W->w, rows, cols, NULL);
+            if (rc) return rc;
         } else {
-            nvlm_t_linear(pool, s->pu[k], s->pa[k], n_img, W->w, rows, cols, NULL);
+            int rc = nvlm_t_linear(pool, s->pu[k], s->pa[k], n_img, W->w, rows, cols, NULL);
+            if (rc) return rc;
             memcpy(s->pa[k + 1], s->pu[k], sizeof(float) * (size_t)n_img * rows);
             nvlm_gelu(s->pa[k + 1], (size_t)n_img * rows);
         }
     }
+    return NVLM_OK;
 }
 
 /* Gradients of the projector's tensors from dout [n_img, h] (the caller's buffer). */
@@ -156,21 +159,21 @@ static int layer_forward(nvlm_tmodel *tm, seq_state *s, int l, lacts *a) {
     const float *x = s->xs + (size_t)l * n * h;
     float *xo = s->xs + (size_t)(l + 1) * n * h, *y = s->w.y;
     for (int t = 0; t < n; t++) nvlm_rmsnorm(y + (size_t)t * h, x + (size_t)t * h, G(L->in_norm), h, h, eps);
-    nvlm_t_linear(pool, a->q, y, n, L->wq->w, s->qd, h, L->bq->w);
-    nvlm_t_linear(pool, a->k, y, n, L->wk->w, s->kvd, h, L->bk->w);
-    nvlm_t_linear(pool, a->v, y, n, L->wv->w, s->kvd, h, L->bv->w);
+    int rc = nvlm_t_linear(pool, a->q, y, n, L->wq->w, s->qd, h, L->bq->w);
+    if (!rc) rc = nvlm_t_linear(pool, a->k, y, n, L->wk->w, s->kvd, h, L->bk->w);
+    if (!rc) rc = nvlm_t_linear(pool, a->v, y, n, L->wv->w, s->kvd, h, L->bv->w);
+    if (rc) return rc;
     nvlm_t_rope(a->q, n, s->nh, s->d, s->w.cs, s->w.sn, 0);
     nvlm_t_rope(a->k, n, s->nkv, s->d, s->w.cs, s->w.sn, 0);
-    int rc = nvlm_t_attention(pool, a->att, a->q, a->k, a->v, n, s->nh, s->nkv, s->d);
-    if (rc) return rc;
-    nvlm_t_linear(pool, y, a->att, n, L->wo->w, h, s->qd, NULL);
+    if ((rc = nvlm_t_attention(pool, a->att, a->q, a->k, a->v, n, s->nh, s->nkv, s->d))) return rc;
+    if ((rc = nvlm_t_linear(pool, y, a->att, n, L->wo->w, h, s->qd, NULL))) return rc;
     for (size_t i = 0; i < (size_t)n * h; i++) a->x_mid[i] = x[i] + y[i];
     for (int t = 0; t < n; t++) nvlm_rmsnorm(y + (size_t)t * h, a->x_mid + (size_t)t * h, G(L->post_norm), h, h, eps);
-    nvlm_t_linear(pool, a->gate, y, n, L->gate->w, s->I, h, NULL);
-    nvlm_t_linear(pool, a->up, y, n, L->up->w, s->I, h, NULL);
+    if ((rc = nvlm_t_linear(pool, a->gate, y, n, L->gate->w, s->I, h, NULL))) return rc;
+    if ((rc = nvlm_t_linear(pool, a->up, y, n, L->up->w, s->I, h, NULL))) return rc;
     memcpy(s->w.act, a->gate, sizeof(float) * (size_t)n * s->I);
     nvlm_silu_mul(s->w.act, a->up, (size_t)n * s->I);
-    nvlm_t_linear(pool, y, s->w.act, n, L->down->w, h, s->I, NULL);
+    if ((rc = nvlm_t_linear(pool, y, s->w.act, n, L->down->w, h, s->I, NULL))) return rc;
     for (size_t i = 0; i < (size_t)n * h; i++) xo[i] = a->x_mid[i] + y[i];
     return NVLM_OK;
 }
@@ -246,7 +249,7 @@ static int loss_head(nvlm_tmodel *tm, seq_state *s, const nvlm_tseq *seq, int ba
         if (!m) continue;
         for (int r = 0; r < m; r++)
             nvlm_rmsnorm(yn + (size_t)r * h, xf + (size_t)rows[r] * h, G(tm->final_norm), h, h, eps);
-        nvlm_t_linear(pool, lg, yn, m, tm->lm_head->w, V, h, NULL);
+        if ((rc = nvlm_t_linear(pool, lg, yn, m, tm->lm_head->w, V, h, NULL))) break;
         for (int r = 0; r < m; r++) {
             float *l = lg + (size_t)r * V;
             int label = seq->labels[rows[r] + 1];
@@ -354,7 +357,7 @@ int nvlm_train_seq(nvlm_tmodel *tm, const nvlm_tseq *q, int backward, double nor
     }
     const int n = q->n, h = s.h;
     nvlm_t_rope_table(&tm->m->cfg.llm, s.d, n, s.w.cs, s.w.sn);
-    if (q->n_img) projector_forward(tm, &s, q->img, q->n_img);
+    if (q->n_img) rc = projector_forward(tm, &s, q->img, q->n_img);
     if (q->n_mem) build_memory(tm, &s, q);
     /* embeddings; image-context rows take the projector output (no gradient to their rows) */
     for (int t = 0, r = 0; t < n; t++) {

@@ -121,9 +121,9 @@ double nvlm_lr_at(double base, int64_t step, int64_t warmup, int64_t total, int 
 
 /* ------------------------------------------------------------ kernels (tkernels.c) */
 
-/* y = x W^T + b with W float32 [rows, cols]. */
-void nvlm_t_linear(nvlm_pool *pool, float *y, const float *x, int n, const float *W, int rows, int cols,
-                   const float *b);
+/* y = x W^T + b with W float32 [rows, cols]. NVLM_OK, or NVLM_E_NOMEM (the matrix product's scratch). */
+int nvlm_t_linear(nvlm_pool *pool, float *y, const float *x, int n, const float *W, int rows, int cols,
+                  const float *b);
 /* dx = dy W (overwrites; dx may be NULL), dW += dy^T x (dW may be NULL), db += sum dy (may be NULL). */
 void nvlm_t_linear_bwd(nvlm_pool *pool, float *dx, const float *dy, const float *x, int n, const float *W,
                        int rows, int cols, float *dW, float *db);

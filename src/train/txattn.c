@@ -45,11 +45,12 @@ static void rms_heads(float *out, const float *in, const float *w, size_t vecs, 
 }
 
 /* Keys and values of the memory for block B. */
-static void memory_kv(nvlm_tmodel *tm, const nvlm_txblock *B, const dims *s, nvlm_txstate *st, const float *M,
-                      int S) {
-    nvlm_t_linear(tm->m->pool, st->Kp, M, S, B->wk->w, s->kvd, s->h, NULL);
-    nvlm_t_linear(tm->m->pool, st->V, M, S, B->wv->w, s->kvd, s->h, NULL);
-    rms_heads(st->K, st->Kp, B->k_norm->w, (size_t)S * s->nkv, s->d, s->eps);
+static int memory_kv(nvlm_tmodel *tm, const nvlm_txblock *B, const dims *s, nvlm_txstate *st, const float *M,
+                     int S) {
+    int rc = nvlm_t_linear(tm->m->pool, st->Kp, M, S, B->wk->w, s->kvd, s->h, NULL);
+    if (!rc) rc = nvlm_t_linear(tm->m->pool, st->V, M, S, B->wv->w, s->kvd, s->h, NULL);
+    if (!rc) rms_heads(st->K, st->Kp, B->k_norm->w, (size_t)S * s->nkv, s->d, s->eps);
+    return rc;
 }
 
 /* Every activation of the selected rows from st->xin; y: scratch [N, h]. */
@@ -62,23 +63,23 @@ static int block_rows(nvlm_tmodel *tm, const nvlm_txblock *B, const dims *s, nvl
                      ALLOC(st->g, (size_t)N * s->I) && ALLOC(st->u, (size_t)N * s->I) && ALLOC(st->z, NH)))
         return NVLM_E_NOMEM;
     for (int t = 0; t < N; t++) nvlm_rmsnorm(y + (size_t)t * h, st->xin + (size_t)t * h, B->in_norm->w, h, h, s->eps);
-    nvlm_t_linear(pool, st->qp, y, N, B->wq->w, s->qd, h, NULL);
-    rms_heads(st->q, st->qp, B->q_norm->w, (size_t)N * s->nh, s->d, s->eps);
-    int rc = nvlm_t_xattention(pool, st->att, st->q, st->K, st->V, st->lo, st->hi, N, s->nh, s->nkv, s->d);
+    int rc = nvlm_t_linear(pool, st->qp, y, N, B->wq->w, s->qd, h, NULL);
     if (rc) return rc;
-    nvlm_t_linear(pool, st->o, st->att, N, B->wo->w, h, s->qd, NULL);
+    rms_heads(st->q, st->qp, B->q_norm->w, (size_t)N * s->nh, s->d, s->eps);
+    if ((rc = nvlm_t_xattention(pool, st->att, st->q, st->K, st->V, st->lo, st->hi, N, s->nh, s->nkv, s->d))) return rc;
+    if ((rc = nvlm_t_linear(pool, st->o, st->att, N, B->wo->w, h, s->qd, NULL))) return rc;
     const float ga = tanhf(B->attn_gate->w[0]);
     for (size_t i = 0; i < NH; i++) st->x1[i] = st->xin[i] + ga * st->o[i];
     for (int t = 0; t < N; t++) nvlm_rmsnorm(y + (size_t)t * h, st->x1 + (size_t)t * h, B->post_norm->w, h, h, s->eps);
-    nvlm_t_linear(pool, st->g, y, N, B->gate->w, s->I, h, NULL);
-    nvlm_t_linear(pool, st->u, y, N, B->up->w, s->I, h, NULL);
+    if ((rc = nvlm_t_linear(pool, st->g, y, N, B->gate->w, s->I, h, NULL))) return rc;
+    if ((rc = nvlm_t_linear(pool, st->u, y, N, B->up->w, s->I, h, NULL))) return rc;
     float *act = malloc(sizeof(float) * (size_t)N * s->I);
     if (!act) return NVLM_E_NOMEM;
     memcpy(act, st->g, sizeof(float) * (size_t)N * s->I);
     nvlm_silu_mul(act, st->u, (size_t)N * s->I);
-    nvlm_t_linear(pool, st->z, act, N, B->down->w, h, s->I, NULL);
+    rc = nvlm_t_linear(pool, st->z, act, N, B->down->w, h, s->I, NULL);
     free(act);
-    return NVLM_OK;
+    return rc;
 }
 
 int nvlm_tx_forward(nvlm_tmodel *tm, int k, nvlm_txstate *st, float *xs, int n, const int *lo, const int *hi,
@@ -103,8 +104,8 @@ int nvlm_tx_forward(nvlm_tmodel *tm, int k, nvlm_txstate *st, float *xs, int n, 
         memcpy(st->xin + (size_t)i * h, xs + (size_t)t * h, sizeof(float) * h);
         i++;
     }
-    memory_kv(tm, B, &s, st, M, S);
-    int rc = block_rows(tm, B, &s, st, y);
+    int rc = memory_kv(tm, B, &s, st, M, S);
+    if (!rc) rc = block_rows(tm, B, &s, st, y);
     if (!rc) {
         const float gm = tanhf(B->mlp_gate->w[0]);
         for (int i = 0; i < N; i++) {
