@@ -16,6 +16,11 @@ ifeq ($(SAN),1)
 CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS  += -fsanitize=address,undefined
 endif
+# ThreadSanitizer (not part of `make check`): make BUILD=build-tsan SAN=thread OPT=-O1 build-tsan/tests/test_X
+ifeq ($(SAN),thread)
+CFLAGS   += -fsanitize=thread -fno-omit-frame-pointer -Wno-maybe-uninitialized # gcc false positives at -O1 with TSan
+LDFLAGS  += -fsanitize=thread
+endif
 
 LIB_SRC   := $(sort $(wildcard src/*/*.c))
 TOOL_SRC  := $(sort $(wildcard tools/*.c))
@@ -60,6 +65,6 @@ demo: all
 	scripts/demo.sh
 
 clean:
-	rm -rf build build-asan build-fuzz
+	rm -rf build build-asan build-tsan build-fuzz
 
 -include $(DEPS)

@@ -9,7 +9,9 @@
  *  - Objects returned through an out-pointer are owned by the caller and released with the
  *    matching *_free function; NULL is accepted by every *_free.
  *  - No global mutable state: every object is independent and may be used from one thread
- *    at a time (a loaded model may be shared read-only by several chats).
+ *    at a time (a loaded model may be shared read-only by several chats, and chats on one
+ *    model may run on different threads at once: they take turns in the model's thread pool,
+ *    one parallel loop at a time, and each gets the answers it would get alone).
  */
 #ifndef NVLM_H
 #define NVLM_H

@@ -4,7 +4,8 @@
  * timing. Jobs are published through atomics (pool.c says how); workers and the caller spin
  * up to 100 us for the next job or for the last chunk, then sleep on a condition variable, and
  * the caller never waits for a worker that has not started, so a busy neighbour process does
- * not collapse throughput. One caller at a time (the server takes turns). Internal. */
+ * not collapse throughput. Callers on several threads (two chats on one model) are safe: they
+ * take turns, one parallel loop at a time (a mutex), each loop run whole by the pool. Internal. */
 #ifndef NVLM_KERNELS_POOL_H
 #define NVLM_KERNELS_POOL_H
 #include "model/safetensors.h"
@@ -48,6 +49,7 @@ int nvlm_pool_scratch_fail(nvlm_err *err, const char *what, size_t bytes);
 void nvlm_pool_set_scratch_limit(nvlm_pool *p, size_t bytes);
 
 /* Runs fn over [0, n) split into chunks of at least `grain` indices; returns when all are
- * done. pool may be NULL (runs inline). Not reentrant: do not call from inside fn. */
+ * done. pool may be NULL (runs inline). Any thread may call it (calls from several threads
+ * take turns); not reentrant: do not call from inside fn. */
 void nvlm_pool_run(nvlm_pool *p, size_t n, size_t grain, nvlm_pool_fn fn, void *ctx);
 #endif
