@@ -308,7 +308,32 @@ static void test_errors(void) {
     check_rm_flat_dir(d);
 }
 
+/* The table of tensor names: every role's name at a few indices parses back to the same role
+ * and index; names of no role (a projector index that is even, an unknown suffix, a layer that
+ * is not a number) are refused. */
+static void test_name_table(void) {
+    for (int r = 0; r < NVLM_R_COUNT; r++)
+        for (int i = 0; i < 12; i += 5) {
+            char name[160];
+            nvlm_tensor_name((nvlm_role)r, i, name, sizeof name);
+            nvlm_role back;
+            int idx = -2;
+            int want = nvlm_roles[r].index == NVLM_IDX_NONE ? -1 : i;
+            CHECK(name[0] && !nvlm_role_of_name(name, &back, &idx) && back == (nvlm_role)r && idx == want,
+                  "role %d index %d: %s parses as role %d index %d", r, i, name, (int)back, idx);
+        }
+    static const char *bad[] = {"mlp1.2.weight", "mlp1.1.bias", "language_model.model.layers.x.mlp.up_proj.weight",
+                                "language_model.model.layers.3.mlp.up_proj.bias", "vision_model.encoder.layers.1",
+                                "language_model.model.xattn_layers.0.cross_attn.gate", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        nvlm_role r;
+        int k;
+        CHECK(nvlm_role_of_name(bad[i], &r, &k) == -1, "%s: taken for role %d", bad[i], (int)r);
+    }
+}
+
 int main(void) {
+    test_name_table();
     snprintf(tmp_root, sizeof tmp_root, "/tmp/nvlm_test_mk_XXXXXX");
     if (!mkdtemp(tmp_root)) return 1;
     snprintf(tok_dir, sizeof tok_dir, "%s", shared_path("reference/tiny-tokenizer"));

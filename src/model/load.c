@@ -62,7 +62,8 @@ static int bind_vec(binder *b, const float **out, int n) {
     return bind_vec_shape(b, out, 1, shape);
 }
 
-#define NAME(...) snprintf(b->name, sizeof b->name, __VA_ARGS__)
+/* b->name = the checkpoint name of role r at index i (model/tensors.h's table) */
+#define NAME(r, i) nvlm_tensor_name(r, i, b->name, sizeof b->name)
 
 static int bind_vit(binder *b) {
     nvlm_model *m = b->m;
@@ -70,51 +71,50 @@ static int bind_vit(binder *b) {
     int C = v->hidden_size, p = v->patch_size, G = m->cfg.image_size / p;
     int E = m->vit_width, I = v->intermediate_size;
     int rc;
-    NAME("vision_model.embeddings.patch_embedding.weight");
+    NAME(NVLM_R_PATCH_W, -1);
     {
         const nvlm_tensor *t;
         int64_t shape[4] = {C, v->num_channels, p, p};
         if ((rc = nvlm_st_expect(m->st, b->name, 4, shape, &t, b->err))) return rc;
         m->patch = (nvlm_wmat){t->dtype, C, v->num_channels * p * p, t->data};
     }
-    NAME("vision_model.embeddings.patch_embedding.bias");
+    NAME(NVLM_R_PATCH_B, -1);
     if ((rc = bind_vec(b, &m->patch_bias, C))) return rc;
-    NAME("vision_model.embeddings.class_embedding");
+    NAME(NVLM_R_CLS, -1);
     int64_t cls_shape[3] = {1, 1, C};
     if ((rc = bind_vec_shape(b, &m->cls, 3, cls_shape))) return rc;
-    NAME("vision_model.embeddings.position_embedding");
+    NAME(NVLM_R_POS, -1);
     int64_t pos_shape[3] = {1, (int64_t)G * G + 1, C};
     if ((rc = bind_vec_shape(b, &m->pos, 3, pos_shape))) return rc;
     m->vit = calloc((size_t)v->num_layers, sizeof *m->vit);
     if (!m->vit) return nvlm_fail(b->err, NVLM_E_NOMEM, "out of memory");
     for (int i = 0; i < v->num_layers; i++) {
         vit_layer *L = &m->vit[i];
-        const char *pre = "vision_model.encoder.layers";
-        NAME("%s.%d.norm1.weight", pre, i);
+        NAME(NVLM_R_V_NORM1, i);
         if ((rc = bind_vec(b, &L->norm1, C))) return rc;
-        NAME("%s.%d.norm2.weight", pre, i);
+        NAME(NVLM_R_V_NORM2, i);
         if ((rc = bind_vec(b, &L->norm2, C))) return rc;
-        NAME("%s.%d.attn.qkv.weight", pre, i);
+        NAME(NVLM_R_V_QKV, i);
         if ((rc = bind_mat(b, &L->qkv, 3 * E, C))) return rc;
-        NAME("%s.%d.attn.q_norm.weight", pre, i);
+        NAME(NVLM_R_V_Q_NORM, i);
         if ((rc = bind_vec(b, &L->q_norm, E))) return rc;
-        NAME("%s.%d.attn.k_norm.weight", pre, i);
+        NAME(NVLM_R_V_K_NORM, i);
         if ((rc = bind_vec(b, &L->k_norm, E))) return rc;
-        NAME("%s.%d.attn.proj.weight", pre, i);
+        NAME(NVLM_R_V_PROJ, i);
         if ((rc = bind_mat(b, &L->proj, C, E))) return rc;
-        NAME("%s.%d.attn.proj.bias", pre, i);
+        NAME(NVLM_R_V_PROJ_B, i);
         if ((rc = bind_vec(b, &L->proj_bias, C))) return rc;
-        NAME("%s.%d.ls1", pre, i);
+        NAME(NVLM_R_V_LS1, i);
         if ((rc = bind_vec(b, &L->ls1, C))) return rc;
-        NAME("%s.%d.ls2", pre, i);
+        NAME(NVLM_R_V_LS2, i);
         if ((rc = bind_vec(b, &L->ls2, C))) return rc;
-        NAME("%s.%d.mlp.fc1.weight", pre, i);
+        NAME(NVLM_R_V_FC1, i);
         if ((rc = bind_mat(b, &L->fc1, I, C))) return rc;
-        NAME("%s.%d.mlp.fc1.bias", pre, i);
+        NAME(NVLM_R_V_FC1_B, i);
         if ((rc = bind_vec(b, &L->fc1_bias, I))) return rc;
-        NAME("%s.%d.mlp.fc2.weight", pre, i);
+        NAME(NVLM_R_V_FC2, i);
         if ((rc = bind_mat(b, &L->fc2, C, I))) return rc;
-        NAME("%s.%d.mlp.fc2.bias", pre, i);
+        NAME(NVLM_R_V_FC2_B, i);
         if ((rc = bind_vec(b, &L->fc2_bias, C))) return rc;
     }
     return NVLM_OK;
@@ -124,15 +124,15 @@ static int bind_projector(binder *b) {
     nvlm_model *m = b->m;
     int in = 4 * m->cfg.vision.hidden_size, depth = m->cfg.projector_depth;
     int rc;
-    NAME("mlp1.0.weight");
+    NAME(NVLM_R_P_LN_W, -1);
     if ((rc = bind_vec(b, &m->proj_ln_w, in))) return rc;
-    NAME("mlp1.0.bias");
+    NAME(NVLM_R_P_LN_B, -1);
     if ((rc = bind_vec(b, &m->proj_ln_b, in))) return rc;
     m->proj = calloc((size_t)depth, sizeof *m->proj);
     if (!m->proj) return nvlm_fail(b->err, NVLM_E_NOMEM, "out of memory");
     for (int k = 0; k < depth; k++) {
         int out = k == depth - 1 ? m->cfg.llm.hidden_size : m->cfg.llm.intermediate_size;
-        NAME("mlp1.%d.weight", 2 * k + 1);
+        NAME(NVLM_R_P_LINEAR, k);
         if ((rc = bind_mat(b, &m->proj[k], out, in))) return rc;
         in = out;
     }
@@ -143,30 +143,29 @@ static int bind_llm_layer(binder *b, int i, llm_layer *L) {
     const nvlm_llm_config *c = &b->m->cfg.llm;
     int h = c->hidden_size, d = h / c->num_heads, q = c->num_heads * d, kv = c->num_kv_heads * d;
     int I = c->intermediate_size, rc;
-    const char *pre = "language_model.model.layers";
-    NAME("%s.%d.input_layernorm.weight", pre, i);
+    NAME(NVLM_R_L_IN_NORM, i);
     if ((rc = bind_vec(b, &L->input_norm, h))) return rc;
-    NAME("%s.%d.post_attention_layernorm.weight", pre, i);
+    NAME(NVLM_R_L_POST_NORM, i);
     if ((rc = bind_vec(b, &L->post_norm, h))) return rc;
-    NAME("%s.%d.self_attn.q_proj.weight", pre, i);
+    NAME(NVLM_R_L_Q, i);
     if ((rc = bind_mat(b, &L->wq, q, h))) return rc;
-    NAME("%s.%d.self_attn.q_proj.bias", pre, i);
+    NAME(NVLM_R_L_Q_B, i);
     if ((rc = bind_vec(b, &L->bq, q))) return rc;
-    NAME("%s.%d.self_attn.k_proj.weight", pre, i);
+    NAME(NVLM_R_L_K, i);
     if ((rc = bind_mat(b, &L->wk, kv, h))) return rc;
-    NAME("%s.%d.self_attn.k_proj.bias", pre, i);
+    NAME(NVLM_R_L_K_B, i);
     if ((rc = bind_vec(b, &L->bk, kv))) return rc;
-    NAME("%s.%d.self_attn.v_proj.weight", pre, i);
+    NAME(NVLM_R_L_V, i);
     if ((rc = bind_mat(b, &L->wv, kv, h))) return rc;
-    NAME("%s.%d.self_attn.v_proj.bias", pre, i);
+    NAME(NVLM_R_L_V_B, i);
     if ((rc = bind_vec(b, &L->bv, kv))) return rc;
-    NAME("%s.%d.self_attn.o_proj.weight", pre, i);
+    NAME(NVLM_R_L_O, i);
     if ((rc = bind_mat(b, &L->wo, h, q))) return rc;
-    NAME("%s.%d.mlp.gate_proj.weight", pre, i);
+    NAME(NVLM_R_L_GATE, i);
     if ((rc = bind_mat(b, &L->gate, I, h))) return rc;
-    NAME("%s.%d.mlp.up_proj.weight", pre, i);
+    NAME(NVLM_R_L_UP, i);
     if ((rc = bind_mat(b, &L->up, I, h))) return rc;
-    NAME("%s.%d.mlp.down_proj.weight", pre, i);
+    NAME(NVLM_R_L_DOWN, i);
     return bind_mat(b, &L->down, h, I);
 }
 
@@ -183,32 +182,31 @@ static int bind_xattn_block(binder *b, int k, xattn_block *X) {
     const nvlm_llm_config *c = &cfg->llm;
     int h = c->hidden_size, d = h / c->num_heads, q = c->num_heads * d, kv = c->num_kv_heads * d;
     int I = cfg->xattn_intermediate_size, rc;
-    const char *pre = "language_model.model.xattn_layers";
-    NAME("%s.%d.input_layernorm.weight", pre, k);
+    NAME(NVLM_R_X_IN_NORM, k);
     if ((rc = bind_vec(b, &X->input_norm, h))) return rc;
-    NAME("%s.%d.post_attention_layernorm.weight", pre, k);
+    NAME(NVLM_R_X_POST_NORM, k);
     if ((rc = bind_vec(b, &X->post_norm, h))) return rc;
-    NAME("%s.%d.cross_attn.q_proj.weight", pre, k);
+    NAME(NVLM_R_X_Q, k);
     if ((rc = bind_mat(b, &X->wq, q, h))) return rc;
-    NAME("%s.%d.cross_attn.k_proj.weight", pre, k);
+    NAME(NVLM_R_X_K, k);
     if ((rc = bind_mat(b, &X->wk, kv, h))) return rc;
-    NAME("%s.%d.cross_attn.v_proj.weight", pre, k);
+    NAME(NVLM_R_X_V, k);
     if ((rc = bind_mat(b, &X->wv, kv, h))) return rc;
-    NAME("%s.%d.cross_attn.o_proj.weight", pre, k);
+    NAME(NVLM_R_X_O, k);
     if ((rc = bind_mat(b, &X->wo, h, q))) return rc;
-    NAME("%s.%d.cross_attn.q_norm.weight", pre, k);
+    NAME(NVLM_R_X_Q_NORM, k);
     if ((rc = bind_vec(b, &X->q_norm, d))) return rc;
-    NAME("%s.%d.cross_attn.k_norm.weight", pre, k);
+    NAME(NVLM_R_X_K_NORM, k);
     if ((rc = bind_vec(b, &X->k_norm, d))) return rc;
-    NAME("%s.%d.cross_attn_attn_gate", pre, k);
+    NAME(NVLM_R_X_ATTN_GATE, k);
     if ((rc = bind_gate(b, &X->attn_gate))) return rc;
-    NAME("%s.%d.cross_attn_mlp_gate", pre, k);
+    NAME(NVLM_R_X_MLP_GATE, k);
     if ((rc = bind_gate(b, &X->mlp_gate))) return rc;
-    NAME("%s.%d.mlp.gate_proj.weight", pre, k);
+    NAME(NVLM_R_X_GATE, k);
     if ((rc = bind_mat(b, &X->gate, I, h))) return rc;
-    NAME("%s.%d.mlp.up_proj.weight", pre, k);
+    NAME(NVLM_R_X_UP, k);
     if ((rc = bind_mat(b, &X->up, I, h))) return rc;
-    NAME("%s.%d.mlp.down_proj.weight", pre, k);
+    NAME(NVLM_R_X_DOWN, k);
     return bind_mat(b, &X->down, h, I);
 }
 
@@ -216,15 +214,15 @@ static int bind_llm(binder *b) {
     nvlm_model *m = b->m;
     const nvlm_llm_config *c = &m->cfg.llm;
     int rc;
-    NAME("language_model.model.embed_tokens.weight");
+    NAME(NVLM_R_EMBED, -1);
     if ((rc = bind_mat(b, &m->embed, c->vocab_size, c->hidden_size))) return rc;
     m->llm = calloc((size_t)c->num_layers, sizeof *m->llm);
     if (!m->llm) return nvlm_fail(b->err, NVLM_E_NOMEM, "out of memory");
     for (int i = 0; i < c->num_layers; i++)
         if ((rc = bind_llm_layer(b, i, &m->llm[i]))) return rc;
-    NAME("language_model.model.norm.weight");
+    NAME(NVLM_R_NORM, -1);
     if ((rc = bind_vec(b, &m->final_norm, c->hidden_size))) return rc;
-    NAME(c->tie_word_embeddings ? "language_model.model.embed_tokens.weight" : "language_model.lm_head.weight");
+    NAME(c->tie_word_embeddings ? NVLM_R_EMBED : NVLM_R_LM_HEAD, -1);
     if ((rc = bind_mat(b, &m->lm_head, c->vocab_size, c->hidden_size))) return rc;
     if (m->cfg.num_xattn > 0) {
         m->xattn = calloc((size_t)m->cfg.num_xattn, sizeof *m->xattn);

@@ -91,25 +91,10 @@ static uint16_t to_f16(float f) { /* round to nearest even, with subnormals and 
     return (uint16_t)(sign | (m >> 13));
 }
 
-static const char *const f32_suffixes[] = {
-    "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
-    "self_attn.q_proj.bias",   "self_attn.k_proj.bias",   "self_attn.v_proj.bias",
-    "attn.qkv.weight",         "attn.proj.weight",        "attn.q_norm.weight",
-    "attn.k_norm.weight",
-};
-
-static int ends_with(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
-}
-
-/* The storage dtype of a tensor: the release keeps the F32 set of §2 in F32 (the xattn
- * blocks have no member of it: their q/k/v names are cross_attn.*). */
-static nvlm_dtype storage_dtype(const char *name, nvlm_mk_dtype mode) {
-    int f32set = 0;
-    if (strncmp(name, NVLM_XATTN_PREFIX, strlen(NVLM_XATTN_PREFIX)))
-        for (size_t i = 0; i < sizeof f32_suffixes / sizeof *f32_suffixes; i++)
-            if (ends_with(name, f32_suffixes[i])) f32set = 1;
+/* The storage dtype of a tensor: the release keeps the F32 set of §2 in F32 (the table's f32
+ * column; the xattn blocks have no member of it). */
+static nvlm_dtype storage_dtype(const nvlm_tensor_spec *t, nvlm_mk_dtype mode) {
+    int f32set = nvlm_roles[t->role].f32;
     switch (mode) {
     case NVLM_MK_MIXED: return f32set ? NVLM_DT_F32 : NVLM_DT_BF16;
     case NVLM_MK_MIXED_F16: return f32set ? NVLM_DT_F32 : NVLM_DT_F16;
@@ -136,32 +121,32 @@ typedef struct fill_arg {
 
 typedef enum init_kind { I_NORMAL, I_NEAR1, I_UNIFORM, I_GATE } init_kind;
 
-/* How a tensor is drawn: kind and scale, from its name (make_checkpoint.py's rules). */
-static void init_rule(const nvlm_tensor_spec *t, const nvlm_config *cfg, init_kind *k, double *s) {
-    const char *n = t->suffix;
+/* How a tensor is drawn: kind and scale, from its role (make_checkpoint.py's rules). */
+static void init_rule(const nvlm_tensor_spec *t, init_kind *k, double *s) {
     double fan = t->ndim >= 2 ? (double)t->shape[1] : 1.0;
     if (t->ndim == 4) fan = (double)(t->shape[1] * t->shape[2] * t->shape[3]);
     *k = I_NORMAL;
     *s = 1.0 / sqrt(fan);
-    if (ends_with(n, "gate") && t->part == NVLM_PART_XATTN) *k = I_GATE;
-    else if (!strcmp(n, "ls1") || !strcmp(n, "ls2")) *k = I_UNIFORM;
-    else if (ends_with(n, "norm1.weight") || ends_with(n, "norm2.weight") ||
-             ends_with(n, "layernorm.weight") || !strcmp(n, "norm.weight") || !strcmp(n, "mlp1.0.weight")) {
-        *k = I_NEAR1;
-        *s = 0.1;
-    } else if (ends_with(n, "q_norm.weight") || ends_with(n, "k_norm.weight")) {
-        *k = I_NEAR1;
-        *s = 0.2;
-    } else if (ends_with(n, "bias")) *s = strstr(n, "self_attn") || !strcmp(n, "mlp1.0.bias") ? 0.1 : 0.02;
-    else if (!strcmp(n, "class_embedding")) *s = 0.5;
-    else if (!strcmp(n, "position_embedding")) *s = 0.3;
-    else if (!strcmp(n, "embed_tokens.weight")) *s = 0.7;
-    else if (!strcmp(n, "lm_head.weight")) *s = 1.5;
-    else if (ends_with(n, "q_proj.weight") || ends_with(n, "k_proj.weight")) *s = 1.5 / sqrt(fan);
-    else if (ends_with(n, "fc2.weight") || ends_with(n, "attn.proj.weight") ||
-             (t->part == NVLM_PART_LLM && (ends_with(n, "o_proj.weight") || ends_with(n, "down_proj.weight"))))
-        *s = 0.7 / sqrt(fan);
-    (void)cfg;
+    switch (t->role) {
+    case NVLM_R_X_ATTN_GATE: case NVLM_R_X_MLP_GATE: *k = I_GATE; break;
+    case NVLM_R_V_LS1: case NVLM_R_V_LS2: *k = I_UNIFORM; break;
+    case NVLM_R_V_NORM1: case NVLM_R_V_NORM2: case NVLM_R_L_IN_NORM: case NVLM_R_L_POST_NORM:
+    case NVLM_R_X_IN_NORM: case NVLM_R_X_POST_NORM: case NVLM_R_NORM: case NVLM_R_P_LN_W:
+        *k = I_NEAR1, *s = 0.1;
+        break;
+    case NVLM_R_V_Q_NORM: case NVLM_R_V_K_NORM: case NVLM_R_X_Q_NORM: case NVLM_R_X_K_NORM:
+        *k = I_NEAR1, *s = 0.2;
+        break;
+    case NVLM_R_L_Q_B: case NVLM_R_L_K_B: case NVLM_R_L_V_B: case NVLM_R_P_LN_B: *s = 0.1; break;
+    case NVLM_R_PATCH_B: case NVLM_R_V_PROJ_B: case NVLM_R_V_FC1_B: case NVLM_R_V_FC2_B: *s = 0.02; break;
+    case NVLM_R_CLS: *s = 0.5; break;
+    case NVLM_R_POS: *s = 0.3; break;
+    case NVLM_R_EMBED: *s = 0.7; break;
+    case NVLM_R_LM_HEAD: *s = 1.5; break;
+    case NVLM_R_L_Q: case NVLM_R_L_K: case NVLM_R_X_Q: case NVLM_R_X_K: *s = 1.5 / sqrt(fan); break;
+    case NVLM_R_V_FC2: case NVLM_R_V_PROJ: case NVLM_R_L_O: case NVLM_R_L_DOWN: *s = 0.7 / sqrt(fan); break;
+    default: break;
+    }
 }
 
 /* Dummy heads of the ViT (the last D_v heads): zero qkv rows / proj columns, norm 1. */
@@ -169,9 +154,9 @@ static int is_dummy(const gen *g, const nvlm_tensor_spec *t, int64_t row, int64_
     if (g->o->random_dummy || t->part != NVLM_PART_VISION) return 0;
     int64_t C = g->cfg->vision.hidden_size, dv = C / g->cfg->vision.num_heads;
     int64_t real = g->cfg->vision.num_heads * dv, E = real + (int64_t)g->o->vit_dummy_heads * dv;
-    if (!strcmp(t->suffix, "attn.qkv.weight")) return row % E >= real;
-    if (!strcmp(t->suffix, "attn.proj.weight")) return col >= real;
-    if (!strcmp(t->suffix, "attn.q_norm.weight") || !strcmp(t->suffix, "attn.k_norm.weight")) return row >= real;
+    if (t->role == NVLM_R_V_QKV) return row % E >= real;
+    if (t->role == NVLM_R_V_PROJ) return col >= real;
+    if (t->role == NVLM_R_V_Q_NORM || t->role == NVLM_R_V_K_NORM) return row >= real;
     return 0;
 }
 
@@ -182,10 +167,10 @@ static int fill_tensor(void *user, const char *name, nvlm_dtype dt, void *dst, u
     const nvlm_tensor_spec *t = fa->t;
     init_kind kind;
     double scale;
-    init_rule(t, g->cfg, &kind, &scale);
+    init_rule(t, &kind, &scale);
     uint64_t s = name_seed(g->o->seed, name);
     int64_t cols = t->ndim >= 2 ? t->numel / t->shape[0] : 1;
-    int eos_row = !strcmp(t->suffix, "lm_head.weight") ? g->eos_id : -1;
+    int eos_row = t->role == NVLM_R_LM_HEAD ? g->eos_id : -1;
     int norm_like = kind == I_NEAR1;
     for (int64_t i = 0; i < t->numel; i++) {
         double v;
@@ -467,7 +452,7 @@ int nvlm_mkmodel(const nvlm_mkmodel_opts *opts, const char *out_dir, uint64_t *n
         users[i].g = &g;
         users[i].t = t;
         total += (uint64_t)t->numel;
-        rc = nvlm_stw_add_fill(w, t->name, storage_dtype(t->name, o.dtype), t->ndim, t->shape,
+        rc = nvlm_stw_add_fill(w, t->name, storage_dtype(t, o.dtype), t->ndim, t->shape,
                                fill_tensor, &users[i], err);
     }
     if (!rc) rc = remove_stale_weights(out_dir, err);

@@ -4,6 +4,7 @@
 #include "core/file.h"
 #include "kernels/qblock.h"
 #include "model/safetensors_write.h"
+#include "model/tensors.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,8 +21,13 @@ int nvlm_quant_parse(const char *s, nvlm_dtype *out) {
 
 nvlm_dtype nvlm_quant_target(const char *name, nvlm_dtype to) {
     if (to != NVLM_DT_Q4) return to;
-    if (strstr(name, "embed_tokens") || strstr(name, "lm_head") || !strncmp(name, "vision_model.", 13) ||
-        !strncmp(name, "mlp1.", 5))
+    /* 4-bit for the LLM's and cross-attention's matrices; the vision encoder, projector,
+     * embeddings and head keep Q8_0 (docs/quantization.md) */
+    nvlm_role r;
+    int i;
+    if (nvlm_role_of_name(name, &r, &i)) return to; /* not of the layout: the caller's choice */
+    if (nvlm_roles[r].part == NVLM_PART_VISION || nvlm_roles[r].part == NVLM_PART_PROJECTOR || r == NVLM_R_EMBED ||
+        r == NVLM_R_LM_HEAD)
         return NVLM_DT_Q8_0;
     return to;
 }
@@ -116,41 +122,39 @@ int nvlm_quantize_model(nvlm_model *m, nvlm_dtype to, nvlm_quant_report *rep, nv
     qctx q = {m, to, rep ? rep : &local, err};
     char name[160];
     int rc = 0;
-#define Q(w, ...) if (!rc) { snprintf(name, sizeof name, __VA_ARGS__); rc = quant_one(&q, &(w), name); }
+#define Q(w, role, i) if (!rc) rc = quant_one(&q, &(w), nvlm_tensor_name(role, i, name, sizeof name))
     for (int i = 0; i < m->cfg.vision.num_layers; i++) {
-        Q(m->vit[i].qkv, "vision_model.encoder.layers.%d.attn.qkv.weight", i);
-        Q(m->vit[i].proj, "vision_model.encoder.layers.%d.attn.proj.weight", i);
-        Q(m->vit[i].fc1, "vision_model.encoder.layers.%d.mlp.fc1.weight", i);
-        Q(m->vit[i].fc2, "vision_model.encoder.layers.%d.mlp.fc2.weight", i);
+        Q(m->vit[i].qkv, NVLM_R_V_QKV, i);
+        Q(m->vit[i].proj, NVLM_R_V_PROJ, i);
+        Q(m->vit[i].fc1, NVLM_R_V_FC1, i);
+        Q(m->vit[i].fc2, NVLM_R_V_FC2, i);
     }
-    Q(m->patch, "vision_model.embeddings.patch_embedding.weight");
-    for (int k = 0; k < m->cfg.projector_depth; k++) Q(m->proj[k], "mlp1.%d.weight", 2 * k + 1);
+    Q(m->patch, NVLM_R_PATCH_W, -1);
+    for (int k = 0; k < m->cfg.projector_depth; k++) Q(m->proj[k], NVLM_R_P_LINEAR, k);
     for (int i = 0; i < m->cfg.llm.num_layers; i++) {
         llm_layer *L = &m->llm[i];
-        const char *p = "language_model.model.layers";
-        Q(L->wq, "%s.%d.self_attn.q_proj.weight", p, i);
-        Q(L->wk, "%s.%d.self_attn.k_proj.weight", p, i);
-        Q(L->wv, "%s.%d.self_attn.v_proj.weight", p, i);
-        Q(L->wo, "%s.%d.self_attn.o_proj.weight", p, i);
-        Q(L->gate, "%s.%d.mlp.gate_proj.weight", p, i);
-        Q(L->up, "%s.%d.mlp.up_proj.weight", p, i);
-        Q(L->down, "%s.%d.mlp.down_proj.weight", p, i);
+        Q(L->wq, NVLM_R_L_Q, i);
+        Q(L->wk, NVLM_R_L_K, i);
+        Q(L->wv, NVLM_R_L_V, i);
+        Q(L->wo, NVLM_R_L_O, i);
+        Q(L->gate, NVLM_R_L_GATE, i);
+        Q(L->up, NVLM_R_L_UP, i);
+        Q(L->down, NVLM_R_L_DOWN, i);
     }
     for (int k = 0; m->xattn && k < m->cfg.num_xattn; k++) {
         xattn_block *X = &m->xattn[k];
-        const char *p = "language_model.model.xattn_layers";
-        Q(X->wq, "%s.%d.cross_attn.q_proj.weight", p, k);
-        Q(X->wk, "%s.%d.cross_attn.k_proj.weight", p, k);
-        Q(X->wv, "%s.%d.cross_attn.v_proj.weight", p, k);
-        Q(X->wo, "%s.%d.cross_attn.o_proj.weight", p, k);
-        Q(X->gate, "%s.%d.mlp.gate_proj.weight", p, k);
-        Q(X->up, "%s.%d.mlp.up_proj.weight", p, k);
-        Q(X->down, "%s.%d.mlp.down_proj.weight", p, k);
+        Q(X->wq, NVLM_R_X_Q, k);
+        Q(X->wk, NVLM_R_X_K, k);
+        Q(X->wv, NVLM_R_X_V, k);
+        Q(X->wo, NVLM_R_X_O, k);
+        Q(X->gate, NVLM_R_X_GATE, k);
+        Q(X->up, NVLM_R_X_UP, k);
+        Q(X->down, NVLM_R_X_DOWN, k);
     }
     int tied = m->lm_head.data == m->embed.data;
-    Q(m->embed, "language_model.model.embed_tokens.weight");
+    Q(m->embed, NVLM_R_EMBED, -1);
     if (tied && !rc) m->lm_head = m->embed; /* one copy serves both */
-    else Q(m->lm_head, "language_model.lm_head.weight");
+    else Q(m->lm_head, NVLM_R_LM_HEAD, -1);
 #undef Q
     return rc;
 }

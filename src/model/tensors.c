@@ -6,6 +6,136 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* ------------------------------------------------------------ the table */
+
+#define VE "vision_model.embeddings."
+#define VL "vision_model.encoder.layers.%d."
+#define LM "language_model.model."
+#define LL "language_model.model.layers.%d."
+#define XL NVLM_XATTN_PREFIX "%d."
+#define V_ NVLM_PART_VISION
+#define P_ NVLM_PART_PROJECTOR
+#define L_ NVLM_PART_LLM
+#define X_ NVLM_PART_XATTN
+#define ONE NVLM_IDX_NONE
+#define LAY NVLM_IDX_LAYER
+#define PRJ NVLM_IDX_PROJ
+
+const nvlm_role_info nvlm_roles[NVLM_R_COUNT] = {
+    [NVLM_R_PATCH_W] = {V_, VE, "patch_embedding.weight", ONE, 0},
+    [NVLM_R_PATCH_B] = {V_, VE, "patch_embedding.bias", ONE, 0},
+    [NVLM_R_CLS] = {V_, VE, "class_embedding", ONE, 0},
+    [NVLM_R_POS] = {V_, VE, "position_embedding", ONE, 0},
+    [NVLM_R_V_NORM1] = {V_, VL, "norm1.weight", LAY, 0},
+    [NVLM_R_V_NORM2] = {V_, VL, "norm2.weight", LAY, 0},
+    [NVLM_R_V_QKV] = {V_, VL, "attn.qkv.weight", LAY, 1},
+    [NVLM_R_V_Q_NORM] = {V_, VL, "attn.q_norm.weight", LAY, 1},
+    [NVLM_R_V_K_NORM] = {V_, VL, "attn.k_norm.weight", LAY, 1},
+    [NVLM_R_V_PROJ] = {V_, VL, "attn.proj.weight", LAY, 1},
+    [NVLM_R_V_PROJ_B] = {V_, VL, "attn.proj.bias", LAY, 0},
+    [NVLM_R_V_LS1] = {V_, VL, "ls1", LAY, 0},
+    [NVLM_R_V_LS2] = {V_, VL, "ls2", LAY, 0},
+    [NVLM_R_V_FC1] = {V_, VL, "mlp.fc1.weight", LAY, 0},
+    [NVLM_R_V_FC1_B] = {V_, VL, "mlp.fc1.bias", LAY, 0},
+    [NVLM_R_V_FC2] = {V_, VL, "mlp.fc2.weight", LAY, 0},
+    [NVLM_R_V_FC2_B] = {V_, VL, "mlp.fc2.bias", LAY, 0},
+    [NVLM_R_P_LN_W] = {P_, "", "mlp1.0.weight", ONE, 0},
+    [NVLM_R_P_LN_B] = {P_, "", "mlp1.0.bias", ONE, 0},
+    [NVLM_R_P_LINEAR] = {P_, "mlp1.%d.", "weight", PRJ, 0},
+    [NVLM_R_EMBED] = {L_, LM, "embed_tokens.weight", ONE, 0},
+    [NVLM_R_L_IN_NORM] = {L_, LL, "input_layernorm.weight", LAY, 0},
+    [NVLM_R_L_Q] = {L_, LL, "self_attn.q_proj.weight", LAY, 1},
+    [NVLM_R_L_Q_B] = {L_, LL, "self_attn.q_proj.bias", LAY, 1},
+    [NVLM_R_L_K] = {L_, LL, "self_attn.k_proj.weight", LAY, 1},
+    [NVLM_R_L_K_B] = {L_, LL, "self_attn.k_proj.bias", LAY, 1},
+    [NVLM_R_L_V] = {L_, LL, "self_attn.v_proj.weight", LAY, 1},
+    [NVLM_R_L_V_B] = {L_, LL, "self_attn.v_proj.bias", LAY, 1},
+    [NVLM_R_L_O] = {L_, LL, "self_attn.o_proj.weight", LAY, 0},
+    [NVLM_R_L_POST_NORM] = {L_, LL, "post_attention_layernorm.weight", LAY, 0},
+    [NVLM_R_L_GATE] = {L_, LL, "mlp.gate_proj.weight", LAY, 0},
+    [NVLM_R_L_UP] = {L_, LL, "mlp.up_proj.weight", LAY, 0},
+    [NVLM_R_L_DOWN] = {L_, LL, "mlp.down_proj.weight", LAY, 0},
+    [NVLM_R_NORM] = {L_, LM, "norm.weight", ONE, 0},
+    [NVLM_R_LM_HEAD] = {L_, "language_model.", "lm_head.weight", ONE, 0},
+    [NVLM_R_X_IN_NORM] = {X_, XL, "input_layernorm.weight", LAY, 0},
+    [NVLM_R_X_Q] = {X_, XL, "cross_attn.q_proj.weight", LAY, 0},
+    [NVLM_R_X_K] = {X_, XL, "cross_attn.k_proj.weight", LAY, 0},
+    [NVLM_R_X_V] = {X_, XL, "cross_attn.v_proj.weight", LAY, 0},
+    [NVLM_R_X_O] = {X_, XL, "cross_attn.o_proj.weight", LAY, 0},
+    [NVLM_R_X_Q_NORM] = {X_, XL, "cross_attn.q_norm.weight", LAY, 0},
+    [NVLM_R_X_K_NORM] = {X_, XL, "cross_attn.k_norm.weight", LAY, 0},
+    [NVLM_R_X_ATTN_GATE] = {X_, XL, "cross_attn_attn_gate", LAY, 0},
+    [NVLM_R_X_POST_NORM] = {X_, XL, "post_attention_layernorm.weight", LAY, 0},
+    [NVLM_R_X_GATE] = {X_, XL, "mlp.gate_proj.weight", LAY, 0},
+    [NVLM_R_X_UP] = {X_, XL, "mlp.up_proj.weight", LAY, 0},
+    [NVLM_R_X_DOWN] = {X_, XL, "mlp.down_proj.weight", LAY, 0},
+    [NVLM_R_X_MLP_GATE] = {X_, XL, "cross_attn_mlp_gate", LAY, 0},
+};
+#undef VE
+#undef VL
+#undef LM
+#undef LL
+#undef XL
+#undef V_
+#undef P_
+#undef L_
+#undef X_
+#undef ONE
+#undef LAY
+#undef PRJ
+
+/* The prefix of role r at index i in buf; returns its length (or -1 when it does not fit). */
+static int role_prefix(nvlm_role r, int i, char *buf, size_t cap) {
+    const nvlm_role_info *ri = &nvlm_roles[r];
+    int k = ri->index == NVLM_IDX_PROJ ? 2 * i + 1 : i;
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral" /* the table's own formats, one %d or none */
+    int n = ri->index == NVLM_IDX_NONE ? snprintf(buf, cap, "%s", ri->prefix) : snprintf(buf, cap, ri->prefix, k);
+#pragma GCC diagnostic pop
+    return n < 0 || (size_t)n >= cap ? -1 : n;
+}
+
+const char *nvlm_tensor_name(nvlm_role r, int i, char *buf, size_t cap) {
+    int n = role_prefix(r, i, buf, cap);
+    if (n < 0 || (size_t)n + strlen(nvlm_roles[r].suffix) >= cap) {
+        if (cap) buf[0] = 0; /* cannot happen with the table's names and a 160-byte buffer */
+        return buf;
+    }
+    strcpy(buf + n, nvlm_roles[r].suffix);
+    return buf;
+}
+
+/* Matches name against prefix format fmt (one %d or none) then suffix; the %d as *k. */
+static int match_role(const char *name, const nvlm_role_info *ri, int *k) {
+    const char *d = strstr(ri->prefix, "%d"), *p = name;
+    size_t head = d ? (size_t)(d - ri->prefix) : strlen(ri->prefix);
+    if (strncmp(p, ri->prefix, head)) return 0;
+    p += head;
+    *k = -1;
+    if (d) {
+        if (*p < '0' || *p > '9') return 0;
+        long v = 0;
+        while (*p >= '0' && *p <= '9' && v < 1000000) v = v * 10 + (*p++ - '0');
+        *k = (int)v;
+        size_t tail = strlen(d + 2);
+        if (strncmp(p, d + 2, tail)) return 0;
+        p += tail;
+    }
+    return !strcmp(p, ri->suffix);
+}
+
+int nvlm_role_of_name(const char *name, nvlm_role *role, int *index) {
+    for (int r = 0; r < NVLM_R_COUNT; r++) {
+        int k;
+        if (!match_role(name, &nvlm_roles[r], &k)) continue;
+        if (nvlm_roles[r].index == NVLM_IDX_PROJ && (k < 1 || k % 2 == 0)) continue;
+        *role = (nvlm_role)r;
+        *index = nvlm_roles[r].index == NVLM_IDX_PROJ ? (k - 1) / 2 : k;
+        return 0;
+    }
+    return -1;
+}
+
 /* ------------------------------------------------------------- enumerator */
 
 typedef struct walker {
@@ -14,28 +144,29 @@ typedef struct walker {
     nvlm_tensor_spec t;
 } walker;
 
-/* Emits one tensor: name = prefix + suffix. */
-static int emit(walker *w, nvlm_part part, const char *prefix, int layer, const char *suffix,
-                int ndim, int64_t a, int64_t b, int64_t c, int64_t d) {
+/* Emits one tensor: role r at index i (-1 for single tensors) with its shape. */
+static int emit(walker *w, nvlm_role r, int i, int ndim, int64_t a, int64_t b, int64_t c, int64_t d) {
     nvlm_tensor_spec *t = &w->t;
-    int n = snprintf(t->name, sizeof t->name, "%s%s", prefix, suffix);
-    if (n < 0 || (size_t)n >= sizeof t->name) return 0; /* cannot happen with our names */
-    t->part = part;
+    int plen = role_prefix(r, i, t->name, sizeof t->name);
+    if (plen < 0) return 0; /* cannot happen with our names */
+    nvlm_tensor_name(r, i, t->name, sizeof t->name);
+    t->role = r;
+    t->part = nvlm_roles[r].part;
     t->ndim = ndim;
     int64_t s[4] = {a, b, c, d};
     t->numel = 1;
-    for (int i = 0; i < 4; i++) {
-        t->shape[i] = i < ndim ? s[i] : 0;
-        if (i < ndim) t->numel *= s[i];
+    for (int k = 0; k < 4; k++) {
+        t->shape[k] = k < ndim ? s[k] : 0;
+        if (k < ndim) t->numel *= s[k];
     }
-    t->layer = layer;
-    t->suffix = t->name + strlen(prefix);
+    t->layer = i;
+    t->suffix = t->name + plen;
     return w->fn(w->user, t);
 }
 
-#define EMIT(part, pre, layer, suf, nd, a, b, c, d)                                   \
+#define EMIT(role, i, nd, a, b, c, d)                                                 \
     do {                                                                              \
-        int r_ = emit(w, part, pre, layer, suf, nd, a, b, c, d);                      \
+        int r_ = emit(w, role, i, nd, a, b, c, d);                                    \
         if (r_) return r_;                                                            \
     } while (0)
 
@@ -44,28 +175,24 @@ static int walk_vision(walker *w, const nvlm_config *cfg, int dummy) {
     int64_t C = v->hidden_size, p = v->patch_size, I = v->intermediate_size;
     int64_t dv = C / v->num_heads, E = (v->num_heads + dummy) * dv;
     int64_t G = cfg->image_size / p, P = G * G;
-    const nvlm_part V = NVLM_PART_VISION;
-    const char *e = "vision_model.embeddings.";
-    EMIT(V, e, -1, "patch_embedding.weight", 4, C, v->num_channels, p, p);
-    EMIT(V, e, -1, "patch_embedding.bias", 1, C, 0, 0, 0);
-    EMIT(V, e, -1, "class_embedding", 3, 1, 1, C, 0);
-    EMIT(V, e, -1, "position_embedding", 3, 1, P + 1, C, 0);
+    EMIT(NVLM_R_PATCH_W, -1, 4, C, v->num_channels, p, p);
+    EMIT(NVLM_R_PATCH_B, -1, 1, C, 0, 0, 0);
+    EMIT(NVLM_R_CLS, -1, 3, 1, 1, C, 0);
+    EMIT(NVLM_R_POS, -1, 3, 1, P + 1, C, 0);
     for (int i = 0; i < v->num_layers; i++) {
-        char pre[64];
-        snprintf(pre, sizeof pre, "vision_model.encoder.layers.%d.", i);
-        EMIT(V, pre, i, "norm1.weight", 1, C, 0, 0, 0);
-        EMIT(V, pre, i, "norm2.weight", 1, C, 0, 0, 0);
-        EMIT(V, pre, i, "attn.qkv.weight", 2, 3 * E, C, 0, 0);
-        EMIT(V, pre, i, "attn.q_norm.weight", 1, E, 0, 0, 0);
-        EMIT(V, pre, i, "attn.k_norm.weight", 1, E, 0, 0, 0);
-        EMIT(V, pre, i, "attn.proj.weight", 2, C, E, 0, 0);
-        EMIT(V, pre, i, "attn.proj.bias", 1, C, 0, 0, 0);
-        EMIT(V, pre, i, "ls1", 1, C, 0, 0, 0);
-        EMIT(V, pre, i, "ls2", 1, C, 0, 0, 0);
-        EMIT(V, pre, i, "mlp.fc1.weight", 2, I, C, 0, 0);
-        EMIT(V, pre, i, "mlp.fc1.bias", 1, I, 0, 0, 0);
-        EMIT(V, pre, i, "mlp.fc2.weight", 2, C, I, 0, 0);
-        EMIT(V, pre, i, "mlp.fc2.bias", 1, C, 0, 0, 0);
+        EMIT(NVLM_R_V_NORM1, i, 1, C, 0, 0, 0);
+        EMIT(NVLM_R_V_NORM2, i, 1, C, 0, 0, 0);
+        EMIT(NVLM_R_V_QKV, i, 2, 3 * E, C, 0, 0);
+        EMIT(NVLM_R_V_Q_NORM, i, 1, E, 0, 0, 0);
+        EMIT(NVLM_R_V_K_NORM, i, 1, E, 0, 0, 0);
+        EMIT(NVLM_R_V_PROJ, i, 2, C, E, 0, 0);
+        EMIT(NVLM_R_V_PROJ_B, i, 1, C, 0, 0, 0);
+        EMIT(NVLM_R_V_LS1, i, 1, C, 0, 0, 0);
+        EMIT(NVLM_R_V_LS2, i, 1, C, 0, 0, 0);
+        EMIT(NVLM_R_V_FC1, i, 2, I, C, 0, 0);
+        EMIT(NVLM_R_V_FC1_B, i, 1, I, 0, 0, 0);
+        EMIT(NVLM_R_V_FC2, i, 2, C, I, 0, 0);
+        EMIT(NVLM_R_V_FC2_B, i, 1, C, 0, 0, 0);
     }
     return 0;
 }
@@ -74,15 +201,10 @@ static int walk_vision(walker *w, const nvlm_config *cfg, int dummy) {
 static int walk_projector(walker *w, const nvlm_config *cfg) {
     int64_t c4 = 4 * (int64_t)cfg->vision.hidden_size, I = cfg->llm.intermediate_size;
     int64_t h = cfg->llm.hidden_size;
-    const nvlm_part P = NVLM_PART_PROJECTOR;
-    EMIT(P, "", -1, "mlp1.0.weight", 1, c4, 0, 0, 0);
-    EMIT(P, "", -1, "mlp1.0.bias", 1, c4, 0, 0, 0);
+    EMIT(NVLM_R_P_LN_W, -1, 1, c4, 0, 0, 0);
+    EMIT(NVLM_R_P_LN_B, -1, 1, c4, 0, 0, 0);
     int d = cfg->projector_depth > 0 ? cfg->projector_depth : 2;
-    for (int j = 0; j < d; j++) {
-        char suf[32];
-        snprintf(suf, sizeof suf, "mlp1.%d.weight", 2 * j + 1);
-        EMIT(P, "", -1, suf, 2, j == d - 1 ? h : I, j == 0 ? c4 : I, 0, 0);
-    }
+    for (int j = 0; j < d; j++) EMIT(NVLM_R_P_LINEAR, j, 2, j == d - 1 ? h : I, j == 0 ? c4 : I, 0, 0);
     return 0;
 }
 
@@ -90,26 +212,23 @@ static int walk_llm(walker *w, const nvlm_config *cfg) {
     const nvlm_llm_config *l = &cfg->llm;
     int64_t h = l->hidden_size, I = l->intermediate_size, V = l->vocab_size;
     int64_t d = h / l->num_heads, q = l->num_heads * d, kv = l->num_kv_heads * d;
-    const nvlm_part L = NVLM_PART_LLM;
-    EMIT(L, "language_model.model.", -1, "embed_tokens.weight", 2, V, h, 0, 0);
+    EMIT(NVLM_R_EMBED, -1, 2, V, h, 0, 0);
     for (int j = 0; j < l->num_layers; j++) {
-        char pre[64];
-        snprintf(pre, sizeof pre, "language_model.model.layers.%d.", j);
-        EMIT(L, pre, j, "input_layernorm.weight", 1, h, 0, 0, 0);
-        EMIT(L, pre, j, "self_attn.q_proj.weight", 2, q, h, 0, 0);
-        EMIT(L, pre, j, "self_attn.q_proj.bias", 1, q, 0, 0, 0);
-        EMIT(L, pre, j, "self_attn.k_proj.weight", 2, kv, h, 0, 0);
-        EMIT(L, pre, j, "self_attn.k_proj.bias", 1, kv, 0, 0, 0);
-        EMIT(L, pre, j, "self_attn.v_proj.weight", 2, kv, h, 0, 0);
-        EMIT(L, pre, j, "self_attn.v_proj.bias", 1, kv, 0, 0, 0);
-        EMIT(L, pre, j, "self_attn.o_proj.weight", 2, h, q, 0, 0);
-        EMIT(L, pre, j, "post_attention_layernorm.weight", 1, h, 0, 0, 0);
-        EMIT(L, pre, j, "mlp.gate_proj.weight", 2, I, h, 0, 0);
-        EMIT(L, pre, j, "mlp.up_proj.weight", 2, I, h, 0, 0);
-        EMIT(L, pre, j, "mlp.down_proj.weight", 2, h, I, 0, 0);
+        EMIT(NVLM_R_L_IN_NORM, j, 1, h, 0, 0, 0);
+        EMIT(NVLM_R_L_Q, j, 2, q, h, 0, 0);
+        EMIT(NVLM_R_L_Q_B, j, 1, q, 0, 0, 0);
+        EMIT(NVLM_R_L_K, j, 2, kv, h, 0, 0);
+        EMIT(NVLM_R_L_K_B, j, 1, kv, 0, 0, 0);
+        EMIT(NVLM_R_L_V, j, 2, kv, h, 0, 0);
+        EMIT(NVLM_R_L_V_B, j, 1, kv, 0, 0, 0);
+        EMIT(NVLM_R_L_O, j, 2, h, q, 0, 0);
+        EMIT(NVLM_R_L_POST_NORM, j, 1, h, 0, 0, 0);
+        EMIT(NVLM_R_L_GATE, j, 2, I, h, 0, 0);
+        EMIT(NVLM_R_L_UP, j, 2, I, h, 0, 0);
+        EMIT(NVLM_R_L_DOWN, j, 2, h, I, 0, 0);
     }
-    EMIT(L, "language_model.model.", -1, "norm.weight", 1, h, 0, 0, 0);
-    EMIT(L, "language_model.", -1, "lm_head.weight", 2, V, h, 0, 0);
+    EMIT(NVLM_R_NORM, -1, 1, h, 0, 0, 0);
+    EMIT(NVLM_R_LM_HEAD, -1, 2, V, h, 0, 0);
     return 0;
 }
 
@@ -118,30 +237,27 @@ static int walk_xattn(walker *w, const nvlm_config *cfg) {
     const nvlm_llm_config *l = &cfg->llm;
     int64_t D = l->hidden_size, hd = D / l->num_heads, Q = l->num_heads * hd;
     int64_t K = l->num_kv_heads * hd, Ix = cfg->xattn_intermediate_size;
-    const nvlm_part X = NVLM_PART_XATTN;
     for (int k = 0; k < cfg->num_xattn; k++) {
-        char pre[64];
-        snprintf(pre, sizeof pre, NVLM_XATTN_PREFIX "%d.", k);
-        EMIT(X, pre, k, "input_layernorm.weight", 1, D, 0, 0, 0);
-        EMIT(X, pre, k, "cross_attn.q_proj.weight", 2, Q, D, 0, 0);
-        EMIT(X, pre, k, "cross_attn.k_proj.weight", 2, K, D, 0, 0);
-        EMIT(X, pre, k, "cross_attn.v_proj.weight", 2, K, D, 0, 0);
-        EMIT(X, pre, k, "cross_attn.o_proj.weight", 2, D, Q, 0, 0);
-        EMIT(X, pre, k, "cross_attn.q_norm.weight", 1, hd, 0, 0, 0);
-        EMIT(X, pre, k, "cross_attn.k_norm.weight", 1, hd, 0, 0, 0);
-        EMIT(X, pre, k, "cross_attn_attn_gate", 1, 1, 0, 0, 0);
-        EMIT(X, pre, k, "post_attention_layernorm.weight", 1, D, 0, 0, 0);
-        EMIT(X, pre, k, "mlp.gate_proj.weight", 2, Ix, D, 0, 0);
-        EMIT(X, pre, k, "mlp.up_proj.weight", 2, Ix, D, 0, 0);
-        EMIT(X, pre, k, "mlp.down_proj.weight", 2, D, Ix, 0, 0);
-        EMIT(X, pre, k, "cross_attn_mlp_gate", 1, 1, 0, 0, 0);
+        EMIT(NVLM_R_X_IN_NORM, k, 1, D, 0, 0, 0);
+        EMIT(NVLM_R_X_Q, k, 2, Q, D, 0, 0);
+        EMIT(NVLM_R_X_K, k, 2, K, D, 0, 0);
+        EMIT(NVLM_R_X_V, k, 2, K, D, 0, 0);
+        EMIT(NVLM_R_X_O, k, 2, D, Q, 0, 0);
+        EMIT(NVLM_R_X_Q_NORM, k, 1, hd, 0, 0, 0);
+        EMIT(NVLM_R_X_K_NORM, k, 1, hd, 0, 0, 0);
+        EMIT(NVLM_R_X_ATTN_GATE, k, 1, 1, 0, 0, 0);
+        EMIT(NVLM_R_X_POST_NORM, k, 1, D, 0, 0, 0);
+        EMIT(NVLM_R_X_GATE, k, 2, Ix, D, 0, 0);
+        EMIT(NVLM_R_X_UP, k, 2, Ix, D, 0, 0);
+        EMIT(NVLM_R_X_DOWN, k, 2, D, Ix, 0, 0);
+        EMIT(NVLM_R_X_MLP_GATE, k, 1, 1, 0, 0, 0);
     }
     return 0;
 }
 
 int nvlm_expected_tensors(const nvlm_config *cfg, int dummy_heads, nvlm_tensor_visit_fn fn,
                           void *user) {
-    walker w = {fn, user, {{0}, 0, 0, {0}, 0, 0, NULL}};
+    walker w = {.fn = fn, .user = user};
     int rc;
     if ((rc = walk_vision(&w, cfg, dummy_heads < 0 ? 0 : dummy_heads))) return rc;
     if ((rc = walk_projector(&w, cfg))) return rc;
@@ -153,7 +269,8 @@ int nvlm_expected_tensors(const nvlm_config *cfg, int dummy_heads, nvlm_tensor_v
 /* ------------------------------------------------------------ dummy heads */
 
 int nvlm_vit_dummy_heads_err(const nvlm_config *cfg, const nvlm_st *st, nvlm_err *err) {
-    const char *name = "vision_model.encoder.layers.0.attn.qkv.weight";
+    char name[160];
+    nvlm_tensor_name(NVLM_R_V_QKV, 0, name, sizeof name);
     const nvlm_tensor *t = nvlm_st_find(st, name);
     int64_t C = cfg->vision.hidden_size, dv = C / cfg->vision.num_heads;
     if (!t) { /* let nvlm_st_expect word the "missing" message (file / checkpoint named) */
@@ -207,11 +324,10 @@ static int check_projector_set(const nvlm_config *cfg, const nvlm_st *st, nvlm_e
     for (size_t i = 0; i < n; i++) {
         const char *name = nvlm_st_at(st, i)->name;
         if (strncmp(name, "mlp1.", 5)) continue;
-        int idx = -1, len = 0;
-        char kind[8] = "";
-        int ok = sscanf(name + 5, "%d.%7[a-z]%n", &idx, kind, &len) == 2 && !name[5 + len];
-        int want = ok && ((idx == 0 && (!strcmp(kind, "weight") || !strcmp(kind, "bias"))) ||
-                          (idx >= 1 && idx <= 2 * d - 1 && idx % 2 == 1 && !strcmp(kind, "weight")));
+        nvlm_role r;
+        int k;
+        int want = !nvlm_role_of_name(name, &r, &k) && nvlm_roles[r].part == NVLM_PART_PROJECTOR &&
+                   (r != NVLM_R_P_LINEAR || k < d);
         if (!want)
             return nvlm_fail(err, NVLM_E_FORMAT,
                              "tensor %s in %s does not belong to a projector (mlp1) of "
@@ -219,8 +335,8 @@ static int check_projector_set(const nvlm_config *cfg, const nvlm_st *st, nvlm_e
                              "mlp1.{1,3,...,%d}.weight)", name, nvlm_st_at(st, i)->file, d, 2 * d - 1);
     }
     for (int j = 0; j <= d; j++) {
-        char name[32];
-        snprintf(name, sizeof name, "mlp1.%d.weight", j ? 2 * j - 1 : 0);
+        char name[160];
+        nvlm_tensor_name(j ? NVLM_R_P_LINEAR : NVLM_R_P_LN_W, j - 1, name, sizeof name);
         if (!nvlm_st_find(st, name)) {
             int64_t any[1] = {0};
             int rc = nvlm_st_expect(st, name, 1, any, NULL, err); /* words "missing (expected in ..)" */
@@ -232,41 +348,18 @@ static int check_projector_set(const nvlm_config *cfg, const nvlm_st *st, nvlm_e
     return 0;
 }
 
-/* Parses "xattn_layers.{k}.<suffix>"; returns k or -1. */
-static int xattn_block_of(const char *name, const char **suffix) {
-    size_t pl = strlen(NVLM_XATTN_PREFIX);
-    if (strncmp(name, NVLM_XATTN_PREFIX, pl)) return -1;
-    const char *p = name + pl;
-    if (*p < '0' || *p > '9') return -2;
-    long k = 0;
-    while (*p >= '0' && *p <= '9' && k < 1000000) k = k * 10 + (*p++ - '0');
-    if (*p != '.') return -2;
-    *suffix = p + 1;
-    return (int)k;
-}
-
-static const char *const xattn_suffixes[] = {
-    "input_layernorm.weight", "cross_attn.q_proj.weight", "cross_attn.k_proj.weight",
-    "cross_attn.v_proj.weight", "cross_attn.o_proj.weight", "cross_attn.q_norm.weight",
-    "cross_attn.k_norm.weight", "cross_attn_attn_gate", "post_attention_layernorm.weight",
-    "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight", "cross_attn_mlp_gate",
-};
-
 static int check_xattn_extra(const nvlm_config *cfg, const nvlm_st *st, nvlm_err *err) {
     size_t n = nvlm_st_count(st);
     for (size_t i = 0; i < n; i++) {
         const nvlm_tensor *t = nvlm_st_at(st, i);
-        const char *suf = NULL;
-        int k = xattn_block_of(t->name, &suf);
-        if (k == -1) continue;
+        if (strncmp(t->name, NVLM_XATTN_PREFIX, strlen(NVLM_XATTN_PREFIX))) continue;
+        nvlm_role r;
+        int k = -1, known = !nvlm_role_of_name(t->name, &r, &k) && nvlm_roles[r].part == NVLM_PART_XATTN;
         if (cfg->arch == NVLM_ARCH_D)
             return nvlm_fail(err, NVLM_E_FORMAT,
                              "tensor %s in %s: NVLM_D has no cross-attention "
                              "(cross_attention_layers / xattn_layers belong to NVLM_X/NVLM_H)",
                              t->name, t->file);
-        int known = 0;
-        for (size_t s = 0; k >= 0 && s < sizeof xattn_suffixes / sizeof *xattn_suffixes; s++)
-            if (!strcmp(suf, xattn_suffixes[s])) known = 1;
         if (k < 0 || k >= cfg->num_xattn || !known)
             return nvlm_fail(err, NVLM_E_FORMAT,
                              "unexpected tensor %s in %s (cross_attention_layers has %d "

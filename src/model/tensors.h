@@ -6,6 +6,7 @@
 #define NVLM_MODEL_TENSORS_H
 #include "model/config.h"
 #include "model/safetensors.h"
+#include <stddef.h>
 
 typedef enum nvlm_part {
     NVLM_PART_VISION = 0,
@@ -14,14 +15,59 @@ typedef enum nvlm_part {
     NVLM_PART_XATTN = 3,
 } nvlm_part;
 
+/* Every tensor of the released layout by role. nvlm_roles[] (tensors.c) is the one table of
+ * checkpoint names: the checker, loader, quantizer, trainer and mkmodel name tensors through
+ * it, never by strings of their own. */
+typedef enum nvlm_role {
+    /* vision embeddings */
+    NVLM_R_PATCH_W, NVLM_R_PATCH_B, NVLM_R_CLS, NVLM_R_POS,
+    /* vision layer i */
+    NVLM_R_V_NORM1, NVLM_R_V_NORM2, NVLM_R_V_QKV, NVLM_R_V_Q_NORM, NVLM_R_V_K_NORM, NVLM_R_V_PROJ,
+    NVLM_R_V_PROJ_B, NVLM_R_V_LS1, NVLM_R_V_LS2, NVLM_R_V_FC1, NVLM_R_V_FC1_B, NVLM_R_V_FC2, NVLM_R_V_FC2_B,
+    /* projector: mlp1.0 the LayerNorm, linear k mlp1.{2k+1} */
+    NVLM_R_P_LN_W, NVLM_R_P_LN_B, NVLM_R_P_LINEAR,
+    /* LLM: embeddings, layer i, final norm, head */
+    NVLM_R_EMBED, NVLM_R_L_IN_NORM, NVLM_R_L_Q, NVLM_R_L_Q_B, NVLM_R_L_K, NVLM_R_L_K_B, NVLM_R_L_V,
+    NVLM_R_L_V_B, NVLM_R_L_O, NVLM_R_L_POST_NORM, NVLM_R_L_GATE, NVLM_R_L_UP, NVLM_R_L_DOWN, NVLM_R_NORM,
+    NVLM_R_LM_HEAD,
+    /* cross-attention block k (design note §12) */
+    NVLM_R_X_IN_NORM, NVLM_R_X_Q, NVLM_R_X_K, NVLM_R_X_V, NVLM_R_X_O, NVLM_R_X_Q_NORM, NVLM_R_X_K_NORM,
+    NVLM_R_X_ATTN_GATE, NVLM_R_X_POST_NORM, NVLM_R_X_GATE, NVLM_R_X_UP, NVLM_R_X_DOWN, NVLM_R_X_MLP_GATE,
+    NVLM_R_COUNT
+} nvlm_role;
+
+typedef enum nvlm_role_index {
+    NVLM_IDX_NONE = 0,   /* one tensor: the index is ignored */
+    NVLM_IDX_LAYER = 1,  /* prefix takes the layer or block index */
+    NVLM_IDX_PROJ = 2,   /* prefix takes 2k+1 for projector linear k */
+} nvlm_role_index;
+
+typedef struct nvlm_role_info {
+    nvlm_part part;
+    const char *prefix;    /* printf format with one %d when indexed */
+    const char *suffix;    /* the name after the prefix */
+    nvlm_role_index index;
+    int f32;               /* in the release's F32 set (design note §2) */
+} nvlm_role_info;
+
+extern const nvlm_role_info nvlm_roles[NVLM_R_COUNT];
+
+/* The checkpoint name of role r at index i (layer, block or projector linear; ignored for
+ * single tensors) in buf; returns buf. */
+const char *nvlm_tensor_name(nvlm_role r, int i, char *buf, size_t cap);
+/* The role and index of a checkpoint name; -1 when the name is no tensor of the layout
+ * (whatever the config: indices are not bounded here). */
+int nvlm_role_of_name(const char *name, nvlm_role *role, int *index);
+
 typedef struct nvlm_tensor_spec {
     char name[160];
+    nvlm_role role;
     nvlm_part part;
     int ndim;
     int64_t shape[4];
     int64_t numel;
-    int layer;             /* vision/LLM layer or xattn block index; -1 for global tensors */
-    const char *suffix;    /* name after the layer prefix ("attn.qkv.weight", "mlp1.1.weight") */
+    int layer;             /* vision/LLM layer, xattn block or projector linear index; -1 for single tensors */
+    const char *suffix;    /* name after the layer prefix ("attn.qkv.weight", "weight" of mlp1.1) */
 } nvlm_tensor_spec;
 
 /* Calls fn for every tensor of the released layout, in the order: vision embeddings,

@@ -4,7 +4,6 @@
 #include "model/tensors.h"
 #include "train/train.h"
 #include <fnmatch.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,15 +83,10 @@ nvlm_tparam *nvlm_tmodel_find(nvlm_tmodel *tm, const char *name) {
     return NULL;
 }
 
-static int bind(nvlm_tmodel *tm, nvlm_tparam **out, nvlm_err *err, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int bind(nvlm_tmodel *tm, nvlm_tparam **out, nvlm_err *err, const char *fmt, ...) {
+/* *out = the parameter of role r at index i (model/tensors.h's table of names). */
+static int bind(nvlm_tmodel *tm, nvlm_tparam **out, nvlm_err *err, nvlm_role r, int i) {
     char name[160];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(name, sizeof name, fmt, ap);
-    va_end(ap);
-    *out = nvlm_tmodel_find(tm, name);
+    *out = nvlm_tmodel_find(tm, nvlm_tensor_name(r, i, name, sizeof name));
     return *out ? 0 : nvlm_fail(err, NVLM_E_FORMAT, "tensor %s is missing", name);
 }
 
@@ -105,23 +99,21 @@ static int bind_xattn(nvlm_tmodel *tm, nvlm_err *err) {
     tm->n_x = c->num_xattn;
     for (int k = 0; k < c->num_xattn; k++) {
         nvlm_txblock *B = &tm->X[k];
-        char p[96];
         int rc;
         B->layer = c->xattn_layers[k];
-        snprintf(p, sizeof p, "language_model.model.xattn_layers.%d.", k);
-        if ((rc = bind(tm, &B->in_norm, err, "%sinput_layernorm.weight", p)) ||
-            (rc = bind(tm, &B->post_norm, err, "%spost_attention_layernorm.weight", p)) ||
-            (rc = bind(tm, &B->wq, err, "%scross_attn.q_proj.weight", p)) ||
-            (rc = bind(tm, &B->wk, err, "%scross_attn.k_proj.weight", p)) ||
-            (rc = bind(tm, &B->wv, err, "%scross_attn.v_proj.weight", p)) ||
-            (rc = bind(tm, &B->wo, err, "%scross_attn.o_proj.weight", p)) ||
-            (rc = bind(tm, &B->q_norm, err, "%scross_attn.q_norm.weight", p)) ||
-            (rc = bind(tm, &B->k_norm, err, "%scross_attn.k_norm.weight", p)) ||
-            (rc = bind(tm, &B->attn_gate, err, "%scross_attn_attn_gate", p)) ||
-            (rc = bind(tm, &B->mlp_gate, err, "%scross_attn_mlp_gate", p)) ||
-            (rc = bind(tm, &B->gate, err, "%smlp.gate_proj.weight", p)) ||
-            (rc = bind(tm, &B->up, err, "%smlp.up_proj.weight", p)) ||
-            (rc = bind(tm, &B->down, err, "%smlp.down_proj.weight", p)))
+        if ((rc = bind(tm, &B->in_norm, err, NVLM_R_X_IN_NORM, k)) ||
+            (rc = bind(tm, &B->post_norm, err, NVLM_R_X_POST_NORM, k)) ||
+            (rc = bind(tm, &B->wq, err, NVLM_R_X_Q, k)) ||
+            (rc = bind(tm, &B->wk, err, NVLM_R_X_K, k)) ||
+            (rc = bind(tm, &B->wv, err, NVLM_R_X_V, k)) ||
+            (rc = bind(tm, &B->wo, err, NVLM_R_X_O, k)) ||
+            (rc = bind(tm, &B->q_norm, err, NVLM_R_X_Q_NORM, k)) ||
+            (rc = bind(tm, &B->k_norm, err, NVLM_R_X_K_NORM, k)) ||
+            (rc = bind(tm, &B->attn_gate, err, NVLM_R_X_ATTN_GATE, k)) ||
+            (rc = bind(tm, &B->mlp_gate, err, NVLM_R_X_MLP_GATE, k)) ||
+            (rc = bind(tm, &B->gate, err, NVLM_R_X_GATE, k)) ||
+            (rc = bind(tm, &B->up, err, NVLM_R_X_UP, k)) ||
+            (rc = bind(tm, &B->down, err, NVLM_R_X_DOWN, k)))
             return rc;
     }
     return NVLM_OK;
@@ -134,32 +126,30 @@ static int bind_all(nvlm_tmodel *tm, nvlm_err *err) {
     if (tm->proj_depth < 1 || tm->proj_depth > NVLM_TRAIN_MAX_PROJ)
         return nvlm_fail(err, NVLM_E_UNSUPPORTED, "projector_depth %d: the trainer handles 1..%d", tm->proj_depth,
                          NVLM_TRAIN_MAX_PROJ);
-    if ((rc = bind(tm, &tm->ln_w, err, "mlp1.0.weight")) || (rc = bind(tm, &tm->ln_b, err, "mlp1.0.bias"))) return rc;
+    if ((rc = bind(tm, &tm->ln_w, err, NVLM_R_P_LN_W, -1)) || (rc = bind(tm, &tm->ln_b, err, NVLM_R_P_LN_B, -1)))
+        return rc;
     for (int k = 0; k < tm->proj_depth; k++)
-        if ((rc = bind(tm, &tm->proj[k], err, "mlp1.%d.weight", 2 * k + 1))) return rc;
-    const char *pre = "language_model.model.";
-    if ((rc = bind(tm, &tm->embed, err, "%sembed_tokens.weight", pre))) return rc;
-    if ((rc = bind(tm, &tm->final_norm, err, "%snorm.weight", pre))) return rc;
-    tm->lm_head = c->llm.tie_word_embeddings ? tm->embed : nvlm_tmodel_find(tm, "language_model.lm_head.weight");
-    if (!tm->lm_head) return nvlm_fail(err, NVLM_E_FORMAT, "tensor language_model.lm_head.weight is missing");
+        if ((rc = bind(tm, &tm->proj[k], err, NVLM_R_P_LINEAR, k))) return rc;
+    if ((rc = bind(tm, &tm->embed, err, NVLM_R_EMBED, -1))) return rc;
+    if ((rc = bind(tm, &tm->final_norm, err, NVLM_R_NORM, -1))) return rc;
+    if (c->llm.tie_word_embeddings) tm->lm_head = tm->embed;
+    else if ((rc = bind(tm, &tm->lm_head, err, NVLM_R_LM_HEAD, -1))) return rc;
     tm->L = calloc((size_t)c->llm.num_layers, sizeof *tm->L);
     if (!tm->L) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
     for (int l = 0; l < c->llm.num_layers; l++) {
         nvlm_tlayer *L = &tm->L[l];
-        char p[96];
-        snprintf(p, sizeof p, "%slayers.%d.", pre, l);
-        if ((rc = bind(tm, &L->in_norm, err, "%sinput_layernorm.weight", p)) ||
-            (rc = bind(tm, &L->post_norm, err, "%spost_attention_layernorm.weight", p)) ||
-            (rc = bind(tm, &L->wq, err, "%sself_attn.q_proj.weight", p)) ||
-            (rc = bind(tm, &L->bq, err, "%sself_attn.q_proj.bias", p)) ||
-            (rc = bind(tm, &L->wk, err, "%sself_attn.k_proj.weight", p)) ||
-            (rc = bind(tm, &L->bk, err, "%sself_attn.k_proj.bias", p)) ||
-            (rc = bind(tm, &L->wv, err, "%sself_attn.v_proj.weight", p)) ||
-            (rc = bind(tm, &L->bv, err, "%sself_attn.v_proj.bias", p)) ||
-            (rc = bind(tm, &L->wo, err, "%sself_attn.o_proj.weight", p)) ||
-            (rc = bind(tm, &L->gate, err, "%smlp.gate_proj.weight", p)) ||
-            (rc = bind(tm, &L->up, err, "%smlp.up_proj.weight", p)) ||
-            (rc = bind(tm, &L->down, err, "%smlp.down_proj.weight", p)))
+        if ((rc = bind(tm, &L->in_norm, err, NVLM_R_L_IN_NORM, l)) ||
+            (rc = bind(tm, &L->post_norm, err, NVLM_R_L_POST_NORM, l)) ||
+            (rc = bind(tm, &L->wq, err, NVLM_R_L_Q, l)) ||
+            (rc = bind(tm, &L->bq, err, NVLM_R_L_Q_B, l)) ||
+            (rc = bind(tm, &L->wk, err, NVLM_R_L_K, l)) ||
+            (rc = bind(tm, &L->bk, err, NVLM_R_L_K_B, l)) ||
+            (rc = bind(tm, &L->wv, err, NVLM_R_L_V, l)) ||
+            (rc = bind(tm, &L->bv, err, NVLM_R_L_V_B, l)) ||
+            (rc = bind(tm, &L->wo, err, NVLM_R_L_O, l)) ||
+            (rc = bind(tm, &L->gate, err, NVLM_R_L_GATE, l)) ||
+            (rc = bind(tm, &L->up, err, NVLM_R_L_UP, l)) ||
+            (rc = bind(tm, &L->down, err, NVLM_R_L_DOWN, l)))
             return rc;
     }
     return bind_xattn(tm, err);
