@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The NEON kernels on an x86 machine: cross-compiles src/kernels, src/core, the dtype table of
-# src/model/safetensors.c and tests/test_kernels.c for aarch64 (static, -O2, -Wall -Wextra
+# The NEON kernels on an x86 machine: cross-compiles src/kernels (with the dtype traits table),
+# src/core and tests/test_kernels.c for aarch64 (static, -O2, -Wall -Wextra
 # -Werror, C11) and runs the test under user-mode qemu, which compares every NEON kernel with
 # its scalar reference (odd shapes, 1 vs 3 threads bit for bit). qemu says nothing about speed.
 # With --all it first compiles every src/ and tools/ file for aarch64 (-Werror), one check per
@@ -73,7 +73,7 @@ compile_all() {
 }
 
 if [ "$all" = 1 ]; then # (the test's own sources are compiled below)
-  res=$(ls src/*/*.c tools/*.c | grep -vE '^src/(kernels|core)/|^src/model/safetensors\.c$' |
+  res=$(ls src/*/*.c tools/*.c | grep -vE '^src/(kernels|core)/' |
     compile_all "$out/all" "$pkg_cflags")
   while read -r rc src obj; do
     case $rc in
@@ -84,10 +84,9 @@ if [ "$all" = 1 ]; then # (the test's own sources are compiled below)
   done <<<"$(printf '%s\n' "$res" | sort -k2)"
 fi
 
-# the test needs the kernels, core (nvlm_err) and safetensors.c's dtype table; --gc-sections
-# drops the parts of safetensors.c that would need cJSON for arm64
-srcs="$(ls src/kernels/*.c src/core/*.c) src/model/safetensors.c"
-res=$(printf '%s\n' $srcs | compile_all "$out/obj" -I/usr/include/cjson)
+# the test needs the kernels (the dtype table is kernels/dtype.c) and core (nvlm_err)
+srcs="$(ls src/kernels/*.c src/core/*.c)"
+res=$(printf '%s\n' $srcs | compile_all "$out/obj")
 objs="" build_ok=1
 while read -r rc src obj; do
   objs="$objs $obj"

@@ -4,6 +4,7 @@
 #include "check.h"
 #include "kernels/attention.h"
 #include "kernels/cpu.h"
+#include "kernels/dtype.h"
 #include "kernels/ops.h"
 #include "kernels/peak.h"
 #include "kernels/qblock.h"
@@ -309,6 +310,37 @@ static void test_scratch_failure(int level) {
     nvlm_pool_free(p);
 }
 
+/* The dtype traits table: every format has its row filled (name that parses back, block
+ * geometry, converters; an int8 dot product for block formats), its derived sizes agree, and
+ * a float row survives from_f32 -> to_f32 within the format's rounding. No format beyond the
+ * table exists: it has no traits and no name. */
+static void test_dtype_table(void) {
+    for (int t = 0; t < NVLM_DT_COUNT; t++) {
+        const nvlm_dtype_traits *d = nvlm_dtype_traits_of((nvlm_dtype)t);
+        nvlm_dtype back = NVLM_DT_COUNT;
+        CHECK(d && d->name && !nvlm_dtype_parse(d->name, &back) && back == (nvlm_dtype)t, "dtype %d: name", t);
+        if (!d) continue;
+        CHECK(d->block >= 1 && d->block_bytes > 0 && d->to_f32 && d->from_f32 && (d->block == 1) == !d->vec_dot_q,
+              "%s: row incomplete", d->name);
+        CHECK(nvlm_row_bytes((nvlm_dtype)t, 64) == 64 / (size_t)d->block * d->block_bytes &&
+                  nvlm_dtype_is_block((nvlm_dtype)t) == (d->block > 1) &&
+                  nvlm_dtype_size((nvlm_dtype)t) == (d->block == 1 ? d->block_bytes : 0),
+              "%s: derived sizes", d->name);
+        float x[64], y[64];
+        uint8_t buf[64 * 4];
+        for (int i = 0; i < 64; i++) x[i] = frand();
+        nvlm_row_from_f32(buf, x, (nvlm_dtype)t, 64);
+        nvlm_row_to_f32(y, buf, (nvlm_dtype)t, 64);
+        double e = 0;
+        for (int i = 0; i < 64; i++) e = fmax(e, fabs(x[i] - y[i]));
+        CHECK(e < 0.15, "%s: round trip error %g", d->name, e);
+    }
+    nvlm_dtype t;
+    CHECK(!nvlm_dtype_traits_of(NVLM_DT_COUNT) && !strcmp(nvlm_dtype_name(NVLM_DT_COUNT), "?") &&
+              nvlm_row_bytes(NVLM_DT_COUNT, 64) == 0 && nvlm_dtype_parse("Q5_K", &t) == -1,
+          "a format beyond the table");
+}
+
 int main(void) {
     nvlm_err err = {0};
     nvlm_pool *p1 = NULL, *p3 = NULL;
@@ -353,6 +385,7 @@ int main(void) {
     }
 #endif
     test_quant_roundtrip();
+    test_dtype_table();
     printf("%d of %d kernel levels skipped (not on this machine)\n", skipped, n_levels);
     nvlm_pool_free(p1);
     nvlm_pool_free(p3);

@@ -289,7 +289,7 @@ int cmd_bench(int argc, char **argv) {
             const char *v = argv[++i];
             nvlm_dtype dt;
             if (nvlm_quant_parse(v, &dt)) return cli_usage_error("bench", "--weights must be q8_0 or q4");
-            o.weights = dt == NVLM_DT_Q4 ? NVLM_WEIGHTS_Q4 : NVLM_WEIGHTS_Q8_0;
+            o.weights = dt == NVLM_DT_Q4 ? NVLM_WEIGHTS_Q4 : NVLM_WEIGHTS_Q8_0; /* nvlm_quant_parse gives these two */
         } else {
             int *dst = !strcmp(a, "--threads") || !strcmp(a, "-t") ? &o.threads
                        : !strcmp(a, "--tiles")                     ? &o.tiles

@@ -54,6 +54,9 @@ void nvlm_row_to_f32_avx2(float *dst, const void *src, nvlm_dtype t, int n) {
         }
         return;
     }
+    default: /* a format this code does not decode: the traits table's scalar converter */
+        nvlm_row_to_f32(dst, src, t, n);
+        return;
     }
     if (i < n) nvlm_to_f32(dst + i, s + 2 * (size_t)i, t, (size_t)(n - i));
 }
@@ -120,6 +123,7 @@ static inline __m256 dot_u4(__m256i w, __m256i x, __m256 *xsum) {
 /* llama.cpp-style dot product: int8 activations (nvlm_quantize_row_q8a) against the weight
  * blocks (the option NVLM_QACT=int8; the default multiplies float32 activations). */
 float nvlm_vec_dot_q_avx2(nvlm_dtype t, const void *w, const nvlm_block_q8a *x, int n) {
+    if (t != NVLM_DT_Q8_0 && t != NVLM_DT_Q4) return nvlm_vec_dot_q(t, w, x, n); /* the table's reference */
     __m256 acc = _mm256_setzero_ps();
     int nb = n / NVLM_QK;
     if (t == NVLM_DT_Q8_0) {

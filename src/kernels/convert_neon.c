@@ -71,6 +71,9 @@ void nvlm_row_to_f32_neon(float *dst, const void *src, nvlm_dtype t, int n) {
         }
         return;
     }
+    default: /* a format this code does not decode: the traits table's scalar converter */
+        nvlm_row_to_f32(dst, src, t, n);
+        return;
     }
     if (i < n) nvlm_to_f32(dst + i, s + 2 * (size_t)i, t, (size_t)(n - i));
 }
@@ -103,6 +106,7 @@ static inline int32_t dot16(int8x16_t a, int8x16_t b) {
 /* int8 activations against the weight blocks, block by block in the scalar reference's order
  * (the integer sums are exact, so the float arithmetic is the same). */
 float nvlm_vec_dot_q_neon(nvlm_dtype t, const void *w, const nvlm_block_q8a *x, int n) {
+    if (t != NVLM_DT_Q8_0 && t != NVLM_DT_Q4) return nvlm_vec_dot_q(t, w, x, n); /* the table's reference */
     float acc = 0;
     for (int i = 0; i < n / NVLM_QK; i++) {
         int8x16_t x0 = vld1q_s8(x[i].q), x1 = vld1q_s8(x[i].q + 16);

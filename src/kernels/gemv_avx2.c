@@ -159,7 +159,7 @@ AI void qf_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const
     for (int t = 0; t < T; t++)
         UNROLL
         for (int r = 0; r < R; r++) acc[t][r] = _mm256_setzero_ps();
-    const size_t bs = dt == NVLM_DT_Q8_0 ? sizeof(nvlm_block_q8_0) : sizeof(nvlm_block_q4);
+    const size_t bs = rb / (size_t)nb; /* the block's bytes */
     for (int i = 0; i < nb; i++) {
         prefetch(w + R * rb + (size_t)i * R * bs, R * bs);
         UNROLL
@@ -202,7 +202,7 @@ AI void qi_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const
     for (int t = 0; t < T; t++)
         UNROLL
         for (int r = 0; r < R; r++) acc[t][r] = _mm256_setzero_ps(), macc[t][r] = _mm_setzero_ps();
-    const size_t bs = dt == NVLM_DT_Q8_0 ? sizeof(nvlm_block_q8_0) : sizeof(nvlm_block_q4);
+    const size_t bs = rb / (size_t)nb; /* the block's bytes */
     for (int i = 0; i < nb; i++) {
         prefetch(w + R * rb + (size_t)i * R * bs, R * bs);
         UNROLL
@@ -264,7 +264,9 @@ AI void group(int R, int T, const gemv_job *j, size_t r0, float out[GEMV_MAX][RG
         if (j->xq) qi_group(R, T, NVLM_DT_Q4, w, rb, j->xq, j->xd, K, out);
         else qf_group(R, T, NVLM_DT_Q4, w, rb, j->x, j->xs, K, out);
         break;
-    default: plain_group(1, T, NVLM_DT_F32, w, rb, j->x, K, out); break;
+    default: /* F32; only formats whose traits say simd come here (matmul.c, kernels/dtype.h) */
+        plain_group(1, T, NVLM_DT_F32, w, rb, j->x, K, out);
+        break;
     }
 }
 

@@ -69,7 +69,8 @@ static inline __attribute__((always_inline)) void gemv_row(int T, nvlm_dtype dt,
     }
 }
 
-/* Block i of a Q8_0 / Q4 row as 8 x 4 floats q (Q8_0: int8; Q4: nibbles 0..15), its scale d
+/* (Only formats whose traits say simd reach the NEON kernels: matmul.c, kernels/dtype.h.)
+ * Block i of a Q8_0 / Q4 row as 8 x 4 floats q (Q8_0: int8; Q4: nibbles 0..15), its scale d
  * and (Q4) minimum m. */
 static inline __attribute__((always_inline)) void qblock_load(nvlm_dtype dt, const uint8_t *wr, int i,
                                                               float32x4_t w[8], float *d, float *m) {

@@ -4,6 +4,7 @@
  * float32 once and applies it to every token, so a weight row is read once per call. */
 #include "core/err.h"
 #include "kernels/cpu.h"
+#include "kernels/dtype.h"
 #include "kernels/ops.h"
 #include "kernels/qblock.h"
 #include "kernels/simd.h"
@@ -63,12 +64,15 @@ int nvlm_matmul_scalar(nvlm_pool *pool, float *y, const float *x, int n_tok, con
 int nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
                 const float *bias, nvlm_err *err) {
     if (n_tok <= 0) return NVLM_OK;
+    const int simd = nvlm_dtype_traits_of(w->dtype)->simd; /* else only the scalar path knows the format */
 #ifdef NVLM_HAVE_AVX2_KERNELS
-    if (nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX2)) return nvlm_matmul_avx2(pool, y, x, n_tok, w, bias, err);
+    if (simd && nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX2))
+        return nvlm_matmul_avx2(pool, y, x, n_tok, w, bias, err);
 #endif
 #ifdef NVLM_HAVE_NEON_KERNELS
-    if (nvlm_pool_level(pool) == NVLM_CPU_NEON) return nvlm_matmul_neon(pool, y, x, n_tok, w, bias, err);
+    if (simd && nvlm_pool_level(pool) == NVLM_CPU_NEON) return nvlm_matmul_neon(pool, y, x, n_tok, w, bias, err);
 #endif
+    (void)simd;
     return nvlm_matmul_scalar(pool, y, x, n_tok, w, bias, err);
 }
 
@@ -76,7 +80,9 @@ int nvlm_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x,
                       const nvlm_wmat *const *w, const float *const *bias, nvlm_err *err) {
     if (n_tok <= 0) return NVLM_OK;
 #ifdef NVLM_HAVE_AVX2_KERNELS
-    if (nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX2))
+    int simd = 1;
+    for (int i = 0; i < n_w; i++) simd &= nvlm_dtype_traits_of(w[i]->dtype)->simd;
+    if (simd && nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX2))
         return nvlm_matmul_multi_avx2(pool, n_w, y, x, n_tok, w, bias, err);
 #endif
     for (int i = 0; i < n_w; i++) {
@@ -87,6 +93,7 @@ int nvlm_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x,
 }
 
 void nvlm_row_to_f32_at(int level, float *dst, const void *src, nvlm_dtype t, int n) {
+    if (!nvlm_dtype_traits_of(t)->simd) level = NVLM_CPU_SCALAR;
 #ifdef NVLM_HAVE_AVX2_KERNELS
     if (nvlm_cpu_at_least(level, NVLM_CPU_AVX2)) {
         nvlm_row_to_f32_avx2(dst, src, t, n);

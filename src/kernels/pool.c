@@ -1,6 +1,7 @@
 #include "kernels/pool.h"
 #include "core/err.h"
 #include "kernels/cpu.h"
+#include "kernels/qblock.h"
 #include <pthread.h>
 #include <sched.h>
 #include <stdalign.h>
@@ -232,7 +233,7 @@ int nvlm_pool_int8_act(const nvlm_pool *p) { return p ? p->int8_act > 0 : 0; }
 
 int nvlm_pool_int8_act_for(const nvlm_pool *p, nvlm_dtype t) {
     int a = p ? p->int8_act : -1;
-    return a < 0 ? t == NVLM_DT_Q4 || t == NVLM_DT_Q8_0 : a;
+    return a < 0 ? nvlm_dtype_is_block(t) : a;
 }
 
 void nvlm_pool_set_int8_act(nvlm_pool *p, int on) { p->int8_act = on != 0; }

@@ -4,16 +4,6 @@
 #include <math.h>
 #include <string.h>
 
-int nvlm_dtype_is_block(nvlm_dtype t) { return t == NVLM_DT_Q8_0 || t == NVLM_DT_Q4; }
-
-size_t nvlm_row_bytes(nvlm_dtype t, int64_t cols) {
-    switch (t) {
-    case NVLM_DT_Q8_0: return (size_t)(cols / NVLM_QK) * sizeof(nvlm_block_q8_0);
-    case NVLM_DT_Q4: return (size_t)(cols / NVLM_QK) * sizeof(nvlm_block_q4);
-    default: return (size_t)cols * nvlm_dtype_size(t);
-    }
-}
-
 /* (libm's fminf/fmaxf are calls: they honour NaN, which quantization never sees) */
 static inline float clampf(float v, float lo, float hi) { return v < lo ? lo : v > hi ? hi : v; }
 
@@ -107,60 +97,46 @@ void nvlm_quantize_row_q8a(const float *x, nvlm_block_q8a *b, int n) {
     }
 }
 
-void nvlm_row_from_f32(void *dst, const float *x, nvlm_dtype t, int n) {
-    if (t == NVLM_DT_Q8_0) {
-        nvlm_quantize_row_q8_0(x, dst, n);
-    } else if (t == NVLM_DT_Q4) {
-        nvlm_quantize_row_q4(x, dst, n);
-    } else if (t == NVLM_DT_F32) {
-        memcpy(dst, x, sizeof(float) * (size_t)n);
-    } else { /* F16 / BF16, possibly at an odd address */
-        for (int i = 0; i < n; i++) {
-            uint16_t h = t == NVLM_DT_F16 ? nvlm_f32_to_f16(x[i]) : nvlm_f32_to_bf16(x[i]);
-            memcpy((uint8_t *)dst + 2 * (size_t)i, &h, 2);
+void nvlm_dequantize_row_q8_0(float *dst, const void *src, int n) {
+    const nvlm_block_q8_0 *b = src;
+    for (int i = 0; i < n / NVLM_QK; i++) {
+        float d = nvlm_f16_to_f32(b[i].d);
+        for (int j = 0; j < NVLM_QK; j++) dst[i * NVLM_QK + j] = d * (float)b[i].q[j];
+    }
+}
+
+void nvlm_dequantize_row_q4(float *dst, const void *src, int n) {
+    const nvlm_block_q4 *b = src;
+    for (int i = 0; i < n / NVLM_QK; i++) {
+        float d = nvlm_f16_to_f32(b[i].d), m = nvlm_f16_to_f32(b[i].m);
+        for (int j = 0; j < NVLM_QK / 2; j++) {
+            dst[i * NVLM_QK + j] = d * (float)(b[i].q[j] & 15) + m;
+            dst[i * NVLM_QK + j + 16] = d * (float)(b[i].q[j] >> 4) + m;
         }
     }
 }
 
-void nvlm_row_to_f32(float *dst, const void *src, nvlm_dtype t, int n) {
-    if (t == NVLM_DT_Q8_0) {
-        const nvlm_block_q8_0 *b = src;
-        for (int i = 0; i < n / NVLM_QK; i++) {
-            float d = nvlm_f16_to_f32(b[i].d);
-            for (int j = 0; j < NVLM_QK; j++) dst[i * NVLM_QK + j] = d * (float)b[i].q[j];
-        }
-    } else if (t == NVLM_DT_Q4) {
-        const nvlm_block_q4 *b = src;
-        for (int i = 0; i < n / NVLM_QK; i++) {
-            float d = nvlm_f16_to_f32(b[i].d), m = nvlm_f16_to_f32(b[i].m);
-            for (int j = 0; j < NVLM_QK / 2; j++) {
-                dst[i * NVLM_QK + j] = d * (float)(b[i].q[j] & 15) + m;
-                dst[i * NVLM_QK + j + 16] = d * (float)(b[i].q[j] >> 4) + m;
-            }
-        }
-    } else {
-        nvlm_to_f32(dst, src, t, (size_t)n);
-    }
-}
-
-float nvlm_vec_dot_q(nvlm_dtype t, const void *w, const nvlm_block_q8a *x, int n) {
+float nvlm_vec_dot_q8_0(const void *w, const nvlm_block_q8a *x, int n) {
     float acc = 0;
     for (int i = 0; i < n / NVLM_QK; i++) {
+        const nvlm_block_q8_0 *b = (const nvlm_block_q8_0 *)w + i;
         int s = 0;
-        float dw, mw = 0;
-        if (t == NVLM_DT_Q8_0) {
-            const nvlm_block_q8_0 *b = (const nvlm_block_q8_0 *)w + i;
-            dw = nvlm_f16_to_f32(b->d);
-            for (int j = 0; j < NVLM_QK; j++) s += b->q[j] * x[i].q[j];
-        } else { /* sum of (d q + m) x = d sum(q x) + m sum(x) */
-            const nvlm_block_q4 *b = (const nvlm_block_q4 *)w + i;
-            int sq = 0;
-            dw = nvlm_f16_to_f32(b->d);
-            mw = nvlm_f16_to_f32(b->m);
-            for (int j = 0; j < NVLM_QK / 2; j++) s += (b->q[j] & 15) * x[i].q[j] + (b->q[j] >> 4) * x[i].q[j + 16];
-            for (int j = 0; j < NVLM_QK; j++) sq += x[i].q[j];
-            acc += (float)sq * (mw * x[i].d);
-        }
+        for (int j = 0; j < NVLM_QK; j++) s += b->q[j] * x[i].q[j];
+        acc += (float)s * (nvlm_f16_to_f32(b->d) * x[i].d);
+    }
+    return acc;
+}
+
+/* sum of (d q + m) x = d sum(q x) + m sum(x) */
+float nvlm_vec_dot_q4(const void *w, const nvlm_block_q8a *x, int n) {
+    float acc = 0;
+    for (int i = 0; i < n / NVLM_QK; i++) {
+        const nvlm_block_q4 *b = (const nvlm_block_q4 *)w + i;
+        int s = 0, sq = 0;
+        float dw = nvlm_f16_to_f32(b->d), mw = nvlm_f16_to_f32(b->m);
+        for (int j = 0; j < NVLM_QK / 2; j++) s += (b->q[j] & 15) * x[i].q[j] + (b->q[j] >> 4) * x[i].q[j + 16];
+        for (int j = 0; j < NVLM_QK; j++) sq += x[i].q[j];
+        acc += (float)sq * (mw * x[i].d);
         acc += (float)s * (dw * x[i].d);
     }
     return acc;

@@ -36,9 +36,9 @@ typedef struct nvlm_block_q8a {
 _Static_assert(sizeof(nvlm_block_q8_0) == 34, "Q8_0 block is 34 bytes");
 _Static_assert(sizeof(nvlm_block_q4) == 20, "Q4 block is 20 bytes");
 
-/* 1 for Q8_0 / Q4. */
+/* From the traits table (kernels/dtype.h): 1 for block formats (Q8_0, Q4); bytes of one row of
+ * `cols` values (cols must divide into blocks for block formats). */
 int nvlm_dtype_is_block(nvlm_dtype t);
-/* Bytes of one row of `cols` values (cols must divide into blocks for block formats). */
 size_t nvlm_row_bytes(nvlm_dtype t, int64_t cols);
 
 /* Quantize n values (n % 32 == 0). Q8_0 and Q4 choose each block's scale (and minimum) by
@@ -46,12 +46,16 @@ size_t nvlm_row_bytes(nvlm_dtype t, int64_t cols);
 void nvlm_quantize_row_q8_0(const float *x, void *dst, int n);
 void nvlm_quantize_row_q4(const float *x, void *dst, int n);
 void nvlm_quantize_row_q8a(const float *x, nvlm_block_q8a *dst, int n);
-/* n float32 values to a row of F32/F16/BF16 (rounded to nearest even) or Q8_0/Q4 (quantized as
- * above); the inverse of nvlm_row_to_f32 up to that rounding. */
-void nvlm_row_from_f32(void *dst, const float *x, nvlm_dtype t, int n);
-/* Any dtype (plain or block) to float32, n values. */
-void nvlm_row_to_f32(float *dst, const void *src, nvlm_dtype t, int n);
+void nvlm_dequantize_row_q8_0(float *dst, const void *src, int n);
+void nvlm_dequantize_row_q4(float *dst, const void *src, int n);
+/* Scalar reference: sum over the row of w * x, w a Q8_0 / Q4 row, x quantized activations. */
+float nvlm_vec_dot_q8_0(const void *w, const nvlm_block_q8a *x, int n);
+float nvlm_vec_dot_q4(const void *w, const nvlm_block_q8a *x, int n);
 
-/* Scalar reference: sum over the row of w * x, w a Q8_0 or Q4 row, x quantized activations. */
+/* Through the traits table, for any format: n float32 values to a row of F32/F16/BF16
+ * (rounded to nearest even) or Q8_0/Q4 (quantized as above), the inverse of nvlm_row_to_f32
+ * up to that rounding; any format to float32; the scalar int8 dot product of a block format. */
+void nvlm_row_from_f32(void *dst, const float *x, nvlm_dtype t, int n);
+void nvlm_row_to_f32(float *dst, const void *src, nvlm_dtype t, int n);
 float nvlm_vec_dot_q(nvlm_dtype t, const void *w, const nvlm_block_q8a *x, int n);
 #endif

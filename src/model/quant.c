@@ -59,8 +59,7 @@ static void quantize_rows(void *ctx, size_t begin, size_t end, int thread) {
     }
     for (size_t r = begin; r < end; r++) {
         nvlm_row_to_f32(row, j->src + r * in_rb, j->from, j->cols);
-        if (j->to == NVLM_DT_Q8_0) nvlm_quantize_row_q8_0(row, j->dst + r * out_rb, j->cols);
-        else nvlm_quantize_row_q4(row, j->dst + r * out_rb, j->cols);
+        nvlm_row_from_f32(j->dst + r * out_rb, row, j->to, j->cols);
     }
     free(row);
 }

@@ -10,6 +10,7 @@
 #include "model/safetensors.h"
 #include "core/err.h"
 #include "core/file.h"
+#include "kernels/dtype.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -40,21 +41,6 @@ struct nvlm_st {
     nvlm_tensor *t;         /* sorted by name; names malloc'ed */
     size_t n, cap;
 };
-
-static const char *const dtype_names[] = {"F32", "F16", "BF16", "Q8_0", "Q4_1"};
-
-const char *nvlm_dtype_name(nvlm_dtype t) {
-    return (unsigned)t < sizeof dtype_names / sizeof *dtype_names ? dtype_names[t] : "?";
-}
-
-size_t nvlm_dtype_size(nvlm_dtype t) {
-    switch (t) {
-    case NVLM_DT_F32: return 4;
-    case NVLM_DT_F16:
-    case NVLM_DT_BF16: return 2;
-    default: return 0;
-    }
-}
 
 /* ------------------------------------------------------------- helpers */
 
@@ -87,15 +73,8 @@ static int json_uint(const cJSON *v, double hi, uint64_t *out) {
     return 1;
 }
 
-static int parse_dtype(const char *s, nvlm_dtype *out) {
-    if (!strcmp(s, "F32")) *out = NVLM_DT_F32;
-    else if (!strcmp(s, "F16")) *out = NVLM_DT_F16;
-    else if (!strcmp(s, "BF16")) *out = NVLM_DT_BF16;
-    else if (!strcmp(s, "Q8_0")) *out = NVLM_DT_Q8_0; /* nvlm quantize output (docs/quantization.md) */
-    else if (!strcmp(s, "Q4_1")) *out = NVLM_DT_Q4;
-    else return 0;
-    return 1;
-}
+/* A format of the traits table (Q8_0 and Q4_1 are nvlm quantize output, docs/quantization.md). */
+static int parse_dtype(const char *s, nvlm_dtype *out) { return nvlm_dtype_parse(s, out) == 0; }
 
 static int is_known_other_dtype(const char *s) {
     static const char *const other[] = {"F64", "I64", "I32", "I16", "I8", "U64", "U32", "U16",
@@ -157,13 +136,11 @@ static int parse_entry(nvlm_st *st, const cJSON *e, const uint8_t *base, uint64_
     if (en > data_len)
         return nvlm_fail(err, NVLM_E_FORMAT, "%s: tensor %.200s: data_offsets [%llu, %llu] lie outside the file's %llu data bytes (truncated file?)",
                          file, name, (unsigned long long)b, (unsigned long long)en, (unsigned long long)data_len);
-    uint64_t want = (uint64_t)t->numel * nvlm_dtype_size(dtype);
-    if (dtype == NVLM_DT_Q8_0 || dtype == NVLM_DT_Q4) { /* rows of 32-value blocks of 34 / 20 bytes */
-        if (ndim < 1 || t->shape[ndim - 1] % 32)
-            return nvlm_fail(err, NVLM_E_FORMAT, "%s: tensor %.200s: %s needs a last dimension divisible by 32", file, name,
-                             nvlm_dtype_name(dtype));
-        want = (uint64_t)t->numel / 32 * (dtype == NVLM_DT_Q8_0 ? 34 : 20);
-    }
+    const nvlm_dtype_traits *tr = nvlm_dtype_traits_of(dtype);
+    if (tr->block > 1 && (ndim < 1 || t->shape[ndim - 1] % tr->block)) /* rows of whole blocks */
+        return nvlm_fail(err, NVLM_E_FORMAT, "%s: tensor %.200s: %s needs a last dimension divisible by %d", file, name,
+                         nvlm_dtype_name(dtype), tr->block);
+    uint64_t want = (uint64_t)t->numel / (uint64_t)tr->block * tr->block_bytes;
     if (en - b != want)
         return nvlm_fail(err, NVLM_E_FORMAT, "%s: tensor %.200s: %s shape of %lld elements needs %llu bytes, data_offsets [%llu, %llu] span %llu",
                          file, name, nvlm_dtype_name(dtype), (long long)t->numel, (unsigned long long)want,

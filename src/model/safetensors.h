@@ -14,10 +14,12 @@ typedef enum nvlm_dtype {
     NVLM_DT_BF16 = 2,
     NVLM_DT_Q8_0 = 3,  /* reserved for quantized weights (docs/quantization.md) */
     NVLM_DT_Q4 = 4,
+    NVLM_DT_COUNT          /* formats: kernels/dtype.h's table has one row for each */
 } nvlm_dtype;
 
+/* From the traits table (kernels/dtype.c): the safetensors name ("?" for no format); bytes per
+ * element for F32/F16/BF16, 0 for block formats. */
 const char *nvlm_dtype_name(nvlm_dtype t);
-/* Bytes per element for F32/F16/BF16; 0 for block formats. */
 size_t nvlm_dtype_size(nvlm_dtype t);
 
 #define NVLM_MAX_DIMS 8
