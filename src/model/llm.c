@@ -246,7 +246,8 @@ static void llm_rows(void *ctx, size_t begin, size_t end, int thread) {
 
 static void llm_rows_run(nvlm_model *m, int op, llm_buffers *b, int n, const float *norm, nvlm_kv *kv, int l) {
     const nvlm_llm_config *c = &m->cfg.llm;
-    llm_rows_job j = {op, c, b, norm, kv, l, kv ? kv->len : 0, c->hidden_size / c->num_heads};
+    llm_rows_job j = {.op = op, .c = c, .b = b, .norm = norm, .kv = kv, .l = l, .pos0 = kv ? kv->len : 0,
+                      .d = c->hidden_size / c->num_heads};
     nvlm_pool_run(m->pool, (size_t)n, 16, llm_rows, &j);
 }
 
@@ -261,9 +262,10 @@ static int llm_layer_forward(nvlm_model *m, nvlm_kv *kv, int l, int n, llm_buffe
     int rc = nvlm_matmul_multi(m->pool, 3, qkv_out, b->y, n, qkv_w, qkv_b, err);
     if (rc) return rc;
     llm_rows_run(m, ROWS_ROPE, b, n, NULL, kv, l);
-    self_attn_job aj = {b->q, kv->k[l], kv->v[l], kv->f16, b->att, n, pos0, c->num_heads,
-                        c->num_heads / c->num_kv_heads, d, kvd, 1.0f / sqrtf((float)d), nvlm_pool_level(m->pool),
-                        n >= 64 ? 4 : 1};
+    self_attn_job aj = {.q = b->q, .k = kv->k[l], .v = kv->v[l], .f16 = kv->f16, .out = b->att, .n_tok = n,
+                        .pos0 = pos0, .n_h = c->num_heads, .group = c->num_heads / c->num_kv_heads, .d = d,
+                        .kv_dim = kvd, .scale = 1.0f / sqrtf((float)d), .level = nvlm_pool_level(m->pool),
+                        .parts = n >= 64 ? 4 : 1};
     nvlm_pool_run(m->pool, (size_t)c->num_heads * aj.parts, 1, self_attn_units, &aj);
     if ((rc = nvlm_matmul(m->pool, b->y, b->att, n, &L->wo, NULL, err))) return rc;
     llm_rows_run(m, ROWS_ADD_NORM, b, n, L->post_norm, NULL, l);

@@ -67,7 +67,8 @@ static void quantize_rows(void *ctx, size_t begin, size_t end, int thread) {
 /* Quantized copy of one matrix (rows converted through float32, split over pool, which may be
  * NULL). NULL when out of memory. */
 static void *quantize_matrix(nvlm_pool *pool, const void *src, nvlm_dtype from, int rows, int cols, nvlm_dtype to) {
-    qrows_job j = {src, nvlm_alloc_weights(nvlm_row_bytes(to, cols) * (size_t)rows), from, to, cols, 0};
+    qrows_job j = {.src = src, .dst = nvlm_alloc_weights(nvlm_row_bytes(to, cols) * (size_t)rows), .from = from,
+                   .to = to, .cols = cols};
     if (!j.dst) return NULL;
     nvlm_pool_run(pool, (size_t)rows, 16, quantize_rows, &j);
     if (j.failed) {
@@ -118,7 +119,7 @@ static int quant_one(qctx *q, nvlm_wmat *w, const char *name) {
 int nvlm_quantize_model(nvlm_model *m, nvlm_dtype to, nvlm_quant_report *rep, nvlm_err *err) {
     nvlm_quant_report local;
     memset(rep ? rep : &local, 0, sizeof local);
-    qctx q = {m, to, rep ? rep : &local, err};
+    qctx q = {.m = m, .to = to, .rep = rep ? rep : &local, .err = err};
     char name[160];
     int rc = 0;
 #define Q(w, role, i) if (!rc) rc = quant_one(&q, &(w), nvlm_tensor_name(role, i, name, sizeof name))

@@ -312,7 +312,7 @@ static int check_one(void *user, const nvlm_tensor_spec *t) {
 
 static int check_part(const nvlm_config *cfg, const nvlm_st *st, int dummy, nvlm_part part,
                       nvlm_err *err) {
-    check_ctx c = {st, err, part};
+    check_ctx c = {.st = st, .err = err, .only = part};
     return nvlm_expected_tensors(cfg, dummy, check_one, &c);
 }
 
@@ -418,7 +418,7 @@ static int cmp_str(const void *a, const void *b) {
 
 size_t nvlm_unknown_tensors(const nvlm_config *cfg, const nvlm_st *st) {
     int dummy = nvlm_vit_dummy_heads(cfg, st);
-    names_ctx c = {NULL, 0, 0};
+    names_ctx c = {0};
     size_t unknown = 0, n = nvlm_st_count(st);
     if (nvlm_expected_tensors(cfg, dummy < 0 ? 0 : dummy, collect, &c) == 0) {
         qsort(c.names, c.n, sizeof *c.names, cmp_str);

@@ -124,8 +124,8 @@ static void vit_rows(void *ctx, size_t begin, size_t end, int thread) {
 /* x += ls * y (when y), then out = rmsnorm(x) * norm (when norm), over all rows in parallel. */
 static void vit_resid_norm(nvlm_model *m, size_t rows, float *x, const float *y, const float *ls, const float *norm,
                            float *out) {
-    vit_rows_job j = {x, y, ls, norm, out, NULL, NULL, NULL, m->cfg.vision.hidden_size, m->vit_width,
-                      m->cfg.vision.layer_norm_eps};
+    vit_rows_job j = {.x = x, .y = y, .ls = ls, .norm = norm, .out = out, .C = m->cfg.vision.hidden_size,
+                      .E = m->vit_width, .eps = m->cfg.vision.layer_norm_eps};
     nvlm_pool_run(m->pool, rows, 16, vit_rows, &j);
 }
 
@@ -140,9 +140,10 @@ static int vit_layer_forward(nvlm_model *m, const vit_layer *L, int n, vit_buffe
     const size_t rows = (size_t)n * T;
     int rc = nvlm_matmul(m->pool, b->qkv, b->y, (int)rows, &L->qkv, NULL, err);
     if (rc) return rc;
-    vit_rows_job qk = {NULL, NULL, NULL, NULL, NULL, b->qkv, L->q_norm, L->k_norm, C, E, vc->layer_norm_eps};
+    vit_rows_job qk = {.qkv = b->qkv, .q_norm = L->q_norm, .k_norm = L->k_norm, .C = C, .E = E, .eps = vc->layer_norm_eps};
     nvlm_pool_run(m->pool, rows, 16, vit_rows, &qk);
-    vit_attn_job aj = {b->qkv, b->att, T, E, E / hd, hd, 1.0f / sqrtf((float)hd), nvlm_pool_level(m->pool)};
+    vit_attn_job aj = {.qkv = b->qkv, .out = b->att, .T = T, .E = E, .heads = E / hd, .hd = hd,
+                       .scale = 1.0f / sqrtf((float)hd), .level = nvlm_pool_level(m->pool)};
     nvlm_pool_run(m->pool, (size_t)n * aj.heads, 1, vit_attn_units, &aj);
     if ((rc = nvlm_matmul(m->pool, b->y, b->att, (int)rows, &L->proj, L->proj_bias, err))) return rc;
     vit_resid_norm(m, rows, b->x, b->y, L->ls1, L->norm2, b->y); /* in place: row t reads y[t] first */
@@ -179,7 +180,7 @@ int nvlm_vit_forward(nvlm_model *m, const float *pixels, int n, float *out, nvlm
         vit_buffers_free(&b);
         return nvlm_fail(err, NVLM_E_NOMEM, "out of memory for the patch embedding");
     }
-    vit_embed_job ej = {m, pixels, emb, cols, b.x};
+    vit_embed_job ej = {.m = m, .pixels = pixels, .emb = emb, .cols = cols, .x = b.x};
     nvlm_pool_run(m->pool, (size_t)n * G, 1, vit_im2col_units, &ej);
     int rc = nvlm_matmul(m->pool, emb, cols, n * P, &m->patch, m->patch_bias, err);
     if (!rc) nvlm_pool_run(m->pool, rows, 64, vit_pos_units, &ej);

@@ -182,8 +182,9 @@ static int xattn_rows(nvlm_xattn *x, const xattn_block *B, int n, xattn_bufs *b,
     if (rc) return rc;
     for (size_t r = 0; r < N * nh; r++) nvlm_rmsnorm(b->q + r * d, b->q + r * d, B->q_norm, d, d, eps);
     const int k = (int)(B - x->m->xattn);
-    xattn_job j = {b->q, x->k[k], x->v[k], b->lo, b->hi, b->att, b->scores, nh, nh / cfg->llm.num_kv_heads, d,
-                   x->kv_dim, x->rows, 1.0f / sqrtf((float)d)};
+    xattn_job j = {.q = b->q, .k = x->k[k], .v = x->v[k], .lo = b->lo, .hi = b->hi, .out = b->att,
+                   .scores = b->scores, .n_h = nh, .group = nh / cfg->llm.num_kv_heads, .d = d, .kv_dim = x->kv_dim,
+                   .max_rows = x->rows, .scale = 1.0f / sqrtf((float)d)};
     nvlm_pool_run(x->m->pool, N * nh, 1, xattn_units, &j);
     if ((rc = nvlm_matmul(x->m->pool, b->y, b->att, n, &B->wo, NULL, err))) return rc;
     for (size_t i = 0; i < N * h; i++) b->x[i] += B->attn_gate * b->y[i];

@@ -58,7 +58,7 @@ static void transpose(float *dst, const float *src, int r, int c) {
 
 void nvlm_t_linear_bwd(nvlm_pool *pool, float *dx, const float *dy, const float *x, int n, const float *W,
                        int rows, int cols, float *dW, float *db) {
-    lin_bwd_job j = {dx, dW, dy, x, W, NULL, NULL, n, rows, cols};
+    lin_bwd_job j = {.dx = dx, .dW = dW, .dy = dy, .x = x, .W = W, .n = n, .rows = rows, .cols = cols};
     if (dx) nvlm_pool_run(pool, (size_t)(n + TBLOCK - 1) / TBLOCK, 1, dx_units, &j);
     if (db)
         for (int t = 0; t < n; t++) nvlm_axpy(db, 1.0f, dy + (size_t)t * rows, rows);
@@ -206,7 +206,7 @@ static void attn_units(void *ctx, size_t begin, size_t end, int thread) {
 
 int nvlm_t_attention(nvlm_pool *pool, float *o, const float *q, const float *k, const float *v, int n, int nh,
                      int nkv, int d) {
-    attn_job j = {o, NULL, NULL, NULL, q, k, v, NULL, n, nh, nkv, d, 1.0f / sqrtf((float)d), 0};
+    attn_job j = {.o = o, .q = q, .k = k, .v = v, .n = n, .nh = nh, .nkv = nkv, .d = d, .scale = 1.0f / sqrtf((float)d)};
     nvlm_pool_run(pool, (size_t)n * nh, 1, attn_units, &j);
     return j.failed ? NVLM_E_NOMEM : NVLM_OK;
 }
@@ -276,7 +276,8 @@ int nvlm_t_attention_bwd(nvlm_pool *pool, float *dq, float *dk, float *dv, const
         free(hv);
         return NVLM_E_NOMEM;
     }
-    attn_job j = {NULL, dq, hk, hv, q, k, v, dout, n, nh, nkv, d, 1.0f / sqrtf((float)d), 0};
+    attn_job j = {.dq = dq, .dk = hk, .dv = hv, .q = q, .k = k, .v = v, .dout = dout, .n = n, .nh = nh, .nkv = nkv,
+                  .d = d, .scale = 1.0f / sqrtf((float)d)};
     nvlm_pool_run(pool, (size_t)nh, 1, attn_bwd_units, &j);
     sum_head_groups(dk, dv, hk, hv, n, nh, nkv, d);
     free(hk);
@@ -323,8 +324,8 @@ static int max_range(const int *lo, const int *hi, int n) {
 
 int nvlm_t_xattention(nvlm_pool *pool, float *o, const float *q, const float *K, const float *V, const int *lo,
                       const int *hi, int n, int nh, int nkv, int d) {
-    xatt_job j = {o, NULL, NULL, NULL, q, K, V, NULL, lo, hi, n, nh, nkv, d, max_range(lo, hi, n),
-                  1.0f / sqrtf((float)d), 0};
+    xatt_job j = {.o = o, .q = q, .k = K, .v = V, .lo = lo, .hi = hi, .n = n, .nh = nh, .nkv = nkv, .d = d,
+                  .S = max_range(lo, hi, n), .scale = 1.0f / sqrtf((float)d)};
     nvlm_pool_run(pool, (size_t)n * nh, 1, xatt_units, &j);
     return j.failed ? NVLM_E_NOMEM : NVLM_OK;
 }
@@ -383,7 +384,8 @@ int nvlm_t_xattention_bwd(nvlm_pool *pool, float *dq, float *dK, float *dV, cons
         free(hv);
         return NVLM_E_NOMEM;
     }
-    xatt_job j = {NULL, dq, hk, hv, q, K, V, dout, lo, hi, n, nh, nkv, d, S, 1.0f / sqrtf((float)d), 0};
+    xatt_job j = {.dq = dq, .dk = hk, .dv = hv, .q = q, .k = K, .v = V, .dout = dout, .lo = lo, .hi = hi, .n = n,
+                  .nh = nh, .nkv = nkv, .d = d, .S = S, .scale = 1.0f / sqrtf((float)d)};
     nvlm_pool_run(pool, (size_t)nh, 1, xatt_bwd_units, &j);
     sum_head_groups(dK, dV, hk, hv, S, nh, nkv, d);
     free(hk);
