@@ -1,7 +1,7 @@
 /* The trainer sees NVLM-D, -X and -H conversations exactly as inference does: for a sample
  * with 6+1-tile images (one image, then two images over two turns), the training ids up to
  * the answer are chat()'s prompt ids, the labels cover the answer and its <|im_end|>, the
- * decoder image rows / cross-attention memory have the sizes of design note §12, and the
+ * decoder image rows / cross-attention memory have the sizes of docs/spec.md §12, and the
  * trainer's loss at the first answer token equals -log softmax of chat()'s last-prompt
  * logits (projector, memory with H's tag embeddings, masks, gates: the same forward). */
 #include "check.h"

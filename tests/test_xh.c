@@ -1,4 +1,4 @@
-/* NVLM-X and NVLM-H (design note §12) against tests/data/reference/model_cases_xh.jsonl:
+/* NVLM-X and NVLM-H (docs/spec.md §12) against tests/data/reference/model_cases_xh.jsonl:
  * prompt ids, num_patches_list, greedy ids, response, last-prompt logits (<= 6e-4), the X
  * per-segment layout and the memory rows of every case; the cross-attention block's identity
  * on rows that see no image; multi-turn reuse of the cached cross-attention keys/values;

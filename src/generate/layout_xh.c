@@ -1,4 +1,4 @@
-/* NVLM-X / NVLM-H prompt layout and cross-attention memory (design note §12). */
+/* NVLM-X / NVLM-H prompt layout and cross-attention memory (docs/spec.md §12). */
 #include "generate/layout_xh.h"
 #include "core/err.h"
 #include "generate/prompt.h"

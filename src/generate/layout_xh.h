@@ -1,4 +1,4 @@
-/* layout_xh.h - how NVLM-X and NVLM-H lay a conversation out (design note §12): the decoder
+/* layout_xh.h - how NVLM-X and NVLM-H lay a conversation out (docs/spec.md §12): the decoder
  * prompt ids, the cross-attention memory of each image, and which memory rows every decoder
  * position may read (recorded in the nvlm_xattn of the conversation). Internal.
  *

@@ -1,4 +1,4 @@
-/* prompt.h - the chat() prompt of the released NVLM-D (design note §8): chatml template,
+/* prompt.h - the chat() prompt of the released NVLM-D (docs/spec.md §8): chatml template,
  * system message, history, and the expansion of <image> placeholders into tile tags and
  * image-context tokens. Internal. */
 #ifndef NVLM_GENERATE_PROMPT_H

@@ -1,4 +1,4 @@
-/* config.c - parsing and validating an NVLM config.json (design note §1 and §12).
+/* config.c - parsing and validating an NVLM config.json (docs/spec.md §1 and §12).
  *
  * Order of the checks (the first failure is reported, as §12 requires):
  *   1. model_type / architectures[0]: NVLM_D, NVLM_X or NVLM_H, and equal;

@@ -1,5 +1,5 @@
 /* config.h - an NVLM config.json (NVLM_D, NVLM_X, NVLM_H) as the engine uses it.
- * See ../shared/design/architectures.md §1 and §12 for every field. Internal. */
+ * See docs/spec.md §1 and §12 for every field. Internal. */
 #ifndef NVLM_MODEL_CONFIG_H
 #define NVLM_MODEL_CONFIG_H
 #include "nvlm.h"

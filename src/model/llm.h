@@ -1,4 +1,4 @@
-/* llm.h - the Qwen2 decoder with its KV cache (design note §7). Internal. */
+/* llm.h - the Qwen2 decoder with its KV cache (docs/spec.md §7). Internal. */
 #ifndef NVLM_MODEL_LLM_H
 #define NVLM_MODEL_LLM_H
 #include "model/model.h"

@@ -27,7 +27,7 @@ typedef struct llm_layer {
     nvlm_wmat gate, up, down;
 } llm_layer;
 
-/* NVLM-X/H gated cross-attention block (design note §12). */
+/* NVLM-X/H gated cross-attention block (docs/spec.md §12). */
 typedef struct xattn_block {
     const float *input_norm, *post_norm;  /* [h] */
     const float *q_norm, *k_norm;         /* [d] */

@@ -1,4 +1,4 @@
-/* tensors.c - the tensor table of the released layout (design note §2, §12) and the
+/* tensors.c - the tensor table of the released layout (docs/spec.md §2, §12) and the
  * checkpoint checker built on it. */
 #include "model/tensors.h"
 #include "core/err.h"
@@ -364,7 +364,7 @@ static int check_xattn_extra(const nvlm_config *cfg, const nvlm_st *st, nvlm_err
             return nvlm_fail(err, NVLM_E_FORMAT,
                              "unexpected tensor %s in %s (cross_attention_layers has %d "
                              "entr%s, so the blocks are xattn_layers.0 to xattn_layers.%d, each "
-                             "with the 13 tensors of design note §12)",
+                             "with the 13 tensors of docs/spec.md §12)",
                              t->name, t->file, cfg->num_xattn, cfg->num_xattn == 1 ? "y" : "ies",
                              cfg->num_xattn - 1);
     }

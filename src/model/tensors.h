@@ -1,4 +1,4 @@
-/* tensors.h - the tensors a config implies (design note §2 and §12) and checking a
+/* tensors.h - the tensors a config implies (docs/spec.md §2 and §12) and checking a
  * checkpoint against them. One enumerator is the single source of truth for the names
  * and shapes: the checker, the parameter counter and the random-checkpoint writer all
  * walk it. Internal. */
@@ -30,7 +30,7 @@ typedef enum nvlm_role {
     NVLM_R_EMBED, NVLM_R_L_IN_NORM, NVLM_R_L_Q, NVLM_R_L_Q_B, NVLM_R_L_K, NVLM_R_L_K_B, NVLM_R_L_V,
     NVLM_R_L_V_B, NVLM_R_L_O, NVLM_R_L_POST_NORM, NVLM_R_L_GATE, NVLM_R_L_UP, NVLM_R_L_DOWN, NVLM_R_NORM,
     NVLM_R_LM_HEAD,
-    /* cross-attention block k (design note §12) */
+    /* cross-attention block k (docs/spec.md §12) */
     NVLM_R_X_IN_NORM, NVLM_R_X_Q, NVLM_R_X_K, NVLM_R_X_V, NVLM_R_X_O, NVLM_R_X_Q_NORM, NVLM_R_X_K_NORM,
     NVLM_R_X_ATTN_GATE, NVLM_R_X_POST_NORM, NVLM_R_X_GATE, NVLM_R_X_UP, NVLM_R_X_DOWN, NVLM_R_X_MLP_GATE,
     NVLM_R_COUNT
@@ -47,7 +47,7 @@ typedef struct nvlm_role_info {
     const char *prefix;    /* printf format with one %d when indexed */
     const char *suffix;    /* the name after the prefix */
     nvlm_role_index index;
-    int f32;               /* in the release's F32 set (design note §2) */
+    int f32;               /* in the release's F32 set (docs/spec.md §2) */
 } nvlm_role_info;
 
 extern const nvlm_role_info nvlm_roles[NVLM_R_COUNT];

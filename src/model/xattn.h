@@ -1,4 +1,4 @@
-/* xattn.h - NVLM-X / NVLM-H gated cross-attention (design note §12): the per-conversation
+/* xattn.h - NVLM-X / NVLM-H gated cross-attention (docs/spec.md §12): the per-conversation
  * cache of cross-attention keys/values, the visibility rule of the memory rows, and the
  * block itself, applied through nvlm_llm_hooks before the configured LLM layers. Internal.
  *

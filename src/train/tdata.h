@@ -2,7 +2,7 @@
  *   {"image": "path" | ["path", ...], "system": "...", "conversations":
  *    [{"from": "human", "value": "<image>\n..."}, {"from": "gpt", "value": "..."}, ...]}
  * Image paths are relative to the file. The prompt is built exactly as chat() builds it
- * (design note §8); labels cover each answer and its <|im_end|>. Samples are prepared on
+ * (docs/spec.md §8); labels cover each answer and its <|im_end|>. Samples are prepared on
  * first use and cached: the frozen ViT runs once per image. Internal. */
 #ifndef NVLM_TRAIN_TDATA_H
 #define NVLM_TRAIN_TDATA_H

@@ -1,5 +1,5 @@
 /* Training forward and backward of one sequence through the projector and the Qwen2 LLM
- * (design note §7, §9), with NVLM-X/H's gated cross-attention blocks before their layers
+ * (docs/spec.md §7, §9), with NVLM-X/H's gated cross-attention blocks before their layers
  * (§12, src/train/txattn.c). The ViT is frozen and outside: the caller passes its
  * pixel-shuffled features. Only the supervised positions go through the final norm and
  * lm_head, so the logits never take [n, V] memory. */

@@ -27,7 +27,7 @@ typedef struct nvlm_tlayer {
     nvlm_tparam *in_norm, *post_norm, *wq, *bq, *wk, *bk, *wv, *bv, *wo, *gate, *up, *down;
 } nvlm_tlayer;
 
-/* An NVLM-X/H gated cross-attention block (design note §12); the gates are the raw
+/* An NVLM-X/H gated cross-attention block (docs/spec.md §12); the gates are the raw
  * parameters alpha (the block uses tanh(alpha)). */
 typedef struct nvlm_txblock {
     int layer;             /* the LLM layer it runs before */

@@ -1,4 +1,4 @@
-/* Training forward and backward of the NVLM-X/H gated cross-attention block (design note
+/* Training forward and backward of the NVLM-X/H gated cross-attention block (docs/spec.md
  * §12), on the rows that see memory (every other row is exactly the identity, so it is
  * skipped in both directions):
  *   y = RMS(x; in_norm); q = RMS_head(y Wq^T; q_norm); K = RMS_head(M Wk^T; k_norm); V = M Wv^T
