@@ -33,7 +33,7 @@ build_safetensors() {
 build_config() {
   clang $CFLAGS $SAN fuzz/fuzz_config.c src/model/config.c src/model/tensors.c src/model/safetensors.c src/core/*.c $LIBS -o "$OUT/fuzz_config"
   mkdir -p "$OUT/corpus-config"
-  for m in d x h; do cp "../shared/reference/models/tiny-nvlm-$m/config.json" "$OUT/corpus-config/seed-$m" 2>/dev/null || true; done
+  for m in d x h; do cp "tests/data/reference/models/tiny-nvlm-$m/config.json" "$OUT/corpus-config/seed-$m" 2>/dev/null || true; done
   echo "built $OUT/fuzz_config"
 }
 
@@ -50,10 +50,10 @@ build_image() {
     ext=$f; [ $f = jpeg ] && ext=jpg
     mkdir -p "$OUT/corpus-image-$f"
     # seeds: the reference images of that format up to 64 KB, and the bad ones
-    find ../shared/reference/images -name "*.$ext" -size -64k -exec cp {} "$OUT/corpus-image-$f/" \; 2>/dev/null || true
+    find tests/data/reference/images -name "*.$ext" -size -64k -exec cp {} "$OUT/corpus-image-$f/" \; 2>/dev/null || true
   done
   mkdir -p "$OUT/corpus-image"
-  find ../shared/reference/images -type f -size -64k -exec cp {} "$OUT/corpus-image/" \; 2>/dev/null || true
+  find tests/data/reference/images -type f -size -64k -exec cp {} "$OUT/corpus-image/" \; 2>/dev/null || true
   # the PNG fast path against libpng (differential), seeded with the PNG corpus
   clang $fl -DFUZZ_PNG_DIFF $src $lb -o "$OUT/fuzz_image_pngdiff"
   mkdir -p "$OUT/corpus-image-pngdiff"

@@ -1,7 +1,7 @@
 /* fuzz_tokenizer.c - libFuzzer target for the tokenizer: encode arbitrary bytes, decode
  * arbitrary ids (one-shot and streaming), the JSON line reader of `nvlm tokenize`, and
  * loading an arbitrary tokenizer.json / merges.txt. Build: fuzz/build.sh tokenizer.
- * NVLM_TOKENIZER names the tokenizer folder (default ../shared/reference/tiny-tokenizer). */
+ * NVLM_TOKENIZER names the tokenizer folder (default tests/data/reference/tiny-tokenizer). */
 #include "nvlm.h"
 #include "tokenizer/tok_json.h"
 #include <stdio.h>
@@ -83,7 +83,7 @@ static void check_load(const uint8_t *data, size_t size, const char *name) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!tok) {
         const char *dir = getenv("NVLM_TOKENIZER");
-        if (nvlm_tokenizer_load(dir ? dir : "../shared/reference/tiny-tokenizer", &tok, NULL)) abort();
+        if (nvlm_tokenizer_load(dir ? dir : "tests/data/reference/tiny-tokenizer", &tok, NULL)) abort();
     }
     if (size == 0) return 0;
     switch (data[0] % 8) {

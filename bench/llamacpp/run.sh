@@ -53,7 +53,7 @@ say() { printf '[%4ds] %s\n' $(( $(date +%s) - T0 )) "$*" >&2; }
 # 1. the checkpoint (random weights, Qwen2-0.5B's LLM shape, F16, tiny ViT)
 if [ ! -f "$MD/config.json" ]; then
     say "making $MD (nvlm mkmodel)"
-    "$NVLM" mkmodel --out "$MD" --tokenizer "$REPO/../shared/reference/tokenizer" --dtype f16 \
+    "$NVLM" mkmodel --out "$MD" --tokenizer "$REPO/tests/data/reference/tokenizer" --dtype f16 \
         --llm-hidden 896 --llm-layers 24 --llm-heads 14 --llm-kv-heads 2 --llm-intermediate 4864 \
         --vit-hidden 64 --vit-layers 1 --vit-heads 4 --vit-dummy-heads 0 --vit-intermediate 128 \
         > "$LOG/mkmodel.txt" 2>&1 || die "nvlm mkmodel failed (see $LOG/mkmodel.txt)"

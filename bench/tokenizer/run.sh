@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${1:-build}
-TOK=${2:-../shared/reference/tokenizer}
+TOK=${2:-tests/data/reference/tokenizer}
 OUT=$BUILD/bench-tokenizer
 mkdir -p "$OUT"
 python3 bench/tokenizer/prepare.py "$OUT/texts"

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/../.."
 BUILD=${1:-build}; THREADS=${2:-2}; N=$BUILD/nvlm
 TILE=${TILE:-168}; S1=${S1:-12}; S2=${S2:-30}; BATCH=${BATCH:-4}; NTRAIN=${NTRAIN:-16}; NEVAL=${NEVAL:-12}
 W=${NVLM_BENCH_DIR:-${TMPDIR:-/tmp}/nvlm_bench_dxh}; mkdir -p "$W"
-TOK=../shared/reference/tiny-tokenizer
+TOK=tests/data/reference/tiny-tokenizer
 VIT="--image-size $TILE --patch-size 14 --vit-hidden 64 --vit-layers 2 --vit-heads 4 --vit-dummy-heads 0 --vit-intermediate 256"
 LLM="--llm-hidden 128 --llm-layers 4 --llm-heads 4 --llm-kv-heads 2 --llm-intermediate 344"
 

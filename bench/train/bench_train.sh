@@ -8,8 +8,8 @@ set -eu
 cd "$(dirname "$0")/../.."
 BUILD=${1:-build}; SIZE=${2:-tiny}; N=$BUILD/nvlm
 W=${TMPDIR:-/tmp}/nvlm_bench_train_$SIZE; mkdir -p "$W"
-TOK=../shared/reference/tiny-tokenizer
-IMG=../shared/reference/images/skimage_astronaut.png
+TOK=tests/data/reference/tiny-tokenizer
+IMG=tests/data/reference/images/skimage_astronaut.png
 THREADS=${THREADS:-$(nproc)}
 STEPS=${STEPS:-3}
 case $SIZE in

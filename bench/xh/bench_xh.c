@@ -42,7 +42,7 @@ static int run_once(nvlm_model *m, const char *image, int tokens, result *r, nvl
 }
 
 int main(int argc, char **argv) {
-    const char *image = "../shared/reference/images/grid_600x400.png";
+    const char *image = "tests/data/reference/images/grid_600x400.png";
     int tokens = 32, threads = 0, reps = 2, n = 0;
     result res[16];
     for (int i = 1; i < argc; i++) {

@@ -9,8 +9,8 @@ cd "$(dirname "$0")/../.."
 BUILD=${1:-build}
 THREADS=${2:-0}
 OUT=${NVLM_BENCH_DIR:-$BUILD/bench-xh}
-TOK=../shared/reference/tiny-tokenizer
-IMAGE=../shared/reference/images/grid_600x400.png   # 600x400 -> 6 tiles (3x2) + thumbnail
+TOK=tests/data/reference/tiny-tokenizer
+IMAGE=tests/data/reference/images/grid_600x400.png   # 600x400 -> 6 tiles (3x2) + thumbnail
 mkdir -p "$OUT"
 PKGS=$(sed -n "s/^PKGS *:= *//p" Makefile)   # the library's own dependencies
 cc -std=c11 -D_GNU_SOURCE -O2 -Iinclude -Isrc $(pkg-config --cflags $PKGS) bench/xh/bench_xh.c \
