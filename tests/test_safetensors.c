@@ -589,7 +589,10 @@ static void test_read_parallel(void) {
             same = 1;
             for (size_t i = 0; i < nvlm_st_count(st); i++)
                 same &= !memcmp(nvlm_st_at(mapped, i)->data, nvlm_st_at(st, i)->data, nvlm_st_at(st, i)->nbytes);
-            CHECK(rc == NVLM_E_CANCELLED && same, "%d readers, cancel at call %d: %d %s", nt, at, rc, err.msg);
+            /* with several readers the caller may see fewer progress calls than `at` (the others
+             * took the pieces): then the read completes, and that is right too */
+            int cancelled = rc == NVLM_E_CANCELLED || (rc == 0 && c.calls < at);
+            CHECK(cancelled && same, "%d readers, cancel at call %d: %d %s (%d calls)", nt, at, rc, err.msg, c.calls);
             nvlm_st_close(st);
         }
     }
