@@ -31,14 +31,16 @@ uint16_t nvlm_f32_to_f16(float f);
 void nvlm_to_f32(float *dst, const void *src, nvlm_dtype dtype, size_t n);
 
 /* y[t, o] = sum_i x[t, i] * W[o, i] (+ bias[o]) for t < n_tok: y = x @ W^T + b.
- * x is [n_tok, W.cols], y is [n_tok, W.rows] (may not alias x). bias may be NULL. */
-void nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
-                 const float *bias);
-/* y[i] = x W[i]^T + bias[i] for n_w matrices that share x (q/k/v, gate/up): on the packed AVX2
- * path x is packed once and the pool splits all their outputs together; the values are those of
- * n_w nvlm_matmul calls. bias[i] may be NULL. */
-void nvlm_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
-                       const nvlm_wmat *const *w, const float *const *bias);
+ * x is [n_tok, W.cols], y is [n_tok, W.rows] (may not alias x). bias may be NULL. The kernel is
+ * the one kernels/dispatch.h names for the pool's level. Returns 0, or -1 when a kernel could not
+ * allocate its buffers (y is then not written). */
+int nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
+                const float *bias);
+/* y[i] = x W[i]^T + bias[i] for n_w matrices that share x (q/k/v, gate/up): on the packed SIMD
+ * paths x is packed once and the pool splits all their outputs together; the values are those of
+ * n_w nvlm_matmul calls. bias[i] may be NULL. 0, or -1 as nvlm_matmul. */
+int nvlm_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
+                      const nvlm_wmat *const *w, const float *const *bias);
 /* nvlm_row_to_f32 at a kernel level (kernels/cpu.h); the same bits at every level. */
 void nvlm_row_to_f32_at(int level, float *dst, const void *src, nvlm_dtype t, int n);
 /* The scalar reference of nvlm_matmul (nvlm_matmul dispatches on nvlm_pool_level(pool)). */
