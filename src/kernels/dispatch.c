@@ -3,6 +3,7 @@
 #include "kernels/dispatch.h"
 #include "kernels/cpu.h"
 #include "kernels/simd.h"
+#include "kernels/simd512.h"
 #include "kernels/simd_neon.h"
 
 /* Kernels without a status (they cannot fail, or do not report it yet) as nvlm_matmul_fn. */
@@ -86,6 +87,24 @@ static const nvlm_kernel table[] = {
     GELU(NVLM_CPU_AVX2, "gelu_avx2 (rational erf)", nvlm_gelu_avx2),
     SILU(NVLM_CPU_AVX2, "silu_mul_avx2 (Cephes exp)", nvlm_silu_mul_avx2),
     CONV(NVLM_CPU_AVX2, "row_to_f32_avx2", nvlm_row_to_f32_avx2),
+#endif
+#ifdef NVLM_HAVE_AVX512_KERNELS
+    /* the bits of the AVX2 rows above (simd512.h), faster */
+    MM(NVLM_OP_PREFILL_F32, NVLM_CPU_AVX512, "gemm_avx512 (14x32 zmm, packed)", nvlm_gemm_avx512, nvlm_gemm_multi_avx512),
+    MM(NVLM_OP_PREFILL_F16, NVLM_CPU_AVX512, "gemm_avx512 (14x32 zmm, packed; vcvtph2ps)", nvlm_gemm_avx512,
+       nvlm_gemm_multi_avx512),
+    MM(NVLM_OP_PREFILL_BF16, NVLM_CPU_AVX512, "gemm_avx512 (14x32 zmm, packed; bf16 shift)", nvlm_gemm_avx512,
+       nvlm_gemm_multi_avx512),
+    MM(NVLM_OP_PREFILL_Q8_0, NVLM_CPU_AVX512, "gemm_avx512 (14x32 zmm, blocks to f32)", nvlm_gemm_avx512,
+       nvlm_gemm_multi_avx512),
+    MM(NVLM_OP_PREFILL_Q4, NVLM_CPU_AVX512, "gemm_avx512 (14x32 zmm, blocks to f32)", nvlm_gemm_avx512,
+       nvlm_gemm_multi_avx512),
+    MM(NVLM_OP_GEN_F32, NVLM_CPU_AVX512, "gemv_avx512 (zmm rows)", nvlm_gemv_avx512, NULL),
+    MM(NVLM_OP_GEN_F16, NVLM_CPU_AVX512, "gemv_avx512 (zmm rows; vcvtph2ps)", nvlm_gemv_avx512, NULL),
+    MM(NVLM_OP_GEN_BF16, NVLM_CPU_AVX512, "gemv_avx512 (zmm rows; bf16 shift)", nvlm_gemv_avx512, NULL),
+    GELU(NVLM_CPU_AVX512, "gelu_avx512 (rational erf)", nvlm_gelu_avx512),
+    SILU(NVLM_CPU_AVX512, "silu_mul_avx512 (Cephes exp)", nvlm_silu_mul_avx512),
+    CONV(NVLM_CPU_AVX512, "row_to_f32_avx512", nvlm_row_to_f32_avx512),
 #endif
 #ifdef NVLM_HAVE_NEON_KERNELS
     MM(NVLM_OP_PREFILL_F32, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", mm_neon, NULL),
