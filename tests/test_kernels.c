@@ -167,6 +167,21 @@ static void test_matmul_multi_at(nvlm_pool *p1, nvlm_pool *p3, int level) {
 }
 #endif
 
+/* A product whose packing buffer cannot be allocated (2^20 tokens x 2^28 columns: 1 PiB) is
+ * refused with -1 before anything is read or written. ASan aborts on such a request instead of
+ * returning NULL, so its build skips this. */
+static void test_matmul_nomem(nvlm_pool *p, int level) {
+#if !defined(__SANITIZE_ADDRESS__)
+    float y = 123.0f, x = 0;
+    uint16_t wd = 0;
+    nvlm_wmat w = {NVLM_DT_BF16, 1, 1 << 28, &wd}; /* never read */
+    CHECK(nvlm_matmul(p, &y, &x, 1 << 20, &w, NULL) == -1 && y == 123.0f,
+          "%s matmul without memory for its buffers: not refused", nvlm_cpu_level_name(level));
+#else
+    (void)p, (void)level;
+#endif
+}
+
 static void test_attention(int level) {
     static const int cases[][4] = {/* n_q, n_keys, d, causal_pos0 */
                                    {1, 1, 16, 0},   {1, 37, 16, 36}, {5, 5, 20, -1},  {37, 37, 64, -1},
@@ -385,6 +400,7 @@ int main(void) {
         test_read_spans(p3, level);
 #ifdef NVLM_HAVE_AVX512_KERNELS
         if (nvlm_cpu_at_least(level, NVLM_CPU_AVX512)) test_matmul_multi_at(p1, p3, level);
+        if (nvlm_kernel_for(NVLM_OP_PREFILL_BF16, level)->matmul == nvlm_gemm_avx512) test_matmul_nomem(p3, level);
 #endif
         test_dispatch_table(level);
     }
