@@ -189,7 +189,9 @@ static void test_attention(int level) {
                                    /* up to 3 queries: no packing (odd d, causal start inside) */
                                    {2, 41, 20, -1},  {3, 9, 13, 2}, {1, 77, 100, 76}, {2, 150, 72, -1}, {1, 600, 128, 599},
                                    /* beyond PREPACK_KEYS: K and V packed per block of queries */
-                                   {26, 8250, 20, 8230}};
+                                   {26, 8250, 20, 8230},
+                                   /* AVX-512: 32-column panels with tails, 14-row slivers, rests of 16 */
+                                   {29, 61, 100, 30}, {15, 1025, 64, -1}, {4, 33, 40, -1}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         int nq = cases[c][0], nk = cases[c][1], d = cases[c][2], pos0 = cases[c][3];
         size_t qs = (size_t)d + 3, ks = (size_t)2 * d + 1;
@@ -207,6 +209,15 @@ static void test_attention(int level) {
         }
         CHECK(worst <= 2e-6, "%s attention nq=%d nk=%d d=%d pos0=%d: max diff %.3g", nvlm_cpu_level_name(level), nq,
               nk, d, pos0, worst);
+#ifdef NVLM_HAVE_AVX512_KERNELS
+        if (nvlm_kernel_for(NVLM_OP_ATTENTION, level)->attention == nvlm_attention_avx512) {
+            float *s2 = malloc(sizeof(float) * nvlm_attention_scratch(NVLM_CPU_AVX2, nq, nk, d));
+            nvlm_attention(NVLM_CPU_AVX2, q, qs, nq, kv, ks, kv + d, ks, nk, pos0, d, scale, ref, (size_t)d, s2);
+            CHECK(!memcmp(out, ref, sizeof(float) * nq * d), "%s attention nq=%d nk=%d d=%d pos0=%d: not the bits of avx2",
+                  nvlm_cpu_level_name(level), nq, nk, d, pos0);
+            free(s2);
+        }
+#endif
         free(q), free(kv), free(ref), free(out), free(s0), free(s1);
     }
 }

@@ -102,6 +102,8 @@ static const nvlm_kernel table[] = {
     MM(NVLM_OP_GEN_F32, NVLM_CPU_AVX512, "gemv_avx512 (zmm rows)", nvlm_gemv_avx512, NULL),
     MM(NVLM_OP_GEN_F16, NVLM_CPU_AVX512, "gemv_avx512 (zmm rows; vcvtph2ps)", nvlm_gemv_avx512, NULL),
     MM(NVLM_OP_GEN_BF16, NVLM_CPU_AVX512, "gemv_avx512 (zmm rows; bf16 shift)", nvlm_gemv_avx512, NULL),
+    ATT(NVLM_OP_ATTENTION, NVLM_CPU_AVX512, "attention_avx512 (QK^T, softmax, PV on the 14x32 kernel)",
+        nvlm_attention_avx512, nvlm_attention_scratch_avx512),
     GELU(NVLM_CPU_AVX512, "gelu_avx512 (rational erf)", nvlm_gelu_avx512),
     SILU(NVLM_CPU_AVX512, "silu_mul_avx512 (Cephes exp)", nvlm_silu_mul_avx512),
     CONV(NVLM_CPU_AVX512, "row_to_f32_avx512", nvlm_row_to_f32_avx512),

@@ -16,8 +16,11 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 #include <immintrin.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "kernels/math512.h"
 
 #define AI static inline __attribute__((always_inline))
 
@@ -47,21 +50,24 @@ AI void store_row(float *c, __m512 r0, __m512 r1, __mmask16 m0, __mmask16 m1, in
 }
 
 #define ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13)
-#define DECL(i) __m512 c##i##a = _mm512_setzero_ps(), c##i##b = c##i##a;
+#define DECL(i)                                                 \
+    __m512 c##i##a = _mm512_setzero_ps(), c##i##b = c##i##a;    \
+    const float *a##i = a + (rs == 1 ? (size_t)i : mr > i ? (size_t)i * rs : 0); /* packed: zero rows */
 #define FMA_ROW(i)                                                                                    \
     if (R > i) {                                                                                      \
-        const __m512 av = _mm512_set1_ps(ak[i]);                                                      \
+        const __m512 av = _mm512_set1_ps(a##i[o]);                                                    \
         c##i##a = _mm512_fmadd_ps(av, b0, c##i##a), c##i##b = _mm512_fmadd_ps(av, b1, c##i##b);       \
     }
 #define STORE_ROW(i) \
     if (R > i && i < mr) store_row(c + (size_t)i * ldc, c##i##a, c##i##b, m0, m1, accumulate, bias);
 
-/* C[0:mr, 0:nr] (+)= A . B over kc, R >= mr rows computed (R constant: 14, 7 or 4). a: a packed
- * sliver (row i of step k at a[k * MR + i]; rows past mr zeros); b: a packed panel (NR floats
- * per k, 64-byte aligned). accumulate: add to C (K blocks after the first); bias: added after
- * (the last block). pf: the next sliver, prefetched. */
-AI void ukr_body(const int R, int kc, const float *a, const float *restrict b, float *c, size_t ldc, int mr, int nr,
-                 int accumulate, const float *bias, const float *pf) {
+/* C[0:mr, 0:nr] (+)= A . B over kc, R >= mr rows computed (R constant: 14, 7 or 4). Row i of A
+ * at step k is a[i * rs + k * ks]: a packed sliver (rs 1, ks MR; rows past mr are zeros) or
+ * rows at a stride (rs lda, ks 1; rows past mr read row 0). b: a packed panel (NR floats per k,
+ * 64-byte aligned). accumulate: add to C (K blocks after the first); bias: added after (the last
+ * block). pf: the next sliver, prefetched. */
+AI void ukr_body(const int R, int kc, const float *a, size_t rs, size_t ks, const float *restrict b, float *c,
+                 size_t ldc, int mr, int nr, int accumulate, const float *bias, const float *pf) {
     ROWS(DECL)
     int k = 0;
     for (; k + 4 <= kc; k += 4) {
@@ -74,13 +80,13 @@ AI void ukr_body(const int R, int kc, const float *a, const float *restrict b, f
         _mm_prefetch((const char *)(b + k * NR + PF_B + 48), _MM_HINT_T0);
         for (int u = 0; u < 4; u++) {
             const __m512 b0 = _mm512_load_ps(b + (k + u) * NR), b1 = _mm512_load_ps(b + (k + u) * NR + 16);
-            const float *ak = a + (size_t)(k + u) * MR;
+            const size_t o = (size_t)(k + u) * ks;
             ROWS(FMA_ROW)
         }
     }
     for (; k < kc; k++) {
         const __m512 b0 = _mm512_load_ps(b + k * NR), b1 = _mm512_load_ps(b + k * NR + 16);
-        const float *ak = a + (size_t)k * MR;
+        const size_t o = (size_t)k * ks;
         ROWS(FMA_ROW)
     }
     const __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
@@ -88,18 +94,18 @@ AI void ukr_body(const int R, int kc, const float *a, const float *restrict b, f
     ROWS(STORE_ROW)
 }
 
-static void ukr14(int kc, const float *a, const float *b, float *c, size_t ldc, int mr, int nr, int acc,
-                  const float *bias, const float *pf) {
-    ukr_body(14, kc, a, b, c, ldc, mr, nr, acc, bias, pf);
-}
-static void ukr7(int kc, const float *a, const float *b, float *c, size_t ldc, int mr, int nr, int acc,
-                 const float *bias, const float *pf) {
-    ukr_body(7, kc, a, b, c, ldc, mr, nr, acc, bias, pf);
-}
-static void ukr4(int kc, const float *a, const float *b, float *c, size_t ldc, int mr, int nr, int acc,
-                 const float *bias, const float *pf) {
-    ukr_body(4, kc, a, b, c, ldc, mr, nr, acc, bias, pf);
-}
+#define UKR(R)                                                                                                  \
+    static void ukr##R(int kc, const float *a, const float *b, float *c, size_t ldc, int mr, int nr, int acc,   \
+                       const float *bias, const float *pf) {                                                    \
+        ukr_body(R, kc, a, 1, MR, b, c, ldc, mr, nr, acc, bias, pf);                                            \
+    }                                                                                                           \
+    static void ukr_rows##R(int kc, const float *a, size_t lda, const float *b, float *c, size_t ldc, int mr,  \
+                            int nr) {                                                                           \
+        ukr_body(R, kc, a, lda, 1, b, c, ldc, mr, nr, 0, NULL, b);                                              \
+    }
+UKR(14)
+UKR(7)
+UKR(4)
 
 /* The smallest instance that covers mr rows: a short last sliver (or a 4-token prompt) does not
  * pay for 14 rows. */
@@ -108,6 +114,13 @@ static void ukr(int kc, const float *a, const float *b, float *c, size_t ldc, in
     if (mr > 7) ukr14(kc, a, b, c, ldc, mr, nr, acc, bias, pf);
     else if (mr > 4) ukr7(kc, a, b, c, ldc, mr, nr, acc, bias, pf);
     else ukr4(kc, a, b, c, ldc, mr, nr, acc, bias, pf);
+}
+
+/* A as mr rows at a stride lda, one K block of kc (attention's probabilities, in L2 already). */
+static void ukr_rows(int kc, const float *a, size_t lda, const float *b, float *c, size_t ldc, int mr, int nr) {
+    if (mr > 7) ukr_rows14(kc, a, lda, b, c, ldc, mr, nr);
+    else if (mr > 4) ukr_rows7(kc, a, lda, b, c, ldc, mr, nr);
+    else ukr_rows4(kc, a, lda, b, c, ldc, mr, nr);
 }
 
 /* ---- packing ---- */
@@ -330,6 +343,163 @@ int nvlm_gemm_multi_avx512(nvlm_pool *pool, int n_w, float *const *y, const floa
 
 int nvlm_gemm_avx512(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias) {
     return nvlm_gemm_multi_avx512(pool, 1, &y, x, n_tok, &w, &bias);
+}
+
+/* ---- attention (more than DIRECT_Q queries): per block of queries, S = Q K^T, softmax,
+ * O = P V on the micro-kernel, K and V packed once per head. gemm_avx2.c's algorithm with the
+ * same block of queries (BQ), the same chains (S: over d; O: over the keys in one block) and
+ * the same softmax sums, so the same bits as nvlm_attention_avx2; which it runs itself for 1-3
+ * queries (generation: K and V read in place) and beyond PREPACK_KEYS keys. ---- */
+
+enum {
+    BQ = 24,             /* queries per block: AVX2's, so a causal block sees the same keys */
+    PREPACK_KEYS = 8192, /* gemm_avx2.c's limit of the packed path */
+    DIRECT_Q = 3,
+};
+
+static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
+static size_t round_nr(size_t n) { return (n + NR - 1) / NR * NR; }
+
+/* Row stride of S: a multiple of 16 floats, never of 1 KiB (the rows read together would share
+ * L1 sets). */
+static size_t s_stride(int n_keys) {
+    size_t l = round16((size_t)n_keys);
+    return l % 256 ? l : l + 16;
+}
+
+static size_t own_scratch(int n_keys, int d) {
+    size_t lds = s_stride(n_keys), mp = round_nr(BQ) /* >= ceil(BQ / MR) * MR */;
+    return 16 + BQ * lds + mp * round16((size_t)d) + round_nr((size_t)n_keys) * (size_t)d + round_nr((size_t)d) * lds;
+}
+
+size_t nvlm_attention_scratch_avx512(int n_q, int n_keys, int d) {
+    size_t a = nvlm_attention_scratch_avx2(n_q, n_keys, d), o = own_scratch(n_keys > 0 ? n_keys : 1, d);
+    return a > o ? a : o;
+}
+
+/* s[0:n] = softmax(scale * s[0:n]); s[n:n_zero] = 0. gemm_avx2.c's softmax_row: exp on 16
+ * lanes, but summed 8 lanes at a time in its order, so the same total. */
+static void softmax_row(float *s, int n, int n_zero, float scale) {
+    const __m512 vs = _mm512_set1_ps(scale);
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_mul_ps(_mm512_loadu_ps(s + i), vs);
+        _mm512_storeu_ps(s + i, v);
+        mx = _mm512_max_ps(mx, v);
+    }
+    float m = _mm512_reduce_max_ps(mx); /* a maximum: any order */
+    for (; i < n; i++) {
+        s[i] *= scale;
+        m = s[i] > m ? s[i] : m;
+    }
+    const __m512 vm = _mm512_set1_ps(m);
+    __m256 sum = _mm256_setzero_ps();
+    for (i = 0; i + 16 <= n; i += 16) {
+        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + i), vm));
+        _mm512_storeu_ps(s + i, e);
+        sum = _mm256_add_ps(_mm256_add_ps(sum, _mm512_castps512_ps256(e)), _mm512_extractf32x8_ps(e, 1));
+    }
+    if (i < n) { /* the rest: -inf past n, whose exp is 0 (AVX2: an 8-lane step, then the rest) */
+        float rest[16];
+        for (int k = 0; k < 16; k++) rest[k] = i + k < n ? s[i + k] : -INFINITY;
+        __m512 r = _mm512_loadu_ps(rest);
+        __m512 e = exp512(_mm512_sub_ps(r, vm));
+        e = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(r, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ), e, _mm512_setzero_ps());
+        _mm512_storeu_ps(rest, e);
+        memcpy(s + i, rest, sizeof(float) * (size_t)(n - i));
+        sum = _mm256_add_ps(sum, _mm512_castps512_ps256(e));
+        if (n - i > 8) sum = _mm256_add_ps(sum, _mm512_extractf32x8_ps(e, 1));
+    }
+    float tmp[8];
+    _mm256_storeu_ps(tmp, sum);
+    double total = 0;
+    for (int k = 0; k < 8; k++) total += tmp[k];
+    const float inv = total > 0 ? (float)(1.0 / total) : 0.0f;
+    const __m512 vinv = _mm512_set1_ps(inv);
+    for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(s + i, _mm512_mul_ps(_mm512_loadu_ps(s + i), vinv));
+    for (; i < n; i++) s[i] *= inv;
+    for (i = n; i < n_zero; i++) s[i] = 0;
+}
+
+/* K packed: panel j0 / NR holds keys j0 .. j0 + NR as d rows of NR (k-major), at kp + j0 * d,
+ * each K block of KC at + k0 * NR; keys past n_keys are zeros. */
+static void pack_keys(const float *k, size_t k_stride, int n_keys, int d, float *kp) {
+    float rows[NR][KC] __attribute__((aligned(64)));
+    for (int j0 = 0; j0 < n_keys; j0 += NR)
+        for (int k0 = 0; k0 < d; k0 += KC) {
+            int kc = d - k0 < KC ? d - k0 : KC;
+            for (int r = 0; r < NR; r++) {
+                if (j0 + r < n_keys) memcpy(rows[r], k + (size_t)(j0 + r) * k_stride + k0, sizeof(float) * (size_t)kc);
+                else memset(rows[r], 0, sizeof(float) * (size_t)kc);
+            }
+            transpose_panel((const float(*)[KC])rows, kc, kp + (size_t)j0 * d + (size_t)k0 * NR);
+        }
+}
+
+/* V packed: panel c0 / NR holds columns c0 .. c0 + NR of every key (key-major), at
+ * vp + c0 / NR * lds * NR; columns past d are zeros. */
+static void pack_values(const float *v, size_t v_stride, int n_keys, int d, size_t lds, float *vp) {
+    for (int c0 = 0; c0 < d; c0 += NR) {
+        int nr = d - c0 < NR ? d - c0 : NR;
+        const __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
+        const __mmask16 m1 = nr >= 32 ? 0xffff : nr <= 16 ? 0 : (__mmask16)((1u << (nr - 16)) - 1);
+        float *dst = vp + (size_t)(c0 / NR) * lds * NR;
+        for (int j = 0; j < n_keys; j++) {
+            const float *src = v + (size_t)j * v_stride + c0;
+            _mm512_store_ps(dst + (size_t)j * NR, _mm512_maskz_loadu_ps(m0, src));
+            _mm512_store_ps(dst + (size_t)j * NR + 16, _mm512_maskz_loadu_ps(m1, src + 16));
+        }
+    }
+}
+
+void nvlm_attention_avx512(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride, const float *v,
+                           size_t v_stride, int n_keys, int causal_pos0, int d, float scale, float *out,
+                           size_t out_stride, float *scratch) {
+    if (n_q <= DIRECT_Q || n_keys <= 0 || n_keys > PREPACK_KEYS) {
+        nvlm_attention_avx2(q, q_stride, n_q, k, k_stride, v, v_stride, n_keys, causal_pos0, d, scale, out, out_stride,
+                            scratch);
+        return;
+    }
+    const size_t lds = s_stride(n_keys), mp = round_nr(BQ);
+    float *S = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    float *ap = S + BQ * lds, *kp = ap + mp * round16((size_t)d), *vp = kp + round_nr((size_t)n_keys) * (size_t)d;
+    pack_keys(k, k_stride, n_keys, d, kp);
+    pack_values(v, v_stride, n_keys, d, lds, vp);
+    for (int q0 = 0; q0 < n_q; q0 += BQ) {
+        int bq = n_q - q0 < BQ ? n_q - q0 : BQ;
+        int nk = causal_pos0 < 0 ? n_keys : causal_pos0 + q0 + bq;
+        if (nk > n_keys) nk = n_keys;
+        if (nk <= 0) {
+            for (int i = 0; i < bq; i++) memset(out + (size_t)(q0 + i) * out_stride, 0, sizeof(float) * (size_t)d);
+            continue;
+        }
+        size_t bmp = (size_t)(bq + MR - 1) / MR * MR;
+        for (int t0 = 0; t0 < bq; t0 += MR)
+            pack_a(q + (size_t)q0 * q_stride, q_stride, bq - t0 < MR ? bq - t0 : MR, d, ap, bmp, t0);
+        /* S = Q K^T: K blocks of KC over d (one for the usual head sizes) */
+        for (int k0 = 0; k0 < d; k0 += KC) {
+            int kc = d - k0 < KC ? d - k0 : KC;
+            for (int t0 = 0; t0 < bq; t0 += MR) {
+                int mr = bq - t0 < MR ? bq - t0 : MR;
+                const float *as = ap + a_off(bmp, k0, kc, t0);
+                for (int c0 = 0; c0 < nk; c0 += NR)
+                    ukr(kc, as, kp + (size_t)c0 * d + (size_t)k0 * NR, S + (size_t)t0 * lds + c0, lds, mr,
+                        nk - c0 < NR ? nk - c0 : NR, k0 > 0, NULL, as + MR * kc);
+            }
+        }
+        for (int i = 0; i < bq; i++) {
+            int len = causal_pos0 < 0 ? nk : causal_pos0 + q0 + i + 1;
+            softmax_row(S + (size_t)i * lds, len < nk ? len : nk, nk, scale);
+        }
+        /* O = P V: one chain over the nk keys per output, P read as rows of S */
+        for (int t0 = 0; t0 < bq; t0 += MR) {
+            int mr = bq - t0 < MR ? bq - t0 : MR;
+            for (int c0 = 0; c0 < d; c0 += NR)
+                ukr_rows(nk, S + (size_t)t0 * lds, lds, vp + (size_t)(c0 / NR) * lds * NR,
+                         out + (size_t)(q0 + t0) * out_stride + c0, out_stride, mr, d - c0 < NR ? d - c0 : NR);
+        }
+    }
 }
 #pragma GCC pop_options
 #endif

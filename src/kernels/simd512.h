@@ -23,6 +23,12 @@ int nvlm_gemm_multi_avx512(nvlm_pool *pool, int n_w, float *const *y, const floa
 /* 1 to NVLM_GEMV_MAX tokens, F32/F16/BF16 weights (gemv_avx512.c); other formats go to
  * nvlm_gemv_avx2. Returns 0. */
 int nvlm_gemv_avx512(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias);
+/* nvlm_attention_avx2's contract and bits; more than 3 queries on the 14x32 kernel (K and V
+ * packed once per head), 1-3 queries and more than 8192 keys by nvlm_attention_avx2 itself. */
+void nvlm_attention_avx512(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride,
+                           const float *v, size_t v_stride, int n_keys, int causal_pos0, int d, float scale,
+                           float *out, size_t out_stride, float *scratch);
+size_t nvlm_attention_scratch_avx512(int n_q, int n_keys, int d);
 /* float32 <- F32/F16/BF16/Q8_0/Q4 row (convert_avx512.c); the bits of nvlm_row_to_f32. */
 void nvlm_row_to_f32_avx512(float *dst, const void *src, nvlm_dtype t, int n);
 /* The bits of nvlm_gelu_avx2 / nvlm_silu_mul_avx2, 16 lanes at a time (act_avx512.c). */
