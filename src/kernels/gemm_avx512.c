@@ -61,7 +61,7 @@ AI void store_row(float *c, __m512 r0, __m512 r1, __mmask16 m0, __mmask16 m1, in
 #define STORE_ROW(i) \
     if (R > i && i < mr) store_row(c + (size_t)i * ldc, c##i##a, c##i##b, m0, m1, accumulate, bias);
 
-/* C[0:mr, 0:nr] (+)= A . B over kc, R >= mr rows computed (R constant: 14, 7 or 4). Row i of A
+/* C[0:mr, 0:nr] (+)= A . B over kc, R >= mr rows computed (R constant: 14, 12, 7 or 4). Row i of A
  * at step k is a[i * rs + k * ks]: a packed sliver (rs 1, ks MR; rows past mr are zeros) or
  * rows at a stride (rs lda, ks 1; rows past mr read row 0). b: a packed panel (NR floats per k,
  * 64-byte aligned). accumulate: add to C (K blocks after the first); bias: added after (the last
@@ -104,21 +104,24 @@ AI void ukr_body(const int R, int kc, const float *a, size_t rs, size_t ks, cons
         ukr_body(R, kc, a, lda, 1, b, c, ldc, mr, nr, 0, NULL, b);                                              \
     }
 UKR(14)
+UKR(12)
 UKR(7)
 UKR(4)
 
 /* The smallest instance that covers mr rows: a short last sliver (or a 4-token prompt) does not
- * pay for 14 rows. */
+ * pay for 14 rows; attention's blocks of 24 queries run as 12 + 12. */
 static void ukr(int kc, const float *a, const float *b, float *c, size_t ldc, int mr, int nr, int acc,
                 const float *bias, const float *pf) {
-    if (mr > 7) ukr14(kc, a, b, c, ldc, mr, nr, acc, bias, pf);
+    if (mr > 12) ukr14(kc, a, b, c, ldc, mr, nr, acc, bias, pf);
+    else if (mr > 7) ukr12(kc, a, b, c, ldc, mr, nr, acc, bias, pf);
     else if (mr > 4) ukr7(kc, a, b, c, ldc, mr, nr, acc, bias, pf);
     else ukr4(kc, a, b, c, ldc, mr, nr, acc, bias, pf);
 }
 
 /* A as mr rows at a stride lda, one K block of kc (attention's probabilities, in L2 already). */
 static void ukr_rows(int kc, const float *a, size_t lda, const float *b, float *c, size_t ldc, int mr, int nr) {
-    if (mr > 7) ukr_rows14(kc, a, lda, b, c, ldc, mr, nr);
+    if (mr > 12) ukr_rows14(kc, a, lda, b, c, ldc, mr, nr);
+    else if (mr > 7) ukr_rows12(kc, a, lda, b, c, ldc, mr, nr);
     else if (mr > 4) ukr_rows7(kc, a, lda, b, c, ldc, mr, nr);
     else ukr_rows4(kc, a, lda, b, c, ldc, mr, nr);
 }
@@ -146,12 +149,11 @@ AI void transpose8(__m256 r[8]) {
  * ap[k0 * mp + t / MR * MR * kc + k * MR + t % MR]. */
 static inline size_t a_off(size_t mp, int k0, int kc, int t0) { return (size_t)k0 * mp + (size_t)t0 * kc; }
 
-/* Packs rows t0 .. t0 + mr of x (row stride lda, K columns) as the sliver at t0; rows past mr
- * are zero. 16 columns at a time: 14 rows loaded, written k-major with 14-lane scatters of a
- * 16x16 transpose's rows would cost more than this gather of columns from L1. */
+/* Packs the mr rows at x (row stride lda, K columns) as the sliver at row t0 of ap (a multiple
+ * of MR); rows past mr are zero. Two 8x8 transposes per 8 columns. */
 static void pack_a(const float *x, size_t lda, int mr, int K, float *ap, size_t mp, int t0) {
     const float *row[MR];
-    for (int i = 0; i < MR; i++) row[i] = x + (size_t)(t0 + (i < mr ? i : 0)) * lda;
+    for (int i = 0; i < MR; i++) row[i] = x + (size_t)(i < mr ? i : 0) * lda;
     for (int k0 = 0; k0 < K; k0 += KC) {
         int kc = K - k0 < KC ? K - k0 : KC, k = 0;
         float *dst = ap + a_off(mp, k0, kc, t0);
@@ -296,7 +298,7 @@ static void pack_units(void *ctx, size_t begin, size_t end, int thread) {
     size_t mp = (size_t)(j->n_tok + MR - 1) / MR * MR;
     for (size_t s = begin; s < end; s++) {
         int t0 = (int)s * MR, mr = j->n_tok - t0 < MR ? j->n_tok - t0 : MR;
-        pack_a(j->x, (size_t)j->K, mr, j->K, j->ap, mp, t0);
+        pack_a(j->x + (size_t)t0 * j->K, (size_t)j->K, mr, j->K, j->ap, mp, t0);
     }
 }
 
@@ -353,6 +355,7 @@ int nvlm_gemm_avx512(nvlm_pool *pool, float *y, const float *x, int n_tok, const
 
 enum {
     BQ = 24,             /* queries per block: AVX2's, so a causal block sees the same keys */
+    AQ = 12,             /* queries per sliver: BQ = 2 x 12 (14 + 10 would compute 28 rows) */
     PREPACK_KEYS = 8192, /* gemm_avx2.c's limit of the packed path */
     DIRECT_Q = 3,
 };
@@ -368,7 +371,7 @@ static size_t s_stride(int n_keys) {
 }
 
 static size_t own_scratch(int n_keys, int d) {
-    size_t lds = s_stride(n_keys), mp = round_nr(BQ) /* >= ceil(BQ / MR) * MR */;
+    size_t lds = s_stride(n_keys), mp = (BQ + AQ - 1) / AQ * MR; /* the slivers' rows */
     return 16 + BQ * lds + mp * round16((size_t)d) + round_nr((size_t)n_keys) * (size_t)d + round_nr((size_t)d) * lds;
 }
 
@@ -461,7 +464,7 @@ void nvlm_attention_avx512(const float *q, size_t q_stride, int n_q, const float
                             scratch);
         return;
     }
-    const size_t lds = s_stride(n_keys), mp = round_nr(BQ);
+    const size_t lds = s_stride(n_keys), mp = (BQ + AQ - 1) / AQ * MR;
     float *S = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
     float *ap = S + BQ * lds, *kp = ap + mp * round16((size_t)d), *vp = kp + round_nr((size_t)n_keys) * (size_t)d;
     pack_keys(k, k_stride, n_keys, d, kp);
@@ -474,17 +477,20 @@ void nvlm_attention_avx512(const float *q, size_t q_stride, int n_q, const float
             for (int i = 0; i < bq; i++) memset(out + (size_t)(q0 + i) * out_stride, 0, sizeof(float) * (size_t)d);
             continue;
         }
-        size_t bmp = (size_t)(bq + MR - 1) / MR * MR;
-        for (int t0 = 0; t0 < bq; t0 += MR)
-            pack_a(q + (size_t)q0 * q_stride, q_stride, bq - t0 < MR ? bq - t0 : MR, d, ap, bmp, t0);
+        /* slivers of AQ queries; sliver s in the slot of rows MR * s of ap */
+        const int ns = (bq + AQ - 1) / AQ;
+        const size_t bmp = (size_t)ns * MR;
+        for (int sl = 0; sl < ns; sl++)
+            pack_a(q + (size_t)(q0 + sl * AQ) * q_stride, q_stride, bq - sl * AQ < AQ ? bq - sl * AQ : AQ, d, ap, bmp,
+                   sl * MR);
         /* S = Q K^T: K blocks of KC over d (one for the usual head sizes) */
         for (int k0 = 0; k0 < d; k0 += KC) {
             int kc = d - k0 < KC ? d - k0 : KC;
-            for (int t0 = 0; t0 < bq; t0 += MR) {
-                int mr = bq - t0 < MR ? bq - t0 : MR;
-                const float *as = ap + a_off(bmp, k0, kc, t0);
+            for (int sl = 0; sl < ns; sl++) {
+                int mr = bq - sl * AQ < AQ ? bq - sl * AQ : AQ;
+                const float *as = ap + a_off(bmp, k0, kc, sl * MR);
                 for (int c0 = 0; c0 < nk; c0 += NR)
-                    ukr(kc, as, kp + (size_t)c0 * d + (size_t)k0 * NR, S + (size_t)t0 * lds + c0, lds, mr,
+                    ukr(kc, as, kp + (size_t)c0 * d + (size_t)k0 * NR, S + (size_t)sl * AQ * lds + c0, lds, mr,
                         nk - c0 < NR ? nk - c0 : NR, k0 > 0, NULL, as + MR * kc);
             }
         }
@@ -493,8 +499,8 @@ void nvlm_attention_avx512(const float *q, size_t q_stride, int n_q, const float
             softmax_row(S + (size_t)i * lds, len < nk ? len : nk, nk, scale);
         }
         /* O = P V: one chain over the nk keys per output, P read as rows of S */
-        for (int t0 = 0; t0 < bq; t0 += MR) {
-            int mr = bq - t0 < MR ? bq - t0 : MR;
+        for (int t0 = 0; t0 < bq; t0 += AQ) {
+            int mr = bq - t0 < AQ ? bq - t0 : AQ;
             for (int c0 = 0; c0 < d; c0 += NR)
                 ukr_rows(nk, S + (size_t)t0 * lds, lds, vp + (size_t)(c0 / NR) * lds * NR,
                          out + (size_t)(q0 + t0) * out_stride + c0, out_stride, mr, d - c0 < NR ? d - c0 : NR);
