@@ -1,4 +1,5 @@
-/* The matrix-vector (generation, 1-3 tokens) kernels of gemv_avx2.c against their scalar
+/* The matrix-vector (generation, 1-3 tokens) kernels of gemv_avx2.c and gemv_avx512.c (the
+ * bits of AVX2, checked) against their scalar
  * references, on the shapes they special-case: row counts that are not multiples of the row
  * group (4), K = 32, 96, 896, 4864 (and K % 16 != 0 for the plain formats), 1-3 tokens, block
  * formats beyond the on-stack activation buffer. Also: identical results for 1 and 3 threads,
@@ -7,9 +8,11 @@
  * option against nvlm_vec_dot_q on the same quantized activations. */
 #include "check.h"
 #include "kernels/cpu.h"
+#include "kernels/dispatch.h"
 #include "kernels/ops.h"
 #include "kernels/qblock.h"
 #include "kernels/simd.h"
+#include "kernels/simd512.h"
 #include <math.h>
 
 static uint64_t rng = 0x2545f4914f6cdd1dull;
@@ -96,6 +99,17 @@ static void test_float_path(nvlm_pool *p1, nvlm_pool *p3, int level) {
                         nvlm_matmul(p1, yt, x + (size_t)t * K, 1, &w, bs, NULL);
                         same &= !memcmp(yt, y1 + (size_t)t * N, sizeof(float) * N);
                     }
+#ifdef NVLM_HAVE_AVX512_KERNELS
+                    if (!strncmp(nvlm_kernel_for(nvlm_matmul_op(dt, T), level)->name, "gemv_avx512", 11)) {
+                        float *y2 = malloc(sizeof(float) * 3 * N);
+                        nvlm_pool_set_level(p3, NVLM_CPU_AVX2);
+                        nvlm_matmul(p3, y2, x, T, &w, bs, NULL);
+                        nvlm_pool_set_level(p3, level);
+                        CHECK(!memcmp(y1, y2, sizeof(float) * T * N), "%s %s N=%d K=%d T=%d: not the bits of avx2",
+                              nvlm_cpu_level_name(level), nvlm_dtype_name(dt), N, K, T);
+                        free(y2);
+                    }
+#endif
                     if (level == NVLM_CPU_NEON) continue; /* a property of the scalar and AVX2 code */
                     CHECK(same, "%s N=%d K=%d T=%d: a token's result depends on the tokens beside it",
                           nvlm_dtype_name(dt), N, K, T);
@@ -163,6 +177,31 @@ static void test_threads_large(nvlm_pool *p1, nvlm_pool *p3) {
     }
 }
 
+#ifdef NVLM_HAVE_AVX512_KERNELS
+/* More tokens than NVLM_GEMV_MAX in one call (decode batches): each token's values are those of
+ * a call of its own, every format, 1 and 3 threads. */
+static void test_many_tokens(nvlm_pool *p1, nvlm_pool *p3) {
+    const int N = 70, K = 4864, T = 16;
+    for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
+        void *wd = make_weights(dts[d], N, K);
+        nvlm_wmat w = {dts[d], N, K, wd};
+        float *x = make_x(T, K), *y1 = malloc(sizeof(float) * T * N), *y3 = malloc(sizeof(float) * T * N);
+        float *yt = malloc(sizeof(float) * N), *bias = malloc(sizeof(float) * N);
+        for (int o = 0; o < N; o++) bias[o] = frand();
+        nvlm_gemv_avx512(p1, y1, x, T, &w, bias);
+        nvlm_gemv_avx512(p3, y3, x, T, &w, bias);
+        int same = 1;
+        for (int t = 0; t < T; t++) {
+            nvlm_gemv_avx512(p1, yt, x + (size_t)t * K, 1, &w, bias);
+            same &= !memcmp(yt, y1 + (size_t)t * N, sizeof(float) * N);
+        }
+        CHECK(same, "gemv_avx512 %s T=%d: a token's result depends on the tokens beside it", nvlm_dtype_name(dts[d]), T);
+        CHECK(!memcmp(y1, y3, sizeof(float) * T * N), "gemv_avx512 %s T=%d: 1 and 3 threads differ", nvlm_dtype_name(dts[d]), T);
+        free(wd), free(x), free(y1), free(y3), free(yt), free(bias);
+    }
+}
+#endif
+
 int main(void) {
     nvlm_pool *p1 = NULL, *p3 = NULL;
     nvlm_err err = {0};
@@ -186,6 +225,9 @@ int main(void) {
         test_threads_large(p1, p3);
 #ifdef NVLM_HAVE_AVX2_KERNELS
         if (level == NVLM_CPU_AVX2) test_int8_path(p1, p3);
+#endif
+#ifdef NVLM_HAVE_AVX512_KERNELS
+        if (level == NVLM_CPU_AVX512) test_many_tokens(p1, p3);
 #endif
     }
     nvlm_pool_free(p1);

@@ -4,11 +4,13 @@
 #include "check.h"
 #include "kernels/attention.h"
 #include "kernels/cpu.h"
+#include "kernels/dispatch.h"
 #include "kernels/dtype.h"
 #include "kernels/ops.h"
 #include "kernels/peak.h"
 #include "kernels/qblock.h"
 #include "kernels/simd.h"
+#include "kernels/simd512.h"
 #include "kernels/simd_neon.h"
 #include <math.h>
 #include <stdint.h>
@@ -36,7 +38,9 @@ static void test_matmul(nvlm_pool *p1, nvlm_pool *p3, int level) {
     static const int shapes[][3] = {{1, 37, 67}, {2, 19, 100}, {3, 33, 160}, {4, 17, 64}, {7, 50, 300},
                                     {13, 70, 96}, {25, 17, 520}, {6, 16, 256}, {31, 81, 288},
                                     /* several K blocks with a tail, slivers and groups of panels */
-                                    {37, 100, 600}, {29, 150, 544}};
+                                    {37, 100, 600}, {29, 150, 544},
+                                    /* AVX-512: a 14-row sliver and one row, 4/7/14-row kernels, 32-column panels with tails */
+                                    {15, 33, 257}, {44, 65, 513}, {5, 97, 96}, {8, 31, 17}};
     static const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
@@ -71,6 +75,20 @@ static void test_matmul(nvlm_pool *p1, nvlm_pool *p3, int level) {
                       nvlm_cpu_level_name(level), nvlm_dtype_name(dt), T, N, K);
             }
             nvlm_pool_set_int8_act(p1, 0), nvlm_pool_set_int8_act(p3, 0);
+#ifdef NVLM_HAVE_AVX512_KERNELS
+            /* the AVX-512 float kernels promise AVX2's bits (the same FMA chain per output) */
+            const char *kname = nvlm_kernel_for(nvlm_matmul_op(dt, T), level)->name;
+            if (!strncmp(kname, "gemm_avx512", 11) || !strncmp(kname, "gemv_avx512", 11)) {
+                float *y2 = malloc(sizeof(float) * T * N);
+                nvlm_matmul(p1, y1, x, T, &w, bias, NULL);
+                nvlm_pool_set_level(p1, NVLM_CPU_AVX2);
+                nvlm_matmul(p1, y2, x, T, &w, bias, NULL);
+                nvlm_pool_set_level(p1, level);
+                CHECK(!memcmp(y1, y2, sizeof(float) * T * N), "%s matmul %s T=%d N=%d K=%d: not the bits of avx2",
+                      nvlm_cpu_level_name(level), nvlm_dtype_name(dt), T, N, K);
+                free(y2);
+            }
+#endif
             free(wf), free(x), free(bias), free(wd), free(ref), free(y1), free(y3);
         }
 }
@@ -109,6 +127,64 @@ static void test_matmul_multi(nvlm_pool *p1, nvlm_pool *p3) {
 }
 #endif
 
+#ifdef NVLM_HAVE_AVX512_KERNELS
+/* nvlm_matmul_multi at an AVX-512 level: the same values as one nvlm_matmul each, and as AVX2's
+ * multi-matrix kernel (1 and 3 threads). */
+static void test_matmul_multi_at(nvlm_pool *p1, nvlm_pool *p3, int level) {
+    static const int shapes[][4] = {{40, 96, 40, 288}, {15, 33, 17, 96}, {4, 40, 24, 64}}; /* T, N0, N1, K */
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int T = shapes[s][0], N[3] = {shapes[s][1], shapes[s][2], shapes[s][1] + 5}, K = shapes[s][3];
+        float *x = rand_vec((size_t)T * K, 1.0f), *bias = rand_vec((size_t)N[2], 1.0f);
+        void *wd[3];
+        nvlm_wmat w[3];
+        float *ref[3], *y1[3], *y3[3], *y2[3];
+        for (int i = 0; i < 3; i++) {
+            float *wf = rand_vec((size_t)N[i] * K, 0.5f);
+            nvlm_dtype dt = i == 1 ? NVLM_DT_BF16 : i == 2 ? NVLM_DT_F32 : NVLM_DT_F16;
+            wd[i] = make_weights(dt, wf, N[i], K);
+            w[i] = (nvlm_wmat){dt, N[i], K, wd[i]};
+            ref[i] = malloc(sizeof(float) * T * N[i]), y1[i] = malloc(sizeof(float) * T * N[i]);
+            y3[i] = malloc(sizeof(float) * T * N[i]), y2[i] = malloc(sizeof(float) * T * N[i]);
+            nvlm_matmul(p1, ref[i], x, T, &w[i], i == 1 ? NULL : bias, NULL);
+            free(wf);
+        }
+        const nvlm_wmat *ws[3] = {&w[0], &w[1], &w[2]};
+        const float *bs[3] = {bias, NULL, bias};
+        CHECK(nvlm_matmul_multi(p1, 3, y1, x, T, ws, bs, NULL) == 0 && nvlm_matmul_multi(p3, 3, y3, x, T, ws, bs, NULL) == 0,
+              "%s matmul_multi failed", nvlm_cpu_level_name(level));
+        nvlm_pool_set_level(p1, NVLM_CPU_AVX2);
+        nvlm_matmul_multi(p1, 3, y2, x, T, ws, bs, NULL);
+        nvlm_pool_set_level(p1, level);
+        for (int i = 0; i < 3; i++) {
+            CHECK(!memcmp(y1[i], ref[i], sizeof(float) * T * N[i]), "%s matmul_multi T=%d matrix %d: differs from nvlm_matmul",
+                  nvlm_cpu_level_name(level), T, i);
+            CHECK(!memcmp(y3[i], ref[i], sizeof(float) * T * N[i]), "%s matmul_multi T=%d matrix %d: 3 threads differ",
+                  nvlm_cpu_level_name(level), T, i);
+            CHECK(!memcmp(y2[i], ref[i], sizeof(float) * T * N[i]), "%s matmul_multi T=%d matrix %d: not the bits of avx2",
+                  nvlm_cpu_level_name(level), T, i);
+            free(wd[i]), free(ref[i]), free(y1[i]), free(y3[i]), free(y2[i]);
+        }
+        free(x), free(bias);
+    }
+}
+#endif
+
+/* A product whose packing buffer cannot be allocated (2^20 tokens x 2^28 columns: 1 PiB) is
+ * refused with -1 before anything is read or written. ASan aborts on such a request instead of
+ * returning NULL, so its build skips this. */
+static void test_matmul_nomem(nvlm_pool *p, int level) {
+#if !defined(__SANITIZE_ADDRESS__)
+    float y = 123.0f, x = 0;
+    uint16_t wd = 0;
+    nvlm_wmat w = {NVLM_DT_BF16, 1, 1 << 28, &wd}; /* never read */
+    nvlm_err err = {0};
+    CHECK(nvlm_matmul(p, &y, &x, 1 << 20, &w, NULL, &err) == NVLM_E_NOMEM && y == 123.0f && err.msg[0],
+          "%s matmul without memory for its buffers: not refused", nvlm_cpu_level_name(level));
+#else
+    (void)p, (void)level;
+#endif
+}
+
 static void test_attention(int level) {
     static const int cases[][4] = {/* n_q, n_keys, d, causal_pos0 */
                                    {1, 1, 16, 0},   {1, 37, 16, 36}, {5, 5, 20, -1},  {37, 37, 64, -1},
@@ -116,7 +192,9 @@ static void test_attention(int level) {
                                    /* up to 3 queries: no packing (odd d, causal start inside) */
                                    {2, 41, 20, -1},  {3, 9, 13, 2}, {1, 77, 100, 76}, {2, 150, 72, -1}, {1, 600, 128, 599},
                                    /* beyond PREPACK_KEYS: K and V packed per block of queries */
-                                   {26, 8250, 20, 8230}};
+                                   {26, 8250, 20, 8230},
+                                   /* AVX-512: 32-column panels with tails, 14-row slivers, rests of 16 */
+                                   {29, 61, 100, 30}, {15, 1025, 64, -1}, {4, 33, 40, -1}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         int nq = cases[c][0], nk = cases[c][1], d = cases[c][2], pos0 = cases[c][3];
         size_t qs = (size_t)d + 3, ks = (size_t)2 * d + 1;
@@ -134,6 +212,15 @@ static void test_attention(int level) {
         }
         CHECK(worst <= 2e-6, "%s attention nq=%d nk=%d d=%d pos0=%d: max diff %.3g", nvlm_cpu_level_name(level), nq,
               nk, d, pos0, worst);
+#ifdef NVLM_HAVE_AVX512_KERNELS
+        if (nvlm_kernel_for(NVLM_OP_ATTENTION, level)->attention == nvlm_attention_avx512) {
+            float *s2 = malloc(sizeof(float) * nvlm_attention_scratch(NVLM_CPU_AVX2, nq, nk, d));
+            nvlm_attention(NVLM_CPU_AVX2, q, qs, nq, kv, ks, kv + d, ks, nk, pos0, d, scale, ref, (size_t)d, s2);
+            CHECK(!memcmp(out, ref, sizeof(float) * nq * d), "%s attention nq=%d nk=%d d=%d pos0=%d: not the bits of avx2",
+                  nvlm_cpu_level_name(level), nq, nk, d, pos0);
+            free(s2);
+        }
+#endif
         free(q), free(kv), free(ref), free(out), free(s0), free(s1);
     }
 }
@@ -161,6 +248,18 @@ static void test_activations(nvlm_pool *p, int level) {
         if (!(e <= worst)) worst = e;
     }
     CHECK(worst <= 1, "%s silu_mul: error %.3g x the bound", nvlm_cpu_level_name(level), worst);
+#ifdef NVLM_HAVE_AVX2_KERNELS
+    if (nvlm_cpu_at_least(level, NVLM_CPU_AVX2)) { /* every x86 level: AVX2's bits */
+        memcpy(r, a, sizeof(float) * n), memcpy(s, a, sizeof(float) * n);
+        nvlm_gelu_avx2(r, n);
+        nvlm_gelu_pool(p, s, n);
+        CHECK(!memcmp(r, s, sizeof(float) * n), "%s gelu: not the bits of avx2", nvlm_cpu_level_name(level));
+        memcpy(r, a, sizeof(float) * n), memcpy(s, a, sizeof(float) * n);
+        nvlm_silu_mul_avx2(r, b, n);
+        nvlm_silu_mul_pool(p, s, b, n);
+        CHECK(!memcmp(r, s, sizeof(float) * n), "%s silu_mul: not the bits of avx2", nvlm_cpu_level_name(level));
+    }
+#endif
     free(a), free(b), free(r), free(s);
 }
 
@@ -170,7 +269,7 @@ typedef struct simd_helpers {
     void (*quantize_row_q8a)(const float *x, nvlm_block_q8a *dst, int n);
     void (*row_to_f32)(float *dst, const void *src, nvlm_dtype t, int n);
     float (*vec_dot_q)(nvlm_dtype t, const void *w, const nvlm_block_q8a *x, int n);
-    float (*dot)(const float *a, const float *b, int n); /* NULL: none at this level */
+    float (*dot)(const float *a, const float *b, int n); /* NULL (any of them): none at this level */
 } simd_helpers;
 
 /* F16 edge values (subnormals, infinities, signed zero, quiet NaN): the SIMD conversion must agree
@@ -185,8 +284,10 @@ static void test_simd_helpers(const simd_helpers *h) {
     memset(x + 64, 0, sizeof(float) * 32); /* an all-zero block */
     nvlm_block_q8a a[7], b[7];
     nvlm_quantize_row_q8a(x, a, n);
-    h->quantize_row_q8a(x, b, n);
-    CHECK(!memcmp(a, b, sizeof a), "%s q8a quantization differs from the scalar reference", h->name);
+    if (h->quantize_row_q8a) {
+        h->quantize_row_q8a(x, b, n);
+        CHECK(!memcmp(a, b, sizeof a), "%s q8a quantization differs from the scalar reference", h->name);
+    }
     static const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4};
     for (size_t d = 0; d < 5; d++) {
         void *wd = make_weights(dts[d], w, 1, n);
@@ -195,7 +296,7 @@ static void test_simd_helpers(const simd_helpers *h) {
         nvlm_row_to_f32(r, wd, dts[d], m);
         h->row_to_f32(s, wd, dts[d], m);
         CHECK(!memcmp(r, s, sizeof(float) * m), "%s row_to_f32 %s differs", h->name, nvlm_dtype_name(dts[d]));
-        if (nvlm_dtype_is_block(dts[d])) {
+        if (nvlm_dtype_is_block(dts[d]) && h->vec_dot_q) {
             float dr = nvlm_vec_dot_q(dts[d], wd, a, n), ds = h->vec_dot_q(dts[d], wd, a, n);
             CHECK(fabsf(dr - ds) <= 1e-5f * (fabsf(dr) + 1), "%s vec_dot %s: %g vs %g", h->name,
                   nvlm_dtype_name(dts[d]), ds, dr);
@@ -211,6 +312,21 @@ static void test_simd_helpers(const simd_helpers *h) {
     h->row_to_f32(s, f16_edges, NVLM_DT_F16, 16);
     CHECK(!memcmp(r, s, sizeof r), "%s F16 edge values differ from nvlm_f16_to_f32", h->name);
     free(x), free(w);
+}
+
+/* The table has a kernel for every op, and it is one the level can run. */
+static void test_dispatch_table(int level) {
+    for (int op = 0; op < NVLM_OP_COUNT; op++) {
+        const nvlm_kernel *k = nvlm_kernel_for((nvlm_op)op, level);
+        CHECK(k && (int)k->op == op && nvlm_cpu_at_least(level, k->level) && k->name && strcmp(nvlm_op_name((nvlm_op)op), "?"),
+              "%s: no kernel for op %d", nvlm_cpu_level_name(level), op);
+    }
+#ifdef NVLM_HAVE_AVX512_KERNELS
+    if (nvlm_cpu_at_least(level, NVLM_CPU_AVX512))
+        CHECK(!strncmp(nvlm_kernel_for(NVLM_OP_PREFILL_BF16, level)->name, "gemm_avx512", 11) ||
+                  nvlm_kernel_for(NVLM_OP_PREFILL_BF16, level)->level > NVLM_CPU_AVX512,
+              "%s: BF16 prefill does not run an AVX-512 kernel", nvlm_cpu_level_name(level));
+#endif
 }
 
 /* Quantization round trip: within half a step of the block's scale d, except values past
@@ -366,6 +482,11 @@ int main(void) {
         test_activations(p3, level);
         test_read_spans(p3, level);
         test_scratch_failure(level);
+#ifdef NVLM_HAVE_AVX512_KERNELS
+        if (nvlm_cpu_at_least(level, NVLM_CPU_AVX512)) test_matmul_multi_at(p1, p3, level);
+        if (nvlm_cpu_at_least(level, NVLM_CPU_AVX512)) test_matmul_nomem(p3, level);
+#endif
+        test_dispatch_table(level);
     }
 #ifdef NVLM_HAVE_AVX2_KERNELS
     if (nvlm_cpu_at_least(hw, NVLM_CPU_AVX2)) {
@@ -375,6 +496,12 @@ int main(void) {
         static const simd_helpers avx2 = {"avx2", nvlm_quantize_row_q8a_avx2, nvlm_row_to_f32_avx2,
                                           nvlm_vec_dot_q_avx2, nvlm_dot_avx2};
         test_simd_helpers(&avx2);
+    }
+#endif
+#ifdef NVLM_HAVE_AVX512_KERNELS
+    if (nvlm_cpu_at_least(hw, NVLM_CPU_AVX512)) {
+        static const simd_helpers avx512 = {"avx512", NULL, nvlm_row_to_f32_avx512, NULL, NULL};
+        test_simd_helpers(&avx512);
     }
 #endif
 #ifdef NVLM_HAVE_NEON_KERNELS

@@ -7,12 +7,15 @@
 #include "model/model.h"
 #include "model/tensors.h"
 #include "core/file.h"
+#include "kernels/cpu.h"
+#include "kernels/dispatch.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 static void help(FILE *f) {
-    fprintf(f, "usage: nvlm info --model DIR [--json]\n\n"
+    fprintf(f, "usage: nvlm info --model DIR [--json]\n"
+               "       nvlm info --cpu\n\n"
                "Prints the architecture (NVLM_D, NVLM_X, NVLM_H), the main sizes of config.json,\n"
                "the parameter count of each part (computed from config.json; the ViT's dummy heads\n"
                "from the weights when present, else num_dummy_heads, else the release's 7), the\n"
@@ -20,7 +23,9 @@ static void help(FILE *f) {
                "weights, their files, dtype mix and whether they match the config.\n"
                "Exit status 1 when config.json or the weights are invalid.\n\n"
                "  --model DIR   model folder (config.json [+ safetensors])\n"
-               "  --json        one JSON object instead of text\n");
+               "  --json        one JSON object instead of text\n"
+               "  --cpu         the CPU's features, the kernel level chosen (NVLM_CPU=<level> caps it)\n"
+               "                and the kernel each op runs at that level\n");
 }
 
 /* 79379593344 -> "79,379,593,344" */
@@ -238,15 +243,35 @@ static void print_json(const char *dir, const nvlm_config *c, const nvlm_param_c
     printf("}}\n");
 }
 
+/* The CPU report: features, levels, and the dispatch table's kernel for each op. */
+static void print_cpu(void) {
+    char feat[512];
+    nvlm_cpu_features(feat, sizeof feat);
+    int level = nvlm_cpu_level(), hw = nvlm_cpu_hw_level(), n;
+    const int *levels = nvlm_cpu_levels(&n);
+    printf("cpu features: %s\n", feat[0] ? feat : "(none the kernels use)");
+    printf("levels on this machine:");
+    for (int i = 0; i < n; i++)
+        if (nvlm_cpu_level_usable(levels[i])) printf(" %s", nvlm_cpu_level_name(levels[i]));
+    const char *cap = getenv("NVLM_CPU");
+    printf("\nkernel level: %s", nvlm_cpu_level_name(level));
+    if (level != hw) printf(" (hardware %s, capped by NVLM_CPU=%s)", nvlm_cpu_level_name(hw), cap ? cap : "");
+    printf("\n\n%-26s kernel\n", "op");
+    for (int op = 0; op < NVLM_OP_COUNT; op++)
+        printf("%-26s %s\n", nvlm_op_name((nvlm_op)op), nvlm_kernel_for((nvlm_op)op, level)->name);
+}
+
 int cmd_info(int argc, char **argv) {
     const char *dir = NULL;
-    int json = 0;
+    int json = 0, cpu = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             help(stdout);
             return 0;
         } else if (!strcmp(argv[i], "--json")) {
             json = 1;
+        } else if (!strcmp(argv[i], "--cpu")) {
+            cpu = 1;
         } else if (!strcmp(argv[i], "--model")) {
             if (++i >= argc) return cli_usage_error("info", "--model needs a folder");
             dir = argv[i];
@@ -254,7 +279,13 @@ int cmd_info(int argc, char **argv) {
             return cli_usage_error("info", "unknown option %s", argv[i]);
         }
     }
-    if (!dir) return cli_usage_error("info", "--model DIR is required");
+    if (cpu && json) return cli_usage_error("info", "--cpu prints text only; leave out --json");
+    if (cpu) {
+        print_cpu();
+        if (!dir) return 0;
+        printf("\n");
+    }
+    if (!dir) return cli_usage_error("info", "--model DIR (or --cpu) is required");
     nvlm_config cfg;
     nvlm_err err = {0};
     if (nvlm_config_load(dir, &cfg, &err)) return cli_report("info", &err);

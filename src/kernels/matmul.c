@@ -4,6 +4,7 @@
  * float32 once and applies it to every token, so a weight row is read once per call. */
 #include "core/err.h"
 #include "kernels/cpu.h"
+#include "kernels/dispatch.h"
 #include "kernels/dtype.h"
 #include "kernels/ops.h"
 #include "kernels/qblock.h"
@@ -64,27 +65,25 @@ int nvlm_matmul_scalar(nvlm_pool *pool, float *y, const float *x, int n_tok, con
 int nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
                 const float *bias, nvlm_err *err) {
     if (n_tok <= 0) return NVLM_OK;
-    const int simd = nvlm_dtype_traits_of(w->dtype)->simd; /* else only the scalar path knows the format */
-#ifdef NVLM_HAVE_AVX2_KERNELS
-    if (simd && nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX2))
-        return nvlm_matmul_avx2(pool, y, x, n_tok, w, bias, err);
-#endif
-#ifdef NVLM_HAVE_NEON_KERNELS
-    if (simd && nvlm_pool_level(pool) == NVLM_CPU_NEON) return nvlm_matmul_neon(pool, y, x, n_tok, w, bias, err);
-#endif
-    (void)simd;
-    return nvlm_matmul_scalar(pool, y, x, n_tok, w, bias, err);
+    /* a format only the scalar path knows never reaches a SIMD row of the table */
+    if (!nvlm_dtype_traits_of(w->dtype)->simd) return nvlm_matmul_scalar(pool, y, x, n_tok, w, bias, err);
+    return nvlm_kernel_for(nvlm_matmul_op(w->dtype, n_tok), nvlm_pool_level(pool))->matmul(pool, y, x, n_tok, w, bias, err);
 }
 
 int nvlm_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
                       const nvlm_wmat *const *w, const float *const *bias, nvlm_err *err) {
-    if (n_tok <= 0) return NVLM_OK;
-#ifdef NVLM_HAVE_AVX2_KERNELS
-    int simd = 1;
-    for (int i = 0; i < n_w; i++) simd &= nvlm_dtype_traits_of(w[i]->dtype)->simd;
-    if (simd && nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX2))
-        return nvlm_matmul_multi_avx2(pool, n_w, y, x, n_tok, w, bias, err);
-#endif
+    if (n_tok <= 0 || n_w <= 0) return NVLM_OK;
+    /* together only when every matrix's format runs the same multi-matrix kernel */
+    const int level = nvlm_pool_level(pool);
+    nvlm_matmul_multi_fn multi = NULL;
+    for (int i = 0; i < n_w; i++) {
+        nvlm_matmul_multi_fn m = nvlm_dtype_traits_of(w[i]->dtype)->simd
+                                     ? nvlm_kernel_for(nvlm_matmul_op(w[i]->dtype, n_tok), level)->matmul_multi
+                                     : NULL;
+        multi = i == 0 || m == multi ? m : NULL;
+        if (!multi) break;
+    }
+    if (multi) return multi(pool, n_w, y, x, n_tok, w, bias, err);
     for (int i = 0; i < n_w; i++) {
         int rc = nvlm_matmul(pool, y[i], x, n_tok, w[i], bias[i], err);
         if (rc) return rc;
@@ -94,19 +93,7 @@ int nvlm_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x,
 
 void nvlm_row_to_f32_at(int level, float *dst, const void *src, nvlm_dtype t, int n) {
     if (!nvlm_dtype_traits_of(t)->simd) level = NVLM_CPU_SCALAR;
-#ifdef NVLM_HAVE_AVX2_KERNELS
-    if (nvlm_cpu_at_least(level, NVLM_CPU_AVX2)) {
-        nvlm_row_to_f32_avx2(dst, src, t, n);
-        return;
-    }
-#endif
-#ifdef NVLM_HAVE_NEON_KERNELS
-    if (level == NVLM_CPU_NEON) {
-        nvlm_row_to_f32_neon(dst, src, t, n);
-        return;
-    }
-#endif
-    nvlm_row_to_f32(dst, src, t, n);
+    nvlm_kernel_for(NVLM_OP_CONVERT, level)->row_to_f32(dst, src, t, n);
 }
 
 typedef struct act_job {
@@ -116,7 +103,7 @@ typedef struct act_job {
     int level, silu;
 } act_job;
 
-/* Units of ACT_UNIT elements: every chunk starts at a multiple of 8 (AVX2; NEON: 4), so each
+/* Units of ACT_UNIT elements: every chunk starts at a multiple of 16 (AVX-512; AVX2: 8; NEON: 4), so each
  * element takes the same path (vector body or scalar tail) whatever the number of threads. */
 enum { ACT_UNIT = 64 };
 
@@ -124,22 +111,8 @@ static void act_range(void *ctx, size_t ubegin, size_t uend, int thread) {
     (void)thread;
     const act_job *j = ctx;
     size_t begin = ubegin * ACT_UNIT, end = uend * ACT_UNIT < j->n ? uend * ACT_UNIT : j->n, n = end - begin;
-#ifdef NVLM_HAVE_AVX2_KERNELS
-    if (nvlm_cpu_at_least(j->level, NVLM_CPU_AVX2)) {
-        if (j->silu) nvlm_silu_mul_avx2(j->a + begin, j->b + begin, n);
-        else nvlm_gelu_avx2(j->a + begin, n);
-        return;
-    }
-#endif
-#ifdef NVLM_HAVE_NEON_KERNELS
-    if (j->level == NVLM_CPU_NEON) {
-        if (j->silu) nvlm_silu_mul_neon(j->a + begin, j->b + begin, n);
-        else nvlm_gelu_neon(j->a + begin, n);
-        return;
-    }
-#endif
-    if (j->silu) nvlm_silu_mul(j->a + begin, j->b + begin, n);
-    else nvlm_gelu(j->a + begin, n);
+    if (j->silu) nvlm_kernel_for(NVLM_OP_SILU_MUL, j->level)->silu_mul(j->a + begin, j->b + begin, n);
+    else nvlm_kernel_for(NVLM_OP_GELU, j->level)->gelu(j->a + begin, n);
 }
 
 void nvlm_gelu_pool(nvlm_pool *pool, float *x, size_t n) {

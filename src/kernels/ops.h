@@ -31,7 +31,8 @@ uint16_t nvlm_f32_to_f16(float f);
 void nvlm_to_f32(float *dst, const void *src, nvlm_dtype dtype, size_t n);
 
 /* y[t, o] = sum_i x[t, i] * W[o, i] (+ bias[o]) for t < n_tok: y = x @ W^T + b.
- * x is [n_tok, W.cols], y is [n_tok, W.rows] (may not alias x). bias may be NULL.
+ * x is [n_tok, W.cols], y is [n_tok, W.rows] (may not alias x). bias may be NULL. The kernel is
+ * the one kernels/dispatch.h names for the pool's level (scalar for a format the SIMD kernels lack).
  * The matrix products return NVLM_OK, or NVLM_E_NOMEM when their scratch cannot be had
  * (nvlm_pool_scratch; y is then undefined): a product never skips its work silently. */
 int nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,

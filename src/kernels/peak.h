@@ -23,4 +23,10 @@ double nvlm_read_spans_seconds(nvlm_pool *pool, const nvlm_span *spans, int n, i
 double nvlm_bench_clock(int cpu, int n_threads);
 /* Single-precision FMA peak in GFLOP/s (2 flops per lane) at the pool's level, all threads. */
 double nvlm_peak_fma_gflops(nvlm_pool *pool, int cpu_clock);
+/* The same with the FMA instructions of `level` (clamped to what the machine has), whatever the
+ * pool's level: nvlm bench measures each vector width the CPU has. */
+double nvlm_peak_fma_gflops_at(nvlm_pool *pool, int level, int cpu_clock);
+/* float32 lanes of one FMA of the probe at `level`: 16 (AVX-512), 8 (AVX2), 4 (NEON), 1. Levels
+ * of the same width (avx512, avx512vnni, avx512bf16) have the same float32 peak. */
+int nvlm_peak_fma_lanes(int level);
 #endif

@@ -1,0 +1,160 @@
+/* AVX-512 matrix-vector products (generation: 1 to NVLM_GEMV_MAX tokens) for F32/F16/BF16
+ * weights: rows streamed once from memory, 16 weights at a time converted in registers (BF16:
+ * zero-extension + shift; F16: vcvtph2ps), multiplied by the float32 activations. Q8_0/Q4 rows go to
+ * nvlm_gemv_avx2 (the VNNI kernels are elsewhere).
+ *
+ * Numerics: each output is its row's sum in a fixed order, the same for any group size, token
+ * count or thread count, and the same as gemv_avx2.c: lane l of the one 16-lane accumulator
+ * gathers the products k = 16 i + l in order of i, exactly what AVX2's two 8-lane accumulators
+ * (even and odd 8-column steps) gather; their halves are added (AVX2: a0 + a1), summed across
+ * lanes in AVX2's order (hsum4), and the K % 16 tail is added in order after. So the two levels
+ * give the same bits (tests/test_gemv.c). */
+#include "kernels/simd512.h"
+#ifdef NVLM_HAVE_AVX512_KERNELS
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define AI static inline __attribute__((always_inline))
+#define UNROLL _Pragma("GCC unroll 4")
+
+enum {
+    GEMV_MAX = NVLM_GEMV_MAX,
+    RG_MAX = 2,      /* rows per group at most */
+    ROWS = 1,        /* rows per group: one row stream at a time reads memory fastest (measured:
+                        two streams of 16-lane chains ran at half the speed, like AVX2's finding) */
+    GRAIN_ROWS = 64, /* smallest share of rows handed to a thread */
+    PREFETCH_AHEAD = 1024,
+};
+
+typedef struct gemv_job {
+    float *y;
+    const float *x;
+    int n_tok, rg; /* tokens, rows per group */
+    const nvlm_wmat *w;
+    const float *bias;
+    size_t rb; /* bytes per weight row */
+} gemv_job;
+
+/* 16 weights of a plain-format row from element k, as float32 (exact). F16/BF16 widen two
+ * halves of 8 in 256-bit registers and join them: the 512-bit widenings (vpmovzxwd zmm,
+ * vcvtph2ps zmm) cross 128-bit lanes and measured 14% (BF16) and 8% (F16) slower on Zen 5. */
+AI __m512 load16(nvlm_dtype dt, const uint8_t *row, int k) {
+    if (dt == NVLM_DT_BF16) {
+        const uint8_t *p = row + 2 * (size_t)k;
+        __m256i lo = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16);
+        __m256i hi = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + 16))), 16);
+        return _mm512_castsi512_ps(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1));
+    }
+    if (dt == NVLM_DT_F16) {
+        const uint8_t *p = row + 2 * (size_t)k;
+        __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)), hi = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));
+        return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+    }
+    return _mm512_loadu_ps((const float *)(row + 4 * (size_t)k));
+}
+
+/* gemv_avx2.c's hsum4: row sums of 4 vectors, ((v0+v1)+(v2+v3)) + ((v4+v5)+(v6+v7)) each. */
+AI __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+/* lanes 0-7 + lanes 8-15: AVX2's a0 + a1. */
+AI __m256 fold(__m512 v) { return _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)); }
+
+/* R rows (stride rb bytes) against T tokens; R, T, dt constant after inlining. */
+AI void plain_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const float *x, int K,
+                    float out[GEMV_MAX][RG_MAX]) {
+    const size_t es = dt == NVLM_DT_F32 ? 4 : 2;
+    __m512 acc[GEMV_MAX][RG_MAX];
+    UNROLL
+    for (int t = 0; t < T; t++)
+        UNROLL
+        for (int r = 0; r < R; r++) acc[t][r] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            _mm_prefetch((const char *)w + (size_t)(r + R) * rb + (size_t)k * es + PREFETCH_AHEAD, _MM_HINT_T0);
+            if (es == 4)
+                _mm_prefetch((const char *)w + (size_t)(r + R) * rb + (size_t)k * es + PREFETCH_AHEAD + 32, _MM_HINT_T0);
+            __m512 wv = load16(dt, w + r * rb, k);
+            UNROLL
+            for (int t = 0; t < T; t++) acc[t][r] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + (size_t)t * K + k), acc[t][r]);
+        }
+    }
+    const __m256 z = _mm256_setzero_ps();
+    UNROLL
+    for (int t = 0; t < T; t++) {
+        float s[4];
+        _mm_storeu_ps(s, hsum4(fold(acc[t][0]), R > 1 ? fold(acc[t][1]) : z, z, z));
+        UNROLL
+        for (int r = 0; r < R; r++) out[t][r] = s[r];
+    }
+    if (k < K) {
+        float tail[16];
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            nvlm_row_to_f32_avx512(tail, w + r * rb + (size_t)k * es, dt, K - k);
+            UNROLL
+            for (int t = 0; t < T; t++)
+                for (int i = k; i < K; i++) out[t][r] += x[(size_t)t * K + i] * tail[i - k];
+        }
+    }
+}
+
+AI void group(int R, int T, const gemv_job *j, size_t r0, float out[GEMV_MAX][RG_MAX]) {
+    const uint8_t *w = (const uint8_t *)j->w->data + r0 * j->rb;
+    switch (j->w->dtype) {
+    case NVLM_DT_BF16: plain_group(R, T, NVLM_DT_BF16, w, j->rb, j->x, j->w->cols, out); break;
+    case NVLM_DT_F16: plain_group(R, T, NVLM_DT_F16, w, j->rb, j->x, j->w->cols, out); break;
+    default: plain_group(R, T, NVLM_DT_F32, w, j->rb, j->x, j->w->cols, out); break;
+    }
+}
+
+/* Row groups [begin, end): full groups of rg rows, the matrix's last group possibly shorter. */
+static void gemv_groups(void *ctx, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const gemv_job *j = ctx;
+    const int N = j->w->rows, T = j->n_tok, rg = j->rg;
+    for (size_t g = begin; g < end; g++) {
+        size_t r0 = g * (size_t)rg;
+        int R = N - (int)r0 < rg ? N - (int)r0 : rg;
+        float out[GEMV_MAX][RG_MAX];
+        if (R == 2) {
+            if (T == 1) group(2, 1, j, r0, out);
+            else if (T == 2) group(2, 2, j, r0, out);
+            else group(2, 3, j, r0, out);
+        } else {
+            if (T == 1) group(1, 1, j, r0, out);
+            else if (T == 2) group(1, 2, j, r0, out);
+            else group(1, 3, j, r0, out);
+        }
+        for (int t = 0; t < T; t++)
+            for (int r = 0; r < R; r++) j->y[(size_t)t * N + r0 + r] = j->bias ? out[t][r] + j->bias[r0 + r] : out[t][r];
+    }
+}
+
+/* More than GEMV_MAX tokens run in groups of GEMV_MAX: a token's sums do not depend on the
+ * tokens beside it, so the values are those of one call per token. */
+int nvlm_gemv_avx512(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias) {
+    const int N = w->rows, K = w->cols, rg = ROWS;
+    for (int t0 = 0; t0 < n_tok; t0 += GEMV_MAX) {
+        int T = n_tok - t0 < GEMV_MAX ? n_tok - t0 : GEMV_MAX;
+        float *yt = y + (size_t)t0 * N;
+        const float *xt = x + (size_t)t0 * K;
+        if (nvlm_dtype_is_block(w->dtype)) {
+            if (nvlm_gemv_avx2(pool, yt, xt, T, w, bias, NULL)) return -1; /* the table words it */
+            continue;
+        }
+        gemv_job j = {.y = yt, .x = xt, .n_tok = T, .rg = rg, .w = w, .bias = bias, .rb = nvlm_row_bytes(w->dtype, K)};
+        size_t groups = ((size_t)N + rg - 1) / rg;
+        nvlm_pool_run(pool, groups, (GRAIN_ROWS + rg - 1) / rg, gemv_groups, &j);
+    }
+    return 0;
+}
+#pragma GCC pop_options
+#endif
