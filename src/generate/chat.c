@@ -337,6 +337,8 @@ typedef struct gen_state {
     size_t n_out;
     nvlm_buf text;       /* decoded so far (special tokens skipped), for stop strings */
     nvlm_detok *detok;
+    nvlm_logprobs *logprobs; /* per generated token when asked for */
+    size_t n_logprobs;
 } gen_state;
 
 /* Position of the earliest stop string in text, or -1. */
@@ -354,24 +356,21 @@ static int generate(nvlm_chat *c, const int32_t *prompt, size_t n_prompt, float 
                     nvlm_token_fn on_token, void *user, gen_state *g, int *finish_length, nvlm_err *err) {
     nvlm_model *m = c->m;
     const int V = m->cfg.llm.vocab_size, h = m->cfg.llm.hidden_size;
-    nvlm_rng rng;
-    nvlm_rng_seed(&rng, s->seed);
+    nvlm_sampler sp;
     nvlm_llm_hooks hk;
     const nvlm_llm_hooks *hooks = xattn_hooks(c, &hk);
     float *emb = malloc(sizeof(float) * h);
     g->out = malloc(sizeof(int32_t) * (size_t)(s->max_new_tokens > 0 ? s->max_new_tokens : 1));
-    int32_t *seen = malloc(sizeof(int32_t) * (n_prompt + (size_t)s->max_new_tokens + 1));
-    int rc = emb && g->out && seen ? NVLM_OK : nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    int rc = emb && g->out ? NVLM_OK : nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    if (!rc) rc = nvlm_sampler_init(&sp, s, m->tok, V, m->id_im_end, prompt, n_prompt, err);
+    if (rc) memset(&sp, 0, sizeof sp);
     if (!rc) rc = nvlm_detok_new(m->tok, 1, &g->detok, err);
-    if (!rc) memcpy(seen, prompt, sizeof(int32_t) * n_prompt);
     *finish_length = 1;
     for (int step = 0; !rc && step < s->max_new_tokens; step++) {
         if ((rc = check_abort(c, err))) break;
-        if (s->repetition_penalty != 1.0f)
-            nvlm_repetition_penalty(logits, V, seen, n_prompt + g->n_out, s->repetition_penalty);
-        int32_t id = nvlm_sample(logits, V, s, &rng, NULL);
+        int32_t id;
+        if ((rc = nvlm_sampler_next(&sp, logits, &id, err))) break;
         g->out[g->n_out++] = id;
-        seen[n_prompt + g->n_out - 1] = id;
         char *piece = NULL;
         size_t plen = 0;
         if ((rc = nvlm_detok_push(g->detok, id, &piece, &plen, err))) break;
@@ -388,8 +387,9 @@ static int generate(nvlm_chat *c, const int32_t *prompt, size_t n_prompt, float 
         if ((rc = nvlm_llm_forward(m, &c->kv, emb, 1, hooks, logits, 0, err))) break;
         rc = remember_ids(c, &id, (size_t)c->kv.len - 1, (size_t)c->kv.len, err);
     }
+    g->logprobs = nvlm_sampler_take_logprobs(&sp, &g->n_logprobs);
+    nvlm_sampler_free(&sp);
     free(emb);
-    free(seen);
     return rc;
 }
 
@@ -447,12 +447,15 @@ int nvlm_chat_ask(nvlm_chat *c, const char *question, const nvlm_sampling *s_in,
         out->output_ids = g.out;
         out->n_output = g.n_out;
         g.out = NULL;
+        out->logprobs = g.logprobs; /* one per output id */
+        g.logprobs = NULL;
         out->n_images = (size_t)c->n_images;
         out->num_patches = malloc(sizeof(int) * (size_t)(c->n_images + 1));
         for (int i = 0; out->num_patches && i < c->n_images; i++) out->num_patches[i] = c->images[i].n_tiles;
         out->vit_ms = t1 - t0, out->prompt_ms = t2 - t1, out->gen_ms = t3 - t2;
     }
     free(g.out);
+    free(g.logprobs);
     nvlm_buf_free(&g.text);
     nvlm_detok_free(g.detok);
     free(logits);
@@ -468,6 +471,7 @@ void nvlm_answer_free(nvlm_answer *a) {
     free(a->output_ids);
     free(a->num_patches);
     free(a->last_logits);
+    free(a->logprobs);
     memset(a, 0, sizeof *a);
 }
 
