@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static uint64_t splitmix64(uint64_t *x) {
     uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
@@ -131,6 +132,20 @@ void nvlm_logprobs_of(const float *logits, int n_vocab, int32_t chosen, int n_to
 
 enum { GREEDY_CANDIDATES = 32, SAMPLE_CANDIDATES = 256 };
 
+static double clock_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
+
+/* gc_allowed, timed into the sampler's grammar_us (the benchmark's "constraint" figure) */
+static int allowed_timed(nvlm_sampler *sp, int32_t id) {
+    double t0 = clock_us();
+    int ok = gc_allowed(sp->gc, id);
+    sp->grammar_us += clock_us() - t0;
+    return ok;
+}
+
 int nvlm_sampler_init(nvlm_sampler *sp, const nvlm_sampling *s, const nvlm_tokenizer *tok, int n_vocab, int32_t eos,
                       const int32_t *prompt, size_t n_prompt, nvlm_err *err) {
     memset(sp, 0, sizeof *sp);
@@ -235,7 +250,9 @@ static int32_t sample_among(scored *c, int n, const nvlm_sampling *s, nvlm_rng *
 /* Every allowed token with its logit into c; how many (-1: out of memory). */
 static long allowed_list(nvlm_sampler *sp, const float *logits, scored *c) {
     const uint8_t *mask;
+    double t0 = clock_us();
     long n = gc_mask(sp->gc, &mask);
+    sp->grammar_us += clock_us() - t0;
     if (n <= 0) return n;
     long k = 0;
     for (int i = 0; i < sp->n_vocab; i++)
@@ -260,7 +277,7 @@ static int pick_constrained(nvlm_sampler *sp, const float *logits, int32_t *id, 
     int n = top_candidates(logits, sp->n_vocab, c, greedy ? GREEDY_CANDIDATES : SAMPLE_CANDIDATES);
     if (greedy) {
         for (int i = 0; i < n; i++)
-            if (gc_allowed(gc, c[i].id)) return *id = c[i].id, NVLM_OK;
+            if (allowed_timed(sp, c[i].id)) return *id = c[i].id, NVLM_OK;
     } else {
         float mx = c[0].p;
         double z = 0, in_top = 0, allowed = 0;
@@ -269,7 +286,7 @@ static int pick_constrained(nvlm_sampler *sp, const float *logits, int32_t *id, 
         for (int i = 0; i < n; i++) {
             double p = expf((c[i].p - mx) / s->temperature);
             in_top += p;
-            if (gc_allowed(gc, c[i].id)) c[k++] = c[i], allowed += p, found++;
+            if (allowed_timed(sp, c[i].id)) c[k++] = c[i], allowed += p, found++;
         }
         if (found && ((s->top_k > 0 && found >= s->top_k) || z - in_top <= 1e-6 * allowed))
             return *id = sample_among(c, k, s, &sp->rng), NVLM_OK;
@@ -312,7 +329,11 @@ int nvlm_sampler_next(nvlm_sampler *sp, float *logits, int32_t *id, nvlm_err *er
     /* neither path writes logits: the logprobs below see them before temperature and mask */
     int rc = sp->gc ? pick_constrained(sp, logits, id, err) : (*id = nvlm_sample(logits, V, s, &sp->rng, NULL), NVLM_OK);
     if (!rc && s->logprobs) rc = record_logprobs(sp, logits, *id, err);
-    if (!rc && sp->gc) rc = gc_accept(sp->gc, *id, err);
+    if (!rc && sp->gc) {
+        double t0 = clock_us();
+        rc = gc_accept(sp->gc, *id, err);
+        sp->grammar_us += clock_us() - t0;
+    }
     if (rc) return rc;
     if (sp->n_seen < sp->cap_seen) sp->seen[sp->n_seen++] = *id;
     if (sp->counts && *id >= 0 && *id < V) sp->counts[*id]++;

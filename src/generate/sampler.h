@@ -35,6 +35,7 @@ typedef struct nvlm_sampler {
     void *scratch;               /* the grammar's candidates */
     nvlm_logprobs *lp;           /* one per generated token, when s.logprobs */
     size_t n_lp, cap_lp;
+    double grammar_us;           /* time spent in the grammar's checks, masks and moves */
 } nvlm_sampler;
 
 int nvlm_sampler_init(nvlm_sampler *sp, const nvlm_sampling *s, const nvlm_tokenizer *tok, int n_vocab, int32_t eos,
