@@ -309,6 +309,11 @@ typedef struct nvlm_answer {
  * on_token may be NULL. The KV cache of the common prefix with the previous turn is reused. */
 int nvlm_chat_ask(nvlm_chat *c, const char *question, const nvlm_sampling *s,
                   nvlm_token_fn on_token, void *user, nvlm_answer *out, nvlm_err *err);
+/* A raw completion (OpenAI's /v1/completions): prompt is tokenized as it is, with no chat
+ * template and no images; the answer is not stripped and does not join the history. The KV
+ * cache of the common prefix with the previous call is reused as in nvlm_chat_ask. */
+int nvlm_chat_complete(nvlm_chat *c, const char *prompt, const nvlm_sampling *s, nvlm_token_fn on_token, void *user,
+                       nvlm_answer *out, nvlm_err *err);
 void nvlm_answer_free(nvlm_answer *a);
 
 #ifdef __cplusplus

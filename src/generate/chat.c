@@ -393,8 +393,9 @@ static int generate(nvlm_chat *c, const int32_t *prompt, size_t n_prompt, float 
     return rc;
 }
 
-/* decode(skip special) -> before first "<|im_end|>" -> before a stop string -> str.strip(). */
-static int make_response(nvlm_chat *c, const gen_state *g, const nvlm_sampling *s, char **out, nvlm_err *err) {
+/* decode(skip special) -> before first "<|im_end|>" -> before a stop string -> str.strip()
+ * (raw completions: not stripped). */
+static int make_response(nvlm_chat *c, const gen_state *g, const nvlm_sampling *s, int raw, char **out, nvlm_err *err) {
     size_t len;
     int rc = nvlm_tokenizer_decode(c->m->tok, g->out, g->n_out, 1, out, &len, err);
     if (rc) return rc;
@@ -402,20 +403,22 @@ static int make_response(nvlm_chat *c, const gen_state *g, const nvlm_sampling *
     if (cut) *cut = 0;
     long st = find_stop(*out, s->stop);
     if (st >= 0) (*out)[st] = 0;
-    nvlm_py_strip(*out);
+    if (!raw) nvlm_py_strip(*out);
     return NVLM_OK;
 }
 
-int nvlm_chat_ask(nvlm_chat *c, const char *question, const nvlm_sampling *s_in, nvlm_token_fn on_token,
-                  void *user, nvlm_answer *out, nvlm_err *err) {
+/* raw: the text is the whole prompt (no template, no images, nothing joins the history). */
+static int ask(nvlm_chat *c, const char *question, int raw, const nvlm_sampling *s_in, nvlm_token_fn on_token,
+               void *user, nvlm_answer *out, nvlm_err *err) {
     memset(out, 0, sizeof *out);
     if (!c || !question) return nvlm_fail(err, NVLM_E_INVALID_ARG, "no chat or no question");
+    if (raw && c->n_images) return nvlm_fail(err, NVLM_E_INVALID_ARG, "a raw completion takes no images");
     nvlm_sampling s;
     if (s_in) s = *s_in;
     else nvlm_sampling_default(&s);
     nvlm_model *m = c->m;
     const int V = m->cfg.llm.vocab_size;
-    char *q = effective_question(c, question);
+    char *q = raw ? strdup(question) : effective_question(c, question);
     if (!q) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
     gen_state g = {0};
     float *logits = malloc(sizeof(float) * V);
@@ -423,7 +426,8 @@ int nvlm_chat_ask(nvlm_chat *c, const char *question, const nvlm_sampling *s_in,
     double t0 = now_ms();
     if (!rc) rc = encode_pending_images(c, err);
     double t1 = now_ms();
-    if (!rc) rc = build_prompt_ids(c, q, &out->prompt_ids, &out->n_prompt, err);
+    if (!rc && raw) rc = nvlm_tokenizer_encode(m->tok, q, strlen(q), &out->prompt_ids, &out->n_prompt, err);
+    else if (!rc) rc = build_prompt_ids(c, q, &out->prompt_ids, &out->n_prompt, err);
     if (!rc) rc = check_image_tokens(c, out->prompt_ids, out->n_prompt, err);
     if (!rc && out->n_prompt == 0) rc = nvlm_fail(err, NVLM_E_INVALID_ARG, "empty prompt");
     if (!rc) {
@@ -441,8 +445,8 @@ int nvlm_chat_ask(nvlm_chat *c, const char *question, const nvlm_sampling *s_in,
     }
     if (!rc) rc = generate(c, out->prompt_ids, out->n_prompt, logits, &s, on_token, user, &g, &out->finish_length, err);
     double t3 = now_ms();
-    if (!rc) rc = make_response(c, &g, &s, &out->response, err);
-    if (!rc) rc = push_turn(c, q, out->response, err);
+    if (!rc) rc = make_response(c, &g, &s, raw, &out->response, err);
+    if (!rc && !raw) rc = push_turn(c, q, out->response, err);
     if (!rc) {
         out->output_ids = g.out;
         out->n_output = g.n_out;
@@ -462,6 +466,16 @@ int nvlm_chat_ask(nvlm_chat *c, const char *question, const nvlm_sampling *s_in,
     free(q);
     if (rc) nvlm_answer_free(out);
     return rc;
+}
+
+int nvlm_chat_ask(nvlm_chat *c, const char *question, const nvlm_sampling *s, nvlm_token_fn on_token, void *user,
+                  nvlm_answer *out, nvlm_err *err) {
+    return ask(c, question, 0, s, on_token, user, out, err);
+}
+
+int nvlm_chat_complete(nvlm_chat *c, const char *prompt, const nvlm_sampling *s, nvlm_token_fn on_token, void *user,
+                       nvlm_answer *out, nvlm_err *err) {
+    return ask(c, prompt, 1, s, on_token, user, out, err);
 }
 
 void nvlm_answer_free(nvlm_answer *a) {

@@ -81,6 +81,8 @@ void serve_job_release(serve_job *j) {
     nvlm_chat_free(j->chat);
     serve_request_free(&j->req);
     nvlm_answer_free(&j->answer);
+    for (int i = 0; i < j->n_extra; i++) nvlm_answer_free(&j->extra[i]);
+    free(j->extra);
     nvlm_buf_free(&j->events);
     serve_textstream_free(&j->ts);
     pthread_cond_destroy(&j->cv);
@@ -108,7 +110,9 @@ static void sse_done(serve_job *j) {
 }
 
 static void sse_content(serve_job *j, char *delta, size_t dlen) {
-    if (dlen) sse_event(j, serve_chunk_json(j->id, j->model, j->created, NULL, delta, dlen, NULL));
+    if (dlen)
+        sse_event(j, j->req.raw ? serve_text_chunk_json(j->id, j->model, j->created, delta, dlen, NULL)
+                                : serve_chunk_json(j->id, j->model, j->created, NULL, delta, dlen, NULL));
     free(delta);
 }
 
@@ -167,7 +171,8 @@ static void stream_end(serve_job *j, int rc) {
         if (serve_textstream_finish(&j->ts, j->answer.response, &delta, &dlen)) atomic_store(&j->cancelled, 1);
         sse_content(j, delta, dlen);
         const char *fin = j->answer.finish_length ? "length" : "stop";
-        sse_event(j, serve_chunk_json(j->id, j->model, j->created, NULL, NULL, 0, fin));
+        sse_event(j, j->req.raw ? serve_text_chunk_json(j->id, j->model, j->created, "", 0, fin)
+                                : serve_chunk_json(j->id, j->model, j->created, NULL, NULL, 0, fin));
         if (j->req.include_usage)
             sse_event(j, serve_usage_chunk_json(j->id, j->model, j->created, j->answer.n_prompt, j->answer.n_output));
     }
@@ -185,11 +190,14 @@ static void run_job(serve_sched *s, serve_job *j) {
         rc = nvlm_fail(&j->err, NVLM_E_CANCELLED, "cancelled before it started (client gone or server stopping)");
         if (j->req.stream) stream_end(j, rc);
     } else {
-        if (j->req.stream) sse_event(j, serve_chunk_json(j->id, j->model, j->created, "assistant", "", 0, NULL));
+        if (j->req.stream && !j->req.raw)
+            sse_event(j, serve_chunk_json(j->id, j->model, j->created, "assistant", "", 0, NULL));
         token_ctx t = {s, j};
         nvlm_chat_set_abort(j->chat, on_poll, &t);
         ticket_acquire(&s->compute);
-        rc = nvlm_chat_ask(j->chat, j->req.question, &j->req.sampling, on_token, &t, &j->answer, &j->err);
+        rc = j->req.raw ? nvlm_chat_complete(j->chat, j->req.question, &j->req.sampling, on_token, &t, &j->answer, &j->err)
+                        : nvlm_chat_ask(j->chat, j->req.question, &j->req.sampling, on_token, &t, &j->answer, &j->err);
+        if (!rc) rc = serve_extra_choices(s->model, j, on_token, &t);
         ticket_release(&s->compute);
         nvlm_chat_set_abort(j->chat, NULL, NULL);
         if (j->req.stream) stream_end(j, rc);

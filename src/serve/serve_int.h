@@ -49,16 +49,26 @@ typedef struct serve_request {
     char *question;              /* the last user message */
     nvlm_image *images;          /* every image of the conversation, in order */
     int n_images;
-    nvlm_sampling sampling;      /* stop points into stop[] */
+    nvlm_sampling sampling;      /* stop points into stop[], grammar to grammar, logit_bias to bias */
     char **stop;                 /* NULL-terminated */
     int max_tokens;              /* 0: not given */
     int stream, include_usage;
+    nvlm_grammar *grammar;       /* response_format json_object / json_schema, else NULL */
+    nvlm_logit_bias *bias;
+    int n;                       /* choices, 1 to SERVE_MAX_N */
+    int max_tiles;               /* max_dynamic_patch (body or mm_processor_kwargs); 0: not given */
+    int raw;                     /* /v1/completions: question is the whole prompt, no template */
 } serve_request;
+
+enum { SERVE_MAX_N = 8, SERVE_MAX_TILES = 40 };
 
 /* Parses and validates a request body; defaults come from *defaults (stop is ignored). */
 int serve_parse_request(const char *body, size_t len, const serve_limits *lim, const nvlm_sampling *defaults,
                         serve_request *out, serve_error *e);
 void serve_request_free(serve_request *r);
+/* A /v1/completions body: "prompt" (a string) is the raw prompt; images are refused. */
+int serve_parse_completion(const char *body, size_t len, const nvlm_sampling *defaults, serve_request *out,
+                           serve_error *e);
 
 /* ------------------------------------------------------------ prompt.c */
 
@@ -82,6 +92,22 @@ char *serve_chunk_json(const char *id, const char *model, long created, const ch
                        size_t content_len, const char *finish);
 char *serve_usage_chunk_json(const char *id, const char *model, long created, size_t prompt_tokens,
                              size_t completion_tokens);
+
+/* The reply to a request of n answers (chat.completion, or text_completion for a raw one), with
+ * logprobs when asked (chat: content[{token, logprob, bytes, top_logprobs}]; completions: the
+ * legacy tokens/token_logprobs/top_logprobs/text_offset), a closing stop_id left out. */
+char *serve_answers_json(const char *id, const char *model, long created, const serve_request *r,
+                         const nvlm_tokenizer *tok, int32_t stop_id, const nvlm_answer *answers, int n);
+/* chat logprobs {"content": [...]} of n tokens, or NULL (out of memory). */
+struct cJSON *serve_chat_logprobs(const nvlm_tokenizer *tok, const nvlm_logprobs *lp, size_t n);
+/* A streamed text_completion chunk. */
+char *serve_text_chunk_json(const char *id, const char *model, long created, const char *text, size_t len,
+                            const char *finish);
+/* /v1/models with the context length (max_model_len, context_length) and the tile bound. */
+char *serve_model_list_json(const char *model_id, long created, int ctx, int max_tiles);
+
+/* /props: the server's settings (limits, defaults) for clients and operators. */
+char *serve_props_json(const nvlm_serve_options *o, const char *model_id, const char *arch, int ctx, int max_tiles);
 
 /* -------------------------------------------------------- textstream.c */
 
@@ -159,6 +185,8 @@ struct serve_job {
     nvlm_buf events;             /* SSE bytes produced (stream) */
     size_t events_read;
     nvlm_answer answer;
+    nvlm_answer *extra;          /* n > 1: the answers of choices 1 .. n_extra */
+    int n_extra;
     nvlm_err err;
     double t_start, t_first, t_end;
     atomic_int cancelled;
@@ -180,6 +208,9 @@ typedef struct serve_sched {
     serve_job **running;         /* [n_workers], under mu: what each worker generates */
     int n_workers;
 } serve_sched;
+
+/* choices.c: the answers of choices 1 .. n-1 of j (its own seed each), after the first. */
+int serve_extra_choices(nvlm_model *m, serve_job *j, nvlm_token_fn on_token, void *user);
 
 /* A job owning req and chat (moved in); one reference for the caller. */
 int serve_job_new(serve_request *req, nvlm_chat *chat, serve_job **out);
