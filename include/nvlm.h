@@ -256,6 +256,9 @@ typedef struct nvlm_sampling {
     int logprobs;             /* 1: nvlm_answer.logprobs gets one entry per generated token */
     int top_logprobs;         /* 0..NVLM_MAX_TOP_LOGPROBS alternatives per token (with logprobs) */
     const nvlm_grammar *grammar; /* NULL: free text; else the answer follows it (docs/grammar.md) */
+    /* with logprobs: called for each generated token as soon as it is chosen (before on_token) */
+    void (*on_logprobs)(void *user, const nvlm_logprobs *lp);
+    void *logprobs_user;
 } nvlm_sampling;
 
 void nvlm_sampling_default(nvlm_sampling *s);

@@ -68,6 +68,39 @@ static void check_logprobs(int port, const cJSON *cs) {
     cJSON_Delete(req);
 }
 
+/* Streamed with logprobs: the chunks' entries, in order, are the plain answer's. */
+static void check_stream_logprobs(int port) {
+    const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"Hello, who are you?\"}],\"max_tokens\":12,"
+                       "\"logprobs\":true,\"top_logprobs\":3%s}";
+    char plain[512], streamed[512];
+    snprintf(plain, sizeof plain, body, "");
+    snprintf(streamed, sizeof streamed, body, ",\"stream\":true");
+    int st;
+    cJSON *j = post(port, "/v1/chat/completions", plain, &st);
+    const cJSON *want = cJSON_GetObjectItem(cJSON_GetObjectItem(choice(j, 0), "logprobs"), "content");
+    resp r;
+    int ok = !http(port, "POST", "/v1/chat/completions", NULL, streamed, &r) && r.status == 200;
+    CHECK(ok && st == 200 && cJSON_GetArraySize(want) > 0, "logprobs plain %d / streamed", st);
+    int k = 0, same = 1;
+    char *save = NULL;
+    for (char *ev = ok ? strtok_r(r.body, "\n", &save) : NULL; ev; ev = strtok_r(NULL, "\n", &save)) {
+        if (strncmp(ev, "data: {", 7)) continue;
+        cJSON *c = cJSON_Parse(ev + 6);
+        const cJSON *e, *lc = cJSON_GetObjectItem(cJSON_GetObjectItem(choice(c, 0), "logprobs"), "content");
+        cJSON_ArrayForEach(e, lc) {
+            const cJSON *w = cJSON_GetArrayItem(want, k++);
+            same &= w && !strcmp(cJSON_GetObjectItem(w, "token")->valuestring, cJSON_GetObjectItem(e, "token")->valuestring) &&
+                    cJSON_GetNumberValue(cJSON_GetObjectItem(w, "logprob")) == cJSON_GetNumberValue(cJSON_GetObjectItem(e, "logprob")) &&
+                    cJSON_GetArraySize(cJSON_GetObjectItem(e, "top_logprobs")) == 3;
+        }
+        cJSON_Delete(c);
+    }
+    CHECK(same && k == cJSON_GetArraySize(want), "streamed logprobs: %d entries vs %d plain, same %d", k,
+          cJSON_GetArraySize(want), same);
+    if (ok) resp_free(&r);
+    cJSON_Delete(j);
+}
+
 static void check_json_schema(int port) {
     static const char *const bodies[] = {
         "{\"messages\":[{\"role\":\"user\",\"content\":\"A receipt, please.\"}],\"max_tokens\":300,\"seed\":%d,"
@@ -262,6 +295,7 @@ int main(void) {
         int port = nvlm_server_port(a);
         check_info(port);
         check_logprobs(port, case_by_id(all, "text_only"));
+        check_stream_logprobs(port);
         check_json_schema(port);
         check_n(port);
         check_completions(port, m);

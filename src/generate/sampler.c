@@ -315,6 +315,7 @@ static int record_logprobs(nvlm_sampler *sp, const float *logits, int32_t id, nv
         sp->lp = n, sp->cap_lp = cap;
     }
     nvlm_logprobs_of(logits, sp->n_vocab, id, sp->s.top_logprobs, &sp->lp[sp->n_lp++]);
+    if (sp->s.on_logprobs) sp->s.on_logprobs(sp->s.logprobs_user, &sp->lp[sp->n_lp - 1]);
     return NVLM_OK;
 }
 

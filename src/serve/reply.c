@@ -70,8 +70,23 @@ char *serve_completion_json(const char *id, const char *model, long created, con
     return finish(root, ok);
 }
 
+static char *chunk_json(const char *id, const char *model, long created, const char *role, const char *content,
+                        size_t content_len, const char *finish_r, cJSON *lp);
+
 char *serve_chunk_json(const char *id, const char *model, long created, const char *role, const char *content,
                        size_t content_len, const char *finish_r) {
+    return chunk_json(id, model, created, role, content, content_len, finish_r, NULL);
+}
+
+char *serve_chunk_logprobs_json(const char *id, const char *model, long created, const char *content, size_t content_len,
+                                const char *finish_r, const nvlm_tokenizer *tok, const nvlm_logprobs *lp, size_t n) {
+    cJSON *l = serve_chat_logprobs(tok, lp, n);
+    return l ? chunk_json(id, model, created, NULL, content, content_len, finish_r, l) : NULL;
+}
+
+/* lp (taken, may be NULL) becomes the choice's logprobs. */
+static char *chunk_json(const char *id, const char *model, long created, const char *role, const char *content,
+                        size_t content_len, const char *finish_r, cJSON *lp) {
     cJSON *root = cJSON_CreateObject();
     int ok = root && add_head(root, id, "chat.completion.chunk", model, created);
     cJSON *choices = ok ? cJSON_AddArrayToObject(root, "choices") : NULL, *c = choices ? add_choice(choices) : NULL;
@@ -84,8 +99,10 @@ char *serve_chunk_json(const char *id, const char *model, long created, const ch
         ok = t && cJSON_AddStringToObject(delta, "content", t);
         free(t);
     }
-    ok = ok && cJSON_AddNullToObject(c, "logprobs") &&
-         (finish_r ? cJSON_AddStringToObject(c, "finish_reason", finish_r) != NULL
+    if (ok && lp) ok = cJSON_AddItemToObject(c, "logprobs", lp), lp = NULL;
+    else if (ok) ok = cJSON_AddNullToObject(c, "logprobs") != NULL;
+    cJSON_Delete(lp);
+    ok = ok && (finish_r ? cJSON_AddStringToObject(c, "finish_reason", finish_r) != NULL
                    : cJSON_AddNullToObject(c, "finish_reason") != NULL);
     return finish(root, ok);
 }

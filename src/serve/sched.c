@@ -83,6 +83,7 @@ void serve_job_release(serve_job *j) {
     nvlm_answer_free(&j->answer);
     for (int i = 0; i < j->n_extra; i++) nvlm_answer_free(&j->extra[i]);
     free(j->extra);
+    free(j->lp_pending);
     nvlm_buf_free(&j->events);
     serve_textstream_free(&j->ts);
     pthread_cond_destroy(&j->cv);
@@ -109,11 +110,33 @@ static void sse_done(serve_job *j) {
     pthread_mutex_unlock(&j->mu);
 }
 
-static void sse_content(serve_job *j, char *delta, size_t dlen) {
-    if (dlen)
+/* A content chunk; with logprobs it carries those of the tokens generated since the last one
+ * (flush: also when the text is empty, so that none is lost at the end). */
+static void sse_content(serve_job *j, char *delta, size_t dlen, int flush) {
+    if (j->n_pending && (dlen || flush) && !j->req.raw) {
+        sse_event(j, serve_chunk_logprobs_json(j->id, j->model, j->created, delta ? delta : "", dlen, NULL, j->tok,
+                                               j->lp_pending, j->n_pending));
+        j->n_pending = 0;
+    } else if (dlen) {
         sse_event(j, j->req.raw ? serve_text_chunk_json(j->id, j->model, j->created, delta, dlen, NULL)
                                 : serve_chunk_json(j->id, j->model, j->created, NULL, delta, dlen, NULL));
+    }
     free(delta);
+}
+
+/* The sampler's logprobs of each token, kept until its text goes out in a chunk. */
+static void stash_logprobs(void *user, const nvlm_logprobs *lp) {
+    serve_job *j = user;
+    if (j->n_pending == j->cap_pending) {
+        size_t cap = j->cap_pending ? 2 * j->cap_pending : 16;
+        nvlm_logprobs *n = realloc(j->lp_pending, sizeof *n * cap);
+        if (!n) {
+            atomic_store(&j->cancelled, 1);
+            return;
+        }
+        j->lp_pending = n, j->cap_pending = cap;
+    }
+    j->lp_pending[j->n_pending++] = *lp;
 }
 
 typedef struct token_ctx {
@@ -134,7 +157,7 @@ static int on_token(void *user, int32_t id, const char *text, size_t len) {
         char *delta = NULL;
         size_t dlen = 0;
         if (serve_textstream_push(&j->ts, text, len, &delta, &dlen)) atomic_store(&j->cancelled, 1);
-        sse_content(j, delta, dlen);
+        sse_content(j, delta, dlen, 0);
     }
     if (atomic_load(&j->cancelled)) return 1;
     ticket_yield(&t->s->compute);
@@ -169,7 +192,11 @@ static void stream_end(serve_job *j, int rc) {
         char *delta = NULL;
         size_t dlen = 0;
         if (serve_textstream_finish(&j->ts, j->answer.response, &delta, &dlen)) atomic_store(&j->cancelled, 1);
-        sse_content(j, delta, dlen);
+        const nvlm_answer *a = &j->answer; /* the closing stop token has no logprobs entry */
+        if (j->n_pending && !a->finish_length && a->n_output && a->output_ids[a->n_output - 1] == j->lp_pending[j->n_pending - 1].chosen.id &&
+            nvlm_tokenizer_is_special(j->tok, a->output_ids[a->n_output - 1]))
+            j->n_pending--;
+        sse_content(j, delta, dlen, 1);
         const char *fin = j->answer.finish_length ? "length" : "stop";
         sse_event(j, j->req.raw ? serve_text_chunk_json(j->id, j->model, j->created, "", 0, fin)
                                 : serve_chunk_json(j->id, j->model, j->created, NULL, NULL, 0, fin));
@@ -193,6 +220,10 @@ static void run_job(serve_sched *s, serve_job *j) {
         if (j->req.stream && !j->req.raw)
             sse_event(j, serve_chunk_json(j->id, j->model, j->created, "assistant", "", 0, NULL));
         token_ctx t = {s, j};
+        if (j->req.stream && j->req.sampling.logprobs) {
+            j->tok = nvlm_model_tokenizer(s->model);
+            j->req.sampling.on_logprobs = stash_logprobs, j->req.sampling.logprobs_user = j;
+        }
         nvlm_chat_set_abort(j->chat, on_poll, &t);
         ticket_acquire(&s->compute);
         rc = j->req.raw ? nvlm_chat_complete(j->chat, j->req.question, &j->req.sampling, on_token, &t, &j->answer, &j->err)

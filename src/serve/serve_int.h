@@ -98,6 +98,9 @@ char *serve_usage_chunk_json(const char *id, const char *model, long created, si
  * legacy tokens/token_logprobs/top_logprobs/text_offset), a closing stop_id left out. */
 char *serve_answers_json(const char *id, const char *model, long created, const serve_request *r,
                          const nvlm_tokenizer *tok, int32_t stop_id, const nvlm_answer *answers, int n);
+/* A chat.completion.chunk whose logprobs are those of n tokens (streaming with logprobs). */
+char *serve_chunk_logprobs_json(const char *id, const char *model, long created, const char *content, size_t content_len,
+                                const char *finish, const nvlm_tokenizer *tok, const nvlm_logprobs *lp, size_t n);
 /* chat logprobs {"content": [...]} of n tokens, or NULL (out of memory). */
 struct cJSON *serve_chat_logprobs(const nvlm_tokenizer *tok, const nvlm_logprobs *lp, size_t n);
 /* A streamed text_completion chunk. */
@@ -192,6 +195,9 @@ struct serve_job {
     atomic_int cancelled;
     /* worker-only */
     serve_textstream ts;
+    nvlm_logprobs *lp_pending;   /* streaming with logprobs: tokens not yet sent in a chunk */
+    size_t n_pending, cap_pending;
+    const nvlm_tokenizer *tok;
     size_t n_generated;
     serve_job *next;
 };
