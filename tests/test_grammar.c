@@ -358,7 +358,61 @@ static void check_full_vocab(int seeds) {
     nvlm_tokenizer_free(tok);
 }
 
+/* The constrained draw at temperature 1 has the distribution of the model restricted to the
+ * allowed tokens: frequencies over 6000 draws (one sampler per draw, seeds 0..5999) against
+ * the renormalised probabilities, at the start of an enum whose first bytes few tokens fit. */
+static void check_draw_distribution(void) {
+    nvlm_tokenizer *tok = NULL;
+    nvlm_err err = {0};
+    if (nvlm_tokenizer_load(shared_path("reference/models/tiny-nvlm-d"), &tok, &err)) {
+        CHECK(0, "tokenizer: %s", err.msg);
+        return;
+    }
+    const char *schema = "{\"enum\":[\"ab\",\"a\",\"b\",\"cd\",\"the\",\"then\",12,true]}";
+    nvlm_grammar *g = compile_or_fail(schema);
+    int V = (int)nvlm_tokenizer_size(tok);
+    float *logits = malloc(sizeof(float) * V);
+    double *want = calloc(V, sizeof *want), *got = calloc(V, sizeof *got);
+    nvlm_rng r;
+    nvlm_rng_seed(&r, 5);
+    for (int i = 0; i < V; i++) logits[i] = (float)(3 * nvlm_rng_uniform(&r));
+    gconstraint gc;
+    const uint8_t *mask;
+    if (g && logits && want && got && !gc_init(&gc, g, tok, V, -1, &err) && gc_mask(&gc, &mask) > 0) {
+        double z = 0;
+        for (int i = 0; i < V; i++) z += mask[i] ? exp(logits[i]) : 0;
+        for (int i = 0; i < V; i++) want[i] = mask[i] ? exp(logits[i]) / z : 0;
+        gc_free(&gc);
+        enum { DRAWS = 6000 };
+        int outside = 0;
+        for (int d = 0; d < DRAWS; d++) {
+            nvlm_sampling s;
+            nvlm_sampling_default(&s);
+            s.grammar = g, s.temperature = 1, s.seed = (uint64_t)d;
+            nvlm_sampler sp;
+            int32_t id = -1;
+            float *l = malloc(sizeof(float) * V);
+            memcpy(l, logits, sizeof(float) * V);
+            if (!nvlm_sampler_init(&sp, &s, tok, V, -1, NULL, 0, &err) && !nvlm_sampler_next(&sp, l, &id, &err)) {
+                if (id >= 0 && want[id] > 0) got[id] += 1.0 / DRAWS;
+                else outside++;
+            }
+            nvlm_sampler_free(&sp);
+            free(l);
+        }
+        double worst = 0;
+        for (int i = 0; i < V; i++) worst = fabs(got[i] - want[i]) > worst ? fabs(got[i] - want[i]) : worst;
+        CHECK(!outside && worst < 0.025, "constrained draws: %d outside the mask, max frequency error %.4f", outside, worst);
+    } else {
+        CHECK(0, "distribution setup: %s", err.msg);
+    }
+    free(logits), free(want), free(got);
+    nvlm_grammar_free(g);
+    nvlm_tokenizer_free(tok);
+}
+
 int main(void) {
+    check_draw_distribution();
     check_refusals();
     check_int_ranges();
     check_texts();

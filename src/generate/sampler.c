@@ -260,9 +260,55 @@ static long allowed_list(nvlm_sampler *sp, const float *logits, scored *c) {
     return k;
 }
 
+/* Plain temperature sampling under a grammar, by rejection: a draw from the whole distribution
+ * is kept when the grammar allows it. Stopping at the first allowed draw gives exactly the
+ * distribution restricted to the allowed tokens, and so does the fallback after REJECTIONS
+ * refused draws (a draw from the masked distribution), so the mixture is exact too. Inside a
+ * string nearly every draw is allowed at once, so the vocabulary is rarely walked. */
+enum { REJECTIONS = 8 };
+static int pick_by_rejection(nvlm_sampler *sp, const float *logits, int32_t *id, nvlm_err *err) {
+    scored *c = sp->scratch;
+    const int V = sp->n_vocab;
+    const float t = sp->s.temperature;
+    float mx = -INFINITY;
+    for (int i = 0; i < V; i++) mx = logits[i] > mx ? logits[i] : mx;
+    double z = 0;
+    for (int i = 0; i < V; i++) z += c[i].p = expf((logits[i] - mx) / t);
+    for (int tries = 0; tries < REJECTIONS; tries++) {
+        double u = nvlm_rng_uniform(&sp->rng) * z, acc = 0;
+        int pick = V - 1;
+        for (int i = 0; i < V; i++)
+            if (u < (acc += c[i].p)) {
+                pick = i;
+                break;
+            }
+        if (allowed_timed(sp, pick)) return *id = pick, NVLM_OK;
+    }
+    const uint8_t *mask;
+    double t0 = clock_us();
+    long n = gc_mask(sp->gc, &mask);
+    sp->grammar_us += clock_us() - t0;
+    if (n < 0) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory following the grammar");
+    if (n == 0)
+        return nvlm_fail(err, NVLM_E_UNSUPPORTED, "no token of the vocabulary can continue the grammar here "
+                         "(after %zu generated tokens)", sp->n_lp);
+    double allowed = 0;
+    for (int i = 0; i < V; i++) allowed += mask[i] ? c[i].p : 0;
+    double u = nvlm_rng_uniform(&sp->rng) * allowed, acc = 0;
+    int last = -1;
+    for (int i = 0; i < V; i++) {
+        if (!mask[i]) continue;
+        last = i;
+        if (u < (acc += c[i].p)) return *id = i, NVLM_OK;
+    }
+    *id = last;
+    return NVLM_OK;
+}
+
 /* The grammar's choice. Greedy: the likeliest candidates are checked in order and the first
- * allowed one wins; only when none of them is allowed is the whole vocabulary walked. Sampling:
- * the SAMPLE_CANDIDATES likeliest are checked; they settle the draw when top_k allowed ones are
+ * allowed one wins; only when none of them is allowed is the whole vocabulary walked. Plain
+ * temperature: by rejection (above). With top-k/top-p/min-p (applied after the mask): the
+ * SAMPLE_CANDIDATES likeliest are checked; they settle the draw when top_k allowed ones are
  * among them, or when the mass of the rest is under 1e-6 of the allowed mass found; else the
  * walk gives every allowed token. */
 static int pick_constrained(nvlm_sampler *sp, const float *logits, int32_t *id, nvlm_err *err) {
@@ -274,6 +320,8 @@ static int pick_constrained(nvlm_sampler *sp, const float *logits, int32_t *id, 
         return NVLM_OK;
     }
     int greedy = s->temperature <= 0;
+    int truncating = s->top_k > 0 || (s->top_p > 0 && s->top_p < 1) || s->min_p > 0;
+    if (!greedy && !truncating) return pick_by_rejection(sp, logits, id, err);
     int n = top_candidates(logits, sp->n_vocab, c, greedy ? GREEDY_CANDIDATES : SAMPLE_CANDIDATES);
     if (greedy) {
         for (int i = 0; i < n; i++)
