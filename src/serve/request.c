@@ -103,8 +103,19 @@ static int add_image(serve_request *r, const char *url, const serve_limits *lim,
     if (!strncasecmp(url, "data:", 5)) {
         rc = decode_data_url(url, lim, param, &data, &len, e);
     } else if (!strncasecmp(url, "http://", 7) || !strncasecmp(url, "https://", 8)) {
-        return serve_fail(e, 400, "remote_images_disabled", param,
-                          "remote image URLs are refused: send the image as a data:image/...;base64, URL");
+        if (!lim->allow_remote)
+            return serve_fail(e, 400, "remote_images_disabled", param,
+                              "remote image URLs are refused (the server was not started with --allow-remote-images): "
+                              "send the image as a data:image/...;base64, URL");
+        char why[400];
+        serve_fetch_opts fo = lim->fetch;
+        fo.max_bytes = lim->max_image_bytes;
+        rc = serve_fetch_url(url, &fo, &data, &len, why, sizeof why);
+        if (rc == -2) return serve_fail(e, 500, NULL, param, "fetching the image '%.200s': %s", url, why);
+        if (rc) return serve_fail(e, 400, "invalid_image_url", param, "cannot fetch the image '%.300s': %s", url, why);
+    } else if (strstr(url, "://") && strncasecmp(url, "file://", 7)) {
+        return serve_fail(e, 400, "invalid_image_url", param, "image URL '%.200s': only data:, http(s):// (with "
+                          "--allow-remote-images) and local files (with --allow-local-images) are accepted", url);
     } else if (!lim->local_image_dir) {
         return serve_fail(e, 400, "local_images_disabled", param,
                           "local image paths are refused (the server was not started with --allow-local-images)");

@@ -31,6 +31,25 @@ typedef struct serve_error {
 int serve_fail(serve_error *e, int status, const char *code, const char *param, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 
+/* ------------------------------------------------------------- fetch.c */
+
+typedef struct serve_fetch_opts {
+    size_t max_bytes;
+    int timeout_ms;              /* the whole transfer, redirects included */
+    int max_redirects;
+    int allow_private;           /* 1: private and loopback addresses allowed */
+} serve_fetch_opts;
+
+/* Fetches an http(s) URL into *data (malloc'ed). 0; -1 with the reason in why (refused, too
+ * big, too slow, too many redirects, not 200, ...); -2 out of memory or no HTTP client. */
+int serve_fetch_url(const char *url, const serve_fetch_opts *o, uint8_t **data, size_t *len, char *why, size_t why_len);
+/* 1 for loopback, private, link-local, shared, multicast, reserved or unspecified addresses. */
+struct sockaddr;
+int serve_private_address(const struct sockaddr *sa);
+/* libcurl's process-wide setup (reference counted), before any thread fetches. */
+int serve_fetch_global_init(void);
+void serve_fetch_global_cleanup(void);
+
 /* ----------------------------------------------------------- request.c */
 
 typedef struct serve_limits {
@@ -38,6 +57,8 @@ typedef struct serve_limits {
     uint64_t max_image_pixels;
     int max_images;
     const char *local_image_dir;
+    int allow_remote;            /* http(s) image URLs fetched (with fetch below) */
+    serve_fetch_opts fetch;
 } serve_limits;
 
 /* A chat completion request reduced to what nvlm_chat needs. */

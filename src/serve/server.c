@@ -24,6 +24,7 @@ struct nvlm_server {
     nvlm_serve_options o;
     char *model_id, *api_key, *local_dir, *system;
     int ctx;
+    int curl;                    /* libcurl initialised (remote images) */
     long started;
     atomic_int stopping;
     atomic_ulong counter;
@@ -239,7 +240,10 @@ static enum MHD_Result handle_chat(nvlm_server *s, struct MHD_Connection *c, con
         serve_fail(&e, 413, "request_too_large", NULL, "the request body is over %zu bytes", s->o.max_body);
         return send_error(s, c, &e);
     }
-    serve_limits lim = {s->o.max_image_bytes, s->o.max_image_pixels, s->o.max_images, s->local_dir};
+    serve_limits lim = {s->o.max_image_bytes, s->o.max_image_pixels, s->o.max_images, s->local_dir,
+                        s->o.allow_remote_images,
+                        {s->o.max_image_bytes, s->o.remote_timeout_ms, s->o.remote_max_redirects,
+                         s->o.allow_private_image_hosts}};
     serve_request r;
     const char *body = cs->body.data ? cs->body.data : "";
     if (cs->completions ? serve_parse_completion(body, cs->body.len, &s->o.defaults, &r, &e)
@@ -409,6 +413,7 @@ static int resolve(const char *host, int port, struct sockaddr_storage *ss, nvlm
 }
 
 static void server_free(nvlm_server *s) {
+    if (s->curl) serve_fetch_global_cleanup();
     free(s->model_id);
     free(s->api_key);
     free(s->local_dir);
@@ -431,6 +436,9 @@ int nvlm_server_start(nvlm_model *m, const nvlm_serve_options *opt, nvlm_server 
     if (!s->o.max_image_bytes) s->o.max_image_bytes = 20u << 20;
     if (!s->o.max_image_pixels) s->o.max_image_pixels = 32u << 20;
     if (!s->o.max_images) s->o.max_images = 16;
+    if (!s->o.remote_timeout_ms) s->o.remote_timeout_ms = 10000;
+    if (!s->o.remote_max_redirects) s->o.remote_max_redirects = 3;
+    if (s->o.remote_max_redirects < 0) s->o.remote_max_redirects = 0;
     s->ctx = opt->ctx > 0 ? opt->ctx : m->cfg.llm.max_position_embeddings;
     s->started = (long)time(NULL);
     s->model_id = strdup(opt->model_id);
@@ -446,6 +454,11 @@ int nvlm_server_start(nvlm_model *m, const nvlm_serve_options *opt, nvlm_server 
         server_free(s);
         return nvlm_fail(err, NVLM_E_INVALID_ARG, "parallel must be 1..1024, not %d", p);
     }
+    if (s->o.allow_remote_images && serve_fetch_global_init()) {
+        server_free(s);
+        return nvlm_fail(err, NVLM_E_INTERNAL, "cannot initialise libcurl for --allow-remote-images");
+    }
+    s->curl = s->o.allow_remote_images;
     struct sockaddr_storage ss;
     int rc = resolve(opt->host ? opt->host : "127.0.0.1", opt->port, &ss, err);
     if (!rc && serve_metrics_init(&s->metrics, s->o.parallel)) rc = nvlm_fail(err, NVLM_E_INTERNAL, "mutex init failed");
