@@ -341,7 +341,7 @@ static void check_full_vocab(int seeds) {
             char *text = NULL;
             size_t len;
             if (ids && !nvlm_tokenizer_decode(tok, ids, n, 1, &text, &len, &err)) {
-                char what[64];
+                char what[160];
                 snprintf(what, sizeof what, "152k vocabulary, schema %d%s seed %d", i, i < N_SCHEMAS ? "" : " (json_object)", seed);
                 judge(text, !done, schema, what, &st);
             }

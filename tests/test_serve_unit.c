@@ -6,7 +6,7 @@
 #include "serve/serve_int.h"
 #include "test_serve_util.h"
 
-static const serve_limits LIM = {1 << 20, 1 << 22, 4, NULL};
+static const serve_limits LIM = {.max_image_bytes = 1 << 20, .max_image_pixels = 1 << 22, .max_images = 4};
 
 static void test_base64(void) {
     struct { const char *in, *out; int ok; } cases[] = {
@@ -131,12 +131,12 @@ static void test_parse_errors(const char *png_url) {
     CHECK(parse_status(one, "invalid_value", "messages") == 400, "<image> in text with images");
     sprintf(one, "{\"messages\": [{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"%s\"}}]}]}",
             png_url);
-    serve_limits small = {1 << 20, 1000, 4, NULL};
+    serve_limits small = {.max_image_bytes = 1 << 20, .max_image_pixels = 1000, .max_images = 4};
     serve_request r;
     serve_error e;
     CHECK(serve_parse_request(one, strlen(one), &small, &def, &r, &e) && e.status == 400 && !strcmp(e.code, "image_too_large"),
           "pixels: %d %s", e.status, e.message);
-    small = (serve_limits){1000, 1 << 22, 4, NULL};
+    small = (serve_limits){.max_image_bytes = 1000, .max_image_pixels = 1 << 22, .max_images = 4};
     CHECK(serve_parse_request(one, strlen(one), &small, &def, &r, &e) && e.status == 413 && !strcmp(e.code, "image_too_large"),
           "bytes: %d %s", e.status, e.message);
     free(one);
@@ -212,7 +212,7 @@ static void test_reference_prompts(void) {
         serve_request r;
         serve_error e;
         const char *id = cJSON_GetObjectItem(c, "id")->valuestring;
-        serve_limits lim = {8 << 20, 1 << 24, 8, NULL};
+        serve_limits lim = {.max_image_bytes = 8 << 20, .max_image_pixels = 1 << 24, .max_images = 8};
         int rc = serve_parse_request(body, strlen(body), &lim, &def, &r, &e);
         CHECK(rc == 0, "%s: %s", id, e.message);
         int32_t *ids = NULL;
