@@ -317,6 +317,11 @@ int nvlm_chat_ask(nvlm_chat *c, const char *question, const nvlm_sampling *s,
  * cache of the common prefix with the previous call is reused as in nvlm_chat_ask. */
 int nvlm_chat_complete(nvlm_chat *c, const char *prompt, const nvlm_sampling *s, nvlm_token_fn on_token, void *user,
                        nvlm_answer *out, nvlm_err *err);
+/* Answers the last question again (e.g. with another seed): the last turn leaves the history and
+ * the same prompt is asked, so its KV cache and encoded images are reused (only the last prompt
+ * position is recomputed); the new answer takes the turn's place. */
+int nvlm_chat_regenerate(nvlm_chat *c, const nvlm_sampling *s, nvlm_token_fn on_token, void *user, nvlm_answer *out,
+                         nvlm_err *err);
 void nvlm_answer_free(nvlm_answer *a);
 
 #ifdef __cplusplus

@@ -139,6 +139,27 @@ static void check_options(nvlm_model *m) {
         }
         nvlm_answer_free(&s1);
     }
+    /* regenerate: the same question again, its prompt's cache reused; the same seed, the same answer */
+    {
+        nvlm_chat *rc_chat = NULL;
+        nvlm_err e2 = {0};
+        nvlm_answer r1, r2;
+        nvlm_chat_new(m, &rc_chat, &e2);
+        s.temperature = 1.5f, s.seed = 3;
+        int ok = rc_chat && !nvlm_chat_ask(rc_chat, "Tell me a story.", &s, NULL, NULL, &r1, &e2);
+        CHECK(ok, "ask before regenerate: %s", e2.msg);
+        if (ok) {
+            CHECK(!nvlm_chat_regenerate(rc_chat, &s, NULL, NULL, &r2, &e2), "regenerate: %s", e2.msg);
+            CHECK(r2.n_prompt == r1.n_prompt && r2.n_prompt_reused + 1 == r2.n_prompt && r1.n_output == r2.n_output &&
+                      !memcmp(r1.output_ids, r2.output_ids, sizeof(int32_t) * r1.n_output),
+                  "regenerate: prompt %zu/%zu reused %zu, same answer", r2.n_prompt, r1.n_prompt, r2.n_prompt_reused);
+            nvlm_answer_free(&r1), nvlm_answer_free(&r2);
+        }
+        nvlm_chat_free(rc_chat);
+        nvlm_chat_new(m, &rc_chat, &e2);
+        CHECK(rc_chat && nvlm_chat_regenerate(rc_chat, &s, NULL, NULL, &r2, &e2) == NVLM_E_INVALID_ARG, "regenerate with nothing asked");
+        nvlm_chat_free(rc_chat);
+    }
     /* bad options are refused */
     nvlm_err err = {0};
     nvlm_chat *c = NULL;

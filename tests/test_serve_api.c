@@ -180,6 +180,22 @@ static void check_n(int port) {
     }
 }
 
+/* n = 3 on an image question: the image is encoded once, every choice answers it. */
+static void check_n_image(int port) {
+    char *url = data_url("reference/images/skimage_astronaut.png");
+    char *body = malloc(strlen(url) + 512);
+    sprintf(body, "{\"max_tokens\":6,\"n\":3,\"temperature\":1.5,\"seed\":4,\"messages\":[{\"role\":\"user\",\"content\":["
+                  "{\"type\":\"image_url\",\"image_url\":{\"url\":\"%s\"}},{\"type\":\"text\",\"text\":\"What is it?\"}]}]}", url);
+    int st;
+    cJSON *j = post(port, "/v1/chat/completions", body, &st);
+    int ok = st == 200 && cJSON_GetArraySize(cJSON_GetObjectItem(j, "choices")) == 3;
+    for (int i = 0; ok && i < 3; i++) ok = content_of(choice(j, i)) != NULL;
+    CHECK(ok, "n=3 with an image: status %d", st);
+    cJSON_Delete(j);
+    free(body);
+    free(url);
+}
+
 static void check_completions(int port, nvlm_model *m) {
     int st;
     cJSON *j = post(port, "/v1/completions", "{\"prompt\":\"Hello there, friend\",\"max_tokens\":6,\"logprobs\":2}", &st);
@@ -207,12 +223,26 @@ static void check_completions(int port, nvlm_model *m) {
               cJSON_GetArraySize(cJSON_GetArrayItem(cJSON_GetObjectItem(lp, "top_logprobs"), 0)) >= 1,
           "legacy logprobs shape");
     cJSON_Delete(j);
-    /* streamed: the text pieces add up to the plain answer */
+    /* streamed: the text pieces add up to the plain answer (not stripped: leading spaces stay) */
     resp r;
-    CHECK(!http(port, "POST", "/v1/completions", NULL, "{\"prompt\":\"Hello there, friend\",\"max_tokens\":6,\"stream\":true}", &r) &&
-              r.status == 200 && strstr(r.body, "data: [DONE]") && strstr(r.body, "\"text_completion\""),
-          "streamed completion");
-    resp_free(&r);
+    j = post(port, "/v1/completions", "{\"prompt\":\"Once upon\",\"max_tokens\":10}", &st);
+    const cJSON *plain = cJSON_GetObjectItem(choice(j, 0), "text");
+    int ok = !http(port, "POST", "/v1/completions", NULL, "{\"prompt\":\"Once upon\",\"max_tokens\":10,\"stream\":true}", &r) &&
+             r.status == 200 && strstr(r.body, "data: [DONE]") && strstr(r.body, "\"text_completion\"");
+    nvlm_buf joined = {0};
+    nvlm_buf_puts(&joined, "");
+    char *save = NULL;
+    for (char *ev = ok ? strtok_r(r.body, "\n", &save) : NULL; ev; ev = strtok_r(NULL, "\n", &save)) {
+        cJSON *c2 = strncmp(ev, "data: {", 7) ? NULL : cJSON_Parse(ev + 6);
+        const cJSON *t = cJSON_GetObjectItem(choice(c2, 0), "text");
+        if (cJSON_IsString(t)) nvlm_buf_puts(&joined, t->valuestring);
+        cJSON_Delete(c2);
+    }
+    CHECK(ok && cJSON_IsString(plain) && !strcmp(joined.data, plain->valuestring), "streamed completion '%s' vs '%s'",
+          joined.data, cJSON_IsString(plain) ? plain->valuestring : "");
+    nvlm_buf_free(&joined);
+    cJSON_Delete(j);
+    if (ok) resp_free(&r);
     static const char *const refused[] = {
         "{\"prompt\":\"look <|vision_pad|>\"}",
         "{\"prompt\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
@@ -298,6 +328,7 @@ int main(void) {
         check_stream_logprobs(port);
         check_json_schema(port);
         check_n(port);
+        check_n_image(port);
         check_completions(port, m);
         check_tiles(port, nvlm_server_port(b), case_by_id(all, "max_num_12"));
     }

@@ -250,7 +250,7 @@ static void test_textstream(void) {
         {{" ", "\n", NULL}, {NULL}, ""},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        serve_textstream t = {{0}, {0}, cases[i].stop};
+        serve_textstream t = {.stop = cases[i].stop};
         nvlm_buf got = {0};
         nvlm_buf_puts(&got, "");
         for (int k = 0; cases[i].pieces[k]; k++) {
@@ -270,7 +270,7 @@ static void test_textstream(void) {
         serve_textstream_free(&t);
     }
     /* a divergent final answer adds nothing */
-    serve_textstream t = {{0}, {0}, NULL};
+    serve_textstream t = {.stop = NULL};
     char *d;
     size_t n;
     serve_textstream_push(&t, "xyz", 3, &d, &n);

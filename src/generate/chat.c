@@ -478,6 +478,17 @@ int nvlm_chat_complete(nvlm_chat *c, const char *prompt, const nvlm_sampling *s,
     return ask(c, prompt, 1, s, on_token, user, out, err);
 }
 
+int nvlm_chat_regenerate(nvlm_chat *c, const nvlm_sampling *s, nvlm_token_fn on_token, void *user, nvlm_answer *out,
+                         nvlm_err *err) {
+    memset(out, 0, sizeof *out);
+    if (!c || !c->n_history) return nvlm_fail(err, NVLM_E_INVALID_ARG, "no answered question to ask again");
+    nvlm_turn last = c->history[--c->n_history];
+    int rc = ask(c, last.question, 0, s, on_token, user, out, err);
+    if (rc) c->history[c->n_history++] = last; /* the conversation as it was */
+    else free(last.question), free(last.answer);
+    return rc;
+}
+
 void nvlm_answer_free(nvlm_answer *a) {
     if (!a) return;
     free(a->response);

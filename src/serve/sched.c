@@ -67,6 +67,7 @@ int serve_job_new(serve_request *req, nvlm_chat *chat, serve_job **out) {
     j->refs = 1;
     j->state = JOB_QUEUED;
     j->ts.stop = j->req.sampling.stop;
+    j->ts.raw = j->req.raw;
     j->t_queued = serve_now();
     *out = j;
     return NVLM_OK;
@@ -228,7 +229,7 @@ static void run_job(serve_sched *s, serve_job *j) {
         ticket_acquire(&s->compute);
         rc = j->req.raw ? nvlm_chat_complete(j->chat, j->req.question, &j->req.sampling, on_token, &t, &j->answer, &j->err)
                         : nvlm_chat_ask(j->chat, j->req.question, &j->req.sampling, on_token, &t, &j->answer, &j->err);
-        if (!rc) rc = serve_extra_choices(s->model, j, on_token, &t);
+        if (!rc) rc = serve_extra_choices(j, on_token, &t);
         ticket_release(&s->compute);
         nvlm_chat_set_abort(j->chat, NULL, NULL);
         if (j->req.stream) stream_end(j, rc);

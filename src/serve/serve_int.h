@@ -142,6 +142,7 @@ typedef struct serve_textstream {
     nvlm_buf all;       /* every piece so far */
     nvlm_buf sent;      /* the answer text already handed out */
     const char *const *stop;
+    int raw;            /* /v1/completions: the answer is not stripped, so neither are the deltas */
 } serve_textstream;
 
 /* Adds a piece; *delta (malloc'ed, may be "") is what may be sent now. */
@@ -237,7 +238,7 @@ typedef struct serve_sched {
 } serve_sched;
 
 /* choices.c: the answers of choices 1 .. n-1 of j (its own seed each), after the first. */
-int serve_extra_choices(nvlm_model *m, serve_job *j, nvlm_token_fn on_token, void *user);
+int serve_extra_choices(serve_job *j, nvlm_token_fn on_token, void *user);
 
 /* A job owning req and chat (moved in); one reference for the caller. */
 int serve_job_new(serve_request *req, nvlm_chat *chat, serve_job **out);
