@@ -243,8 +243,10 @@ static void run_job(serve_sched *s, serve_job *j) {
     double ttft = j->t_first > 0 ? j->t_first - j->t_queued : -1;
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
-    serve_metrics_chat(s->metrics, fin, j->answer.n_prompt, j->answer.n_output, j->n_tiles, j->t_end - j->t_queued,
-                       ttft, j->t_start - j->t_queued);
+    size_t completion = j->answer.n_output; /* every choice's tokens */
+    for (int i = 0; i < j->n_extra; i++) completion += j->extra[i].n_output;
+    serve_metrics_chat(s->metrics, fin, j->answer.n_prompt, completion, j->n_tiles, j->t_end - j->t_queued, ttft,
+                       j->t_start - j->t_queued);
 }
 
 /* --------------------------------------------------------------- workers */
