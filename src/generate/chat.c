@@ -399,7 +399,7 @@ static int make_response(nvlm_chat *c, const gen_state *g, const nvlm_sampling *
     size_t len;
     int rc = nvlm_tokenizer_decode(c->m->tok, g->out, g->n_out, 1, out, &len, err);
     if (rc) return rc;
-    char *cut = strstr(*out, "<|im_end|>");
+    char *cut = s->grammar ? NULL : strstr(*out, "<|im_end|>"); /* a grammar's text stays whole (valid JSON) */
     if (cut) *cut = 0;
     long st = find_stop(*out, s->stop);
     if (st >= 0) (*out)[st] = 0;
