@@ -176,6 +176,14 @@ static void check_n(int port) {
         CHECK(content_of(choice(k, 0)) && content_of(choice(j, 0)) && !strcmp(content_of(choice(k, 0)), content_of(choice(j, 0))),
               "n=%d: choice 0 differs from n=1 with the same seed", n);
         cJSON_Delete(k);
+        /* and choice 1 what n = 1 with seed + 1 gives (the reused prompt cache changes nothing) */
+        snprintf(one, sizeof one,
+                 "{\"messages\":[{\"role\":\"user\",\"content\":\"Tell me a story.\"}],\"max_tokens\":8,\"temperature\":2,"
+                 "\"seed\":12}");
+        k = post(port, "/v1/chat/completions", one, &st);
+        CHECK(content_of(choice(k, 0)) && content_of(choice(j, 1)) && !strcmp(content_of(choice(k, 0)), content_of(choice(j, 1))),
+              "n=%d: choice 1 '%s' differs from n=1 with seed + 1 '%s'", n, content_of(choice(j, 1)), content_of(choice(k, 0)));
+        cJSON_Delete(k);
         cJSON_Delete(j);
     }
 }
