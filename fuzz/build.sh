@@ -61,6 +61,17 @@ build_image() {
   echo "built $OUT/fuzz_image, $OUT/fuzz_image_{jpeg,png,webp,gif,bmp} and $OUT/fuzz_image_pngdiff"
 }
 
+# ---- structured output: JSON Schema compiler + byte matcher (sentences must parse as JSON)
+build_grammar() {
+  clang $CFLAGS $SAN -fno-sanitize-recover=undefined fuzz/fuzz_grammar.c src/grammar/build.c src/grammar/match.c \
+      src/grammar/schema.c src/core/*.c $LIBS -o "$OUT/fuzz_grammar"
+  mkdir -p "$OUT/corpus-grammar"
+  printf '{"type":"object","properties":{"a":{"type":"integer","minimum":-5,"maximum":120}},"required":["a"]}\0{"a": 17}' > "$OUT/corpus-grammar/seed-obj"
+  printf '{"anyOf":[{"enum":["x",1,null]},{"type":"array","items":{"type":"string","maxLength":3},"maxItems":2}]}\0["ab","\\u00e9"]' > "$OUT/corpus-grammar/seed-any"
+  printf '{"$defs":{"n":{"type":"object","properties":{"k":{"$ref":"#/$defs/n"}}}},"$ref":"#/$defs/n"}\0{"k":{"k":{}}}' > "$OUT/corpus-grammar/seed-ref"
+  echo "built $OUT/fuzz_grammar"
+}
+
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(tokenizer safetensors config image)
+[ ${#targets[@]} -eq 0 ] && targets=(tokenizer safetensors config image grammar)
 for t in "${targets[@]}"; do "build_$t"; done

@@ -66,6 +66,9 @@ int nvlm_tokenizer_decode(const nvlm_tokenizer *tok, const int32_t *ids, size_t 
 
 /* Id of a token string (added token or vocabulary entry), or -1. */
 int32_t nvlm_tokenizer_token_id(const nvlm_tokenizer *tok, const char *token);
+/* The bytes a token stands for (a regular token's may be part of a UTF-8 character; an added
+ * token's are its text); NULL, *len 0 for an unknown id. */
+const uint8_t *nvlm_tokenizer_token_bytes(const nvlm_tokenizer *tok, int32_t id, size_t *len);
 /* Number of ids (regular vocabulary + added tokens). */
 size_t nvlm_tokenizer_size(const nvlm_tokenizer *tok);
 /* 1 if the id is an added token flagged special. */
@@ -197,7 +200,46 @@ int nvlm_model_quantize(nvlm_model *m, int weights, nvlm_err *err);
 enum { NVLM_KV_F32 = 0, NVLM_KV_F16 = 1 };
 int nvlm_model_set_kv_type(nvlm_model *m, int kv_type, nvlm_err *err);
 
+/* ---------------------------------------------------------------- grammar */
+
+/* Structured output (docs/grammar.md): a grammar over the bytes of the answer. Generation with
+ * nvlm_sampling.grammar set only picks tokens that keep the answer a prefix of the language,
+ * and ends (stop token) only where a whole sentence has been written. Read-only once made: one
+ * grammar may serve several conversations at once. */
+typedef struct nvlm_grammar nvlm_grammar;
+
+/* From a JSON Schema, the subset: type (object, array, string, number, integer, boolean, null,
+ * or a list of them), properties, required, additionalProperties, items, minItems, maxItems,
+ * enum, const, anyOf, $ref to #/$defs/NAME, minimum/maximum/exclusive* on integers, minLength,
+ * maxLength; annotations (title, description, ...) are ignored. Anything else: NVLM_E_UNSUPPORTED
+ * with the keyword and where it is in the message. */
+int nvlm_grammar_from_json_schema(const char *schema, size_t len, nvlm_grammar **out, nvlm_err *err);
+/* Any JSON object (OpenAI's response_format json_object). */
+int nvlm_grammar_json_object(nvlm_grammar **out, nvlm_err *err);
+void nvlm_grammar_free(nvlm_grammar *g);
+
 /* ------------------------------------------------------------------- chat */
+
+/* One token's log-probability: log-softmax of the logits the sampler saw (after the repetition,
+ * presence and frequency penalties and logit_bias, before temperature and before a grammar's
+ * mask, as OpenAI documents its logprobs). */
+typedef struct nvlm_token_logprob {
+    int32_t id;
+    float logprob;
+} nvlm_token_logprob;
+
+enum { NVLM_MAX_TOP_LOGPROBS = 20 };
+
+typedef struct nvlm_logprobs {
+    nvlm_token_logprob chosen;
+    int n_top;                                    /* nvlm_sampling.top_logprobs */
+    nvlm_token_logprob top[NVLM_MAX_TOP_LOGPROBS]; /* likeliest first (ties: lower id first) */
+} nvlm_logprobs;
+
+typedef struct nvlm_logit_bias {
+    int32_t id;
+    float bias;               /* added to the token's logit (OpenAI: -100 to 100) */
+} nvlm_logit_bias;
 
 typedef struct nvlm_sampling {
     float temperature;        /* 0: greedy (the default, as the published chat() example) */
@@ -208,6 +250,17 @@ typedef struct nvlm_sampling {
     uint64_t seed;
     int max_new_tokens;       /* default 1024 */
     const char *const *stop;  /* extra stop strings, NULL-terminated list, may be NULL */
+    /* OpenAI's penalties on the tokens generated so far: presence subtracts its value once from
+     * the logit of every token that occurred, frequency its value times the count. 0: off. */
+    float presence_penalty, frequency_penalty;
+    const nvlm_logit_bias *logit_bias; /* n_logit_bias entries, may be NULL */
+    size_t n_logit_bias;
+    int logprobs;             /* 1: nvlm_answer.logprobs gets one entry per generated token */
+    int top_logprobs;         /* 0..NVLM_MAX_TOP_LOGPROBS alternatives per token (with logprobs) */
+    const nvlm_grammar *grammar; /* NULL: free text; else the answer follows it (docs/grammar.md) */
+    /* with logprobs: called for each generated token as soon as it is chosen (before on_token) */
+    void (*on_logprobs)(void *user, const nvlm_logprobs *lp);
+    void *logprobs_user;
 } nvlm_sampling;
 
 void nvlm_sampling_default(nvlm_sampling *s);
@@ -250,6 +303,7 @@ typedef struct nvlm_answer {
     int *num_patches;        /* tiles per image of the conversation */
     size_t n_images;
     float *last_logits;      /* logits at the last prompt position, vocab_size values */
+    nvlm_logprobs *logprobs; /* per generated token when nvlm_sampling.logprobs, else NULL */
     int finish_length;       /* 1 when max_new_tokens ended it, 0 on a stop token/string */
     double vit_ms, prompt_ms, gen_ms;
 } nvlm_answer;
@@ -260,6 +314,16 @@ typedef struct nvlm_answer {
  * on_token may be NULL. The KV cache of the common prefix with the previous turn is reused. */
 int nvlm_chat_ask(nvlm_chat *c, const char *question, const nvlm_sampling *s,
                   nvlm_token_fn on_token, void *user, nvlm_answer *out, nvlm_err *err);
+/* A raw completion (OpenAI's /v1/completions): prompt is tokenized as it is, with no chat
+ * template and no images; the answer is not stripped and does not join the history. The KV
+ * cache of the common prefix with the previous call is reused as in nvlm_chat_ask. */
+int nvlm_chat_complete(nvlm_chat *c, const char *prompt, const nvlm_sampling *s, nvlm_token_fn on_token, void *user,
+                       nvlm_answer *out, nvlm_err *err);
+/* Answers the last question again (e.g. with another seed): the last turn leaves the history and
+ * the same prompt is asked, so its KV cache and encoded images are reused (only the last prompt
+ * position is recomputed); the new answer takes the turn's place. */
+int nvlm_chat_regenerate(nvlm_chat *c, const nvlm_sampling *s, nvlm_token_fn on_token, void *user, nvlm_answer *out,
+                         nvlm_err *err);
 void nvlm_answer_free(nvlm_answer *a);
 
 #ifdef __cplusplus

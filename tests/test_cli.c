@@ -3,6 +3,7 @@
  * is wrong, and that the answer does not depend on the thread count or on how the weights
  * reach memory. Under ASan the binary is the ASan build, so its leaks fail here too. */
 #include "check.h"
+#include <cjson/cJSON.h>
 #include <sys/wait.h>
 
 static char nvlm_bin[4096];
@@ -50,6 +51,42 @@ static void test_run_files_first(const char *model) {
     CHECK(nvlm(a) == 1 && strstr(out, "cannot read history /nonexistent/h.json") && !strstr(out, "weights"), "missing history: %s", out);
     snprintf(a, sizeof a, "run -m %s -p hi --logits-out /nonexistent/dir/l.bin", model);
     CHECK(nvlm(a) == 1 && strstr(out, "folder /nonexistent/dir") && !strstr(out, "weights"), "unwritable logits: %s", out);
+}
+
+/* --json-schema: the answer parses and validates; a schema outside the subset is refused before
+ * the model loads, naming the keyword; --json-object; --logprobs N in the --json output. */
+static void test_run_json_schema(const char *model) {
+    const char *path = "/tmp/nvlm_test_cli_schema.json", *bad = "/tmp/nvlm_test_cli_bad_schema.json";
+    FILE *f = fopen(path, "w"), *g = fopen(bad, "w");
+    if (!f || !g) {
+        CHECK(0, "cannot write %s", path);
+        if (f) fclose(f);
+        if (g) fclose(g);
+        return;
+    }
+    fputs("{\"type\":\"object\",\"properties\":{\"n\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":9},"
+          "\"ok\":{\"type\":\"boolean\"}},\"required\":[\"n\",\"ok\"],\"additionalProperties\":false}", f);
+    fputs("{\"type\":\"string\",\"format\":\"email\"}", g);
+    fclose(f), fclose(g);
+    char a[4608];
+    snprintf(a, sizeof a, "run -m %s -p hi -q --json --json-schema %s", model, path);
+    int rc = nvlm(a);
+    cJSON *j = rc == 0 ? cJSON_Parse(out) : NULL, *resp = cJSON_GetObjectItem(j, "response");
+    cJSON *v = cJSON_IsString(resp) ? cJSON_Parse(resp->valuestring) : NULL, *n = cJSON_GetObjectItem(v, "n");
+    CHECK(cJSON_IsNumber(n) && n->valuedouble >= 1 && n->valuedouble <= 9 && cJSON_IsBool(cJSON_GetObjectItem(v, "ok")) &&
+              cJSON_GetArraySize(v) == 2, "--json-schema answer: %s", out);
+    cJSON_Delete(v), cJSON_Delete(j);
+    snprintf(a, sizeof a, "run -m %s -p hi --json-schema %s", model, bad);
+    CHECK(nvlm(a) == 1 && strstr(out, "'format'") && !strstr(out, "weights"), "bad schema: %s", out);
+    snprintf(a, sizeof a, "run -m %s -p hi -q --json --json-object --logprobs 2 -n 4", model);
+    rc = nvlm(a);
+    j = rc == 0 ? cJSON_Parse(out) : NULL;
+    cJSON *lp = cJSON_GetObjectItem(j, "logprobs");
+    CHECK(cJSON_GetArraySize(lp) == 4 && cJSON_GetArraySize(cJSON_GetObjectItem(cJSON_GetArrayItem(lp, 0), "top")) == 2,
+          "--logprobs 2: %s", out);
+    cJSON_Delete(j);
+    CHECK(nvlm("run -p hi --logprobs 21 --json") == 2, "--logprobs 21: %s", out);
+    remove(path), remove(bad);
 }
 
 static void test_bench(const char *model) {
@@ -123,6 +160,7 @@ int main(int argc, char **argv) {
     test_bench(model);
     test_run_files_first(model);
     test_run_same_answer(model);
+    test_run_json_schema(model);
     test_tools(model);
     return check_done("test_cli");
 }

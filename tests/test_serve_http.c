@@ -245,7 +245,7 @@ static void test_errors(int port, const char *astronaut) {
     expect(port, "POST", "/v1/chat/completions", key,
            "{\"messages\":[{\"role\":\"robot\",\"content\":\"hi\"}]}", 400, NULL);
     expect(port, "POST", "/v1/chat/completions", key,
-           "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"n\":2}", 400, NULL);
+           "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"n\":9}", 400, NULL);
     expect(port, "POST", "/v1/chat/completions", "Authorization: Basic c2VrcmV0\r\n", hi, 401, "invalid_api_key");
     /* a prompt longer than the context by itself (this server: 4096 tokens) */
     nvlm_buf longp = {0};

@@ -6,7 +6,7 @@
 #include "serve/serve_int.h"
 #include "test_serve_util.h"
 
-static const serve_limits LIM = {1 << 20, 1 << 22, 4, NULL};
+static const serve_limits LIM = {.max_image_bytes = 1 << 20, .max_image_pixels = 1 << 22, .max_images = 4};
 
 static void test_base64(void) {
     struct { const char *in, *out; int ok; } cases[] = {
@@ -72,7 +72,8 @@ static void test_parse_errors(const char *png_url) {
         {"{\"messages\": [{\"role\":\"assistant\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,AA==\"}}]},{\"role\":\"user\",\"content\":\"x\"}]}", "invalid_value", NULL, 400},
         {"{\"messages\": [{\"role\":\"user\",\"content\":\"a\"},{\"role\":\"assistant\",\"content\":\"b\",\"tool_calls\":[{}]},{\"role\":\"user\",\"content\":\"c\"}]}", "unsupported_value", NULL, 400},
         {"{\"messages\": [{\"role\":\"user\",\"content\":\"<|vision_pad|>\"}]}", "invalid_value", NULL, 400},
-        {"{\"n\": 2, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "invalid_value", "n", 400},
+        {"{\"n\": 9, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "invalid_value", "n", 400},
+        {"{\"n\": 2, \"stream\": true, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "unsupported_value", "n", 400},
         {"{\"n\": 1.5, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "invalid_type", "n", 400},
         {"{\"max_tokens\": 0, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "invalid_value", "max_tokens", 400},
         {"{\"max_tokens\": \"5\", \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "invalid_type", "max_tokens", 400},
@@ -88,10 +89,19 @@ static void test_parse_errors(const char *png_url) {
         {"{\"stream\": 1, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "invalid_type", "stream", 400},
         {"{\"stream_options\": 1, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "invalid_type", "stream_options", 400},
         {"{\"stream_options\": {\"include_usage\": \"yes\"}, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "invalid_type", NULL, 400},
-        {"{\"presence_penalty\": 0.5, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "unsupported_parameter", "presence_penalty", 400},
-        {"{\"logprobs\": true, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "unsupported_parameter", "logprobs", 400},
+        {"{\"presence_penalty\": 2.5, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "invalid_value", "presence_penalty", 400},
+        {"{\"frequency_penalty\": \"x\", \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "invalid_type", "frequency_penalty", 400},
+        {"{\"logit_bias\": {\"abc\": 1}, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "invalid_value", "logit_bias", 400},
+        {"{\"logit_bias\": {\"5\": 101}, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "invalid_value", "logit_bias", 400},
+        {"{\"max_dynamic_patch\": 41, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "invalid_value", "max_dynamic_patch", 400},
+        {"{\"mm_processor_kwargs\": {\"max_dynamic_patch\": 0}, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "invalid_value", "max_dynamic_patch", 400},
+        {"{\"top_logprobs\": 2, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "invalid_value", "top_logprobs", 400},
+        {"{\"logprobs\": true, \"top_logprobs\": 21, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "invalid_value", "top_logprobs", 400},
+        {"{\"logprobs\": 1, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "invalid_type", "logprobs", 400},
         {"{\"tools\": [{}], \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "unsupported_parameter", "tools", 400},
-        {"{\"response_format\": {\"type\":\"json_object\"}, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "unsupported_parameter", "response_format", 400},
+        {"{\"response_format\": {\"type\":\"yaml\"}, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "invalid_value", "response_format.type", 400},
+        {"{\"response_format\": {\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\",\"schema\":{\"type\":\"string\",\"pattern\":\"a\"}}}, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "invalid_value", "response_format.json_schema.schema", 400},
+        {"{\"response_format\": {\"type\":\"json_schema\"}, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "invalid_value", "response_format.json_schema", 400},
         {"{\"top_k\": -1, \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}]}", "invalid_value", "top_k", 400},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -121,12 +131,12 @@ static void test_parse_errors(const char *png_url) {
     CHECK(parse_status(one, "invalid_value", "messages") == 400, "<image> in text with images");
     sprintf(one, "{\"messages\": [{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"%s\"}}]}]}",
             png_url);
-    serve_limits small = {1 << 20, 1000, 4, NULL};
+    serve_limits small = {.max_image_bytes = 1 << 20, .max_image_pixels = 1000, .max_images = 4};
     serve_request r;
     serve_error e;
     CHECK(serve_parse_request(one, strlen(one), &small, &def, &r, &e) && e.status == 400 && !strcmp(e.code, "image_too_large"),
           "pixels: %d %s", e.status, e.message);
-    small = (serve_limits){1000, 1 << 22, 4, NULL};
+    small = (serve_limits){.max_image_bytes = 1000, .max_image_pixels = 1 << 22, .max_images = 4};
     CHECK(serve_parse_request(one, strlen(one), &small, &def, &r, &e) && e.status == 413 && !strcmp(e.code, "image_too_large"),
           "bytes: %d %s", e.status, e.message);
     free(one);
@@ -202,7 +212,7 @@ static void test_reference_prompts(void) {
         serve_request r;
         serve_error e;
         const char *id = cJSON_GetObjectItem(c, "id")->valuestring;
-        serve_limits lim = {8 << 20, 1 << 24, 8, NULL};
+        serve_limits lim = {.max_image_bytes = 8 << 20, .max_image_pixels = 1 << 24, .max_images = 8};
         int rc = serve_parse_request(body, strlen(body), &lim, &def, &r, &e);
         CHECK(rc == 0, "%s: %s", id, e.message);
         int32_t *ids = NULL;
@@ -240,7 +250,7 @@ static void test_textstream(void) {
         {{" ", "\n", NULL}, {NULL}, ""},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        serve_textstream t = {{0}, {0}, cases[i].stop};
+        serve_textstream t = {.stop = cases[i].stop};
         nvlm_buf got = {0};
         nvlm_buf_puts(&got, "");
         for (int k = 0; cases[i].pieces[k]; k++) {
@@ -260,7 +270,7 @@ static void test_textstream(void) {
         serve_textstream_free(&t);
     }
     /* a divergent final answer adds nothing */
-    serve_textstream t = {{0}, {0}, NULL};
+    serve_textstream t = {.stop = NULL};
     char *d;
     size_t n;
     serve_textstream_push(&t, "xyz", 3, &d, &n);

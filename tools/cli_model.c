@@ -44,7 +44,7 @@ int cli_model_flag(const char *cmd, cli_model_opts *o, int argc, char **argv, in
         if (!strcmp(v, "f16")) o->kv_type = NVLM_KV_F16;
         else if (!strcmp(v, "f32")) o->kv_type = NVLM_KV_F32;
         else BAD();
-    } else if (!strcmp(a, "--max-num")) {
+    } else if (!strcmp(a, "--max-num") || !strcmp(a, "--max-tiles")) {
         VALUE();
         if (cli_parse_int(v, 1, 64, &n)) BAD();
         o->max_num = (int)n;
@@ -103,7 +103,8 @@ const char *cli_model_flags_help(void) {
            "                           when they fit in 3/4 of free memory; generation runs up\n"
            "                           to ~10% faster from memory, mapping starts at once)\n"
            "      --kv f16|f32         KV cache element type (default f32; f16 halves its memory)\n"
-           "      --max-num N          max tiles per image (default: the config's max_dynamic_patch)\n"
+           "      --max-num N          max tiles per image (default: the config's max_dynamic_patch;\n"
+           "                           alias --max-tiles; serve: also caps a request's max_dynamic_patch)\n"
            "      --system TEXT        system message (default \"Answer the questions.\"; \"\" for none)\n"
            "  -n, --max-new-tokens N   generation limit (default 1024)\n"
            "      --temperature T      0 = greedy, as the published chat() (default 0)\n"

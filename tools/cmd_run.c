@@ -1,5 +1,6 @@
 /* nvlm run - one question about zero or more images (the checking contract of issue 4). */
 #include "cli_model.h"
+#include "core/err.h"
 #include "core/file.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -20,6 +21,9 @@ static void usage(FILE *f) {
                "      --history FILE       JSON [[question, answer], ...] of earlier turns\n"
                "      --json               print {prompt_ids, output_ids, response, num_patches_list}\n"
                "      --logits-out FILE    write the last prompt position's logits (float32 LE)\n"
+               "      --json-schema FILE   the answer follows this JSON Schema (docs/grammar.md)\n"
+               "      --json-object        the answer is a JSON object\n"
+               "      --logprobs N         with --json: each token's logprob and the N (0-20) likeliest\n"
                "  -q, --quiet              no progress or timings on stderr\n\n%s",
             cli_model_flags_help());
 }
@@ -68,7 +72,32 @@ static void print_ids(const char *key, const int32_t *ids, size_t n) {
     printf("]");
 }
 
-static void print_json(const nvlm_answer *a) {
+/* "logprobs": [{"id", "token" (its bytes as text), "logprob", "top": [{"id", "token", "logprob"}]}] */
+static void print_token(const nvlm_tokenizer *tok, const nvlm_token_logprob *t) {
+    size_t n;
+    const uint8_t *b = nvlm_tokenizer_token_bytes(tok, t->id, &n);
+    printf("{\"id\": %d, \"token\": ", t->id);
+    cli_json_string(stdout, b ? (const char *)b : "", n);
+    printf(", \"logprob\": %.6g", t->logprob);
+}
+
+static void print_logprobs(const nvlm_tokenizer *tok, const nvlm_answer *a) {
+    printf(", \"logprobs\": [");
+    for (size_t i = 0; a->logprobs && i < a->n_output; i++) {
+        printf(i ? ", " : "");
+        print_token(tok, &a->logprobs[i].chosen);
+        printf(", \"top\": [");
+        for (int k = 0; k < a->logprobs[i].n_top; k++) {
+            printf(k ? ", " : "");
+            print_token(tok, &a->logprobs[i].top[k]);
+            printf("}");
+        }
+        printf("]}");
+    }
+    printf("]");
+}
+
+static void print_json(const nvlm_tokenizer *tok, const nvlm_answer *a) {
     printf("{");
     print_ids("prompt_ids", a->prompt_ids, a->n_prompt);
     printf(", ");
@@ -77,7 +106,9 @@ static void print_json(const nvlm_answer *a) {
     cli_json_string(stdout, a->response, strlen(a->response));
     printf(", \"num_patches_list\": [");
     for (size_t i = 0; i < a->n_images; i++) printf(i ? ", %d" : "%d", a->num_patches[i]);
-    printf("], \"finish_reason\": \"%s\"}\n", a->finish_length ? "length" : "stop");
+    printf("]");
+    if (a->logprobs) print_logprobs(tok, a);
+    printf(", \"finish_reason\": \"%s\"}\n", a->finish_length ? "length" : "stop");
 }
 
 static int stream_token(void *user, int32_t id, const char *text, size_t len) {
@@ -91,8 +122,8 @@ typedef struct run_args {
     cli_model_opts o;
     const char *images[MAX_IMAGES];
     int n_images;
-    const char *prompt, *history, *logits_out;
-    int json;
+    const char *prompt, *history, *logits_out, *json_schema;
+    int json, json_object, logprobs; /* logprobs: -1 off, else top_logprobs */
 } run_args;
 
 static int parse_args(int argc, char **argv, run_args *r) {
@@ -107,10 +138,13 @@ static int parse_args(int argc, char **argv, run_args *r) {
             return -1;
         } else if (!strcmp(a, "--json")) {
             r->json = 1;
+        } else if (!strcmp(a, "--json-object")) {
+            r->json_object = 1;
         } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
             r->o.quiet = 1;
         } else if (!has_value && (!strcmp(a, "--image") || !strcmp(a, "-i") || !strcmp(a, "--prompt") ||
-                                  !strcmp(a, "-p") || !strcmp(a, "--history") || !strcmp(a, "--logits-out"))) {
+                                  !strcmp(a, "-p") || !strcmp(a, "--history") || !strcmp(a, "--logits-out") ||
+                                  !strcmp(a, "--json-schema") || !strcmp(a, "--logprobs"))) {
             return cli_usage_error("run", "%s needs a value", a);
         } else if (!strcmp(a, "--image") || !strcmp(a, "-i")) {
             if (r->n_images == MAX_IMAGES) return cli_usage_error("run", "at most %d images", MAX_IMAGES);
@@ -121,11 +155,20 @@ static int parse_args(int argc, char **argv, run_args *r) {
             r->history = argv[++i];
         } else if (!strcmp(a, "--logits-out")) {
             r->logits_out = argv[++i];
+        } else if (!strcmp(a, "--json-schema")) {
+            r->json_schema = argv[++i];
+        } else if (!strcmp(a, "--logprobs")) {
+            long n;
+            if (cli_parse_int(argv[++i], 0, NVLM_MAX_TOP_LOGPROBS, &n))
+                return cli_usage_error("run", "--logprobs must be an integer from 0 to %d", NVLM_MAX_TOP_LOGPROBS);
+            r->logprobs = (int)n;
         } else {
             return cli_usage_error("run", "unknown option '%s'", a);
         }
     }
     if (!r->prompt) return cli_usage_error("run", "--prompt TEXT is required");
+    if (r->json_schema && r->json_object) return cli_usage_error("run", "--json-schema and --json-object exclude each other");
+    if (r->logprobs >= 0 && !r->json) return cli_usage_error("run", "--logprobs needs --json (the figures are printed there)");
     return 0;
 }
 
@@ -150,9 +193,25 @@ static int check_files(const run_args *r) {
     return 0;
 }
 
+/* The grammar of --json-schema or --json-object, made before the model loads (a bad schema
+ * should not wait minutes for a 72B load). */
+static int make_grammar(const run_args *r, nvlm_grammar **g) {
+    nvlm_err err = {0};
+    if (r->json_object && nvlm_grammar_json_object(g, &err)) return cli_report("run", &err);
+    if (!r->json_schema) return 0;
+    char *text;
+    size_t len;
+    if (nvlm_read_file(r->json_schema, 16u << 20, &text, &len, &err)) return cli_report("run", &err);
+    int rc = nvlm_grammar_from_json_schema(text, len, g, &err);
+    free(text);
+    if (rc) return nvlm_fail_prefix(&err, "--json-schema %s: ", r->json_schema), cli_report("run", &err);
+    return 0;
+}
+
 int cmd_run(int argc, char **argv) {
     run_args r;
     memset(&r, 0, sizeof r);
+    r.logprobs = -1;
     cli_model_opts_init(&r.o);
     int rc = parse_args(argc, argv, &r);
     if (rc) return rc < 0 ? 0 : rc;
@@ -160,7 +219,14 @@ int cmd_run(int argc, char **argv) {
     nvlm_chat *c = NULL;
     nvlm_answer ans = {0};
     nvlm_err err = {0};
-    if ((rc = check_files(&r)) || (rc = cli_load_model("run", &r.o, &m))) return rc;
+    nvlm_grammar *g = NULL;
+    if ((rc = check_files(&r)) || (rc = make_grammar(&r, &g))) return rc;
+    r.o.sampling.grammar = g;
+    if (r.logprobs >= 0) r.o.sampling.logprobs = 1, r.o.sampling.top_logprobs = r.logprobs;
+    if ((rc = cli_load_model("run", &r.o, &m))) {
+        nvlm_grammar_free(g);
+        return rc;
+    }
     if ((rc = cli_chat_new("run", &r.o, m, &c))) goto done;
     if (r.history && (rc = load_history(r.history, c))) goto done;
     for (int i = 0; i < r.n_images; i++)
@@ -172,7 +238,7 @@ int cmd_run(int argc, char **argv) {
         rc = cli_report("run", &err);
         goto done;
     }
-    if (r.json) print_json(&ans);
+    if (r.json) print_json(nvlm_model_tokenizer(m), &ans);
     else printf("\n");
     fflush(stdout); /* the answer before the timings on stderr */
     if (!r.o.quiet) cli_print_timings(&ans);
@@ -181,5 +247,6 @@ done:
     nvlm_answer_free(&ans);
     nvlm_chat_free(c);
     nvlm_model_free(m);
+    nvlm_grammar_free(g);
     return rc;
 }

@@ -28,6 +28,9 @@ static void usage(FILE *f) {
                "      --max-image-pixels N   one decoded image (default 33554432)\n"
                "      --max-images N         images per request (default 16)\n"
                "      --allow-local-images DIR  accept file:// URLs and paths of files under DIR\n"
+               "      --allow-remote-images     fetch http(s) image URLs (10 s, --max-image-bytes, 3 redirects;\n"
+               "                                private and loopback addresses refused)\n"
+               "      --allow-private-image-hosts  with it: also from private and loopback addresses\n"
                "  -q, --quiet                no loading progress\n"
                "  (the sampling options below are the defaults of requests that do not set them)\n\n%s",
             cli_model_flags_help());
@@ -74,6 +77,8 @@ static int parse_server_flag(nvlm_serve_options *so, int argc, char **argv, int 
         return 1;
     }
     if (!strcmp(a, "--strict-model")) return so->strict_model = 1;
+    if (!strcmp(a, "--allow-remote-images")) return so->allow_remote_images = 1;
+    if (!strcmp(a, "--allow-private-image-hosts")) return so->allow_private_image_hosts = 1;
     return 0;
 }
 

@@ -337,6 +337,8 @@ typedef struct gen_state {
     size_t n_out;
     nvlm_buf text;       /* decoded so far (special tokens skipped), for stop strings */
     nvlm_detok *detok;
+    nvlm_logprobs *logprobs; /* per generated token when asked for */
+    size_t n_logprobs;
 } gen_state;
 
 /* Position of the earliest stop string in text, or -1. */
@@ -354,24 +356,21 @@ static int generate(nvlm_chat *c, const int32_t *prompt, size_t n_prompt, float 
                     nvlm_token_fn on_token, void *user, gen_state *g, int *finish_length, nvlm_err *err) {
     nvlm_model *m = c->m;
     const int V = m->cfg.llm.vocab_size, h = m->cfg.llm.hidden_size;
-    nvlm_rng rng;
-    nvlm_rng_seed(&rng, s->seed);
+    nvlm_sampler sp;
     nvlm_llm_hooks hk;
     const nvlm_llm_hooks *hooks = xattn_hooks(c, &hk);
     float *emb = malloc(sizeof(float) * h);
     g->out = malloc(sizeof(int32_t) * (size_t)(s->max_new_tokens > 0 ? s->max_new_tokens : 1));
-    int32_t *seen = malloc(sizeof(int32_t) * (n_prompt + (size_t)s->max_new_tokens + 1));
-    int rc = emb && g->out && seen ? NVLM_OK : nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    int rc = emb && g->out ? NVLM_OK : nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    if (!rc) rc = nvlm_sampler_init(&sp, s, m->tok, V, m->id_im_end, prompt, n_prompt, err);
+    if (rc) memset(&sp, 0, sizeof sp);
     if (!rc) rc = nvlm_detok_new(m->tok, 1, &g->detok, err);
-    if (!rc) memcpy(seen, prompt, sizeof(int32_t) * n_prompt);
     *finish_length = 1;
     for (int step = 0; !rc && step < s->max_new_tokens; step++) {
         if ((rc = check_abort(c, err))) break;
-        if (s->repetition_penalty != 1.0f)
-            nvlm_repetition_penalty(logits, V, seen, n_prompt + g->n_out, s->repetition_penalty);
-        int32_t id = nvlm_sample(logits, V, s, &rng, NULL);
+        int32_t id;
+        if ((rc = nvlm_sampler_next(&sp, logits, &id, err))) break;
         g->out[g->n_out++] = id;
-        seen[n_prompt + g->n_out - 1] = id;
         char *piece = NULL;
         size_t plen = 0;
         if ((rc = nvlm_detok_push(g->detok, id, &piece, &plen, err))) break;
@@ -388,34 +387,38 @@ static int generate(nvlm_chat *c, const int32_t *prompt, size_t n_prompt, float 
         if ((rc = nvlm_llm_forward(m, &c->kv, emb, 1, hooks, logits, 0, err))) break;
         rc = remember_ids(c, &id, (size_t)c->kv.len - 1, (size_t)c->kv.len, err);
     }
+    g->logprobs = nvlm_sampler_take_logprobs(&sp, &g->n_logprobs);
+    nvlm_sampler_free(&sp);
     free(emb);
-    free(seen);
     return rc;
 }
 
-/* decode(skip special) -> before first "<|im_end|>" -> before a stop string -> str.strip(). */
-static int make_response(nvlm_chat *c, const gen_state *g, const nvlm_sampling *s, char **out, nvlm_err *err) {
+/* decode(skip special) -> before first "<|im_end|>" -> before a stop string -> str.strip()
+ * (raw completions: not stripped). */
+static int make_response(nvlm_chat *c, const gen_state *g, const nvlm_sampling *s, int raw, char **out, nvlm_err *err) {
     size_t len;
     int rc = nvlm_tokenizer_decode(c->m->tok, g->out, g->n_out, 1, out, &len, err);
     if (rc) return rc;
-    char *cut = strstr(*out, "<|im_end|>");
+    char *cut = s->grammar ? NULL : strstr(*out, "<|im_end|>"); /* a grammar's text stays whole (valid JSON) */
     if (cut) *cut = 0;
     long st = find_stop(*out, s->stop);
     if (st >= 0) (*out)[st] = 0;
-    nvlm_py_strip(*out);
+    if (!raw) nvlm_py_strip(*out);
     return NVLM_OK;
 }
 
-int nvlm_chat_ask(nvlm_chat *c, const char *question, const nvlm_sampling *s_in, nvlm_token_fn on_token,
-                  void *user, nvlm_answer *out, nvlm_err *err) {
+/* raw: the text is the whole prompt (no template, no images, nothing joins the history). */
+static int ask(nvlm_chat *c, const char *question, int raw, const nvlm_sampling *s_in, nvlm_token_fn on_token,
+               void *user, nvlm_answer *out, nvlm_err *err) {
     memset(out, 0, sizeof *out);
     if (!c || !question) return nvlm_fail(err, NVLM_E_INVALID_ARG, "no chat or no question");
+    if (raw && c->n_images) return nvlm_fail(err, NVLM_E_INVALID_ARG, "a raw completion takes no images");
     nvlm_sampling s;
     if (s_in) s = *s_in;
     else nvlm_sampling_default(&s);
     nvlm_model *m = c->m;
     const int V = m->cfg.llm.vocab_size;
-    char *q = effective_question(c, question);
+    char *q = raw ? strdup(question) : effective_question(c, question);
     if (!q) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
     gen_state g = {0};
     float *logits = malloc(sizeof(float) * V);
@@ -423,7 +426,8 @@ int nvlm_chat_ask(nvlm_chat *c, const char *question, const nvlm_sampling *s_in,
     double t0 = now_ms();
     if (!rc) rc = encode_pending_images(c, err);
     double t1 = now_ms();
-    if (!rc) rc = build_prompt_ids(c, q, &out->prompt_ids, &out->n_prompt, err);
+    if (!rc && raw) rc = nvlm_tokenizer_encode(m->tok, q, strlen(q), &out->prompt_ids, &out->n_prompt, err);
+    else if (!rc) rc = build_prompt_ids(c, q, &out->prompt_ids, &out->n_prompt, err);
     if (!rc) rc = check_image_tokens(c, out->prompt_ids, out->n_prompt, err);
     if (!rc && out->n_prompt == 0) rc = nvlm_fail(err, NVLM_E_INVALID_ARG, "empty prompt");
     if (!rc) {
@@ -441,23 +445,47 @@ int nvlm_chat_ask(nvlm_chat *c, const char *question, const nvlm_sampling *s_in,
     }
     if (!rc) rc = generate(c, out->prompt_ids, out->n_prompt, logits, &s, on_token, user, &g, &out->finish_length, err);
     double t3 = now_ms();
-    if (!rc) rc = make_response(c, &g, &s, &out->response, err);
-    if (!rc) rc = push_turn(c, q, out->response, err);
+    if (!rc) rc = make_response(c, &g, &s, raw, &out->response, err);
+    if (!rc && !raw) rc = push_turn(c, q, out->response, err);
     if (!rc) {
         out->output_ids = g.out;
         out->n_output = g.n_out;
         g.out = NULL;
+        out->logprobs = g.logprobs; /* one per output id */
+        g.logprobs = NULL;
         out->n_images = (size_t)c->n_images;
         out->num_patches = malloc(sizeof(int) * (size_t)(c->n_images + 1));
         for (int i = 0; out->num_patches && i < c->n_images; i++) out->num_patches[i] = c->images[i].n_tiles;
         out->vit_ms = t1 - t0, out->prompt_ms = t2 - t1, out->gen_ms = t3 - t2;
     }
     free(g.out);
+    free(g.logprobs);
     nvlm_buf_free(&g.text);
     nvlm_detok_free(g.detok);
     free(logits);
     free(q);
     if (rc) nvlm_answer_free(out);
+    return rc;
+}
+
+int nvlm_chat_ask(nvlm_chat *c, const char *question, const nvlm_sampling *s, nvlm_token_fn on_token, void *user,
+                  nvlm_answer *out, nvlm_err *err) {
+    return ask(c, question, 0, s, on_token, user, out, err);
+}
+
+int nvlm_chat_complete(nvlm_chat *c, const char *prompt, const nvlm_sampling *s, nvlm_token_fn on_token, void *user,
+                       nvlm_answer *out, nvlm_err *err) {
+    return ask(c, prompt, 1, s, on_token, user, out, err);
+}
+
+int nvlm_chat_regenerate(nvlm_chat *c, const nvlm_sampling *s, nvlm_token_fn on_token, void *user, nvlm_answer *out,
+                         nvlm_err *err) {
+    memset(out, 0, sizeof *out);
+    if (!c || !c->n_history) return nvlm_fail(err, NVLM_E_INVALID_ARG, "no answered question to ask again");
+    nvlm_turn last = c->history[--c->n_history];
+    int rc = ask(c, last.question, 0, s, on_token, user, out, err);
+    if (rc) c->history[c->n_history++] = last; /* the conversation as it was */
+    else free(last.question), free(last.answer);
     return rc;
 }
 
@@ -468,6 +496,7 @@ void nvlm_answer_free(nvlm_answer *a) {
     free(a->output_ids);
     free(a->num_patches);
     free(a->last_logits);
+    free(a->logprobs);
     memset(a, 0, sizeof *a);
 }
 

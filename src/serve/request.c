@@ -1,6 +1,7 @@
 /* A chat completion request body -> serve_request: OpenAI's fields validated one by one, the
  * messages reduced to chat()'s conversation (system, (question, answer) history, question)
  * and every image decoded. Each failure names the field, as OpenAI's errors do. */
+#include "grammar/grammar.h"
 #include "serve/serve_int.h"
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -102,8 +103,19 @@ static int add_image(serve_request *r, const char *url, const serve_limits *lim,
     if (!strncasecmp(url, "data:", 5)) {
         rc = decode_data_url(url, lim, param, &data, &len, e);
     } else if (!strncasecmp(url, "http://", 7) || !strncasecmp(url, "https://", 8)) {
-        return serve_fail(e, 400, "remote_images_disabled", param,
-                          "remote image URLs are refused: send the image as a data:image/...;base64, URL");
+        if (!lim->allow_remote)
+            return serve_fail(e, 400, "remote_images_disabled", param,
+                              "remote image URLs are refused (the server was not started with --allow-remote-images): "
+                              "send the image as a data:image/...;base64, URL");
+        char why[400];
+        serve_fetch_opts fo = lim->fetch;
+        fo.max_bytes = lim->max_image_bytes;
+        rc = serve_fetch_url(url, &fo, &data, &len, why, sizeof why);
+        if (rc == -2) return serve_fail(e, 500, NULL, param, "fetching the image '%.200s': %s", url, why);
+        if (rc) return serve_fail(e, 400, "invalid_image_url", param, "cannot fetch the image '%.300s': %s", url, why);
+    } else if (strstr(url, "://") && strncasecmp(url, "file://", 7)) {
+        return serve_fail(e, 400, "invalid_image_url", param, "image URL '%.200s': only data:, http(s):// (with "
+                          "--allow-remote-images) and local files (with --allow-local-images) are accepted", url);
     } else if (!lim->local_image_dir) {
         return serve_fail(e, 400, "local_images_disabled", param,
                           "local image paths are refused (the server was not started with --allow-local-images)");
@@ -290,27 +302,109 @@ static int parse_stop(serve_request *r, const cJSON *stop, serve_error *e) {
 
 /* Fields nvlm does not implement: accepted only at their neutral value. */
 static int refuse_unsupported(const cJSON *root, serve_error *e) {
-    static const char *zero_num[] = {"presence_penalty", "frequency_penalty"};
+    static const char *empty_ok[] = {"tools", "functions"};
     for (int i = 0; i < 2; i++) {
-        const cJSON *it = field(root, zero_num[i]);
-        if (it && (!cJSON_IsNumber(it) || it->valuedouble != 0))
-            return serve_fail(e, 400, "unsupported_parameter", zero_num[i], "'%s' is not supported (only 0)",
-                              zero_num[i]);
-    }
-    const cJSON *lp = field(root, "logprobs");
-    if (lp && !cJSON_IsFalse(lp))
-        return serve_fail(e, 400, "unsupported_parameter", "logprobs", "'logprobs' is not supported");
-    if (field(root, "top_logprobs"))
-        return serve_fail(e, 400, "unsupported_parameter", "top_logprobs", "'top_logprobs' is not supported");
-    static const char *empty_ok[] = {"tools", "functions", "logit_bias"};
-    for (int i = 0; i < 3; i++) {
         const cJSON *it = field(root, empty_ok[i]);
         if (it && cJSON_GetArraySize(it) > 0)
             return serve_fail(e, 400, "unsupported_parameter", empty_ok[i], "'%s' is not supported", empty_ok[i]);
     }
-    const cJSON *rf = field(root, "response_format"), *rt = rf ? field(rf, "type") : NULL;
-    if (rf && (!cJSON_IsString(rt) || strcmp(rt->valuestring, "text")))
-        return serve_fail(e, 400, "unsupported_parameter", "response_format", "only response_format {\"type\": \"text\"}");
+    return 0;
+}
+
+/* OpenAI's logit_bias: {"token id": bias in [-100, 100]}. The ids are checked against the
+ * vocabulary when the answer starts (an error there is a 400 as well). */
+static int parse_logit_bias(serve_request *r, const cJSON *lb, serve_error *e) {
+    if (!cJSON_IsObject(lb))
+        return serve_fail(e, 400, "invalid_type", "logit_bias", "'logit_bias' must be an object of token id: bias");
+    int n = cJSON_GetArraySize(lb);
+    if (n > 1024) return serve_fail(e, 400, "invalid_value", "logit_bias", "at most 1024 logit_bias entries");
+    if (n && !(r->bias = calloc((size_t)n, sizeof *r->bias))) return serve_fail(e, 500, NULL, NULL, "out of memory");
+    int i = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, lb) {
+        char *end;
+        long id = strtol(it->string, &end, 10);
+        if (!*it->string || *end || id < 0 || id > INT32_MAX)
+            return serve_fail(e, 400, "invalid_value", "logit_bias", "logit_bias key '%.40s' is not a token id",
+                              it->string);
+        if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || fabs(it->valuedouble) > 100)
+            return serve_fail(e, 400, "invalid_value", "logit_bias", "logit_bias values must be numbers from -100 to 100");
+        r->bias[i++] = (nvlm_logit_bias){(int32_t)id, (float)it->valuedouble};
+    }
+    r->sampling.logit_bias = r->bias, r->sampling.n_logit_bias = (size_t)i;
+    return 0;
+}
+
+/* response_format: text, json_object, or json_schema {name, schema, strict}; a schema outside
+ * the supported subset is a 400 naming the keyword (docs/grammar.md). */
+static int parse_response_format(serve_request *r, const cJSON *rf, serve_error *e) {
+    const cJSON *rt = cJSON_IsObject(rf) ? field(rf, "type") : NULL;
+    if (!cJSON_IsString(rt))
+        return serve_fail(e, 400, "invalid_type", "response_format", "'response_format' must be an object with a 'type'");
+    nvlm_err err = {0};
+    int rc = 0;
+    if (!strcmp(rt->valuestring, "text")) return 0;
+    if (!strcmp(rt->valuestring, "json_object")) {
+        rc = nvlm_grammar_json_object(&r->grammar, &err);
+    } else if (!strcmp(rt->valuestring, "json_schema")) {
+        const cJSON *js = field(rf, "json_schema"), *schema = js ? field(js, "schema") : NULL;
+        if (!cJSON_IsObject(js) || !schema)
+            return serve_fail(e, 400, "invalid_value", "response_format.json_schema",
+                              "'response_format.json_schema' must be an object with a 'schema'");
+        rc = nvlm_grammar_from_json_schema_value(schema, &r->grammar, &err);
+        if (rc && rc != NVLM_E_NOMEM)
+            return serve_fail(e, 400, "invalid_value", "response_format.json_schema.schema", "%s", err.msg);
+    } else {
+        return serve_fail(e, 400, "invalid_value", "response_format.type",
+                          "response_format type '%.40s' is not one of text, json_object, json_schema", rt->valuestring);
+    }
+    if (rc) return serve_fail(e, 500, NULL, NULL, "%s", err.msg);
+    r->sampling.grammar = r->grammar;
+    return 0;
+}
+
+/* The OpenAI fields of issue 20: penalties, logit_bias, logprobs, n, response_format and the
+ * per-request tile bound (vLLM's max_dynamic_patch, in the body or in mm_processor_kwargs). */
+static int parse_openai_extras(serve_request *r, const cJSON *root, serve_error *e) {
+    const cJSON *it;
+    long l;
+    double d;
+    if ((it = field(root, "presence_penalty"))) {
+        if (get_num(it, "presence_penalty", -2, 2, &d, e)) return -1;
+        r->sampling.presence_penalty = (float)d;
+    }
+    if ((it = field(root, "frequency_penalty"))) {
+        if (get_num(it, "frequency_penalty", -2, 2, &d, e)) return -1;
+        r->sampling.frequency_penalty = (float)d;
+    }
+    if ((it = field(root, "logit_bias")) && parse_logit_bias(r, it, e)) return -1;
+    if ((it = field(root, "response_format")) && parse_response_format(r, it, e)) return -1;
+    r->n = 1;
+    if ((it = field(root, "n"))) {
+        if (get_int(it, "n", 1, SERVE_MAX_N, &l, e)) return -1;
+        r->n = (int)l;
+    }
+    const cJSON *mm = field(root, "mm_processor_kwargs");
+    if (mm && !cJSON_IsObject(mm))
+        return serve_fail(e, 400, "invalid_type", "mm_processor_kwargs", "'mm_processor_kwargs' must be an object");
+    if ((it = field(root, "max_dynamic_patch")) || (mm && (it = field(mm, "max_dynamic_patch")))) {
+        if (get_int(it, "max_dynamic_patch", 1, SERVE_MAX_TILES, &l, e)) return -1;
+        r->max_tiles = (int)l;
+    }
+    return 0;
+}
+
+/* Chat logprobs: a boolean, with top_logprobs 0-20 beside it. */
+static int parse_chat_logprobs(serve_request *r, const cJSON *root, serve_error *e) {
+    const cJSON *lp = field(root, "logprobs"), *top = field(root, "top_logprobs");
+    long l;
+    if (lp && get_bool(lp, "logprobs", &r->sampling.logprobs, e)) return -1;
+    if (top) {
+        if (get_int(top, "top_logprobs", 0, NVLM_MAX_TOP_LOGPROBS, &l, e)) return -1;
+        if (!r->sampling.logprobs)
+            return serve_fail(e, 400, "invalid_value", "top_logprobs", "'top_logprobs' needs 'logprobs': true");
+        r->sampling.top_logprobs = (int)l;
+    }
     return 0;
 }
 
@@ -318,7 +412,6 @@ static int parse_sampling(serve_request *r, const cJSON *root, serve_error *e) {
     const cJSON *it;
     long l;
     double d;
-    if ((it = field(root, "n")) && (get_int(it, "n", 1, 1, &l, e))) return -1;
     if ((it = field(root, "max_tokens")) && get_int(it, "max_tokens", 1, 1 << 24, &l, e) == 0) r->max_tokens = (int)l;
     else if (it) return -1;
     if ((it = field(root, "max_completion_tokens"))) {
@@ -357,6 +450,9 @@ static int parse_sampling(serve_request *r, const cJSON *root, serve_error *e) {
         return serve_fail(e, 400, "invalid_type", "stream_options", "'stream_options' must be an object");
     if (so && (it = field(so, "include_usage")) && get_bool(it, "stream_options.include_usage", &r->include_usage, e))
         return -1;
+    if (parse_openai_extras(r, root, e)) return -1;
+    if (r->n > 1 && r->stream)
+        return serve_fail(e, 400, "unsupported_value", "n", "'n' above 1 is not supported with 'stream' yet");
     return refuse_unsupported(root, e);
 }
 
@@ -378,6 +474,7 @@ int serve_parse_request(const char *body, size_t len, const serve_limits *lim, c
     if (!rc && !field(root, "messages"))
         rc = serve_fail(e, 400, "missing_required_parameter", "messages", "'messages' is required");
     if (!rc) rc = parse_sampling(r, root, e);
+    if (!rc) rc = parse_chat_logprobs(r, root, e);
     if (!rc) rc = parse_messages(r, field(root, "messages"), lim, &c, e);
     if (!rc) rc = take_convo(r, &c, e);
     convo_free(&c);
@@ -397,5 +494,72 @@ void serve_request_free(serve_request *r) {
     free(r->images);
     for (int i = 0; r->stop && r->stop[i]; i++) free(r->stop[i]);
     free(r->stop);
+    nvlm_grammar_free(r->grammar);
+    free(r->bias);
     memset(r, 0, sizeof *r);
+}
+
+/* --------------------------------------------------------------- completions */
+
+/* Legacy logprobs: an integer 0-20, the number of alternatives (0: the chosen token's only). */
+static int parse_completion_logprobs(serve_request *r, const cJSON *root, serve_error *e) {
+    const cJSON *lp = field(root, "logprobs");
+    long l;
+    if (!lp) return 0;
+    if (get_int(lp, "logprobs", 0, NVLM_MAX_TOP_LOGPROBS, &l, e)) return -1;
+    r->sampling.logprobs = 1, r->sampling.top_logprobs = (int)l;
+    return 0;
+}
+
+static int parse_prompt(serve_request *r, const cJSON *root, serve_error *e) {
+    const cJSON *p = field(root, "prompt");
+    if (!p) return serve_fail(e, 400, "missing_required_parameter", "prompt", "'prompt' is required");
+    if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1) p = p->child;
+    if (!cJSON_IsString(p))
+        return serve_fail(e, 400, "invalid_type", "prompt", "'prompt' must be a string (or an array of one string)");
+    if (!*p->valuestring) return serve_fail(e, 400, "invalid_value", "prompt", "'prompt' is empty");
+    if (strstr(p->valuestring, "<|vision_pad|>"))
+        return serve_fail(e, 400, "invalid_value", "prompt",
+                          "images are not allowed in /v1/completions (the prompt has <|vision_pad|>): use /v1/chat/completions");
+    static const char *const image_fields[] = {"images", "image", "image_url", "multi_modal_data", "messages"};
+    for (size_t i = 0; i < sizeof image_fields / sizeof image_fields[0]; i++)
+        if (field(root, image_fields[i]))
+            return serve_fail(e, 400, "invalid_value", image_fields[i],
+                              "'%s' is not allowed in /v1/completions: images and messages go to /v1/chat/completions",
+                              image_fields[i]);
+    static const char *const neutral_false[] = {"echo"};
+    const cJSON *it = field(root, neutral_false[0]);
+    if (it && !cJSON_IsFalse(it)) return serve_fail(e, 400, "unsupported_parameter", "echo", "'echo' is not supported");
+    if ((it = field(root, "suffix")) && !(cJSON_IsString(it) && !*it->valuestring))
+        return serve_fail(e, 400, "unsupported_parameter", "suffix", "'suffix' is not supported");
+    if ((it = field(root, "best_of")) && !(cJSON_IsNumber(it) && it->valuedouble == 1))
+        return serve_fail(e, 400, "unsupported_parameter", "best_of", "'best_of' is not supported (only 1)");
+    if (!(r->question = strdup(p->valuestring))) return serve_fail(e, 500, NULL, NULL, "out of memory");
+    r->raw = 1;
+    return 0;
+}
+
+int serve_parse_completion(const char *body, size_t len, const nvlm_sampling *defaults, serve_request *r,
+                           serve_error *e) {
+    memset(r, 0, sizeof *r);
+    r->sampling = *defaults;
+    r->sampling.stop = NULL;
+    r->sampling.max_new_tokens = 16; /* OpenAI's default max_tokens for completions */
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    if (!root) return serve_fail(e, 400, "invalid_json", NULL, "the request body is not valid JSON");
+    int rc = 0;
+    const cJSON *model = field(root, "model");
+    if (!cJSON_IsObject(root)) rc = serve_fail(e, 400, "invalid_type", NULL, "the request body must be a JSON object");
+    else if (model && !cJSON_IsString(model))
+        rc = serve_fail(e, 400, "invalid_type", "model", "'model' must be a string");
+    else if (model && !(r->model = strdup(model->valuestring)))
+        rc = serve_fail(e, 500, NULL, NULL, "out of memory");
+    if (!rc) rc = parse_prompt(r, root, e);
+    if (!rc) rc = parse_sampling(r, root, e);
+    if (!rc) rc = parse_completion_logprobs(r, root, e);
+    if (!rc && r->max_tiles) rc = serve_fail(e, 400, "invalid_value", "max_dynamic_patch",
+                                             "'max_dynamic_patch' has no use in /v1/completions (no images)");
+    cJSON_Delete(root);
+    if (rc) serve_request_free(r);
+    return rc;
 }

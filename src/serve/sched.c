@@ -67,6 +67,7 @@ int serve_job_new(serve_request *req, nvlm_chat *chat, serve_job **out) {
     j->refs = 1;
     j->state = JOB_QUEUED;
     j->ts.stop = j->req.sampling.stop;
+    j->ts.raw = j->req.raw;
     j->t_queued = serve_now();
     *out = j;
     return NVLM_OK;
@@ -81,6 +82,9 @@ void serve_job_release(serve_job *j) {
     nvlm_chat_free(j->chat);
     serve_request_free(&j->req);
     nvlm_answer_free(&j->answer);
+    for (int i = 0; i < j->n_extra; i++) nvlm_answer_free(&j->extra[i]);
+    free(j->extra);
+    free(j->lp_pending);
     nvlm_buf_free(&j->events);
     serve_textstream_free(&j->ts);
     pthread_cond_destroy(&j->cv);
@@ -107,9 +111,33 @@ static void sse_done(serve_job *j) {
     pthread_mutex_unlock(&j->mu);
 }
 
-static void sse_content(serve_job *j, char *delta, size_t dlen) {
-    if (dlen) sse_event(j, serve_chunk_json(j->id, j->model, j->created, NULL, delta, dlen, NULL));
+/* A content chunk; with logprobs it carries those of the tokens generated since the last one
+ * (flush: also when the text is empty, so that none is lost at the end). */
+static void sse_content(serve_job *j, char *delta, size_t dlen, int flush) {
+    if (j->n_pending && (dlen || flush) && !j->req.raw) {
+        sse_event(j, serve_chunk_logprobs_json(j->id, j->model, j->created, delta ? delta : "", dlen, NULL, j->tok,
+                                               j->lp_pending, j->n_pending));
+        j->n_pending = 0;
+    } else if (dlen) {
+        sse_event(j, j->req.raw ? serve_text_chunk_json(j->id, j->model, j->created, delta, dlen, NULL)
+                                : serve_chunk_json(j->id, j->model, j->created, NULL, delta, dlen, NULL));
+    }
     free(delta);
+}
+
+/* The sampler's logprobs of each token, kept until its text goes out in a chunk. */
+static void stash_logprobs(void *user, const nvlm_logprobs *lp) {
+    serve_job *j = user;
+    if (j->n_pending == j->cap_pending) {
+        size_t cap = j->cap_pending ? 2 * j->cap_pending : 16;
+        nvlm_logprobs *n = realloc(j->lp_pending, sizeof *n * cap);
+        if (!n) {
+            atomic_store(&j->cancelled, 1);
+            return;
+        }
+        j->lp_pending = n, j->cap_pending = cap;
+    }
+    j->lp_pending[j->n_pending++] = *lp;
 }
 
 typedef struct token_ctx {
@@ -130,7 +158,7 @@ static int on_token(void *user, int32_t id, const char *text, size_t len) {
         char *delta = NULL;
         size_t dlen = 0;
         if (serve_textstream_push(&j->ts, text, len, &delta, &dlen)) atomic_store(&j->cancelled, 1);
-        sse_content(j, delta, dlen);
+        sse_content(j, delta, dlen, 0);
     }
     if (atomic_load(&j->cancelled)) return 1;
     ticket_yield(&t->s->compute);
@@ -165,9 +193,14 @@ static void stream_end(serve_job *j, int rc) {
         char *delta = NULL;
         size_t dlen = 0;
         if (serve_textstream_finish(&j->ts, j->answer.response, &delta, &dlen)) atomic_store(&j->cancelled, 1);
-        sse_content(j, delta, dlen);
+        const nvlm_answer *a = &j->answer; /* the closing stop token has no logprobs entry */
+        if (j->n_pending && !a->finish_length && a->n_output && a->output_ids[a->n_output - 1] == j->lp_pending[j->n_pending - 1].chosen.id &&
+            nvlm_tokenizer_is_special(j->tok, a->output_ids[a->n_output - 1]))
+            j->n_pending--;
+        sse_content(j, delta, dlen, 1);
         const char *fin = j->answer.finish_length ? "length" : "stop";
-        sse_event(j, serve_chunk_json(j->id, j->model, j->created, NULL, NULL, 0, fin));
+        sse_event(j, j->req.raw ? serve_text_chunk_json(j->id, j->model, j->created, "", 0, fin)
+                                : serve_chunk_json(j->id, j->model, j->created, NULL, NULL, 0, fin));
         if (j->req.include_usage)
             sse_event(j, serve_usage_chunk_json(j->id, j->model, j->created, j->answer.n_prompt, j->answer.n_output));
     }
@@ -185,11 +218,18 @@ static void run_job(serve_sched *s, serve_job *j) {
         rc = nvlm_fail(&j->err, NVLM_E_CANCELLED, "cancelled before it started (client gone or server stopping)");
         if (j->req.stream) stream_end(j, rc);
     } else {
-        if (j->req.stream) sse_event(j, serve_chunk_json(j->id, j->model, j->created, "assistant", "", 0, NULL));
+        if (j->req.stream && !j->req.raw)
+            sse_event(j, serve_chunk_json(j->id, j->model, j->created, "assistant", "", 0, NULL));
         token_ctx t = {s, j};
+        if (j->req.stream && j->req.sampling.logprobs) {
+            j->tok = nvlm_model_tokenizer(s->model);
+            j->req.sampling.on_logprobs = stash_logprobs, j->req.sampling.logprobs_user = j;
+        }
         nvlm_chat_set_abort(j->chat, on_poll, &t);
         ticket_acquire(&s->compute);
-        rc = nvlm_chat_ask(j->chat, j->req.question, &j->req.sampling, on_token, &t, &j->answer, &j->err);
+        rc = j->req.raw ? nvlm_chat_complete(j->chat, j->req.question, &j->req.sampling, on_token, &t, &j->answer, &j->err)
+                        : nvlm_chat_ask(j->chat, j->req.question, &j->req.sampling, on_token, &t, &j->answer, &j->err);
+        if (!rc) rc = serve_extra_choices(j, on_token, &t);
         ticket_release(&s->compute);
         nvlm_chat_set_abort(j->chat, NULL, NULL);
         if (j->req.stream) stream_end(j, rc);
@@ -203,8 +243,10 @@ static void run_job(serve_sched *s, serve_job *j) {
     double ttft = j->t_first > 0 ? j->t_first - j->t_queued : -1;
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
-    serve_metrics_chat(s->metrics, fin, j->answer.n_prompt, j->answer.n_output, j->n_tiles, j->t_end - j->t_queued,
-                       ttft, j->t_start - j->t_queued);
+    size_t completion = j->answer.n_output; /* every choice's tokens */
+    for (int i = 0; i < j->n_extra; i++) completion += j->extra[i].n_output;
+    serve_metrics_chat(s->metrics, fin, j->answer.n_prompt, completion, j->n_tiles, j->t_end - j->t_queued, ttft,
+                       j->t_start - j->t_queued);
 }
 
 /* --------------------------------------------------------------- workers */

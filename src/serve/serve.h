@@ -28,6 +28,10 @@ typedef struct nvlm_serve_options {
     uint64_t max_image_pixels; /* one decoded image; 0: 32 Mi pixels */
     int max_images;            /* images per request; 0: 16 */
     const char *local_image_dir; /* non-NULL: file:// URLs and paths under this folder allowed */
+    int allow_remote_images;   /* 1: http(s) image URLs are fetched (libcurl) */
+    int allow_private_image_hosts; /* 1: also from private/loopback addresses */
+    int remote_timeout_ms;     /* one fetch, redirects included; 0: 10 s */
+    int remote_max_redirects;  /* 0: 3 (-1: none followed) */
     const char *default_system; /* system message of requests without one; NULL: the template's */
     nvlm_sampling defaults;    /* sampling when a request says nothing (stop is ignored) */
 } nvlm_serve_options;

@@ -31,6 +31,25 @@ typedef struct serve_error {
 int serve_fail(serve_error *e, int status, const char *code, const char *param, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 
+/* ------------------------------------------------------------- fetch.c */
+
+typedef struct serve_fetch_opts {
+    size_t max_bytes;
+    int timeout_ms;              /* the whole transfer, redirects included */
+    int max_redirects;
+    int allow_private;           /* 1: private and loopback addresses allowed */
+} serve_fetch_opts;
+
+/* Fetches an http(s) URL into *data (malloc'ed). 0; -1 with the reason in why (refused, too
+ * big, too slow, too many redirects, not 200, ...); -2 out of memory or no HTTP client. */
+int serve_fetch_url(const char *url, const serve_fetch_opts *o, uint8_t **data, size_t *len, char *why, size_t why_len);
+/* 1 for loopback, private, link-local, shared, multicast, reserved or unspecified addresses. */
+struct sockaddr;
+int serve_private_address(const struct sockaddr *sa);
+/* libcurl's process-wide setup (reference counted), before any thread fetches. */
+int serve_fetch_global_init(void);
+void serve_fetch_global_cleanup(void);
+
 /* ----------------------------------------------------------- request.c */
 
 typedef struct serve_limits {
@@ -38,6 +57,8 @@ typedef struct serve_limits {
     uint64_t max_image_pixels;
     int max_images;
     const char *local_image_dir;
+    int allow_remote;            /* http(s) image URLs fetched (with fetch below) */
+    serve_fetch_opts fetch;
 } serve_limits;
 
 /* A chat completion request reduced to what nvlm_chat needs. */
@@ -49,16 +70,26 @@ typedef struct serve_request {
     char *question;              /* the last user message */
     nvlm_image *images;          /* every image of the conversation, in order */
     int n_images;
-    nvlm_sampling sampling;      /* stop points into stop[] */
+    nvlm_sampling sampling;      /* stop points into stop[], grammar to grammar, logit_bias to bias */
     char **stop;                 /* NULL-terminated */
     int max_tokens;              /* 0: not given */
     int stream, include_usage;
+    nvlm_grammar *grammar;       /* response_format json_object / json_schema, else NULL */
+    nvlm_logit_bias *bias;
+    int n;                       /* choices, 1 to SERVE_MAX_N */
+    int max_tiles;               /* max_dynamic_patch (body or mm_processor_kwargs); 0: not given */
+    int raw;                     /* /v1/completions: question is the whole prompt, no template */
 } serve_request;
+
+enum { SERVE_MAX_N = 8, SERVE_MAX_TILES = 40 };
 
 /* Parses and validates a request body; defaults come from *defaults (stop is ignored). */
 int serve_parse_request(const char *body, size_t len, const serve_limits *lim, const nvlm_sampling *defaults,
                         serve_request *out, serve_error *e);
 void serve_request_free(serve_request *r);
+/* A /v1/completions body: "prompt" (a string) is the raw prompt; images are refused. */
+int serve_parse_completion(const char *body, size_t len, const nvlm_sampling *defaults, serve_request *out,
+                           serve_error *e);
 
 /* ------------------------------------------------------------ prompt.c */
 
@@ -83,6 +114,25 @@ char *serve_chunk_json(const char *id, const char *model, long created, const ch
 char *serve_usage_chunk_json(const char *id, const char *model, long created, size_t prompt_tokens,
                              size_t completion_tokens);
 
+/* The reply to a request of n answers (chat.completion, or text_completion for a raw one), with
+ * logprobs when asked (chat: content[{token, logprob, bytes, top_logprobs}]; completions: the
+ * legacy tokens/token_logprobs/top_logprobs/text_offset), a closing stop_id left out. */
+char *serve_answers_json(const char *id, const char *model, long created, const serve_request *r,
+                         const nvlm_tokenizer *tok, int32_t stop_id, const nvlm_answer *answers, int n);
+/* A chat.completion.chunk whose logprobs are those of n tokens (streaming with logprobs). */
+char *serve_chunk_logprobs_json(const char *id, const char *model, long created, const char *content, size_t content_len,
+                                const char *finish, const nvlm_tokenizer *tok, const nvlm_logprobs *lp, size_t n);
+/* chat logprobs {"content": [...]} of n tokens, or NULL (out of memory). */
+struct cJSON *serve_chat_logprobs(const nvlm_tokenizer *tok, const nvlm_logprobs *lp, size_t n);
+/* A streamed text_completion chunk. */
+char *serve_text_chunk_json(const char *id, const char *model, long created, const char *text, size_t len,
+                            const char *finish);
+/* /v1/models with the context length (max_model_len, context_length) and the tile bound. */
+char *serve_model_list_json(const char *model_id, long created, int ctx, int max_tiles);
+
+/* /props: the server's settings (limits, defaults) for clients and operators. */
+char *serve_props_json(const nvlm_serve_options *o, const char *model_id, const char *arch, int ctx, int max_tiles);
+
 /* -------------------------------------------------------- textstream.c */
 
 /* Holds back streamed text so that the concatenated deltas equal the final response exactly:
@@ -92,6 +142,7 @@ typedef struct serve_textstream {
     nvlm_buf all;       /* every piece so far */
     nvlm_buf sent;      /* the answer text already handed out */
     const char *const *stop;
+    int raw;            /* /v1/completions: the answer is not stripped, so neither are the deltas */
 } serve_textstream;
 
 /* Adds a piece; *delta (malloc'ed, may be "") is what may be sent now. */
@@ -159,11 +210,16 @@ struct serve_job {
     nvlm_buf events;             /* SSE bytes produced (stream) */
     size_t events_read;
     nvlm_answer answer;
+    nvlm_answer *extra;          /* n > 1: the answers of choices 1 .. n_extra */
+    int n_extra;
     nvlm_err err;
     double t_start, t_first, t_end;
     atomic_int cancelled;
     /* worker-only */
     serve_textstream ts;
+    nvlm_logprobs *lp_pending;   /* streaming with logprobs: tokens not yet sent in a chunk */
+    size_t n_pending, cap_pending;
+    const nvlm_tokenizer *tok;
     size_t n_generated;
     serve_job *next;
 };
@@ -180,6 +236,9 @@ typedef struct serve_sched {
     serve_job **running;         /* [n_workers], under mu: what each worker generates */
     int n_workers;
 } serve_sched;
+
+/* choices.c: the answers of choices 1 .. n-1 of j (its own seed each), after the first. */
+int serve_extra_choices(serve_job *j, nvlm_token_fn on_token, void *user);
 
 /* A job owning req and chat (moved in); one reference for the caller. */
 int serve_job_new(serve_request *req, nvlm_chat *chat, serve_job **out);

@@ -24,6 +24,7 @@ struct nvlm_server {
     nvlm_serve_options o;
     char *model_id, *api_key, *local_dir, *system;
     int ctx;
+    int curl;                    /* libcurl initialised (remote images) */
     long started;
     atomic_int stopping;
     atomic_ulong counter;
@@ -36,6 +37,7 @@ struct nvlm_server {
 
 typedef struct conn_state {
     nvlm_server *srv;
+    int completions;         /* /v1/completions (else /v1/chat/completions) */
     int counted;             /* a chat request counted in srv->in_flight */
     nvlm_buf body;
     size_t received;
@@ -192,10 +194,13 @@ static enum MHD_Result finish_plain(nvlm_server *s, struct MHD_Connection *c, se
         int status = code == NVLM_E_LIMIT || code == NVLM_E_INVALID_ARG ? 400 : 500;
         return fail(s, c, status, NULL, j->err.msg);
     }
-    const nvlm_answer *a = &j->answer;
+    nvlm_answer all[SERVE_MAX_N];
+    all[0] = j->answer;
+    for (int i = 0; i < j->n_extra && i + 1 < SERVE_MAX_N; i++) all[i + 1] = j->extra[i];
     return send_text(s, c, 200, "application/json",
-                     serve_completion_json(j->id, j->model, j->created, a->response, a->finish_length ? "length" : "stop",
-                                           a->n_prompt, a->n_output));
+                     serve_answers_json(j->id, j->model, j->created, &j->req, nvlm_model_tokenizer(s->m),
+                                        nvlm_tokenizer_token_id(nvlm_model_tokenizer(s->m), "<|im_end|>"), all,
+                                        1 + j->n_extra));
 }
 
 static void new_id(nvlm_server *s, char out[48]) {
@@ -211,7 +216,8 @@ static void new_id(nvlm_server *s, char out[48]) {
 static int fit_context(nvlm_server *s, serve_request *r, size_t *n_prompt, serve_error *e) {
     int32_t *ids = NULL;
     nvlm_err err = {0};
-    int rc = serve_prompt_ids(s->m, r, s->o.max_tiles, &ids, n_prompt, &err);
+    int rc = r->raw ? nvlm_tokenizer_encode(nvlm_model_tokenizer(s->m), r->question, strlen(r->question), &ids, n_prompt, &err)
+                    : serve_prompt_ids(s->m, r, r->max_tiles, &ids, n_prompt, &err);
     free(ids);
     if (rc) return serve_fail(e, rc == NVLM_E_NOMEM ? 500 : 400, NULL, "messages", "%s", err.msg);
     size_t ctx = (size_t)s->ctx;
@@ -234,10 +240,18 @@ static enum MHD_Result handle_chat(nvlm_server *s, struct MHD_Connection *c, con
         serve_fail(&e, 413, "request_too_large", NULL, "the request body is over %zu bytes", s->o.max_body);
         return send_error(s, c, &e);
     }
-    serve_limits lim = {s->o.max_image_bytes, s->o.max_image_pixels, s->o.max_images, s->local_dir};
+    serve_limits lim = {s->o.max_image_bytes, s->o.max_image_pixels, s->o.max_images, s->local_dir,
+                        s->o.allow_remote_images,
+                        {s->o.max_image_bytes, s->o.remote_timeout_ms, s->o.remote_max_redirects,
+                         s->o.allow_private_image_hosts}};
     serve_request r;
-    if (serve_parse_request(cs->body.data ? cs->body.data : "", cs->body.len, &lim, &s->o.defaults, &r, &e))
+    const char *body = cs->body.data ? cs->body.data : "";
+    if (cs->completions ? serve_parse_completion(body, cs->body.len, &s->o.defaults, &r, &e)
+                        : serve_parse_request(body, cs->body.len, &lim, &s->o.defaults, &r, &e))
         return send_error(s, c, &e);
+    /* the request's max_dynamic_patch, capped by --max-tiles (40 without it); else the server's */
+    int cap = s->o.max_tiles ? s->o.max_tiles : SERVE_MAX_TILES;
+    r.max_tiles = r.max_tiles ? (r.max_tiles < cap ? r.max_tiles : cap) : s->o.max_tiles;
     nvlm_buf_free(&cs->body);
     if (!r.system && s->system && !(r.system = strdup(s->system))) {
         serve_request_free(&r);
@@ -256,13 +270,13 @@ static enum MHD_Result handle_chat(nvlm_server *s, struct MHD_Connection *c, con
     nvlm_err err = {0};
     nvlm_chat *chat = NULL;
     serve_job *j = NULL;
-    int rc = serve_make_chat(s->m, &r, s->o.max_tiles, &chat, &err);
+    int rc = serve_make_chat(s->m, &r, r.max_tiles, &chat, &err);
     if (rc) {
         serve_request_free(&r);
         return fail(s, c, rc == NVLM_E_NOMEM ? 500 : 400, NULL, err.msg);
     }
     size_t tiles = 0;
-    for (int i = 0; i < r.n_images; i++) tiles += (size_t)serve_image_tiles(s->m, &r.images[i], s->o.max_tiles);
+    for (int i = 0; i < r.n_images; i++) tiles += (size_t)serve_image_tiles(s->m, &r.images[i], r.max_tiles);
     if (serve_job_new(&r, chat, &j)) {
         nvlm_chat_free(chat);
         serve_request_free(&r);
@@ -302,18 +316,23 @@ static enum MHD_Result handle_get(nvlm_server *s, struct MHD_Connection *c, cons
                                          : send_text(s, c, 200, "application/json", strdup("{\"status\":\"ok\"}"));
     if (!strcmp(url, "/metrics"))
         return send_text(s, c, 200, "text/plain; version=0.0.4; charset=utf-8", serve_metrics_text(&s->metrics));
-    if (!strcmp(url, "/v1/models")) return send_text(s, c, 200, "application/json", serve_models_json(s->model_id, s->started));
+    int tiles = s->o.max_tiles ? s->o.max_tiles : nvlm_model_max_tiles(s->m);
+    if (!strcmp(url, "/v1/models"))
+        return send_text(s, c, 200, "application/json", serve_model_list_json(s->model_id, s->started, s->ctx, tiles));
+    if (!strcmp(url, "/props"))
+        return send_text(s, c, 200, "application/json",
+                         serve_props_json(&s->o, s->model_id, nvlm_model_arch(s->m), s->ctx, tiles));
     return fail(s, c, 404, "not_found", "unknown path");
 }
 
 static int known_path(const char *url) {
-    return !strcmp(url, "/health") || !strcmp(url, "/metrics") || !strcmp(url, "/v1/models") ||
-           !strcmp(url, "/v1/chat/completions");
+    return !strcmp(url, "/health") || !strcmp(url, "/metrics") || !strcmp(url, "/v1/models") || !strcmp(url, "/props") ||
+           !strcmp(url, "/v1/chat/completions") || !strcmp(url, "/v1/completions");
 }
 
 /* First call of a request (headers only): everything that needs no body. */
 static enum MHD_Result on_headers(nvlm_server *s, struct MHD_Connection *c, const char *url, const char *method) {
-    int is_chat = !strcmp(url, "/v1/chat/completions");
+    int is_chat = !strcmp(url, "/v1/chat/completions") || !strcmp(url, "/v1/completions");
     if (!known_path(url)) return fail(s, c, 404, "not_found", "unknown path");
     if (atomic_load(&s->stopping)) return fail(s, c, 503, "shutting_down", "the server is shutting down");
     if (!strncmp(url, "/v1/", 4) && !authorized(s, c))
@@ -339,7 +358,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!(cs = calloc(1, sizeof *cs))) return MHD_NO;
         *con_cls = cs;
         cs->srv = s;
-        if (!strcmp(url, "/v1/chat/completions")) {
+        cs->completions = !strcmp(url, "/v1/completions");
+        if (!strcmp(url, "/v1/chat/completions") || cs->completions) {
             cs->counted = 1;
             atomic_fetch_add(&s->in_flight, 1);
         }
@@ -393,6 +413,7 @@ static int resolve(const char *host, int port, struct sockaddr_storage *ss, nvlm
 }
 
 static void server_free(nvlm_server *s) {
+    if (s->curl) serve_fetch_global_cleanup();
     free(s->model_id);
     free(s->api_key);
     free(s->local_dir);
@@ -415,6 +436,9 @@ int nvlm_server_start(nvlm_model *m, const nvlm_serve_options *opt, nvlm_server 
     if (!s->o.max_image_bytes) s->o.max_image_bytes = 20u << 20;
     if (!s->o.max_image_pixels) s->o.max_image_pixels = 32u << 20;
     if (!s->o.max_images) s->o.max_images = 16;
+    if (!s->o.remote_timeout_ms) s->o.remote_timeout_ms = 10000;
+    if (!s->o.remote_max_redirects) s->o.remote_max_redirects = 3;
+    if (s->o.remote_max_redirects < 0) s->o.remote_max_redirects = 0;
     s->ctx = opt->ctx > 0 ? opt->ctx : m->cfg.llm.max_position_embeddings;
     s->started = (long)time(NULL);
     s->model_id = strdup(opt->model_id);
@@ -430,6 +454,11 @@ int nvlm_server_start(nvlm_model *m, const nvlm_serve_options *opt, nvlm_server 
         server_free(s);
         return nvlm_fail(err, NVLM_E_INVALID_ARG, "parallel must be 1..1024, not %d", p);
     }
+    if (s->o.allow_remote_images && serve_fetch_global_init()) {
+        server_free(s);
+        return nvlm_fail(err, NVLM_E_INTERNAL, "cannot initialise libcurl for --allow-remote-images");
+    }
+    s->curl = s->o.allow_remote_images;
     struct sockaddr_storage ss;
     int rc = resolve(opt->host ? opt->host : "127.0.0.1", opt->port, &ss, err);
     if (!rc && serve_metrics_init(&s->metrics, s->o.parallel)) rc = nvlm_fail(err, NVLM_E_INTERNAL, "mutex init failed");

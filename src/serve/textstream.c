@@ -49,7 +49,7 @@ int serve_textstream_push(serve_textstream *t, const char *piece, size_t len, ch
     if (nvlm_buf_append(&t->all, piece, len) || nvlm_buf_append(&t->all, "", 0)) return NVLM_E_NOMEM;
     char *cand = dup_range(t->all.data, safe_end(t));
     if (!cand) return NVLM_E_NOMEM;
-    size_t cl = nvlm_py_strip(cand);
+    size_t cl = t->raw ? strlen(cand) : nvlm_py_strip(cand); /* a raw completion is not stripped */
     int rc = emit(t, cand, cl, delta, dlen);
     free(cand);
     return rc;

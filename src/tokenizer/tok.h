@@ -6,6 +6,7 @@
 #ifndef NVLM_TOKENIZER_TOK_H
 #define NVLM_TOKENIZER_TOK_H
 #include "nvlm.h"
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -74,6 +75,7 @@ struct nvlm_tokenizer {
     tok_added *added;
     size_t n_added;
     tok_added_set raw_set, norm_set;
+    _Atomic(void *) grammar_index; /* src/grammar's index of the token bytes, built on first use */
 };
 
 /* Id of a byte-level vocabulary string, or -1. The _h form takes tok_hash_str(s, n), so

@@ -93,3 +93,9 @@ int nvlm_detok_flush(nvlm_detok *d, char **out, size_t *len, nvlm_err *err) {
     *out = NULL;
     return emit(d, (const uint8_t *)"", 0, 1, out, len, err);
 }
+
+const uint8_t *nvlm_tokenizer_token_bytes(const nvlm_tokenizer *t, int32_t id, size_t *len) {
+    const uint8_t *p = t ? id_bytes(t, id, 0, len) : NULL;
+    if (!p) *len = 0;
+    return p;
+}
