@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <poll.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@ struct nvlm_server {
     nvlm_model *m;
     nvlm_serve_options o;
     char *model_id, *api_key, *local_dir, *system;
+    unsigned char key_sha[32];   /* SHA-256 of api_key */
     int ctx;
     long started;
     atomic_int stopping;
@@ -285,14 +287,21 @@ static enum MHD_Result handle_chat(nvlm_server *s, struct MHD_Connection *c, con
 
 /* --------------------------------------------------------------- routing */
 
+/* SHA-256 of the key: the given and the configured key are compared as digests, 32 bytes
+ * always, so the time taken tells nothing of either length or of where they differ. */
+static int key_digest(const char *key, unsigned char out[32]) {
+    unsigned int n = 0;
+    return EVP_Digest(key, strlen(key), out, &n, EVP_sha256(), NULL) == 1 && n == 32;
+}
+
 static int authorized(nvlm_server *s, struct MHD_Connection *c) {
     if (!s->api_key) return 1;
     const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
     if (!h || strncasecmp(h, "Bearer ", 7)) return 0;
-    h += 7;
-    size_t a = strlen(h), b = strlen(s->api_key);
-    unsigned diff = a != b;
-    for (size_t i = 0; i < a && i < b; i++) diff |= (unsigned char)h[i] ^ (unsigned char)s->api_key[i];
+    unsigned char given[32];
+    if (!key_digest(h + 7, given)) return 0;
+    volatile unsigned diff = 0;
+    for (int i = 0; i < 32; i++) diff |= given[i] ^ s->key_sha[i];
     return diff == 0;
 }
 
@@ -424,6 +433,10 @@ int nvlm_server_start(nvlm_model *m, const nvlm_serve_options *opt, nvlm_server 
     if ((opt->default_system && !s->system) || !s->model_id || (opt->api_key && *opt->api_key && !s->api_key) || (opt->local_image_dir && !s->local_dir)) {
         server_free(s);
         return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    }
+    if (s->api_key && !key_digest(s->api_key, s->key_sha)) {
+        server_free(s);
+        return nvlm_fail(err, NVLM_E_INTERNAL, "SHA-256 of the API key failed (libcrypto)");
     }
     if (s->o.parallel < 1 || s->o.parallel > 1024) {
         int p = s->o.parallel;
