@@ -4,6 +4,7 @@
  * instead of stalling the suite. */
 #include "check.h"
 #include "core/file.h"
+#include <cjson/cJSON.h>
 #include "serve/serve_int.h"
 #include <errno.h>
 #include <stdarg.h>
@@ -126,6 +127,46 @@ static void test_local_images(void) {
     rmdir(dir);
 }
 
+/* ------------------------------------------------------------ non-finite */
+
+/* Puts a BF16 NaN into element 5 of tensor `name` of dir/model.safetensors. 0 or -1. */
+static int poison_bf16(const char *dir, const char *name) {
+    char p[4400];
+    snprintf(p, sizeof p, "%.4300s/model.safetensors", dir);
+    FILE *f = fopen(p, "r+b");
+    if (!f) return -1;
+    uint64_t hl = 0;
+    char *h = NULL;
+    int rc = -1;
+    if (fread(&hl, 8, 1, f) == 1 && hl < (1u << 24) && (h = calloc(1, hl + 1)) && fread(h, 1, hl, f) == hl) {
+        cJSON *root = cJSON_Parse(h);
+        const cJSON *t = cJSON_GetObjectItem(root, name), *offs = t ? cJSON_GetObjectItem(t, "data_offsets") : NULL;
+        if (cJSON_GetArraySize(offs) == 2) {
+            long at = (long)(8 + hl) + (long)cJSON_GetArrayItem(offs, 0)->valuedouble + 2 * 5;
+            const uint8_t nan_bf16[2] = {0xc0, 0x7f};
+            rc = fseek(f, at, SEEK_SET) == 0 && fwrite(nan_bf16, 1, 2, f) == 2 ? 0 : -1;
+        }
+        cJSON_Delete(root);
+    }
+    free(h);
+    return fclose(f) == 0 ? rc : -1;
+}
+
+static void test_nan_weights(const char *model) {
+    char m[4200];
+    snprintf(m, sizeof m, "%s/nan-model", scratch);
+    sh("cp -r '%s' '%s'", model, m);
+    int rc = nvlm("info --model '%s' --check-weights", m);
+    CHECK(rc == 0 && strstr(out, "all ") && strstr(out, "tensors finite"), "clean weights: exit %d: %s", rc, out);
+    CHECK(poison_bf16(m, "language_model.model.layers.1.input_layernorm.weight") == 0, "cannot patch %s", m);
+    rc = nvlm("run -q -m '%s' -p 'Hello there'", m);
+    CHECK(rc == 1 && strstr(out, "non-finite") && strstr(out, "decoder layer 1 "), "NaN norm weight: exit %d: %s", rc, out);
+    rc = nvlm("info --model '%s' --check-weights", m);
+    CHECK(rc == 1 && strstr(out, "tensor language_model.model.layers.1.input_layernorm.weight") && strstr(out, "element 5"),
+          "--check-weights: exit %d: %s", rc, out);
+    sh("rm -rf '%s'", m);
+}
+
 int main(int argc, char **argv) {
     (void)argc;
     const char *slash = strrchr(argv[0], '/');
@@ -137,7 +178,7 @@ int main(int argc, char **argv) {
     test_open_regular();
     test_local_images();
     if (access(nvlm_bin, X_OK)) CHECK(0, "no nvlm binary at %s (make builds it beside the tests)", nvlm_bin);
-    else test_fifo_config(model);
+    else test_fifo_config(model), test_nan_weights(model);
     sh("rm -rf '%s'", scratch);
     return check_done("test_hardening");
 }
