@@ -2,6 +2,7 @@
  * messages reduced to chat()'s conversation (system, (question, answer) history, question)
  * and every image decoded. Each failure names the field, as OpenAI's errors do. */
 #include "core/file.h"
+#include "image/decode.h"
 #include "serve/serve_int.h"
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -128,21 +129,32 @@ static int add_image(serve_request *r, const char *url, const serve_limits *lim,
         rc = read_local(strncasecmp(url, "file://", 7) ? url : url + 7, lim, param, &data, &len, e);
     }
     if (rc) return rc;
-    nvlm_image_limits il = {lim->max_image_pixels};
-    nvlm_err err = {0};
-    nvlm_image img;
-    rc = nvlm_image_decode(data, len, &il, &img, &err);
-    free(data);
-    if (rc == NVLM_E_NOMEM) return serve_fail(e, 500, NULL, param, "out of memory decoding the image");
-    if (rc == NVLM_E_LIMIT) return serve_fail(e, 400, "image_too_large", param, "%s", err.msg);
-    if (rc) return serve_fail(e, 400, "invalid_image", param, "the image cannot be decoded: %s", err.msg);
-    nvlm_image *n = realloc(r->images, sizeof *n * (size_t)(r->n_images + 1));
-    if (!n) {
-        nvlm_image_free(&img);
-        return serve_fail(e, 500, NULL, param, "out of memory");
+    /* Only the header is read here: the pixels are decoded later, one image at a time, once
+     * the server's image memory has room for them (serve_make_chat). */
+    serve_image_src src = {data, len, 0, 0, 0, 0, {0}};
+    snprintf(src.param, sizeof src.param, "%s", param);
+    src.format = img_probe(data, len, &src.width, &src.height, &src.exact);
+    if (src.format == IMG_UNKNOWN) rc = serve_fail(e, 400, "invalid_image", param,
+                                                   "the image cannot be decoded: not a JPEG, PNG, WebP, GIF or BMP file");
+    else if (src.exact && (src.width == 0 || src.height == 0))
+        rc = serve_fail(e, 400, "invalid_image", param, "the image cannot be decoded: its header gives a zero size");
+    else if (src.exact && (src.width > INT_MAX || src.height > INT_MAX || src.width * src.height > lim->max_image_pixels))
+        rc = serve_fail(e, 400, "image_too_large", param,
+                        "%s: image size %llux%llu exceeds the limit of %llu pixels (decompression bomb guard)",
+                        img_format_name((img_format)src.format), (unsigned long long)src.width,
+                        (unsigned long long)src.height, (unsigned long long)lim->max_image_pixels);
+    nvlm_image *n = rc ? NULL : realloc(r->images, sizeof *n * (size_t)(r->n_images + 1));
+    serve_image_src *ns = n ? realloc(r->image_src, sizeof *ns * (size_t)(r->n_images + 1)) : NULL;
+    if (n) r->images = n;
+    if (ns) r->image_src = ns;
+    if (!rc && !ns) rc = serve_fail(e, 500, NULL, param, "out of memory");
+    if (rc) {
+        free(data);
+        return rc;
     }
-    r->images = n;
-    r->images[r->n_images++] = img;
+    /* width/height: the header's (GIF: a hint until decoded); no pixels yet */
+    r->images[r->n_images] = (nvlm_image){(int)src.width, (int)src.height, NULL};
+    r->image_src[r->n_images++] = src;
     return 0;
 }
 
@@ -412,6 +424,8 @@ void serve_request_free(serve_request *r) {
     free(r->question);
     for (int i = 0; i < r->n_images; i++) nvlm_image_free(&r->images[i]);
     free(r->images);
+    for (int i = 0; i < r->n_images; i++) free(r->image_src[i].data);
+    free(r->image_src);
     for (int i = 0; r->stop && r->stop[i]; i++) free(r->stop[i]);
     free(r->stop);
     memset(r, 0, sizeof *r);
