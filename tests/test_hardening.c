@@ -167,6 +167,68 @@ static void test_nan_weights(const char *model) {
     sh("rm -rf '%s'", m);
 }
 
+/* ------------------------------------------------------------ torn saves */
+
+/* The "step" of DIR/trainer_state.json, -1 when unreadable. */
+static long saved_step(const char *dir) {
+    char p[4400], buf[4096] = {0};
+    snprintf(p, sizeof p, "%.4300s/trainer_state.json", dir);
+    FILE *f = fopen(p, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    cJSON *j = cJSON_Parse(buf);
+    const cJSON *st = cJSON_GetObjectItem(j, "step");
+    long v = cJSON_IsNumber(st) ? (long)st->valuedouble : -1;
+    cJSON_Delete(j);
+    return v;
+}
+
+/* A disk that fills during a save (a 16 MiB tmpfs: room for one save of the tiny model, not
+ * for the second beside it): the run fails, the step-1 save stays current and loads, nothing
+ * of the cut save is left. And a folder mixing two saves' files is refused. */
+static void test_torn_save(const char *model) {
+    char mnt[4200], data[4200], odir[4300], full[4300], mixed[4300];
+    snprintf(mnt, sizeof mnt, "%s/small-disk", scratch);
+    snprintf(data, sizeof data, "%s/data.jsonl", scratch);
+    snprintf(odir, sizeof odir, "%s/out", mnt);
+    snprintf(full, sizeof full, "%s/full-run", scratch);
+    snprintf(mixed, sizeof mixed, "%s/mixed", scratch);
+    FILE *f = fopen(data, "w");
+    for (int i = 0; f && i < 4; i++)
+        fprintf(f, "{\"conversations\": [{\"from\": \"human\", \"value\": \"Say hi %d\"}, {\"from\": \"gpt\", "
+                   "\"value\": \"Hi there %d\"}]}\n", i, i);
+    if (f) fclose(f);
+    mkdir(mnt, 0700);
+    if (sh("mount -t tmpfs -o size=16m nvlm-test '%s' 2>/dev/null", mnt)) {
+        printf("test_hardening: torn-save check skipped: cannot mount a tmpfs (needs root)\n");
+        rmdir(mnt);
+        return;
+    }
+    int rc = nvlm("train --model '%s' --data '%s' --stage 2 --out '%s' --steps 3 --save-every 1 --threads 2", model, data, odir);
+    CHECK(rc != 0 && strstr(out, "No space left") && strstr(out, "previous save stays current"),
+          "a full disk during the save: exit %d: %.600s", rc, out);
+    CHECK(saved_step(odir) == 1, "the current save is step %ld, want 1", saved_step(odir));
+    char staging[4400];
+    snprintf(staging, sizeof staging, "%s/.nvlm-saving", odir);
+    CHECK(access(staging, F_OK) != 0, "the cut save's files were left in %s", staging);
+    rc = nvlm("run -q -m '%s' -p hi --max-new-tokens 4", odir);
+    CHECK(rc == 0, "the step-1 save loads: exit %d: %.400s", rc, out);
+    /* the same run on a disk with room: a step-3 save; its trainer state beside step 1's weights */
+    rc = nvlm("train --model '%s' --data '%s' --stage 2 --out '%s' --steps 3 --save-every 1 --threads 2", model, data, full);
+    CHECK(rc == 0 && saved_step(full) == 3, "full run: exit %d: %.300s", rc, out);
+    sh("cp -r '%s' '%s' && cp '%s/trainer_state.json' '%s/'", odir, mixed, full, mixed);
+    rc = nvlm("run -q -m '%s' -p hi --max-new-tokens 4", mixed);
+    CHECK(rc == 1 && strstr(out, "different training saves") && strstr(out, "step1-") && strstr(out, "step3-"),
+          "mixed saves: exit %d: %.400s", rc, out);
+    rc = nvlm("train --model '%s' --data '%s' --stage 2 --out '%s/more' --steps 4 --resume '%s' --threads 2", model, data,
+              scratch, mixed);
+    CHECK(rc != 0 && strstr(out, "different training saves"), "resume from mixed saves: exit %d: %.300s", rc, out);
+    sh("umount '%s'", mnt);
+    rmdir(mnt);
+}
+
 int main(int argc, char **argv) {
     (void)argc;
     const char *slash = strrchr(argv[0], '/');
@@ -178,7 +240,7 @@ int main(int argc, char **argv) {
     test_open_regular();
     test_local_images();
     if (access(nvlm_bin, X_OK)) CHECK(0, "no nvlm binary at %s (make builds it beside the tests)", nvlm_bin);
-    else test_fifo_config(model), test_nan_weights(model);
+    else test_fifo_config(model), test_nan_weights(model), test_torn_save(model);
     sh("rm -rf '%s'", scratch);
     return check_done("test_hardening");
 }

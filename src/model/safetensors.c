@@ -39,6 +39,7 @@ struct nvlm_st {
     size_t n_files;
     nvlm_tensor *t;         /* sorted by name; names malloc'ed */
     size_t n, cap;
+    char *checkpoint;       /* __metadata__ "nvlm_checkpoint" of the first file, or NULL */
 };
 
 static const char *const dtype_names[] = {"F32", "F16", "BF16", "Q8_0", "Q4_1"};
@@ -237,6 +238,11 @@ static int parse_file(nvlm_st *st, const uint8_t *data, size_t len, const char *
                 rc = nvlm_fail(err, NVLM_E_FORMAT, "%s: __metadata__ must be an object", file);
                 break;
             }
+            const cJSON *ck = cJSON_GetObjectItemCaseSensitive(e, "nvlm_checkpoint");
+            if (cJSON_IsString(ck) && !st->checkpoint && !(st->checkpoint = strdup(ck->valuestring))) {
+                rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+                break;
+            }
             continue;
         }
         if ((rc = parse_entry(st, e, base, data_len, file, err))) break;
@@ -274,6 +280,7 @@ void nvlm_st_close(nvlm_st *st) {
     free(st->files);
     free(st->t);
     free(st->where);
+    free(st->checkpoint);
     free(st);
 }
 
@@ -441,6 +448,8 @@ int nvlm_st_parse_buffer(const uint8_t *data, size_t len, const char *origin, nv
 }
 
 /* ------------------------------------------------------------- lookups */
+
+const char *nvlm_st_checkpoint(const nvlm_st *st) { return st ? st->checkpoint : NULL; }
 
 size_t nvlm_st_count(const nvlm_st *st) { return st ? st->n : 0; }
 

@@ -10,7 +10,9 @@
 #include "train/tdata.h"
 #include "train/train.h"
 #include <cJSON.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -19,6 +21,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 enum { SAVE_CHUNK = 1 << 20 }; /* elements converted per call when saving F16 / BF16 weights */
 
@@ -129,10 +132,11 @@ static int mkdir_p(const char *dir, nvlm_err *err) {
 }
 
 /* model.safetensors in the source layout and dtypes (vision tensors copied as they are). */
-static int save_model(run *r, const char *dir, nvlm_err *err) {
+static int save_model(run *r, const char *dir, const char *id, nvlm_err *err) {
     nvlm_stw *w;
     int rc = nvlm_stw_new(&w, err);
     if (rc) return rc;
+    rc = nvlm_stw_set_meta(w, "nvlm_checkpoint", id, err);
     void **bufs = calloc((size_t)r->tm->n_p, sizeof *bufs);
     if (!bufs) rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
     size_t n = nvlm_st_count(r->m->st);
@@ -165,9 +169,10 @@ static int save_model(run *r, const char *dir, nvlm_err *err) {
 }
 
 /* trainer_state.safetensors: master weights and Adam moments of the trainable tensors. */
-static int save_state(run *r, const char *dir, nvlm_err *err) {
+static int save_state(run *r, const char *dir, const char *id, nvlm_err *err) {
     nvlm_stw *w;
     int rc = nvlm_stw_new(&w, err);
+    if (!rc) rc = nvlm_stw_set_meta(w, "nvlm_checkpoint", id, err);
     char name[200];
     for (int i = 0; i < r->tm->n_p && !rc; i++) {
         nvlm_tparam *p = &r->tm->p[i];
@@ -197,6 +202,7 @@ static int save_state(run *r, const char *dir, nvlm_err *err) {
     cJSON_AddNumberToObject(j, "stage", r->o->stage);
     snprintf(u, sizeof u, "%llu", (unsigned long long)r->o->seed);
     cJSON_AddStringToObject(j, "seed", u);
+    cJSON_AddStringToObject(j, "checkpoint", id);
     char *s = cJSON_Print(j);
     cJSON_Delete(j);
     path = nvlm_path_join(dir, "trainer_state.json");
@@ -205,13 +211,81 @@ static int save_state(run *r, const char *dir, nvlm_err *err) {
     return rc;
 }
 
+/* FNV-1a over the trainable weights and the data cursor: the save id is tied to what is
+ * saved, and the same for the same state (a resumed run's files stay bit-identical). */
+static uint64_t weights_hash(const run *r) {
+    uint64_t h = 0xcbf29ce484222325ull ^ r->cur.rng;
+    for (int i = 0; i < r->tm->n_p; i++) {
+        const nvlm_tparam *p = &r->tm->p[i];
+        if (!p->g) continue;
+        const uint8_t *b = (const uint8_t *)p->w;
+        size_t n = p->n * sizeof(float), k = 0;
+        for (; k + 8 <= n; k += 8) { /* a word at a time: a save's cost stays the writing */
+            uint64_t w;
+            memcpy(&w, b + k, 8);
+            h = (h ^ w) * 0x100000001b3ull;
+        }
+        for (; k < n; k++) h = (h ^ b[k]) * 0x100000001b3ull;
+    }
+    return h;
+}
+
+/* The files of one save, in the order they are made current: trainer_state.json last (it
+ * names the save the other two must carry). */
+static const char *const SAVE_FILES[] = {"model.safetensors", "trainer_state.safetensors", "trainer_state.json"};
+#define SAVE_DIR ".nvlm-saving"
+
+static int fsync_dir(const char *dir, nvlm_err *err) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return nvlm_fail(err, NVLM_E_IO, "cannot open %s: %s", dir, strerror(errno));
+    int bad = fsync(fd) != 0;
+    close(fd);
+    return bad ? nvlm_fail(err, NVLM_E_IO, "cannot sync %s: %s", dir, strerror(errno)) : NVLM_OK;
+}
+
+/* Removes what a save left in the staging folder (this one's, or a killed run's). */
+static void clear_staging(const char *staging) {
+    DIR *d = opendir(staging);
+    if (!d) return;
+    struct dirent *e;
+    char p[PATH_MAX];
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && snprintf(p, sizeof p, "%s/%s", staging, e->d_name) < (int)sizeof p)
+            unlink(p);
+    closedir(d);
+    rmdir(staging);
+}
+
+/* A save never replaces the current checkpoint until it is whole: every file is written and
+ * synced in DIR/.nvlm-saving first (a full disk or a kill there leaves the previous save
+ * current and untouched), then moved into DIR by rename, trainer_state.json last, and DIR
+ * synced. All three carry the save's id, so a folder whose files came from different saves
+ * (only a crash between those renames could make one) is refused by nvlm run and --resume. */
 static int save_checkpoint(run *r, nvlm_err *err) {
     const char *dir = r->o->out_dir;
+    char id[64], staging[PATH_MAX], from[PATH_MAX], to[PATH_MAX];
+    snprintf(id, sizeof id, "step%lld-%016llx", (long long)r->cur.step, (unsigned long long)weights_hash(r));
+    if (snprintf(staging, sizeof staging, "%s/" SAVE_DIR, dir) >= (int)sizeof staging)
+        return nvlm_fail(err, NVLM_E_INVALID_ARG, "output folder name too long: %s", dir);
     int rc = mkdir_p(dir, err);
     if (!rc && !nvlm_same_dir(r->src_dir, dir)) rc = nvlm_copy_side_files(r->src_dir, dir, err);
-    if (!rc) rc = save_model(r, dir, err);
-    if (!rc) rc = save_state(r, dir, err);
-    if (rc) nvlm_fail_prefix(err, "saving a checkpoint in %s: ", dir);
+    clear_staging(staging);
+    if (!rc && mkdir(staging, 0777)) rc = nvlm_fail(err, NVLM_E_IO, "cannot create %s: %s", staging, strerror(errno));
+    if (!rc) rc = save_model(r, staging, id, err);
+    if (!rc) rc = save_state(r, staging, id, err);
+    if (!rc) rc = fsync_dir(staging, err);
+    for (size_t i = 0; !rc && i < sizeof SAVE_FILES / sizeof *SAVE_FILES; i++) {
+        if (snprintf(from, sizeof from, "%s/%s", staging, SAVE_FILES[i]) >= (int)sizeof from ||
+            snprintf(to, sizeof to, "%s/%s", dir, SAVE_FILES[i]) >= (int)sizeof to)
+            rc = nvlm_fail(err, NVLM_E_INVALID_ARG, "output folder name too long: %s", dir);
+        else if (rename(from, to))
+            rc = nvlm_fail(err, NVLM_E_IO, "cannot move %s to %s: %s", from, to, strerror(errno));
+    }
+    if (!rc) rc = fsync_dir(dir, err);
+    /* a sharded index left from the source would shadow the new single file */
+    if (!rc && snprintf(to, sizeof to, "%s/model.safetensors.index.json", dir) < (int)sizeof to) unlink(to);
+    clear_staging(staging);
+    if (rc) nvlm_fail_prefix(err, "saving a checkpoint in %s (the previous save stays current): ", dir);
     return rc;
 }
 
