@@ -6,7 +6,9 @@
 #include "core/file.h"
 #include <cjson/cJSON.h>
 #include "serve/serve_int.h"
+#include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -229,6 +231,62 @@ static void test_torn_save(const char *model) {
     rmdir(mnt);
 }
 
+/* ------------------------------------------------------------ quantize temporaries */
+
+static int temps_in(const char *dir) {
+    DIR *d = opendir(dir);
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) n += strstr(e->d_name, ".tmp-") != NULL;
+    if (d) closedir(d);
+    return n;
+}
+
+/* `nvlm quantize` leaves no temporary file: not on a full disk, not when killed mid-write. */
+static void test_quantize_temps(const char *model) {
+    char mnt[4200], big[4200], q[4300];
+    snprintf(mnt, sizeof mnt, "%s/tiny-disk", scratch);
+    snprintf(q, sizeof q, "%s/q", mnt);
+    mkdir(mnt, 0700);
+    if (!sh("mount -t tmpfs -o size=1m nvlm-test '%s' 2>/dev/null", mnt)) {
+        int rc = nvlm("quantize --model '%s' --out '%s' --type q8_0", model, q);
+        CHECK(rc == 1 && temps_in(q) == 0, "quantize on a full disk: exit %d, %d temporary files left: %.300s", rc,
+              temps_in(q), out);
+        sh("umount '%s'", mnt);
+    }
+    rmdir(mnt);
+    /* killed while writing: a model large enough that the write takes a while */
+    snprintf(big, sizeof big, "%s/bigger", scratch);
+    snprintf(q, sizeof q, "%s/bigger-q8", scratch);
+    if (nvlm("mkmodel --out '%s' --llm-hidden 512 --llm-layers 6 --llm-intermediate 1408 --dtype f32 --tokenizer '%s'", big,
+             model)) {
+        CHECK(0, "mkmodel: %s", out);
+        return;
+    }
+    char cmd[16384];
+    snprintf(cmd, sizeof cmd, "exec %.4000s quantize --model '%s' --out '%.4200s' --type q8_0 >/dev/null 2>&1", nvlm_bin, big, q);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    int seen = 0;
+    for (int i = 0; i < 20000 && !seen; i++) {
+        seen = temps_in(q) > 0;
+        if (!seen) usleep(200);
+        if (waitpid(pid, NULL, WNOHANG) == pid) { pid = -1; break; }
+    }
+    if (pid > 0) {
+        kill(pid, SIGTERM);
+        int st = 0;
+        waitpid(pid, &st, 0);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 128 + SIGTERM, "killed quantize: status %d", st);
+        CHECK(temps_in(q) == 0, "a killed quantize left %d temporary files in %s", temps_in(q), q);
+    }
+    if (!seen) printf("test_hardening: quantize finished before its temporary file was seen (signal case not exercised)\n");
+    sh("rm -rf '%s' '%s'", big, q);
+}
+
 int main(int argc, char **argv) {
     (void)argc;
     const char *slash = strrchr(argv[0], '/');
@@ -240,7 +298,7 @@ int main(int argc, char **argv) {
     test_open_regular();
     test_local_images();
     if (access(nvlm_bin, X_OK)) CHECK(0, "no nvlm binary at %s (make builds it beside the tests)", nvlm_bin);
-    else test_fifo_config(model), test_nan_weights(model), test_torn_save(model);
+    else test_fifo_config(model), test_nan_weights(model), test_torn_save(model), test_quantize_temps(model);
     sh("rm -rf '%s'", scratch);
     return check_done("test_hardening");
 }
