@@ -298,6 +298,61 @@ static void test_stop_in_flight(nvlm_model *m) {
     }
 }
 
+/* ------------------------------------------------------------ non-finite */
+
+/* A copy of the tiny model with a NaN in a norm weight: requests get a 500 that says so. */
+static void test_nan_model(void) {
+    char dir[] = "/tmp/nvlm-nan-XXXXXX", cmd[512], path[600];
+    if (!mkdtemp(dir)) return;
+    snprintf(cmd, sizeof cmd, "cp -r '%s/.' '%s/'", shared_path("reference/models/tiny-nvlm-d"), dir);
+    CHECK(system(cmd) == 0, "copy the model");
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    FILE *f = fopen(path, "r+b");
+    uint64_t hl = 0;
+    char *h = NULL;
+    int patched = 0;
+    if (f && fread(&hl, 8, 1, f) == 1 && hl < (1u << 24) && (h = calloc(1, hl + 1)) && fread(h, 1, hl, f) == hl) {
+        cJSON *root = cJSON_Parse(h);
+        const cJSON *t = cJSON_GetObjectItem(root, "language_model.model.layers.0.post_attention_layernorm.weight");
+        const cJSON *offs = cJSON_GetObjectItem(t, "data_offsets");
+        const uint8_t nan_bf16[2] = {0xc0, 0x7f};
+        if (cJSON_GetArraySize(offs) == 2 &&
+            !fseek(f, (long)(8 + hl) + (long)cJSON_GetArrayItem(offs, 0)->valuedouble, SEEK_SET))
+            patched = fwrite(nan_bf16, 1, 2, f) == 2;
+        cJSON_Delete(root);
+    }
+    free(h);
+    if (f) fclose(f);
+    CHECK(patched, "NaN patched in");
+    nvlm_model *m = NULL;
+    nvlm_err err = {0};
+    if (patched && !nvlm_model_load(dir, NULL, &m, &err)) {
+        nvlm_serve_options o;
+        nvlm_serve_options_default(&o);
+        nvlm_server *s = start(m, &o);
+        if (s) {
+            int port = nvlm_server_port(s);
+            resp r;
+            const char *hi = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":3}";
+            CHECK(!http(port, "POST", "/v1/chat/completions", NULL, hi, &r) && r.status == 500 &&
+                      strstr(r.body, "non_finite_values") && strstr(r.body, "decoder layer 0"),
+                  "NaN model: %d %.300s", r.status, r.body ? r.body : "");
+            resp_free(&r);
+            const char *hs = "{\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":3}";
+            CHECK(!http(port, "POST", "/v1/chat/completions", NULL, hs, &r) && strstr(r.body, "non_finite_values") &&
+                      !strstr(r.body, "finish_reason\":\"stop"),
+                  "NaN model streamed: %.300s", r.body ? r.body : "");
+            resp_free(&r);
+            nvlm_server_stop(s);
+        }
+        nvlm_model_free(m);
+    } else if (patched) {
+        CHECK(0, "load: %s", err.msg);
+    }
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0, "clean up");
+}
+
 int main(void) {
     nvlm_model *m = NULL;
     nvlm_err err = {0};
@@ -311,5 +366,6 @@ int main(void) {
     test_slow_clients(m);
     test_stop_in_flight(m);
     nvlm_model_free(m);
+    test_nan_model();
     return check_done("test_serve_hardening");
 }
