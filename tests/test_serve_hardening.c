@@ -204,7 +204,8 @@ static void test_slow_clients(nvlm_model *m) {
         fds[i] = dial(port);
         if (fds[i] < 0) continue;
         opened++;
-        send_all(fds[i], "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ", 56);
+        static const char half[] = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+        send_all(fds[i], half, sizeof half - 1);
     }
     CHECK(opened == N_SLOW, "opened %d of %d", opened, N_SLOW);
     double worst = 0;
