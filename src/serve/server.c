@@ -53,7 +53,8 @@ struct nvlm_server {
     unsigned char key_sha[32];   /* SHA-256 of api_key */
     int ctx;
     long started;
-    atomic_int stopping;
+    atomic_int stopping;         /* no new requests */
+    atomic_int cutting;          /* the drain time is over: what is in flight ends now */
     atomic_ulong counter;
     atomic_int in_flight;        /* chat requests between their headers and their completion */
     serve_metrics metrics;
@@ -331,9 +332,10 @@ static int fit_context(nvlm_server *s, serve_request *r, size_t *n_prompt, serve
     return 0;
 }
 
+/* A request being prepared stops for a client that left, or once a stop's drain time is over. */
 static int prep_gone(void *user) {
     conn_state *cs = user;
-    return peer_gone(cs->fd) || atomic_load(&cs->srv->stopping);
+    return peer_gone(cs->fd) || atomic_load(&cs->srv->cutting);
 }
 
 /* Room in the image memory for the request's images (before any is decoded). */
@@ -346,7 +348,7 @@ static int reserve_images(nvlm_server *s, conn_state *cs, const serve_request *r
                           "(%.0f MiB, --max-image-memory); send fewer or smaller images", need / 1048576.0,
                           s->images.cap / 1048576.0);
     if (rc == 2)
-        return atomic_load(&s->stopping)
+        return atomic_load(&s->cutting)
                    ? serve_fail(e, 503, "shutting_down", NULL, "the server is shutting down")
                    : serve_fail(e, 429, "rate_limit_exceeded", "messages",
                                 "the server's image memory is busy with other requests' images (%.0f MiB needed); "
@@ -362,7 +364,7 @@ static void prepare(nvlm_server *s, conn_state *cs) {
     e->status = 0;
     serve_limits lim = {s->o.max_image_bytes, s->o.max_image_pixels, s->o.max_images, s->local_dir};
     serve_request r;
-    if (atomic_load(&s->stopping)) {
+    if (atomic_load(&s->cutting)) {
         serve_fail(e, 503, "shutting_down", NULL, "the server is shutting down");
         return;
     }
@@ -387,7 +389,7 @@ static void prepare(nvlm_server *s, conn_state *cs) {
     if (e->status) {
         nvlm_chat_free(chat);
         serve_request_free(&r);
-        if (e->status == 499 && atomic_load(&s->stopping)) {
+        if (e->status == 499 && atomic_load(&s->cutting)) {
             serve_fail(e, 503, "shutting_down", NULL, "the server is shutting down");
         } else if (e->status == 499) { /* the client left: nobody to answer */
             serve_metrics_chat(&s->metrics, SERVE_FIN_CANCELLED, 0, 0, 0, -1, -1, -1);
@@ -806,6 +808,7 @@ void nvlm_server_stop(nvlm_server *s) {
     /* the answers in flight may finish ... */
     wait_in_flight(s, s->o.shutdown_timeout);
     /* ... then the rest end honestly: cut answers say so, queued ones get a 503 */
+    atomic_store(&s->cutting, 1);
     serve_sched_stop(&s->sched);
     stop_threads(s);
     wait_in_flight(s, CUT_GRACE_MS / 1e3);
