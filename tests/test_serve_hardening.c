@@ -3,7 +3,9 @@
  * header/body deadline, the per-IP limit, and a stop with answers in flight (each complete or
  * saying it was cut). Loopback only, everything bounded in time. */
 #include "test_serve_util.h"
+#include "image/decode.h"
 #include "model/model.h"
+#include <dirent.h>
 #include <libdeflate.h>
 #include <malloc.h>
 #include <pthread.h>
@@ -90,6 +92,39 @@ static void *client_main(void *arg) {
     client *c = arg;
     ask(c->port, NULL, c->body, &c->a);
     return NULL;
+}
+
+/* The header probe the budget relies on agrees with the decoders on every reference image. */
+static void test_probe(void) {
+    char dirp[4096];
+    snprintf(dirp, sizeof dirp, "%s", shared_path("reference/images"));
+    DIR *d = opendir(dirp);
+    int n = 0, exact_n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char p[8192];
+        snprintf(p, sizeof p, "%s/%s", dirp, e->d_name);
+        size_t len;
+        char *data = slurp(p, &len);
+        if (!data) continue;
+        uint64_t w, h;
+        int exact;
+        int f = img_probe((const uint8_t *)data, len, &w, &h, &exact);
+        nvlm_image img;
+        nvlm_err err = {0};
+        if (nvlm_image_decode((const uint8_t *)data, len, NULL, &img, &err) == NVLM_OK) {
+            n++;
+            exact_n += exact;
+            CHECK(f != IMG_UNKNOWN, "%s: decodes but the probe does not know it", e->d_name);
+            CHECK(!exact || (w == (uint64_t)img.width && h == (uint64_t)img.height), "%s: probe %llux%llu, decoded %dx%d",
+                  e->d_name, (unsigned long long)w, (unsigned long long)h, img.width, img.height);
+            nvlm_image_free(&img);
+        }
+        free(data);
+    }
+    if (d) closedir(d);
+    CHECK(n > 100 && exact_n > 90, "probed %d reference images (%d exact)", n, exact_n);
 }
 
 static void test_budget_unit(void) {
@@ -358,6 +393,7 @@ int main(void) {
     nvlm_model *m = NULL;
     nvlm_err err = {0};
     test_budget_unit();
+    test_probe();
     if (nvlm_model_load(shared_path("reference/models/tiny-nvlm-d"), NULL, &m, &err)) {
         CHECK(0, "load: %s", err.msg);
         return check_done("test_serve_hardening");
