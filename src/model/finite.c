@@ -19,7 +19,21 @@ int nvlm_fail_nonfinite(nvlm_err *err, const char *where) {
                      where);
 }
 
+/* Block formats: the f16 scale (and minimum) of each block; the index of the block's first weight. */
+static int64_t first_bad_block(const nvlm_tensor *t) {
+    size_t block = t->dtype == NVLM_DT_Q8_0 ? 34 : 20, n_scales = t->dtype == NVLM_DT_Q8_0 ? 1 : 2;
+    const uint8_t *p = t->data;
+    for (uint64_t b = 0; b < t->nbytes / block; b++)
+        for (size_t k = 0; k < n_scales; k++) {
+            uint16_t u;
+            memcpy(&u, p + b * block + 2 * k, 2);
+            if ((u & 0x7c00u) == 0x7c00u) return (int64_t)(b * 32);
+        }
+    return -1;
+}
+
 int64_t nvlm_tensor_first_nonfinite(const nvlm_tensor *t) {
+    if (t->dtype == NVLM_DT_Q8_0 || t->dtype == NVLM_DT_Q4) return first_bad_block(t);
     const uint8_t *p = t->data;
     for (int64_t i = 0; i < t->numel; i++) {
         int bad;

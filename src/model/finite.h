@@ -14,7 +14,7 @@ int nvlm_all_finite(const float *x, size_t n);
 /* The error for activations gone non-finite; `where` names the layer ("decoder layer 3 of 24"). */
 int nvlm_fail_nonfinite(nvlm_err *err, const char *where);
 
-/* Index of the first NaN/Inf element of a F32/F16/BF16 tensor, or -1 when all are finite
- * (and for block formats, whose scales are checked at quantization). */
+/* Index of the first NaN/Inf element of a F32/F16/BF16 tensor (for Q8_0/Q4: the first weight
+ * of the first block whose f16 scale or minimum is NaN/Inf), or -1 when all are finite. */
 int64_t nvlm_tensor_first_nonfinite(const nvlm_tensor *t);
 #endif
