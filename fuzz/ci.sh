@@ -10,7 +10,6 @@ set -u
 cd "$(dirname "$0")/.."
 out=${1:-build-fuzz}
 secs=${NVLM_FUZZ_SECONDS:-15}
-shared=${NVLM_SHARED:-../shared}
 if [ "$secs" = 0 ]; then echo "fuzz skipped (NVLM_FUZZ_SECONDS=0)"; echo "fuzz: 0 checks passed, 0 failed"; exit 0; fi
 if ! command -v clang >/dev/null 2>&1 ||
    ! echo 'int LLVMFuzzerTestOneInput(const char *d, long n){(void)d;(void)n;return 0;}' |
@@ -26,7 +25,7 @@ if ! FUZZ_BUILD=$out fuzz/build.sh >"$out/build.log" 2>&1; then
   exit 1
 fi
 mkdir -p "$out/artifacts"
-export NVLM_TOKENIZER=$shared/reference/tiny-tokenizer
+export NVLM_TOKENIZER=demo/tokenizer # the tiny Qwen2 tokenizer bundled in the repository
 
 # target corpus
 targets="fuzz_tokenizer:tokenizer fuzz_safetensors:safetensors fuzz_config:config fuzz_image:image
