@@ -167,6 +167,9 @@ static void test_nan_weights(const char *model) {
     rc = nvlm("info --model '%s' --check-weights", m);
     CHECK(rc == 1 && strstr(out, "tensor language_model.model.layers.1.input_layernorm.weight") && strstr(out, "element 5"),
           "--check-weights: exit %d: %s", rc, out);
+    rc = nvlm("run -q -m '%s' -p hi --check-weights", m);
+    CHECK(rc == 1 && strstr(out, "tensor language_model.model.layers.1.input_layernorm.weight"),
+          "run --check-weights: exit %d: %s", rc, out);
     sh("rm -rf '%s'", m);
 }
 
