@@ -6,6 +6,7 @@
 #include "image/decode.h"
 #include "model/model.h"
 #include <dirent.h>
+#include <sys/stat.h>
 #include <libdeflate.h>
 #include <malloc.h>
 #include <pthread.h>
@@ -105,6 +106,8 @@ static void test_probe(void) {
         if (e->d_name[0] == '.') continue;
         char p[8192];
         snprintf(p, sizeof p, "%s/%s", dirp, e->d_name);
+        struct stat st;
+        if (stat(p, &st) || !S_ISREG(st.st_mode)) continue; /* bad/ is a folder */
         size_t len;
         char *data = slurp(p, &len);
         if (!data) continue;
