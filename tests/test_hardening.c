@@ -192,8 +192,8 @@ static long saved_step(const char *dir) {
 }
 
 /* Fault injection where no tmpfs can be mounted: a shim (built here with cc) whose fwrite
- * fails with ENOSPC once `limit` bytes have gone to files under a .nvlm-saving folder (the
- * trainer's staging), as a full disk would. Sets g_env; 0 when no compiler. */
+ * fails with ENOSPC once `limit` bytes have gone to files under a .ckpt-* folder (where the
+ * trainer writes a save), as a full disk would. Sets g_env; 0 when no compiler. */
 static int fault_env(size_t limit) {
     static const char src[] =
         "#define _GNU_SOURCE\n#include <dlfcn.h>\n#include <errno.h>\n#include <stdio.h>\n#include <stdlib.h>\n"
@@ -205,7 +205,7 @@ static int fault_env(size_t limit) {
         "  ssize_t k = readlink(link, path, sizeof path - 1);\n"
         "  const char *lim = getenv(\"NVLM_FAULT_BYTES\");\n"
         "  if (k > 0 && lim) {\n    path[k] = 0;\n"
-        "    if (strstr(path, \"/.nvlm-saving/\")) {\n"
+        "    if (strstr(path, \"/.ckpt-\")) {\n"
         "      if (used + sz * n > strtoull(lim, NULL, 10)) { errno = ENOSPC; return 0; }\n      used += sz * n;\n    }\n  }\n"
         "  return real(p, sz, n, f);\n}\n";
     char c[4400], so[4400];
@@ -248,9 +248,17 @@ static void test_torn_save(const char *model) {
     CHECK(rc != 0 && strstr(out, "No space left") && strstr(out, "previous save stays current"),
           "a full disk during the save: exit %d: %.600s", rc, out);
     CHECK(saved_step(odir) == 1, "the current save is step %ld, want 1", saved_step(odir));
-    char staging[4400];
-    snprintf(staging, sizeof staging, "%s/.nvlm-saving", odir);
-    CHECK(access(staging, F_OK) != 0, "the cut save's files were left in %s", staging);
+    /* one save folder left, the current one: the cut save's was removed */
+    int saves = 0;
+    DIR *d = opendir(odir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) saves += !strncmp(e->d_name, ".ckpt-", 6);
+    if (d) closedir(d);
+    char cur[4400], target[256] = "";
+    snprintf(cur, sizeof cur, "%s/.current", odir);
+    ssize_t tn = readlink(cur, target, sizeof target - 1);
+    target[tn > 0 ? tn : 0] = 0;
+    CHECK(saves == 1 && !strcmp(target, ".ckpt-step1"), "%d save folders left, .current -> '%s'", saves, target);
     g_env[0] = 0;
     rc = nvlm("run -q -m '%s' -p hi --max-new-tokens 4", odir);
     CHECK(rc == 0, "the step-1 save loads: exit %d: %.400s", rc, out);

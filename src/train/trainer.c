@@ -230,10 +230,10 @@ static uint64_t weights_hash(const run *r) {
     return h;
 }
 
-/* The files of one save, in the order they are made current: trainer_state.json last (it
- * names the save the other two must carry). */
+/* The files of one save; in OUT each is a symlink to .current/NAME. */
 static const char *const SAVE_FILES[] = {"model.safetensors", "trainer_state.safetensors", "trainer_state.json"};
-#define SAVE_DIR ".nvlm-saving"
+#define CURRENT ".current"      /* symlink to the folder of the current save */
+#define SAVE_PREFIX ".ckpt-"    /* a save's folder: .ckpt-stepN[.K] */
 
 static int fsync_dir(const char *dir, nvlm_err *err) {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -243,49 +243,111 @@ static int fsync_dir(const char *dir, nvlm_err *err) {
     return bad ? nvlm_fail(err, NVLM_E_IO, "cannot sync %s: %s", dir, strerror(errno)) : NVLM_OK;
 }
 
-/* Removes what a save left in the staging folder (this one's, or a killed run's). */
-static void clear_staging(const char *staging) {
-    DIR *d = opendir(staging);
+/* Removes a save's folder (its files are plain files written by the trainer). */
+static void remove_save(const char *dir, const char *name) {
+    char sub[PATH_MAX], p[PATH_MAX];
+    if (snprintf(sub, sizeof sub, "%s/%s", dir, name) >= (int)sizeof sub) return;
+    DIR *d = opendir(sub);
     if (!d) return;
     struct dirent *e;
-    char p[PATH_MAX];
     while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && snprintf(p, sizeof p, "%s/%s", staging, e->d_name) < (int)sizeof p)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && snprintf(p, sizeof p, "%s/%s", sub, e->d_name) < (int)sizeof p)
             unlink(p);
     closedir(d);
-    rmdir(staging);
+    rmdir(sub);
 }
 
-/* A save never replaces the current checkpoint until it is whole: every file is written and
- * synced in DIR/.nvlm-saving first (a full disk or a kill there leaves the previous save
- * current and untouched), then moved into DIR by rename, trainer_state.json last, and DIR
- * synced. All three carry the save's id, so a folder whose files came from different saves
- * (only a crash between those renames could make one) is refused by nvlm run and --resume. */
+/* The name .current points to ("" when none). */
+static void current_save(const char *dir, char *name, size_t cap) {
+    char link[PATH_MAX];
+    name[0] = 0;
+    if (snprintf(link, sizeof link, "%s/" CURRENT, dir) >= (int)sizeof link) return;
+    ssize_t n = readlink(link, name, cap - 1);
+    name[n > 0 ? n : 0] = 0;
+}
+
+/* Removes the save folders that are not current: what a killed or failed save left. */
+static void remove_stale_saves(const char *dir, const char *current) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    char names[16][NAME_MAX + 1];
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 16)
+        if (!strncmp(e->d_name, SAVE_PREFIX, strlen(SAVE_PREFIX)) && strcmp(e->d_name, current))
+            snprintf(names[n++], sizeof names[0], "%s", e->d_name);
+    closedir(d);
+    for (int i = 0; i < n; i++) remove_save(dir, names[i]);
+}
+
+/* Points PATH at TARGET with a symlink, atomically (a new link renamed over PATH). */
+static int link_atomically(const char *target, const char *path, nvlm_err *err) {
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp-link", path) >= (int)sizeof tmp)
+        return nvlm_fail(err, NVLM_E_INVALID_ARG, "path too long: %s", path);
+    unlink(tmp);
+    if (symlink(target, tmp)) return nvlm_fail(err, NVLM_E_IO, "cannot create the link %s: %s", tmp, strerror(errno));
+    if (rename(tmp, path)) {
+        int rc = nvlm_fail(err, NVLM_E_IO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+        unlink(tmp);
+        return rc;
+    }
+    return NVLM_OK;
+}
+
+/* Makes save folder NAME current: one rename of the .current link; then OUT's files are made
+ * links into .current (already so after the first save) and OUT synced. */
+static int commit_save(const char *dir, const char *name, int *committed, nvlm_err *err) {
+    char path[PATH_MAX], target[PATH_MAX], have[PATH_MAX];
+    int rc = snprintf(path, sizeof path, "%s/" CURRENT, dir) < (int)sizeof path
+                 ? link_atomically(name, path, err)
+                 : nvlm_fail(err, NVLM_E_INVALID_ARG, "output folder name too long: %s", dir);
+    *committed = !rc;
+    for (size_t i = 0; !rc && i < sizeof SAVE_FILES / sizeof *SAVE_FILES; i++) {
+        snprintf(target, sizeof target, CURRENT "/%s", SAVE_FILES[i]);
+        if (snprintf(path, sizeof path, "%s/%s", dir, SAVE_FILES[i]) >= (int)sizeof path)
+            rc = nvlm_fail(err, NVLM_E_INVALID_ARG, "output folder name too long: %s", dir);
+        ssize_t n = rc ? -1 : readlink(path, have, sizeof have - 1);
+        if (!rc && (n < 0 || (have[n] = 0, strcmp(have, target)))) rc = link_atomically(target, path, err);
+    }
+    /* a sharded index left from the source would shadow model.safetensors */
+    if (!rc && snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir) < (int)sizeof path) unlink(path);
+    if (!rc) rc = fsync_dir(dir, err);
+    return rc;
+}
+
+/* A save becomes current by one atomic rename, and only once it is whole: its three files
+ * (the weights, trainer_state.safetensors, trainer_state.json) are written, flushed and
+ * fsync'ed in a new folder OUT/.ckpt-stepN, that folder is synced, and then the link
+ * OUT/.current is renamed to point at it. OUT/model.safetensors and the trainer state files
+ * are links through .current, so loaders see the old save or the new one, never a mix. A
+ * full disk, an error or a kill before that rename leaves the previous save current and
+ * untouched (the unfinished folder is removed, now or by the next save). All three files
+ * also carry the save's id, so a folder mixed by hand is refused by nvlm run and --resume. */
 static int save_checkpoint(run *r, nvlm_err *err) {
     const char *dir = r->o->out_dir;
-    char id[64], staging[PATH_MAX], from[PATH_MAX], to[PATH_MAX];
+    char id[64], name[96], sub[PATH_MAX], old[NAME_MAX + 1];
     snprintf(id, sizeof id, "step%lld-%016llx", (long long)r->cur.step, (unsigned long long)weights_hash(r));
-    if (snprintf(staging, sizeof staging, "%s/" SAVE_DIR, dir) >= (int)sizeof staging)
-        return nvlm_fail(err, NVLM_E_INVALID_ARG, "output folder name too long: %s", dir);
     int rc = mkdir_p(dir, err);
     if (!rc && !nvlm_same_dir(r->src_dir, dir)) rc = nvlm_copy_side_files(r->src_dir, dir, err);
-    clear_staging(staging);
-    if (!rc && mkdir(staging, 0777)) rc = nvlm_fail(err, NVLM_E_IO, "cannot create %s: %s", staging, strerror(errno));
-    if (!rc) rc = save_model(r, staging, id, err);
-    if (!rc) rc = save_state(r, staging, id, err);
-    if (!rc) rc = fsync_dir(staging, err);
-    for (size_t i = 0; !rc && i < sizeof SAVE_FILES / sizeof *SAVE_FILES; i++) {
-        if (snprintf(from, sizeof from, "%s/%s", staging, SAVE_FILES[i]) >= (int)sizeof from ||
-            snprintf(to, sizeof to, "%s/%s", dir, SAVE_FILES[i]) >= (int)sizeof to)
+    current_save(dir, old, sizeof old);
+    if (!rc) remove_stale_saves(dir, old);
+    /* a new folder, never the current one (a Ctrl-C save may repeat the last step) */
+    for (int k = 0; !rc; k++) {
+        snprintf(name, sizeof name, SAVE_PREFIX "step%lld%s%.0d", (long long)r->cur.step, k ? "." : "", k);
+        if (snprintf(sub, sizeof sub, "%s/%s", dir, name) >= (int)sizeof sub)
             rc = nvlm_fail(err, NVLM_E_INVALID_ARG, "output folder name too long: %s", dir);
-        else if (rename(from, to))
-            rc = nvlm_fail(err, NVLM_E_IO, "cannot move %s to %s: %s", from, to, strerror(errno));
+        else if (!mkdir(sub, 0777)) break;
+        else if (errno != EEXIST || k > 99) rc = nvlm_fail(err, NVLM_E_IO, "cannot create %s: %s", sub, strerror(errno));
     }
-    if (!rc) rc = fsync_dir(dir, err);
-    /* a sharded index left from the source would shadow the new single file */
-    if (!rc && snprintf(to, sizeof to, "%s/model.safetensors.index.json", dir) < (int)sizeof to) unlink(to);
-    clear_staging(staging);
-    if (rc) nvlm_fail_prefix(err, "saving a checkpoint in %s (the previous save stays current): ", dir);
+    int made = !rc, committed = 0;
+    if (!rc) rc = save_model(r, sub, id, err);
+    if (!rc) rc = save_state(r, sub, id, err);
+    if (!rc) rc = fsync_dir(sub, err);
+    if (!rc) rc = commit_save(dir, name, &committed, err);
+    if (committed && old[0] && strcmp(old, name)) remove_save(dir, old);
+    if (!committed && made) remove_save(dir, name);
+    if (rc) nvlm_fail_prefix(err, committed ? "saving a checkpoint in %s: " : "saving a checkpoint in %s (the previous save stays current): ", dir);
     return rc;
 }
 
