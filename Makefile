@@ -64,6 +64,10 @@ test-asan:
 demo: all
 	scripts/demo.sh
 
+# every libFuzzer target for NVLM_FUZZ_SECONDS (default 15) on fuzz/corpus (also part of check)
+fuzz:
+	fuzz/ci.sh build-fuzz
+
 clean:
 	rm -rf build build-asan build-tsan build-fuzz
 

@@ -4,7 +4,7 @@
 # or prints no such line counts as one failure. Once per run, in the first build folder that is
 # not a sanitizer build, scripts/check-neon.sh cross-compiles the NEON kernels and their test
 # for aarch64 and runs it under qemu (skipped, 0 checks, without the toolchain;
-# NVLM_NEON_CHECK=0 leaves it out).
+# NVLM_NEON_CHECK=0 leaves it out). Then fuzz/ci.sh runs each libFuzzer target briefly.
 set -u
 cd "$(dirname "$0")/.."
 passed=0 failed=0
@@ -48,6 +48,11 @@ for build in "$@"; do
 done
 if [ -n "$neon_build" ] && [ "${NVLM_NEON_CHECK:-1}" != 0 ]; then
   run_one "$neon_build/aarch64/check-neon" scripts/check-neon.sh "$neon_build/aarch64" --all
+fi
+# Once per run: every libFuzzer target for NVLM_FUZZ_SECONDS (default 15) on its committed
+# corpus (fuzz/ci.sh; skipped without clang, or with NVLM_FUZZ_SECONDS=0).
+if [ -n "$neon_build" ]; then
+  run_one build-fuzz/fuzz fuzz/ci.sh build-fuzz
 fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

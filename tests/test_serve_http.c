@@ -210,6 +210,10 @@ static void test_errors(int port, const char *astronaut) {
     const char *hi = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":2}";
     expect(port, "POST", "/v1/chat/completions", NULL, hi, 401, "invalid_api_key");
     expect(port, "POST", "/v1/chat/completions", "Authorization: Bearer nope\r\n", hi, 401, "invalid_api_key");
+    /* a prefix or an extension of the key is as wrong as any other (digests compared) */
+    expect(port, "GET", "/v1/models", "Authorization: Bearer sekre\r\n", NULL, 401, "invalid_api_key");
+    expect(port, "GET", "/v1/models", "Authorization: Bearer sekretX\r\n", NULL, 401, "invalid_api_key");
+    expect(port, "GET", "/v1/models", "Authorization: Bearer \r\n", NULL, 401, "invalid_api_key");
     expect(port, "GET", "/v1/models", NULL, NULL, 401, "invalid_api_key");
     expect(port, "GET", "/v1/models", key, NULL, 200, NULL);
     expect(port, "POST", "/v1/chat/completions", key, hi, 200, NULL);

@@ -1,5 +1,8 @@
 /* What `run`, `chat` and (later) `serve` share: model/sampling flags, loading with progress. */
 #include "cli_model.h"
+#include "core/err.h"
+#include "model/finite.h"
+#include "model/model.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +42,8 @@ int cli_model_flag(const char *cmd, cli_model_opts *o, int argc, char **argv, in
         else if (!strcmp(v, "stored")) o->weights = NVLM_WEIGHTS_STORED;
         else BAD();
     } else if (cli_weights_io_flag(a, &o->weights_io)) { /* taken: nothing more to read */
+    } else if (!strcmp(a, "--check-weights")) {
+        o->check_weights = 1;
     } else if (!strcmp(a, "--kv")) {
         VALUE();
         if (!strcmp(v, "f16")) o->kv_type = NVLM_KV_F16;
@@ -105,6 +110,8 @@ const char *cli_model_flags_help(void) {
            "      --kv f16|f32         KV cache element type (default f32; f16 halves its memory)\n"
            "      --max-num N          max tiles per image (default: the config's max_dynamic_patch;\n"
            "                           alias --max-tiles; serve: also caps a request's max_dynamic_patch)\n"
+           "      --check-weights      read every tensor at load and refuse one holding NaN/Inf\n"
+           "                           (without it, non-finite values are refused as they appear)\n"
            "      --system TEXT        system message (default \"Answer the questions.\"; \"\" for none)\n"
            "  -n, --max-new-tokens N   generation limit (default 1024)\n"
            "      --temperature T      0 = greedy, as the published chat() (default 0)\n"
@@ -145,6 +152,19 @@ int cli_weights_io(int io, int weights) {
     return io == NVLM_IO_AUTO && weights != NVLM_WEIGHTS_STORED ? NVLM_IO_MMAP : io;
 }
 
+/* The first tensor of the loaded checkpoint holding a NaN/Inf, as an error. */
+static int check_weights(const nvlm_model *m, nvlm_err *err) {
+    size_t n = nvlm_st_count(m->st);
+    for (size_t i = 0; i < n; i++) {
+        const nvlm_tensor *t = nvlm_st_at(m->st, i);
+        int64_t at = nvlm_tensor_first_nonfinite(t);
+        if (at >= 0)
+            return nvlm_fail(err, NVLM_E_NUMERIC, "tensor %s (%s, in %s) holds a NaN or Inf at element %lld: the weights are damaged",
+                             t->name, nvlm_dtype_name(t->dtype), t->file, (long long)at);
+    }
+    return NVLM_OK;
+}
+
 int cli_load_model(const char *cmd, const cli_model_opts *o, nvlm_model **m) {
     if (!o->model_dir) return cli_usage_error(cmd, "--model DIR is required");
     progress_line line = {"", -1};
@@ -152,7 +172,8 @@ int cli_load_model(const char *cmd, const cli_model_opts *o, nvlm_model **m) {
                             .weights_io = cli_weights_io(o->weights_io, o->weights)};
     nvlm_err err = {0};
     if (nvlm_model_load(o->model_dir, &lo, m, &err)) return cli_report(cmd, &err);
-    if (nvlm_model_quantize(*m, o->weights, &err) || nvlm_model_set_kv_type(*m, o->kv_type, &err)) {
+    if ((o->check_weights && check_weights(*m, &err)) || nvlm_model_quantize(*m, o->weights, &err) ||
+        nvlm_model_set_kv_type(*m, o->kv_type, &err)) {
         nvlm_model_free(*m);
         *m = NULL;
         return cli_report(cmd, &err);

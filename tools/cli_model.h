@@ -15,6 +15,7 @@ typedef struct cli_model_opts {
     const char *system;
     int system_set;
     int quiet;
+    int check_weights;  /* --check-weights: every tensor scanned for NaN/Inf after loading */
     nvlm_sampling sampling;
     const char *stop[CLI_MAX_STOP + 1];
     int n_stop;

@@ -6,6 +6,7 @@
 #include "model/safetensors.h"
 #include "model/model.h"
 #include "model/tensors.h"
+#include "model/finite.h"
 #include "core/file.h"
 #include "kernels/cpu.h"
 #include "kernels/dispatch.h"
@@ -14,7 +15,7 @@
 #include <string.h>
 
 static void help(FILE *f) {
-    fprintf(f, "usage: nvlm info --model DIR [--json]\n"
+    fprintf(f, "usage: nvlm info --model DIR [--json] [--check-weights]\n"
                "       nvlm info --cpu\n\n"
                "Prints the architecture (NVLM_D, NVLM_X, NVLM_H), the main sizes of config.json,\n"
                "the parameter count of each part (computed from config.json; the ViT's dummy heads\n"
@@ -24,6 +25,8 @@ static void help(FILE *f) {
                "Exit status 1 when config.json or the weights are invalid.\n\n"
                "  --model DIR   model folder (config.json [+ safetensors])\n"
                "  --json        one JSON object instead of text\n"
+               "  --check-weights  read every tensor and report each that holds a NaN or Inf\n"
+               "                (exit status 1 when one does)\n"
                "  --cpu         the CPU's features, the kernel level chosen (NVLM_CPU=<level> caps it)\n"
                "                and the kernel each op runs at that level\n");
 }
@@ -261,9 +264,34 @@ static void print_cpu(void) {
         printf("%-26s %s\n", nvlm_op_name((nvlm_op)op), nvlm_kernel_for((nvlm_op)op, level)->name);
 }
 
+/* Reads every tensor of the folder's weights; reports (on stream f) each one holding a NaN
+ * or Inf with its file and first bad element. Returns the number of such tensors, -1 when the
+ * weights cannot be opened. */
+static long check_weights(const char *dir, FILE *f) {
+    nvlm_st *st;
+    nvlm_err err = {0};
+    if (nvlm_st_open(dir, &st, &err)) {
+        fprintf(stderr, "nvlm info: --check-weights: %s\n", err.msg);
+        return -1;
+    }
+    long bad = 0;
+    size_t n = nvlm_st_count(st);
+    for (size_t i = 0; i < n; i++) {
+        const nvlm_tensor *t = nvlm_st_at(st, i);
+        int64_t at = nvlm_tensor_first_nonfinite(t);
+        if (at < 0) continue;
+        bad++;
+        fprintf(f, "non-finite weight: tensor %s (%s, in %s) holds a NaN or Inf at element %lld\n", t->name,
+                nvlm_dtype_name(t->dtype), t->file, (long long)at);
+    }
+    if (!bad) fprintf(f, "weights:       all %zu tensors finite (no NaN or Inf)\n", n);
+    nvlm_st_close(st);
+    return bad;
+}
+
 int cmd_info(int argc, char **argv) {
     const char *dir = NULL;
-    int json = 0, cpu = 0;
+    int json = 0, cpu = 0, check = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             help(stdout);
@@ -272,6 +300,8 @@ int cmd_info(int argc, char **argv) {
             json = 1;
         } else if (!strcmp(argv[i], "--cpu")) {
             cpu = 1;
+        } else if (!strcmp(argv[i], "--check-weights")) {
+            check = 1;
         } else if (!strcmp(argv[i], "--model")) {
             if (++i >= argc) return cli_usage_error("info", "--model needs a folder");
             dir = argv[i];
@@ -307,5 +337,9 @@ int cmd_info(int argc, char **argv) {
     nvlm_config_free(&cfg);
     /* a folder with only an index (no shard present) is fine for info; broken weights are not */
     int broken = ci.has_weights && !ci.valid && !(ci.sharded && !ci.opened && ci.idx.n_files && !ci.idx.n_present);
+    if (check && (!ci.has_weights || check_weights(dir, json ? stderr : stdout) != 0)) {
+        if (!ci.has_weights) fprintf(stderr, "nvlm info: --check-weights: %s holds no weights\n", dir);
+        broken = 1;
+    }
     return broken ? 1 : 0;
 }

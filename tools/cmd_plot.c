@@ -3,6 +3,7 @@
  * evaluations, their exact-match accuracy on a second chart beside it. A log given as
  * LABEL=FILE is named LABEL in the legend. */
 #include "cli.h"
+#include "core/file.h"
 #include <cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -15,7 +16,7 @@ typedef struct series {
 } series;
 
 static int fopen_ok(const char *path) {
-    FILE *f = fopen(path, "r");
+    FILE *f = nvlm_fopen_regular(path, NULL);
     if (f) fclose(f);
     return f != NULL;
 }
@@ -36,7 +37,7 @@ static int push(series *s, double x, double y) {
 }
 
 static int read_log(const char *path, series *train, series *eval, series *acc) {
-    FILE *f = fopen(path, "r");
+    FILE *f = nvlm_fopen_regular(path, NULL);
     if (!f) return -1;
     char *line = NULL;
     size_t cap = 0;

@@ -1,8 +1,45 @@
 /* nvlm quantize - write a Q8_0 / Q4 copy of a model folder (docs/quantization.md). */
 #include "cli.h"
 #include "model/quant.h"
+#include <dirent.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+/* Files are written as NAME.tmp-PID and renamed when whole (src/model/safetensors_write.c):
+ * on SIGINT/SIGTERM/SIGHUP this thread removes this process's temporary files from the
+ * output folder before the process ends, so an interrupted quantize leaves nothing behind. */
+typedef struct sig_watch {
+    const char *dir;
+    sigset_t set;
+} sig_watch;
+
+static void remove_temps(const char *dir) {
+    char suffix[32], path[4096];
+    snprintf(suffix, sizeof suffix, ".tmp-%ld", (long)getpid());
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    size_t sl = strlen(suffix);
+    while ((e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (n > sl && !strcmp(e->d_name + n - sl, suffix) && snprintf(path, sizeof path, "%s/%s", dir, e->d_name) < (int)sizeof path)
+            unlink(path);
+    }
+    closedir(d);
+}
+
+static void *watch_signals(void *arg) {
+    sig_watch *w = arg;
+    int sig = 0;
+    if (sigwait(&w->set, &sig)) return NULL;
+    remove_temps(w->dir);
+    fprintf(stderr, "nvlm quantize: %s: stopped; the temporary files in %s are removed\n", strsignal(sig), w->dir);
+    _exit(128 + sig);
+}
 
 static void help(FILE *f) {
     fprintf(f, "usage: nvlm quantize --model DIR --out DIR2 --type q8_0|q4\n\n"
@@ -30,6 +67,15 @@ int cmd_quantize(int argc, char **argv) {
     if (!in || !out || !type) return cli_usage_error("quantize", "--model, --out and --type are required");
     nvlm_dtype to;
     if (nvlm_quant_parse(type, &to)) return cli_usage_error("quantize", "--type must be q8_0 or q4, not '%s'", type);
+    /* blocked here, so every thread started below (the pool's) leaves them to the watcher */
+    static sig_watch w;
+    w.dir = out;
+    sigemptyset(&w.set);
+    sigaddset(&w.set, SIGINT);
+    sigaddset(&w.set, SIGTERM);
+    sigaddset(&w.set, SIGHUP);
+    pthread_t th;
+    if (!pthread_sigmask(SIG_BLOCK, &w.set, NULL) && !pthread_create(&th, NULL, watch_signals, &w)) pthread_detach(th);
     nvlm_quant_report rep;
     nvlm_err err = {0};
     if (nvlm_quantize_folder(in, out, to, &rep, &err)) return cli_report("quantize", &err);

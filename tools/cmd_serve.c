@@ -4,11 +4,13 @@
 #include "cli_model.h"
 #include "serve/serve.h"
 #include <libgen.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 static void usage(FILE *f) {
     fprintf(f, "usage: nvlm serve --model DIR [options]\n\n"
@@ -31,6 +33,17 @@ static void usage(FILE *f) {
                "      --allow-remote-images     fetch http(s) image URLs (10 s, --max-image-bytes, 3 redirects;\n"
                "                                private and loopback addresses refused)\n"
                "      --allow-private-image-hosts  with it: also from private and loopback addresses\n"
+               "      --max-image-memory MIB decoded images and tiles of all requests at once (default:\n"
+               "                             1/8 of the machine's memory, at most 448 MiB); a request\n"
+               "                             that can never fit gets 413, one that finds no room in time 429\n"
+               "      --timeout S            seconds for a request's header and body to arrive (default 60)\n"
+               "      --max-connections N    open connections (default 2048)\n"
+               "      --max-connections-per-ip N  (default 1024); at a limit the oldest connection still\n"
+               "                             sending its request is dropped to make room\n"
+               "      --http-threads N       HTTP poll threads (default 4)\n"
+               "      --shutdown-timeout S   on SIGTERM/SIGINT, seconds the answers in flight may finish\n"
+               "                             (default 10); the rest end with finish_reason \"cancelled\".\n"
+               "                             A second signal exits at once\n"
                "  -q, --quiet                no loading progress\n"
                "  (the sampling options below are the defaults of requests that do not set them)\n\n%s",
             cli_model_flags_help());
@@ -50,7 +63,9 @@ static int parse_server_flag(nvlm_serve_options *so, int argc, char **argv, int 
     static const struct { const char *name; long lo, hi; } nums[] = {
         {"--port", 0, 65535}, {"--parallel", 1, 1024}, {"--queue", 1, 1 << 20}, {"--ctx", 1, 1 << 30},
         {"--max-body", 1024, 1L << 40}, {"--max-image-bytes", 1, 1L << 40}, {"--max-image-pixels", 1, 1L << 40},
-        {"--max-images", 1, 1024}};
+        {"--max-images", 1, 1024}, {"--max-image-memory", 1, 1L << 30}, {"--timeout", 1, 86400},
+        {"--max-connections", 1, 1 << 20}, {"--max-connections-per-ip", 1, 1 << 20}, {"--http-threads", 1, 256},
+        {"--shutdown-timeout", 0, 86400}};
     for (size_t k = 0; k < sizeof nums / sizeof nums[0]; k++) {
         if (strcmp(a, nums[k].name)) continue;
         if (*i + 1 >= argc || cli_parse_int(argv[*i + 1], nums[k].lo, nums[k].hi, &n))
@@ -64,7 +79,13 @@ static int parse_server_flag(nvlm_serve_options *so, int argc, char **argv, int 
         case 4: so->max_body = (size_t)n; break;
         case 5: so->max_image_bytes = (size_t)n; break;
         case 6: so->max_image_pixels = (uint64_t)n; break;
-        default: so->max_images = (int)n; break;
+        case 7: so->max_images = (int)n; break;
+        case 8: so->max_image_memory = (uint64_t)n << 20; break;
+        case 9: so->timeout = (int)n; break;
+        case 10: so->max_connections = (int)n; break;
+        case 11: so->max_connections_per_ip = (int)n; break;
+        case 12: so->http_threads = (int)n; break;
+        default: so->shutdown_timeout = (int)n; break;
         }
         return 1;
     }
@@ -82,12 +103,21 @@ static int parse_server_flag(nvlm_serve_options *so, int argc, char **argv, int 
     return 0;
 }
 
+/* Every connection is a descriptor: the soft limit (often 1024) up to the hard one. */
+static void raise_fd_limit(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) || rl.rlim_cur >= rl.rlim_max) return;
+    rl.rlim_cur = rl.rlim_max > 65536 ? 65536 : rl.rlim_max;
+    (void)setrlimit(RLIMIT_NOFILE, &rl);
+}
+
 int cmd_serve(int argc, char **argv) {
     cli_model_opts o;
     cli_model_opts_init(&o);
     nvlm_serve_options so;
     nvlm_serve_options_default(&so);
     so.port = 8080;
+    so.shutdown_timeout = 10;
     so.api_key = getenv("NVLM_API_KEY");
     for (int i = 1; i < argc; i++) {
         int t = cli_model_flag("serve", &o, argc, argv, &i);
@@ -117,6 +147,11 @@ int cmd_serve(int argc, char **argv) {
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    raise_fd_limit();
+    /* Buffers from 1 MiB up (decoded images, tiles) come from mmap and go back to the system
+     * when freed, instead of staying in the allocator's per-thread arenas: the process's
+     * size then follows the image memory budget. */
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
     nvlm_model *m = NULL;
     int rc = cli_load_model("serve", &o, &m);
     if (rc) return rc;
@@ -131,8 +166,14 @@ int cmd_serve(int argc, char **argv) {
             so.api_key && *so.api_key ? ", API key required" : "");
     int sig = 0;
     sigwait(&sigs, &sig);
-    fprintf(stderr, "nvlm serve: %s, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    fprintf(stderr, "nvlm serve: %s, stopping: no new requests; answers in flight get %d s to finish "
+                    "(a second signal exits at once)\n", sig == SIGINT ? "SIGINT" : "SIGTERM", so.shutdown_timeout);
+    /* a second signal takes its default action (ends the process) on this thread */
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    pthread_sigmask(SIG_UNBLOCK, &sigs, NULL);
     nvlm_server_stop(srv);
+    fprintf(stderr, "nvlm serve: stopped\n");
     nvlm_model_free(m);
     return 0;
 }

@@ -1,5 +1,6 @@
 /* nvlm tokenize - text to token ids with a folder's tokenizer (Hugging Face's ids). */
 #include "cli.h"
+#include "core/file.h"
 #include "tokenizer/tok_json.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,9 +38,10 @@ static int encode_print(const nvlm_tokenizer *tok, const char *text, size_t len,
 }
 
 static int run_jsonl(const nvlm_tokenizer *tok, const char *path) {
-    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+    nvlm_err oerr = {0};
+    FILE *f = strcmp(path, "-") ? nvlm_fopen_regular(path, &oerr) : stdin;
     if (!f) {
-        fprintf(stderr, "nvlm tokenize: %s: cannot open\n", path);
+        fprintf(stderr, "nvlm tokenize: %s\n", oerr.msg);
         return 1;
     }
     char *line = NULL;

@@ -9,11 +9,57 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+const char *nvlm_file_kind(unsigned mode) {
+    switch (mode & S_IFMT) {
+    case S_IFREG: return "a regular file";
+    case S_IFDIR: return "a directory";
+    case S_IFIFO: return "a FIFO (named pipe)";
+    case S_IFCHR: return "a character device";
+    case S_IFBLK: return "a block device";
+    case S_IFSOCK: return "a socket";
+    default: return "not a regular file";
+    }
+}
+
+int nvlm_open_regular(const char *path, int *out, uint64_t *size, nvlm_err *err) {
+    *out = -1;
+    if (size) *size = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) return nvlm_fail(err, NVLM_E_IO, "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    int rc = 0, fl;
+    if (fstat(fd, &st) != 0)
+        rc = nvlm_fail(err, NVLM_E_IO, "cannot stat %s: %s", path, strerror(errno));
+    else if (!S_ISREG(st.st_mode))
+        rc = nvlm_fail(err, NVLM_E_IO, "%s is %s, not a regular file; give the path of a regular file", path,
+                       nvlm_file_kind((unsigned)st.st_mode));
+    else if ((fl = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
+        rc = nvlm_fail(err, NVLM_E_IO, "cannot set up %s: %s", path, strerror(errno));
+    if (rc) {
+        close(fd);
+        return rc;
+    }
+    if (size) *size = (uint64_t)st.st_size;
+    *out = fd;
+    return NVLM_OK;
+}
+
+FILE *nvlm_fopen_regular(const char *path, nvlm_err *err) {
+    int fd;
+    if (nvlm_open_regular(path, &fd, NULL, err)) return NULL;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        nvlm_fail(err, NVLM_E_NOMEM, "out of memory opening %s", path);
+    }
+    return f;
+}
+
 int nvlm_read_file(const char *path, size_t max_len, char **data, size_t *len, nvlm_err *err) {
     *data = NULL;
     *len = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return nvlm_fail(err, NVLM_E_IO, "cannot open %s: %s", path, strerror(errno));
+    FILE *f = nvlm_fopen_regular(path, err);
+    if (!f) return err ? err->code : NVLM_E_IO;
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap + 1);
     if (!buf) {
@@ -60,26 +106,22 @@ int nvlm_read_file(const char *path, size_t max_len, char **data, size_t *len, n
 int nvlm_map_file(const char *path, nvlm_mapped_file *out, nvlm_err *err) {
     out->data = NULL;
     out->len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return nvlm_fail(err, NVLM_E_IO, "cannot open %s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        close(fd);
-        return nvlm_fail(err, NVLM_E_IO, "cannot stat %s: %s", path, strerror(errno));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return nvlm_fail(err, NVLM_E_IO, "%s is not a regular file", path);
-    }
-    if (st.st_size == 0) { /* mmap of length 0 fails; an empty file maps to nothing */
+    uint64_t size;
+    int fd, rc = nvlm_open_regular(path, &fd, &size, err);
+    if (rc) return rc;
+    if (size == 0) { /* mmap of length 0 fails; an empty file maps to nothing */
         close(fd);
         return NVLM_OK;
     }
-    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (size > SIZE_MAX) {
+        close(fd);
+        return nvlm_fail(err, NVLM_E_LIMIT, "%s is too large to map", path);
+    }
+    void *p = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (p == MAP_FAILED) return nvlm_fail(err, NVLM_E_IO, "cannot map %s: %s", path, strerror(errno));
     out->data = p;
-    out->len = (size_t)st.st_size;
+    out->len = (size_t)size;
     return NVLM_OK;
 }
 

@@ -3,7 +3,19 @@
 #define NVLM_CORE_FILE_H
 #include "nvlm.h"
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
+
+/* Opens path read-only for a regular file only: the open is O_NONBLOCK (a FIFO or a device
+ * cannot hang it), fstat then requires a regular file (else an error naming the path and
+ * what it is: FIFO, character device, directory, ...), and O_NONBLOCK is cleared again.
+ * *fd receives the descriptor (O_CLOEXEC; -1 on failure), size (may be NULL) the file's
+ * size. Every file nvlm reads by name goes through here. */
+int nvlm_open_regular(const char *path, int *fd, uint64_t *size, nvlm_err *err);
+/* nvlm_open_regular as a stdio stream for reading (NULL with err set on failure). */
+FILE *nvlm_fopen_regular(const char *path, nvlm_err *err);
+/* What a stat mode is, in words ("a FIFO", "a directory", ...). */
+const char *nvlm_file_kind(unsigned mode);
 
 /* Reads a whole file into a malloc'ed buffer with a NUL byte after the data (not counted
  * in *len). max_len bounds the size (0: no bound beyond memory). */

@@ -38,6 +38,12 @@ typedef struct img_ctl {
 img_format img_sniff(const uint8_t *data, size_t len);
 const char *img_format_name(img_format f);
 
+/* The format (IMG_UNKNOWN if none) and the decoded size its header announces. *exact is 1
+ * when the decoder allocates exactly w x h pixels (PNG, JPEG, WebP, BMP); 0 when the size is
+ * a hint or unknown (GIF: a first frame may overhang the canvas; a JPEG without a frame
+ * header yet), and the caller must assume the pixel limit. Nothing is decoded. */
+int img_probe(const uint8_t *data, size_t len, uint64_t *w, uint64_t *h, int *exact);
+
 /* Decodes with one given decoder (no sniffing): what the fuzz targets call. */
 int img_decode_as(img_format f, const uint8_t *data, size_t len, uint64_t max_pixels,
                   nvlm_image *out, nvlm_err *err);

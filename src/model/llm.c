@@ -3,7 +3,9 @@
 #include "core/err.h"
 #include "kernels/attention.h"
 #include "kernels/qblock.h"
+#include "model/finite.h"
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -279,6 +281,13 @@ static int llm_layer_forward(nvlm_model *m, nvlm_kv *kv, int l, int n, llm_buffe
     return NVLM_OK;
 }
 
+/* Layers are named from 0, as in the checkpoint's tensor names (model.layers.N...). */
+static int llm_nonfinite(nvlm_err *err, const char *what, int l, const nvlm_llm_config *c) {
+    char where[128];
+    snprintf(where, sizeof where, "%s %d (of 0..%d; tensors language_model.model.layers.%d.*)", what, l, c->num_layers - 1, l);
+    return nvlm_fail_nonfinite(err, where);
+}
+
 int nvlm_llm_forward(nvlm_model *m, nvlm_kv *kv, const float *embeds, int n, const nvlm_llm_hooks *hooks,
                      float *logits, int all_logits, nvlm_err *err) {
     const nvlm_llm_config *c = &m->cfg.llm;
@@ -293,9 +302,13 @@ int nvlm_llm_forward(nvlm_model *m, nvlm_kv *kv, const float *embeds, int n, con
     }
     memcpy(b.x, embeds, sizeof(float) * (size_t)n * h);
     rope_table(c, d, kv->len, n, b.cs, b.sn);
+    const size_t nh = (size_t)n * h;
+    if (!nvlm_all_finite(b.x, nh)) rc = nvlm_fail_nonfinite(err, "the input embeddings (token embeddings or image features)");
     for (int l = 0; l < c->num_layers && !rc; l++) {
         if (hooks && hooks->before_layer) rc = hooks->before_layer(hooks->user, l, b.x, n, kv->len, err);
+        if (!rc && !nvlm_all_finite(b.x, nh)) rc = llm_nonfinite(err, "the cross-attention block before decoder layer", l, c);
         if (!rc) rc = llm_layer_forward(m, kv, l, n, &b, err);
+        if (!rc && !nvlm_all_finite(b.x, nh)) rc = llm_nonfinite(err, "decoder layer", l, c);
     }
     if (!rc) {
         kv->len += n;
@@ -304,6 +317,8 @@ int nvlm_llm_forward(nvlm_model *m, nvlm_kv *kv, const float *embeds, int n, con
             for (int t = first; t < n; t++)
                 nvlm_rmsnorm(b.y + (size_t)(t - first) * h, b.x + (size_t)t * h, m->final_norm, h, h, c->rms_norm_eps);
             rc = nvlm_matmul(m->pool, logits, b.y, n - first, &m->lm_head, NULL, err);
+            if (!rc && !nvlm_all_finite(logits, (size_t)(n - first) * c->vocab_size))
+                rc = nvlm_fail_nonfinite(err, "the final norm and lm_head (the logits)");
         }
     }
     llm_buffers_free(&b);

@@ -3,6 +3,7 @@
  * it. Matrices stay in their stored dtype; vectors (norms, biases, embeddings of the ViT) are
  * converted once to float32. */
 #include "core/err.h"
+#include "model/checkpoint.h"
 #include "core/file.h"
 #include "model/model.h"
 #include "model/tensors.h"
@@ -273,6 +274,7 @@ static int load_parts(nvlm_model *m, const char *dir, const nvlm_load_options *o
     if (opt && opt->progress && opt->progress(opt->progress_user, "mapping checkpoint", 0, 4))
         return nvlm_fail(err, NVLM_E_CANCELLED, "loading cancelled");
     if ((rc = nvlm_st_open(dir, &m->st, err))) return rc;
+    if ((rc = nvlm_checkpoint_check(dir, m->st, err))) return rc;
     if ((rc = nvlm_check_tensors(&m->cfg, m->st, err))) return rc;
     if ((rc = place_weights(m, opt, err))) return rc;
     m->vit_dummy_heads = nvlm_vit_dummy_heads(&m->cfg, m->st);

@@ -40,6 +40,7 @@ struct nvlm_st {
     size_t n_files;
     nvlm_tensor *t;         /* sorted by name; names malloc'ed */
     size_t n, cap;
+    char *checkpoint;       /* __metadata__ "nvlm_checkpoint" of the first file, or NULL */
 };
 
 /* ------------------------------------------------------------- helpers */
@@ -214,6 +215,11 @@ static int parse_file(nvlm_st *st, const uint8_t *data, size_t len, const char *
                 rc = nvlm_fail(err, NVLM_E_FORMAT, "%s: __metadata__ must be an object", file);
                 break;
             }
+            const cJSON *ck = cJSON_GetObjectItemCaseSensitive(e, "nvlm_checkpoint");
+            if (cJSON_IsString(ck) && !st->checkpoint && !(st->checkpoint = strdup(ck->valuestring))) {
+                rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+                break;
+            }
             continue;
         }
         if ((rc = parse_entry(st, e, base, data_len, file, err))) break;
@@ -251,6 +257,7 @@ void nvlm_st_close(nvlm_st *st) {
     free(st->files);
     free(st->t);
     free(st->where);
+    free(st->checkpoint);
     free(st);
 }
 
@@ -419,6 +426,8 @@ int nvlm_st_parse_buffer(const uint8_t *data, size_t len, const char *origin, nv
 
 /* ------------------------------------------------------------- lookups */
 
+const char *nvlm_st_checkpoint(const nvlm_st *st) { return st ? st->checkpoint : NULL; }
+
 size_t nvlm_st_count(const nvlm_st *st) { return st ? st->n : 0; }
 
 const nvlm_tensor *nvlm_st_at(const nvlm_st *st, size_t i) {
@@ -574,8 +583,8 @@ static int read_file_tensors(nvlm_st *st, st_file *f, int n_threads, read_state 
     if (rc)
         return nvlm_fail(err, rc, "not enough memory to read the %.1f MB of weights of %s into memory; map the file instead (--mmap)",
                          (double)need / 1e6, f->path);
-    read_job j = {.path = f->path, .fd = open(f->path, O_RDONLY | O_CLOEXEC)};
-    if (j.fd < 0) rc = nvlm_fail(err, NVLM_E_IO, "cannot open %s: %s", f->path, strerror(errno));
+    read_job j = {.path = f->path, .fd = -1};
+    rc = nvlm_open_regular(f->path, &j.fd, NULL, err);
     read_piece *pieces = NULL;
     if (!rc) rc = file_pieces(st, f, mem, &pieces, &j.n_piece, err);
     if (!rc) {

@@ -43,6 +43,9 @@ int nvlm_st_open(const char *dir, nvlm_st **out, nvlm_err *err);
 void nvlm_st_close(nvlm_st *st);
 
 size_t nvlm_st_count(const nvlm_st *st);
+/* The "nvlm_checkpoint" id a training save stamps into __metadata__ (NULL when absent): the
+ * weights and the trainer state of one save carry the same id. */
+const char *nvlm_st_checkpoint(const nvlm_st *st);
 const nvlm_tensor *nvlm_st_at(const nvlm_st *st, size_t i);
 /* NULL when absent. */
 const nvlm_tensor *nvlm_st_find(const nvlm_st *st, const char *name);

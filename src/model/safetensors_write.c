@@ -24,6 +24,7 @@ typedef struct wt {
 struct nvlm_stw {
     wt *t;
     size_t n, cap;
+    char meta[512];         /* extra __metadata__ members, ",\"key\":\"value\"..." */
 };
 
 int nvlm_stw_new(nvlm_stw **out, nvlm_err *err) {
@@ -36,6 +37,20 @@ void nvlm_stw_free(nvlm_stw *w) {
     for (size_t i = 0; i < w->n; i++) free(w->t[i].name);
     free(w->t);
     free(w);
+}
+
+int nvlm_stw_set_meta(nvlm_stw *w, const char *key, const char *value, nvlm_err *err) {
+    for (const char *p = key; *p; p++)
+        if (!strchr("abcdefghijklmnopqrstuvwxyz0123456789_", *p)) return nvlm_fail(err, NVLM_E_INVALID_ARG, "bad metadata key");
+    for (const char *p = value; *p; p++)
+        if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20) return nvlm_fail(err, NVLM_E_INVALID_ARG, "bad metadata value");
+    size_t used = strlen(w->meta);
+    int n = snprintf(w->meta + used, sizeof w->meta - used, ",\"%s\":\"%s\"", key, value);
+    if (n < 0 || (size_t)n >= sizeof w->meta - used) {
+        w->meta[used] = 0;
+        return nvlm_fail(err, NVLM_E_LIMIT, "too much safetensors metadata");
+    }
+    return NVLM_OK;
 }
 
 size_t nvlm_stw_count(const nvlm_stw *w) { return w ? w->n : 0; }
@@ -186,7 +201,7 @@ static int finish(FILE *f, const char *tmp, const char *path, nvlm_err *err) {
 }
 
 /* Writes tensors ts[0..n) (any order) as one safetensors file. */
-static int write_one(wt **ts, size_t n, const char *path, nvlm_err *err) {
+static int write_one(wt **ts, size_t n, const char *meta, const char *path, nvlm_err *err) {
     /* 1. offsets in layout order */
     wt **lay = malloc((n ? n : 1) * sizeof *lay);
     if (!lay) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
@@ -210,7 +225,9 @@ static int write_one(wt **ts, size_t n, const char *path, nvlm_err *err) {
         if (!strcmp(byname[i - 1]->name, byname[i]->name))
             rc = nvlm_fail(err, NVLM_E_INVALID_ARG, "safetensors writer: tensor %s added twice", byname[i]->name);
     sbuf h = {0};
-    sb_str(&h, "{\"__metadata__\":{\"format\":\"pt\"}");
+    sb_str(&h, "{\"__metadata__\":{\"format\":\"pt\"");
+    sb_str(&h, meta);
+    sb_str(&h, "}");
     for (size_t i = 0; i < n && !rc; i++) {
         wt *t = byname[i];
         sb_str(&h, ",");
@@ -267,7 +284,7 @@ int nvlm_stw_write_file(const nvlm_stw *w, const char *path, nvlm_err *err) {
     wt **ts = malloc((w->n ? w->n : 1) * sizeof *ts);
     if (!ts) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
     for (size_t i = 0; i < w->n; i++) ts[i] = &w->t[i];
-    int rc = write_one(ts, w->n, path, err);
+    int rc = write_one(ts, w->n, w->meta, path, err);
     free(ts);
     return rc;
 }
@@ -386,7 +403,7 @@ static int write_sharded(const nvlm_stw *w, const char *dir, int n_shards, nvlm_
         while (a < n && shard_of[a] != s) a++;
         size_t b = a;
         while (b < n && shard_of[b] == s) b++;
-        rc = write_one(ts + a, b - a, paths[s], err);
+        rc = write_one(ts + a, b - a, w->meta, paths[s], err);
     }
     /* the index, written last: a reader never sees an index naming unwritten shards */
     sbuf idx = {0};

@@ -33,6 +33,9 @@ int nvlm_stw_add(nvlm_stw *w, const char *name, nvlm_dtype dt, int ndim, const i
 int nvlm_stw_add_fill(nvlm_stw *w, const char *name, nvlm_dtype dt, int ndim,
                       const int64_t *shape, nvlm_stw_fill_fn fill, void *user, nvlm_err *err);
 
+/* Adds "key": "value" to every file's __metadata__ (key: [a-z0-9_]; value without quotes,
+ * backslashes or control characters). */
+int nvlm_stw_set_meta(nvlm_stw *w, const char *key, const char *value, nvlm_err *err);
 size_t nvlm_stw_count(const nvlm_stw *w);
 uint64_t nvlm_stw_total_bytes(const nvlm_stw *w);
 

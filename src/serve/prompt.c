@@ -52,19 +52,45 @@ int serve_prompt_ids(nvlm_model *m, const serve_request *r, int max_tiles, int32
     return rc;
 }
 
-int serve_make_chat(nvlm_model *m, const serve_request *r, int max_tiles, nvlm_chat **out, nvlm_err *err) {
+/* Decodes image i (its RGB lives only here) and queues its tiles in the chat. */
+static int add_one_image(nvlm_chat *c, serve_request *r, int i, uint64_t max_pixels, serve_error *e) {
+    const serve_image_src *src = &r->image_src[i];
+    nvlm_image_limits il = {src->exact && src->width * src->height < max_pixels ? src->width * src->height : max_pixels};
+    nvlm_err err = {0};
+    nvlm_image img;
+    int rc = nvlm_image_decode(src->data, src->len, &il, &img, &err);
+    if (rc == NVLM_E_NOMEM) return serve_fail(e, 500, NULL, src->param, "out of memory decoding the image");
+    if (rc == NVLM_E_LIMIT) return serve_fail(e, 400, "image_too_large", src->param, "%s", err.msg);
+    if (rc) return serve_fail(e, 400, "invalid_image", src->param, "the image cannot be decoded: %s", err.msg);
+    r->images[i].width = img.width, r->images[i].height = img.height;
+    rc = nvlm_chat_add_image(c, &img, &err);
+    nvlm_image_free(&img);
+    if (rc) return serve_fail(e, rc == NVLM_E_NOMEM ? 500 : 400, NULL, src->param, "%s", err.msg);
+    return 0;
+}
+
+int serve_make_chat(nvlm_model *m, serve_request *r, int max_tiles, const serve_image_ctl *ic, nvlm_chat **out,
+                    serve_error *e) {
     nvlm_chat *c = NULL;
-    int rc = nvlm_chat_new(m, &c, err);
-    if (!rc && r->system) rc = nvlm_chat_set_system(c, r->system, err);
+    nvlm_err err = {0};
+    int rc = nvlm_chat_new(m, &c, &err);
+    if (!rc && r->system) rc = nvlm_chat_set_system(c, r->system, &err);
     if (!rc) nvlm_chat_set_max_tiles(c, max_tiles);
     for (int i = 0; !rc && i < r->n_history; i++)
-        rc = nvlm_chat_add_history(c, r->history[i].question, r->history[i].answer, err);
-    for (int i = 0; !rc && i < r->n_images; i++) rc = nvlm_chat_add_image(c, &r->images[i], err);
+        rc = nvlm_chat_add_history(c, r->history[i].question, r->history[i].answer, &err);
+    if (rc) serve_fail(e, rc == NVLM_E_NOMEM ? 500 : 400, NULL, NULL, "%s", err.msg);
+    for (int i = 0; !rc && i < r->n_images; i++) {
+        if (ic->gone && ic->gone(ic->user)) rc = serve_fail(e, 499, "client_gone", NULL, "the client left");
+        else rc = add_one_image(c, r, i, ic->max_pixels, e);
+        /* the encoded bytes are not needed any more */
+        free(r->image_src[i].data);
+        r->image_src[i].data = NULL;
+    }
     if (!rc) nvlm_chat_mark_history(c);
     if (rc) {
         nvlm_chat_free(c);
         c = NULL;
     }
     *out = c;
-    return rc;
+    return rc ? -1 : 0;
 }

@@ -207,7 +207,7 @@ static cJSON *legacy_logprobs(const nvlm_tokenizer *tok, const nvlm_logprobs *lp
 }
 
 char *serve_answers_json(const char *id, const char *model, long created, const serve_request *r,
-                         const nvlm_tokenizer *tok, int32_t stop_id, const nvlm_answer *answers, int n) {
+                         const nvlm_tokenizer *tok, int32_t stop_id, const nvlm_answer *answers, int n, int cut) {
     cJSON *root = cJSON_CreateObject();
     int ok = root && add_head(root, id, r->raw ? "text_completion" : "chat.completion", model, created);
     cJSON *choices = ok ? cJSON_AddArrayToObject(root, "choices") : NULL;
@@ -235,7 +235,7 @@ char *serve_answers_json(const char *id, const char *model, long created, const 
         if (ok && lp) ok = cJSON_AddItemToObject(c, "logprobs", lp);
         else if (ok) ok = cJSON_AddNullToObject(c, "logprobs") != NULL;
         else cJSON_Delete(lp);
-        ok = ok && cJSON_AddStringToObject(c, "finish_reason", a->finish_length ? "length" : "stop");
+        ok = ok && cJSON_AddStringToObject(c, "finish_reason", cut ? "cancelled" : a->finish_length ? "length" : "stop");
     }
     ok = ok && add_usage(root, n ? answers[0].n_prompt : 0, completion);
     return finish(root, ok);

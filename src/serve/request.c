@@ -2,6 +2,8 @@
  * messages reduced to chat()'s conversation (system, (question, answer) history, question)
  * and every image decoded. Each failure names the field, as OpenAI's errors do. */
 #include "grammar/grammar.h"
+#include "core/file.h"
+#include "image/decode.h"
 #include "serve/serve_int.h"
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -11,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 enum { MAX_STOP = 16, MAX_STOP_LEN = 1024, MAX_MESSAGES = 4096 };
 
@@ -47,25 +50,40 @@ static int get_bool(const cJSON *it, const char *name, int *out, serve_error *e)
 
 /* ---------------------------------------------------------------- images */
 
+/* A path under the allowed folder, read with nvlm_open_regular (a FIFO or device there is
+ * refused at once, never waited on). Every failure before the open reads the same, "not
+ * found or outside the allowed folder": the answer must not tell whether a path outside the
+ * folder exists. */
 static int read_local(const char *path, const serve_limits *lim, const char *param, uint8_t **data, size_t *len,
                       serve_error *e) {
     char dir[PATH_MAX], real[PATH_MAX];
-    if (!realpath(lim->local_image_dir, dir) || !realpath(path, real))
-        return serve_fail(e, 400, "invalid_image_url", param, "image file '%s' not found", path);
-    size_t dl = strlen(dir);
-    if (strncmp(real, dir, dl) || (real[dl] != '/' && dir[dl - 1] != '/'))
-        return serve_fail(e, 400, "invalid_image_url", param, "image file '%s' is outside the allowed folder", path);
-    FILE *f = fopen(real, "rb");
-    if (!f) return serve_fail(e, 400, "invalid_image_url", param, "cannot open image file '%s'", path);
-    uint8_t *buf = malloc(lim->max_image_bytes + 1);
-    size_t n = buf ? fread(buf, 1, lim->max_image_bytes + 1, f) : 0;
-    fclose(f);
-    if (!buf) return serve_fail(e, 500, NULL, param, "out of memory");
-    if (n > lim->max_image_bytes) {
-        free(buf);
+    size_t dl = 0;
+    int inside = realpath(lim->local_image_dir, dir) && realpath(path, real);
+    if (inside) {
+        dl = strlen(dir);
+        inside = !strncmp(real, dir, dl) && (real[dl] == '/' || dir[dl - 1] == '/');
+    }
+    if (!inside)
+        return serve_fail(e, 400, "invalid_image_url", param,
+                          "image file '%.300s' is not found or outside the allowed folder", path);
+    nvlm_err err = {0};
+    uint64_t size = 0;
+    int fd;
+    if (nvlm_open_regular(real, &fd, &size, &err))
+        return serve_fail(e, 400, "invalid_image_url", param, "image file '%.300s' is not a readable regular file", path);
+    if (size > lim->max_image_bytes) {
+        close(fd);
         return serve_fail(e, 413, "image_too_large", param, "image file is over %zu bytes", lim->max_image_bytes);
     }
-    *data = buf, *len = n;
+    uint8_t *buf = malloc(size ? (size_t)size : 1);
+    int rc = buf ? nvlm_pread_all(fd, buf, (size_t)size, 0, real, &err) : NVLM_E_NOMEM;
+    close(fd);
+    if (rc) {
+        free(buf);
+        return rc == NVLM_E_NOMEM ? serve_fail(e, 500, NULL, param, "out of memory")
+                                  : serve_fail(e, 400, "invalid_image_url", param, "cannot read image file '%.300s'", path);
+    }
+    *data = buf, *len = (size_t)size;
     return 0;
 }
 
@@ -123,21 +141,32 @@ static int add_image(serve_request *r, const char *url, const serve_limits *lim,
         rc = read_local(strncasecmp(url, "file://", 7) ? url : url + 7, lim, param, &data, &len, e);
     }
     if (rc) return rc;
-    nvlm_image_limits il = {lim->max_image_pixels};
-    nvlm_err err = {0};
-    nvlm_image img;
-    rc = nvlm_image_decode(data, len, &il, &img, &err);
-    free(data);
-    if (rc == NVLM_E_NOMEM) return serve_fail(e, 500, NULL, param, "out of memory decoding the image");
-    if (rc == NVLM_E_LIMIT) return serve_fail(e, 400, "image_too_large", param, "%s", err.msg);
-    if (rc) return serve_fail(e, 400, "invalid_image", param, "the image cannot be decoded: %s", err.msg);
-    nvlm_image *n = realloc(r->images, sizeof *n * (size_t)(r->n_images + 1));
-    if (!n) {
-        nvlm_image_free(&img);
-        return serve_fail(e, 500, NULL, param, "out of memory");
+    /* Only the header is read here: the pixels are decoded later, one image at a time, once
+     * the server's image memory has room for them (serve_make_chat). */
+    serve_image_src src = {data, len, 0, 0, 0, 0, {0}};
+    snprintf(src.param, sizeof src.param, "%s", param);
+    src.format = img_probe(data, len, &src.width, &src.height, &src.exact);
+    if (src.format == IMG_UNKNOWN) rc = serve_fail(e, 400, "invalid_image", param,
+                                                   "the image cannot be decoded: not a JPEG, PNG, WebP, GIF or BMP file");
+    else if (src.exact && (src.width == 0 || src.height == 0))
+        rc = serve_fail(e, 400, "invalid_image", param, "the image cannot be decoded: its header gives a zero size");
+    else if (src.exact && (src.width > INT_MAX || src.height > INT_MAX || src.width * src.height > lim->max_image_pixels))
+        rc = serve_fail(e, 400, "image_too_large", param,
+                        "%s: image size %llux%llu exceeds the limit of %llu pixels (decompression bomb guard)",
+                        img_format_name((img_format)src.format), (unsigned long long)src.width,
+                        (unsigned long long)src.height, (unsigned long long)lim->max_image_pixels);
+    nvlm_image *n = rc ? NULL : realloc(r->images, sizeof *n * (size_t)(r->n_images + 1));
+    serve_image_src *ns = n ? realloc(r->image_src, sizeof *ns * (size_t)(r->n_images + 1)) : NULL;
+    if (n) r->images = n;
+    if (ns) r->image_src = ns;
+    if (!rc && !ns) rc = serve_fail(e, 500, NULL, param, "out of memory");
+    if (rc) {
+        free(data);
+        return rc;
     }
-    r->images = n;
-    r->images[r->n_images++] = img;
+    /* width/height: the header's (GIF: a hint until decoded); no pixels yet */
+    r->images[r->n_images] = (nvlm_image){(int)src.width, (int)src.height, NULL};
+    r->image_src[r->n_images++] = src;
     return 0;
 }
 
@@ -492,6 +521,8 @@ void serve_request_free(serve_request *r) {
     free(r->question);
     for (int i = 0; i < r->n_images; i++) nvlm_image_free(&r->images[i]);
     free(r->images);
+    for (int i = 0; i < r->n_images; i++) free(r->image_src[i].data);
+    free(r->image_src);
     for (int i = 0; r->stop && r->stop[i]; i++) free(r->stop[i]);
     free(r->stop);
     nvlm_grammar_free(r->grammar);

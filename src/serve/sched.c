@@ -160,9 +160,10 @@ static int on_token(void *user, int32_t id, const char *text, size_t len) {
         if (serve_textstream_push(&j->ts, text, len, &delta, &dlen)) atomic_store(&j->cancelled, 1);
         sse_content(j, delta, dlen, 0);
     }
-    if (atomic_load(&j->cancelled)) return 1;
-    ticket_yield(&t->s->compute);
-    return atomic_load(&j->cancelled);
+    if (!atomic_load(&j->cancelled)) ticket_yield(&t->s->compute);
+    if (!atomic_load(&j->cancelled)) return 0;
+    j->cut = 1; /* ended here, short of its end: the reply must not say "stop" */
+    return 1;
 }
 
 /* The engine's cancellation poll, called before every image tile, prefill chunk and token.
@@ -186,6 +187,8 @@ static void stream_end(serve_job *j, int rc) {
         if (rc == NVLM_E_CANCELLED)
             serve_fail(&e, 503, "cancelled", NULL, "the request was cancelled before its answer began "
                                                    "(the server is shutting down)");
+        else if (rc == NVLM_E_NUMERIC)
+            serve_fail(&e, 500, "non_finite_values", NULL, "generation failed: %s", j->err.msg);
         else
             serve_fail(&e, 500, NULL, NULL, "generation failed: %s", j->err.msg);
         sse_event(j, serve_error_json(&e));
@@ -198,9 +201,15 @@ static void stream_end(serve_job *j, int rc) {
             nvlm_tokenizer_is_special(j->tok, a->output_ids[a->n_output - 1]))
             j->n_pending--;
         sse_content(j, delta, dlen, 1);
-        const char *fin = j->answer.finish_length ? "length" : "stop";
+        const char *fin = j->cut ? "cancelled" : j->answer.finish_length ? "length" : "stop";
         sse_event(j, j->req.raw ? serve_text_chunk_json(j->id, j->model, j->created, "", 0, fin)
                                 : serve_chunk_json(j->id, j->model, j->created, NULL, NULL, 0, fin));
+        if (j->cut) { /* and said as an error too, for clients that only look for one */
+            serve_error e;
+            serve_fail(&e, 503, "cancelled", NULL, "the answer was cut after %zu tokens: the server is shutting down",
+                       j->n_generated);
+            sse_event(j, serve_error_json(&e));
+        }
         if (j->req.include_usage)
             sse_event(j, serve_usage_chunk_json(j->id, j->model, j->created, j->answer.n_prompt, j->answer.n_output));
     }

@@ -1,5 +1,9 @@
 /* serve.h - the OpenAI-compatible HTTP server behind `nvlm serve` (docs/server.md).
  *
+ * Connections are served by a few libmicrohttpd poll threads (epoll), never one thread each:
+ * a request's body is parsed and its images decoded on preparation threads, and a request that
+ * waits for its answer is suspended, not blocking a poll thread, so /health and /metrics answer
+ * whatever the other connections do. Decoded images count against one memory budget.
  * One loaded model is shared read-only by all requests; each request gets its own nvlm_chat
  * (own KV cache). The model's thread pool runs one parallel loop at a time, so the compute is
  * serialised by a FIFO ticket lock that every running request gives up after each image tile,
@@ -32,6 +36,15 @@ typedef struct nvlm_serve_options {
     int allow_private_image_hosts; /* 1: also from private/loopback addresses */
     int remote_timeout_ms;     /* one fetch, redirects included; 0: 10 s */
     int remote_max_redirects;  /* 0: 3 (-1: none followed) */
+    uint64_t max_image_memory; /* decoded images and tiles of all requests at once, in bytes;
+                                * 0: 1/8 of the machine's memory, at most 448 MiB */
+    int timeout;               /* seconds for a request's header and body to arrive (and an idle
+                                * keep-alive connection); 0: 60 */
+    int shutdown_timeout;      /* seconds nvlm_server_stop lets answers in flight finish before it
+                                * cuts them; 0: cut at once */
+    int max_connections;       /* open connections; 0: 2048 (and below the descriptor limit) */
+    int max_connections_per_ip; /* 0: 1024 */
+    int http_threads;          /* poll threads; 0: 4 */
     const char *default_system; /* system message of requests without one; NULL: the template's */
     nvlm_sampling defaults;    /* sampling when a request says nothing (stop is ignored) */
 } nvlm_serve_options;
@@ -44,7 +57,9 @@ void nvlm_serve_options_default(nvlm_serve_options *o);
 int nvlm_server_start(nvlm_model *m, const nvlm_serve_options *o, nvlm_server **out, nvlm_err *err);
 /* The port actually bound (useful with port 0). */
 int nvlm_server_port(const nvlm_server *s);
-/* Graceful stop: refuses new requests, cancels running and queued ones, joins every thread,
- * frees everything. NULL is accepted. */
+/* Graceful stop: stops listening and refuses new requests (503), lets the answers in flight
+ * finish for up to shutdown_timeout seconds, then ends the rest honestly: a cut answer has
+ * finish_reason "cancelled" (a stream also gets an error event), a request not yet started
+ * gets a 503. Joins every thread, frees everything. NULL is accepted. */
 void nvlm_server_stop(nvlm_server *s);
 #endif

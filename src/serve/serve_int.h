@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 /* ------------------------------------------------------------ base64.c */
 
@@ -61,6 +62,16 @@ typedef struct serve_limits {
     serve_fetch_opts fetch;
 } serve_limits;
 
+/* One image of a request as sent (encoded), with what its header says. */
+typedef struct serve_image_src {
+    uint8_t *data;
+    size_t len;
+    uint64_t width, height;      /* from the header (GIF: a hint) */
+    int exact;                   /* 1: the decoder allocates exactly width x height */
+    int format;                  /* img_format */
+    char param[96];              /* the request field it came from, for errors */
+} serve_image_src;
+
 /* A chat completion request reduced to what nvlm_chat needs. */
 typedef struct serve_request {
     char *model;                 /* NULL when absent */
@@ -68,7 +79,9 @@ typedef struct serve_request {
     nvlm_turn *history;          /* earlier (user, assistant) pairs */
     int n_history;
     char *question;              /* the last user message */
-    nvlm_image *images;          /* every image of the conversation, in order */
+    nvlm_image *images;          /* every image of the conversation, in order: sizes only
+                                  * (rgb NULL) until serve_make_chat decodes them */
+    serve_image_src *image_src;  /* [n_images]: the encoded images */
     int n_images;
     nvlm_sampling sampling;      /* stop points into stop[], grammar to grammar, logit_bias to bias */
     char **stop;                 /* NULL-terminated */
@@ -98,8 +111,67 @@ int serve_image_tiles(nvlm_model *m, const nvlm_image *img, int max_tiles);
 /* The prompt ids chat() builds for the request's conversation (images expanded). */
 int serve_prompt_ids(nvlm_model *m, const serve_request *r, int max_tiles, int32_t **ids, size_t *n,
                      nvlm_err *err);
-/* A new chat holding the request's system message, history and images (history marked). */
-int serve_make_chat(nvlm_model *m, const serve_request *r, int max_tiles, nvlm_chat **out, nvlm_err *err);
+/* How serve_make_chat decodes: the pixel limit, and a check made before each image. */
+typedef struct serve_image_ctl {
+    uint64_t max_pixels;
+    int (*gone)(void *user);     /* NULL, or non-zero when the client has left: stop decoding */
+    void *user;
+} serve_image_ctl;
+/* A new chat holding the request's system message, history and images (history marked).
+ * The images are decoded one at a time, each straight into the chat's 8-bit tiles, its RGB
+ * freed before the next: never more than one full-size image at once. Their sizes in r are
+ * updated to the decoded ones. Returns 0, or -1 with e filled (status 499 when ic->gone). */
+int serve_make_chat(nvlm_model *m, serve_request *r, int max_tiles, const serve_image_ctl *ic, nvlm_chat **out,
+                    serve_error *e);
+
+/* ------------------------------------------------------------ limits.c */
+
+/* The default --max-image-memory: 1/8 of the machine's memory, at most this many MiB. */
+enum { SERVE_IMAGE_MEMORY_MAX_MIB = 448 };
+
+typedef struct serve_budget {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint64_t cap, used, peak;
+} serve_budget;
+
+uint64_t serve_image_memory_default(void);
+int serve_budget_init(serve_budget *b, uint64_t cap);
+void serve_budget_destroy(serve_budget *b);
+/* Takes n bytes, waiting up to wait_s seconds (in 50 ms slices, stop(user) non-zero ends the
+ * wait) for others to give theirs back. 0: taken; 1: n is over the whole budget; 2: no room
+ * in time (or stopped). */
+int serve_budget_take(serve_budget *b, uint64_t n, double wait_s, int (*stop)(void *), void *user);
+void serve_budget_give(serve_budget *b, uint64_t n);
+uint64_t serve_budget_used(serve_budget *b);
+/* Peak bytes decoding one image takes (its RGB, the decoder's scratch). */
+uint64_t serve_image_decode_bytes(const serve_image_src *src, uint64_t max_pixels);
+/* Bytes a request's images may need at most: every image's tiles at the tile bound, plus
+ * the largest one decode. */
+uint64_t serve_images_need(const nvlm_model *m, const serve_request *r, int max_tiles, uint64_t max_pixels);
+/* Bytes its images' tiles hold once decoded (8-bit RGB, until the engine encodes them). */
+uint64_t serve_images_held(nvlm_model *m, const serve_request *r, int max_tiles);
+
+typedef struct serve_conn serve_conn;
+typedef struct serve_conns {
+    pthread_mutex_t mu;
+    serve_conn *head;
+    int max_total, max_per_ip;   /* 0: no limit */
+    double deadline_s;           /* header + body of one request; 0: none */
+    uint64_t n_dropped;
+} serve_conns;
+
+int serve_conns_init(serve_conns *t, int max_total, int max_per_ip, double deadline_s);
+void serve_conns_destroy(serve_conns *t);
+/* A new connection. Over a limit, the oldest connection still sending its request (of the
+ * same IP for the per-IP limit) is shut down, or else this one. NULL when out of memory. */
+serve_conn *serve_conns_open(serve_conns *t, int fd, const struct sockaddr *addr, socklen_t len);
+void serve_conns_close(serve_conns *t, serve_conn *c);
+/* busy: its request is whole (no deadline while it is answered); 0 again when it is done. */
+void serve_conns_busy(serve_conns *t, serve_conn *c, int busy);
+/* Shuts down the connections whose request has taken longer than the deadline to arrive. */
+void serve_conns_sweep(serve_conns *t);
+int serve_conns_count(serve_conns *t);
 
 /* ------------------------------------------------------------- reply.c */
 
@@ -116,9 +188,10 @@ char *serve_usage_chunk_json(const char *id, const char *model, long created, si
 
 /* The reply to a request of n answers (chat.completion, or text_completion for a raw one), with
  * logprobs when asked (chat: content[{token, logprob, bytes, top_logprobs}]; completions: the
- * legacy tokens/token_logprobs/top_logprobs/text_offset), a closing stop_id left out. */
+ * legacy tokens/token_logprobs/top_logprobs/text_offset), a closing stop_id left out. cut: the
+ * server's stop ended the answers early, so their finish_reason is "cancelled", never stop/length. */
 char *serve_answers_json(const char *id, const char *model, long created, const serve_request *r,
-                         const nvlm_tokenizer *tok, int32_t stop_id, const nvlm_answer *answers, int n);
+                         const nvlm_tokenizer *tok, int32_t stop_id, const nvlm_answer *answers, int n, int cut);
 /* A chat.completion.chunk whose logprobs are those of n tokens (streaming with logprobs). */
 char *serve_chunk_logprobs_json(const char *id, const char *model, long created, const char *content, size_t content_len,
                                 const char *finish, const nvlm_tokenizer *tok, const nvlm_logprobs *lp, size_t n);
@@ -215,6 +288,8 @@ struct serve_job {
     nvlm_err err;
     double t_start, t_first, t_end;
     atomic_int cancelled;
+    int cut;                     /* the answer was ended by a cancel, not complete (set before
+                                  * the job is finished, read after) */
     /* worker-only */
     serve_textstream ts;
     nvlm_logprobs *lp_pending;   /* streaming with logprobs: tokens not yet sent in a chunk */

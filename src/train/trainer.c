@@ -10,7 +10,9 @@
 #include "train/tdata.h"
 #include "train/train.h"
 #include <cJSON.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -19,6 +21,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 enum { SAVE_CHUNK = 1 << 20 }; /* elements converted per call when saving F16 / BF16 weights */
 
@@ -129,10 +132,11 @@ static int mkdir_p(const char *dir, nvlm_err *err) {
 }
 
 /* model.safetensors in the source layout and dtypes (vision tensors copied as they are). */
-static int save_model(run *r, const char *dir, nvlm_err *err) {
+static int save_model(run *r, const char *dir, const char *id, nvlm_err *err) {
     nvlm_stw *w;
     int rc = nvlm_stw_new(&w, err);
     if (rc) return rc;
+    rc = nvlm_stw_set_meta(w, "nvlm_checkpoint", id, err);
     void **bufs = calloc((size_t)r->tm->n_p, sizeof *bufs);
     if (!bufs) rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
     size_t n = nvlm_st_count(r->m->st);
@@ -165,9 +169,10 @@ static int save_model(run *r, const char *dir, nvlm_err *err) {
 }
 
 /* trainer_state.safetensors: master weights and Adam moments of the trainable tensors. */
-static int save_state(run *r, const char *dir, nvlm_err *err) {
+static int save_state(run *r, const char *dir, const char *id, nvlm_err *err) {
     nvlm_stw *w;
     int rc = nvlm_stw_new(&w, err);
+    if (!rc) rc = nvlm_stw_set_meta(w, "nvlm_checkpoint", id, err);
     char name[200];
     for (int i = 0; i < r->tm->n_p && !rc; i++) {
         nvlm_tparam *p = &r->tm->p[i];
@@ -197,6 +202,7 @@ static int save_state(run *r, const char *dir, nvlm_err *err) {
     cJSON_AddNumberToObject(j, "stage", r->o->stage);
     snprintf(u, sizeof u, "%llu", (unsigned long long)r->o->seed);
     cJSON_AddStringToObject(j, "seed", u);
+    cJSON_AddStringToObject(j, "checkpoint", id);
     char *s = cJSON_Print(j);
     cJSON_Delete(j);
     path = nvlm_path_join(dir, "trainer_state.json");
@@ -205,13 +211,143 @@ static int save_state(run *r, const char *dir, nvlm_err *err) {
     return rc;
 }
 
+/* FNV-1a over the trainable weights and the data cursor: the save id is tied to what is
+ * saved, and the same for the same state (a resumed run's files stay bit-identical). */
+static uint64_t weights_hash(const run *r) {
+    uint64_t h = 0xcbf29ce484222325ull ^ r->cur.rng;
+    for (int i = 0; i < r->tm->n_p; i++) {
+        const nvlm_tparam *p = &r->tm->p[i];
+        if (!p->g) continue;
+        const uint8_t *b = (const uint8_t *)p->w;
+        size_t n = p->n * sizeof(float), k = 0;
+        for (; k + 8 <= n; k += 8) { /* a word at a time: a save's cost stays the writing */
+            uint64_t w;
+            memcpy(&w, b + k, 8);
+            h = (h ^ w) * 0x100000001b3ull;
+        }
+        for (; k < n; k++) h = (h ^ b[k]) * 0x100000001b3ull;
+    }
+    return h;
+}
+
+/* The files of one save; in OUT each is a symlink to .current/NAME. */
+static const char *const SAVE_FILES[] = {"model.safetensors", "trainer_state.safetensors", "trainer_state.json"};
+#define CURRENT ".current"      /* symlink to the folder of the current save */
+#define SAVE_PREFIX ".ckpt-"    /* a save's folder: .ckpt-stepN[.K] */
+
+static int fsync_dir(const char *dir, nvlm_err *err) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return nvlm_fail(err, NVLM_E_IO, "cannot open %s: %s", dir, strerror(errno));
+    int bad = fsync(fd) != 0;
+    close(fd);
+    return bad ? nvlm_fail(err, NVLM_E_IO, "cannot sync %s: %s", dir, strerror(errno)) : NVLM_OK;
+}
+
+/* Removes a save's folder (its files are plain files written by the trainer). */
+static void remove_save(const char *dir, const char *name) {
+    char sub[PATH_MAX], p[PATH_MAX];
+    if (snprintf(sub, sizeof sub, "%s/%s", dir, name) >= (int)sizeof sub) return;
+    DIR *d = opendir(sub);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && snprintf(p, sizeof p, "%s/%s", sub, e->d_name) < (int)sizeof p)
+            unlink(p);
+    closedir(d);
+    rmdir(sub);
+}
+
+/* The name .current points to ("" when none). */
+static void current_save(const char *dir, char *name, size_t cap) {
+    char link[PATH_MAX];
+    name[0] = 0;
+    if (snprintf(link, sizeof link, "%s/" CURRENT, dir) >= (int)sizeof link) return;
+    ssize_t n = readlink(link, name, cap - 1);
+    name[n > 0 ? n : 0] = 0;
+}
+
+/* Removes the save folders that are not current: what a killed or failed save left. */
+static void remove_stale_saves(const char *dir, const char *current) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    char names[16][NAME_MAX + 1];
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 16)
+        if (!strncmp(e->d_name, SAVE_PREFIX, strlen(SAVE_PREFIX)) && strcmp(e->d_name, current))
+            snprintf(names[n++], sizeof names[0], "%s", e->d_name);
+    closedir(d);
+    for (int i = 0; i < n; i++) remove_save(dir, names[i]);
+}
+
+/* Points PATH at TARGET with a symlink, atomically (a new link renamed over PATH). */
+static int link_atomically(const char *target, const char *path, nvlm_err *err) {
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp-link", path) >= (int)sizeof tmp)
+        return nvlm_fail(err, NVLM_E_INVALID_ARG, "path too long: %s", path);
+    unlink(tmp);
+    if (symlink(target, tmp)) return nvlm_fail(err, NVLM_E_IO, "cannot create the link %s: %s", tmp, strerror(errno));
+    if (rename(tmp, path)) {
+        int rc = nvlm_fail(err, NVLM_E_IO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+        unlink(tmp);
+        return rc;
+    }
+    return NVLM_OK;
+}
+
+/* Makes save folder NAME current: one rename of the .current link; then OUT's files are made
+ * links into .current (already so after the first save) and OUT synced. */
+static int commit_save(const char *dir, const char *name, int *committed, nvlm_err *err) {
+    char path[PATH_MAX], target[PATH_MAX], have[PATH_MAX];
+    int rc = snprintf(path, sizeof path, "%s/" CURRENT, dir) < (int)sizeof path
+                 ? link_atomically(name, path, err)
+                 : nvlm_fail(err, NVLM_E_INVALID_ARG, "output folder name too long: %s", dir);
+    *committed = !rc;
+    for (size_t i = 0; !rc && i < sizeof SAVE_FILES / sizeof *SAVE_FILES; i++) {
+        snprintf(target, sizeof target, CURRENT "/%s", SAVE_FILES[i]);
+        if (snprintf(path, sizeof path, "%s/%s", dir, SAVE_FILES[i]) >= (int)sizeof path)
+            rc = nvlm_fail(err, NVLM_E_INVALID_ARG, "output folder name too long: %s", dir);
+        ssize_t n = rc ? -1 : readlink(path, have, sizeof have - 1);
+        if (!rc && (n < 0 || (have[n] = 0, strcmp(have, target)))) rc = link_atomically(target, path, err);
+    }
+    /* a sharded index left from the source would shadow model.safetensors */
+    if (!rc && snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir) < (int)sizeof path) unlink(path);
+    if (!rc) rc = fsync_dir(dir, err);
+    return rc;
+}
+
+/* A save becomes current by one atomic rename, and only once it is whole: its three files
+ * (the weights, trainer_state.safetensors, trainer_state.json) are written, flushed and
+ * fsync'ed in a new folder OUT/.ckpt-stepN, that folder is synced, and then the link
+ * OUT/.current is renamed to point at it. OUT/model.safetensors and the trainer state files
+ * are links through .current, so loaders see the old save or the new one, never a mix. A
+ * full disk, an error or a kill before that rename leaves the previous save current and
+ * untouched (the unfinished folder is removed, now or by the next save). All three files
+ * also carry the save's id, so a folder mixed by hand is refused by nvlm run and --resume. */
 static int save_checkpoint(run *r, nvlm_err *err) {
     const char *dir = r->o->out_dir;
+    char id[64], name[96], sub[PATH_MAX], old[NAME_MAX + 1];
+    snprintf(id, sizeof id, "step%lld-%016llx", (long long)r->cur.step, (unsigned long long)weights_hash(r));
     int rc = mkdir_p(dir, err);
     if (!rc && !nvlm_same_dir(r->src_dir, dir)) rc = nvlm_copy_side_files(r->src_dir, dir, err);
-    if (!rc) rc = save_model(r, dir, err);
-    if (!rc) rc = save_state(r, dir, err);
-    if (rc) nvlm_fail_prefix(err, "saving a checkpoint in %s: ", dir);
+    current_save(dir, old, sizeof old);
+    if (!rc) remove_stale_saves(dir, old);
+    /* a new folder, never the current one (a Ctrl-C save may repeat the last step) */
+    for (int k = 0; !rc; k++) {
+        snprintf(name, sizeof name, SAVE_PREFIX "step%lld%s%.0d", (long long)r->cur.step, k ? "." : "", k);
+        if (snprintf(sub, sizeof sub, "%s/%s", dir, name) >= (int)sizeof sub)
+            rc = nvlm_fail(err, NVLM_E_INVALID_ARG, "output folder name too long: %s", dir);
+        else if (!mkdir(sub, 0777)) break;
+        else if (errno != EEXIST || k > 99) rc = nvlm_fail(err, NVLM_E_IO, "cannot create %s: %s", sub, strerror(errno));
+    }
+    int made = !rc, committed = 0;
+    if (!rc) rc = save_model(r, sub, id, err);
+    if (!rc) rc = save_state(r, sub, id, err);
+    if (!rc) rc = fsync_dir(sub, err);
+    if (!rc) rc = commit_save(dir, name, &committed, err);
+    if (committed && old[0] && strcmp(old, name)) remove_save(dir, old);
+    if (!committed && made) remove_save(dir, name);
+    if (rc) nvlm_fail_prefix(err, committed ? "saving a checkpoint in %s: " : "saving a checkpoint in %s (the previous save stays current): ", dir);
     return rc;
 }
 
