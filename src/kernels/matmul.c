@@ -3,6 +3,7 @@
  * Scalar: work is split over output rows; each thread expands a block of weight rows to
  * float32 once and applies it to every token, so a weight row is read once per call. */
 #include "kernels/cpu.h"
+#include "kernels/gemm_bf16.h"
 #include "kernels/ops.h"
 #include "kernels/qblock.h"
 #include "kernels/simd.h"
@@ -56,9 +57,20 @@ void nvlm_matmul_scalar(nvlm_pool *pool, float *y, const float *x, int n_tok, co
     nvlm_pool_run(pool, (size_t)w->rows, ROW_BLOCK, matmul_rows, &j);
 }
 
+/* The bf16 compute mode (kernels/gemm_bf16.h) takes the products of many tokens against
+ * plain-format weights; 1 when it took this one. */
+static int bf16_takes(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
+                      const nvlm_wmat *const *w, const float *const *bias) {
+    if (nvlm_pool_compute(pool) != NVLM_COMPUTE_BF16 || n_tok < NVLM_BF16_MIN_TOKENS) return 0;
+    for (int i = 0; i < n_w; i++)
+        if (!nvlm_bf16_eligible(w[i])) return 0;
+    nvlm_matmul_bf16(pool, n_w, y, x, n_tok, w, bias);
+    return 1;
+}
+
 void nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
                  const float *bias) {
-    if (n_tok <= 0) return;
+    if (n_tok <= 0 || bf16_takes(pool, 1, &y, x, n_tok, &w, &bias)) return;
 #ifdef NVLM_HAVE_AVX2_KERNELS
     if (nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX2)) {
         nvlm_matmul_avx2(pool, y, x, n_tok, w, bias);
@@ -76,7 +88,7 @@ void nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvl
 
 void nvlm_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
                        const nvlm_wmat *const *w, const float *const *bias) {
-    if (n_tok <= 0) return;
+    if (n_tok <= 0 || bf16_takes(pool, n_w, y, x, n_tok, w, bias)) return;
 #ifdef NVLM_HAVE_AVX2_KERNELS
     if (nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX2)) {
         nvlm_matmul_multi_avx2(pool, n_w, y, x, n_tok, w, bias);

@@ -41,6 +41,7 @@ struct nvlm_pool {
     int n_threads;              /* including the calling thread */
     int level;                  /* kernel instruction-set level (kernels/cpu.h) */
     int int8_act;               /* Q8_0/Q4 matrix-vector with int8 activations: 1, 0, -1 unset */
+    int compute;                /* NVLM_COMPUTE_F32 / NVLM_COMPUTE_BF16 */
     pthread_t *workers;
     job_slot slot[SLOTS];
     alignas(64) atomic_uint generation; /* jobs published; job g lives in slot[g % SLOTS] */
@@ -227,6 +228,10 @@ int nvlm_pool_int8_act_for(const nvlm_pool *p, nvlm_dtype t) {
 }
 
 void nvlm_pool_set_int8_act(nvlm_pool *p, int on) { p->int8_act = on != 0; }
+
+int nvlm_pool_compute(const nvlm_pool *p) { return p ? p->compute : NVLM_COMPUTE_F32; }
+
+void nvlm_pool_set_compute(nvlm_pool *p, int compute) { p->compute = compute; }
 
 void nvlm_pool_run(nvlm_pool *p, size_t n, size_t grain, nvlm_pool_fn fn, void *ctx) {
     if (n == 0) return;

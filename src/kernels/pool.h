@@ -37,6 +37,12 @@ void nvlm_pool_set_int8_act(nvlm_pool *p, int on);
  * beside the weight error, docs/quantization.md). */
 int nvlm_pool_int8_act_for(const nvlm_pool *p, nvlm_dtype t);
 
+/* Compute mode of the matrix products (NVLM_COMPUTE_F32 or NVLM_COMPUTE_BF16, nvlm.h): with
+ * bf16, products of NVLM_BF16_MIN_TOKENS or more tokens against F32/F16/BF16 weights run in
+ * kernels/gemm_bf16.h. NVLM_COMPUTE_F32 at creation; a NULL pool means f32. */
+int nvlm_pool_compute(const nvlm_pool *p);
+void nvlm_pool_set_compute(nvlm_pool *p, int compute);
+
 /* Runs fn over [0, n) split into chunks of at least `grain` indices; returns when all are
  * done. pool may be NULL (runs inline). Not reentrant: do not call from inside fn. */
 void nvlm_pool_run(nvlm_pool *p, size_t n, size_t grain, nvlm_pool_fn fn, void *ctx);
