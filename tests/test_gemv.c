@@ -149,6 +149,50 @@ static void test_int8_path(nvlm_pool *p1, nvlm_pool *p3) {
     nvlm_pool_set_int8_act(p1, 0), nvlm_pool_set_int8_act(p3, 0);
 }
 
+/* Int8 activations at avx512vnni and above (kernels/gemv_vnni.c): bit for bit nvlm_vec_dot_q on
+ * the activations quantized by nvlm_quantize_row_q8a (+ bias), 1 and 3 threads, row counts
+ * around the group of 16, K from one block to beyond the on-stack buffers. */
+static void test_int8_exact(nvlm_pool *p1, nvlm_pool *p3, int level) {
+    static const int Ns[] = {1, 5, 16, 17, 67, 300};
+    static const int Ks[] = {32, 96, 896, 4864, 16416};
+    nvlm_pool_set_int8_act(p1, 1), nvlm_pool_set_int8_act(p3, 1);
+    int fails = 0, runs = 0;
+    for (size_t d = 3; d < sizeof dts / sizeof dts[0]; d++)
+        for (size_t a = 0; a < sizeof Ns / sizeof Ns[0]; a++)
+            for (size_t b = 0; b < sizeof Ks / sizeof Ks[0]; b++) {
+                nvlm_dtype dt = dts[d];
+                int N = Ns[a], K = Ks[b];
+                if (K > 896 && N > 17) continue;
+                void *wd = make_weights(dt, N, K);
+                nvlm_wmat w = {dt, N, K, wd};
+                float *x = make_x(3, K), *y1 = malloc(sizeof(float) * 3 * N), *y3 = malloc(sizeof(float) * 3 * N);
+                float *ref = malloc(sizeof(float) * 3 * N), *bias = malloc(sizeof(float) * N);
+                for (int o = 0; o < N; o++) bias[o] = frand();
+                nvlm_block_q8a *xq = malloc(sizeof(nvlm_block_q8a) * (K / NVLM_QK));
+                size_t rb = nvlm_row_bytes(dt, K);
+                for (int T = 1; T <= 3; T++) {
+                    const float *bs = T == 2 ? NULL : bias;
+                    for (int t = 0; t < T; t++) {
+                        nvlm_quantize_row_q8a(x + (size_t)t * K, xq, K);
+                        for (int o = 0; o < N; o++) {
+                            float v = nvlm_vec_dot_q(dt, (const uint8_t *)wd + (size_t)o * rb, xq, K);
+                            ref[(size_t)t * N + o] = bs ? v + bs[o] : v;
+                        }
+                    }
+                    nvlm_matmul(p1, y1, x, T, &w, bs);
+                    nvlm_matmul(p3, y3, x, T, &w, bs);
+                    int ok = !memcmp(y1, ref, sizeof(float) * T * N) && !memcmp(y3, ref, sizeof(float) * T * N);
+                    if (!ok && fails++ < 5) printf("  int8 x %s N=%d K=%d T=%d: not nvlm_vec_dot_q's bits\n", nvlm_dtype_name(dt), N, K, T);
+                    runs++;
+                }
+                free(wd), free(x), free(y1), free(y3), free(ref), free(bias), free(xq);
+            }
+    printf("test_gemv: %s int8 products against nvlm_vec_dot_q: %d of %d bit-identical\n", nvlm_cpu_level_name(level),
+           runs - fails, runs);
+    CHECK(fails == 0, "%s: %d of %d int8 products differ from nvlm_vec_dot_q", nvlm_cpu_level_name(level), fails, runs);
+    nvlm_pool_set_int8_act(p1, 0), nvlm_pool_set_int8_act(p3, 0);
+}
+
 /* Enough rows that 3 threads take several chunks each, at the model's shapes. */
 static void test_threads_large(nvlm_pool *p1, nvlm_pool *p3) {
     for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
@@ -187,6 +231,7 @@ int main(void) {
 #ifdef NVLM_HAVE_AVX2_KERNELS
         if (level == NVLM_CPU_AVX2) test_int8_path(p1, p3);
 #endif
+        if (nvlm_cpu_at_least(level, NVLM_CPU_AVX512_VNNI)) test_int8_exact(p1, p3, level);
     }
     nvlm_pool_free(p1);
     nvlm_pool_free(p3);
