@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bf16 compute mode figures (docs/performance.md "bf16 compute"):
 #   bench/bf16/run.sh gemm [THREADS...]      GEMM GFLOP/s, fp32 vs bf16, per level (bench_gemm.c)
+#   bench/bf16/run.sh gemv [THREADS...]      Q8_0/Q4 generation GB/s, AVX2 vs VNNI (bench_qgemv.c)
 #   bench/bf16/run.sh run MODEL IMAGE [N]    whole-process `nvlm run`, 1 thread, 32 tokens,
 #                                            fp32 vs --compute bf16, N alternating runs each
 # BUILD (environment, default build) must hold libnvlm.a and nvlm. Prints the load average
@@ -11,13 +12,14 @@ build=${BUILD:-build}
 [ -f "$build/libnvlm.a" ] || { echo "run: no $build/libnvlm.a (make BUILD=$build first)" >&2; exit 1; }
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 case "${1:-}" in
-  gemm) shift
+  gemm|gemv) what=$1; shift
+    prog=$([ "$what" = gemm ] && echo bench_gemm || echo bench_qgemv)
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
-    cc -std=c11 -D_GNU_SOURCE -O2 -Iinclude -Isrc bench/bf16/bench_gemm.c "$build/libnvlm.a" \
+    cc -std=c11 -D_GNU_SOURCE -O2 -Iinclude -Isrc "bench/bf16/$prog.c" "$build/libnvlm.a" \
        $(pkg-config --libs libpng libdeflate libjpeg libwebp libwebpdemux libgif libutf8proc libcjson oniguruma libcrypto libmicrohttpd) \
-       -lm -lpthread -o "$tmp/bench_gemm"
-    for t in ${@:-1 2}; do "$tmp/bench_gemm" "$t"; done;;
+       -lm -lpthread -o "$tmp/$prog"
+    for t in ${@:-1 2}; do "$tmp/$prog" "$t"; done;;
   run) model=$2 image=$3 n=${4:-3}
     for i in $(seq "$n"); do
       for mode in f32 bf16; do

@@ -4,7 +4,6 @@
  * float32 once and applies it to every token, so a weight row is read once per call. */
 #include "kernels/cpu.h"
 #include "kernels/gemm_bf16.h"
-#include "kernels/gemv_vnni.h"
 #include "kernels/ops.h"
 #include "kernels/qblock.h"
 #include "kernels/simd.h"
@@ -69,22 +68,9 @@ static int bf16_takes(nvlm_pool *pool, int n_w, float *const *y, const float *x,
     return 1;
 }
 
-/* Generation with int8 activations on Q8_0 / Q4 at avx512vnni and above (kernels/gemv_vnni.h):
- * 1 when it took this product. */
-static int vnni_takes(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias) {
-#ifdef NVLM_HAVE_VNNI_KERNELS
-    if (n_tok <= NVLM_VNNI_GEMV_MAX && nvlm_dtype_is_block(w->dtype) &&
-        nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX512_VNNI) && nvlm_pool_int8_act_for(pool, w->dtype))
-        return nvlm_gemv_vnni(pool, y, x, n_tok, w, bias) == 0; /* out of memory: the AVX2 kernel */
-#else
-    (void)pool, (void)y, (void)x, (void)n_tok, (void)w, (void)bias;
-#endif
-    return 0;
-}
-
 void nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
                  const float *bias) {
-    if (n_tok <= 0 || bf16_takes(pool, 1, &y, x, n_tok, &w, &bias) || vnni_takes(pool, y, x, n_tok, w, bias)) return;
+    if (n_tok <= 0 || bf16_takes(pool, 1, &y, x, n_tok, &w, &bias)) return;
 #ifdef NVLM_HAVE_AVX2_KERNELS
     if (nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX2)) {
         nvlm_matmul_avx2(pool, y, x, n_tok, w, bias);
@@ -104,7 +90,7 @@ void nvlm_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x
                        const nvlm_wmat *const *w, const float *const *bias) {
     if (n_tok <= 0 || bf16_takes(pool, n_w, y, x, n_tok, w, bias)) return;
 #ifdef NVLM_HAVE_AVX2_KERNELS
-    if (nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX2) && n_tok > NVLM_GEMV_MAX) {
+    if (nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX2)) {
         nvlm_matmul_multi_avx2(pool, n_w, y, x, n_tok, w, bias);
         return;
     }
