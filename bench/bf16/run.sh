@@ -24,8 +24,8 @@ case "${1:-}" in
     for i in $(seq "$n"); do
       for mode in f32 bf16; do
         s=$(date +%s.%N)
-        "$build/nvlm" run --model "$model" --image "$image" --max-tiles 1 --threads 1 --compute "$mode" \
-          --max-tokens 32 --ignore-eos --prompt "Describe the image." > /dev/null
+        "$build/nvlm" run --model "$model" --image "$image" --max-num 1 --threads 1 --compute "$mode" \
+          -n 32 --quiet --prompt "Describe the image." > /dev/null
         printf '%-5s %.2f s\n' "$mode" "$(echo "$(date +%s.%N) - $s" | bc)"
       done
     done;;
