@@ -5,6 +5,7 @@
 #include "kernels/cpu.h"
 #include "kernels/gemm_bf16.h"
 #include "kernels/qblock.h"
+#include "kernels/gemv_vnni.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -52,6 +53,37 @@ int main(int argc, char **argv) {
         printf("%-12s %10.1f %10.1f %8.2f\n", nvlm_cpu_level_name(level), flop / best[0] * 1e-9, flop / best[1] * 1e-9,
                best[0] / best[1]);
     }
+#ifdef NVLM_HAVE_VNNI_KERNELS
+    /* Q8_0 / Q4 prefill: today's float32 GEMM (weights expanded per panel) against the VNNI
+     * int8 GEMM (activations quantized per block, gemm_vnni.c) */
+    if (nvlm_cpu_level_usable(NVLM_CPU_AVX512_VNNI)) {
+        printf("%-12s %10s %10s %8s\n", "format", "f32 GEMM", "int8 VNNI", "ratio");
+        nvlm_pool_set_compute(pool, NVLM_COMPUTE_F32);
+        nvlm_pool_set_level(pool, NVLM_CPU_AVX512_VNNI);
+        float *wf = malloc(sizeof(float) * (size_t)N * K);
+        nvlm_row_to_f32(wf, wd, NVLM_DT_BF16, N * K);
+        static const nvlm_dtype qd[] = {NVLM_DT_Q8_0, NVLM_DT_Q4};
+        for (int d = 0; d < 2; d++) {
+            size_t rb = nvlm_row_bytes(qd[d], K);
+            uint8_t *q = malloc(rb * (size_t)N);
+            for (int r = 0; r < N; r++) nvlm_row_from_f32(q + (size_t)r * rb, wf + (size_t)r * K, qd[d], K);
+            nvlm_wmat wq = {qd[d], N, K, q};
+            double best[2] = {1e30, 1e30};
+            for (int r = 0; r < rounds; r++)
+                for (int c = 0; c < 2; c++) {
+                    double t0 = now();
+                    if (c) nvlm_gemm_vnni(pool, y, x, M, &wq, NULL);
+                    else nvlm_matmul(pool, y, x, M, &wq, NULL);
+                    double t = now() - t0;
+                    best[c] = t < best[c] ? t : best[c];
+                }
+            double flop = 2.0 * M * N * K;
+            printf("%-12s %10.1f %10.1f %8.2f\n", nvlm_dtype_name(qd[d]), flop / best[0] * 1e-9, flop / best[1] * 1e-9, best[0] / best[1]);
+            free(q);
+        }
+        free(wf);
+    }
+#endif
     nvlm_pool_free(pool);
     free(x), free(y), free(row), free(wd);
     return 0;

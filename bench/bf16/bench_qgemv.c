@@ -27,7 +27,7 @@ int main(int argc, char **argv) {
     float *x = malloc(sizeof(float) * K), *y = malloc(sizeof(float) * N), *row = malloc(sizeof(float) * K);
     for (int k = 0; k < K; k++) x[k] = (float)((k * 2654435761u) % 2001) / 1000.0f - 1.0f;
     static const nvlm_dtype dts[] = {NVLM_DT_Q8_0, NVLM_DT_Q4};
-    static const int lv[] = {NVLM_CPU_AVX2, NVLM_CPU_AVX512_VNNI};
+    static const int lv[] = {NVLM_CPU_AVX2, NVLM_CPU_AVX512_VNNI, NVLM_CPU_AVX512_VNNI};
     printf("N=%d K=%d, 1 token, int8 activations, %d thread(s); GB/s of weights, best of %d\n", N, K, threads, rounds);
     for (int d = 0; d < 2; d++) {
         size_t rb = nvlm_row_bytes(dts[d], K);
@@ -37,20 +37,22 @@ int main(int argc, char **argv) {
             nvlm_row_from_f32(wd + (size_t)r * rb, row, dts[d], K);
         }
         nvlm_wmat w = {dts[d], N, K, wd};
-        double best[2] = {1e30, 1e30};
+        double best[3] = {1e30, 1e30, 1e30};
         for (int r = 0; r < rounds; r++)
-            for (int l = 0; l < 2; l++) {
+            for (int l = 0; l < 3; l++) {
                 if (!nvlm_cpu_level_usable(lv[l])) continue;
                 nvlm_pool_set_level(pool, lv[l]);
                 double t0 = now();
-                if (l) nvlm_gemv_vnni(pool, y, x, 1, &w, NULL); /* called directly: not dispatched */
+                if (l == 1) nvlm_gemv_vnni(pool, y, x, 1, &w, NULL); /* called directly: not dispatched */
+                else if (l == 2) nvlm_gemm_vnni(pool, y, x, 1, &w, NULL);
                 else nvlm_matmul(pool, y, x, 1, &w, NULL);
                 double t = now() - t0;
                 best[l] = t < best[l] ? t : best[l];
             }
         double gb = (double)rb * N * 1e-9;
-        printf("%-5s avx2 %6.1f GB/s   avx512vnni %6.1f GB/s   ratio %.2f\n", nvlm_dtype_name(dts[d]), gb / best[0],
-               best[1] < 1e30 ? gb / best[1] : 0.0, best[1] < 1e30 ? best[0] / best[1] : 0.0);
+        printf("%-5s avx2 %6.1f GB/s   vnni gemv %6.1f GB/s (%.2f)   vnni gemm %6.1f GB/s (%.2f)\n", nvlm_dtype_name(dts[d]),
+               gb / best[0], best[1] < 1e30 ? gb / best[1] : 0.0, best[1] < 1e30 ? best[0] / best[1] : 0.0,
+               best[2] < 1e30 ? gb / best[2] : 0.0, best[2] < 1e30 ? best[0] / best[2] : 0.0);
         free(wd);
     }
     nvlm_pool_free(pool);

@@ -13,5 +13,8 @@
  * block (nvlm_quantize_row_q8a), each output nvlm_vec_dot_q's value (+ bias). Returns 0, or -1
  * out of memory (y untouched). Call only at level avx512vnni or above. */
 int nvlm_gemv_vnni(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias);
+/* The same for any number of tokens, as a matrix product over panels of 16 rows packed for
+ * vpdpbusd (gemm_vnni.c): prefill with int8 activations. Returns 0, or -1 out of memory. */
+int nvlm_gemm_vnni(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias);
 #endif
 #endif
