@@ -4,7 +4,8 @@
 #   bench/bf16/run.sh gemv [THREADS...]      Q8_0/Q4 generation GB/s, AVX2 vs VNNI (bench_qgemv.c)
 #   bench/bf16/run.sh run MODEL IMAGE [N]    whole-process `nvlm run`, 1 thread, 32 tokens,
 #                                            fp32 vs --compute bf16, N alternating runs each
-# BUILD (environment, default build) must hold libnvlm.a and nvlm. Prints the load average
+# BUILD (environment, default build) must hold libnvlm.a and nvlm; CPU_TIME=1 times the kernels
+# by process CPU time / threads (a busy shared machine). Prints the load average
 # beside the figures: on a shared machine, compare only ratios taken in the same run.
 set -eu
 cd "$(dirname "$0")/../.."
