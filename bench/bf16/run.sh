@@ -22,12 +22,13 @@ case "${1:-}" in
        -lm -lpthread -o "$tmp/$prog"
     for t in ${@:-1 2}; do "$tmp/$prog" "$t"; done;;
   run) model=$2 image=$3 n=${4:-3}
+    TIMEFORMAT='%R %U %S'
     for i in $(seq "$n"); do
       for mode in f32 bf16; do
-        s=$(date +%s.%N)
-        "$build/nvlm" run --model "$model" --image "$image" --max-num 1 --threads 1 --compute "$mode" \
-          -n 32 --quiet --prompt "Describe the image." > /dev/null
-        printf '%-5s %.2f s\n' "$mode" "$(echo "$(date +%s.%N) - $s" | bc)"
+        t=$( { time "$build/nvlm" run --model "$model" --image "$image" --max-num 1 --threads 1 --compute "$mode" \
+          -n 32 --quiet --prompt "Describe the image." > /dev/null; } 2>&1 )
+        set -- $t
+        printf '%-5s wall %6.2f s   CPU (user+sys) %6.2f s\n' "$mode" "$1" "$(echo "$2 + $3" | bc)"
       done
     done;;
   *) sed -n '2,6p' "$0"; exit 2;;

@@ -1,7 +1,8 @@
 /* gemv_vnni.h - AVX512-VNNI matrix-vector products of Q8_0 / Q4 weights against int8
  * activations, bit for bit nvlm_vec_dot_q (kernels/qblock.h) per output. gemv_vnni.c says how.
- * Not dispatched yet: measured at 0.3-0.8x the AVX2 kernel's GB/s (docs/quantization.md,
- * "VNNI"); tests/test_gemv.c holds it to the reference. Internal. */
+ * nvlm_gemv_vnni (generation) is not dispatched yet: measured at 0.57-0.82x the AVX2 kernel's
+ * GB/s (docs/quantization.md, "VNNI"); nvlm_gemm_vnni (prefill) is, with int8 activations
+ * forced. tests/test_gemv.c holds both to the reference. Internal. */
 #ifndef NVLM_KERNELS_GEMV_VNNI_H
 #define NVLM_KERNELS_GEMV_VNNI_H
 #include "kernels/simd.h"

@@ -28,7 +28,8 @@ int nvlm_pool_set_level(nvlm_pool *p, int level);
 
 /* 1 when the matrix-vector kernels of Q8_0/Q4 weights were told to quantize the activations to
  * int8 per block of 32 (llama.cpp's way: less exact, see docs/quantization.md), 0 when told to
- * keep them float32 or not told. Set at creation from NVLM_QACT=int8|f32; a NULL pool means 0. */
+ * keep them float32 or not told. Set at creation from NVLM_QACT=int8|f32; a NULL pool means 0.
+ * When told (1), prefill on AVX512-VNNI CPUs takes int8 activations too (kernels/gemv_vnni.h). */
 int nvlm_pool_int8_act(const nvlm_pool *p);
 void nvlm_pool_set_int8_act(nvlm_pool *p, int on);
 /* Whether the AVX2 matrix-vector kernel of format t uses int8 activations: as set (the setter
