@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { MR = NVLM_BF16_MR, NR = NVLM_BF16_NR, KC = NVLM_BF16_KC, KCP = KC / 2, GROUP = 4, MULTI_MAX = 4 };
+enum { MR = NVLM_BF16_MR, NR = NVLM_BF16_NR, KC = NVLM_BF16_KC, GROUP = 4, MULTI_MAX = 4 };
 
 static float f32_of_bits(uint32_t u) {
     float f;
@@ -126,7 +126,7 @@ static void pack_a(const kernels *kn, const float *x, int K, int mr, uint32_t *a
         int kc = K - k0 < KC ? K - k0 : KC, kcp = (kc + 1) / 2;
         for (int i = 0; i < MR; i++) {
             if (i < mr) kn->row(rows[i], x + (size_t)(t0 + i) * K + k0, NVLM_DT_F32, kc);
-            else memset(rows[i], 0, sizeof rows[i]);
+            else memset(rows[i], 0, sizeof(uint16_t) * (size_t)kc);
             rows[i][kc] = rows[i][kc + 1] = 0;
         }
         uint32_t *dst = ap + a_off(mp, k0, kcp, t0);
@@ -141,7 +141,7 @@ static void pack_b(const kernels *kn, const nvlm_wmat *w, int n0, int nr, int k0
     const size_t rb = nvlm_row_bytes(w->dtype, w->cols), es = nvlm_dtype_size(w->dtype);
     for (int r = 0; r < NR; r++) {
         if (r < nr) kn->row(rows[r], (const uint8_t *)w->data + (size_t)(n0 + r) * rb + (size_t)k0 * es, w->dtype, kc);
-        else memset(rows[r], 0, sizeof rows[r]);
+        else memset(rows[r], 0, sizeof(uint16_t) * (size_t)kc);
         rows[r][kc] = rows[r][kc + 1] = 0;
     }
     kn->pairs((const uint16_t(*)[KC + 2])rows, (kc + 1) / 2, dst);
@@ -158,6 +158,8 @@ typedef struct bjob {
     const nvlm_wmat *const *w;
     const float *const *bias;
     size_t first[MULTI_MAX + 1]; /* panel index where matrix i starts */
+    uint32_t *wp;                /* per thread: GROUP panels of kcp_max x NR dwords, or NULL */
+    size_t wp_stride;            /* dwords per thread */
 } bjob;
 
 static void pack_a_units(void *ctx, size_t begin, size_t end, int thread) {
@@ -170,23 +172,24 @@ static void pack_a_units(void *ctx, size_t begin, size_t end, int thread) {
     }
 }
 
-/* Outputs [n0, n1) (at most GROUP panels) of matrix i for every token; wp: GROUP * KCP * NR dwords. */
+/* Outputs [n0, n1) (at most GROUP panels) of matrix i for every token; wp: GROUP panels of
+ * kcp_max x NR dwords (kcp_max: the pairs of the largest K block). */
 static void gemm_group(const bjob *j, int i, int n0, int n1, uint32_t *wp) {
     const nvlm_wmat *w = j->w[i];
-    const int M = j->n_tok, K = j->K, np = (n1 - n0 + NR - 1) / NR;
+    const int M = j->n_tok, K = j->K, np = (n1 - n0 + NR - 1) / NR, kcp_max = ((K < KC ? K : KC) + 1) / 2;
     const size_t mp = (size_t)(M + MR - 1) / MR * MR, ldc = (size_t)w->rows;
     for (int k0 = 0; k0 < K; k0 += KC) {
         int kc = K - k0 < KC ? K - k0 : KC, kcp = (kc + 1) / 2, last = k0 + kc >= K;
         for (int p = 0; p < np; p++) {
             int c0 = n0 + p * NR;
-            pack_b(&j->kn, w, c0, n1 - c0 < NR ? n1 - c0 : NR, k0, kc, wp + (size_t)p * KCP * NR);
+            pack_b(&j->kn, w, c0, n1 - c0 < NR ? n1 - c0 : NR, k0, kc, wp + (size_t)p * kcp_max * NR);
         }
         for (int t0 = 0; t0 < M; t0 += MR) {
             int mr = M - t0 < MR ? M - t0 : MR;
             const uint32_t *as = j->ap + a_off(mp, k0, kcp, t0);
             for (int p = 0; p < np; p++) {
                 int c0 = n0 + p * NR, nr = n1 - c0 < NR ? n1 - c0 : NR;
-                j->kn.ukr(kcp, as, wp + (size_t)p * KCP * NR, j->y[i] + (size_t)t0 * ldc + c0, ldc, mr, nr, k0 > 0,
+                j->kn.ukr(kcp, as, wp + (size_t)p * kcp_max * NR, j->y[i] + (size_t)t0 * ldc + c0, ldc, mr, nr, k0 > 0,
                           last && j->bias[i] ? j->bias[i] + c0 : NULL);
             }
         }
@@ -195,9 +198,8 @@ static void gemm_group(const bjob *j, int i, int n0, int n1, uint32_t *wp) {
 
 /* Units are panels of NR outputs, the matrices' panels one after the other. */
 static void gemm_units(void *ctx, size_t begin, size_t end, int thread) {
-    (void)thread;
     const bjob *j = ctx;
-    uint32_t *wp = aligned_alloc(64, sizeof(uint32_t) * GROUP * KCP * NR);
+    uint32_t *wp = j->wp ? j->wp + (size_t)thread * j->wp_stride : NULL;
     for (int i = 0; i < j->n_w; i++) {
         size_t b = begin > j->first[i] ? begin : j->first[i], e = end < j->first[i + 1] ? end : j->first[i + 1];
         const int N = j->w[i]->rows;
@@ -210,7 +212,6 @@ static void gemm_units(void *ctx, size_t begin, size_t end, int thread) {
             else nvlm_matmul_bf16_ref(j->y[i], j->x, j->n_tok, j->w[i], j->bias[i], n0, n1); /* same bits, no memory */
         }
     }
-    free(wp);
 }
 
 void nvlm_matmul_bf16(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
@@ -227,9 +228,15 @@ void nvlm_matmul_bf16(nvlm_pool *pool, int n_w, float *const *y, const float *x,
         for (int i = 0; i < n_w; i++) nvlm_matmul_bf16_ref(y[i], x, n_tok, w[i], bias[i], 0, w[i]->rows);
         return;
     }
-    bjob j = {x, ap, n_tok, K, n_w, kernels_at(nvlm_pool_level(pool)), y, w, bias, {0}};
+    bjob j = {x, ap, n_tok, K, n_w, kernels_at(nvlm_pool_level(pool)), y, w, bias, {0}, NULL, 0};
     for (int i = 0; i < n_w; i++) j.first[i + 1] = j.first[i] + ((size_t)w[i]->rows + NR - 1) / NR;
+    /* the threads' panel buffers in one allocation sized to this K (a small K stays on the heap
+     * malloc reuses; a fresh mmap per thread and call cost more than small products themselves) */
+    j.wp_stride = (size_t)GROUP * (((K < KC ? K : KC) + 1) / 2) * NR;
+    j.wp_stride = (j.wp_stride + 15) / 16 * 16; /* 64-byte aligned per thread */
+    j.wp = aligned_alloc(64, sizeof(uint32_t) * j.wp_stride * (size_t)nvlm_pool_threads(pool));
     nvlm_pool_run(pool, slivers, 4, pack_a_units, &j);
     nvlm_pool_run(pool, j.first[n_w], GROUP, gemm_units, &j);
+    free(j.wp);
     free(ap);
 }
