@@ -44,7 +44,9 @@ int main(int argc, char **argv) {
     printf("%-12s %10s %10s %8s\n", "level", "fp32", "bf16", "ratio");
     for (int li = 0; li < n_levels; li++) {
         int level = levels[li];
+        const char *only = getenv("BENCH_LEVEL"); /* e.g. BENCH_LEVEL=avx512bf16: that level alone */
         if (level == NVLM_CPU_SCALAR || !nvlm_cpu_level_usable(level)) continue;
+        if (only && *only && nvlm_cpu_level_from_name(only) != level) continue;
         nvlm_pool_set_level(pool, level);
         double best[2] = {1e30, 1e30};
         for (int r = 0; r < rounds; r++)

@@ -15,6 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A pair of BF16 values is read as one dword, the even element in the low half. */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the BF16 pair packing assumes little-endian");
+
 enum { MR = NVLM_BF16_MR, NR = NVLM_BF16_NR, KC = NVLM_BF16_KC, GROUP = 4, MULTI_MAX = 4 };
 
 static float f32_of_bits(uint32_t u) {
@@ -130,8 +133,8 @@ static void pack_a(const kernels *kn, const float *x, int K, int mr, uint32_t *a
             rows[i][kc] = rows[i][kc + 1] = 0;
         }
         uint32_t *dst = ap + a_off(mp, k0, kcp, t0);
-        for (int p = 0; p < kcp; p++)
-            for (int i = 0; i < MR; i++) dst[(size_t)p * MR + i] = rows[i][2 * p] | (uint32_t)rows[i][2 * p + 1] << 16;
+        for (int p = 0; p < kcp; p++) /* pair p of a row is its dword p (little-endian: element 2p low) */
+            for (int i = 0; i < MR; i++) memcpy(&dst[(size_t)p * MR + i], &rows[i][2 * p], 4);
     }
 }
 
