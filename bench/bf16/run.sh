@@ -28,7 +28,7 @@ case "${1:-}" in
         t=$( { time "$build/nvlm" run --model "$model" --image "$image" --max-num 1 --threads 1 --compute "$mode" \
           -n 32 --quiet --prompt "Describe the image." > /dev/null; } 2>&1 )
         set -- $t
-        printf '%-5s wall %6.2f s   CPU (user+sys) %6.2f s\n' "$mode" "$1" "$(echo "$2 + $3" | bc)"
+        printf '%-5s wall %6.2f s   CPU (user+sys) %6.2f s\n' "$mode" "$1" "$(awk -v u="$2" -v s="$3" 'BEGIN { print u + s }')"
       done
     done;;
   *) sed -n '2,6p' "$0"; exit 2;;
