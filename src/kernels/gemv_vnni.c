@@ -11,7 +11,9 @@
  *
  * vpdpbusd multiplies unsigned by signed bytes: Q4 nibbles are unsigned already; Q8_0 weights
  * are made unsigned by w + 128 (xor 0x80), and 128 * sum(q_x) of the block is taken off. The
- * activations are laid out once per call in the zmm order the weights take (xa below). */
+ * activations are laid out once per call in the zmm order the weights take (xa below).
+ *
+ * Not dispatched yet: it reads 0.57-0.82x the AVX2 kernel's GB/s (docs/quantization.md, "VNNI"). */
 #include "kernels/gemv_vnni.h"
 #ifdef NVLM_HAVE_VNNI_KERNELS
 #pragma GCC push_options
