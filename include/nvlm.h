@@ -170,11 +170,19 @@ typedef int (*nvlm_progress_fn)(void *user, const char *what, uint64_t done, uin
  * than the available memory fails at once (NVLM_E_NOMEM) rather than end in the OOM killer. */
 enum { NVLM_IO_AUTO = 0, NVLM_IO_READ = 1, NVLM_IO_MMAP = 2 };
 
+/* Arithmetic of the matrix products (docs/performance.md "bf16 compute"): float32 (the default,
+ * exact to the reference), or BF16 as a GPU runs the released bfloat16 model: in the ViT, the
+ * projector and prompt prefill (4+ tokens at a time) the activations and weights are rounded to
+ * BF16 and multiplied with vdpbf16ps (AVX512-BF16) or its exact emulation (same bits at every
+ * level); generation (1-3 tokens) and attention stay float32. */
+enum { NVLM_COMPUTE_F32 = 0, NVLM_COMPUTE_BF16 = 1 };
+
 typedef struct nvlm_load_options {
     int n_threads;                /* 0: all cores (compute, and reading the weights) */
     nvlm_progress_fn progress;    /* may be NULL */
     void *progress_user;
     int weights_io;               /* NVLM_IO_*; 0 = AUTO */
+    int compute;                  /* NVLM_COMPUTE_*; 0 = F32 */
 } nvlm_load_options;
 
 /* Loads a Hugging Face NVLM folder (config.json, safetensors, tokenizer). */

@@ -118,6 +118,22 @@ static void test_run_same_answer(const char *model) {
     CHECK(nvlm(a) == 0 && strstr(out, "loading:") && strstr(out, "read into memory by default"), "info: %s", out);
 }
 
+/* --compute bf16 (issue 19): the same greedy answer on the tiny reference model with an image
+ * (its ViT, projector and prefill then run in BF16), and bad values named. */
+static void test_compute(const char *model) {
+    static char f32[1 << 16];
+    char a[4608];
+    const char *img = shared_path("reference/images/astronaut_q90.jpg");
+    snprintf(a, sizeof a, "run -m %s -i %s -p 'Describe the image.' -n 8 --json -q -t 2 --compute f32", model, img);
+    CHECK(nvlm(a) == 0 && strstr(out, "\"output_ids\""), "run --compute f32: %s", out);
+    snprintf(f32, sizeof f32, "%s", out);
+    snprintf(a, sizeof a, "run -m %s -i %s -p 'Describe the image.' -n 8 --json -q -t 2 --compute bf16", model, img);
+    CHECK(nvlm(a) == 0 && !strcmp(out, f32), "run --compute bf16 differs:\n%s\nvs\n%s", out, f32);
+    CHECK(nvlm("run -p hi --compute fp8") == 2 && strstr(out, "bad value for --compute: 'fp8'"), "run --compute fp8: %s", out);
+    CHECK(nvlm("bench --compute fp8") == 2 && strstr(out, "--compute must be f32 or bf16"), "bench --compute fp8: %s", out);
+    CHECK(nvlm("train --compute fp8") == 2 && strstr(out, "--compute is f32 or bf16"), "train --compute fp8: %s", out);
+}
+
 /* The smaller commands: tokenize, preprocess, quantize (to a scratch folder: it says which
  * matrices stay as stored, refuses its own model folder, and its output answers). */
 static void test_tools(const char *model) {
@@ -162,5 +178,6 @@ int main(int argc, char **argv) {
     test_run_same_answer(model);
     test_run_json_schema(model);
     test_tools(model);
+    test_compute(model);
     return check_done("test_cli");
 }

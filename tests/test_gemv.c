@@ -13,6 +13,7 @@
 #include "kernels/qblock.h"
 #include "kernels/simd.h"
 #include "kernels/simd512.h"
+#include "kernels/gemv_vnni.h"
 #include <math.h>
 
 static uint64_t rng = 0x2545f4914f6cdd1dull;
@@ -163,6 +164,99 @@ static void test_int8_path(nvlm_pool *p1, nvlm_pool *p3) {
     nvlm_pool_set_int8_act(p1, 0), nvlm_pool_set_int8_act(p3, 0);
 }
 
+/* The VNNI generation kernel (kernels/gemv_vnni.c, called directly: not dispatched yet) and the
+ * VNNI matrix product on 1-3 tokens: bit for bit
+ * nvlm_vec_dot_q on the activations quantized by nvlm_quantize_row_q8a (+ bias), 1 and 3
+ * threads, row counts around the group of 16, K from one block to beyond 16 KiB. */
+#ifdef NVLM_HAVE_VNNI_KERNELS
+static void test_int8_exact(nvlm_pool *p1, nvlm_pool *p3, int level) {
+    static const int Ns[] = {1, 5, 16, 17, 67, 300};
+    static const int Ks[] = {32, 96, 896, 4864, 16416};
+    nvlm_pool_set_int8_act(p1, 1), nvlm_pool_set_int8_act(p3, 1);
+    int fails = 0, runs = 0;
+    for (size_t d = 3; d < sizeof dts / sizeof dts[0]; d++)
+        for (size_t a = 0; a < sizeof Ns / sizeof Ns[0]; a++)
+            for (size_t b = 0; b < sizeof Ks / sizeof Ks[0]; b++) {
+                nvlm_dtype dt = dts[d];
+                int N = Ns[a], K = Ks[b];
+                if (K > 896 && N > 17) continue;
+                void *wd = make_weights(dt, N, K);
+                nvlm_wmat w = {dt, N, K, wd};
+                float *x = make_x(3, K), *y1 = malloc(sizeof(float) * 3 * N), *y3 = malloc(sizeof(float) * 3 * N);
+                float *ref = malloc(sizeof(float) * 3 * N), *bias = malloc(sizeof(float) * N);
+                for (int o = 0; o < N; o++) bias[o] = frand();
+                nvlm_block_q8a *xq = malloc(sizeof(nvlm_block_q8a) * (K / NVLM_QK));
+                size_t rb = nvlm_row_bytes(dt, K);
+                for (int T = 1; T <= 3; T++) {
+                    const float *bs = T == 2 ? NULL : bias;
+                    for (int t = 0; t < T; t++) {
+                        nvlm_quantize_row_q8a(x + (size_t)t * K, xq, K);
+                        for (int o = 0; o < N; o++) {
+                            float v = nvlm_vec_dot_q(dt, (const uint8_t *)wd + (size_t)o * rb, xq, K);
+                            ref[(size_t)t * N + o] = bs ? v + bs[o] : v;
+                        }
+                    }
+                    int ok = nvlm_gemv_vnni(p1, y1, x, T, &w, bs) == 0 && nvlm_gemv_vnni(p3, y3, x, T, &w, bs) == 0;
+                    ok = ok && !memcmp(y1, ref, sizeof(float) * T * N) && !memcmp(y3, ref, sizeof(float) * T * N);
+                    ok = ok && nvlm_gemm_vnni(p1, y1, x, T, &w, bs) == 0 && nvlm_gemm_vnni(p3, y3, x, T, &w, bs) == 0;
+                    ok = ok && !memcmp(y1, ref, sizeof(float) * T * N) && !memcmp(y3, ref, sizeof(float) * T * N);
+                    if (!ok && fails++ < 5) printf("  int8 x %s N=%d K=%d T=%d: not nvlm_vec_dot_q's bits\n", nvlm_dtype_name(dt), N, K, T);
+                    runs++;
+                }
+                free(wd), free(x), free(y1), free(y3), free(ref), free(bias), free(xq);
+            }
+    printf("test_gemv: %s int8 products against nvlm_vec_dot_q: %d of %d bit-identical\n", nvlm_cpu_level_name(level),
+           runs - fails, runs);
+    CHECK(fails == 0, "%s: %d of %d int8 products differ from nvlm_vec_dot_q", nvlm_cpu_level_name(level), fails, runs);
+    nvlm_pool_set_int8_act(p1, 0), nvlm_pool_set_int8_act(p3, 0);
+}
+#endif
+
+#ifdef NVLM_HAVE_VNNI_KERNELS
+/* The VNNI matrix product (kernels/gemm_vnni.c, prefill with int8 activations) on 4+ tokens:
+ * every output nvlm_vec_dot_q's bits (+ bias), 1 and 3 threads; token tiles of 8 with tails. */
+static void test_int8_gemm(nvlm_pool *p1, nvlm_pool *p3, int level) {
+    static const int Ns[] = {5, 16, 40};
+    static const int Ks[] = {32, 96, 896};
+    static const int Ts[] = {4, 9, 17};
+    int fails = 0, runs = 0;
+    for (size_t d = 3; d < sizeof dts / sizeof dts[0]; d++)
+        for (size_t a = 0; a < 3; a++)
+            for (size_t b = 0; b < 3; b++) {
+                nvlm_dtype dt = dts[d];
+                int N = Ns[a], K = Ks[b], T = Ts[(a + b) % 3];
+                void *wd = make_weights(dt, N, K);
+                nvlm_wmat w = {dt, N, K, wd};
+                float *x = make_x(T, K), *y1 = malloc(sizeof(float) * T * N), *y3 = malloc(sizeof(float) * T * N);
+                float *ref = malloc(sizeof(float) * T * N), *bias = malloc(sizeof(float) * N);
+                for (int o = 0; o < N; o++) bias[o] = frand();
+                const float *bs = b == 1 ? NULL : bias;
+                nvlm_block_q8a *xq = malloc(sizeof(nvlm_block_q8a) * (K / NVLM_QK));
+                size_t rb = nvlm_row_bytes(dt, K);
+                for (int t = 0; t < T; t++) {
+                    nvlm_quantize_row_q8a(x + (size_t)t * K, xq, K);
+                    for (int o = 0; o < N; o++) {
+                        float v = nvlm_vec_dot_q(dt, (const uint8_t *)wd + (size_t)o * rb, xq, K);
+                        ref[(size_t)t * N + o] = bs ? v + bs[o] : v;
+                    }
+                }
+                int ok = nvlm_gemm_vnni(p1, y1, x, T, &w, bs) == 0 && nvlm_gemm_vnni(p3, y3, x, T, &w, bs) == 0;
+                ok = ok && !memcmp(y1, ref, sizeof(float) * T * N) && !memcmp(y3, ref, sizeof(float) * T * N);
+                /* the dispatch: nvlm_matmul takes it with int8 activations forced, not by default */
+                nvlm_pool_set_int8_act(p3, 1);
+                nvlm_matmul(p3, y3, x, T, &w, bs, NULL);
+                ok = ok && !memcmp(y3, ref, sizeof(float) * T * N);
+                nvlm_pool_set_int8_act(p3, 0);
+                nvlm_matmul(p3, y3, x, T, &w, bs, NULL);
+                ok = ok && memcmp(y3, ref, sizeof(float) * T * N);
+                if (!ok && fails++ < 5) printf("  int8 GEMM %s N=%d K=%d T=%d: not nvlm_vec_dot_q's bits\n", nvlm_dtype_name(dt), N, K, T);
+                runs++;
+                free(wd), free(x), free(y1), free(y3), free(ref), free(bias), free(xq);
+            }
+    CHECK(fails == 0, "%s: %d of %d int8 matrix products differ from nvlm_vec_dot_q", nvlm_cpu_level_name(level), fails, runs);
+}
+#endif
+
 /* Enough rows that 3 threads take several chunks each, at the model's shapes. */
 static void test_threads_large(nvlm_pool *p1, nvlm_pool *p3) {
     for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
@@ -228,6 +322,9 @@ int main(void) {
 #endif
 #ifdef NVLM_HAVE_AVX512_KERNELS
         if (level == NVLM_CPU_AVX512) test_many_tokens(p1, p3);
+#endif
+#ifdef NVLM_HAVE_VNNI_KERNELS
+        if (nvlm_cpu_at_least(level, NVLM_CPU_AVX512_VNNI)) test_int8_exact(p1, p3, level), test_int8_gemm(p1, p3, level);
 #endif
     }
     nvlm_pool_free(p1);

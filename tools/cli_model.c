@@ -49,6 +49,9 @@ int cli_model_flag(const char *cmd, cli_model_opts *o, int argc, char **argv, in
         if (!strcmp(v, "f16")) o->kv_type = NVLM_KV_F16;
         else if (!strcmp(v, "f32")) o->kv_type = NVLM_KV_F32;
         else BAD();
+    } else if (!strcmp(a, "--compute")) {
+        VALUE();
+        if (cli_compute_value(v, &o->compute)) BAD();
     } else if (!strcmp(a, "--max-num") || !strcmp(a, "--max-tiles")) {
         VALUE();
         if (cli_parse_int(v, 1, 64, &n)) BAD();
@@ -108,6 +111,9 @@ const char *cli_model_flags_help(void) {
            "                           when they fit in 3/4 of free memory; generation runs up\n"
            "                           to ~10% faster from memory, mapping starts at once)\n"
            "      --kv f16|f32         KV cache element type (default f32; f16 halves its memory)\n"
+           "      --compute f32|bf16   matrix arithmetic of the ViT, projector and prompt prefill\n"
+           "                           (default f32, exact; bf16 rounds as a GPU running the\n"
+           "                           bfloat16 model, faster on CPUs with AVX512-BF16)\n"
            "      --max-num N          max tiles per image (default: the config's max_dynamic_patch;\n"
            "                           alias --max-tiles; serve: also caps a request's max_dynamic_patch)\n"
            "      --check-weights      read every tensor at load and refuse one holding NaN/Inf\n"
@@ -148,6 +154,13 @@ int cli_weights_io_flag(const char *arg, int *io) {
     return 1;
 }
 
+int cli_compute_value(const char *v, int *compute) {
+    if (!strcmp(v, "f32")) *compute = NVLM_COMPUTE_F32;
+    else if (!strcmp(v, "bf16")) *compute = NVLM_COMPUTE_BF16;
+    else return -1;
+    return 0;
+}
+
 int cli_weights_io(int io, int weights) {
     return io == NVLM_IO_AUTO && weights != NVLM_WEIGHTS_STORED ? NVLM_IO_MMAP : io;
 }
@@ -169,7 +182,7 @@ int cli_load_model(const char *cmd, const cli_model_opts *o, nvlm_model **m) {
     if (!o->model_dir) return cli_usage_error(cmd, "--model DIR is required");
     progress_line line = {"", -1};
     nvlm_load_options lo = {.n_threads = o->threads, .progress = o->quiet ? NULL : show_progress, .progress_user = &line,
-                            .weights_io = cli_weights_io(o->weights_io, o->weights)};
+                            .weights_io = cli_weights_io(o->weights_io, o->weights), .compute = o->compute};
     nvlm_err err = {0};
     if (nvlm_model_load(o->model_dir, &lo, m, &err)) return cli_report(cmd, &err);
     if ((o->check_weights && check_weights(*m, &err)) || nvlm_model_quantize(*m, o->weights, &err) ||

@@ -11,6 +11,7 @@ typedef struct cli_model_opts {
     int weights;        /* NVLM_WEIGHTS_*: --weights q8_0|q4 */
     int weights_io;     /* NVLM_IO_*: --mmap / --no-mmap */
     int kv_type;        /* NVLM_KV_*: --kv f16|f32 */
+    int compute;        /* NVLM_COMPUTE_*: --compute f32|bf16 */
     int max_num;
     const char *system;
     int system_set;
@@ -31,6 +32,8 @@ int cli_weights_io_flag(const char *arg, int *io);
 /* The load's weights_io for a --mmap/--no-mmap choice io and a --weights choice: quantizing
  * at load makes its own copy, so by default the stored weights are then only mapped. */
 int cli_weights_io(int io, int weights);
+/* --compute's value: "f32" or "bf16" into *compute (NVLM_COMPUTE_*); 0, or -1 for another value. */
+int cli_compute_value(const char *v, int *compute);
 /* Load with progress on stderr; returns 0 or the exit status after printing the error. */
 int cli_load_model(const char *cmd, const cli_model_opts *o, nvlm_model **m);
 int cli_chat_new(const char *cmd, const cli_model_opts *o, nvlm_model *m, nvlm_chat **c);

@@ -27,6 +27,7 @@ static double peak_rss_mb(void) {
 typedef struct bench_opts {
     int threads, tiles, prompt, gen, quick, kernels, weights;
     int weights_io; /* NVLM_IO_*: --mmap / --no-mmap */
+    int compute;    /* NVLM_COMPUTE_*: --compute f32|bf16 */
     int cpu_clock; /* --cpu-time: rates from process CPU time / threads (shared machines) */
     const char *model;
 } bench_opts;
@@ -40,6 +41,7 @@ static void help(FILE *f) {
                "  -m, --model DIR       also time the model: ViT ms/tile, prompt tok/s, generation tok/s\n"
                "  -t, --threads N       the N of '1 and N threads' (default: all cores)\n"
                "      --weights q8_0|q4 quantize the model's matrices at load\n"
+               "      --compute f32|bf16 matrix arithmetic of the ViT, projector and prefill (default f32)\n"
                "      --mmap, --no-mmap map the weight files / read them into memory (default as\n"
                "                        `nvlm run`: read when they fit, map when quantizing at load)\n"
                "      --tiles N         tiles per ViT run (default 1)\n"
@@ -198,7 +200,8 @@ static nvlm_span *token_weights(const nvlm_model *m, int *n) {
 static int bench_model(const bench_opts *o, const int *nts, int n_pools, const limits *lim) {
     int status = 0;
     for (int i = 0; i < n_pools && !status; i++) {
-        nvlm_load_options lo = {.n_threads = nts[i], .weights_io = cli_weights_io(o->weights_io, o->weights)};
+        nvlm_load_options lo = {.n_threads = nts[i], .weights_io = cli_weights_io(o->weights_io, o->weights),
+                                .compute = o->compute};
         nvlm_model *m = NULL;
         nvlm_err err = {0};
         double t_load = nvlm_bench_clock(0, 1);
@@ -213,8 +216,9 @@ static int bench_model(const bench_opts *o, const int *nts, int n_pools, const l
         for (int k = 0; k < n_span; k++) wbytes += (double)spans[k].n;
         const int S = m->cfg.image_size, h = m->cfg.llm.hidden_size, V = m->cfg.llm.vocab_size;
         const int per_tile = nvlm_cfg_tokens_per_tile(&m->cfg);
-        printf("\nmodel %s, %d thread(s), weights %s:\n", o->model, nts[i],
-               o->weights == NVLM_WEIGHTS_Q8_0 ? "q8_0" : o->weights == NVLM_WEIGHTS_Q4 ? "q4" : "as stored");
+        printf("\nmodel %s, %d thread(s), weights %s, compute %s:\n", o->model, nts[i],
+               o->weights == NVLM_WEIGHTS_Q8_0 ? "q8_0" : o->weights == NVLM_WEIGHTS_Q4 ? "q4" : "as stored",
+               o->compute == NVLM_COMPUTE_BF16 ? "bf16" : "f32");
         t_load = nvlm_bench_clock(0, 1) - t_load;
         if (o->weights != NVLM_WEIGHTS_STORED) printf("  loaded and quantized in %.2f s (untimed)\n", t_load);
         else if (m->weights_read) printf("  weights read into memory (--no-mmap) in %.2f s (untimed)\n", t_load);
@@ -311,6 +315,8 @@ int cmd_bench(int argc, char **argv) {
             nvlm_dtype dt;
             if (nvlm_quant_parse(v, &dt)) return cli_usage_error("bench", "--weights must be q8_0 or q4");
             o.weights = dt == NVLM_DT_Q4 ? NVLM_WEIGHTS_Q4 : NVLM_WEIGHTS_Q8_0; /* nvlm_quant_parse gives these two */
+        } else if (!strcmp(a, "--compute")) {
+            if (cli_compute_value(argv[++i], &o.compute)) return cli_usage_error("bench", "--compute must be f32 or bf16");
         } else {
             int *dst = !strcmp(a, "--threads") || !strcmp(a, "-t") ? &o.threads
                        : !strcmp(a, "--tiles")                     ? &o.tiles

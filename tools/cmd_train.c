@@ -1,5 +1,5 @@
 /* nvlm train: two-stage training (stage 1: alignment, stage 2: SFT) of NVLM checkpoints. */
-#include "cli.h"
+#include "cli_model.h"
 #include "train/trainer.h"
 #include <signal.h>
 #include <stdio.h>
@@ -27,6 +27,7 @@ static void usage(FILE *f) {
             "  --eval FILE --eval-every N        eval loss and exact-match accuracy\n"
             "  --save-every N --resume DIR       checkpoints / continue a run bit-identically\n"
             "  --threads N --max-tiles N --recompute --trainable PATTERNS --log FILE\n"
+            "  --compute f32|bf16         the forward's matrix products in float32 (default) or BF16\n"
             "Ctrl-C saves a checkpoint and exits. Progress on stderr; JSONL log in OUT/train_log.jsonl.\n");
 }
 
@@ -71,6 +72,11 @@ int cmd_train(int argc, char **argv) {
             if (!v || (strcmp(v, "cosine") && strcmp(v, "constant")))
                 return cli_usage_error("train", "--schedule is cosine or constant");
             o.cosine = !strcmp(v, "cosine");
+            i++;
+            continue;
+        }
+        if (!strcmp(a, "--compute")) {
+            if (!v || cli_compute_value(v, &o.compute)) return cli_usage_error("train", "--compute is f32 or bf16");
             i++;
             continue;
         }

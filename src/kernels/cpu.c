@@ -1,5 +1,6 @@
 /* Run-time instruction-set detection for kernel dispatch (kernels/cpu.h). */
 #include "kernels/cpu.h"
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,7 +54,7 @@ static uint64_t xcr0(void) {
 }
 #endif
 
-int nvlm_cpu_hw_level(void) {
+static int detect_level(void) {
 #ifdef NVLM_X86
     uint64_t x = xcr0();
     const uint64_t ymm = 0x6, zmm = 0xe0, tiles = 0x60000; /* XMM|YMM; opmask|ZMM_Hi256|Hi16_ZMM; TILECFG|TILEDATA */
@@ -72,6 +73,15 @@ int nvlm_cpu_hw_level(void) {
 #else
     return NVLM_CPU_SCALAR;
 #endif
+}
+
+/* CPUID traps to the hypervisor in a VM (about a microsecond): the answer, a fact of the
+ * machine that never changes while the process runs, is kept after the first call. */
+int nvlm_cpu_hw_level(void) {
+    static _Atomic int cached = -1;
+    int level = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (level < 0) atomic_store_explicit(&cached, level = detect_level(), memory_order_relaxed);
+    return level;
 }
 
 int nvlm_cpu_level_usable(int level) {

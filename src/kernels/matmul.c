@@ -6,6 +6,8 @@
 #include "kernels/cpu.h"
 #include "kernels/dispatch.h"
 #include "kernels/dtype.h"
+#include "kernels/gemm_bf16.h"
+#include "kernels/gemv_vnni.h"
 #include "kernels/ops.h"
 #include "kernels/qblock.h"
 #include "kernels/simd.h"
@@ -62,9 +64,53 @@ int nvlm_matmul_scalar(nvlm_pool *pool, float *y, const float *x, int n_tok, con
     return NVLM_OK;
 }
 
+/* The bf16 compute mode (kernels/gemm_bf16.h) takes the products of many tokens against
+ * plain-format weights; 1 when it took this one. */
+static int bf16_takes(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
+                      const nvlm_wmat *const *w, const float *const *bias) {
+    if (nvlm_pool_compute(pool) != NVLM_COMPUTE_BF16 || n_tok < NVLM_BF16_MIN_TOKENS) return 0;
+    for (int i = 0; i < n_w; i++)
+        if (!nvlm_bf16_eligible(w[i])) return 0;
+    nvlm_matmul_bf16(pool, n_w, y, x, n_tok, w, bias);
+    return 1;
+}
+
+/* 1 when a product of n_tok tokens against w goes to the VNNI int8 matrix product
+ * (kernels/gemv_vnni.h: every output nvlm_vec_dot_q's): prefill of Q8_0 / Q4 at avx512vnni and
+ * above when int8 activations were asked for (NVLM_QACT=int8, nvlm_pool_set_int8_act). Not by
+ * default: int8 activations in prefill cost Q8_0 on the reference cases 96.68% -> 95.10% top-1
+ * and KL 0.0057 -> 0.0107, past issue 5's bar (docs/quantization.md, "VNNI"). */
+static int vnni_for(nvlm_pool *pool, int n_tok, const nvlm_wmat *w) {
+#ifdef NVLM_HAVE_VNNI_KERNELS
+    return n_tok > NVLM_VNNI_GEMV_MAX && nvlm_dtype_is_block(w->dtype) &&
+           nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX512_VNNI) && nvlm_pool_int8_act(pool);
+#else
+    (void)pool, (void)n_tok, (void)w;
+    return 0;
+#endif
+}
+
+/* vnni_for's product, done: 1 when it took it. */
+static int vnni_takes(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias) {
+#ifdef NVLM_HAVE_VNNI_KERNELS /* out of memory: the float path */
+    return vnni_for(pool, n_tok, w) && nvlm_gemm_vnni(pool, y, x, n_tok, w, bias) == 0;
+#else
+    (void)pool, (void)y, (void)x, (void)n_tok, (void)w, (void)bias;
+    return 0;
+#endif
+}
+
+/* 1 when one of the matrices takes vnni_for's path (nvlm_matmul_multi then goes matrix by matrix). */
+static int any_vnni(nvlm_pool *pool, int n_w, int n_tok, const nvlm_wmat *const *w) {
+    for (int i = 0; i < n_w; i++)
+        if (vnni_for(pool, n_tok, w[i])) return 1;
+    return 0;
+}
+
 int nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
                 const float *bias, nvlm_err *err) {
-    if (n_tok <= 0) return NVLM_OK;
+    if (n_tok <= 0 || bf16_takes(pool, 1, &y, x, n_tok, &w, &bias) || vnni_takes(pool, y, x, n_tok, w, bias))
+        return NVLM_OK;
     /* a format only the scalar path knows never reaches a SIMD row of the table */
     if (!nvlm_dtype_traits_of(w->dtype)->simd) return nvlm_matmul_scalar(pool, y, x, n_tok, w, bias, err);
     return nvlm_kernel_for(nvlm_matmul_op(w->dtype, n_tok), nvlm_pool_level(pool))->matmul(pool, y, x, n_tok, w, bias, err);
@@ -72,11 +118,11 @@ int nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm
 
 int nvlm_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
                       const nvlm_wmat *const *w, const float *const *bias, nvlm_err *err) {
-    if (n_tok <= 0 || n_w <= 0) return NVLM_OK;
-    /* together only when every matrix's format runs the same multi-matrix kernel */
+    if (n_tok <= 0 || n_w <= 0 || bf16_takes(pool, n_w, y, x, n_tok, w, bias)) return NVLM_OK;
+    /* together only when every matrix's format runs the same multi-matrix kernel (and none the VNNI one) */
     const int level = nvlm_pool_level(pool);
     nvlm_matmul_multi_fn multi = NULL;
-    for (int i = 0; i < n_w; i++) {
+    for (int i = 0; i < n_w && !any_vnni(pool, n_w, n_tok, w); i++) {
         nvlm_matmul_multi_fn m = nvlm_dtype_traits_of(w[i]->dtype)->simd
                                      ? nvlm_kernel_for(nvlm_matmul_op(w[i]->dtype, n_tok), level)->matmul_multi
                                      : NULL;

@@ -44,6 +44,7 @@ struct nvlm_pool {
     int level;                  /* kernel instruction-set level (kernels/cpu.h) */
     int int8_act;               /* Q8_0/Q4 matrix-vector with int8 activations: 1, 0, -1 unset */
     size_t scratch_limit;       /* bytes one kernel call may take (nvlm_pool_scratch) */
+    int compute;                /* NVLM_COMPUTE_F32 / NVLM_COMPUTE_BF16 */
     pthread_t *workers;
     job_slot slot[SLOTS];
     alignas(64) atomic_uint generation; /* jobs published; job g lives in slot[g % SLOTS] */
@@ -250,6 +251,9 @@ int nvlm_pool_scratch_fail(nvlm_err *err, const char *what, size_t bytes) {
 }
 
 void nvlm_pool_set_scratch_limit(nvlm_pool *p, size_t bytes) { p->scratch_limit = bytes; }
+int nvlm_pool_compute(const nvlm_pool *p) { return p ? p->compute : NVLM_COMPUTE_F32; }
+
+void nvlm_pool_set_compute(nvlm_pool *p, int compute) { p->compute = compute; }
 
 void nvlm_pool_run(nvlm_pool *p, size_t n, size_t grain, nvlm_pool_fn fn, void *ctx) {
     if (n == 0) return;

@@ -29,7 +29,8 @@ int nvlm_pool_set_level(nvlm_pool *p, int level);
 
 /* 1 when the matrix-vector kernels of Q8_0/Q4 weights were told to quantize the activations to
  * int8 per block of 32 (llama.cpp's way: less exact, see docs/quantization.md), 0 when told to
- * keep them float32 or not told. Set at creation from NVLM_QACT=int8|f32; a NULL pool means 0. */
+ * keep them float32 or not told. Set at creation from NVLM_QACT=int8|f32; a NULL pool means 0.
+ * When told (1), prefill on AVX512-VNNI CPUs takes int8 activations too (kernels/gemv_vnni.h). */
 int nvlm_pool_int8_act(const nvlm_pool *p);
 void nvlm_pool_set_int8_act(nvlm_pool *p, int on);
 /* Whether the AVX2 matrix-vector kernel of format t uses int8 activations: as set (the setter
@@ -47,6 +48,11 @@ int nvlm_pool_scratch_fail(nvlm_err *err, const char *what, size_t bytes);
 /* Caps one kernel call's scratch at bytes (default SIZE_MAX, no cap): a call that needs more
  * fails with NVLM_E_NOMEM. Bounds memory, and lets tests take the out-of-memory path. */
 void nvlm_pool_set_scratch_limit(nvlm_pool *p, size_t bytes);
+/* Compute mode of the matrix products (NVLM_COMPUTE_F32 or NVLM_COMPUTE_BF16, nvlm.h): with
+ * bf16, products of NVLM_BF16_MIN_TOKENS or more tokens against F32/F16/BF16 weights run in
+ * kernels/gemm_bf16.h. NVLM_COMPUTE_F32 at creation; a NULL pool means f32. */
+int nvlm_pool_compute(const nvlm_pool *p);
+void nvlm_pool_set_compute(nvlm_pool *p, int compute);
 
 /* Runs fn over [0, n) split into chunks of at least `grain` indices; returns when all are
  * done. pool may be NULL (runs inline). Any thread may call it (calls from several threads

@@ -287,9 +287,13 @@ static int load_parts(nvlm_model *m, const char *dir, const nvlm_load_options *o
     if ((rc = find_special(m, "<|vision_pad|>", &m->id_img_context, err))) return rc;
     if (opt && opt->progress && opt->progress(opt->progress_user, "binding weights", 2, 4))
         return nvlm_fail(err, NVLM_E_CANCELLED, "loading cancelled");
+    int compute = opt ? opt->compute : NVLM_COMPUTE_F32;
+    if (compute != NVLM_COMPUTE_F32 && compute != NVLM_COMPUTE_BF16)
+        return nvlm_fail(err, NVLM_E_INVALID_ARG, "unknown compute mode %d (NVLM_COMPUTE_F32 or NVLM_COMPUTE_BF16)", compute);
     binder b = {.m = m, .err = err};
     if ((rc = bind_vit(&b)) || (rc = bind_projector(&b)) || (rc = bind_llm(&b))) return rc;
     if ((rc = nvlm_pool_new(opt ? opt->n_threads : 0, &m->pool, err))) return rc;
+    nvlm_pool_set_compute(m->pool, compute);
     if (opt && opt->progress) opt->progress(opt->progress_user, "ready", 4, 4);
     return NVLM_OK;
 }

@@ -515,7 +515,7 @@ static void run_free(run *r) {
 
 static int setup(run *r, const nvlm_train_opts *o, nvlm_err *err) {
     r->src_dir = o->resume_dir ? o->resume_dir : o->model_dir;
-    nvlm_load_options lo = {.n_threads = o->threads};
+    nvlm_load_options lo = {.n_threads = o->threads, .compute = o->compute};
     int rc = nvlm_model_load(r->src_dir, &lo, &r->m, err);
     nvlm_train_select sel = {o->stage, o->trainable, o->decay_all};
     if (!rc) rc = nvlm_tmodel_new(r->m, &sel, &r->tm, err);

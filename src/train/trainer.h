@@ -30,6 +30,7 @@ typedef struct nvlm_train_opts {
     int threads;
     int max_tiles;              /* 0: the config's max_dynamic_patch */
     int recompute;              /* activation recomputation */
+    int compute;                /* NVLM_COMPUTE_*: the forward's matrix products (the frozen ViT included) */
     volatile sig_atomic_t *stop;/* set (e.g. by SIGINT): save and return NVLM_E_CANCELLED */
 } nvlm_train_opts;
 

@@ -1,0 +1,256 @@
+/* The bf16 compute mode's kernels (kernels/gemm_bf16.h): the scalar model of one vdpbf16ps lane
+ * against the instruction itself (where the CPU has AVX512-BF16) and against the AVX2 emulation,
+ * on random inputs with denormals, tiny, huge and signed-zero values; the BF16 rounding of rows
+ * (F32 with ties, NaN, infinities, denormals; F16; BF16) at every level; the blocked product at
+ * every level bit for bit against the scalar reference on odd shapes (tails of M, N, K that are
+ * not multiples of 12, 32 and 512; odd K), 1 and 3 threads, several matrices at once; the
+ * dispatch of nvlm_matmul by the pool's compute mode; and the distance to float32. */
+#include "check.h"
+#include "kernels/cpu.h"
+#include "kernels/gemm_bf16.h"
+#include "kernels/qblock.h"
+#include <math.h>
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static uint32_t rnd32(void) {
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (uint32_t)(rng >> 16);
+}
+static float frand(void) { return (float)(rnd32() % 2000001) / 1000000.0f - 1.0f; }
+
+static uint32_t bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+static float of_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* A BF16 with an exponent drawn from a mode: 0 small (denormals and the smallest normals),
+ * 1 around 1, 2 anywhere finite. */
+static uint16_t rand_bf16(int mode) {
+    uint16_t h = (uint16_t)rnd32();
+    uint32_t e = mode == 0 ? rnd32() % 4 : mode == 1 ? 120 + rnd32() % 16 : 1 + rnd32() % 250;
+    return (uint16_t)((h & 0x807f) | (e << 7));
+}
+
+static float rand_acc(int mode) {
+    uint32_t u = rnd32(), e = mode == 0 ? rnd32() % 3 : mode == 1 ? 110 + rnd32() % 30 : rnd32() % 255;
+    if (rnd32() % 16 == 0) return rnd32() & 1 ? -0.0f : 0.0f;
+    return of_bits((u & 0x807fffffu) | (e << 23));
+}
+
+/* One vdpbf16ps lane: the scalar model against the instruction and the AVX2 emulation. */
+static void test_lane(void) {
+    enum { N = 4096, ROUNDS = 48 };
+    static uint32_t a[N], b[N];
+    static float acc[N], hw[N], emu[N];
+    long bad_hw = 0, bad_emu = 0, n = 0;
+    int have_hw = nvlm_cpu_level_usable(NVLM_CPU_AVX512_BF16), have_avx2 = nvlm_cpu_level_usable(NVLM_CPU_AVX2);
+    for (int r = 0; r < ROUNDS; r++) {
+        int mode = r % 3;
+        for (int i = 0; i < N; i++) {
+            a[i] = rand_bf16(mode) | (uint32_t)rand_bf16(mode) << 16;
+            b[i] = rand_bf16(mode) | (uint32_t)rand_bf16(mode) << 16;
+            acc[i] = rand_acc(mode);
+        }
+#ifdef NVLM_HAVE_BF16_X86
+        memcpy(hw, acc, sizeof acc), memcpy(emu, acc, sizeof acc);
+        if (have_hw) nvlm_dpbf16_avx512(hw, a, b, N);
+        if (have_avx2) nvlm_dpbf16_avx2(emu, a, b, N);
+        for (int i = 0; i < N; i++) {
+            uint32_t ref = bits(nvlm_dpbf16(acc[i], a[i], b[i]));
+            if (have_hw && bits(hw[i]) != ref && bad_hw++ < 3)
+                printf("  vdpbf16ps %08x . %08x + %08x = %08x, scalar model %08x\n", a[i], b[i], bits(acc[i]), bits(hw[i]), ref);
+            if (have_avx2 && bits(emu[i]) != ref && bad_emu++ < 3)
+                printf("  AVX2 emulation %08x . %08x + %08x = %08x, scalar model %08x\n", a[i], b[i], bits(acc[i]), bits(emu[i]), ref);
+            n++;
+        }
+#endif
+    }
+    if (have_hw) CHECK(bad_hw == 0, "vdpbf16ps differs from the scalar model in %ld of %ld lanes", bad_hw, n);
+    else printf("test_bf16: vdpbf16ps lane check skipped (no AVX512-BF16 here)\n");
+    if (have_avx2) CHECK(bad_emu == 0, "the AVX2 emulation differs from the scalar model in %ld of %ld lanes", bad_emu, n);
+    /* the documented cases, spelled out: high pair first, FTZ, DAZ */
+    CHECK(bits(nvlm_dpbf16(0.0f, 0x00013f80u, 0x00803f80u)) == bits(1.0f), "a denormal BF16 input counts as zero");
+    CHECK(nvlm_dpbf16(0x1p-127f, 0, 0) == 0.0f && signbit(nvlm_dpbf16(-0x1p-127f, 0x80008000u, 0)), "a denormal acc is flushed, sign kept");
+    /* 2^-64 * 2^-64 = 2^-128 is tiny: flushed to zero */
+    CHECK(nvlm_dpbf16(0.0f, 0x1f800000u, 0x1f800000u) == 0.0f, "a denormal result is flushed");
+    /* 1 + 2^-24 (lost), then - 1: the high pair goes first */
+    CHECK(nvlm_dpbf16(1.0f, 0x33803f80u, 0x3f80bf80u) == 0.0f && nvlm_dpbf16(1.0f, 0x3f803380u, 0xbf803f80u) == 0x1p-24f,
+          "the high pair is added first");
+}
+
+/* Rows to BF16: every level against the scalar rounding, odd lengths and odd addresses. */
+static void test_rows(void) {
+    enum { N = 203 };
+    uint8_t src[4 * N + 4];
+    float f[N];
+    for (int i = 0; i < N; i++) {
+        uint32_t u = rnd32();
+        switch (i % 9) {
+        case 0: u = (u & 0xffff0000u) | 0x8000u; break;           /* a tie */
+        case 1: u = 0x7f800000u | (u & 0x80000000u) | (u & 0x7fffff); break; /* NaN or infinity */
+        case 2: u &= 0x80ffffffu; break;                          /* denormals and tiny */
+        case 3: u = 0x7f7fffffu | (u & 0x80000000u); break;       /* rounds up to infinity */
+        default: u = bits(frand() * 100.0f);
+        }
+        f[i] = of_bits(u);
+    }
+    for (int t = 0; t < 3; t++) {
+        nvlm_dtype dt = t == 0 ? NVLM_DT_F32 : t == 1 ? NVLM_DT_F16 : NVLM_DT_BF16;
+        for (int i = 0; i < N; i++) {
+            if (dt == NVLM_DT_F32) memcpy(src + 1 + 4 * i, &f[i], 4);
+            uint16_t h = dt == NVLM_DT_F16 ? nvlm_f32_to_f16(f[i]) : (uint16_t)(bits(f[i]) >> 16);
+            if (dt != NVLM_DT_F32) memcpy(src + 1 + 2 * i, &h, 2);
+        }
+        uint16_t ref[N], got[N];
+        nvlm_bf16_row_scalar(ref, src + 1, dt, N);
+        int ok = 1;
+        for (int i = 0; i < N && dt == NVLM_DT_F32; i++) ok &= ref[i] == nvlm_bf16_round(f[i]);
+        CHECK(ok, "scalar rows: F32 is nvlm_bf16_round");
+#ifdef NVLM_HAVE_BF16_X86
+        if (nvlm_cpu_level_usable(NVLM_CPU_AVX2))
+            for (int n = N - 8; n <= N; n++) {
+                memset(got, 0xAB, sizeof got);
+                nvlm_bf16_row_avx2(got, src + 1, dt, n);
+                CHECK(!memcmp(got, ref, 2 * (size_t)n), "AVX2 rows of %s, n=%d, differ from the scalar ones", nvlm_dtype_name(dt), n);
+            }
+#endif
+    }
+}
+
+/* Weights of a plain format (with a few tiny values and signed zeros). */
+static void *make_weights(nvlm_dtype dt, int rows, int cols) {
+    size_t rb = nvlm_row_bytes(dt, cols);
+    uint8_t *out = malloc(rb * (size_t)rows + 2);
+    float *row = malloc(sizeof(float) * (size_t)cols);
+    for (int r = 0; r < rows; r++) {
+        for (int c = 0; c < cols; c++) {
+            row[c] = frand() * (0.1f + (float)(r % 5));
+            if (rnd32() % 97 == 0) row[c] = 1e-39f * frand();
+            if (rnd32() % 89 == 0) row[c] = -0.0f;
+        }
+        nvlm_row_from_f32(out + 2 + (size_t)r * rb, row, dt, cols); /* + 2: not 4-byte aligned */
+    }
+    free(row);
+    return out;
+}
+
+static float *make_x(int M, int K) {
+    float *x = malloc(sizeof(float) * (size_t)M * K);
+    for (size_t i = 0; i < (size_t)M * K; i++) x[i] = frand() * (1.0f + (float)(i % 7)) + (i % 101 == 0 ? 1e-38f : 0.0f);
+    return x;
+}
+
+/* The blocked product at the pool's level against the reference, bit for bit, 1 and 3 threads. */
+static void test_gemm(nvlm_pool *p1, nvlm_pool *p3, int level) {
+    static const int Ms[] = {4, 13, 25};
+    static const int Ns[] = {1, 31, 33, 70};
+    static const int Ks[] = {1, 3, 64, 37, 513, 1100};
+    static const nvlm_dtype dts[] = {NVLM_DT_BF16, NVLM_DT_F32, NVLM_DT_F16};
+    int fails = 0, runs = 0;
+    for (size_t d = 0; d < 3; d++)
+        for (size_t a = 0; a < 3; a++)
+            for (size_t b = 0; b < 4; b++)
+                for (size_t c = 0; c < 6; c++) {
+                    int M = Ms[a], N = Ns[b], K = Ks[c];
+                    if (K == 1100 && N > 33) continue;
+                    uint8_t *wd = make_weights(dts[d], N, K);
+                    nvlm_wmat w = {dts[d], N, K, wd + 2};
+                    float *x = make_x(M, K), *bias = malloc(sizeof(float) * N);
+                    for (int o = 0; o < N; o++) bias[o] = frand();
+                    const float *bs = (b + c) % 2 ? bias : NULL;
+                    float *ref = malloc(sizeof(float) * M * N), *y1 = malloc(sizeof(float) * M * N), *y3 = malloc(sizeof(float) * M * N);
+                    nvlm_matmul_bf16_ref(ref, x, M, &w, bs, 0, N);
+                    const nvlm_wmat *wp = &w;
+                    nvlm_matmul_bf16(p1, 1, &y1, x, M, &wp, &bs);
+                    nvlm_matmul_bf16(p3, 1, &y3, x, M, &wp, &bs);
+                    int ok = !memcmp(y1, ref, sizeof(float) * M * N) && !memcmp(y3, ref, sizeof(float) * M * N);
+                    if (!ok && fails++ < 5)
+                        printf("  %s %s M=%d N=%d K=%d: differs from the reference\n", nvlm_cpu_level_name(level),
+                               nvlm_dtype_name(dts[d]), M, N, K);
+                    runs++;
+                    free(wd), free(x), free(bias), free(ref), free(y1), free(y3);
+                }
+    CHECK(fails == 0, "%s: %d of %d bf16 products differ from the reference", nvlm_cpu_level_name(level), fails, runs);
+}
+
+/* Several matrices sharing x (q/k/v) and the dispatch of nvlm_matmul / nvlm_matmul_multi by
+ * the compute mode: 4+ tokens take the bf16 product, 1-3 tokens and block formats do not. */
+static void test_dispatch(nvlm_pool *p3) {
+    const int K = 96, M = 29, Ns[3] = {64, 32, 45};
+    uint8_t *wd[3];
+    nvlm_wmat w[3];
+    const nvlm_wmat *wp[3];
+    float *y[3], *ref[3], *bias[3];
+    const float *bs[3];
+    float *x = make_x(M, K);
+    for (int i = 0; i < 3; i++) {
+        wd[i] = make_weights(i == 1 ? NVLM_DT_F32 : NVLM_DT_BF16, Ns[i], K);
+        w[i] = (nvlm_wmat){i == 1 ? NVLM_DT_F32 : NVLM_DT_BF16, Ns[i], K, wd[i] + 2};
+        wp[i] = &w[i];
+        y[i] = malloc(sizeof(float) * M * Ns[i]), ref[i] = malloc(sizeof(float) * M * Ns[i]);
+        bias[i] = malloc(sizeof(float) * Ns[i]);
+        for (int o = 0; o < Ns[i]; o++) bias[i][o] = frand();
+        bs[i] = i == 2 ? NULL : bias[i];
+        nvlm_matmul_bf16_ref(ref[i], x, M, &w[i], bs[i], 0, Ns[i]);
+    }
+    nvlm_pool_set_compute(p3, NVLM_COMPUTE_BF16);
+    nvlm_matmul_multi(p3, 3, y, x, M, wp, bs, NULL);
+    int ok = 1;
+    for (int i = 0; i < 3; i++) ok &= !memcmp(y[i], ref[i], sizeof(float) * M * Ns[i]);
+    CHECK(ok, "nvlm_matmul_multi in bf16 compute differs from the reference");
+    nvlm_matmul(p3, y[0], x, M, &w[0], bs[0], NULL);
+    CHECK(!memcmp(y[0], ref[0], sizeof(float) * M * Ns[0]), "nvlm_matmul in bf16 compute differs from the reference");
+    /* 3 tokens: the float32 matrix-vector kernels */
+    float *f32 = malloc(sizeof(float) * 3 * Ns[0]);
+    nvlm_matmul(p3, y[0], x, 3, &w[0], bs[0], NULL);
+    nvlm_pool_set_compute(p3, NVLM_COMPUTE_F32);
+    nvlm_matmul(p3, f32, x, 3, &w[0], bs[0], NULL);
+    CHECK(!memcmp(y[0], f32, sizeof(float) * 3 * Ns[0]), "3 tokens in bf16 compute are not the float32 kernels'");
+    /* float32 compute is not bf16; and bf16 stays within its rounding of float32 */
+    nvlm_matmul(p3, y[0], x, M, &w[0], bs[0], NULL);
+    double worst = 0;
+    float *wr = malloc(sizeof(float) * K);
+    for (int o = 0; o < Ns[0]; o++) {
+        nvlm_row_to_f32(wr, (const uint8_t *)w[0].data + (size_t)o * 2 * K, NVLM_DT_BF16, K);
+        for (int t = 0; t < M; t++) {
+            double mag = 0;
+            for (int k = 0; k < K; k++) mag += fabs((double)x[(size_t)t * K + k] * wr[k]);
+            double e = fabs((double)y[0][(size_t)t * Ns[0] + o] - ref[0][(size_t)t * Ns[0] + o]) / (mag * 0x1p-8 + 1e-30);
+            worst = e > worst ? e : worst;
+        }
+    }
+    CHECK(worst <= 1, "bf16 compute is %.3g x 2^-8 sum|x w| from float32", worst);
+    CHECK(memcmp(y[0], ref[0], sizeof(float) * M * Ns[0]), "float32 compute gives the bf16 result");
+    for (int i = 0; i < 3; i++) free(wd[i]), free(y[i]), free(ref[i]), free(bias[i]);
+    free(x), free(f32), free(wr);
+}
+
+int main(void) {
+    test_lane();
+    test_rows();
+    nvlm_pool *p1 = NULL, *p3 = NULL;
+    nvlm_err err = {0};
+    CHECK(nvlm_pool_new(1, &p1, &err) == 0 && nvlm_pool_new(3, &p3, &err) == 0, "pool: %s", err.msg);
+    if (!p1 || !p3) return check_done("test_bf16");
+    int n_levels, skipped = 0;
+    const int *levels = nvlm_cpu_levels(&n_levels);
+    for (int li = 0; li < n_levels; li++) {
+        if (!nvlm_cpu_level_usable(levels[li])) {
+            skipped++;
+            continue;
+        }
+        nvlm_pool_set_level(p1, levels[li]), nvlm_pool_set_level(p3, levels[li]);
+        test_gemm(p1, p3, levels[li]);
+        test_dispatch(p3);
+    }
+    if (skipped) printf("test_bf16: %d levels not on this machine, their checks skipped\n", skipped);
+    nvlm_pool_free(p1);
+    nvlm_pool_free(p3);
+    return check_done("test_bf16");
+}
