@@ -39,6 +39,16 @@ static void test_usage(void) {
     CHECK(nvlm("run -p hi --threads 0") == 2 && strstr(out, "bad value for --threads"), "run --threads 0: %s", out);
     CHECK(nvlm("bench --model /nonexistent/nvlm --no-kernels") == 1 && strstr(out, "/nonexistent/nvlm/config.json"), "bench, no model: %s",
           out);
+    /* info --cpu: the level and one kernel per op (the dispatch table's names); NVLM_CPU caps it */
+    CHECK(nvlm("info --cpu") == 0 && strstr(out, "kernel level: ") && strstr(out, "matmul BF16 prefill") &&
+              strstr(out, "attention generation") && count(out, "\n") >= 18,
+          "info --cpu: %s", out);
+    CHECK(nvlm("info --cpu --json") == 2, "info --cpu --json: %s", out);
+    setenv("NVLM_CPU", "scalar", 1);
+    CHECK(nvlm("info --cpu") == 0 && strstr(out, "kernel level: scalar") && strstr(out, "\nop ") &&
+              strstr(out, "matmul_scalar") && !strstr(strstr(out, "\nop "), "avx"),
+          "NVLM_CPU=scalar info --cpu: %s", out);
+    unsetenv("NVLM_CPU");
 }
 
 /* Missing input files are named before the model loads (nothing about weights is printed). */
