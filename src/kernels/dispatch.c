@@ -6,6 +6,13 @@
 #include "kernels/simd512.h"
 #include "kernels/simd_neon.h"
 
+#ifdef NVLM_HAVE_AVX2_KERNELS
+_Static_assert(NVLM_GEN_TOKENS == NVLM_GEMV_MAX, "generation ops are what the AVX2 kernels stream");
+#endif
+#ifdef NVLM_HAVE_NEON_KERNELS
+_Static_assert(NVLM_GEN_TOKENS == NVLM_GEMV_NEON_MAX, "generation ops are what the NEON kernels stream");
+#endif
+
 /* Kernels without a status (they cannot fail, or do not report it yet) as nvlm_matmul_fn. */
 static int mm_scalar(nvlm_pool *p, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *b) {
     nvlm_matmul_scalar(p, y, x, n_tok, w, b);

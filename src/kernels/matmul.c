@@ -6,8 +6,6 @@
 #include "kernels/dispatch.h"
 #include "kernels/ops.h"
 #include "kernels/qblock.h"
-#include "kernels/simd.h"
-#include "kernels/simd_neon.h"
 #include <stdlib.h>
 #include <string.h>
 
