@@ -40,6 +40,16 @@ static void test_usage(void) {
     CHECK(nvlm("run -p hi --threads 0") == 2 && strstr(out, "bad value for --threads"), "run --threads 0: %s", out);
     CHECK(nvlm("bench --model /nonexistent/nvlm --no-kernels") == 1 && strstr(out, "/nonexistent/nvlm/config.json"), "bench, no model: %s",
           out);
+    /* info --cpu: the level and one kernel per op (the dispatch table's names); NVLM_CPU caps it */
+    CHECK(nvlm("info --cpu") == 0 && strstr(out, "kernel level: ") && strstr(out, "matmul BF16 prefill") &&
+              strstr(out, "attention generation") && count(out, "\n") >= 18,
+          "info --cpu: %s", out);
+    CHECK(nvlm("info --cpu --json") == 2, "info --cpu --json: %s", out);
+    setenv("NVLM_CPU", "scalar", 1);
+    CHECK(nvlm("info --cpu") == 0 && strstr(out, "kernel level: scalar") && strstr(out, "\nop ") &&
+              strstr(out, "matmul_scalar") && !strstr(strstr(out, "\nop "), "avx"),
+          "NVLM_CPU=scalar info --cpu: %s", out);
+    unsetenv("NVLM_CPU");
 }
 
 /* Missing input files are named before the model loads (nothing about weights is printed). */
@@ -113,6 +123,14 @@ static void test_run_same_answer(const char *model) {
         if (i == 0) snprintf(first, sizeof first, "%s", out);
         else CHECK(!strcmp(out, first), "run %s differs:\n%s\nvs\n%s", modes[i], out, first);
     }
+    /* every x86 SIMD level runs kernels with the same bits: the same answer at avx2 */
+    setenv("NVLM_CPU", "avx2", 1);
+    {
+        char a[4608];
+        snprintf(a, sizeof a, "run -m %s -p Hello -n 6 --json -q -t 1", model);
+        CHECK(nvlm(a) == 0 && !strcmp(out, first), "run at NVLM_CPU=avx2 differs:\n%s\nvs\n%s", out, first);
+    }
+    unsetenv("NVLM_CPU");
     char a[4608];
     snprintf(a, sizeof a, "info --model %s", model);
     CHECK(nvlm(a) == 0 && strstr(out, "loading:") && strstr(out, "read into memory by default"), "info: %s", out);

@@ -169,6 +169,7 @@ static void test_matmul_multi_at(nvlm_pool *p1, nvlm_pool *p3, int level) {
 }
 #endif
 
+#ifdef NVLM_HAVE_AVX512_KERNELS
 /* A product whose packing buffer cannot be allocated (2^20 tokens x 2^28 columns: 1 PiB) is
  * refused with -1 before anything is read or written. ASan aborts on such a request instead of
  * returning NULL, so its build skips this. */
@@ -184,6 +185,7 @@ static void test_matmul_nomem(nvlm_pool *p, int level) {
     (void)p, (void)level;
 #endif
 }
+#endif
 
 static void test_attention(int level) {
     static const int cases[][4] = {/* n_q, n_keys, d, causal_pos0 */

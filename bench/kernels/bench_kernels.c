@@ -1,7 +1,10 @@
 /* GEMM and GEMV per kernel level, at 1 and 2 threads, beside the machine's measured limits:
  *   GEMM y[M x N] = x[M x K] W^T with F32 and BF16 weights: GFLOP/s and % of the FMA peak of
  *     the level's vector width and of the machine's best;
- *   GEMV (one token) with F32/F16/BF16 weights: weight GB/s and % of the read bandwidth.
+ *   GEMV (one token) with F32/F16/BF16 weights: weight GB/s and % of the read bandwidth;
+ *   one generated token's matrices of a Qwen2-0.5B-shaped LLM (24 layers x q, k, v, o, gate, up,
+ *     down) per level against the lowest SIMD level, token by token: the median of the per-token
+ *     speed ratios with its quartiles (resolves a few percent on a drifting shared machine).
  * Levels and thread counts alternate inside each repetition (best of REPS kept), so a drift of
  * the shared machine hits every row alike. Prints the kernel each op ran (kernels/dispatch.h).
  *
@@ -56,6 +59,53 @@ static double time_mm(nvlm_pool *p, int cpu, const nvlm_wmat *w, const float *x,
         exit(1);
     }
     return nvlm_bench_clock(cpu, nvlm_pool_threads(p)) - t0;
+}
+
+static int by_value(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* One token's LLM matrices at each level against levels[0], pairs alternating in order. */
+static void layer_ratios(nvlm_pool **pools, const int *nts, const int *levels, int nl, int cpu) {
+    enum { LAYERS = 24, PER = 7, PAIRS = 31 };
+    static const int shape[PER][2] = {{896, 896}, {128, 896}, {128, 896}, {896, 896}, {4864, 896}, {4864, 896}, {896, 4864}};
+    printf("\nGEMV, one token of a Qwen2-0.5B-shaped LLM (%d x 7 matrices): speed against %s, median of %d\n"
+           "token-by-token ratios (quartiles)\n%-11s %-5s %26s %26s\n", LAYERS, nvlm_cpu_level_name(levels[0]), PAIRS,
+           "level", "W", "1 thread", "2 threads");
+    nvlm_wmat *w = malloc(sizeof *w * LAYERS * PER);
+    float *x = malloc(sizeof(float) * 4864), *y = malloc(sizeof(float) * 4864);
+    double *t = malloc(sizeof(double) * PAIRS * nl), ratio[PAIRS];
+    if (!w || !x || !y || !t) exit(1);
+    for (int i = 0; i < 4864; i++) x[i] = frand();
+    for (int d = 0; d < 3; d++) {
+        for (int m = 0; m < LAYERS * PER; m++)
+            w[m] = (nvlm_wmat){gemv_dts[d], shape[m % PER][0], shape[m % PER][1],
+                               weights(gemv_dts[d], shape[m % PER][0], shape[m % PER][1])};
+        double med[MAX_LEVELS][2][3];
+        for (int p = 0; p < 2; p++) {
+            for (int r = 0; r < PAIRS; r++)
+                for (int i = 0; i < nl; i++) {
+                    int l = r & 1 ? nl - 1 - i : i; /* the order alternates */
+                    nvlm_pool_set_level(pools[p], levels[l]);
+                    double t0 = nvlm_bench_clock(cpu, nts[p]);
+                    for (int m = 0; m < LAYERS * PER; m++) time_mm(pools[p], 0, &w[m], x, 1, y);
+                    t[r * nl + l] = nvlm_bench_clock(cpu, nts[p]) - t0;
+                }
+            for (int l = 0; l < nl; l++) {
+                for (int r = 0; r < PAIRS; r++) ratio[r] = t[r * nl] / t[r * nl + l];
+                qsort(ratio, PAIRS, sizeof(double), by_value);
+                med[l][p][0] = ratio[PAIRS / 2], med[l][p][1] = ratio[PAIRS / 4], med[l][p][2] = ratio[3 * PAIRS / 4];
+            }
+        }
+        for (int l = 1; l < nl; l++) {
+            printf("%-11s %-5s", nvlm_cpu_level_name(levels[l]), nvlm_dtype_name(gemv_dts[d]));
+            for (int p = 0; p < 2; p++) printf("      %5.3f (%5.3f-%5.3f)", med[l][p][0], med[l][p][1], med[l][p][2]);
+            printf("\n");
+        }
+        for (int m = 0; m < LAYERS * PER; m++) free((void *)w[m].data);
+    }
+    free(w), free(x), free(y), free(t);
 }
 
 int main(int argc, char **argv) {
@@ -149,6 +199,7 @@ int main(int argc, char **argv) {
             }
             printf("\n");
         }
+    layer_ratios(pools, nts, levels, nl, cpu);
     for (int d = 0; d < 2; d++) free((void *)gw[d].data);
     for (int d = 0; d < 3; d++) free((void *)vw[d].data);
     free(x), free(y);

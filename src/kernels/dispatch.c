@@ -7,6 +7,13 @@
 #include "kernels/simd512.h"
 #include "kernels/simd_neon.h"
 
+#ifdef NVLM_HAVE_AVX2_KERNELS
+_Static_assert(NVLM_GEN_TOKENS == NVLM_GEMV_MAX, "generation ops are what the AVX2 kernels stream");
+#endif
+#ifdef NVLM_HAVE_NEON_KERNELS
+_Static_assert(NVLM_GEN_TOKENS == NVLM_GEMV_NEON_MAX, "generation ops are what the NEON kernels stream");
+#endif
+
 /* The AVX-512 products say -1 when out of memory; the table's functions word the error. */
 #ifdef NVLM_HAVE_AVX512_KERNELS
 static int nomem(nvlm_err *err) {

@@ -32,25 +32,30 @@ enum {
 typedef struct gemv_job {
     float *y;
     const float *x;
-    int n_tok, rg; /* tokens, rows per group */
+    const float *xp; /* BF16: x permuted by PERM in blocks of 16 */
+    int n_tok, rg;   /* tokens, rows per group */
     const nvlm_wmat *w;
     const float *bias;
     size_t rb; /* bytes per weight row */
 } gemv_job;
 
-/* 16 weights of a plain-format row from element k, as float32 (exact). F16/BF16 widen two
- * halves of 8 in 256-bit registers and join them: the 512-bit widenings (vpmovzxwd zmm,
- * vcvtph2ps zmm) cross 128-bit lanes and measured 14% (BF16) and 8% (F16) slower on Zen 5. */
+/* 16 weights of a plain-format row from element k, as float32 (exact). F16 widens two halves
+ * of 8 in 256-bit registers and joins them (vcvtph2ps zmm crosses 128-bit lanes: 8% slower on
+ * Zen 5). BF16 interleaves zeros below each value in 128-bit lanes (one unpack gives value << 16),
+ * which yields the 16 weights in the order P = [0-3, 8-11, 4-7, 12-15]: the activations are
+ * permuted alike once per call (PERM) and the sums put back in order before they are added, so
+ * each lane keeps its chain (vpmovzxwd zmm + shift measured 14% slower than AVX2). */
+#define PERM _MM_SHUFFLE(3, 1, 2, 0) /* 128-bit chunks 0, 2, 1, 3: P as a chunk shuffle (P = P^-1) */
 AI __m512 load16(nvlm_dtype dt, const uint8_t *row, int k) {
+    const uint8_t *p = row + 2 * (size_t)k;
     if (dt == NVLM_DT_BF16) {
-        const uint8_t *p = row + 2 * (size_t)k;
-        __m256i lo = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16);
-        __m256i hi = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + 16))), 16);
+        const __m256i v = _mm256_loadu_si256((const __m256i *)p), z = _mm256_setzero_si256();
+        __m256i lo = _mm256_unpacklo_epi16(z, v), hi = _mm256_unpackhi_epi16(z, v);
         return _mm512_castsi512_ps(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1));
     }
     if (dt == NVLM_DT_F16) {
-        const uint8_t *p = row + 2 * (size_t)k;
-        __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)), hi = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));
+        __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+        __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));
         return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
     }
     return _mm512_loadu_ps((const float *)(row + 4 * (size_t)k));
@@ -65,8 +70,9 @@ AI __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
 /* lanes 0-7 + lanes 8-15: AVX2's a0 + a1. */
 AI __m256 fold(__m512 v) { return _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)); }
 
-/* R rows (stride rb bytes) against T tokens; R, T, dt constant after inlining. */
-AI void plain_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const float *x, int K,
+/* R rows (stride rb bytes) against T tokens; R, T, dt constant after inlining. xv: the
+ * activations the vector loop reads (BF16: permuted by PERM per 16), x: as given (the tail). */
+AI void plain_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const float *x, const float *xv, int K,
                     float out[GEMV_MAX][RG_MAX]) {
     const size_t es = dt == NVLM_DT_F32 ? 4 : 2;
     __m512 acc[GEMV_MAX][RG_MAX];
@@ -83,9 +89,14 @@ AI void plain_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, co
                 _mm_prefetch((const char *)w + (size_t)(r + R) * rb + (size_t)k * es + PREFETCH_AHEAD + 32, _MM_HINT_T0);
             __m512 wv = load16(dt, w + r * rb, k);
             UNROLL
-            for (int t = 0; t < T; t++) acc[t][r] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + (size_t)t * K + k), acc[t][r]);
+            for (int t = 0; t < T; t++) acc[t][r] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xv + (size_t)t * K + k), acc[t][r]);
         }
     }
+    if (dt == NVLM_DT_BF16) /* each chain back to its lane */
+        UNROLL
+        for (int t = 0; t < T; t++)
+            UNROLL
+            for (int r = 0; r < R; r++) acc[t][r] = _mm512_shuffle_f32x4(acc[t][r], acc[t][r], PERM);
     const __m256 z = _mm256_setzero_ps();
     UNROLL
     for (int t = 0; t < T; t++) {
@@ -109,9 +120,9 @@ AI void plain_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, co
 AI void group(int R, int T, const gemv_job *j, size_t r0, float out[GEMV_MAX][RG_MAX]) {
     const uint8_t *w = (const uint8_t *)j->w->data + r0 * j->rb;
     switch (j->w->dtype) {
-    case NVLM_DT_BF16: plain_group(R, T, NVLM_DT_BF16, w, j->rb, j->x, j->w->cols, out); break;
-    case NVLM_DT_F16: plain_group(R, T, NVLM_DT_F16, w, j->rb, j->x, j->w->cols, out); break;
-    default: plain_group(R, T, NVLM_DT_F32, w, j->rb, j->x, j->w->cols, out); break;
+    case NVLM_DT_BF16: plain_group(R, T, NVLM_DT_BF16, w, j->rb, j->x, j->xp, j->w->cols, out); break;
+    case NVLM_DT_F16: plain_group(R, T, NVLM_DT_F16, w, j->rb, j->x, j->x, j->w->cols, out); break;
+    default: plain_group(R, T, NVLM_DT_F32, w, j->rb, j->x, j->x, j->w->cols, out); break;
     }
 }
 
@@ -138,10 +149,17 @@ static void gemv_groups(void *ctx, size_t begin, size_t end, int thread) {
     }
 }
 
+enum { XP_STACK = 16384 }; /* floats of permuted activations kept on the stack */
+
 /* More than GEMV_MAX tokens run in groups of GEMV_MAX: a token's sums do not depend on the
- * tokens beside it, so the values are those of one call per token. */
+ * tokens beside it, so the values are those of one call per token. 0, or -1 when the BF16
+ * activations' copy cannot be allocated (nothing computed then). */
 int nvlm_gemv_avx512(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias) {
-    const int N = w->rows, K = w->cols, rg = ROWS;
+    const int N = w->rows, K = w->cols, rg = ROWS, K16 = K / 16 * 16;
+    const int bf16 = w->dtype == NVLM_DT_BF16, tmax = n_tok < GEMV_MAX ? n_tok : GEMV_MAX;
+    float stack[XP_STACK] __attribute__((aligned(64)));
+    float *xp = stack;
+    if (bf16 && (size_t)tmax * K > XP_STACK && !(xp = malloc(sizeof(float) * (size_t)tmax * K))) return -1;
     for (int t0 = 0; t0 < n_tok; t0 += GEMV_MAX) {
         int T = n_tok - t0 < GEMV_MAX ? n_tok - t0 : GEMV_MAX;
         float *yt = y + (size_t)t0 * N;
@@ -150,10 +168,18 @@ int nvlm_gemv_avx512(nvlm_pool *pool, float *y, const float *x, int n_tok, const
             if (nvlm_gemv_avx2(pool, yt, xt, T, w, bias, NULL)) return -1; /* the table words it */
             continue;
         }
-        gemv_job j = {.y = yt, .x = xt, .n_tok = T, .rg = rg, .w = w, .bias = bias, .rb = nvlm_row_bytes(w->dtype, K)};
+        if (bf16)
+            for (int t = 0; t < T; t++)
+                for (int k = 0; k < K16; k += 16) {
+                    __m512 v = _mm512_loadu_ps(xt + (size_t)t * K + k);
+                    _mm512_storeu_ps(xp + (size_t)t * K + k, _mm512_shuffle_f32x4(v, v, PERM));
+                }
+        gemv_job j = {.y = yt, .x = xt, .xp = xp, .n_tok = T, .rg = rg, .w = w, .bias = bias,
+                      .rb = nvlm_row_bytes(w->dtype, K)};
         size_t groups = ((size_t)N + rg - 1) / rg;
         nvlm_pool_run(pool, groups, (GRAIN_ROWS + rg - 1) / rg, gemv_groups, &j);
     }
+    if (xp != stack) free(xp);
     return 0;
 }
 #pragma GCC pop_options

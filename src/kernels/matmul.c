@@ -10,8 +10,6 @@
 #include "kernels/gemv_vnni.h"
 #include "kernels/ops.h"
 #include "kernels/qblock.h"
-#include "kernels/simd.h"
-#include "kernels/simd_neon.h"
 #include <stdlib.h>
 #include <string.h>
 
