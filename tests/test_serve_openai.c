@@ -357,8 +357,8 @@ int main(void) {
     cJSON_AddStringToObject(models, "op", "models");
     cJSON_AddItemToArray(jobs, models);
     cJSON_AddStringToObject(chat_job(jobs, "wrong_key", &text, 0), "key", "sk-wrong");
-    cJSON *bad = chat_job(jobs, "n_2", &text, 0);
-    cJSON_AddNumberToObject(cJSON_GetObjectItem(bad, "params"), "n", 2);
+    cJSON *two = chat_job(jobs, "n_2", &text, 0);
+    cJSON_AddNumberToObject(cJSON_GetObjectItem(two, "params"), "n", 2);
     cJSON *stop = chat_job(jobs, "stop", &text, 1);
     cJSON_AddStringToObject(cJSON_GetObjectItem(stop, "params"), "stop", " dig");
 
@@ -379,9 +379,11 @@ int main(void) {
     CHECK(r && cJSON_IsFalse(cJSON_GetObjectItem(r, "ok")) && num(r, "status") == 401 &&
               !strcmp(str(r, "code"), "invalid_api_key"), "wrong key: status %ld code '%s'", num(r, "status"),
           str(r, "code"));
-    r = result(res, "n_2");
-    CHECK(r && cJSON_IsFalse(cJSON_GetObjectItem(r, "ok")) && num(r, "status") == 400, "n=2: status %ld '%s'",
-          num(r, "status"), str(r, "error"));
+    r = result(res, "n_2"); /* n = 2, greedy: the first choice is the answer; usage counts both choices */
+    CHECK(r && cJSON_IsTrue(cJSON_GetObjectItem(r, "ok")) && !strcmp(str(r, "content"), text.response) &&
+              num(cJSON_GetObjectItem(r, "usage"), "completion_tokens") == 2 * text.n_output,
+          "n=2: ok %d content '%s' completion tokens %ld (want '%s', %ld)", r && cJSON_IsTrue(cJSON_GetObjectItem(r, "ok")),
+          str(r, "content"), num(cJSON_GetObjectItem(r, "usage"), "completion_tokens"), text.response, 2 * (long)text.n_output);
     r = result(res, "stop"); /* the reference answer is "fa.Formsicy dig </_se ..." */
     CHECK(r && !strcmp(str(r, "content"), "fa.Formsicy") && !strcmp(str(r, "finish_reason"), "stop"),
           "stop string streamed: '%s' %s", str(r, "content"), str(r, "finish_reason"));
