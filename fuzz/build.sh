@@ -18,15 +18,15 @@ build_tokenizer() {
   echo "built $OUT/fuzz_tokenizer"
 }
 
-# ---- safetensors header parser / validator: src/model/safetensors.c + src/core
+# ---- safetensors header parser / validator: src/model/safetensors.c + the dtype table (src/kernels) + src/core
 build_safetensors() {
-  clang $CFLAGS $SAN fuzz/fuzz_safetensors.c src/model/safetensors.c src/core/*.c $LIBS -o "$OUT/fuzz_safetensors"
+  clang $CFLAGS $SAN fuzz/fuzz_safetensors.c src/model/safetensors.c src/kernels/dtype.c src/kernels/qblock.c src/kernels/convert.c src/core/*.c $LIBS -o "$OUT/fuzz_safetensors"
   echo "built $OUT/fuzz_safetensors"
 }
 
 # ---- config.json parser / validator (+ parameter count)
 build_config() {
-  clang $CFLAGS $SAN fuzz/fuzz_config.c src/model/config.c src/model/tensors.c src/model/safetensors.c src/core/*.c $LIBS -o "$OUT/fuzz_config"
+  clang $CFLAGS $SAN fuzz/fuzz_config.c src/model/config.c src/model/tensors.c src/model/safetensors.c src/kernels/dtype.c src/kernels/qblock.c src/kernels/convert.c src/core/*.c $LIBS -o "$OUT/fuzz_config"
   echo "built $OUT/fuzz_config"
 }
 

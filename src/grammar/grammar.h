@@ -10,6 +10,7 @@
 #ifndef NVLM_GRAMMAR_GRAMMAR_H
 #define NVLM_GRAMMAR_GRAMMAR_H
 #include "nvlm.h"
+#include "tokenizer/tok.h"
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -111,6 +112,7 @@ int gm_start(gmatch *m);
 /* Every token's bytes and a trie over them in depth-first order (a node's subtree is the
  * range [i, end[i])), built once per tokenizer. */
 typedef struct gvocab {
+    tok_cache cache;         /* first: the tokenizer frees the index through it (gv_free) */
     size_t n_ids;
     const uint8_t *pool;     /* the tokenizer's decode table: bytes of id in pool[off[id] .. off[id+1]) */
     const uint32_t *off;

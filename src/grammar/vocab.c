@@ -91,6 +91,7 @@ static int build_trie(gvocab *v, nvlm_err *err) {
 static gvocab *gv_build(const nvlm_tokenizer *tok, nvlm_err *err) {
     gvocab *v = calloc(1, sizeof *v);
     if (!v) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory"), NULL;
+    v->cache.free = gv_free;
     v->n_ids = tok->n_ids, v->pool = tok->dec_pool, v->off = tok->dec_off;
     v->usable = calloc(v->n_ids ? v->n_ids : 1, 1);
     if (!v->usable) {
@@ -108,14 +109,14 @@ static gvocab *gv_build(const nvlm_tokenizer *tok, nvlm_err *err) {
 
 const gvocab *gv_get(const nvlm_tokenizer *tok, nvlm_err *err) {
     nvlm_tokenizer *t = (nvlm_tokenizer *)tok; /* the index is a cache: logically const */
-    void *have = atomic_load(&t->grammar_index);
-    if (have) return have;
+    tok_cache *have = atomic_load(&t->grammar_index);
+    if (have) return (const gvocab *)have;
     gvocab *v = gv_build(tok, err);
     if (!v) return NULL;
-    void *expected = NULL;
-    if (!atomic_compare_exchange_strong(&t->grammar_index, &expected, v)) { /* another thread won */
+    tok_cache *expected = NULL;
+    if (!atomic_compare_exchange_strong(&t->grammar_index, &expected, &v->cache)) { /* another thread won */
         gv_free(v);
-        return expected;
+        return (const gvocab *)expected;
     }
     return v;
 }

@@ -55,6 +55,12 @@ typedef struct tok_added_set {
     uint8_t first[256];        /* 1 when some token starts with this byte */
 } tok_added_set;
 
+/* A cache another module hangs on the tokenizer (src/grammar's token index): its first member,
+ * so nvlm_tokenizer_free can release it through the pointer alone. */
+typedef struct tok_cache {
+    void (*free)(void *self);
+} tok_cache;
+
 struct nvlm_tokenizer {
     /* regular vocabulary: strings in str_pool, str_off[id]..str_off[id+1] (empty: no token) */
     char *str_pool;
@@ -75,7 +81,9 @@ struct nvlm_tokenizer {
     tok_added *added;
     size_t n_added;
     tok_added_set raw_set, norm_set;
-    _Atomic(void *) grammar_index; /* src/grammar's index of the token bytes, built on first use */
+    /* src/grammar's index of the token bytes, built on first use; it starts with its own free
+     * function, so the tokenizer frees it without depending on src/grammar */
+    _Atomic(tok_cache *) grammar_index;
 };
 
 /* Id of a byte-level vocabulary string, or -1. The _h form takes tok_hash_str(s, n), so

@@ -6,7 +6,6 @@
 #include "tokenizer/tok_json.h"
 #include "core/err.h"
 #include "core/file.h"
-#include "grammar/grammar.h"
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,7 +54,8 @@ void nvlm_tokenizer_free(nvlm_tokenizer *t) {
     free(t->added);
     free(t->raw_set.by_len);
     free(t->norm_set.by_len);
-    gv_free(atomic_load(&t->grammar_index));
+    tok_cache *gi = atomic_load(&t->grammar_index);
+    if (gi) gi->free(gi);
     free(t);
 }
 
