@@ -2,6 +2,7 @@
  * the run-time dispatch to the SIMD kernels (kernels/cpu.h, the pool's level).
  * Scalar: work is split over output rows; each thread expands a block of weight rows to
  * float32 once and applies it to every token, so a weight row is read once per call. */
+#include "dist/dist.h"
 #include "kernels/cpu.h"
 #include "kernels/ops.h"
 #include "kernels/qblock.h"
@@ -59,6 +60,10 @@ void nvlm_matmul_scalar(nvlm_pool *pool, float *y, const float *x, int n_tok, co
 void nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
                  const float *bias) {
     if (n_tok <= 0) return;
+    if (w->dist) {
+        nvlm_dist_matmul(pool, y, x, n_tok, w, bias);
+        return;
+    }
 #ifdef NVLM_HAVE_AVX2_KERNELS
     if (nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX2)) {
         nvlm_matmul_avx2(pool, y, x, n_tok, w, bias);
@@ -77,6 +82,10 @@ void nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvl
 void nvlm_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
                        const nvlm_wmat *const *w, const float *const *bias) {
     if (n_tok <= 0) return;
+    if (w[0]->dist) {
+        nvlm_dist_matmul_multi(pool, n_w, y, x, n_tok, w, bias);
+        return;
+    }
 #ifdef NVLM_HAVE_AVX2_KERNELS
     if (nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX2)) {
         nvlm_matmul_multi_avx2(pool, n_w, y, x, n_tok, w, bias);

@@ -4,6 +4,8 @@
  * converted once to float32. */
 #include "core/err.h"
 #include "core/file.h"
+#include "dist/dist.h"
+#include "kernels/qblock.h"
 #include "model/model.h"
 #include "model/tensors.h"
 #include <math.h>
@@ -15,6 +17,8 @@ typedef struct binder {
     nvlm_model *m;
     nvlm_err *err;
     char name[256];
+    nvlm_dist *dist;   /* a job of several ranks: matrices are read as this rank's row slice */
+    uint64_t hash;     /* what was bound (names, shapes, the vectors' bytes): ranks compare it */
 } binder;
 
 int nvlm_model_own(nvlm_model *m, void *p) {
@@ -29,24 +33,62 @@ int nvlm_model_own(nvlm_model *m, void *p) {
     return 0;
 }
 
-/* A matrix [rows, cols] used in place. */
-static int bind_mat(binder *b, nvlm_wmat *out, int rows, int cols) {
+void nvlm_model_release(nvlm_model *m, const void *p) {
+    for (int i = 0; i < m->n_owned; i++)
+        if (m->owned[i] == p) {
+            free(m->owned[i]);
+            m->owned[i] = m->owned[--m->n_owned];
+            return;
+        }
+}
+
+static void hash_tensor(binder *b, const nvlm_tensor *t) {
+    b->hash = nvlm_dist_hash(b->hash, t->name, strlen(t->name) + 1);
+    b->hash = nvlm_dist_hash(b->hash, &t->dtype, sizeof t->dtype);
+    b->hash = nvlm_dist_hash(b->hash, t->shape, sizeof t->shape[0] * (size_t)t->ndim);
+}
+
+/* This rank's rows of a split matrix, read from the file (docs/distributed.md). */
+static int read_slice(binder *b, const nvlm_tensor *t, nvlm_wmat *out, int unit) {
+    int r0, n;
+    nvlm_dist_split(out->rows, unit, nvlm_dist_rank(b->dist), nvlm_dist_size(b->dist), &r0, &n);
+    size_t rb = nvlm_row_bytes(t->dtype, out->cols), len = rb * (size_t)n;
+    void *p = nvlm_alloc_weights(len ? len : 1);
+    if (!p || nvlm_model_own(b->m, p)) {
+        free(p);
+        return nvlm_fail(b->err, NVLM_E_NOMEM, "out of memory for rows %d..%d of %s (%.1f MB)", r0, r0 + n, b->name, len / 1e6);
+    }
+    int rc = nvlm_st_read_span(b->m->st, t, rb * (size_t)r0, len, p, b->err);
+    if (rc) return nvlm_fail_prefix(b->err, "rows %d..%d: ", r0, r0 + n);
+    out->data = p;
+    out->dist = b->dist;
+    out->row0 = r0;
+    out->local_rows = n;
+    out->split_unit = unit;
+    return NVLM_OK;
+}
+
+/* A matrix [rows, cols], used in place, or only this rank's output rows in a job of several
+ * (split in units of `unit` rows: a head for q/k/v, else 32). */
+static int bind_split(binder *b, nvlm_wmat *out, int rows, int cols, int unit) {
     const nvlm_tensor *t;
     int64_t shape[2] = {rows, cols};
     int rc = nvlm_st_expect(b->m->st, b->name, 2, shape, &t, b->err);
     if (rc) return rc;
-    out->dtype = t->dtype;
-    out->rows = rows;
-    out->cols = cols;
-    out->data = t->data;
-    return NVLM_OK;
+    hash_tensor(b, t);
+    *out = (nvlm_wmat){.dtype = t->dtype, .rows = rows, .cols = cols, .data = t->data};
+    return b->dist ? read_slice(b, t, out, unit) : NVLM_OK;
 }
+
+static int bind_mat(binder *b, nvlm_wmat *out, int rows, int cols) { return bind_split(b, out, rows, cols, 32); }
 
 /* A tensor of any shape whose numel must be n, copied to float32. */
 static int bind_vec_shape(binder *b, const float **out, int ndim, const int64_t *shape) {
     const nvlm_tensor *t;
     int rc = nvlm_st_expect(b->m->st, b->name, ndim, shape, &t, b->err);
     if (rc) return rc;
+    hash_tensor(b, t);
+    b->hash = nvlm_dist_hash(b->hash, t->data, (size_t)t->nbytes);
     float *v = malloc(sizeof(float) * (size_t)t->numel);
     if (!v || nvlm_model_own(b->m, v)) {
         free(v);
@@ -75,7 +117,7 @@ static int bind_vit(binder *b) {
         const nvlm_tensor *t;
         int64_t shape[4] = {C, v->num_channels, p, p};
         if ((rc = nvlm_st_expect(m->st, b->name, 4, shape, &t, b->err))) return rc;
-        m->patch = (nvlm_wmat){t->dtype, C, v->num_channels * p * p, t->data};
+        m->patch = (nvlm_wmat){.dtype = t->dtype, .rows = C, .cols = v->num_channels * p * p, .data = t->data};
     }
     NAME("vision_model.embeddings.patch_embedding.bias");
     if ((rc = bind_vec(b, &m->patch_bias, C))) return rc;
@@ -95,7 +137,7 @@ static int bind_vit(binder *b) {
         NAME("%s.%d.norm2.weight", pre, i);
         if ((rc = bind_vec(b, &L->norm2, C))) return rc;
         NAME("%s.%d.attn.qkv.weight", pre, i);
-        if ((rc = bind_mat(b, &L->qkv, 3 * E, C))) return rc;
+        if ((rc = bind_split(b, &L->qkv, 3 * E, C, nvlm_cfg_vit_head_dim(&m->cfg)))) return rc;
         NAME("%s.%d.attn.q_norm.weight", pre, i);
         if ((rc = bind_vec(b, &L->q_norm, E))) return rc;
         NAME("%s.%d.attn.k_norm.weight", pre, i);
@@ -149,15 +191,15 @@ static int bind_llm_layer(binder *b, int i, llm_layer *L) {
     NAME("%s.%d.post_attention_layernorm.weight", pre, i);
     if ((rc = bind_vec(b, &L->post_norm, h))) return rc;
     NAME("%s.%d.self_attn.q_proj.weight", pre, i);
-    if ((rc = bind_mat(b, &L->wq, q, h))) return rc;
+    if ((rc = bind_split(b, &L->wq, q, h, d))) return rc;
     NAME("%s.%d.self_attn.q_proj.bias", pre, i);
     if ((rc = bind_vec(b, &L->bq, q))) return rc;
     NAME("%s.%d.self_attn.k_proj.weight", pre, i);
-    if ((rc = bind_mat(b, &L->wk, kv, h))) return rc;
+    if ((rc = bind_split(b, &L->wk, kv, h, d))) return rc;
     NAME("%s.%d.self_attn.k_proj.bias", pre, i);
     if ((rc = bind_vec(b, &L->bk, kv))) return rc;
     NAME("%s.%d.self_attn.v_proj.weight", pre, i);
-    if ((rc = bind_mat(b, &L->wv, kv, h))) return rc;
+    if ((rc = bind_split(b, &L->wv, kv, h, d))) return rc;
     NAME("%s.%d.self_attn.v_proj.bias", pre, i);
     if ((rc = bind_vec(b, &L->bv, kv))) return rc;
     NAME("%s.%d.self_attn.o_proj.weight", pre, i);
@@ -189,11 +231,11 @@ static int bind_xattn_block(binder *b, int k, xattn_block *X) {
     NAME("%s.%d.post_attention_layernorm.weight", pre, k);
     if ((rc = bind_vec(b, &X->post_norm, h))) return rc;
     NAME("%s.%d.cross_attn.q_proj.weight", pre, k);
-    if ((rc = bind_mat(b, &X->wq, q, h))) return rc;
+    if ((rc = bind_split(b, &X->wq, q, h, d))) return rc;
     NAME("%s.%d.cross_attn.k_proj.weight", pre, k);
-    if ((rc = bind_mat(b, &X->wk, kv, h))) return rc;
+    if ((rc = bind_split(b, &X->wk, kv, h, d))) return rc;
     NAME("%s.%d.cross_attn.v_proj.weight", pre, k);
-    if ((rc = bind_mat(b, &X->wv, kv, h))) return rc;
+    if ((rc = bind_split(b, &X->wv, kv, h, d))) return rc;
     NAME("%s.%d.cross_attn.o_proj.weight", pre, k);
     if ((rc = bind_mat(b, &X->wo, h, q))) return rc;
     NAME("%s.%d.cross_attn.q_norm.weight", pre, k);
@@ -224,8 +266,9 @@ static int bind_llm(binder *b) {
         if ((rc = bind_llm_layer(b, i, &m->llm[i]))) return rc;
     NAME("language_model.model.norm.weight");
     if ((rc = bind_vec(b, &m->final_norm, c->hidden_size))) return rc;
-    NAME(c->tie_word_embeddings ? "language_model.model.embed_tokens.weight" : "language_model.lm_head.weight");
-    if ((rc = bind_mat(b, &m->lm_head, c->vocab_size, c->hidden_size))) return rc;
+    if (c->tie_word_embeddings) m->lm_head = m->embed; /* one copy (or one slice) serves both */
+    NAME("language_model.lm_head.weight");
+    if (!c->tie_word_embeddings && (rc = bind_mat(b, &m->lm_head, c->vocab_size, c->hidden_size))) return rc;
     if (m->cfg.num_xattn > 0) {
         m->xattn = calloc((size_t)m->cfg.num_xattn, sizeof *m->xattn);
         if (!m->xattn) return nvlm_fail(b->err, NVLM_E_NOMEM, "out of memory");
@@ -269,14 +312,28 @@ static int place_weights(nvlm_model *m, const nvlm_load_options *opt, nvlm_err *
     return rc;
 }
 
-static int load_parts(nvlm_model *m, const char *dir, const nvlm_load_options *opt, nvlm_err *err) {
+/* The config's bytes into the ranks' checkpoint summary. */
+static int hash_config(const char *dir, uint64_t *hash, nvlm_err *err) {
+    char *path = nvlm_path_join(dir, "config.json"), *data = NULL;
+    size_t len = 0;
+    int rc = path ? nvlm_read_file(path, 64u << 20, &data, &len, err) : nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    if (!rc) *hash = nvlm_dist_hash(*hash, data, len);
+    free(data);
+    free(path);
+    return rc;
+}
+
+/* Everything one rank does alone (no exchange: a rank that fails here still reaches the
+ * agreement in nvlm_model_load). */
+static int load_parts(nvlm_model *m, const char *dir, const nvlm_load_options *opt, uint64_t *hash, nvlm_err *err) {
     int rc;
+    nvlm_dist *dist = opt && nvlm_dist_size(opt->dist) > 1 ? opt->dist : NULL;
     if ((rc = nvlm_config_load(dir, &m->cfg, err))) return rc;
     if (opt && opt->progress && opt->progress(opt->progress_user, "mapping checkpoint", 0, 4))
         return nvlm_fail(err, NVLM_E_CANCELLED, "loading cancelled");
     if ((rc = nvlm_st_open(dir, &m->st, err))) return rc;
     if ((rc = nvlm_check_tensors(&m->cfg, m->st, err))) return rc;
-    if ((rc = place_weights(m, opt, err))) return rc;
+    if (!dist && (rc = place_weights(m, opt, err))) return rc;
     m->vit_dummy_heads = nvlm_vit_dummy_heads(&m->cfg, m->st);
     m->vit_width = (m->cfg.vision.num_heads + m->vit_dummy_heads) * nvlm_cfg_vit_head_dim(&m->cfg);
     if (opt && opt->progress && opt->progress(opt->progress_user, "loading tokenizer", 1, 4))
@@ -287,8 +344,10 @@ static int load_parts(nvlm_model *m, const char *dir, const nvlm_load_options *o
     if ((rc = find_special(m, "<|vision_pad|>", &m->id_img_context, err))) return rc;
     if (opt && opt->progress && opt->progress(opt->progress_user, "binding weights", 2, 4))
         return nvlm_fail(err, NVLM_E_CANCELLED, "loading cancelled");
-    binder b = {.m = m, .err = err};
+    binder b = {.m = m, .err = err, .dist = dist, .hash = NVLM_DIST_HASH_INIT};
+    if (dist && (rc = hash_config(dir, &b.hash, err))) return rc;
     if ((rc = bind_vit(&b)) || (rc = bind_projector(&b)) || (rc = bind_llm(&b))) return rc;
+    *hash = b.hash;
     if ((rc = nvlm_pool_new(opt ? opt->n_threads : 0, &m->pool, err))) return rc;
     if (opt && opt->progress) opt->progress(opt->progress_user, "ready", 4, 4);
     return NVLM_OK;
@@ -299,7 +358,12 @@ int nvlm_model_load(const char *dir, const nvlm_load_options *opt, nvlm_model **
     if (!dir) return nvlm_fail(err, NVLM_E_INVALID_ARG, "no model folder given");
     nvlm_model *m = calloc(1, sizeof *m);
     if (!m) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
-    int rc = load_parts(m, dir, opt, err);
+    uint64_t hash = 0;
+    nvlm_dist *dist = opt ? opt->dist : NULL;
+    int rc = load_parts(m, dir, opt, &hash, err);
+    /* every rank reaches these exchanges whatever happened to it (a failure names its rank) */
+    rc = nvlm_dist_agree(dist, rc, err);
+    if (!rc) rc = nvlm_dist_same_checkpoint(dist, hash, dir, err);
     if (rc) {
         nvlm_model_free(m);
         return rc;

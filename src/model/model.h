@@ -76,6 +76,8 @@ struct nvlm_model {
 /* Hands a malloc'ed buffer to the model, which frees it with itself; -1 (buffer not taken) when
  * out of memory. */
 int nvlm_model_own(nvlm_model *m, void *p);
+/* Frees a buffer the model owns now (a tensor-parallel slice replaced by its quantized copy). */
+void nvlm_model_release(nvlm_model *m, const void *p);
 /* How nvlm_model_load brings `need` bytes of weights in, with `avail` bytes of MemAvailable
  * (0: unknown): NVLM_IO_READ or NVLM_IO_MMAP for io = NVLM_IO_AUTO (read under 3/4 of avail),
  * io itself otherwise; a negative status when io is not an NVLM_IO_* value, or when reading

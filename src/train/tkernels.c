@@ -8,7 +8,7 @@
 
 void nvlm_t_linear(nvlm_pool *pool, float *y, const float *x, int n, const float *W, int rows, int cols,
                    const float *b) {
-    nvlm_wmat w = {NVLM_DT_F32, rows, cols, W};
+    nvlm_wmat w = {.dtype = NVLM_DT_F32, .rows = rows, .cols = cols, .data = W};
     nvlm_matmul(pool, y, x, n, &w, b);
 }
 
