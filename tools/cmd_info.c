@@ -7,6 +7,8 @@
 #include "model/model.h"
 #include "model/tensors.h"
 #include "core/file.h"
+#include "dist/dist.h"
+#include "kernels/qblock.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,6 +101,45 @@ static void inspect_weights(const char *dir, const nvlm_config *cfg, ckpt_info *
     nvlm_st_close(st);
 }
 
+/* ---- per-rank memory under mpirun -np N (docs/distributed.md) ---- */
+
+typedef struct rank_mem {
+    const nvlm_config *cfg;
+    int ranks;
+    uint64_t bytes[2]; /* the largest rank's weights: as BF16, with the matrices at Q8_0 */
+} rank_mem;
+
+/* Each 2-D matrix is split by output rows as the loader splits it (heads for q/k/v, else 32
+ * rows; rank 0 has the most); everything else is held whole by every rank. */
+static int add_rank_share(void *user, const nvlm_tensor_spec *t) {
+    rank_mem *r = user;
+    if (r->cfg->llm.tie_word_embeddings && strstr(t->name, "lm_head")) return 0;
+    if (t->ndim != 2) {
+        r->bytes[0] += 2 * (uint64_t)t->numel, r->bytes[1] += 2 * (uint64_t)t->numel;
+        return 0;
+    }
+    int qkv = strstr(t->name, "q_proj") || strstr(t->name, "k_proj") || strstr(t->name, "v_proj");
+    int unit = strstr(t->name, "attn.qkv") ? nvlm_cfg_vit_head_dim(r->cfg) : qkv ? nvlm_cfg_head_dim(r->cfg) : 32;
+    int r0, n, cols = (int)t->shape[1];
+    nvlm_dist_split((int)t->shape[0], unit, 0, r->ranks, &r0, &n);
+    r->bytes[0] += (uint64_t)n * nvlm_row_bytes(NVLM_DT_BF16, cols);
+    r->bytes[1] += (uint64_t)n * nvlm_row_bytes(cols % 32 ? NVLM_DT_BF16 : NVLM_DT_Q8_0, cols);
+    return 0;
+}
+
+static void print_rank_memory(const nvlm_config *c, int dummy) {
+    printf("MPI:           %s\n", nvlm_dist_built() ? "built in: mpirun -np N nvlm run|bench splits the model over N ranks"
+                                                     : "not built in (install libopenmpi-dev and rebuild to run over several processes)");
+    printf("weights per rank (the largest rank's share, BF16 / Q8_0 matrices; KV cache and activations not counted):\n");
+    static const int ns[] = {1, 2, 4, 8};
+    for (int i = 0; i < 4; i++) {
+        rank_mem r = {.cfg = c, .ranks = ns[i]};
+        nvlm_expected_tensors(c, dummy, add_rank_share, &r);
+        char a[32], b[32];
+        printf("  N = %d        %12s  %12s\n", ns[i], human((double)r.bytes[0], a), human((double)r.bytes[1], b));
+    }
+}
+
 static const char *arch_words(nvlm_arch a) {
     return a == NVLM_ARCH_D ? "decoder-only" : a == NVLM_ARCH_X ? "gated cross-attention" : "hybrid";
 }
@@ -141,6 +182,7 @@ static void print_text(const char *dir, const nvlm_config *c, const nvlm_param_c
            "  Q8_0         %12s  (34 bytes per 32 weights)\n"
            "  Q4           %12s  (20 bytes per 32 weights)\n",
            human(4 * n, m[0]), human(2 * n, m[1]), human(n / 32 * 34, m[2]), human(n / 32 * 20, m[3]));
+    print_rank_memory(c, dummy);
     if (!ci->has_weights) {
         printf("checkpoint:    no weights in the folder (config only)\n");
         return;

@@ -17,7 +17,7 @@ static const command commands[] = {
     {"info", cmd_info, "architecture, parameter counts and memory of a model folder", .ranks = 0},
     {"tokenize", cmd_tokenize, "token ids of texts (Hugging Face tokenizers compatible)", .ranks = 0},
     {"preprocess", cmd_preprocess, "decode an image and cut it into NVLM tiles", .ranks = 0},
-    {"train", cmd_train, "two-stage training: align (stage 1), then fine-tune (stage 2)", .ranks = 0},
+    {"train", cmd_train, "two-stage training: align (stage 1), then fine-tune (stage 2)", .ranks = 1},
     {"plot", cmd_plot, "loss curves of training logs as an SVG chart", .ranks = 0},
     {"quantize", cmd_quantize, "write a Q8_0 / Q4 copy of a model folder", .ranks = 0},
     {"bench", cmd_bench, "kernel, machine-limit and model benchmarks", .ranks = 1},
@@ -41,7 +41,7 @@ static int run_ranks(const command *c, int argc, char **argv) {
         return 2;
     }
     if (!c->ranks) {
-        fprintf(stderr, "nvlm %s: runs as one process only (not under mpirun -np %d); across ranks: run, bench "
+        fprintf(stderr, "nvlm %s: runs as one process only (not under mpirun -np %d); across ranks: run, bench, train "
                         "(docs/distributed.md)\n", c->name, n);
         return 2;
     }

@@ -301,3 +301,40 @@ int nvlm_dist_same_checkpoint(nvlm_dist *d, uint64_t hash, const char *dir, nvlm
 #endif
     return NVLM_OK;
 }
+
+void nvlm_dist_sum_f32(nvlm_dist *d, float *v, size_t n) {
+    if (!d || d->size == 1) return;
+    double t0 = now_ms();
+    for (size_t at = 0; at < n;) {
+        int k = n - at > (1u << 30) ? 1 << 30 : (int)(n - at);
+#ifdef NVLM_HAVE_MPI
+        check_mpi(d, MPI_Reduce(d->rank == 0 ? MPI_IN_PLACE : v + at, v + at, k, MPI_FLOAT, MPI_SUM, 0, d->comm),
+                  "MPI_Reduce of gradients");
+        check_mpi(d, MPI_Bcast(v + at, k, MPI_FLOAT, 0, d->comm), "MPI_Bcast of gradients");
+#endif
+        at += (size_t)k;
+    }
+    d->stats.ms += now_ms() - t0;
+    d->stats.n_exchanges += 2;
+    d->stats.bytes_sent += sizeof(float) * n;
+    d->stats.bytes_received += sizeof(float) * n;
+}
+
+void nvlm_dist_sum_f64(nvlm_dist *d, double *v, int n) {
+    if (!d || d->size == 1) return;
+#ifdef NVLM_HAVE_MPI
+    check_mpi(d, MPI_Reduce(d->rank == 0 ? MPI_IN_PLACE : v, v, n, MPI_DOUBLE, MPI_SUM, 0, d->comm), "MPI_Reduce of sums");
+    check_mpi(d, MPI_Bcast(v, n, MPI_DOUBLE, 0, d->comm), "MPI_Bcast of sums");
+#else
+    (void)v, (void)n;
+#endif
+}
+
+int nvlm_dist_any(nvlm_dist *d, int flag) {
+    if (!d || d->size == 1) return flag;
+    int any = flag != 0;
+#ifdef NVLM_HAVE_MPI
+    check_mpi(d, MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_MAX, d->comm), "MPI_Allreduce of the stop flag");
+#endif
+    return any;
+}

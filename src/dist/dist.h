@@ -38,6 +38,14 @@ int nvlm_dist_agree(nvlm_dist *d, int rc, nvlm_err *err);
  * the config and tensor table (and the small tensors' bytes) that this rank loaded. */
 int nvlm_dist_same_checkpoint(nvlm_dist *d, uint64_t hash, const char *dir, nvlm_err *err);
 
+/* Data-parallel training: v (n values) becomes the sum over the ranks, the same bits on every
+ * rank (reduced to rank 0 in MPI's fixed order for this job size, then broadcast), so the ranks'
+ * weights never drift apart. */
+void nvlm_dist_sum_f32(nvlm_dist *d, float *v, size_t n);
+void nvlm_dist_sum_f64(nvlm_dist *d, double *v, int n);
+/* 1 on every rank when flag is set on any (a Ctrl-C seen by one rank stops them all at the same step). */
+int nvlm_dist_any(nvlm_dist *d, int flag);
+
 /* FNV-1a, 64 bits: the checkpoint summary's hash. */
 uint64_t nvlm_dist_hash(uint64_t h, const void *p, size_t n);
 #define NVLM_DIST_HASH_INIT 0xcbf29ce484222325ull

@@ -1,0 +1,261 @@
+/* Tensor parallel across MPI ranks (docs/distributed.md): every reference case (NVLM-D, -X, -H,
+ * sharded) under `mpirun -np 2` and `-np 3 --oversubscribe`, over shared memory and over TCP
+ * (--mca btl self,tcp), gives one process's prompt ids, greedy ids, response and last-prompt
+ * logits bit for bit (and the reference's, within its bounds); a rank killed mid-generation
+ * ends the job within seconds naming the rank; a rank that cannot read its checkpoint, and
+ * ranks that loaded different checkpoints, are refused at load on every rank.
+ * The program is its own MPI worker: started by mpirun it runs the cases (or a fault) as one
+ * rank. Skipped with a message when nvlm was built without MPI or mpirun is missing. */
+#include "check.h"
+#include "ref_cases.h"
+#include "core/file.h"
+#include <cjson/cJSON.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *const case_files[] = {"reference/model_cases.jsonl", "reference/model_cases_xh.jsonl"};
+
+/* One case's answer, appended to out (when not NULL) as: id, prompt ids, output ids, response,
+ * last logits; and checked against the reference. */
+static void run_case(nvlm_model *m, const cJSON *cs, FILE *out) {
+    const char *id = ref_str(cs, "id");
+    nvlm_err err = {0};
+    nvlm_chat *c = ref_case_chat(m, cs, id);
+    if (!c) return;
+    nvlm_sampling s;
+    nvlm_sampling_default(&s);
+    s.max_new_tokens = ref_int(cs, "max_new_tokens");
+    nvlm_answer a;
+    int rc = nvlm_chat_ask(c, ref_str(cs, "question"), &s, NULL, NULL, &a, &err);
+    CHECK(rc == 0, "%s: ask: %s", id, err.msg);
+    if (rc == 0) {
+        int V = nvlm_model_vocab_size(m);
+        CHECK(ref_ids_equal(cJSON_GetObjectItem(cs, "prompt_ids"), a.prompt_ids, a.n_prompt), "%s: prompt ids differ", id);
+        CHECK(ref_ids_equal(cJSON_GetObjectItem(cs, "output_ids"), a.output_ids, a.n_output), "%s: output ids differ", id);
+        CHECK(!strcmp(a.response, ref_str(cs, "response")), "%s: response differs", id);
+        char path[512];
+        snprintf(path, sizeof path, "reference/%s", ref_str(cJSON_GetObjectItem(cs, "logits"), "path"));
+        float *ref = ref_read_f32(path, (size_t)V);
+        if (ref) CHECK(ref_max_abs_diff(a.last_logits, ref, (size_t)V) <= 6e-4, "%s: logits far from the reference", id);
+        free(ref);
+        if (out) {
+            fprintf(out, "%s %zu %zu\n", id, a.n_prompt, a.n_output);
+            fwrite(a.prompt_ids, sizeof(int32_t), a.n_prompt, out);
+            fwrite(a.output_ids, sizeof(int32_t), a.n_output, out);
+            fprintf(out, "%s\n", a.response);
+            fwrite(a.last_logits, sizeof(float), (size_t)V, out);
+        }
+        nvlm_answer_free(&a);
+    }
+    nvlm_chat_free(c);
+}
+
+/* Every case of both files (first_only: the first case of each model), with the model of each
+ * loaded for dist (NULL: one process). */
+static void run_all(nvlm_dist *dist, FILE *out, int first_only) {
+    nvlm_load_options lo = {.n_threads = 1, .dist = dist};
+    for (size_t f = 0; f < sizeof case_files / sizeof case_files[0]; f++) {
+        char *text;
+        size_t len;
+        nvlm_err err = {0};
+        if (nvlm_read_file(shared_path(case_files[f]), 0, &text, &len, &err)) {
+            CHECK(0, "%s", err.msg);
+            continue;
+        }
+        nvlm_model *m = NULL;
+        char loaded[512] = "";
+        for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+            cJSON *cs = cJSON_Parse(line);
+            const char *id = ref_str(cs, "id"), *model = ref_str(cs, "model");
+            int fresh = strcmp(model, loaded) != 0;
+            if (ref_selected(id) && fresh) {
+                nvlm_model_free(m);
+                m = NULL;
+                char rel[512];
+                snprintf(rel, sizeof rel, "reference/%s", model);
+                CHECK(nvlm_model_load(shared_path(rel), &lo, &m, &err) == 0, "load %s: %s", rel, err.msg);
+                snprintf(loaded, sizeof loaded, "%s", model);
+            }
+            if (m && ref_selected(id) && (fresh || !first_only)) run_case(m, cs, out);
+            cJSON_Delete(cs);
+        }
+        nvlm_model_free(m);
+        free(text);
+    }
+}
+
+/* ---- the worker: one rank of a job started by the test ---- */
+
+static int kill_token(void *user, int32_t id, const char *text, size_t len) {
+    (void)id, (void)text, (void)len;
+    int *n = user;
+    if (++*n == 3) raise(SIGKILL); /* rank 1 dies in the middle of the generation */
+    return 0;
+}
+
+static int worker(int argc, char **argv) {
+    nvlm_dist *d = NULL;
+    nvlm_err err = {0};
+    if (nvlm_dist_init(&argc, &argv, &d, &err)) {
+        fprintf(stderr, "worker: %s\n", err.msg);
+        return 1;
+    }
+    int rank = nvlm_dist_rank(d), status = 0;
+    if (!strcmp(argv[1], "--cases")) {
+        FILE *out = rank == 0 ? fopen(argv[2], "wb") : NULL;
+        run_all(d, out, !strcmp(argv[3], "first"));
+        if (out) fclose(out);
+        char name[64];
+        snprintf(name, sizeof name, "test_dist worker rank %d", rank);
+        status = check_done(name);
+    } else if (!strcmp(argv[1], "--kill")) {
+        nvlm_load_options lo = {.n_threads = 1, .dist = d};
+        nvlm_model *m = NULL;
+        nvlm_chat *c = NULL;
+        nvlm_answer a;
+        nvlm_sampling s;
+        nvlm_sampling_default(&s);
+        s.max_new_tokens = 2000;
+        int n = 0;
+        if (nvlm_model_load(shared_path("reference/models/tiny-nvlm-d"), &lo, &m, &err) || nvlm_chat_new(m, &c, &err) ||
+            nvlm_chat_ask(c, "Count to a thousand.", &s, rank == 1 ? kill_token : NULL, &n, &a, &err))
+            printf("rank %d: %s\n", rank, err.msg);
+        status = 1; /* not reached by a healthy job: the kill ends it first */
+    } else { /* --load DIR0 DIR1: rank r loads DIRr; the load must fail on every rank */
+        nvlm_load_options lo = {.n_threads = 1, .dist = d};
+        nvlm_model *m = NULL;
+        int rc = nvlm_model_load(argv[2 + (rank > 0)], &lo, &m, &err);
+        printf("rank %d: load %s: %s\n", rank, rc ? "refused" : "accepted", err.msg);
+        fflush(stdout);
+        nvlm_model_free(m);
+        status = rc ? 0 : 1;
+    }
+    nvlm_dist_finish(d);
+    return status;
+}
+
+/* ---- the test: one process, then jobs of it ---- */
+
+static char self[4096];
+
+/* Runs `timeout 120 mpirun <args> self <wargs>`, output into out; returns the exit status and the seconds. */
+static int job(const char *args, const char *wargs, char *out, size_t cap, double *secs) {
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "timeout 120 mpirun --oversubscribe %s %s %s 2>&1", args, self, wargs);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    FILE *p = popen(cmd, "r");
+    size_t n = 0;
+    if (p) {
+        size_t k;
+        while (n + 1 < cap && (k = fread(out + n, 1, cap - 1 - n, p)) > 0) n += k;
+        char sink[4096];
+        while (fread(sink, 1, sizeof sink, p) > 0) {}
+    }
+    out[n] = 0;
+    int st = p ? pclose(p) : -1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    *secs = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+    return st == -1 ? -1 : WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static int same_file(const char *a, const char *b) {
+    char *x = NULL, *y = NULL;
+    size_t nx = 0, ny = 0;
+    nvlm_err err = {0};
+    int ok = !nvlm_read_file(a, 0, &x, &nx, &err) && !nvlm_read_file(b, 0, &y, &ny, &err) && nx == ny && nx > 0 &&
+             !memcmp(x, y, nx);
+    free(x);
+    free(y);
+    return ok;
+}
+
+/* A copy of tiny-nvlm-d in dir with config.json changed (config: a different checkpoint) or
+ * model.safetensors cut short (a rank that cannot read its shard). */
+static int damaged_copy(const char *dir, int cut_weights) {
+    char cmd[2048];
+    const char *src = shared_path("reference/models/tiny-nvlm-d");
+    snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r %s %s && %s", dir, src, dir,
+             cut_weights ? "truncate -s 100000 %s/model.safetensors" : "sed -i 's/\"rope_theta\": *[0-9.e+]*/\"rope_theta\": 12345.0/' %s/config.json");
+    char full[4096];
+    snprintf(full, sizeof full, cmd, dir);
+    return system(full);
+}
+
+int main(int argc, char **argv) {
+    if (nvlm_dist_launch_size() > 1 && argc > 3) return worker(argc, argv);
+    if (!nvlm_dist_built()) {
+        printf("test_dist: skipped: nvlm was built without MPI (install libopenmpi-dev, scripts/install-deps.sh, and rebuild)\n");
+        return check_done("test_dist");
+    }
+    if (system("command -v mpirun >/dev/null 2>&1")) {
+        printf("test_dist: skipped: no mpirun on PATH (install openmpi-bin)\n");
+        return check_done("test_dist");
+    }
+    if (!realpath(argv[0], self)) snprintf(self, sizeof self, "%s", argv[0]);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    setenv("ASAN_OPTIONS", "detect_leaks=0", 1); /* the MPI library's own allocations at exit */
+    char tmp[] = "/tmp/nvlm-test-dist-XXXXXX";
+    CHECK(mkdtemp(tmp) != NULL, "mkdtemp");
+    char one[2][4200], many[4200], wargs[4400];
+    for (int k = 0; k < 2; k++) { /* one process's answers: every case, the first case of each model */
+        snprintf(one[k], sizeof one[k], "%s/one%d.bin", tmp, k);
+        FILE *f = fopen(one[k], "wb");
+        CHECK(f != NULL, "cannot write %s", one[k]);
+        if (!f) return check_done("test_dist");
+        run_all(NULL, f, k);
+        fclose(f);
+    }
+
+    static char out[1 << 16];
+    double secs;
+    /* every case at 2 ranks; the first case of each model (D, X, H, sharded) in the other jobs:
+     * on 2 busy cores each exchange waits for a scheduling slice, so the whole set takes minutes */
+    static const struct {
+        const char *args, *what;
+        int first_only;
+    } jobs[] = {
+        {"-np 2", "2 ranks, shared memory", 0},
+        {"-np 3", "3 ranks (oversubscribed), shared memory", 1},
+        {"-np 2 --mca btl self,tcp", "2 ranks over TCP", 1},
+        {"-np 3 --mca btl self,tcp", "3 ranks over TCP", 1},
+    };
+    for (size_t j = 0; j < sizeof jobs / sizeof jobs[0]; j++) {
+        snprintf(many, sizeof many, "%s/job%zu.bin", tmp, j);
+        snprintf(wargs, sizeof wargs, "--cases %s %s", many, jobs[j].first_only ? "first" : "all");
+        int rc = job(jobs[j].args, wargs, out, sizeof out, &secs);
+        CHECK(rc == 0, "%s: exit %d:\n%s", jobs[j].what, rc, out);
+        CHECK(same_file(one[jobs[j].first_only], many), "%s: answers or logits differ from one process's", jobs[j].what);
+        printf("  %s: %s as one process (%.1f s)\n", jobs[j].what, jobs[j].first_only ? "the first case of each model" : "every case", secs);
+    }
+
+    /* a rank killed mid-generation ends the job within seconds, naming the rank */
+    int rc = job("-np 2", "--kill x x", out, sizeof out, &secs);
+    CHECK(rc != 0 && secs < 20 && strstr(out, "rank 1"), "killed rank: exit %d after %.1f s:\n%s", rc, secs, out);
+    printf("  a rank killed mid-generation: the job ended in %.1f s\n", secs);
+
+    /* a rank that cannot read its checkpoint, and ranks with different checkpoints: refused on every rank */
+    char bad[4200];
+    snprintf(bad, sizeof bad, "%s/cut", tmp);
+    CHECK(damaged_copy(bad, 1) == 0, "cannot make the damaged copy");
+    snprintf(wargs, sizeof wargs, "--load %s %s", shared_path("reference/models/tiny-nvlm-d"), bad);
+    rc = job("-np 2", wargs, out, sizeof out, &secs);
+    CHECK(rc == 0 && strstr(out, "rank 0: load refused: rank 1 of 2:") && strstr(out, "rank 1: load refused: rank 1 of 2:") &&
+              strstr(out, "model.safetensors"),
+          "unreadable shard on rank 1: exit %d:\n%s", rc, out);
+    snprintf(bad, sizeof bad, "%s/other", tmp);
+    CHECK(damaged_copy(bad, 0) == 0, "cannot make the changed copy");
+    snprintf(wargs, sizeof wargs, "--load %s %s", shared_path("reference/models/tiny-nvlm-d"), bad);
+    rc = job("-np 2", wargs, out, sizeof out, &secs);
+    CHECK(rc == 0 && strstr(out, "rank 0: load refused: rank 1 loaded a different checkpoint") &&
+              strstr(out, "rank 1: load refused: rank 1 loaded a different checkpoint"),
+          "different checkpoints: exit %d:\n%s", rc, out);
+    printf("  a rank that cannot read its checkpoint, and ranks with different checkpoints: refused on every rank\n");
+    char rm[4300];
+    snprintf(rm, sizeof rm, "rm -rf %s", tmp);
+    if (system(rm)) fprintf(stderr, "cannot remove %s\n", tmp);
+    return check_done("test_dist");
+}
