@@ -10,6 +10,7 @@
 #include "ref_cases.h"
 #include "core/file.h"
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -184,6 +185,84 @@ static int damaged_copy(const char *dir, int cut_weights) {
     return system(full);
 }
 
+/* ---- data-parallel training ---- */
+
+/* The losses of a train_log.jsonl (at most max), and whether every line says "ranks": want
+ * (want 0: any). Returns the number of losses, -1 when the file cannot be read. */
+static int read_losses(const char *path, double *loss, int max, int want, int *ranks_ok) {
+    char *text;
+    size_t len;
+    nvlm_err err = {0};
+    if (nvlm_read_file(path, 0, &text, &len, &err)) return -1;
+    int n = 0;
+    *ranks_ok = 1;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        cJSON *j = cJSON_Parse(line);
+        const cJSON *l = cJSON_GetObjectItem(j, "loss"), *r = cJSON_GetObjectItem(j, "ranks");
+        if (!cJSON_IsNumber(r) || (want && r->valueint != want)) *ranks_ok = 0;
+        if (cJSON_IsNumber(l) && n < max) loss[n++] = l->valuedouble;
+        cJSON_Delete(j);
+    }
+    free(text);
+    return n;
+}
+
+static int close_losses(const double *a, const double *b, int n) {
+    for (int i = 0; i < n; i++)
+        if (!(fabs(a[i] - b[i]) <= 1e-5 * fabs(a[i]))) return 0;
+    return 1;
+}
+
+/* nvlm train at 1 rank, at 2, and 3 steps at 2 ranks resumed at 3 ranks: the same losses
+ * within 1e-5 relative, and "ranks": N on every log line. */
+static void check_training(const char *tmp) {
+    char nvlm[4200], data[4200], cmd[16384], out[4][4300], log[4400];
+    snprintf(nvlm, sizeof nvlm, "%s", self);
+    char *slash = strrchr(nvlm, '/');
+    snprintf(slash ? slash + 1 : nvlm, sizeof nvlm - (size_t)(slash ? slash + 1 - nvlm : 0), "../nvlm");
+    if (access(nvlm, X_OK)) {
+        CHECK(0, "no nvlm binary at %s (make builds it beside the tests)", nvlm);
+        return;
+    }
+    snprintf(data, sizeof data, "%s/train.jsonl", tmp);
+    FILE *f = fopen(data, "w");
+    CHECK(f != NULL, "cannot write %s", data);
+    if (!f) return;
+    static const char *const qa[][2] = {{"What is two plus two?", "Four."}, {"Name a colour.", "Blue."}, {"Say hello.", "Hello!"},
+                                        {"What is the capital of France?", "Paris."}, {"Count to three.", "One, two, three."},
+                                        {"Name an animal.", "A cat."}, {"What day is it?", "Monday."}, {"Give a number.", "Seven."}};
+    char image[PATH_MAX];
+    if (!realpath(shared_path("reference/images/skimage_astronaut.png"), image)) snprintf(image, sizeof image, "missing");
+    for (int i = 0; i < 12; i++) {
+        if (i % 4 == 0) fprintf(f, "{\"image\": \"%s\", ", image); /* absolute: the data's folder is tmp */
+        else fprintf(f, "{");
+        fprintf(f, "\"conversations\": [{\"from\": \"human\", \"value\": \"%s%s\"}, {\"from\": \"gpt\", \"value\": \"%s\"}]}\n",
+                i % 4 == 0 ? "<image>\\n" : "", qa[i % 8][0], qa[i % 8][1]);
+    }
+    fclose(f);
+    const char *args = "--stage 2 --batch 4 --lr 1e-3 --threads 1 --max-tiles 1 --schedule constant";
+    static const char *const launch[4] = {"", "mpirun --oversubscribe -np 2", "mpirun --oversubscribe -np 2", "mpirun --oversubscribe -np 3"};
+    for (int k = 0; k < 4; k++) {
+        snprintf(out[k], sizeof out[k], "%.4000s/train%d", tmp, k < 3 ? k : 2);
+        if (k < 3) snprintf(cmd, sizeof cmd, "timeout 120 %s %.1000s train --model %.1000s --data %.1000s --out %.1000s --steps %d %s >/dev/null 2>&1", launch[k], nvlm,
+                            shared_path("reference/models/tiny-nvlm-d"), data, out[k], k == 2 ? 3 : 6, args);
+        else snprintf(cmd, sizeof cmd, "timeout 120 %s %.1000s train --resume %.1000s --data %.1000s --out %.1000s --steps 6 %s >/dev/null 2>&1", launch[k], nvlm,
+                      out[k], data, out[k], args);
+        CHECK(system(cmd) == 0, "training run %d failed: %s", k, cmd);
+    }
+    double l[3][8];
+    int n[3], ok[3];
+    for (int k = 0; k < 3; k++) {
+        snprintf(log, sizeof log, "%.4000s/train_log.jsonl", out[k]);
+        n[k] = read_losses(log, l[k], 8, k == 0 ? 1 : k == 1 ? 2 : 0, &ok[k]);
+    }
+    CHECK(n[0] == 6 && ok[0], "one process: %d losses, ranks %s", n[0], ok[0] ? "1" : "missing");
+    CHECK(n[1] == 6 && ok[1] && close_losses(l[0], l[1], 6), "2 ranks: %d losses (ranks: 2 on every line: %d), not one process's", n[1], ok[1]);
+    CHECK(n[2] == 6 && ok[2] && close_losses(l[0], l[2], 6), "2 ranks resumed at 3: %d losses, not one process's", n[2]);
+    CHECK(n[0] == 6 && l[0][5] < l[0][0], "training does not learn: %g -> %g", l[0][0], l[0][5]);
+    printf("  training: 2 ranks, and 2 resumed at 3, follow one process's losses within 1e-5 (%.4f -> %.4f)\n", l[0][0], l[0][5]);
+}
+
 int main(int argc, char **argv) {
     if (nvlm_dist_launch_size() > 1 && argc > 3) return worker(argc, argv);
     if (!nvlm_dist_built()) {
@@ -254,6 +333,7 @@ int main(int argc, char **argv) {
               strstr(out, "rank 1: load refused: rank 1 loaded a different checkpoint"),
           "different checkpoints: exit %d:\n%s", rc, out);
     printf("  a rank that cannot read its checkpoint, and ranks with different checkpoints: refused on every rank\n");
+    check_training(tmp);
     char rm[4300];
     snprintf(rm, sizeof rm, "rm -rf %s", tmp);
     if (system(rm)) fprintf(stderr, "cannot remove %s\n", tmp);
