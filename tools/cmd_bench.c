@@ -3,6 +3,7 @@
  * engine end to end: ViT ms per tile, prompt tokens/s, generation tokens/s, peak RSS, at 1
  * and N threads. docs/performance.md explains the figures. */
 #include "cli_model.h"
+#include "dist/dist.h"
 #include "kernels/cpu.h"
 #include "kernels/ops.h"
 #include "kernels/peak.h"
@@ -214,7 +215,7 @@ static int bench_model(const bench_opts *o, const int *nts, int n_pools, const l
         double vit = 1e30, spent = 0, t0;
         int rc = px && emb ? 0 : -1, runs = 0;
         nvlm_dist_reset_stats(dist);
-        for (; !rc && runs < 3 && (spent < 10 || ranks > 1); runs++) { /* ranks: the same count on each */
+        for (; !rc && runs < 3 && !nvlm_dist_any(dist, spent >= 10); runs++) { /* ranks agree on the count */
             t0 = nvlm_bench_clock(o->cpu_clock, nts[i]);
             rc = nvlm_encode_tiles(m, px, o->tiles, emb, &err);
             double t = nvlm_bench_clock(o->cpu_clock, nts[i]) - t0;

@@ -109,8 +109,8 @@ typedef struct rank_mem {
     uint64_t bytes[2]; /* the largest rank's weights: as BF16, with the matrices at Q8_0 */
 } rank_mem;
 
-/* Each 2-D matrix is split by output rows as the loader splits it (heads for q/k/v, else 32
- * rows; rank 0 has the most); everything else is held whole by every rank. */
+/* Each 2-D matrix is split by output rows as the loader splits it (nvlm_tensor_split_unit;
+ * rank 0 has the most); everything else is held whole by every rank. */
 static int add_rank_share(void *user, const nvlm_tensor_spec *t) {
     rank_mem *r = user;
     if (r->cfg->llm.tie_word_embeddings && strstr(t->name, "lm_head")) return 0;
@@ -118,10 +118,8 @@ static int add_rank_share(void *user, const nvlm_tensor_spec *t) {
         r->bytes[0] += 2 * (uint64_t)t->numel, r->bytes[1] += 2 * (uint64_t)t->numel;
         return 0;
     }
-    int qkv = strstr(t->name, "q_proj") || strstr(t->name, "k_proj") || strstr(t->name, "v_proj");
-    int unit = strstr(t->name, "attn.qkv") ? nvlm_cfg_vit_head_dim(r->cfg) : qkv ? nvlm_cfg_head_dim(r->cfg) : 32;
     int r0, n, cols = (int)t->shape[1];
-    nvlm_dist_split((int)t->shape[0], unit, 0, r->ranks, &r0, &n);
+    nvlm_dist_split((int)t->shape[0], nvlm_tensor_split_unit(r->cfg, t->name), 0, r->ranks, &r0, &n);
     r->bytes[0] += (uint64_t)n * nvlm_row_bytes(NVLM_DT_BF16, cols);
     r->bytes[1] += (uint64_t)n * nvlm_row_bytes(cols % 32 ? NVLM_DT_BF16 : NVLM_DT_Q8_0, cols);
     return 0;

@@ -33,13 +33,14 @@ int nvlm_model_own(nvlm_model *m, void *p) {
     return 0;
 }
 
-void nvlm_model_release(nvlm_model *m, const void *p) {
+int nvlm_model_release(nvlm_model *m, const void *p) {
     for (int i = 0; i < m->n_owned; i++)
         if (m->owned[i] == p) {
             free(m->owned[i]);
             m->owned[i] = m->owned[--m->n_owned];
-            return;
+            return 1;
         }
+    return 0;
 }
 
 static void hash_tensor(binder *b, const nvlm_tensor *t) {
@@ -48,13 +49,21 @@ static void hash_tensor(binder *b, const nvlm_tensor *t) {
     b->hash = nvlm_dist_hash(b->hash, t->shape, sizeof t->shape[0] * (size_t)t->ndim);
 }
 
-/* This rank's rows of a split matrix, read from the file (docs/distributed.md). */
+enum { SLICE_ALIGN = 64 };
+
+static size_t slice_span(size_t len) { return (len + SLICE_ALIGN - 1) / SLICE_ALIGN * SLICE_ALIGN; }
+
+/* This rank's rows of a split matrix, read from the file into the slice arena (docs/distributed.md). */
 static int read_slice(binder *b, const nvlm_tensor *t, nvlm_wmat *out, int unit) {
     int r0, n;
     nvlm_dist_split(out->rows, unit, nvlm_dist_rank(b->dist), nvlm_dist_size(b->dist), &r0, &n);
     size_t rb = nvlm_row_bytes(t->dtype, out->cols), len = rb * (size_t)n;
-    void *p = nvlm_alloc_weights(len ? len : 1);
-    if (!p || nvlm_model_own(b->m, p)) {
+    nvlm_model *m = b->m;
+    void *p = NULL;
+    if (m->slice_used + slice_span(len) <= m->slices.len) { /* sized beforehand: always, unless the files lied */
+        p = m->slice_mem + m->slice_used;
+        m->slice_used += slice_span(len);
+    } else if (!(p = nvlm_alloc_weights(len ? len : 1)) || nvlm_model_own(m, p)) {
         free(p);
         return nvlm_fail(b->err, NVLM_E_NOMEM, "out of memory for rows %d..%d of %s (%.1f MB)", r0, r0 + n, b->name, len / 1e6);
     }
@@ -68,19 +77,44 @@ static int read_slice(binder *b, const nvlm_tensor *t, nvlm_wmat *out, int unit)
     return NVLM_OK;
 }
 
-/* A matrix [rows, cols], used in place, or only this rank's output rows in a job of several
- * (split in units of `unit` rows: a head for q/k/v, else 32). */
-static int bind_split(binder *b, nvlm_wmat *out, int rows, int cols, int unit) {
+/* A matrix [rows, cols], used in place, or only this rank's output rows in a job of several. */
+static int bind_mat(binder *b, nvlm_wmat *out, int rows, int cols) {
     const nvlm_tensor *t;
     int64_t shape[2] = {rows, cols};
     int rc = nvlm_st_expect(b->m->st, b->name, 2, shape, &t, b->err);
     if (rc) return rc;
     hash_tensor(b, t);
     *out = (nvlm_wmat){.dtype = t->dtype, .rows = rows, .cols = cols, .data = t->data};
-    return b->dist ? read_slice(b, t, out, unit) : NVLM_OK;
+    return b->dist ? read_slice(b, t, out, nvlm_tensor_split_unit(&b->m->cfg, b->name)) : NVLM_OK;
 }
 
-static int bind_mat(binder *b, nvlm_wmat *out, int rows, int cols) { return bind_split(b, out, rows, cols, 32); }
+typedef struct arena_size {
+    const nvlm_model *m;
+    int rank, size;
+    size_t need;
+} arena_size;
+
+static int add_slice(void *user, const nvlm_tensor_spec *s) {
+    arena_size *a = user;
+    const nvlm_tensor *t = nvlm_st_find(a->m->st, s->name);
+    if (s->ndim != 2 || !t || (a->m->cfg.llm.tie_word_embeddings && !strcmp(s->suffix, "lm_head.weight"))) return 0;
+    int r0, n;
+    nvlm_dist_split((int)s->shape[0], nvlm_tensor_split_unit(&a->m->cfg, s->name), a->rank, a->size, &r0, &n);
+    a->need += slice_span(nvlm_row_bytes(t->dtype, s->shape[1]) * (size_t)n);
+    return 0;
+}
+
+/* One anonymous arena (on huge pages where allowed) for all of this rank's slices, as the
+ * one-process read puts a file's tensors in one: separate 2 MiB-rounded buffers would waste
+ * up to 2 MiB per matrix. */
+static int make_slice_arena(nvlm_model *m, nvlm_dist *dist, nvlm_err *err) {
+    arena_size a = {.m = m, .rank = nvlm_dist_rank(dist), .size = nvlm_dist_size(dist)};
+    nvlm_expected_tensors(&m->cfg, m->vit_dummy_heads, add_slice, &a);
+    if (!a.need) return NVLM_OK;
+    int rc = nvlm_map_anon(a.need, &m->slices, &m->slice_mem, "this rank's weight rows", err);
+    return rc ? nvlm_fail(err, rc, "not enough memory for this rank's %.1f MB of weights: use more ranks or --weights q8_0|q4 "
+                          "from an nvlm quantize folder", a.need / 1e6) : NVLM_OK;
+}
 
 /* A tensor of any shape whose numel must be n, copied to float32. */
 static int bind_vec_shape(binder *b, const float **out, int ndim, const int64_t *shape) {
@@ -137,7 +171,7 @@ static int bind_vit(binder *b) {
         NAME("%s.%d.norm2.weight", pre, i);
         if ((rc = bind_vec(b, &L->norm2, C))) return rc;
         NAME("%s.%d.attn.qkv.weight", pre, i);
-        if ((rc = bind_split(b, &L->qkv, 3 * E, C, nvlm_cfg_vit_head_dim(&m->cfg)))) return rc;
+        if ((rc = bind_mat(b, &L->qkv, 3 * E, C))) return rc;
         NAME("%s.%d.attn.q_norm.weight", pre, i);
         if ((rc = bind_vec(b, &L->q_norm, E))) return rc;
         NAME("%s.%d.attn.k_norm.weight", pre, i);
@@ -191,15 +225,15 @@ static int bind_llm_layer(binder *b, int i, llm_layer *L) {
     NAME("%s.%d.post_attention_layernorm.weight", pre, i);
     if ((rc = bind_vec(b, &L->post_norm, h))) return rc;
     NAME("%s.%d.self_attn.q_proj.weight", pre, i);
-    if ((rc = bind_split(b, &L->wq, q, h, d))) return rc;
+    if ((rc = bind_mat(b, &L->wq, q, h))) return rc;
     NAME("%s.%d.self_attn.q_proj.bias", pre, i);
     if ((rc = bind_vec(b, &L->bq, q))) return rc;
     NAME("%s.%d.self_attn.k_proj.weight", pre, i);
-    if ((rc = bind_split(b, &L->wk, kv, h, d))) return rc;
+    if ((rc = bind_mat(b, &L->wk, kv, h))) return rc;
     NAME("%s.%d.self_attn.k_proj.bias", pre, i);
     if ((rc = bind_vec(b, &L->bk, kv))) return rc;
     NAME("%s.%d.self_attn.v_proj.weight", pre, i);
-    if ((rc = bind_split(b, &L->wv, kv, h, d))) return rc;
+    if ((rc = bind_mat(b, &L->wv, kv, h))) return rc;
     NAME("%s.%d.self_attn.v_proj.bias", pre, i);
     if ((rc = bind_vec(b, &L->bv, kv))) return rc;
     NAME("%s.%d.self_attn.o_proj.weight", pre, i);
@@ -231,11 +265,11 @@ static int bind_xattn_block(binder *b, int k, xattn_block *X) {
     NAME("%s.%d.post_attention_layernorm.weight", pre, k);
     if ((rc = bind_vec(b, &X->post_norm, h))) return rc;
     NAME("%s.%d.cross_attn.q_proj.weight", pre, k);
-    if ((rc = bind_split(b, &X->wq, q, h, d))) return rc;
+    if ((rc = bind_mat(b, &X->wq, q, h))) return rc;
     NAME("%s.%d.cross_attn.k_proj.weight", pre, k);
-    if ((rc = bind_split(b, &X->wk, kv, h, d))) return rc;
+    if ((rc = bind_mat(b, &X->wk, kv, h))) return rc;
     NAME("%s.%d.cross_attn.v_proj.weight", pre, k);
-    if ((rc = bind_split(b, &X->wv, kv, h, d))) return rc;
+    if ((rc = bind_mat(b, &X->wv, kv, h))) return rc;
     NAME("%s.%d.cross_attn.o_proj.weight", pre, k);
     if ((rc = bind_mat(b, &X->wo, h, q))) return rc;
     NAME("%s.%d.cross_attn.q_norm.weight", pre, k);
@@ -345,8 +379,9 @@ static int load_parts(nvlm_model *m, const char *dir, const nvlm_load_options *o
     if (opt && opt->progress && opt->progress(opt->progress_user, "binding weights", 2, 4))
         return nvlm_fail(err, NVLM_E_CANCELLED, "loading cancelled");
     binder b = {.m = m, .err = err, .dist = dist, .hash = NVLM_DIST_HASH_INIT};
-    if (dist && (rc = hash_config(dir, &b.hash, err))) return rc;
+    if (dist && ((rc = hash_config(dir, &b.hash, err)) || (rc = make_slice_arena(m, dist, err)))) return rc;
     if ((rc = bind_vit(&b)) || (rc = bind_projector(&b)) || (rc = bind_llm(&b))) return rc;
+    if (m->slices.data) nvlm_seal_anon(&m->slices);
     *hash = b.hash;
     if ((rc = nvlm_pool_new(opt ? opt->n_threads : 0, &m->pool, err))) return rc;
     if (opt && opt->progress) opt->progress(opt->progress_user, "ready", 4, 4);
@@ -383,6 +418,7 @@ void nvlm_model_free(nvlm_model *m) {
     free(m->xattn);
     nvlm_tokenizer_free(m->tok);
     nvlm_st_close(m->st);
+    nvlm_unmap_file(&m->slices);
     nvlm_config_free(&m->cfg);
     free(m);
 }

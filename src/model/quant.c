@@ -104,7 +104,7 @@ static int quant_one(qctx *q, nvlm_wmat *w, const char *name) {
     }
     const nvlm_tensor *t = nvlm_st_find(q->m->st, name);
     if (t && t->data == w->data) release_mapping(w->data, before); /* only the file mapping */
-    else if (w->dist) nvlm_model_release(q->m, w->data); /* the rank's slice read at load */
+    else if (w->dist && !nvlm_model_release(q->m, w->data)) release_mapping(w->data, before); /* the rank's slice */
     w->data = d;
     w->dtype = to;
     q->rep->n_quantized++;
