@@ -19,8 +19,8 @@
 static const char *const case_files[] = {"reference/model_cases.jsonl", "reference/model_cases_xh.jsonl"};
 
 /* One case's answer, appended to out (when not NULL) as: id, prompt ids, output ids, response,
- * last logits; and checked against the reference. */
-static void run_case(nvlm_model *m, const cJSON *cs, FILE *out) {
+ * last logits; and checked against the reference (against_ref: the weights as stored). */
+static void run_case(nvlm_model *m, const cJSON *cs, FILE *out, int against_ref) {
     const char *id = ref_str(cs, "id");
     nvlm_err err = {0};
     nvlm_chat *c = ref_case_chat(m, cs, id);
@@ -31,8 +31,8 @@ static void run_case(nvlm_model *m, const cJSON *cs, FILE *out) {
     nvlm_answer a;
     int rc = nvlm_chat_ask(c, ref_str(cs, "question"), &s, NULL, NULL, &a, &err);
     CHECK(rc == 0, "%s: ask: %s", id, err.msg);
-    if (rc == 0) {
-        int V = nvlm_model_vocab_size(m);
+    int V = nvlm_model_vocab_size(m);
+    if (rc == 0 && against_ref) {
         CHECK(ref_ids_equal(cJSON_GetObjectItem(cs, "prompt_ids"), a.prompt_ids, a.n_prompt), "%s: prompt ids differ", id);
         CHECK(ref_ids_equal(cJSON_GetObjectItem(cs, "output_ids"), a.output_ids, a.n_output), "%s: output ids differ", id);
         CHECK(!strcmp(a.response, ref_str(cs, "response")), "%s: response differs", id);
@@ -41,6 +41,8 @@ static void run_case(nvlm_model *m, const cJSON *cs, FILE *out) {
         float *ref = ref_read_f32(path, (size_t)V);
         if (ref) CHECK(ref_max_abs_diff(a.last_logits, ref, (size_t)V) <= 6e-4, "%s: logits far from the reference", id);
         free(ref);
+    }
+    if (rc == 0) {
         if (out) {
             fprintf(out, "%s %zu %zu\n", id, a.n_prompt, a.n_output);
             fwrite(a.prompt_ids, sizeof(int32_t), a.n_prompt, out);
@@ -55,7 +57,7 @@ static void run_case(nvlm_model *m, const cJSON *cs, FILE *out) {
 
 /* Every case of both files (first_only: the first case of each model), with the model of each
  * loaded for dist (NULL: one process). */
-static void run_all(nvlm_dist *dist, FILE *out, int first_only) {
+static void run_all(nvlm_dist *dist, FILE *out, int first_only, int weights) {
     nvlm_load_options lo = {.n_threads = 1, .dist = dist};
     for (size_t f = 0; f < sizeof case_files / sizeof case_files[0]; f++) {
         char *text;
@@ -76,10 +78,11 @@ static void run_all(nvlm_dist *dist, FILE *out, int first_only) {
                 m = NULL;
                 char rel[512];
                 snprintf(rel, sizeof rel, "reference/%s", model);
-                CHECK(nvlm_model_load(shared_path(rel), &lo, &m, &err) == 0, "load %s: %s", rel, err.msg);
+                CHECK(nvlm_model_load(shared_path(rel), &lo, &m, &err) == 0 && nvlm_model_quantize(m, weights, &err) == 0,
+                      "load %s: %s", rel, err.msg);
                 snprintf(loaded, sizeof loaded, "%s", model);
             }
-            if (m && ref_selected(id) && (fresh || !first_only)) run_case(m, cs, out);
+            if (m && ref_selected(id) && (fresh || !first_only)) run_case(m, cs, out, weights == NVLM_WEIGHTS_STORED);
             cJSON_Delete(cs);
         }
         nvlm_model_free(m);
@@ -106,7 +109,7 @@ static int worker(int argc, char **argv) {
     int rank = nvlm_dist_rank(d), status = 0;
     if (!strcmp(argv[1], "--cases")) {
         FILE *out = rank == 0 ? fopen(argv[2], "wb") : NULL;
-        run_all(d, out, !strcmp(argv[3], "first"));
+        run_all(d, out, strcmp(argv[3], "all") != 0, !strcmp(argv[3], "first-q8") ? NVLM_WEIGHTS_Q8_0 : NVLM_WEIGHTS_STORED);
         if (out) fclose(out);
         char name[64];
         snprintf(name, sizeof name, "test_dist worker rank %d", rank);
@@ -279,13 +282,13 @@ int main(int argc, char **argv) {
     setenv("ASAN_OPTIONS", "detect_leaks=0", 1); /* the MPI library's own allocations at exit */
     char tmp[] = "/tmp/nvlm-test-dist-XXXXXX";
     CHECK(mkdtemp(tmp) != NULL, "mkdtemp");
-    char one[2][4200], many[4200], wargs[4400];
-    for (int k = 0; k < 2; k++) { /* one process's answers: every case, the first case of each model */
+    char one[3][4200], many[4200], wargs[4400];
+    for (int k = 0; k < 3; k++) { /* one process's answers: every case, the first of each model, the same at Q8_0 */
         snprintf(one[k], sizeof one[k], "%s/one%d.bin", tmp, k);
         FILE *f = fopen(one[k], "wb");
         CHECK(f != NULL, "cannot write %s", one[k]);
         if (!f) return check_done("test_dist");
-        run_all(NULL, f, k);
+        run_all(NULL, f, k > 0, k == 2 ? NVLM_WEIGHTS_Q8_0 : NVLM_WEIGHTS_STORED);
         fclose(f);
     }
 
@@ -295,20 +298,23 @@ int main(int argc, char **argv) {
      * on 2 busy cores each exchange waits for a scheduling slice, so the whole set takes minutes */
     static const struct {
         const char *args, *what;
-        int first_only;
+        int set; /* 0 every case, 1 the first case of each model, 2 those at --weights q8_0 */
     } jobs[] = {
         {"-np 2", "2 ranks, shared memory", 0},
         {"-np 3", "3 ranks (oversubscribed), shared memory", 1},
         {"-np 2 --mca btl self,tcp", "2 ranks over TCP", 1},
         {"-np 3 --mca btl self,tcp", "3 ranks over TCP", 1},
+        {"-np 3", "3 ranks, weights quantized to Q8_0 at load", 2},
     };
+    static const char *const set_arg[3] = {"all", "first", "first-q8"};
+    static const char *const set_what[3] = {"every case", "the first case of each model", "the first case of each model"};
     for (size_t j = 0; j < sizeof jobs / sizeof jobs[0]; j++) {
         snprintf(many, sizeof many, "%s/job%zu.bin", tmp, j);
-        snprintf(wargs, sizeof wargs, "--cases %s %s", many, jobs[j].first_only ? "first" : "all");
+        snprintf(wargs, sizeof wargs, "--cases %s %s", many, set_arg[jobs[j].set]);
         int rc = job(jobs[j].args, wargs, out, sizeof out, &secs);
         CHECK(rc == 0, "%s: exit %d:\n%s", jobs[j].what, rc, out);
-        CHECK(same_file(one[jobs[j].first_only], many), "%s: answers or logits differ from one process's", jobs[j].what);
-        printf("  %s: %s as one process (%.1f s)\n", jobs[j].what, jobs[j].first_only ? "the first case of each model" : "every case", secs);
+        CHECK(same_file(one[jobs[j].set], many), "%s: answers or logits differ from one process's", jobs[j].what);
+        printf("  %s: %s as one process (%.1f s)\n", jobs[j].what, set_what[jobs[j].set], secs);
     }
 
     /* a rank killed mid-generation ends the job within seconds, naming the rank */

@@ -29,6 +29,8 @@ static void usage(FILE *f) {
                "NVLM 1.0 vision-language models (NVLM-D, -X, -H) in C.\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-11s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\nUnder mpirun -np N, run, bench and train use N processes (docs/distributed.md)%s.\n",
+            nvlm_dist_built() ? "" : "; this build has no MPI");
 }
 
 /* Under mpirun: join the job, let rank 0 alone write stdout, and end the whole job when a rank
