@@ -67,6 +67,7 @@ static double now_ms(void) {
 }
 
 void nvlm_dist_abort(nvlm_dist *d, int status, const char *msg) {
+    (void)status; /* without MPI: no job to end with it */
     fprintf(stderr, "nvlm: rank %d of %d: %s; ending the job\n", nvlm_dist_rank(d), nvlm_dist_size(d), msg);
     fflush(stderr);
 #ifdef NVLM_HAVE_MPI
@@ -267,6 +268,7 @@ void nvlm_dist_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, cons
 _Static_assert(sizeof(float) == sizeof(uint32_t), "floats are exchanged as 32-bit patterns");
 
 void nvlm_dist_combine_owned(nvlm_dist *d, float *v, size_t n) {
+    (void)v;
     if (!d || d->size == 1) return;
     if (n > INT_MAX) nvlm_dist_abort(d, 1, "an embedding exchange of more than 2^31 values");
     double t0 = now_ms();
@@ -286,6 +288,7 @@ typedef struct load_status {
 } load_status;
 
 int nvlm_dist_agree(nvlm_dist *d, int rc, nvlm_err *err) {
+    (void)err;
     if (!d || d->size == 1) return rc;
 #ifdef NVLM_HAVE_MPI
     load_status mine = {.rc = rc}, *all = calloc((size_t)d->size, sizeof *all);
@@ -323,6 +326,7 @@ int nvlm_dist_same_checkpoint(nvlm_dist *d, uint64_t hash, const char *dir, nvlm
 }
 
 void nvlm_dist_sum_f32(nvlm_dist *d, float *v, size_t n) {
+    (void)v;
     if (!d || d->size == 1) return;
     double t0 = now_ms();
     for (size_t at = 0; at < n;) {
