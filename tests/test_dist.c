@@ -9,6 +9,9 @@
 #include "check.h"
 #include "ref_cases.h"
 #include "core/file.h"
+#include "dist/dist.h"
+#include "kernels/cpu.h"
+#include "kernels/qblock.h"
 #include <cjson/cJSON.h>
 #include <limits.h>
 #include <signal.h>
@@ -188,6 +191,79 @@ static int damaged_copy(const char *dir, int cut_weights) {
     return system(full);
 }
 
+/* ---- in one process: the row split, and products on a slice equal the full product's columns ---- */
+
+static void check_split(void) {
+    static const int rows[] = {0, 1, 31, 32, 77, 12288, 151936}, units[] = {1, 7, 32, 128};
+    int bad = 0;
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        for (size_t u = 0; u < sizeof units / sizeof units[0]; u++)
+            for (int size = 1; size <= 9; size++) {
+                int next = 0, lo = 1 << 30, hi = 0;
+                for (int r = 0; r < size; r++) {
+                    int r0, n;
+                    nvlm_dist_split(rows[i], units[u], r, size, &r0, &n);
+                    bad += r0 != next || n < 0 || (r0 % units[u] && n);
+                    next = r0 + n;
+                    if (r0 + n < rows[i]) lo = n < lo ? n : lo, hi = n > hi ? n : hi; /* the last rank may be clipped */
+                }
+                bad += next != rows[i] || (hi > lo && hi - lo > units[u]);
+            }
+    CHECK(bad == 0, "nvlm_dist_split: %d slices not contiguous, not covering or unbalanced", bad);
+}
+
+/* At every kernel level: y computed on row slices (cut as ranks cut them) has the bits of the
+ * full product's columns, for every weight format, for generation (1 token) and prompt shapes. */
+static void check_slices(void) {
+    static const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4};
+    enum { N = 77, K = 96, T = 40 };
+    nvlm_pool *pool = NULL;
+    nvlm_err err = {0};
+    CHECK(nvlm_pool_new(2, &pool, &err) == 0, "pool: %s", err.msg);
+    float *x = malloc(sizeof(float) * T * K), *wf = malloc(sizeof(float) * N * K), *bias = malloc(sizeof(float) * N);
+    float *full = malloc(sizeof(float) * T * N), *part = malloc(sizeof(float) * T * N);
+    uint8_t *wd = malloc(nvlm_row_bytes(NVLM_DT_F32, K) * N);
+    if (!pool || !x || !wf || !bias || !full || !part || !wd) {
+        CHECK(0, "out of memory");
+        goto done;
+    }
+    uint32_t st = 12345;
+    for (int i = 0; i < T * K; i++) x[i] = (float)((st = st * 1664525u + 1013904223u) >> 8) / (1 << 24) - 0.5f;
+    for (int i = 0; i < N * K; i++) wf[i] = (float)((st = st * 1664525u + 1013904223u) >> 8) / (1 << 23) - 1.0f;
+    for (int i = 0; i < N; i++) bias[i] = 0.01f * (float)i;
+    int n_levels, bad = 0, tried = 0;
+    const int *levels = nvlm_cpu_levels(&n_levels);
+    for (int li = 0; li < n_levels; li++) {
+        if (!nvlm_cpu_level_usable(levels[li])) continue;
+        nvlm_pool_set_level(pool, levels[li]);
+        for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
+            size_t rb = nvlm_row_bytes(dts[d], K);
+            for (int r = 0; r < N; r++) nvlm_row_from_f32(wd + rb * r, wf + (size_t)r * K, dts[d], K);
+            nvlm_wmat w = {.dtype = dts[d], .rows = N, .cols = K, .data = wd};
+            static const int toks[] = {1, 5, T};
+            for (int ti = 0; ti < 3; ti++) {
+                int n_tok = toks[ti];
+                nvlm_matmul(pool, full, x, n_tok, &w, bias);
+                for (int size = 2; size <= 3; size++)
+                    for (int unit = 7; unit <= 32; unit += 25)
+                        for (int rank = 0; rank < size; rank++) {
+                            int r0, n;
+                            nvlm_dist_split(N, unit, rank, size, &r0, &n);
+                            nvlm_wmat s = {.dtype = dts[d], .rows = n, .cols = K, .data = wd + rb * r0};
+                            nvlm_matmul(pool, part, x, n_tok, &s, bias + r0);
+                            for (int t = 0; t < n_tok; t++)
+                                bad += memcmp(part + (size_t)t * n, full + (size_t)t * N + r0, sizeof(float) * n) != 0;
+                            tried++;
+                        }
+            }
+        }
+    }
+    CHECK(bad == 0, "%d of %d slice products differ from the full product's columns", bad, tried);
+done:
+    free(x), free(wf), free(bias), free(full), free(part), free(wd);
+    nvlm_pool_free(pool);
+}
+
 /* ---- data-parallel training ---- */
 
 /* The losses of a train_log.jsonl (at most max), and whether every line says "ranks": want
@@ -268,6 +344,8 @@ static void check_training(const char *tmp) {
 
 int main(int argc, char **argv) {
     if (nvlm_dist_launch_size() > 1 && argc > 3) return worker(argc, argv);
+    check_split();
+    check_slices();
     if (!nvlm_dist_built()) {
         printf("test_dist: skipped: nvlm was built without MPI (install libopenmpi-dev, scripts/install-deps.sh, and rebuild)\n");
         return check_done("test_dist");
