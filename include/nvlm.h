@@ -179,6 +179,13 @@ typedef struct nvlm_dist_stats {
     uint64_t bytes_received;
     double ms;              /* wall time inside the collectives (includes waiting for slower ranks) */
 } nvlm_dist_stats;
+/* Rank 0's *len bytes at *data (a line typed, an image file; *len -1: none, e.g. end of input)
+ * to every rank: on the others *len is set and *data becomes a malloc'ed copy with a NUL byte
+ * after it (NULL for -1). What lets rank 0 alone read the input while the others follow. A rank
+ * out of memory ends the job. No-op for NULL or a job of one. */
+void nvlm_dist_bcast_bytes(nvlm_dist *d, char **data, int64_t *len);
+/* 1 on every rank when flag is set on any rank (e.g. Ctrl-C seen by rank 0). */
+int nvlm_dist_any(nvlm_dist *d, int flag);
 void nvlm_dist_get_stats(const nvlm_dist *d, nvlm_dist_stats *out);
 void nvlm_dist_reset_stats(nvlm_dist *d);
 

@@ -264,6 +264,40 @@ done:
     nvlm_pool_free(pool);
 }
 
+/* ---- nvlm chat: rank 0 reads the input and hands each line (and image file) to the others ---- */
+
+static int nvlm_binary(char *out, size_t cap) {
+    snprintf(out, cap, "%s", self);
+    char *slash = strrchr(out, '/');
+    snprintf(slash ? slash + 1 : out, cap - (size_t)(slash ? slash + 1 - out : 0), "../nvlm");
+    return access(out, X_OK) == 0;
+}
+
+static void check_chat(const char *tmp) {
+    char nvlm[4200], in[4200], cmd[16384], outs[3][4200];
+    if (!nvlm_binary(nvlm, sizeof nvlm)) {
+        CHECK(0, "no nvlm binary at %s (make builds it beside the tests)", nvlm);
+        return;
+    }
+    char image[PATH_MAX];
+    if (!realpath(shared_path("reference/images/skimage_astronaut.png"), image)) snprintf(image, sizeof image, "missing");
+    snprintf(in, sizeof in, "%.4000s/chat.in", tmp);
+    FILE *f = fopen(in, "w");
+    CHECK(f != NULL, "cannot write %s", in);
+    if (!f) return;
+    fprintf(f, "/image %s\nDescribe the image.\n/image %s/absent.png\nAnd once more?\n\n/quit\n", image, tmp);
+    fclose(f);
+    static const char *const launch[3] = {"", "mpirun --oversubscribe -np 2", "mpirun --oversubscribe -np 3 --mca btl self,tcp"};
+    for (int k = 0; k < 3; k++) {
+        snprintf(outs[k], sizeof outs[k], "%.4000s/chat%d.out", tmp, k);
+        snprintf(cmd, sizeof cmd, "timeout 120 %s %.1000s chat --model %.1000s -n 10 -t 1 -q <%.1000s >%.1000s 2>/dev/null", launch[k], nvlm,
+                 shared_path("reference/models/tiny-nvlm-d"), in, outs[k]);
+        CHECK(system(cmd) == 0, "chat %d failed: %s", k, cmd);
+    }
+    CHECK(same_file(outs[0], outs[1]) && same_file(outs[0], outs[2]), "nvlm chat at 2 and 3 ranks answers unlike one process");
+    printf("  nvlm chat (an image, a missing image, two questions) at 2 and 3 ranks answers as one process\n");
+}
+
 /* ---- data-parallel training ---- */
 
 /* The losses of a train_log.jsonl (at most max), and whether every line says "ranks": want
@@ -296,10 +330,7 @@ static int close_losses(const double *a, const double *b, int n) {
  * within 1e-5 relative, and "ranks": N on every log line. */
 static void check_training(const char *tmp) {
     char nvlm[4200], data[4200], cmd[16384], out[4][4300], log[4400];
-    snprintf(nvlm, sizeof nvlm, "%s", self);
-    char *slash = strrchr(nvlm, '/');
-    snprintf(slash ? slash + 1 : nvlm, sizeof nvlm - (size_t)(slash ? slash + 1 - nvlm : 0), "../nvlm");
-    if (access(nvlm, X_OK)) {
+    if (!nvlm_binary(nvlm, sizeof nvlm)) {
         CHECK(0, "no nvlm binary at %s (make builds it beside the tests)", nvlm);
         return;
     }
@@ -418,6 +449,7 @@ int main(int argc, char **argv) {
               strstr(out, "rank 1: load refused: rank 1 loaded a different checkpoint"),
           "different checkpoints: exit %d:\n%s", rc, out);
     printf("  a rank that cannot read its checkpoint, and ranks with different checkpoints: refused on every rank\n");
+    check_chat(tmp);
     check_training(tmp);
     char rm[4300];
     snprintf(rm, sizeof rm, "rm -rf %s", tmp);

@@ -362,3 +362,23 @@ int nvlm_dist_any(nvlm_dist *d, int flag) {
 #endif
     return any;
 }
+
+void nvlm_dist_bcast_bytes(nvlm_dist *d, char **data, int64_t *len) {
+    if (!d || d->size == 1) return;
+#ifdef NVLM_HAVE_MPI
+    check_mpi(d, MPI_Bcast(len, 1, MPI_INT64_T, 0, d->comm), "MPI_Bcast of a length");
+    if (*len < 0) {
+        if (d->rank) *data = NULL;
+        return;
+    }
+    if (d->rank && !(*data = malloc((size_t)*len + 1))) nvlm_dist_abort(d, 1, "out of memory receiving rank 0's input");
+    for (int64_t at = 0; at < *len;) {
+        int k = *len - at > (1 << 30) ? 1 << 30 : (int)(*len - at);
+        check_mpi(d, MPI_Bcast(*data + at, k, MPI_BYTE, 0, d->comm), "MPI_Bcast of rank 0's input");
+        at += k;
+    }
+    if (d->rank) (*data)[*len] = 0;
+#else
+    (void)data, (void)len;
+#endif
+}

@@ -43,8 +43,6 @@ int nvlm_dist_same_checkpoint(nvlm_dist *d, uint64_t hash, const char *dir, nvlm
  * weights never drift apart. */
 void nvlm_dist_sum_f32(nvlm_dist *d, float *v, size_t n);
 void nvlm_dist_sum_f64(nvlm_dist *d, double *v, int n);
-/* 1 on every rank when flag is set on any (a Ctrl-C seen by one rank stops them all at the same step). */
-int nvlm_dist_any(nvlm_dist *d, int flag);
 
 /* FNV-1a, 64 bits: the checkpoint summary's hash. */
 uint64_t nvlm_dist_hash(uint64_t h, const void *p, size_t n);
