@@ -273,6 +273,31 @@ static int nvlm_binary(char *out, size_t cap) {
     return access(out, X_OK) == 0;
 }
 
+/* nvlm info says whether MPI is in and gives each rank's share for N = 1, 2, 4, 8, shrinking with N. */
+static void check_info(void) {
+    char nvlm[4200], cmd[8400];
+    if (!nvlm_binary(nvlm, sizeof nvlm)) return;
+    snprintf(cmd, sizeof cmd, "%.4000s info --model %.4000s --json", nvlm, shared_path("reference/models/tiny-nvlm-d"));
+    FILE *p = popen(cmd, "r");
+    static char out[1 << 16];
+    size_t n = p ? fread(out, 1, sizeof out - 1, p) : 0;
+    out[n] = 0;
+    if (p) pclose(p);
+    cJSON *j = cJSON_Parse(out), *per = cJSON_GetObjectItem(j, "weights_per_rank_bytes");
+    double prev = 1e300;
+    int ok = cJSON_IsBool(cJSON_GetObjectItem(j, "mpi")) && cJSON_IsTrue(cJSON_GetObjectItem(j, "mpi")) == nvlm_dist_built();
+    for (int r = 1; r <= 8; r *= 2) {
+        char key[8];
+        snprintf(key, sizeof key, "%d", r);
+        const cJSON *e = cJSON_GetObjectItem(cJSON_GetObjectItem(per, key), "bf16");
+        ok = ok && cJSON_IsNumber(e) && e->valuedouble < prev;
+        prev = cJSON_IsNumber(e) ? e->valuedouble : 0;
+    }
+    CHECK(ok, "nvlm info --json: no mpi flag or per-rank weights for N = 1, 2, 4, 8:\n%s", out);
+    printf("  nvlm info: MPI %s, each rank's share of the weights for N = 1, 2, 4, 8\n", nvlm_dist_built() ? "in" : "out");
+    cJSON_Delete(j);
+}
+
 static void check_chat(const char *tmp) {
     char nvlm[4200], in[4200], cmd[16384], outs[3][4200];
     if (!nvlm_binary(nvlm, sizeof nvlm)) {
@@ -375,8 +400,10 @@ static void check_training(const char *tmp) {
 
 int main(int argc, char **argv) {
     if (nvlm_dist_launch_size() > 1 && argc > 3) return worker(argc, argv);
+    if (!realpath(argv[0], self)) snprintf(self, sizeof self, "%s", argv[0]);
     check_split();
     check_slices();
+    check_info();
     if (!nvlm_dist_built()) {
         printf("test_dist: skipped: nvlm was built without MPI (install libopenmpi-dev, scripts/install-deps.sh, and rebuild)\n");
         return check_done("test_dist");
@@ -385,7 +412,6 @@ int main(int argc, char **argv) {
         printf("test_dist: skipped: no mpirun on PATH (install openmpi-bin)\n");
         return check_done("test_dist");
     }
-    if (!realpath(argv[0], self)) snprintf(self, sizeof self, "%s", argv[0]);
     setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
     setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
     setenv("ASAN_OPTIONS", "detect_leaks=0", 1); /* the MPI library's own allocations at exit */

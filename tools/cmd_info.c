@@ -252,6 +252,14 @@ static void print_json(const char *dir, const nvlm_config *c, const nvlm_param_c
     printf(" \"memory_bytes_approx\": {\"f32\": %llu, \"bf16\": %llu, \"q8_0\": %llu, \"q4\": %llu},\n",
            (unsigned long long)(4 * n), (unsigned long long)(2 * n), (unsigned long long)((n + 31) / 32 * 34),
            (unsigned long long)((n + 31) / 32 * 20));
+    printf(" \"mpi\": %s, \"weights_per_rank_bytes\": {", nvlm_dist_built() ? "true" : "false");
+    for (int r = 1; r <= 8; r *= 2) {
+        rank_mem rm = {.cfg = c, .ranks = r};
+        nvlm_expected_tensors(c, dummy, add_rank_share, &rm);
+        printf("%s\"%d\": {\"bf16\": %llu, \"q8_0\": %llu}", r > 1 ? ", " : "", r, (unsigned long long)rm.bytes[0],
+               (unsigned long long)rm.bytes[1]);
+    }
+    printf("},\n");
     printf(" \"checkpoint\": {\"weights\": %s, \"sharded\": %s, \"loadable\": %s, \"valid\": %s",
            ci->has_weights ? "true" : "false", ci->sharded ? "true" : "false", ci->opened ? "true" : "false",
            ci->valid ? "true" : "false");
