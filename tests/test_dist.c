@@ -287,7 +287,7 @@ static void check_info(void) {
     double prev = 1e300;
     int ok = cJSON_IsBool(cJSON_GetObjectItem(j, "mpi")) && cJSON_IsTrue(cJSON_GetObjectItem(j, "mpi")) == nvlm_dist_built();
     for (int r = 1; r <= 8; r *= 2) {
-        char key[8];
+        char key[16];
         snprintf(key, sizeof key, "%d", r);
         const cJSON *e = cJSON_GetObjectItem(cJSON_GetObjectItem(per, key), "bf16");
         ok = ok && cJSON_IsNumber(e) && e->valuedouble < prev;
