@@ -12,6 +12,21 @@ PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 CFLAGS   := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g $(OPT) -Iinclude -Isrc $(PKG_CFLAGS) $(EXTRA_CFLAGS)
 LDLIBS   := $(PKG_LIBS) -lm -lpthread
+# MPI (docs/distributed.md): Open MPI through pkg-config, else whatever `mpicc` wraps (MPICH).
+# NVLM_MPI=0 builds without it.
+NVLM_MPI ?= 1
+ifeq ($(NVLM_MPI),1)
+MPI_CFLAGS := $(shell pkg-config --exists ompi-c 2>/dev/null && pkg-config --cflags ompi-c)
+MPI_LIBS   := $(shell pkg-config --exists ompi-c 2>/dev/null && pkg-config --libs ompi-c)
+ifeq ($(MPI_LIBS),)
+MPI_CFLAGS := $(shell command -v mpicc >/dev/null 2>&1 && mpicc -show 2>/dev/null | tr ' ' '\n' | grep '^-I' | tr '\n' ' ')
+MPI_LIBS   := $(shell command -v mpicc >/dev/null 2>&1 && mpicc -show 2>/dev/null | tr ' ' '\n' | grep -E '^-(L|l|Wl)' | tr '\n' ' ')
+endif
+ifneq ($(MPI_LIBS),)
+CFLAGS   += -DNVLM_HAVE_MPI $(MPI_CFLAGS)
+LDLIBS   += $(MPI_LIBS)
+endif
+endif
 ifeq ($(SAN),1)
 CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS  += -fsanitize=address,undefined

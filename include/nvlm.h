@@ -157,6 +157,44 @@ void nvlm_tiles_normalize(const uint8_t *tiles_rgb, int n_tiles, int size, float
 
 typedef struct nvlm_model nvlm_model;
 
+/* ------------------------------------------------ several processes (docs/distributed.md) */
+
+/* One MPI job's view of itself: under `mpirun -np N`, a model loaded with it holds only this
+ * rank's share of every large matrix (tensor parallel, all-gather: the same results as one
+ * process). One forward pass at a time per job; every rank makes the same calls. */
+typedef struct nvlm_dist nvlm_dist;
+/* 1 when this build has MPI support (NVLM_HAVE_MPI). */
+int nvlm_dist_built(void);
+/* The job size a launcher announced in the environment (OMPI_COMM_WORLD_SIZE, PMI_SIZE,
+ * PMIX_RANK > 0 counts as 2); 1 when the process was not started by mpirun / mpiexec. */
+int nvlm_dist_launch_size(void);
+/* Joins the job (MPI_Init, then a private communicator whose errors return to nvlm, which
+ * ends the whole job with a message naming the rank). Refused in a build without MPI. */
+int nvlm_dist_init(int *argc, char ***argv, nvlm_dist **out, nvlm_err *err);
+/* Leaves the job normally (MPI_Finalize) and frees d. NULL does nothing. */
+void nvlm_dist_finish(nvlm_dist *d);
+/* Ends every rank of the job now (MPI_Abort) with this exit status after printing msg with the
+ * rank on stderr; what a rank does when it cannot go on while the others wait for it. */
+void nvlm_dist_abort(nvlm_dist *d, int status, const char *msg);
+int nvlm_dist_rank(const nvlm_dist *d);   /* 0 for NULL */
+int nvlm_dist_size(const nvlm_dist *d);   /* 1 for NULL */
+/* Traffic of the tensor-parallel exchanges since the job started (or the last reset). */
+typedef struct nvlm_dist_stats {
+    uint64_t n_exchanges;   /* collective calls */
+    uint64_t bytes_sent;    /* this rank's payload bytes */
+    uint64_t bytes_received;
+    double ms;              /* wall time inside the collectives (includes waiting for slower ranks) */
+} nvlm_dist_stats;
+/* Rank 0's *len bytes at *data (a line typed, an image file; *len -1: none, e.g. end of input)
+ * to every rank: on the others *len is set and *data becomes a malloc'ed copy with a NUL byte
+ * after it (NULL for -1). What lets rank 0 alone read the input while the others follow. A rank
+ * out of memory ends the job. No-op for NULL or a job of one. */
+void nvlm_dist_bcast_bytes(nvlm_dist *d, char **data, int64_t *len);
+/* 1 on every rank when flag is set on any rank (e.g. Ctrl-C seen by rank 0). */
+int nvlm_dist_any(nvlm_dist *d, int flag);
+void nvlm_dist_get_stats(const nvlm_dist *d, nvlm_dist_stats *out);
+void nvlm_dist_reset_stats(nvlm_dist *d);
+
 /* Progress of a long operation: done/total in arbitrary units, what in words.
  * Return non-zero to cancel. */
 typedef int (*nvlm_progress_fn)(void *user, const char *what, uint64_t done, uint64_t total);
@@ -183,6 +221,8 @@ typedef struct nvlm_load_options {
     void *progress_user;
     int weights_io;               /* NVLM_IO_*; 0 = AUTO */
     int compute;                  /* NVLM_COMPUTE_*; 0 = F32 */
+    nvlm_dist *dist;              /* NULL: the whole model; a job of N > 1: this rank's share,
+                                     read from the files (weights_io is then ignored) */
 } nvlm_load_options;
 
 /* Loads a Hugging Face NVLM folder (config.json, safetensors, tokenizer). */

@@ -160,7 +160,7 @@ static void test_gemm(nvlm_pool *p1, nvlm_pool *p3, int level) {
                     int M = Ms[a], N = Ns[b], K = Ks[c];
                     if (K == 1100 && N > 33) continue;
                     uint8_t *wd = make_weights(dts[d], N, K);
-                    nvlm_wmat w = {dts[d], N, K, wd + 2};
+                    nvlm_wmat w = {.dtype = dts[d], .rows = N, .cols = K, .data = wd + 2};
                     float *x = make_x(M, K), *bias = malloc(sizeof(float) * N);
                     for (int o = 0; o < N; o++) bias[o] = frand();
                     const float *bs = (b + c) % 2 ? bias : NULL;
@@ -191,7 +191,7 @@ static void test_dispatch(nvlm_pool *p3) {
     float *x = make_x(M, K);
     for (int i = 0; i < 3; i++) {
         wd[i] = make_weights(i == 1 ? NVLM_DT_F32 : NVLM_DT_BF16, Ns[i], K);
-        w[i] = (nvlm_wmat){i == 1 ? NVLM_DT_F32 : NVLM_DT_BF16, Ns[i], K, wd[i] + 2};
+        w[i] = (nvlm_wmat){.dtype = i == 1 ? NVLM_DT_F32 : NVLM_DT_BF16, .rows = Ns[i], .cols = K, .data = wd[i] + 2};
         wp[i] = &w[i];
         y[i] = malloc(sizeof(float) * M * Ns[i]), ref[i] = malloc(sizeof(float) * M * Ns[i]);
         bias[i] = malloc(sizeof(float) * Ns[i]);

@@ -81,7 +81,7 @@ static void test_float_path(nvlm_pool *p1, nvlm_pool *p3, int level) {
                 if (nvlm_dtype_is_block(dt) && K % NVLM_QK) continue;
                 if (K == 4864 && N > 13) continue; /* keeps the test short */
                 void *wd = make_weights(dt, N, K);
-                nvlm_wmat w = {dt, N, K, wd};
+                nvlm_wmat w = {.dtype = dt, .rows = N, .cols = K, .data = wd};
                 float *x = make_x(3, K), *bias = malloc(sizeof(float) * N);
                 for (int o = 0; o < N; o++) bias[o] = frand();
                 float *ref = malloc(sizeof(float) * 3 * N), *y1 = malloc(sizeof(float) * 3 * N);
@@ -132,7 +132,7 @@ static void test_int8_path(nvlm_pool *p1, nvlm_pool *p3) {
                 int N = Ns[a], K = Ks[b];
                 if (K > 896 && N > 5) continue;
                 void *wd = make_weights(dt, N, K);
-                nvlm_wmat w = {dt, N, K, wd};
+                nvlm_wmat w = {.dtype = dt, .rows = N, .cols = K, .data = wd};
                 float *x = make_x(3, K), *y1 = malloc(sizeof(float) * 3 * N), *y3 = malloc(sizeof(float) * 3 * N);
                 nvlm_block_q8a *xq = malloc(sizeof(nvlm_block_q8a) * (K / NVLM_QK));
                 size_t rb = nvlm_row_bytes(dt, K);
@@ -181,7 +181,7 @@ static void test_int8_exact(nvlm_pool *p1, nvlm_pool *p3, int level) {
                 int N = Ns[a], K = Ks[b];
                 if (K > 896 && N > 17) continue;
                 void *wd = make_weights(dt, N, K);
-                nvlm_wmat w = {dt, N, K, wd};
+                nvlm_wmat w = {.dtype = dt, .rows = N, .cols = K, .data = wd};
                 float *x = make_x(3, K), *y1 = malloc(sizeof(float) * 3 * N), *y3 = malloc(sizeof(float) * 3 * N);
                 float *ref = malloc(sizeof(float) * 3 * N), *bias = malloc(sizeof(float) * N);
                 for (int o = 0; o < N; o++) bias[o] = frand();
@@ -226,7 +226,7 @@ static void test_int8_gemm(nvlm_pool *p1, nvlm_pool *p3, int level) {
                 nvlm_dtype dt = dts[d];
                 int N = Ns[a], K = Ks[b], T = Ts[(a + b) % 3];
                 void *wd = make_weights(dt, N, K);
-                nvlm_wmat w = {dt, N, K, wd};
+                nvlm_wmat w = {.dtype = dt, .rows = N, .cols = K, .data = wd};
                 float *x = make_x(T, K), *y1 = malloc(sizeof(float) * T * N), *y3 = malloc(sizeof(float) * T * N);
                 float *ref = malloc(sizeof(float) * T * N), *bias = malloc(sizeof(float) * N);
                 for (int o = 0; o < N; o++) bias[o] = frand();
@@ -262,7 +262,7 @@ static void test_threads_large(nvlm_pool *p1, nvlm_pool *p3) {
     for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
         int N = 4099, K = 896;
         void *wd = make_weights(dts[d], N, K);
-        nvlm_wmat w = {dts[d], N, K, wd};
+        nvlm_wmat w = {.dtype = dts[d], .rows = N, .cols = K, .data = wd};
         float *x = make_x(1, K), *y1 = malloc(sizeof(float) * N), *y3 = malloc(sizeof(float) * N);
         nvlm_matmul(p1, y1, x, 1, &w, NULL, NULL);
         nvlm_matmul(p3, y3, x, 1, &w, NULL, NULL);
@@ -279,7 +279,7 @@ static void test_many_tokens(nvlm_pool *p1, nvlm_pool *p3) {
     const int N = 70, K = 5504, T = 16;
     for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
         void *wd = make_weights(dts[d], N, K);
-        nvlm_wmat w = {dts[d], N, K, wd};
+        nvlm_wmat w = {.dtype = dts[d], .rows = N, .cols = K, .data = wd};
         float *x = make_x(T, K), *y1 = malloc(sizeof(float) * T * N), *y3 = malloc(sizeof(float) * T * N);
         float *yt = malloc(sizeof(float) * N), *bias = malloc(sizeof(float) * N);
         for (int o = 0; o < N; o++) bias[o] = frand();

@@ -49,7 +49,7 @@ static void test_matmul(nvlm_pool *p1, nvlm_pool *p3, int level) {
             if (nvlm_dtype_is_block(dt) && K % NVLM_QK) continue;
             float *wf = rand_vec((size_t)N * K, 0.5f), *x = rand_vec((size_t)T * K, 1.0f), *bias = rand_vec((size_t)N, 1.0f);
             void *wd = make_weights(dt, wf, N, K);
-            nvlm_wmat w = {dt, N, K, wd};
+            nvlm_wmat w = {.dtype = dt, .rows = N, .cols = K, .data = wd};
             float *ref = malloc(sizeof(float) * T * N), *y1 = malloc(sizeof(float) * T * N), *y3 = malloc(sizeof(float) * T * N);
             nvlm_matmul_scalar(p1, ref, x, T, &w, bias, NULL);
             /* the default keeps x in float32; the int8-activation option (llama.cpp's way) rounds x
@@ -107,7 +107,7 @@ static void test_matmul_multi(nvlm_pool *p1, nvlm_pool *p3) {
             float *wf = rand_vec((size_t)N[i] * K, 0.5f);
             nvlm_dtype dt = i == 1 ? NVLM_DT_Q8_0 : NVLM_DT_F16;
             wd[i] = make_weights(dt, wf, N[i], K);
-            w[i] = (nvlm_wmat){dt, N[i], K, wd[i]};
+            w[i] = (nvlm_wmat){.dtype = dt, .rows = N[i], .cols = K, .data = wd[i]};
             ref[i] = malloc(sizeof(float) * T * N[i]), y1[i] = malloc(sizeof(float) * T * N[i]);
             y3[i] = malloc(sizeof(float) * T * N[i]);
             nvlm_matmul(p1, ref[i], x, T, &w[i], i == 1 ? NULL : bias, NULL);
@@ -142,7 +142,7 @@ static void test_matmul_multi_at(nvlm_pool *p1, nvlm_pool *p3, int level) {
             float *wf = rand_vec((size_t)N[i] * K, 0.5f);
             nvlm_dtype dt = i == 1 ? NVLM_DT_BF16 : i == 2 ? NVLM_DT_F32 : NVLM_DT_F16;
             wd[i] = make_weights(dt, wf, N[i], K);
-            w[i] = (nvlm_wmat){dt, N[i], K, wd[i]};
+            w[i] = (nvlm_wmat){.dtype = dt, .rows = N[i], .cols = K, .data = wd[i]};
             ref[i] = malloc(sizeof(float) * T * N[i]), y1[i] = malloc(sizeof(float) * T * N[i]);
             y3[i] = malloc(sizeof(float) * T * N[i]), y2[i] = malloc(sizeof(float) * T * N[i]);
             nvlm_matmul(p1, ref[i], x, T, &w[i], i == 1 ? NULL : bias, NULL);
@@ -177,7 +177,7 @@ static void test_matmul_nomem(nvlm_pool *p, int level) {
 #if !defined(__SANITIZE_ADDRESS__)
     float y = 123.0f, x = 0;
     uint16_t wd = 0;
-    nvlm_wmat w = {NVLM_DT_BF16, 1, 1 << 28, &wd}; /* never read */
+    nvlm_wmat w = {.dtype = NVLM_DT_BF16, .rows = 1, .cols = 1 << 28, .data = &wd}; /* never read */
     nvlm_err err = {0};
     CHECK(nvlm_matmul(p, &y, &x, 1 << 20, &w, NULL, &err) == NVLM_E_NOMEM && y == 123.0f && err.msg[0],
           "%s matmul without memory for its buffers: not refused", nvlm_cpu_level_name(level));

@@ -5,8 +5,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+/* The MPI job this process belongs to (NULL: a single process); set once by main. */
+static nvlm_dist *g_dist;
+
+nvlm_dist *cli_dist(void) { return g_dist; }
+void cli_set_dist(nvlm_dist *d) { g_dist = d; }
+
 int cli_report(const char *cmd, const nvlm_err *err) {
-    fprintf(stderr, "nvlm %s: %s\n", cmd, err && err->msg[0] ? err->msg : "failed");
+    if (nvlm_dist_size(g_dist) > 1)
+        fprintf(stderr, "nvlm %s (rank %d of %d): %s\n", cmd, nvlm_dist_rank(g_dist), nvlm_dist_size(g_dist),
+                err && err->msg[0] ? err->msg : "failed");
+    else fprintf(stderr, "nvlm %s: %s\n", cmd, err && err->msg[0] ? err->msg : "failed");
     return 1;
 }
 

@@ -16,7 +16,12 @@ int cmd_serve(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_plot(int argc, char **argv);
 
-/* Prints "nvlm <cmd>: <message>" (from err) on stderr; returns 1 (the exit status). */
+/* The MPI job of `mpirun -np N nvlm ...` (docs/distributed.md), NULL for one process. */
+nvlm_dist *cli_dist(void);
+void cli_set_dist(nvlm_dist *d);
+
+/* Prints "nvlm <cmd>: <message>" (from err) on stderr, with the rank in a job of several;
+ * returns 1 (the exit status). */
 int cli_report(const char *cmd, const nvlm_err *err);
 /* Prints "nvlm <cmd>: <printf message>" on stderr; returns 2 (usage error). */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

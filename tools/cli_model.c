@@ -181,8 +181,10 @@ static int check_weights(const nvlm_model *m, nvlm_err *err) {
 int cli_load_model(const char *cmd, const cli_model_opts *o, nvlm_model **m) {
     if (!o->model_dir) return cli_usage_error(cmd, "--model DIR is required");
     progress_line line = {"", -1};
-    nvlm_load_options lo = {.n_threads = o->threads, .progress = o->quiet ? NULL : show_progress, .progress_user = &line,
-                            .weights_io = cli_weights_io(o->weights_io, o->weights), .compute = o->compute};
+    int quiet = o->quiet || nvlm_dist_rank(cli_dist()) > 0; /* rank 0 speaks for the job */
+    nvlm_load_options lo = {.n_threads = o->threads, .progress = quiet ? NULL : show_progress, .progress_user = &line,
+                            .weights_io = cli_weights_io(o->weights_io, o->weights), .compute = o->compute,
+                            .dist = cli_dist()};
     nvlm_err err = {0};
     if (nvlm_model_load(o->model_dir, &lo, m, &err)) return cli_report(cmd, &err);
     if ((o->check_weights && check_weights(*m, &err)) || nvlm_model_quantize(*m, o->weights, &err) ||
@@ -203,6 +205,16 @@ int cli_chat_new(const char *cmd, const cli_model_opts *o, nvlm_model *m, nvlm_c
 }
 
 void cli_print_timings(const nvlm_answer *a) {
+    nvlm_dist *d = cli_dist();
+    if (nvlm_dist_rank(d) > 0) return;
+    if (nvlm_dist_size(d) > 1) {
+        nvlm_dist_stats s;
+        nvlm_dist_get_stats(d, &s);
+        size_t toks = a->n_prompt - a->n_prompt_reused + a->n_output;
+        fprintf(stderr, "nvlm: %d ranks: %llu exchanges, %.1f MB received by rank 0 in %.1f ms (%.1f KB, %.2f ms per token)\n",
+                nvlm_dist_size(d), (unsigned long long)s.n_exchanges, s.bytes_received / 1e6, s.ms,
+                toks ? s.bytes_received / 1e3 / toks : 0.0, toks ? s.ms / toks : 0.0);
+    }
     size_t computed = a->n_prompt - a->n_prompt_reused;
     fprintf(stderr, "nvlm: vit %.1f ms | prompt %zu tokens (%zu reused from the last turn) %.1f ms (%.1f tok/s) | "
                     "generated %zu tokens %.1f ms (%.1f tok/s)\n",

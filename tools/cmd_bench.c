@@ -3,6 +3,7 @@
  * engine end to end: ViT ms per tile, prompt tokens/s, generation tokens/s, peak RSS, at 1
  * and N threads. docs/performance.md explains the figures. */
 #include "cli_model.h"
+#include "dist/dist.h"
 #include "kernels/cpu.h"
 #include "kernels/ops.h"
 #include "kernels/peak.h"
@@ -138,7 +139,7 @@ static void bench_kernels(const bench_opts *o, nvlm_pool **pools, const int *nts
     printf("\n");
     for (size_t d = 0; d < 5; d++) {
         void *wd = rand_matrix(dts[d], N, K);
-        nvlm_wmat w = {dts[d], N, K, wd};
+        nvlm_wmat w = {.dtype = dts[d], .rows = N, .cols = K, .data = wd};
         printf("%-6s", nvlm_dtype_name(dts[d]));
         for (int i = 0; i < n_pools; i++) {
             double t = time_matmul(o, pools[i], &w, x, M, y, 3), gf = 2.0 * M * N * K / t / 1e9;
@@ -152,7 +153,7 @@ static void bench_kernels(const bench_opts *o, nvlm_pool **pools, const int *nts
     for (size_t d = 0; d < 5; d++) {
         void *wd = rand_matrix(dts[d], GN, GK);
         if (!wd) continue;
-        nvlm_wmat w = {dts[d], GN, GK, wd};
+        nvlm_wmat w = {.dtype = dts[d], .rows = GN, .cols = GK, .data = wd};
         double bytes = (double)nvlm_row_bytes(dts[d], GK) * GN;
         printf("%-6s", nvlm_dtype_name(dts[d]));
         for (int i = 0; i < n_pools; i++) {
@@ -190,18 +191,29 @@ static nvlm_span *token_weights(const nvlm_model *m, int *n) {
     for (int l = 0; l < L; l++) {
         const llm_layer *y = &m->llm[l];
         const nvlm_wmat *ws[] = {&y->wq, &y->wk, &y->wv, &y->wo, &y->gate, &y->up, &y->down};
-        for (int k = 0; k < 7; k++) s[(*n)++] = (nvlm_span){ws[k]->data, nvlm_row_bytes(ws[k]->dtype, ws[k]->cols) * (size_t)ws[k]->rows};
+        for (int k = 0; k < 7; k++) s[(*n)++] = (nvlm_span){ws[k]->data, nvlm_row_bytes(ws[k]->dtype, ws[k]->cols) * (size_t)nvlm_wmat_held_rows(ws[k])};
     }
-    s[(*n)++] = (nvlm_span){m->lm_head.data, nvlm_row_bytes(m->lm_head.dtype, m->lm_head.cols) * (size_t)m->lm_head.rows};
+    s[(*n)++] = (nvlm_span){m->lm_head.data, nvlm_row_bytes(m->lm_head.dtype, m->lm_head.cols) * (size_t)nvlm_wmat_held_rows(&m->lm_head)};
     return s;
+}
+
+/* The tensor-parallel exchanges of a phase, per unit of work (nothing for one process). */
+static void print_comm(const nvlm_dist *d, const char *phase, double units, const char *unit) {
+    if (nvlm_dist_size(d) < 2 || units <= 0) return;
+    nvlm_dist_stats s;
+    nvlm_dist_get_stats(d, &s);
+    printf("    %s exchanges: %.1f per %s, %.1f KB sent + %.1f KB received per %s, %.3f ms per %s in MPI\n", phase,
+           s.n_exchanges / units, unit, s.bytes_sent / 1e3 / units, s.bytes_received / 1e3 / units, unit, s.ms / units, unit);
 }
 
 /* Returns the exit status: 1 after printing the first error. */
 static int bench_model(const bench_opts *o, const int *nts, int n_pools, const limits *lim) {
     int status = 0;
     for (int i = 0; i < n_pools && !status; i++) {
+        nvlm_dist *dist = cli_dist(); /* under mpirun: this rank's share, and the exchanges counted */
+        int ranks = nvlm_dist_size(dist);
         nvlm_load_options lo = {.n_threads = nts[i], .weights_io = cli_weights_io(o->weights_io, o->weights),
-                                .compute = o->compute};
+                                .compute = o->compute, .dist = dist};
         nvlm_model *m = NULL;
         nvlm_err err = {0};
         double t_load = nvlm_bench_clock(0, 1);
@@ -216,11 +228,12 @@ static int bench_model(const bench_opts *o, const int *nts, int n_pools, const l
         for (int k = 0; k < n_span; k++) wbytes += (double)spans[k].n;
         const int S = m->cfg.image_size, h = m->cfg.llm.hidden_size, V = m->cfg.llm.vocab_size;
         const int per_tile = nvlm_cfg_tokens_per_tile(&m->cfg);
-        printf("\nmodel %s, %d thread(s), weights %s, compute %s:\n", o->model, nts[i],
+        printf("\nmodel %s, %d rank(s) x %d thread(s), weights %s, compute %s:\n", o->model, ranks, nts[i],
                o->weights == NVLM_WEIGHTS_Q8_0 ? "q8_0" : o->weights == NVLM_WEIGHTS_Q4 ? "q4" : "as stored",
                o->compute == NVLM_COMPUTE_BF16 ? "bf16" : "f32");
         t_load = nvlm_bench_clock(0, 1) - t_load;
         if (o->weights != NVLM_WEIGHTS_STORED) printf("  loaded and quantized in %.2f s (untimed)\n", t_load);
+        else if (ranks > 1) printf("  this rank's rows read into memory in %.2f s (untimed)\n", t_load);
         else if (m->weights_read) printf("  weights read into memory (--no-mmap) in %.2f s (untimed)\n", t_load);
         else printf("  weights mapped (--mmap), loaded and paged in in %.2f s (untimed)\n", t_load + page_in_weights(m));
         /* ViT */
@@ -230,13 +243,15 @@ static int bench_model(const bench_opts *o, const int *nts, int n_pools, const l
         /* best of up to 3 runs (the first also pays for its fresh buffers), stopping after 10 s */
         double vit = 1e30, spent = 0, t0;
         int rc = px && emb ? 0 : -1, runs = 0;
-        for (; !rc && runs < 3 && spent < 10; runs++) {
+        nvlm_dist_reset_stats(dist);
+        for (; !rc && runs < 3 && !nvlm_dist_any(dist, spent >= 10); runs++) { /* ranks agree on the count */
             t0 = nvlm_bench_clock(o->cpu_clock, nts[i]);
             rc = nvlm_encode_tiles(m, px, o->tiles, emb, &err);
             double t = nvlm_bench_clock(o->cpu_clock, nts[i]) - t0;
             vit = t < vit ? t : vit, spent += t;
         }
         if (!rc) printf("  ViT + projector: %.0f ms per tile (%d tile(s), best of %d)\n", vit * 1e3 / o->tiles, o->tiles, runs);
+        if (!rc) print_comm(dist, "ViT + projector", (double)o->tiles * runs, "tile");
         free(px), free(emb);
         /* prompt + generation */
         nvlm_kv kv;
@@ -250,6 +265,7 @@ static int bench_model(const bench_opts *o, const int *nts, int n_pools, const l
         }
         for (int k = 0; k < o->prompt; k++) ids[k] = (int32_t)(k * 7919 % (V - 300));
         nvlm_embed_tokens(m, ids, o->prompt, x, &err);
+        nvlm_dist_reset_stats(dist);
         t0 = nvlm_bench_clock(o->cpu_clock, nts[i]);
         for (int p0 = 0; p0 < o->prompt && !rc; p0 += 512) { /* chunks of 512 as chat.c */
             int n = o->prompt - p0 < 512 ? o->prompt - p0 : 512;
@@ -257,6 +273,8 @@ static int bench_model(const bench_opts *o, const int *nts, int n_pools, const l
         }
         double tp = nvlm_bench_clock(o->cpu_clock, nts[i]) - t0;
         if (!rc) printf("  prompt: %d tokens in %.2f s = %.1f tok/s\n", o->prompt, tp, o->prompt / tp);
+        if (!rc) print_comm(dist, "prompt", o->prompt, "token");
+        nvlm_dist_reset_stats(dist);
         /* generation in rounds, each after one pass that only reads the same weights: the two
          * share the minute (this machine's bandwidth drifts) and the memory (same pages) */
         const int rounds = o->gen >= 4 ? 4 : 1;
@@ -279,11 +297,13 @@ static int bench_model(const bench_opts *o, const int *nts, int n_pools, const l
                        wbytes / 1e6, wbytes * rounds / tr / 1e9, rounds / tr, 100 * tps * tr / rounds);
             if (lim) printf("\n    (beside the machine-limits probe's %.1f GB/s: %.0f%%)", lim[i].bw, 100 * tps * wbytes / (lim[i].bw * 1e9));
             printf("\n");
+            print_comm(dist, "generation", o->gen, "token");
         } else {
             status = cli_report("bench", &err);
         }
         free(spans);
         printf("  peak RSS so far: %.0f MB\n", peak_rss_mb());
+        if (ranks > 1) fprintf(stderr, "nvlm bench: rank %d of %d: peak RSS %.0f MB\n", nvlm_dist_rank(dist), ranks, peak_rss_mb());
         nvlm_kv_free(&kv);
         free(x), free(logits), free(ids);
         nvlm_model_free(m);

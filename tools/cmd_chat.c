@@ -1,5 +1,6 @@
 /* nvlm chat - interactive multi-turn chat in the terminal. */
 #include "cli_model.h"
+#include "core/file.h"
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,33 +25,68 @@ static void usage(FILE *f) {
             cli_model_flags_help());
 }
 
+/* Under mpirun the ranks agree on every token whether Ctrl-C (seen by rank 0) stops the answer. */
 static int stream_token(void *user, int32_t id, const char *text, size_t len) {
     (void)user, (void)id;
     fwrite(text, 1, len, stdout);
     fflush(stdout);
-    return interrupted != 0;
+    return nvlm_dist_any(cli_dist(), interrupted != 0);
 }
 
+/* A line of input: read by rank 0, which hands it to the other ranks (docs/distributed.md). */
 static char *read_line(void) {
-    size_t cap = 0;
+    nvlm_dist *d = cli_dist();
     char *line = NULL;
-    ssize_t n = getline(&line, &cap, stdin);
-    if (n < 0) {
-        free(line);
-        return NULL;
+    int64_t n = -1;
+    if (nvlm_dist_rank(d) == 0) {
+        size_t cap = 0;
+        ssize_t got = getline(&line, &cap, stdin);
+        if (got < 0 || interrupted) {
+            free(line);
+            line = NULL;
+        } else {
+            while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r')) line[--got] = 0;
+            n = got;
+        }
     }
-    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
+    nvlm_dist_bcast_bytes(d, &line, &n);
     return line;
+}
+
+/* /image PATH: in one process, read by the chat; across ranks, rank 0 reads the file and every
+ * rank decodes the same bytes (so a bad file fails on all of them alike). */
+static int add_image(nvlm_chat *c, const char *path, nvlm_err *err) {
+    nvlm_dist *d = cli_dist();
+    if (nvlm_dist_size(d) == 1) return nvlm_chat_add_image_file(c, path, err);
+    char *data = NULL;
+    int64_t n = -1;
+    size_t len = 0;
+    if (nvlm_dist_rank(d) == 0 && !nvlm_read_file(path, 0, &data, &len, err)) n = (int64_t)len;
+    nvlm_dist_bcast_bytes(d, &data, &n);
+    if (n < 0) {
+        free(data);
+        if (nvlm_dist_rank(d) > 0) snprintf(err->msg, sizeof err->msg, "rank 0 cannot read %s", path);
+        return err->code = NVLM_E_IO;
+    }
+    nvlm_image img;
+    int rc = nvlm_image_decode((const uint8_t *)data, (size_t)n, NULL, &img, err);
+    free(data);
+    if (rc) return rc;
+    rc = nvlm_chat_add_image(c, &img, err);
+    nvlm_image_free(&img);
+    return rc;
 }
 
 static int chat_loop(nvlm_chat *c, const cli_model_opts *o) {
     nvlm_err err = {0};
     for (;;) {
         interrupted = 0;
-        fprintf(stderr, "> ");
-        fflush(stderr);
+        if (nvlm_dist_rank(cli_dist()) == 0) {
+            fprintf(stderr, "> ");
+            fflush(stderr);
+        }
         char *line = read_line();
-        if (!line || interrupted) {
+        if (!line) {
             free(line);
             fprintf(stderr, "\n");
             return 0;
@@ -60,8 +96,8 @@ static int chat_loop(nvlm_chat *c, const cli_model_opts *o) {
             return 0;
         }
         if (!strncmp(line, "/image ", 7)) {
-            if (nvlm_chat_add_image_file(c, line + 7, &err)) cli_report("chat", &err);
-            else fprintf(stderr, "(image %s attached)\n", line + 7);
+            if (add_image(c, line + 7, &err)) cli_report("chat", &err);
+            else if (nvlm_dist_rank(cli_dist()) == 0) fprintf(stderr, "(image %s attached)\n", line + 7);
             free(line);
             continue;
         }
@@ -109,7 +145,7 @@ int cmd_chat(int argc, char **argv) {
     int rc = cli_load_model("chat", &o, &m);
     if (!rc) rc = cli_chat_new("chat", &o, m, &c);
     for (int i = 0; !rc && i < n_images; i++)
-        if (nvlm_chat_add_image_file(c, images[i], &err)) rc = cli_report("chat", &err);
+        if (add_image(c, images[i], &err)) rc = cli_report("chat", &err);
     if (!rc) {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);

@@ -10,6 +10,8 @@
 #include "core/file.h"
 #include "kernels/cpu.h"
 #include "kernels/dispatch.h"
+#include "dist/dist.h"
+#include "kernels/qblock.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,6 +109,43 @@ static void inspect_weights(const char *dir, const nvlm_config *cfg, ckpt_info *
     nvlm_st_close(st);
 }
 
+/* ---- per-rank memory under mpirun -np N (docs/distributed.md) ---- */
+
+typedef struct rank_mem {
+    const nvlm_config *cfg;
+    int ranks;
+    uint64_t bytes[2]; /* the largest rank's weights: as BF16, with the matrices at Q8_0 */
+} rank_mem;
+
+/* Each 2-D matrix is split by output rows as the loader splits it (nvlm_tensor_split_unit;
+ * rank 0 has the most); everything else is held whole by every rank. */
+static int add_rank_share(void *user, const nvlm_tensor_spec *t) {
+    rank_mem *r = user;
+    if (r->cfg->llm.tie_word_embeddings && strstr(t->name, "lm_head")) return 0;
+    if (t->ndim != 2) {
+        r->bytes[0] += 2 * (uint64_t)t->numel, r->bytes[1] += 2 * (uint64_t)t->numel;
+        return 0;
+    }
+    int r0, n, cols = (int)t->shape[1];
+    nvlm_dist_split((int)t->shape[0], nvlm_tensor_split_unit(r->cfg, t->name), 0, r->ranks, &r0, &n);
+    r->bytes[0] += (uint64_t)n * nvlm_row_bytes(NVLM_DT_BF16, cols);
+    r->bytes[1] += (uint64_t)n * nvlm_row_bytes(cols % 32 ? NVLM_DT_BF16 : NVLM_DT_Q8_0, cols);
+    return 0;
+}
+
+static void print_rank_memory(const nvlm_config *c, int dummy) {
+    printf("MPI:           %s\n", nvlm_dist_built() ? "built in: mpirun -np N nvlm run|bench splits the model over N ranks"
+                                                     : "not built in (install libopenmpi-dev and rebuild to run over several processes)");
+    printf("weights per rank (the largest rank's share, BF16 / Q8_0 matrices; KV cache and activations not counted):\n");
+    static const int ns[] = {1, 2, 4, 8};
+    for (int i = 0; i < 4; i++) {
+        rank_mem r = {.cfg = c, .ranks = ns[i]};
+        nvlm_expected_tensors(c, dummy, add_rank_share, &r);
+        char a[32], b[32];
+        printf("  N = %d        %12s  %12s\n", ns[i], human((double)r.bytes[0], a), human((double)r.bytes[1], b));
+    }
+}
+
 static const char *arch_words(nvlm_arch a) {
     return a == NVLM_ARCH_D ? "decoder-only" : a == NVLM_ARCH_X ? "gated cross-attention" : "hybrid";
 }
@@ -149,6 +188,7 @@ static void print_text(const char *dir, const nvlm_config *c, const nvlm_param_c
            "  Q8_0         %12s  (34 bytes per 32 weights)\n"
            "  Q4           %12s  (20 bytes per 32 weights)\n",
            human(4 * n, m[0]), human(2 * n, m[1]), human(n / 32 * 34, m[2]), human(n / 32 * 20, m[3]));
+    print_rank_memory(c, dummy);
     if (!ci->has_weights) {
         printf("checkpoint:    no weights in the folder (config only)\n");
         return;
@@ -220,6 +260,14 @@ static void print_json(const char *dir, const nvlm_config *c, const nvlm_param_c
     printf(" \"memory_bytes_approx\": {\"f32\": %llu, \"bf16\": %llu, \"q8_0\": %llu, \"q4\": %llu},\n",
            (unsigned long long)(4 * n), (unsigned long long)(2 * n), (unsigned long long)((n + 31) / 32 * 34),
            (unsigned long long)((n + 31) / 32 * 20));
+    printf(" \"mpi\": %s, \"weights_per_rank_bytes\": {", nvlm_dist_built() ? "true" : "false");
+    for (int r = 1; r <= 8; r *= 2) {
+        rank_mem rm = {.cfg = c, .ranks = r};
+        nvlm_expected_tensors(c, dummy, add_rank_share, &rm);
+        printf("%s\"%d\": {\"bf16\": %llu, \"q8_0\": %llu}", r > 1 ? ", " : "", r, (unsigned long long)rm.bytes[0],
+               (unsigned long long)rm.bytes[1]);
+    }
+    printf("},\n");
     printf(" \"checkpoint\": {\"weights\": %s, \"sharded\": %s, \"loadable\": %s, \"valid\": %s",
            ci->has_weights ? "true" : "false", ci->sharded ? "true" : "false", ci->opened ? "true" : "false",
            ci->valid ? "true" : "false");

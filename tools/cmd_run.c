@@ -242,7 +242,7 @@ int cmd_run(int argc, char **argv) {
     else printf("\n");
     fflush(stdout); /* the answer before the timings on stderr */
     if (!r.o.quiet) cli_print_timings(&ans);
-    if (r.logits_out) rc = write_logits(r.logits_out, ans.last_logits, nvlm_model_vocab_size(m));
+    if (r.logits_out && nvlm_dist_rank(cli_dist()) == 0) rc = write_logits(r.logits_out, ans.last_logits, nvlm_model_vocab_size(m));
 done:
     nvlm_answer_free(&ans);
     nvlm_chat_free(c);

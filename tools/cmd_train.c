@@ -28,11 +28,14 @@ static void usage(FILE *f) {
             "  --save-every N --resume DIR       checkpoints / continue a run bit-identically\n"
             "  --threads N --max-tiles N --recompute --trainable PATTERNS --log FILE\n"
             "  --compute f32|bf16         the forward's matrix products in float32 (default) or BF16\n"
+            "Under mpirun -np N: data parallel, each step's sequences dealt over the N ranks and the\n"
+            "gradients summed before AdamW (docs/distributed.md); --resume works with another N.\n"
             "Ctrl-C saves a checkpoint and exits. Progress on stderr; JSONL log in OUT/train_log.jsonl.\n");
 }
 
 static void progress(void *user, const nvlm_train_report *r) {
     (void)user;
+    if (nvlm_dist_rank(cli_dist()) > 0) return;
     if (r->event) fprintf(stderr, "step %lld: %s %s\n", (long long)r->step, r->event, r->path ? r->path : "");
     else if (r->eval)
         fprintf(stderr, "step %lld: eval loss %.4f, exact match %.1f%%\n", (long long)r->step, r->eval_loss,
@@ -93,6 +96,7 @@ int cmd_train(int argc, char **argv) {
     sa.sa_handler = on_sigint;
     sigaction(SIGINT, &sa, NULL);
     o.stop = &g_stop;
+    o.dist = cli_dist(); /* under mpirun: data parallel, rank 0 reports, logs and saves */
     nvlm_err err = {0};
     int rc = nvlm_train_run(&o, progress, NULL, &err);
     if (rc == NVLM_E_CANCELLED) {

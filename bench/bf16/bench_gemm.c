@@ -37,7 +37,7 @@ int main(int argc, char **argv) {
         for (int k = 0; k < K; k++) row[k] = (float)(((size_t)r * K + k) * 40503u % 2001) / 20000.0f - 0.05f;
         nvlm_row_from_f32(wd + (size_t)r * K, row, NVLM_DT_BF16, K);
     }
-    nvlm_wmat w = {NVLM_DT_BF16, N, K, wd};
+    nvlm_wmat w = {.dtype = NVLM_DT_BF16, .rows = N, .cols = K, .data = wd};
     int n_levels;
     const int *levels = nvlm_cpu_levels(&n_levels);
     printf("M=%d N=%d K=%d (BF16 weights), %d thread(s); GFLOP/s, best of %d\n", M, N, K, threads, rounds);
@@ -75,7 +75,7 @@ int main(int argc, char **argv) {
             size_t rb = nvlm_row_bytes(qd[d], K);
             uint8_t *q = malloc(rb * (size_t)N);
             for (int r = 0; r < N; r++) nvlm_row_from_f32(q + (size_t)r * rb, wf + (size_t)r * K, qd[d], K);
-            nvlm_wmat wq = {qd[d], N, K, q};
+            nvlm_wmat wq = {.dtype = qd[d], .rows = N, .cols = K, .data = q};
             double best[2] = {1e30, 1e30};
             for (int r = 0; r < rounds; r++)
                 for (int c = 0; c < 2; c++) {

@@ -42,7 +42,7 @@ int main(int argc, char **argv) {
             for (int k = 0; k < K; k++) row[k] = (float)(((size_t)r * K + k) * 40503u % 2001) / 20000.0f - 0.05f;
             nvlm_row_from_f32(wd + (size_t)r * rb, row, dts[d], K);
         }
-        nvlm_wmat w = {dts[d], N, K, wd};
+        nvlm_wmat w = {.dtype = dts[d], .rows = N, .cols = K, .data = wd};
         double best[3] = {1e30, 1e30, 1e30};
         for (int r = 0; r < rounds; r++)
             for (int l = 0; l < 3; l++) {

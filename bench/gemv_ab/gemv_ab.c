@@ -49,7 +49,7 @@ static int make_weights(nvlm_wmat *w, nvlm_dtype dt, int huge, size_t *bytes) {
         if (!d) return -1;
         madvise(d, n, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
         for (int r = 0; r < s[0]; r++) nvlm_row_from_f32(d + r * rb, row, dt, s[1]);
-        w[i] = (nvlm_wmat){dt, s[0], s[1], d};
+        w[i] = (nvlm_wmat){.dtype = dt, .rows = s[0], .cols = s[1], .data = d};
         *bytes += rb * s[0];
     }
     return 0;

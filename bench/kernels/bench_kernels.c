@@ -80,8 +80,7 @@ static void layer_ratios(nvlm_pool **pools, const int *nts, const int *levels, i
     for (int i = 0; i < 4864; i++) x[i] = frand();
     for (int d = 0; d < 3; d++) {
         for (int m = 0; m < LAYERS * PER; m++)
-            w[m] = (nvlm_wmat){gemv_dts[d], shape[m % PER][0], shape[m % PER][1],
-                               weights(gemv_dts[d], shape[m % PER][0], shape[m % PER][1])};
+            w[m] = (nvlm_wmat){.dtype = gemv_dts[d], .rows = shape[m % PER][0], .cols = shape[m % PER][1], .data = weights(gemv_dts[d], shape[m % PER][0], shape[m % PER][1])};
         double med[MAX_LEVELS][2][3];
         for (int p = 0; p < 2; p++) {
             for (int r = 0; r < PAIRS; r++)
@@ -144,8 +143,8 @@ int main(int argc, char **argv) {
     if (!x || !y) return 1;
     for (size_t i = 0; i < (size_t)M * K; i++) x[i] = frand();
     nvlm_wmat gw[2], vw[3];
-    for (int d = 0; d < 2; d++) gw[d] = (nvlm_wmat){gemm_dts[d], N, K, weights(gemm_dts[d], N, K)};
-    for (int d = 0; d < 3; d++) vw[d] = (nvlm_wmat){gemv_dts[d], GN, GK, weights(gemv_dts[d], GN, GK)};
+    for (int d = 0; d < 2; d++) gw[d] = (nvlm_wmat){.dtype = gemm_dts[d], .rows = N, .cols = K, .data = weights(gemm_dts[d], N, K)};
+    for (int d = 0; d < 3; d++) vw[d] = (nvlm_wmat){.dtype = gemv_dts[d], .rows = GN, .cols = GK, .data = weights(gemv_dts[d], GN, GK)};
 
     double tg[MAX_LEVELS][2][2], tv[MAX_LEVELS][2][3];
     for (int l = 0; l < nl; l++)

@@ -3,6 +3,7 @@
  * Scalar: work is split over output rows; each thread expands a block of weight rows to
  * float32 once and applies it to every token, so a weight row is read once per call. */
 #include "core/err.h"
+#include "dist/dist.h"
 #include "kernels/cpu.h"
 #include "kernels/dispatch.h"
 #include "kernels/dtype.h"
@@ -107,6 +108,7 @@ static int any_vnni(nvlm_pool *pool, int n_w, int n_tok, const nvlm_wmat *const 
 
 int nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
                 const float *bias, nvlm_err *err) {
+    if (n_tok > 0 && w->dist) return nvlm_dist_matmul(pool, y, x, n_tok, w, bias, err); /* a row slice: then all-gathered */
     if (n_tok <= 0 || bf16_takes(pool, 1, &y, x, n_tok, &w, &bias) || vnni_takes(pool, y, x, n_tok, w, bias))
         return NVLM_OK;
     /* a format only the scalar path knows never reaches a SIMD row of the table */
@@ -116,6 +118,7 @@ int nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm
 
 int nvlm_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
                       const nvlm_wmat *const *w, const float *const *bias, nvlm_err *err) {
+    if (n_tok > 0 && n_w > 0 && w[0]->dist) return nvlm_dist_matmul_multi(pool, n_w, y, x, n_tok, w, bias, err);
     if (n_tok <= 0 || n_w <= 0 || bf16_takes(pool, n_w, y, x, n_tok, w, bias)) return NVLM_OK;
     /* together only when every matrix's format runs the same multi-matrix kernel (and none the VNNI one) */
     const int level = nvlm_pool_level(pool);

@@ -15,7 +15,16 @@ typedef struct nvlm_wmat {
     nvlm_dtype dtype;
     int rows, cols;
     const void *data;
+    /* Tensor parallel (src/dist): when dist is set, data holds only the output rows
+     * [row0, row0 + local_rows) of the rows x cols matrix; nvlm_matmul computes those here and
+     * gathers the full y from the other ranks. NULL: the whole matrix is here. Every rank's
+     * rows follow from nvlm_dist_split(rows, split_unit, rank, size, ...). */
+    struct nvlm_dist *dist;
+    int row0, local_rows, split_unit;
 } nvlm_wmat;
+
+/* Rows of w held by this process. */
+static inline int nvlm_wmat_held_rows(const nvlm_wmat *w) { return w->dist ? w->local_rows : w->rows; }
 
 /* A weight vector (norm weights, biases) converted once to float32 at load. */
 static inline float nvlm_bf16_to_f32(uint16_t b) {

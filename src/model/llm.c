@@ -1,6 +1,7 @@
 /* Qwen2: RMSNorm, GQA self-attention with biases and rotate-half RoPE, SwiGLU MLP. */
 #include "model/llm.h"
 #include "core/err.h"
+#include "dist/dist.h"
 #include "kernels/attention.h"
 #include "kernels/qblock.h"
 #include "model/finite.h"
@@ -70,8 +71,13 @@ int nvlm_embed_tokens(const nvlm_model *m, const int32_t *ids, int n, float *out
     for (int t = 0; t < n; t++) {
         if (ids[t] < 0 || ids[t] >= m->embed.rows)
             return nvlm_fail(err, NVLM_E_INVALID_ARG, "token id %d is outside the vocabulary (%d rows)", ids[t], m->embed.rows);
-        nvlm_row_to_f32(out + (size_t)t * h, (const uint8_t *)m->embed.data + (size_t)ids[t] * row_bytes, m->embed.dtype, h);
+        /* a tensor-parallel rank holds the vocabulary rows [row0, row0 + local_rows): it fills
+         * those and zeros, and the exchange below gives every rank every row, bit for bit */
+        int r = ids[t] - m->embed.row0;
+        if (m->embed.dist && (r < 0 || r >= m->embed.local_rows)) memset(out + (size_t)t * h, 0, sizeof(float) * (size_t)h);
+        else nvlm_row_to_f32(out + (size_t)t * h, (const uint8_t *)m->embed.data + (size_t)r * row_bytes, m->embed.dtype, h);
     }
+    if (m->embed.dist) nvlm_dist_combine_owned(m->embed.dist, out, (size_t)n * h);
     return NVLM_OK;
 }
 

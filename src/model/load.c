@@ -5,6 +5,8 @@
 #include "core/err.h"
 #include "model/checkpoint.h"
 #include "core/file.h"
+#include "dist/dist.h"
+#include "kernels/qblock.h"
 #include "model/model.h"
 #include "model/tensors.h"
 #include <math.h>
@@ -16,6 +18,8 @@ typedef struct binder {
     nvlm_model *m;
     nvlm_err *err;
     char name[256];
+    nvlm_dist *dist;   /* a job of several ranks: matrices are read as this rank's row slice */
+    uint64_t hash;     /* what was bound (names, shapes, the vectors' bytes): ranks compare it */
 } binder;
 
 int nvlm_model_own(nvlm_model *m, void *p) {
@@ -30,17 +34,87 @@ int nvlm_model_own(nvlm_model *m, void *p) {
     return 0;
 }
 
-/* A matrix [rows, cols] used in place. */
+int nvlm_model_release(nvlm_model *m, const void *p) {
+    for (int i = 0; i < m->n_owned; i++)
+        if (m->owned[i] == p) {
+            free(m->owned[i]);
+            m->owned[i] = m->owned[--m->n_owned];
+            return 1;
+        }
+    return 0;
+}
+
+static void hash_tensor(binder *b, const nvlm_tensor *t) {
+    b->hash = nvlm_dist_hash(b->hash, t->name, strlen(t->name) + 1);
+    b->hash = nvlm_dist_hash(b->hash, &t->dtype, sizeof t->dtype);
+    b->hash = nvlm_dist_hash(b->hash, t->shape, sizeof t->shape[0] * (size_t)t->ndim);
+}
+
+enum { SLICE_ALIGN = 64 };
+
+static size_t slice_span(size_t len) { return (len + SLICE_ALIGN - 1) / SLICE_ALIGN * SLICE_ALIGN; }
+
+/* This rank's rows of a split matrix, read from the file into the slice arena (docs/distributed.md). */
+static int read_slice(binder *b, const nvlm_tensor *t, nvlm_wmat *out, int unit) {
+    int r0, n;
+    nvlm_dist_split(out->rows, unit, nvlm_dist_rank(b->dist), nvlm_dist_size(b->dist), &r0, &n);
+    size_t rb = nvlm_row_bytes(t->dtype, out->cols), len = rb * (size_t)n;
+    nvlm_model *m = b->m;
+    void *p = NULL;
+    if (m->slice_used + slice_span(len) <= m->slices.len) { /* sized beforehand: always, unless the files lied */
+        p = m->slice_mem + m->slice_used;
+        m->slice_used += slice_span(len);
+    } else if (!(p = nvlm_alloc_weights(len ? len : 1)) || nvlm_model_own(m, p)) {
+        free(p);
+        return nvlm_fail(b->err, NVLM_E_NOMEM, "out of memory for rows %d..%d of %s (%.1f MB)", r0, r0 + n, b->name, len / 1e6);
+    }
+    int rc = nvlm_st_read_span(b->m->st, t, rb * (size_t)r0, len, p, b->err);
+    if (rc) return nvlm_fail_prefix(b->err, "rows %d..%d: ", r0, r0 + n);
+    out->data = p;
+    out->dist = b->dist;
+    out->row0 = r0;
+    out->local_rows = n;
+    out->split_unit = unit;
+    return NVLM_OK;
+}
+
+/* A matrix [rows, cols], used in place, or only this rank's output rows in a job of several. */
 static int bind_mat(binder *b, nvlm_wmat *out, int rows, int cols) {
     const nvlm_tensor *t;
     int64_t shape[2] = {rows, cols};
     int rc = nvlm_st_expect(b->m->st, b->name, 2, shape, &t, b->err);
     if (rc) return rc;
-    out->dtype = t->dtype;
-    out->rows = rows;
-    out->cols = cols;
-    out->data = t->data;
-    return NVLM_OK;
+    hash_tensor(b, t);
+    *out = (nvlm_wmat){.dtype = t->dtype, .rows = rows, .cols = cols, .data = t->data};
+    return b->dist ? read_slice(b, t, out, nvlm_tensor_split_unit(&b->m->cfg, b->name)) : NVLM_OK;
+}
+
+typedef struct arena_size {
+    const nvlm_model *m;
+    int rank, size;
+    size_t need;
+} arena_size;
+
+static int add_slice(void *user, const nvlm_tensor_spec *s) {
+    arena_size *a = user;
+    const nvlm_tensor *t = nvlm_st_find(a->m->st, s->name);
+    if (s->ndim != 2 || !t || (a->m->cfg.llm.tie_word_embeddings && !strcmp(s->suffix, "lm_head.weight"))) return 0;
+    int r0, n;
+    nvlm_dist_split((int)s->shape[0], nvlm_tensor_split_unit(&a->m->cfg, s->name), a->rank, a->size, &r0, &n);
+    a->need += slice_span(nvlm_row_bytes(t->dtype, s->shape[1]) * (size_t)n);
+    return 0;
+}
+
+/* One anonymous arena (on huge pages where allowed) for all of this rank's slices, as the
+ * one-process read puts a file's tensors in one: separate 2 MiB-rounded buffers would waste
+ * up to 2 MiB per matrix. */
+static int make_slice_arena(nvlm_model *m, nvlm_dist *dist, nvlm_err *err) {
+    arena_size a = {.m = m, .rank = nvlm_dist_rank(dist), .size = nvlm_dist_size(dist)};
+    nvlm_expected_tensors(&m->cfg, m->vit_dummy_heads, add_slice, &a);
+    if (!a.need) return NVLM_OK;
+    int rc = nvlm_map_anon(a.need, &m->slices, &m->slice_mem, "this rank's weight rows", err);
+    return rc ? nvlm_fail(err, rc, "not enough memory for this rank's %.1f MB of weights: use more ranks or --weights q8_0|q4 "
+                          "from an nvlm quantize folder", a.need / 1e6) : NVLM_OK;
 }
 
 /* A tensor of any shape whose numel must be n, copied to float32. */
@@ -48,6 +122,8 @@ static int bind_vec_shape(binder *b, const float **out, int ndim, const int64_t 
     const nvlm_tensor *t;
     int rc = nvlm_st_expect(b->m->st, b->name, ndim, shape, &t, b->err);
     if (rc) return rc;
+    hash_tensor(b, t);
+    b->hash = nvlm_dist_hash(b->hash, t->data, (size_t)t->nbytes);
     float *v = malloc(sizeof(float) * (size_t)t->numel);
     if (!v || nvlm_model_own(b->m, v)) {
         free(v);
@@ -77,7 +153,7 @@ static int bind_vit(binder *b) {
         const nvlm_tensor *t;
         int64_t shape[4] = {C, v->num_channels, p, p};
         if ((rc = nvlm_st_expect(m->st, b->name, 4, shape, &t, b->err))) return rc;
-        m->patch = (nvlm_wmat){t->dtype, C, v->num_channels * p * p, t->data};
+        m->patch = (nvlm_wmat){.dtype = t->dtype, .rows = C, .cols = v->num_channels * p * p, .data = t->data};
     }
     NAME(NVLM_R_PATCH_B, -1);
     if ((rc = bind_vec(b, &m->patch_bias, C))) return rc;
@@ -223,8 +299,12 @@ static int bind_llm(binder *b) {
         if ((rc = bind_llm_layer(b, i, &m->llm[i]))) return rc;
     NAME(NVLM_R_NORM, -1);
     if ((rc = bind_vec(b, &m->final_norm, c->hidden_size))) return rc;
-    NAME(c->tie_word_embeddings ? NVLM_R_EMBED : NVLM_R_LM_HEAD, -1);
-    if ((rc = bind_mat(b, &m->lm_head, c->vocab_size, c->hidden_size))) return rc;
+    if (c->tie_word_embeddings) {
+        m->lm_head = m->embed; /* one copy (or one slice) serves both */
+    } else {
+        NAME(NVLM_R_LM_HEAD, -1);
+        if ((rc = bind_mat(b, &m->lm_head, c->vocab_size, c->hidden_size))) return rc;
+    }
     if (m->cfg.num_xattn > 0) {
         m->xattn = calloc((size_t)m->cfg.num_xattn, sizeof *m->xattn);
         if (!m->xattn) return nvlm_fail(b->err, NVLM_E_NOMEM, "out of memory");
@@ -268,15 +348,29 @@ static int place_weights(nvlm_model *m, const nvlm_load_options *opt, nvlm_err *
     return rc;
 }
 
-static int load_parts(nvlm_model *m, const char *dir, const nvlm_load_options *opt, nvlm_err *err) {
+/* The config's bytes into the ranks' checkpoint summary. */
+static int hash_config(const char *dir, uint64_t *hash, nvlm_err *err) {
+    char *path = nvlm_path_join(dir, "config.json"), *data = NULL;
+    size_t len = 0;
+    int rc = path ? nvlm_read_file(path, 64u << 20, &data, &len, err) : nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    if (!rc) *hash = nvlm_dist_hash(*hash, data, len);
+    free(data);
+    free(path);
+    return rc;
+}
+
+/* Everything one rank does alone (no exchange: a rank that fails here still reaches the
+ * agreement in nvlm_model_load). */
+static int load_parts(nvlm_model *m, const char *dir, const nvlm_load_options *opt, uint64_t *hash, nvlm_err *err) {
     int rc;
+    nvlm_dist *dist = opt && nvlm_dist_size(opt->dist) > 1 ? opt->dist : NULL;
     if ((rc = nvlm_config_load(dir, &m->cfg, err))) return rc;
     if (opt && opt->progress && opt->progress(opt->progress_user, "mapping checkpoint", 0, 4))
         return nvlm_fail(err, NVLM_E_CANCELLED, "loading cancelled");
     if ((rc = nvlm_st_open(dir, &m->st, err))) return rc;
     if ((rc = nvlm_checkpoint_check(dir, m->st, err))) return rc;
     if ((rc = nvlm_check_tensors(&m->cfg, m->st, err))) return rc;
-    if ((rc = place_weights(m, opt, err))) return rc;
+    if (!dist && (rc = place_weights(m, opt, err))) return rc;
     m->vit_dummy_heads = nvlm_vit_dummy_heads(&m->cfg, m->st);
     m->vit_width = (m->cfg.vision.num_heads + m->vit_dummy_heads) * nvlm_cfg_vit_head_dim(&m->cfg);
     if (opt && opt->progress && opt->progress(opt->progress_user, "loading tokenizer", 1, 4))
@@ -290,8 +384,11 @@ static int load_parts(nvlm_model *m, const char *dir, const nvlm_load_options *o
     int compute = opt ? opt->compute : NVLM_COMPUTE_F32;
     if (compute != NVLM_COMPUTE_F32 && compute != NVLM_COMPUTE_BF16)
         return nvlm_fail(err, NVLM_E_INVALID_ARG, "unknown compute mode %d (NVLM_COMPUTE_F32 or NVLM_COMPUTE_BF16)", compute);
-    binder b = {.m = m, .err = err};
+    binder b = {.m = m, .err = err, .dist = dist, .hash = NVLM_DIST_HASH_INIT};
+    if (dist && ((rc = hash_config(dir, &b.hash, err)) || (rc = make_slice_arena(m, dist, err)))) return rc;
     if ((rc = bind_vit(&b)) || (rc = bind_projector(&b)) || (rc = bind_llm(&b))) return rc;
+    if (m->slices.data) nvlm_seal_anon(&m->slices);
+    *hash = b.hash;
     if ((rc = nvlm_pool_new(opt ? opt->n_threads : 0, &m->pool, err))) return rc;
     nvlm_pool_set_compute(m->pool, compute);
     if (opt && opt->progress) opt->progress(opt->progress_user, "ready", 4, 4);
@@ -303,7 +400,12 @@ int nvlm_model_load(const char *dir, const nvlm_load_options *opt, nvlm_model **
     if (!dir) return nvlm_fail(err, NVLM_E_INVALID_ARG, "no model folder given");
     nvlm_model *m = calloc(1, sizeof *m);
     if (!m) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
-    int rc = load_parts(m, dir, opt, err);
+    uint64_t hash = 0;
+    nvlm_dist *dist = opt ? opt->dist : NULL;
+    int rc = load_parts(m, dir, opt, &hash, err);
+    /* every rank reaches these exchanges whatever happened to it (a failure names its rank) */
+    rc = nvlm_dist_agree(dist, rc, err);
+    if (!rc) rc = nvlm_dist_same_checkpoint(dist, hash, dir, err);
     if (rc) {
         nvlm_model_free(m);
         return rc;
@@ -323,6 +425,7 @@ void nvlm_model_free(nvlm_model *m) {
     free(m->xattn);
     nvlm_tokenizer_free(m->tok);
     nvlm_st_close(m->st);
+    nvlm_unmap_file(&m->slices);
     nvlm_config_free(&m->cfg);
     free(m);
 }

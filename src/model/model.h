@@ -5,6 +5,7 @@
 #define NVLM_MODEL_MODEL_H
 #include "kernels/ops.h"
 #include "kernels/pool.h"
+#include "core/file.h"
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "nvlm.h"
@@ -68,6 +69,11 @@ struct nvlm_model {
     /* special ids from the checkpoint's own tokenizer */
     int32_t id_im_start, id_im_end, id_img_context;
 
+    /* tensor parallel (src/dist): this rank's rows of every matrix, in one arena */
+    nvlm_mapped_file slices;
+    uint8_t *slice_mem;
+    size_t slice_used;
+
     /* buffers made at load (float32 copies of small vectors, quantized matrices), freed with the model */
     void **owned;
     int n_owned, cap_owned;
@@ -76,6 +82,9 @@ struct nvlm_model {
 /* Hands a malloc'ed buffer to the model, which frees it with itself; -1 (buffer not taken) when
  * out of memory. */
 int nvlm_model_own(nvlm_model *m, void *p);
+/* Frees a buffer the model owns now (a tensor-parallel slice replaced by its quantized copy);
+ * 0 when p is not one of them (it lies in the slice arena). */
+int nvlm_model_release(nvlm_model *m, const void *p);
 /* How nvlm_model_load brings `need` bytes of weights in, with `avail` bytes of MemAvailable
  * (0: unknown): NVLM_IO_READ or NVLM_IO_MMAP for io = NVLM_IO_AUTO (read under 3/4 of avail),
  * io itself otherwise; a negative status when io is not an NVLM_IO_* value, or when reading

@@ -94,7 +94,8 @@ typedef struct qctx {
 
 static int quant_one(qctx *q, nvlm_wmat *w, const char *name) {
     if (nvlm_dtype_is_block(w->dtype)) return NVLM_OK; /* already quantized on disk */
-    size_t before = nvlm_row_bytes(w->dtype, w->cols) * (size_t)w->rows;
+    int rows = nvlm_wmat_held_rows(w); /* a tensor-parallel rank quantizes its own rows */
+    size_t before = nvlm_row_bytes(w->dtype, w->cols) * (size_t)rows;
     q->rep->bytes_before += before;
     if (w->cols % NVLM_QK) {
         report_kept(q->rep, name, w->rows, w->cols);
@@ -102,17 +103,18 @@ static int quant_one(qctx *q, nvlm_wmat *w, const char *name) {
         return NVLM_OK;
     }
     nvlm_dtype to = nvlm_quant_target(name, q->to);
-    void *d = quantize_matrix(q->m->pool, w->data, w->dtype, w->rows, w->cols, to);
+    void *d = quantize_matrix(q->m->pool, w->data, w->dtype, rows, w->cols, to);
     if (!d || nvlm_model_own(q->m, d)) {
         free(d);
         return nvlm_fail(q->err, NVLM_E_NOMEM, "out of memory quantizing %s", name);
     }
     const nvlm_tensor *t = nvlm_st_find(q->m->st, name);
     if (t && t->data == w->data) release_mapping(w->data, before); /* only the file mapping */
+    else if (w->dist && !nvlm_model_release(q->m, w->data)) release_mapping(w->data, before); /* the rank's slice */
     w->data = d;
     w->dtype = to;
     q->rep->n_quantized++;
-    q->rep->bytes_after += nvlm_row_bytes(to, w->cols) * (size_t)w->rows;
+    q->rep->bytes_after += nvlm_row_bytes(to, w->cols) * (size_t)rows;
     return NVLM_OK;
 }
 

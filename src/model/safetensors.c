@@ -712,3 +712,22 @@ int nvlm_st_index_summary(const char *dir, nvlm_st_index_info *out, nvlm_err *er
     free(path);
     return rc;
 }
+
+int nvlm_st_read_span(const nvlm_st *st, const nvlm_tensor *t, uint64_t off, uint64_t n, void *dst, nvlm_err *err) {
+    if (off > t->nbytes || n > t->nbytes - off)
+        return nvlm_fail(err, NVLM_E_INTERNAL, "bytes %llu..%llu of %s are outside its %llu bytes", (unsigned long long)off,
+                         (unsigned long long)(off + n), t->name, (unsigned long long)t->nbytes);
+    const st_file *f = NULL;
+    for (size_t i = 0; i < st->n_files && !f; i++)
+        if (st->files[i].path == t->file) f = &st->files[i];
+    if (!f || f->in_memory || !f->map.data) { /* in memory already (or a borrowed buffer) */
+        memcpy(dst, (const uint8_t *)t->data + off, (size_t)n);
+        return NVLM_OK;
+    }
+    int fd = open(f->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return nvlm_fail(err, NVLM_E_IO, "cannot open %s: %s", f->path, strerror(errno));
+    uint64_t at = (uint64_t)((const uint8_t *)t->data - f->map.data) + off;
+    int rc = nvlm_pread_all(fd, dst, (size_t)n, at, f->path, err);
+    close(fd);
+    return rc ? nvlm_fail_prefix(err, "reading %s: ", t->name) : NVLM_OK;
+}

@@ -81,6 +81,11 @@ uint64_t nvlm_st_total_bytes(const nvlm_st *st);
 typedef int (*nvlm_st_progress)(void *user, uint64_t done, uint64_t total);
 int nvlm_st_read_into_memory(nvlm_st *st, int n_threads, nvlm_st_progress progress, void *user, nvlm_err *err);
 
+/* Copies n bytes at byte off of tensor t into dst, with pread from its file (not through the
+ * mapping: the pages stay out of the process) or from memory when already read. What a
+ * tensor-parallel rank uses to read only its rows; errors name the tensor and the file. */
+int nvlm_st_read_span(const nvlm_st *st, const nvlm_tensor *t, uint64_t off, uint64_t n, void *dst, nvlm_err *err);
+
 /* What model.safetensors.index.json says, without opening the shards (works on a folder
  * that holds only config.json + index, like the 72B reference). */
 typedef struct nvlm_st_index_info {

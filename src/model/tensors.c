@@ -431,3 +431,15 @@ size_t nvlm_unknown_tensors(const nvlm_config *cfg, const nvlm_st *st) {
     free(c.names);
     return unknown;
 }
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
+int nvlm_tensor_split_unit(const nvlm_config *cfg, const char *name) {
+    if (ends_with(name, "attn.qkv.weight")) return nvlm_cfg_vit_head_dim(cfg);
+    if (ends_with(name, "q_proj.weight") || ends_with(name, "k_proj.weight") || ends_with(name, "v_proj.weight"))
+        return nvlm_cfg_head_dim(cfg);
+    return 32;
+}

@@ -87,6 +87,11 @@ int nvlm_vit_dummy_heads_err(const nvlm_config *cfg, const nvlm_st *st, nvlm_err
 /* Same without an error message: -1 when it cannot be derived. */
 int nvlm_vit_dummy_heads(const nvlm_config *cfg, const nvlm_st *st);
 
+/* How a tensor-parallel rank's share of 2-D tensor `name` is cut (docs/distributed.md): output
+ * rows in units of a head for q/k/v (LLM, cross-attention) and the ViT's qkv, else 32 rows. The
+ * loader, the arena it sizes and `nvlm info` all take the unit from here. */
+int nvlm_tensor_split_unit(const nvlm_config *cfg, const char *name);
+
 /* Every tensor the config implies present with its shape; D with xattn tensors refused;
  * X/H: mlp1 exactly the set of projector_depth, xattn_layers.{k} for each k and nothing
  * else under xattn_layers; num_dummy_heads (when the field is present) equal to the derived

@@ -4,6 +4,7 @@
  * uninterrupted one bit for bit. */
 #include "train/trainer.h"
 #include "core/err.h"
+#include "dist/dist.h"
 #include "core/file.h"
 #include "kernels/qblock.h"
 #include "model/safetensors_write.h"
@@ -323,8 +324,10 @@ static int commit_save(const char *dir, const char *name, int *committed, nvlm_e
  * are links through .current, so loaders see the old save or the new one, never a mix. A
  * full disk, an error or a kill before that rename leaves the previous save current and
  * untouched (the unfinished folder is removed, now or by the next save). All three files
- * also carry the save's id, so a folder mixed by hand is refused by nvlm run and --resume. */
+ * also carry the save's id, so a folder mixed by hand is refused by nvlm run and --resume.
+ * Under mpirun, rank 0 writes; the others wait for its result (and fail with it). */
 static int save_checkpoint(run *r, nvlm_err *err) {
+    if (nvlm_dist_rank(r->o->dist) > 0) return nvlm_dist_agree(r->o->dist, NVLM_OK, err);
     const char *dir = r->o->out_dir;
     char id[64], name[96], sub[PATH_MAX], old[NAME_MAX + 1];
     snprintf(id, sizeof id, "step%lld-%016llx", (long long)r->cur.step, (unsigned long long)weights_hash(r));
@@ -348,7 +351,7 @@ static int save_checkpoint(run *r, nvlm_err *err) {
     if (committed && old[0] && strcmp(old, name)) remove_save(dir, old);
     if (!committed && made) remove_save(dir, name);
     if (rc) nvlm_fail_prefix(err, committed ? "saving a checkpoint in %s: " : "saving a checkpoint in %s (the previous save stays current): ", dir);
-    return rc;
+    return nvlm_dist_agree(r->o->dist, rc, err);
 }
 
 static int load_state(run *r, const char *dir, nvlm_err *err) {
@@ -430,27 +433,31 @@ static int evaluate(run *r, double *loss, double *acc, nvlm_err *err) {
 }
 
 static void emit(run *r, nvlm_train_report *rep) {
+    const int ranks = nvlm_dist_size(r->o->dist);
     rep->peak_rss_mb = peak_rss_mb();
     if (r->log) {
         if (rep->event)
-            fprintf(r->log, "{\"step\": %lld, \"event\": \"%s\"}\n", (long long)rep->step, rep->event);
+            fprintf(r->log, "{\"step\": %lld, \"event\": \"%s\", \"ranks\": %d}\n", (long long)rep->step, rep->event, ranks);
         else if (rep->eval)
-            fprintf(r->log, "{\"step\": %lld, \"eval_loss\": %.6f, \"eval_acc\": %.4f}\n", (long long)rep->step,
-                    rep->eval_loss, rep->eval_acc);
+            fprintf(r->log, "{\"step\": %lld, \"eval_loss\": %.6f, \"eval_acc\": %.4f, \"ranks\": %d}\n", (long long)rep->step,
+                    rep->eval_loss, rep->eval_acc, ranks);
         else
             fprintf(r->log,
                     "{\"step\": %lld, \"epoch\": %d, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.4g, "
                     "\"tokens_per_s\": %.1f, \"samples_per_s\": %.3f, \"step_s\": %.4f, \"elapsed_s\": %.2f, "
-                    "\"peak_rss_mb\": %ld}\n",
+                    "\"peak_rss_mb\": %ld, \"ranks\": %d}\n",
                     (long long)rep->step, rep->epoch, rep->loss, rep->lr, rep->grad_norm, rep->tokens_per_s,
-                    rep->samples / fmax(rep->step_s, 1e-9), rep->step_s, rep->elapsed_s, rep->peak_rss_mb);
+                    rep->samples / fmax(rep->step_s, 1e-9), rep->step_s, rep->elapsed_s, rep->peak_rss_mb, ranks);
         fflush(r->log);
     }
     if (r->cb) r->cb(r->user, rep);
 }
 
+/* Data parallel: every rank draws the whole global batch (so the cursor, and a --resume, do not
+ * depend on the number of ranks) and works on samples k = rank, rank + N, ...; the supervised
+ * token count, loss and gradients are then summed over the ranks. */
 static int train_step(run *r, double *loss, double *gnorm, double *lr, long *tokens, nvlm_err *err) {
-    const int n = r->o->batch * r->o->grad_accum;
+    const int n = r->o->batch * r->o->grad_accum, P = nvlm_dist_size(r->o->dist), me = nvlm_dist_rank(r->o->dist);
     nvlm_tdata **ds = malloc(sizeof *ds * (size_t)n);
     int *idx = malloc(sizeof *idx * (size_t)n);
     if (!ds || !idx) {
@@ -461,6 +468,7 @@ static int train_step(run *r, double *loss, double *gnorm, double *lr, long *tok
     long total = 0;
     for (int k = 0; k < n && !rc; k++) {
         next_sample(r, &ds[k], &idx[k]);
+        if (k % P != me) continue;
         rc = prepare(r, ds[k], idx[k], err);
         if (!rc) {
             nvlm_tseq q;
@@ -468,11 +476,16 @@ static int train_step(run *r, double *loss, double *gnorm, double *lr, long *tok
             total += nvlm_tseq_supervised(&q);
         }
     }
+    rc = nvlm_dist_agree(r->o->dist, rc, err); /* a sample one rank could not read stops them all */
+    double all = (double)total;
+    if (!rc) nvlm_dist_sum_f64(r->o->dist, &all, 1);
+    total = (long)all;
     /* the loss is the mean over every supervised token of the step (all micro-batches) */
     double sum = 0;
     *tokens = 0;
     nvlm_tmodel_zero_grad(r->tm);
     for (int k = 0; k < n && !rc && total > 0; k++) {
+        if (k % P != me) continue;
         nvlm_tseq q;
         nvlm_tdata_seq(ds[k], idx[k], &q);
         nvlm_tresult res = {0};
@@ -481,7 +494,14 @@ static int train_step(run *r, double *loss, double *gnorm, double *lr, long *tok
         *tokens += q.n;
     }
     free(ds), free(idx);
-    if (rc) return rc;
+    if ((rc = nvlm_dist_agree(r->o->dist, rc, err))) return rc;
+    if (P > 1) {
+        double s2[2] = {sum, (double)*tokens};
+        nvlm_dist_sum_f64(r->o->dist, s2, 2);
+        sum = s2[0], *tokens = (long)s2[1];
+        for (int i = 0; i < r->tm->n_p; i++)
+            if (r->tm->p[i].g) nvlm_dist_sum_f32(r->o->dist, r->tm->p[i].g, r->tm->p[i].n);
+    }
     *loss = total ? sum / total : 0;
     *gnorm = nvlm_grad_norm(r->tm);
     if (r->o->clip > 0 && *gnorm > r->o->clip) nvlm_grad_scale(r->tm, (float)(r->o->clip / (*gnorm + 1e-6)));
@@ -534,6 +554,7 @@ static int setup(run *r, const nvlm_train_opts *o, nvlm_err *err) {
     double main_per_step = per_step * (r->text ? 1.0 - o->text_ratio : 1.0);
     r->total = o->steps > 0 ? o->steps : (int64_t)ceil((double)o->epochs * r->data->n / main_per_step);
     if (o->resume_dir && (rc = load_state(r, o->resume_dir, err))) return rc;
+    if (nvlm_dist_rank(o->dist) > 0) return NVLM_OK; /* rank 0 writes the log and the checkpoints */
     if ((rc = mkdir_p(o->out_dir, err))) return rc;
     char *lp = o->log_path ? strdup(o->log_path) : nvlm_path_join(o->out_dir, "train_log.jsonl");
     if (!lp) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
@@ -549,6 +570,7 @@ int nvlm_train_run(const nvlm_train_opts *o, nvlm_train_cb cb, void *user, nvlm_
     run r = {0};
     r.o = o, r.cb = cb, r.user = user;
     rc = setup(&r, o, err);
+    rc = nvlm_dist_agree(o->dist, rc, err);
     double t0 = now_s(), t_last = t0;
     int64_t first = r.cur.step;
     if (!rc && o->resume_dir) {
@@ -558,7 +580,7 @@ int nvlm_train_run(const nvlm_train_opts *o, nvlm_train_cb cb, void *user, nvlm_
     int done = 0;
     while (!rc && !done) {
         if (o->steps > 0 ? r.cur.step >= o->steps : r.cur.epoch >= o->epochs) break;
-        if (o->stop && *o->stop) {
+        if (nvlm_dist_any(o->dist, o->stop && *o->stop)) {
             rc = save_checkpoint(&r, err);
             nvlm_train_report rep = {.step = r.cur.step, .total_steps = r.total, .event = "interrupted", .path = o->out_dir};
             if (!rc) emit(&r, &rep);

@@ -32,6 +32,9 @@ typedef struct nvlm_train_opts {
     int recompute;              /* activation recomputation */
     int compute;                /* NVLM_COMPUTE_*: the forward's matrix products (the frozen ViT included) */
     volatile sig_atomic_t *stop;/* set (e.g. by SIGINT): save and return NVLM_E_CANCELLED */
+    nvlm_dist *dist;            /* data parallel over a job of N ranks (docs/distributed.md): each
+                                   step's samples dealt round-robin, gradients summed before AdamW;
+                                   rank 0 saves and logs. NULL: one process */
 } nvlm_train_opts;
 
 void nvlm_train_opts_default(nvlm_train_opts *o);
