@@ -32,7 +32,8 @@ typedef enum nvlm_status {
     NVLM_E_NOMEM = -5,        /* an allocation failed */
     NVLM_E_LIMIT = -6,        /* a configured limit was exceeded (image pixels, context, ...) */
     NVLM_E_CANCELLED = -7,    /* a callback asked to stop */
-    NVLM_E_INTERNAL = -8      /* a bug: please report */
+    NVLM_E_INTERNAL = -8,     /* a bug: please report */
+    NVLM_E_BUSY = -9          /* a shared resource is exhausted for now (the KV cache is full): retry later */
 } nvlm_status;
 
 typedef struct nvlm_err {

@@ -377,6 +377,16 @@ void nvlm_matmul_multi_avx2(nvlm_pool *pool, int n_w, float *const *y, const flo
         for (int i = 0; i < n_w; i++) nvlm_matmul_avx2(pool, y[i], x, n_tok, w[i], bias[i]);
         return;
     }
+    nvlm_gemm_multi_avx2(pool, n_w, y, x, n_tok, w, bias);
+}
+
+void nvlm_gemm_multi_avx2(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
+                          const nvlm_wmat *const *w, const float *const *bias) {
+    if (n_tok <= 0 || n_w <= 0) return;
+    if (n_w > NVLM_MATMUL_MULTI_MAX) {
+        for (int i = 0; i < n_w; i++) nvlm_gemm_multi_avx2(pool, 1, &y[i], x, n_tok, &w[i], &bias[i]);
+        return;
+    }
     const int K = w[0]->cols;
     size_t slivers = ((size_t)n_tok + MR - 1) / MR;
     float *ap = malloc(sizeof(float) * slivers * MR * (size_t)K); /* plain malloc: reused heap, no page faults */

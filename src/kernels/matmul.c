@@ -86,6 +86,47 @@ void nvlm_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x
     for (int i = 0; i < n_w; i++) nvlm_matmul(pool, y[i], x, n_tok, w[i], bias[i]);
 }
 
+void nvlm_matmul_roles(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_gemv, int n_tok,
+                       const nvlm_wmat *const *w, const float *const *bias) {
+    if (n_tok <= 0 || n_w <= 0) return;
+    const int K = w[0]->cols;
+#ifdef NVLM_HAVE_AVX2_KERNELS
+    if (nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX2)) {
+        float *yg[NVLM_MATMUL_MULTI_MAX];
+        for (int i = 0; i < n_w; i++)
+            if (n_gemv > 0) nvlm_gemv_avx2(pool, y[i], x, n_gemv, w[i], bias[i]);
+        if (n_gemv >= n_tok) return;
+        for (int i = 0; i < n_w && n_w <= NVLM_MATMUL_MULTI_MAX; i++) yg[i] = y[i] + (size_t)n_gemv * w[i]->rows;
+        if (n_w <= NVLM_MATMUL_MULTI_MAX)
+            nvlm_gemm_multi_avx2(pool, n_w, yg, x + (size_t)n_gemv * K, n_tok - n_gemv, w, bias);
+        else
+            for (int i = 0; i < n_w; i++) {
+                float *yi = y[i] + (size_t)n_gemv * w[i]->rows;
+                nvlm_gemm_multi_avx2(pool, 1, &yi, x + (size_t)n_gemv * K, n_tok - n_gemv, &w[i], &bias[i]);
+            }
+        return;
+    }
+#endif
+#ifdef NVLM_HAVE_NEON_KERNELS
+    if (nvlm_pool_level(pool) == NVLM_CPU_NEON) {
+        /* GEMV a few tokens at a time (the NEON kernel's limit); prompt tokens through
+         * nvlm_matmul_neon, which streams when there are few of them (not batch invariant for
+         * prompts of 1-3 tokens on NEON: docs/engine.md) */
+        for (int i = 0; i < n_w; i++) {
+            for (int t = 0; t < n_gemv; t += 3)
+                nvlm_gemv_neon(pool, y[i] + (size_t)t * w[i]->rows, x + (size_t)t * K, n_gemv - t < 3 ? n_gemv - t : 3,
+                               w[i], bias[i]);
+            if (n_gemv < n_tok)
+                nvlm_matmul_neon(pool, y[i] + (size_t)n_gemv * w[i]->rows, x + (size_t)n_gemv * K, n_tok - n_gemv, w[i],
+                                 bias[i]);
+        }
+        return;
+    }
+#endif
+    (void)K;
+    for (int i = 0; i < n_w; i++) nvlm_matmul_scalar(pool, y[i], x, n_tok, w[i], bias[i]);
+}
+
 void nvlm_row_to_f32_at(int level, float *dst, const void *src, nvlm_dtype t, int n) {
 #ifdef NVLM_HAVE_AVX2_KERNELS
     if (nvlm_cpu_at_least(level, NVLM_CPU_AVX2)) {

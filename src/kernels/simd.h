@@ -23,6 +23,12 @@ void nvlm_matmul_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, cons
 #define NVLM_MATMUL_MULTI_MAX 4
 void nvlm_matmul_multi_avx2(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
                             const nvlm_wmat *const *w, const float *const *bias);
+/* The packed micro-kernel whatever n_tok (batches route prompt tokens here even when few, so
+ * their values never depend on how many share the call: src/engine/, docs/engine.md). */
+void nvlm_gemm_multi_avx2(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
+                          const nvlm_wmat *const *w, const float *const *bias);
+/* Any n_tok: more than NVLM_GEMV_MAX tokens are taken NVLM_GEMV_MAX at a time inside each row
+ * group, each token with the order it has alone. */
 void nvlm_gemv_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
                     const float *bias);
 void nvlm_attention_avx2(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride,

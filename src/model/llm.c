@@ -75,7 +75,7 @@ int nvlm_embed_tokens(const nvlm_model *m, const int32_t *ids, int n, float *out
 
 /* cos/sin [n_tok, d/2] for positions pos0.. (angles in double, rounded to float as the
  * reference does). Dynamic NTK scaling applies once the sequence exceeds the trained length. */
-static void rope_table(const nvlm_llm_config *c, int d, int pos0, int n_tok, float *cs, float *sn) {
+void nvlm_rope_table(const nvlm_llm_config *c, int d, int pos0, int n_tok, float *cs, float *sn) {
     double base = c->rope_theta;
     int seq = pos0 + n_tok;
     if (!strcmp(c->rope_scaling_type, "dynamic") && seq > c->max_position_embeddings) {
@@ -92,7 +92,7 @@ static void rope_table(const nvlm_llm_config *c, int d, int pos0, int n_tok, flo
     }
 }
 
-static void rope_apply(float *x, int n_heads, int d, const float *cs, const float *sn) {
+void nvlm_rope_apply(float *x, int n_heads, int d, const float *cs, const float *sn) {
     int h2 = d / 2;
     for (int hh = 0; hh < n_heads; hh++) {
         float *v = x + (size_t)hh * d;
@@ -230,8 +230,8 @@ static void llm_rows(void *ctx, size_t begin, size_t end, int thread) {
         const int kvd = c->num_kv_heads * d;
         for (size_t t = begin; t < end; t++) {
             const float *cs = b->cs + t * (d / 2), *sn = b->sn + t * (d / 2);
-            rope_apply(b->q + t * c->num_heads * d, c->num_heads, d, cs, sn);
-            rope_apply(b->k + t * kvd, c->num_kv_heads, d, cs, sn);
+            nvlm_rope_apply(b->q + t * c->num_heads * d, c->num_heads, d, cs, sn);
+            nvlm_rope_apply(b->k + t * kvd, c->num_kv_heads, d, cs, sn);
         }
         kv_store(j->kv, j->l, j->pos0 + (int)begin, b->k + begin * kvd, b->v + begin * kvd, (int)(end - begin));
         return;
@@ -288,7 +288,7 @@ int nvlm_llm_forward(nvlm_model *m, nvlm_kv *kv, const float *embeds, int n, con
         return nvlm_fail(err, NVLM_E_NOMEM, "out of memory running %d tokens", n);
     }
     memcpy(b.x, embeds, sizeof(float) * (size_t)n * h);
-    rope_table(c, d, kv->len, n, b.cs, b.sn);
+    nvlm_rope_table(c, d, kv->len, n, b.cs, b.sn);
     for (int l = 0; l < c->num_layers && !rc; l++) {
         if (hooks && hooks->before_layer) rc = hooks->before_layer(hooks->user, l, b.x, n, kv->len, err);
         if (!rc) llm_layer_forward(m, kv, l, n, &b);

@@ -27,6 +27,12 @@ typedef struct nvlm_llm_hooks {
     void *user;
 } nvlm_llm_hooks;
 
+/* Rotary tables cos/sin [n_tok, d/2] for positions pos0.. of a sequence whose call ends at
+ * pos0 + n_tok (dynamic NTK scaling past the trained length), and their application to n_heads
+ * heads of d values. */
+void nvlm_rope_table(const nvlm_llm_config *c, int d, int pos0, int n_tok, float *cs, float *sn);
+void nvlm_rope_apply(float *x, int n_heads, int d, const float *cs, const float *sn);
+
 /* Embedding rows of ids into out [n, h]. Ids outside the vocabulary are an error. */
 int nvlm_embed_tokens(const nvlm_model *m, const int32_t *ids, int n, float *out, nvlm_err *err);
 
