@@ -51,6 +51,7 @@ void nvlm_kvstore_stats(const nvlm_kvstore *kv, nvlm_kv_stats *st) {
     st->pages_free = kv->o.max_pages ? kv->o.max_pages - st->pages_used : kv->n_free;
     st->pages_max = kv->o.max_pages;
     st->page_bytes = kv->page_bytes;
+    st->bytes_allocated = kv->n_mem * kv->page_bytes;
     st->page_tokens = kv->o.page_tokens;
     for (int s = 0; s < kv->n_seqs; s++) st->sequences += kv->seqs[s].used;
 }

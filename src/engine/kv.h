@@ -21,7 +21,7 @@ typedef struct nvlm_kv_opts {
 
 typedef struct nvlm_kv_stats {
     size_t pages_used, pages_free, pages_max; /* free: allocated and unused; max 0: unbounded */
-    size_t page_bytes;
+    size_t page_bytes, bytes_allocated;
     int page_tokens, sequences;
 } nvlm_kv_stats;
 

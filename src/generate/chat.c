@@ -331,7 +331,7 @@ static int make_response(nvlm_chat *c, const nvlm_sampling *s, char **out, nvlm_
 static void ask_reset(nvlm_chat *c) {
     chat_ask_state *a = &c->ask;
     free(a->question), free(a->out), free(a->seen);
-    free(a->prompt_ids), free(a->last_logits);
+    free(a->prompt_ids), free(a->last_logits), free(a->logits);
     nvlm_buf_free(&a->text);
     nvlm_detok_free(a->detok);
     memset(a, 0, sizeof *a);
@@ -356,6 +356,19 @@ int nvlm_chat_use_engine(nvlm_chat *c, nvlm_engine *e, nvlm_err *err) {
 
 int nvlm_chat_seq(const nvlm_chat *c) { return c->seq; }
 
+int nvlm_chat_tiles_pending(const nvlm_chat *c) {
+    int n = 0;
+    for (int i = 0; i < c->n_images; i++)
+        if (!c->images[i].features) n += c->images[i].n_tiles - c->images[i].done_tiles;
+    return n;
+}
+
+const int32_t *nvlm_chat_cached(const nvlm_chat *c, size_t *n) {
+    int len = c->e && c->seq >= 0 ? nvlm_kv_seq_len(nvlm_engine_kv(c->e), c->seq) : 0;
+    *n = len > 0 ? (size_t)len : 0;
+    return c->cached;
+}
+
 int nvlm_chat_begin(nvlm_chat *c, const char *question, const nvlm_sampling *s_in, nvlm_token_fn on_token, void *user,
                     nvlm_err *err) {
     if (!c || !question) return nvlm_fail(err, NVLM_E_INVALID_ARG, "no chat or no question");
@@ -373,7 +386,7 @@ int nvlm_chat_begin(nvlm_chat *c, const char *question, const nvlm_sampling *s_i
     return NVLM_OK;
 }
 
-/* Encodes up to max_tiles tiles of the images not encoded yet (0: all); once none is left,
+/* Encodes up to max_tiles tiles of the images not encoded yet (< 0: all); once none is left,
  * builds the prompt and picks the cached prefix to keep (*done = 1). */
 int nvlm_chat_encode_step(nvlm_chat *c, int max_tiles, int *done, nvlm_err *err) {
     chat_ask_state *a = &c->ask;
@@ -382,10 +395,11 @@ int nvlm_chat_encode_step(nvlm_chat *c, int max_tiles, int *done, nvlm_err *err)
     if (*done) return NVLM_OK;
     size_t per_tile = (size_t)nvlm_cfg_tokens_per_tile(&m->cfg) * m->cfg.llm.hidden_size;
     size_t px_per_tile = (size_t)3 * m->cfg.image_size * m->cfg.image_size;
-    int budget = max_tiles > 0 ? max_tiles : -1;
-    for (int i = 0; i < c->n_images && budget; i++) {
+    int budget = max_tiles;
+    for (int i = 0; i < c->n_images; i++) {
         chat_image *im = &c->images[i];
         if (im->features) continue;
+        if (!budget) return NVLM_OK;
         if (!im->partial && !(im->partial = malloc(sizeof(float) * per_tile * (size_t)im->n_tiles)))
             return nvlm_fail(err, NVLM_E_NOMEM, "out of memory for image features");
         for (; im->done_tiles < im->n_tiles && budget; im->done_tiles++, budget--) {

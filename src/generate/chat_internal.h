@@ -21,9 +21,13 @@ const float *nvlm_chat_image_features(const nvlm_chat *c, int i, int *n_tiles);
  * nvlm_chat_ask is exactly this loop with a batch of its own. */
 int nvlm_chat_use_engine(nvlm_chat *c, nvlm_engine *e, nvlm_err *err);
 int nvlm_chat_seq(const nvlm_chat *c);
+/* ViT tiles not encoded yet. */
+int nvlm_chat_tiles_pending(const nvlm_chat *c);
+/* The ids of the positions in the chat's KV sequence (*n of them). */
+const int32_t *nvlm_chat_cached(const nvlm_chat *c, size_t *n);
 int nvlm_chat_begin(nvlm_chat *c, const char *question, const nvlm_sampling *s, nvlm_token_fn on_token, void *user,
                     nvlm_err *err);
-/* max_tiles <= 0: every tile left. */
+/* max_tiles < 0: every tile left; 0: none (finishes only when no tile is pending). */
 int nvlm_chat_encode_step(nvlm_chat *c, int max_tiles, int *done, nvlm_err *err);
 /* The prompt once encoding is done (NULL before). */
 const int32_t *nvlm_chat_prompt(const nvlm_chat *c, size_t *n);

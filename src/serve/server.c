@@ -189,6 +189,7 @@ static enum MHD_Result finish_plain(nvlm_server *s, struct MHD_Connection *c, se
     if (j->state == JOB_FAILED) {
         int code = j->err.code;
         if (code == NVLM_E_CANCELLED) return fail(s, c, 503, "shutting_down", "the server is shutting down");
+        if (code == NVLM_E_BUSY) return fail(s, c, 503, "kv_cache_full", j->err.msg);
         int status = code == NVLM_E_LIMIT || code == NVLM_E_INVALID_ARG ? 400 : 500;
         return fail(s, c, status, NULL, j->err.msg);
     }
@@ -409,7 +410,7 @@ int nvlm_server_start(nvlm_model *m, const nvlm_serve_options *opt, nvlm_server 
     s->m = m;
     s->o = *opt;
     s->o.defaults.stop = NULL;
-    if (!s->o.parallel) s->o.parallel = 4;
+    if (!s->o.parallel) s->o.parallel = 8;
     if (!s->o.max_queue) s->o.max_queue = 256;
     if (!s->o.max_body) s->o.max_body = 64u << 20;
     if (!s->o.max_image_bytes) s->o.max_image_bytes = 20u << 20;
@@ -437,7 +438,7 @@ int nvlm_server_start(nvlm_model *m, const nvlm_serve_options *opt, nvlm_server 
         server_free(s);
         return rc;
     }
-    rc = serve_sched_start(&s->sched, m, &s->metrics, s->o.parallel, s->o.max_queue, err);
+    rc = serve_sched_start(&s->sched, m, &s->metrics, &s->o, err);
     if (rc) {
         serve_metrics_destroy(&s->metrics);
         server_free(s);
