@@ -31,6 +31,11 @@ void nvlm_gemm_multi_avx2(nvlm_pool *pool, int n_w, float *const *y, const float
  * group, each token with the order it has alone. */
 void nvlm_gemv_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
                     const float *bias);
+/* Plain formats (F32/F16/BF16) at AVX-512, any n_tok, 16 tokens a pass: each token's outputs are
+ * bit-identical to nvlm_gemv_avx2's for it alone (gemv_batch_avx512.c says how). */
+int nvlm_gemv_batch_avx512_ok(nvlm_dtype dt);
+void nvlm_gemv_batch_avx512(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
+                            const float *bias);
 void nvlm_attention_avx2(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride,
                          const float *v, size_t v_stride, int n_keys, int causal_pos0, int d,
                          float scale, float *out, size_t out_stride, float *scratch);

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Continuous batching in `nvlm serve` (issue 17): concurrent greedy requests against solo ones.
+
+  serve_bench.py --port 8080 [--tokens 64] [--streams 1,2,4,8,16] [--image PNG --tiles 7]
+
+1. solo: each of the N distinct prompts alone, one after another (their answers and time);
+2. for each stream count S: S requests at once (prompts cycled), aggregate generated tok/s;
+   every answer must equal its solo answer (greedy: the engine is batch invariant);
+3. with --image: time to first token of a short text request while a 7-tile image request is
+   being prefilled, against the same request on an idle server.
+Prints one line per figure; exits 1 when an answer differs. Standard library only.
+"""
+import argparse, base64, json, sys, threading, time, urllib.request
+
+PROMPTS = [
+    "Write a short story about a lighthouse keeper.", "Explain how a bicycle gear works.",
+    "List ten uses for a paperclip.", "Describe the water cycle to a child.",
+    "What makes a good cup of tea?", "Summarise the plot of a heist film you invent.",
+    "Give advice to a new gardener.", "Compare cats and dogs as pets.",
+    "Invent a recipe with lemons and rice.", "Why is the sky blue at noon and red at dusk?",
+    "Plan a weekend trip to the mountains.", "Describe a city in the year 2300.",
+    "Teach me three chess openings.", "What is the best way to learn a language?",
+    "Tell a joke about computers.", "Write a letter to your future self.",
+]
+
+
+def post(port, body, stream=False):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    t0 = time.time()
+    with urllib.request.urlopen(req, timeout=3600) as r:
+        if not stream:
+            return json.loads(r.read()), t0, None
+        first = None
+        for line in r:
+            if line.startswith(b"data: ") and b"\"content\"" in line and first is None:
+                first = time.time()
+        return None, t0, first
+
+
+def chat(port, prompt, tokens, image=None):
+    content = prompt if image is None else [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + image}}, {"type": "text", "text": prompt}]
+    body = {"messages": [{"role": "user", "content": content}], "max_tokens": tokens, "temperature": 0}
+    j, _, _ = post(port, body)
+    return j["choices"][0]["message"]["content"], j["usage"]["completion_tokens"]
+
+
+def run_concurrent(port, prompts, tokens):
+    out = [None] * len(prompts)
+
+    def one(i):
+        out[i] = chat(port, prompts[i], tokens)
+
+    th = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    t0 = time.time()
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    return out, time.time() - t0
+
+
+def ttft(port, prompt):
+    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 4, "temperature": 0, "stream": True}
+    _, t0, first = post(port, body, stream=True)
+    return first - t0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, default=8080)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--streams", default="1,2,4,8,16")
+    ap.add_argument("--image", help="a PNG for the time-to-first-token figure")
+    args = ap.parse_args()
+    streams = [int(x) for x in args.streams.split(",")]
+    n = max(streams)
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
+    solo, t_solo = {}, 0.0
+    for p in dict.fromkeys(prompts):
+        t0 = time.time()
+        solo[p] = chat(args.port, p, args.tokens)
+        t_solo += time.time() - t0
+    n8 = min(8, len(solo))
+    seq8 = sum(1 for _ in range(n8))  # noqa: the sequential figure below uses the first 8 prompts
+    t0 = time.time()
+    for p in prompts[:n8]:
+        chat(args.port, p, args.tokens)
+    t_seq8 = time.time() - t0
+    print(f"sequential: {n8} requests of {args.tokens} tokens one after another: {t_seq8:.2f} s")
+    bad = 0
+    for s in streams:
+        out, secs = run_concurrent(args.port, prompts[:s], args.tokens)
+        toks = sum(o[1] for o in out)
+        same = sum(1 for p, o in zip(prompts[:s], out) if o == solo[p])
+        bad += s - same
+        extra = f", {t_seq8 / secs:.2f}x the sequential time" if s == n8 else ""
+        print(f"streams {s:2d}: {toks} tokens in {secs:.2f} s = {toks / secs:.1f} tok/s aggregate; "
+              f"{same}/{s} answers equal their solo answers{extra}")
+    if args.image:
+        img = base64.b64encode(open(args.image, "rb").read()).decode()
+        idle = min(ttft(args.port, "Hi.") for _ in range(3))
+        th = threading.Thread(target=chat, args=(args.port, "Describe the image.", 4, img))
+        th.start()
+        time.sleep(0.3)
+        busy = ttft(args.port, "Hi.")
+        th.join()
+        print(f"time to first token of a short request: idle {idle * 1e3:.0f} ms, during a 7-tile image prefill "
+              f"{busy * 1e3:.0f} ms ({busy / idle:.2f}x)")
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
