@@ -393,8 +393,11 @@ int nvlm_decode(nvlm_engine *e, const nvlm_batch *b, int l0, int l1, float *hidd
     for (int l = l0; l < l1 && !rc; l++) {
         for (int r = 0; r < n_runs && !rc; r++) {
             const run *ru = &e->runs[r];
-            if (ru->hooks && ru->hooks->before_layer)
-                rc = ru->hooks->before_layer(ru->hooks->user, l, e->x + (size_t)ru->row * h, ru->n, ru->pos0, err);
+            float *xr = e->x + (size_t)ru->row * h;
+            if (ru->hooks && ru->hooks->before_layer_role)
+                rc = ru->hooks->before_layer_role(ru->hooks->user, l, xr, ru->n, ru->pos0, ru->gen, err);
+            else if (ru->hooks && ru->hooks->before_layer)
+                rc = ru->hooks->before_layer(ru->hooks->user, l, xr, ru->n, ru->pos0, err);
         }
         if (!rc) rc = layer(e, l, n, n_gen, n_runs, err);
     }

@@ -461,6 +461,7 @@ int nvlm_chat_generating(const nvlm_chat *c) { return c->ask.state == ASK_GEN; }
 static const nvlm_llm_hooks *xattn_hooks(nvlm_chat *c) {
     if (!c->xa) return NULL;
     c->hooks.before_layer = nvlm_xattn_before_layer;
+    c->hooks.before_layer_role = nvlm_xattn_before_layer_role;
     c->hooks.user = c->xa;
     return &c->hooks;
 }

@@ -25,6 +25,9 @@ void nvlm_kv_free(nvlm_kv *kv);
 typedef struct nvlm_llm_hooks {
     int (*before_layer)(void *user, int layer, float *x, int n_tok, int pos0, nvlm_err *err);
     void *user;
+    /* engine batches (src/engine): the same with the tokens' role (gen 1: generated tokens, 0:
+     * prompt tokens), which picks the kernels as nvlm_matmul_roles does; NULL: before_layer */
+    int (*before_layer_role)(void *user, int layer, float *x, int n_tok, int pos0, int gen, nvlm_err *err);
 } nvlm_llm_hooks;
 
 /* Rotary tables cos/sin [n_tok, d/2] for positions pos0.. of a sequence whose call ends at
