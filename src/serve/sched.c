@@ -264,7 +264,7 @@ static void end_job(serve_sched *s, int slot, int rc) {
     serve_job *j = s->slots[slot];
     if (!rc) rc = nvlm_chat_finish(j->chat, &j->answer, &j->err);
     else nvlm_chat_cancel_ask(j->chat);
-    if (!rc) prefix_keep(s, j);
+    if (!rc && !atomic_load(&j->cancelled)) prefix_keep(s, j); /* a cancelled one frees its pages now */
     nvlm_chat_release_cache(j->chat);
     if (j->req.stream) stream_end(j, rc);
     int cancelled = atomic_load(&j->cancelled);
