@@ -266,24 +266,25 @@ static void end_job(serve_sched *s, int slot, int rc) {
     else nvlm_chat_cancel_ask(j->chat);
     if (!rc && !atomic_load(&j->cancelled)) prefix_keep(s, j); /* a cancelled one frees its pages now */
     nvlm_chat_release_cache(j->chat);
-    if (j->req.stream) stream_end(j, rc);
-    int cancelled = atomic_load(&j->cancelled);
-    int fin = cancelled ? SERVE_FIN_CANCELLED : rc ? SERVE_FIN_ERROR
-              : j->answer.finish_length ? SERVE_FIN_LENGTH : SERVE_FIN_STOP;
-    pthread_mutex_lock(&j->mu);
-    j->state = rc ? JOB_FAILED : JOB_DONE;
-    j->t_end = serve_now();
-    double ttft = j->t_first > 0 ? j->t_first - j->t_queued : -1;
-    pthread_cond_broadcast(&j->cv);
-    pthread_mutex_unlock(&j->mu);
-    serve_metrics_chat(s->metrics, fin, j->answer.n_prompt, j->answer.n_output, j->n_tiles, j->t_end - j->t_queued,
-                       ttft, j->t_start - j->t_queued);
+    /* the slot and the gauges first: a client that has its answer sees the server as it is */
     pthread_mutex_lock(&s->mu);
     s->slots[slot] = NULL;
     s->active--;
     serve_metrics_gauges(s->metrics, s->depth, s->active);
     pthread_mutex_unlock(&s->mu);
     metrics_engine(s);
+    int cancelled = atomic_load(&j->cancelled);
+    int fin = cancelled ? SERVE_FIN_CANCELLED : rc ? SERVE_FIN_ERROR
+              : j->answer.finish_length ? SERVE_FIN_LENGTH : SERVE_FIN_STOP;
+    double t_end = serve_now(), ttft = j->t_first > 0 ? j->t_first - j->t_queued : -1;
+    serve_metrics_chat(s->metrics, fin, j->answer.n_prompt, j->answer.n_output, j->n_tiles, t_end - j->t_queued,
+                       ttft, j->t_start - j->t_queued);
+    if (j->req.stream) stream_end(j, rc);
+    pthread_mutex_lock(&j->mu);
+    j->state = rc ? JOB_FAILED : JOB_DONE;
+    j->t_end = t_end;
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
     serve_job_release(j);
 }
 
