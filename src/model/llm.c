@@ -113,6 +113,8 @@ typedef struct self_attn_job {
     float scale;
     int level;           /* kernels/cpu.h */
     int parts;           /* query ranges per head (units = heads x parts) */
+    float *scratch;      /* [pool threads][per_thread], made before the loop: no unit can fail */
+    size_t per_thread;
 } self_attn_job;
 
 /* Start of query range p of `parts`: the ranges cost the same causal work (query i sees
@@ -141,17 +143,10 @@ static void kv_head_to_f32(const self_attn_job *j, size_t g, int n_keys, float *
  * (consecutive units share it), then the same kernel runs, so results do not depend on the
  * split over threads. */
 static void self_attn_units(void *ctx, size_t begin, size_t end, int thread) {
-    (void)thread;
     const self_attn_job *j = ctx;
     int n_keys = j->pos0 + j->n_tok;
-    size_t nkd = (size_t)n_keys * j->d, ss = 0;
-    for (size_t a = begin; a < end; a++) { /* scratch for the largest unit (prepacking depends on n) */
-        int q0 = attn_part_start(j, (int)(a % j->parts)), q1 = attn_part_start(j, (int)(a % j->parts) + 1);
-        size_t s = nvlm_attention_scratch(j->level, q1 - q0, j->pos0 + q1, j->d);
-        ss = s > ss ? s : ss;
-    }
-    float *scratch = malloc(sizeof(float) * (ss + (j->f16 ? 2 * nkd : 0)));
-    if (!scratch) return;
+    size_t nkd = (size_t)n_keys * j->d, ss = j->per_thread - (j->f16 ? 2 * nkd : 0);
+    float *scratch = j->scratch + (size_t)thread * j->per_thread;
     float *kbuf = scratch + ss, *vbuf = kbuf + nkd;
     size_t qs = (size_t)j->n_h * j->d, have = (size_t)-1;
     for (size_t a = begin; a < end; a++) {
@@ -167,7 +162,17 @@ static void self_attn_units(void *ctx, size_t begin, size_t end, int thread) {
         nvlm_attention(j->level, j->q + (size_t)q0 * qs + head * j->d, qs, q1 - q0, k, stride, v, stride, j->pos0 + q1,
                        j->pos0 + q0, j->d, j->scale, j->out + (size_t)q0 * qs + head * j->d, qs, scratch);
     }
-    free(scratch);
+}
+
+/* Floats of scratch one thread needs for any unit of j (prepacking depends on the range). */
+static size_t self_attn_scratch(const self_attn_job *j) {
+    size_t ss = 0;
+    for (int p = 0; p < j->parts; p++) {
+        int q0 = attn_part_start(j, p), q1 = attn_part_start(j, p + 1);
+        size_t s = nvlm_attention_scratch(j->level, q1 - q0, j->pos0 + q1, j->d);
+        ss = s > ss ? s : ss;
+    }
+    return ss + (j->f16 ? 2 * (size_t)(j->pos0 + j->n_tok) * j->d : 0);
 }
 
 /* Appends n rows of kv_dim keys and values at position pos0 of layer l's cache. */
@@ -250,7 +255,7 @@ static void llm_rows_run(nvlm_model *m, int op, llm_buffers *b, int n, const flo
     nvlm_pool_run(m->pool, (size_t)n, 16, llm_rows, &j);
 }
 
-static void llm_layer_forward(nvlm_model *m, nvlm_kv *kv, int l, int n, llm_buffers *b) {
+static int llm_layer_forward(nvlm_model *m, nvlm_kv *kv, int l, int n, llm_buffers *b, nvlm_err *err) {
     const nvlm_llm_config *c = &m->cfg.llm;
     const llm_layer *L = &m->llm[l];
     const int d = c->hidden_size / c->num_heads, kvd = kv->kv_dim, pos0 = kv->len;
@@ -260,10 +265,15 @@ static void llm_layer_forward(nvlm_model *m, nvlm_kv *kv, int l, int n, llm_buff
     const float *qkv_b[3] = {L->bq, L->bk, L->bv};
     nvlm_matmul_multi(m->pool, 3, qkv_out, b->y, n, qkv_w, qkv_b);
     llm_rows_run(m, ROWS_ROPE, b, n, NULL, kv, l);
-    self_attn_job aj = {b->q, kv->k[l], kv->v[l], kv->f16, b->att, n, pos0, c->num_heads,
-                        c->num_heads / c->num_kv_heads, d, kvd, 1.0f / sqrtf((float)d), nvlm_pool_level(m->pool),
-                        n >= 64 ? 4 : 1};
+    self_attn_job aj = {.q = b->q, .k = kv->k[l], .v = kv->v[l], .f16 = kv->f16, .out = b->att, .n_tok = n,
+                        .pos0 = pos0, .n_h = c->num_heads, .group = c->num_heads / c->num_kv_heads, .d = d,
+                        .kv_dim = kvd, .scale = 1.0f / sqrtf((float)d), .level = nvlm_pool_level(m->pool),
+                        .parts = n >= 64 ? 4 : 1};
+    aj.per_thread = self_attn_scratch(&aj);
+    aj.scratch = malloc(sizeof(float) * aj.per_thread * (size_t)nvlm_pool_threads(m->pool));
+    if (!aj.scratch) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory for attention scratch (%d keys)", pos0 + n);
     nvlm_pool_run(m->pool, (size_t)c->num_heads * aj.parts, 1, self_attn_units, &aj);
+    free(aj.scratch);
     nvlm_matmul(m->pool, b->y, b->att, n, &L->wo, NULL);
     llm_rows_run(m, ROWS_ADD_NORM, b, n, L->post_norm, NULL, l);
     float *mlp_out[2] = {b->gate, b->up};
@@ -273,6 +283,7 @@ static void llm_layer_forward(nvlm_model *m, nvlm_kv *kv, int l, int n, llm_buff
     nvlm_silu_mul_pool(m->pool, b->gate, b->up, (size_t)n * c->intermediate_size);
     nvlm_matmul(m->pool, b->y, b->gate, n, &L->down, NULL);
     llm_rows_run(m, ROWS_ADD, b, n, NULL, NULL, l);
+    return NVLM_OK;
 }
 
 int nvlm_llm_forward(nvlm_model *m, nvlm_kv *kv, const float *embeds, int n, const nvlm_llm_hooks *hooks,
@@ -291,7 +302,7 @@ int nvlm_llm_forward(nvlm_model *m, nvlm_kv *kv, const float *embeds, int n, con
     nvlm_rope_table(c, d, kv->len, n, b.cs, b.sn);
     for (int l = 0; l < c->num_layers && !rc; l++) {
         if (hooks && hooks->before_layer) rc = hooks->before_layer(hooks->user, l, b.x, n, kv->len, err);
-        if (!rc) llm_layer_forward(m, kv, l, n, &b);
+        if (!rc) rc = llm_layer_forward(m, kv, l, n, &b, err);
     }
     if (!rc) {
         kv->len += n;
