@@ -1,5 +1,5 @@
 /* AVX-512 matrix-vector products for a batch of generating sequences (src/engine): F32 / F16 /
- * BF16 weights against up to 8 tokens and 2 rows per pass, each weight row read from memory once.
+ * BF16 weights against up to 8 tokens per pass, each weight row read from memory once.
  *
  * Batch invariance (docs/engine.md): every output has exactly the value of the AVX2 kernel
  * (gemv_avx2.c plain_group) for that token alone. The AVX2 kernel keeps two 8-lane accumulators
@@ -16,7 +16,10 @@
 
 #define AI static inline __attribute__((always_inline))
 
-enum { TB = 8, GRAIN_ROWS = 32 }; /* tokens a pass: 2 x 8 accumulators stay in registers */
+enum {
+    TB = 8,         /* tokens a pass: their activations stay in L1 beside the row (16 spill to L2) */
+    GRAIN_ROWS = 32,
+};
 
 typedef struct gemvb_job {
     float *y;
@@ -42,44 +45,37 @@ AI float finish16(__m512 acc) {
     return ((f[0] + f[1]) + (f[2] + f[3])) + ((f[4] + f[5]) + (f[6] + f[7]));
 }
 
-/* R rows (1 or 2, sharing each load of x) against T tokens (R, T constant after inlining). */
-AI void rows_tokens(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const float *x, int K, float out[2][TB]) {
-    __m512 acc[2][TB];
-    _Pragma("GCC unroll 2") for (int r = 0; r < R; r++)
-        _Pragma("GCC unroll 16") for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+/* One row (one stream: read faster than several interleaved, as on AVX2) against T tokens (T
+ * constant after inlining). The next row is prefetched as this one is consumed: the hardware
+ * prefetchers alone leave the loads waiting on memory once there is compute between them. */
+AI void row_tokens(int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const float *x, int K, float *out) {
+    const size_t es = dt == NVLM_DT_F32 ? 4 : 2;
+    __m512 acc[TB];
+    _Pragma("GCC unroll 16") for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
     int k = 0;
     for (; k + 16 <= K; k += 16) {
-        __m512 w0 = load16(dt, w, k), w1 = R > 1 ? load16(dt, w + rb, k) : w0;
-        _Pragma("GCC unroll 16") for (int t = 0; t < T; t++) {
-            __m512 xv = _mm512_loadu_ps(x + (size_t)t * K + k);
-            acc[0][t] = _mm512_fmadd_ps(w0, xv, acc[0][t]);
-            if (R > 1) acc[1][t] = _mm512_fmadd_ps(w1, xv, acc[1][t]);
-        }
+        _mm_prefetch((const char *)w + rb + (size_t)k * es, _MM_HINT_T0);
+        __m512 wv = load16(dt, w, k);
+        _Pragma("GCC unroll 16") for (int t = 0; t < T; t++)
+            acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + (size_t)t * K + k), acc[t]);
     }
-    _Pragma("GCC unroll 2") for (int r = 0; r < R; r++)
-        _Pragma("GCC unroll 16") for (int t = 0; t < T; t++) out[r][t] = finish16(acc[r][t]);
-    for (int r = 0; k < K && r < R; r++) {
+    _Pragma("GCC unroll 16") for (int t = 0; t < T; t++) out[t] = finish16(acc[t]);
+    if (k < K) {
         float tail[16];
-        nvlm_row_to_f32_avx2(tail, w + r * rb + (size_t)k * nvlm_dtype_size(dt), dt, K - k);
+        nvlm_row_to_f32_avx2(tail, w + (size_t)k * es, dt, K - k);
         for (int t = 0; t < T; t++)
-            for (int i = k; i < K; i++) out[r][t] += x[(size_t)t * K + i] * tail[i - k];
+            for (int i = k; i < K; i++) out[t] += x[(size_t)t * K + i] * tail[i - k];
     }
 }
 
 #define CASE(T)                                                                                          \
     case T:                                                                                              \
-        if (R == 2) {                                                                                    \
-            if (dt == NVLM_DT_BF16) rows_tokens(2, T, NVLM_DT_BF16, w, rb, x, K, out);                  \
-            else if (dt == NVLM_DT_F16) rows_tokens(2, T, NVLM_DT_F16, w, rb, x, K, out);               \
-            else rows_tokens(2, T, NVLM_DT_F32, w, rb, x, K, out);                                      \
-        } else {                                                                                         \
-            if (dt == NVLM_DT_BF16) rows_tokens(1, T, NVLM_DT_BF16, w, rb, x, K, out);                  \
-            else if (dt == NVLM_DT_F16) rows_tokens(1, T, NVLM_DT_F16, w, rb, x, K, out);               \
-            else rows_tokens(1, T, NVLM_DT_F32, w, rb, x, K, out);                                      \
-        }                                                                                                \
+        if (dt == NVLM_DT_BF16) row_tokens(T, NVLM_DT_BF16, w, rb, x, K, out);                          \
+        else if (dt == NVLM_DT_F16) row_tokens(T, NVLM_DT_F16, w, rb, x, K, out);                       \
+        else row_tokens(T, NVLM_DT_F32, w, rb, x, K, out);                                              \
         break;
 
-static void rows_any(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const float *x, int K, float out[2][TB]) {
+static void row_any(int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const float *x, int K, float *out) {
     switch (T) {
         CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) default: CASE(8)
     }
@@ -90,18 +86,13 @@ static void gemvb_rows(void *ctx, size_t begin, size_t end, int thread) {
     (void)thread;
     const gemvb_job *j = ctx;
     const int K = j->w->cols, N = j->w->rows;
-    for (size_t r = begin; r < end; r += 2) {
-        const int R = end - r >= 2 ? 2 : 1;
+    for (size_t r = begin; r < end; r++) {
         const uint8_t *w = (const uint8_t *)j->w->data + r * j->rb;
-        /* the next rows: the hardware prefetchers alone lag on row streams read this slowly */
-        for (size_t o = 0; o < R * j->rb && r + 2 < end; o += 64) _mm_prefetch((const char *)w + R * j->rb + o, _MM_HINT_T0);
         for (int t0 = 0; t0 < j->n_tok; t0 += TB) {
             int T = j->n_tok - t0 < TB ? j->n_tok - t0 : TB;
-            float out[2][TB];
-            rows_any(R, T, j->w->dtype, w, j->rb, j->x + (size_t)t0 * K, K, out);
-            for (int q = 0; q < R; q++)
-                for (int t = 0; t < T; t++)
-                    j->y[(size_t)(t0 + t) * N + r + q] = j->bias ? out[q][t] + j->bias[r + q] : out[q][t];
+            float out[TB];
+            row_any(T, j->w->dtype, w, j->rb, j->x + (size_t)t0 * K, K, out);
+            for (int t = 0; t < T; t++) j->y[(size_t)(t0 + t) * N + r] = j->bias ? out[t] + j->bias[r] : out[t];
         }
     }
 }
