@@ -243,6 +243,35 @@ static void prefix_reuse(serve_sched *s, serve_job *j) {
     j->n_reused = best_n;
 }
 
+/* Requests that arrive together often share a prefix (the system prompt, the same image): one
+ * waits while a request in a lower slot (no cycles) computes the common part, then forks its
+ * pages. 1: wait this step. */
+static int wait_for_leader(serve_sched *s, int i) {
+    serve_job *j = s->slots[i];
+    size_t n_prompt;
+    if (!j->keys || j->prefill_started || !nvlm_chat_prompt(j->chat, &n_prompt)) return 0;
+    size_t best = 0;
+    int lead = -1;
+    for (int k = 0; k < i; k++) {
+        const serve_job *o = s->slots[k];
+        if (!o || o->phase != PHASE_RUN || !o->keys) continue;
+        size_t n = 0;
+        while (n < o->n_keys && n < j->n_keys && o->keys[n] == j->keys[n]) n++;
+        if (n > best) best = n, lead = k;
+    }
+    if (best >= n_prompt) best = n_prompt - 1; /* the last position is recomputed for its logits */
+    if (lead < 0 || best < PREFIX_MIN || best <= j->n_reused) return 0;
+    size_t have = 0;
+    nvlm_chat_cached(s->slots[lead]->chat, &have);
+    if (have < best) return 1; /* the leader computes it first */
+    int seq;
+    nvlm_err e = {0};
+    if (nvlm_kv_seq_fork(nvlm_engine_kv(s->engine), nvlm_chat_seq(s->slots[lead]->chat), (int)best, &seq, &e)) return 0;
+    if (!nvlm_chat_adopt_prefix(j->chat, seq, best)) nvlm_kv_seq_free(nvlm_engine_kv(s->engine), seq);
+    else j->n_reused = best;
+    return 0;
+}
+
 /* ------------------------------------------------------------ job ends */
 
 static void metrics_engine(serve_sched *s) {
@@ -390,6 +419,7 @@ static void step(serve_sched *s) {
         for (int i = 0; i < s->parallel; i++) {
             serve_job *j = s->slots[i];
             if (!j || j->phase != PHASE_RUN || nvlm_chat_generating(j->chat) != !pass) continue;
+            if (pass && wait_for_leader(s, i)) continue;
             size_t left = nvlm_chat_prompt_left(j->chat);
             int k = pass ? (int)(left < (size_t)budget ? left : (size_t)budget) : 1;
             if (k > b->cap - b->n_tok) k = b->cap - b->n_tok;
@@ -401,7 +431,7 @@ static void step(serve_sched *s) {
                 continue;
             }
             j->in_step = rc;
-            if (pass) budget -= rc;
+            if (pass) budget -= rc, j->prefill_started = 1;
         }
     if (!b->n_tok) return;
     nvlm_err err = {0};

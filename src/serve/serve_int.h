@@ -167,7 +167,7 @@ struct serve_job {
     /* engine thread only */
     serve_textstream ts;
     size_t n_generated;
-    int phase, in_step;
+    int phase, in_step, prefill_started;
     uint64_t *keys;              /* prompt reuse keys (ids; images by the hash of their bytes) */
     size_t n_keys, n_reused;
     serve_job *next;
