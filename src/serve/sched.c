@@ -384,6 +384,13 @@ static int reserve(serve_sched *s, serve_job *j, int k) {
     }
 }
 
+/* Prompt tokens a slot still has to run (SIZE_MAX: none running). */
+static size_t prompt_left(const serve_sched *s, int i) {
+    const serve_job *j = s->slots[i];
+    if (!j || j->phase != PHASE_RUN || nvlm_chat_generating(j->chat)) return (size_t)-1;
+    return nvlm_chat_prompt_left(j->chat);
+}
+
 /* One step: tiles, then the batch (generated tokens first, then prompt tokens within the
  * budget, oldest request first), decode, and each job's tokens. */
 static void step(serve_sched *s) {
@@ -415,8 +422,17 @@ static void step(serve_sched *s) {
     int budget = generating ? PREFILL_BUDGET : IDLE_BUDGET;
     for (int i = 0; i < s->parallel; i++)
         if (s->slots[i]) s->slots[i]->in_step = 0;
+    int order[s->parallel > 0 ? s->parallel : 1]; /* prompts: the fewest tokens left first, so a short
+                                                 * request is not held behind a long image prompt */
+    for (int i = 0; i < s->parallel; i++) order[i] = i;
+    for (int i = 1; i < s->parallel; i++)
+        for (int k = i; k > 0 && prompt_left(s, order[k]) < prompt_left(s, order[k - 1]); k--) {
+            int t = order[k];
+            order[k] = order[k - 1], order[k - 1] = t;
+        }
     for (int pass = 0; pass < 2; pass++) /* generating jobs, then prefilling ones */
-        for (int i = 0; i < s->parallel; i++) {
+        for (int oi = 0; oi < s->parallel; oi++) {
+            int i = pass ? order[oi] : oi;
             serve_job *j = s->slots[i];
             if (!j || j->phase != PHASE_RUN || nvlm_chat_generating(j->chat) != !pass) continue;
             if (pass && wait_for_leader(s, i)) continue;
