@@ -19,7 +19,7 @@
 
 enum {
     PREFILL_BUDGET = 64,   /* prompt tokens per step while others generate */
-    IDLE_BUDGET = 512,     /* ... and while nobody generates (the engine's batch) */
+    IDLE_BUDGET = 256,     /* ... and while nobody generates (a step of it bounds a newcomer's wait) */
     TILES_PER_STEP = 1,    /* ViT tiles per step while others generate */
     PREFIX_MIN = 16,       /* shorter common prefixes are recomputed */
 };
@@ -430,6 +430,10 @@ static void step(serve_sched *s) {
             int t = order[k];
             order[k] = order[k - 1], order[k - 1] = t;
         }
+    /* a new short prompt does not share its step with a long one: its first token comes after
+     * one cheap step, not after a chunk of somebody's image */
+    int short_first = prompt_left(s, order[0]) <= PREFILL_BUDGET;
+    if (short_first) budget = PREFILL_BUDGET;
     for (int pass = 0; pass < 2; pass++) /* generating jobs, then prefilling ones */
         for (int oi = 0; oi < s->parallel; oi++) {
             int i = pass ? order[oi] : oi;
@@ -437,6 +441,7 @@ static void step(serve_sched *s) {
             if (!j || j->phase != PHASE_RUN || nvlm_chat_generating(j->chat) != !pass) continue;
             if (pass && wait_for_leader(s, i)) continue;
             size_t left = nvlm_chat_prompt_left(j->chat);
+            if (pass && short_first && left > PREFILL_BUDGET) break; /* a short prompt takes a cheap step */
             int k = pass ? (int)(left < (size_t)budget ? left : (size_t)budget) : 1;
             if (k > b->cap - b->n_tok) k = b->cap - b->n_tok;
             if (k <= 0) continue;
