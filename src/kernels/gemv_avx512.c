@@ -141,6 +141,10 @@ static void gemv_groups(void *ctx, size_t begin, size_t end, int thread) {
 /* More than GEMV_MAX tokens run in groups of GEMV_MAX: a token's sums do not depend on the
  * tokens beside it, so the values are those of one call per token. */
 int nvlm_gemv_avx512(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias) {
+    if (n_tok > GEMV_MAX && nvlm_gemv_batch_avx512_ok(w->dtype)) { /* a batch: each row read once for 8 tokens */
+        nvlm_gemv_batch_avx512(pool, y, x, n_tok, w, bias);
+        return 0;
+    }
     const int N = w->rows, K = w->cols, rg = ROWS;
     for (int t0 = 0; t0 < n_tok; t0 += GEMV_MAX) {
         int T = n_tok - t0 < GEMV_MAX ? n_tok - t0 : GEMV_MAX;
