@@ -2,9 +2,10 @@
  * generated one after the other on the first answer's conversation: a chat request asks its
  * question again (nvlm_chat_regenerate), a raw completion completes its prompt again, so the
  * prompt's KV cache and the encoded images are reused and only the last prompt position is
- * computed again.
- * TODO(engine): with the paged multi-sequence KV store, fork the prompt's KV once per choice and
- * decode the choices together in the batch instead of one after the other. */
+ * computed again. They run on the engine thread after the first answer, each alone (the other
+ * slots wait meanwhile).
+ * TODO(engine): fork the prompt's pages once per choice (nvlm_kv_seq_fork) and decode the
+ * choices together in the step's batch instead of one after the other. */
 #include "core/err.h"
 #include "serve/serve_int.h"
 #include <stdlib.h>
