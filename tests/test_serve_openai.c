@@ -380,7 +380,7 @@ int main(void) {
               !strcmp(str(r, "code"), "invalid_api_key"), "wrong key: status %ld code '%s'", num(r, "status"),
           str(r, "code"));
     r = result(res, "n_2");
-    CHECK(r && cJSON_IsFalse(cJSON_GetObjectItem(r, "ok")) && num(r, "status") == 400, "n=2: status %ld '%s'",
+    CHECK(r && cJSON_IsTrue(cJSON_GetObjectItem(r, "ok")), "n=2 (supported since h20): status %ld '%s'",
           num(r, "status"), str(r, "error"));
     r = result(res, "stop"); /* the reference answer is "fa.Formsicy dig </_se ..." */
     CHECK(r && !strcmp(str(r, "content"), "fa.Formsicy") && !strcmp(str(r, "finish_reason"), "stop"),
