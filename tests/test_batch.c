@@ -137,7 +137,8 @@ static void test_model(const char *dir, const conv *cv, int n_conv) {
 
 /* The kernels alone: nvlm_matmul_roles with n generated rows gives each row exactly what it
  * gives alone, for every format and odd shapes, at every level the machine has; prompt rows
- * (the packed product) likewise whatever their number. */
+ * (the packed product) likewise whatever their number; in float32 and in bf16 compute (where
+ * prompt rows take the bf16 product, generated rows still the float matrix-vector kernels). */
 static void test_kernels(void) {
     const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4};
     const int shapes[][2] = {{37, 64}, {130, 96}, {67, 200}, {16, 1000}}; /* rows, cols (block formats: cols % 32) */
@@ -146,9 +147,10 @@ static void test_kernels(void) {
     nvlm_pool *pool = NULL;
     nvlm_err err = {0};
     CHECK(nvlm_pool_new(3, &pool, &err) == 0, "%s", err.msg);
-    for (int li = 0; li < nl && pool; li++) {
-        if (!nvlm_cpu_level_usable(levels[li])) continue;
-        nvlm_pool_set_level(pool, levels[li]);
+    for (int li = 0; li < 2 * nl && pool; li++) { /* every level in float32, then in bf16 compute */
+        if (!nvlm_cpu_level_usable(levels[li % nl])) continue;
+        nvlm_pool_set_level(pool, levels[li % nl]);
+        nvlm_pool_set_compute(pool, li < nl ? NVLM_COMPUTE_F32 : NVLM_COMPUTE_BF16);
         for (size_t di = 0; di < sizeof dts / sizeof dts[0]; di++)
             for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
                 int N = shapes[si][0], K = shapes[si][1];
