@@ -119,11 +119,11 @@ static const nvlm_kernel table[] = {
     CONV(NVLM_CPU_AVX512, "row_to_f32_avx512", nvlm_row_to_f32_avx512),
 #endif
 #ifdef NVLM_HAVE_NEON_KERNELS
-    MM(NVLM_OP_PREFILL_F32, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_matmul_neon, NULL),
-    MM(NVLM_OP_PREFILL_F16, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_matmul_neon, NULL),
-    MM(NVLM_OP_PREFILL_BF16, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_matmul_neon, NULL),
-    MM(NVLM_OP_PREFILL_Q8_0, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_matmul_neon, NULL),
-    MM(NVLM_OP_PREFILL_Q4, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_matmul_neon, NULL),
+    MM(NVLM_OP_PREFILL_F32, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_gemm_neon, NULL),
+    MM(NVLM_OP_PREFILL_F16, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_gemm_neon, NULL),
+    MM(NVLM_OP_PREFILL_BF16, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_gemm_neon, NULL),
+    MM(NVLM_OP_PREFILL_Q8_0, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_gemm_neon, NULL),
+    MM(NVLM_OP_PREFILL_Q4, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_gemm_neon, NULL),
     MM(NVLM_OP_GEN_F32, NVLM_CPU_NEON, "gemv_neon (3 tokens a pass)", gemv_neon_any, NULL),
     MM(NVLM_OP_GEN_F16, NVLM_CPU_NEON, "gemv_neon (3 tokens a pass)", gemv_neon_any, NULL),
     MM(NVLM_OP_GEN_BF16, NVLM_CPU_NEON, "gemv_neon (3 tokens a pass)", gemv_neon_any, NULL),
