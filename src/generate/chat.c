@@ -107,9 +107,9 @@ int nvlm_chat_new(nvlm_model *m, nvlm_chat **out, nvlm_err *err) {
 
 void nvlm_chat_free(nvlm_chat *c) {
     if (!c) return;
+    ask_reset(c); /* first: it may put a turn asked again back into the history */
     for (int i = 0; i < c->n_history; i++) free(c->history[i].question), free(c->history[i].answer);
     free(c->history);
-    ask_reset(c);
     for (int i = 0; i < c->n_images; i++) free(c->images[i].rgb), free(c->images[i].partial), free(c->images[i].features);
     free(c->images);
     nvlm_chat_release_cache(c);
