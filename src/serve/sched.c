@@ -329,11 +329,9 @@ static void metrics_engine(serve_sched *s) {
 /* Ends a job (rc 0: its answer is complete), frees its pages, wakes its reader. */
 static void end_job(serve_sched *s, int slot, int rc) {
     serve_job *j = s->slots[slot];
-    if (!rc) rc = nvlm_chat_finish(j->chat, &j->answer, &j->err);
+    if (!rc) rc = nvlm_chat_finish(j->chat, j->n_extra < j->n_begun ? &j->extra[j->n_extra] : &j->answer, &j->err);
     else nvlm_chat_cancel_ask(j->chat);
-    /* n > 1: the other choices on this conversation (its cache and images reused), one after
-     * the other on the engine thread (serve/choices.c) */
-    if (!rc && !j->cut && j->req.n > 1) rc = serve_extra_choices(j, on_token, j);
+    if (!rc && j->n_extra < j->n_begun) j->n_extra++;
     if (!rc && !atomic_load(&j->cancelled)) prefix_keep(s, j); /* a cancelled one frees its pages now */
     nvlm_chat_release_cache(j->chat);
     /* the slot and the gauges first: a client that has its answer sees the server as it is */
@@ -358,6 +356,46 @@ static void end_job(serve_sched *s, int slot, int rc) {
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
     serve_job_release(j);
+}
+
+/* n > 1: the answer just complete becomes its choice and the next choice begins on the same
+ * conversation, in this slot: the question asked again (a completion's prompt completed again)
+ * with seed + k, so the prompt's cache and the encoded images are reused and only its last
+ * position is computed again; it then takes steps like any request. 1 when one began; 0 when
+ * the job is to end (*rc: how). */
+static int next_choice(serve_job *j, int *rc) {
+    *rc = NVLM_OK;
+    int k = j->n_begun + 1; /* the choice to begin */
+    if (k >= j->req.n || j->cut || atomic_load(&j->cancelled)) return 0;
+    if (!j->extra && !(j->extra = calloc((size_t)j->req.n - 1, sizeof *j->extra))) {
+        *rc = nvlm_fail(&j->err, NVLM_E_NOMEM, "out of memory");
+        return 0;
+    }
+    *rc = nvlm_chat_finish(j->chat, k == 1 ? &j->answer : &j->extra[k - 2], &j->err);
+    if (*rc) return 0;
+    j->n_extra = k - 1, j->n_begun = k - 1;
+    nvlm_sampling sm = j->req.sampling;
+    sm.seed = j->req.sampling.seed + (uint64_t)k;
+    *rc = j->req.raw ? nvlm_chat_begin_raw(j->chat, j->req.question, &sm, on_token, j, &j->err)
+                     : nvlm_chat_begin_again(j->chat, &sm, on_token, j, &j->err);
+    if (*rc) return 0;
+    j->n_begun = k;
+    j->phase = PHASE_ENCODE; /* nothing to encode: builds the prompt, keeps the cache */
+    return 1;
+}
+
+/* A choice's answer is complete (rc 0) or failed: the next choice, or the job's end. */
+static void choice_done(serve_sched *s, int slot, int rc) {
+    int r2 = NVLM_OK;
+    if (!rc && next_choice(s->slots[slot], &r2)) return;
+    /* the last choice's answer is finished by end_job; a failed next_choice ends the job here */
+    if (r2) {
+        serve_job *j = s->slots[slot];
+        nvlm_chat_cancel_ask(j->chat);
+        end_job(s, slot, r2);
+        return;
+    }
+    end_job(s, slot, rc);
 }
 
 /* A cancelled job: an answer under way ends as it stands, marked cut (finish_reason
@@ -524,7 +562,7 @@ static void step(serve_sched *s) {
             continue;
         }
         int finished = 0, r2 = nvlm_chat_step_done(j->chat, lg, &finished, &j->err);
-        if (r2 || finished) end_job(s, slot, r2);
+        if (r2 || finished) choice_done(s, slot, r2);
     }
     metrics_engine(s);
 }

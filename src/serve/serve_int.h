@@ -291,6 +291,7 @@ struct serve_job {
     nvlm_answer answer;
     nvlm_answer *extra;          /* n > 1: the answers of choices 1 .. n_extra */
     int n_extra;
+    int n_begun;                 /* n > 1: the choice being generated (0: the first) */
     nvlm_err err;
     double t_start, t_first, t_end;
     atomic_int cancelled;
@@ -337,9 +338,6 @@ typedef struct serve_sched {
     double rate, rate_t0;
     uint64_t rate_tok0;
 } serve_sched;
-
-/* choices.c: the answers of choices 1 .. n-1 of j (its own seed each), after the first. */
-int serve_extra_choices(serve_job *j, nvlm_token_fn on_token, void *user);
 
 /* A job owning req and chat (moved in); one reference for the caller. */
 int serve_job_new(serve_request *req, nvlm_chat *chat, serve_job **out);
