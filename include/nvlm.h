@@ -35,7 +35,8 @@ typedef enum nvlm_status {
     NVLM_E_LIMIT = -6,        /* a configured limit was exceeded (image pixels, context, ...) */
     NVLM_E_CANCELLED = -7,    /* a callback asked to stop */
     NVLM_E_INTERNAL = -8,     /* a bug: please report */
-    NVLM_E_NUMERIC = -9       /* the model produced NaN/Inf (damaged or out-of-range weights) */
+    NVLM_E_NUMERIC = -9,      /* the model produced NaN/Inf (damaged or out-of-range weights) */
+    NVLM_E_BUSY = -10         /* a shared resource is exhausted for now (the KV cache is full): retry later */
 } nvlm_status;
 
 typedef struct nvlm_err {

@@ -204,6 +204,23 @@ static void check_n_image(int port) {
     free(url);
 }
 
+/* n = 2 on /v1/completions: choice k is what n = 1 with seed + k gives (the prompt completed
+ * again on the same cache, raw). */
+static void check_completions_n(int port) {
+    int st, st1;
+    cJSON *j = post(port, "/v1/completions", "{\"prompt\":\"Once upon a time\",\"max_tokens\":6,\"n\":2,"
+                                             "\"temperature\":2,\"seed\":21}", &st);
+    cJSON *k = post(port, "/v1/completions", "{\"prompt\":\"Once upon a time\",\"max_tokens\":6,\"temperature\":2,"
+                                             "\"seed\":22}", &st1);
+    const cJSON *a = cJSON_GetObjectItem(choice(j, 1), "text"), *b = cJSON_GetObjectItem(choice(k, 0), "text");
+    CHECK(st == 200 && st1 == 200 && cJSON_GetArraySize(cJSON_GetObjectItem(j, "choices")) == 2 && cJSON_IsString(a) &&
+              cJSON_IsString(b) && !strcmp(a->valuestring, b->valuestring),
+          "completions n=2: status %d/%d, choice 1 '%s' vs n=1 with seed + 1 '%s'", st, st1,
+          cJSON_IsString(a) ? a->valuestring : "?", cJSON_IsString(b) ? b->valuestring : "?");
+    cJSON_Delete(j);
+    cJSON_Delete(k);
+}
+
 static void check_completions(int port, nvlm_model *m) {
     int st;
     cJSON *j = post(port, "/v1/completions", "{\"prompt\":\"Hello there, friend\",\"max_tokens\":6,\"logprobs\":2}", &st);
@@ -337,6 +354,7 @@ int main(void) {
         check_json_schema(port);
         check_n(port);
         check_n_image(port);
+        check_completions_n(port);
         check_completions(port, m);
         check_tiles(port, nvlm_server_port(b), case_by_id(all, "max_num_12"));
     }

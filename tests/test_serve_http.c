@@ -477,7 +477,7 @@ int main(void) {
     test_reference(pa, cs, n);
     test_stop_string(pa, text);
     test_concurrent(pa, text, one);
-    CHECK(!http(pa, "GET", "/metrics", NULL, NULL, &r) && r.status == 200 && strstr(r.body, "nvlm_slots 4") &&
+    CHECK(!http(pa, "GET", "/metrics", NULL, NULL, &r) && r.status == 200 && strstr(r.body, "nvlm_slots 8") &&
               strstr(r.body, "nvlm_requests_total{code=\"200\"}") && strstr(r.body, "nvlm_queue_depth 0"),
           "metrics: %.400s", r.body);
     resp_free(&r);

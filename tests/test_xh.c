@@ -149,7 +149,7 @@ static void check_identity(nvlm_model *m) {
     float *emb = malloc(sizeof(float) * 8 * h), *l1 = malloc(sizeof(float) * V), *l2 = malloc(sizeof(float) * V);
     nvlm_xattn empty;
     nvlm_kv kv1, kv2;
-    nvlm_llm_hooks hk = {nvlm_xattn_before_layer, &empty};
+    nvlm_llm_hooks hk = {.before_layer = nvlm_xattn_before_layer, .user = &empty};
     CHECK(nvlm_xattn_init(&empty, m, &err) == 0 && nvlm_kv_init(&kv1, m, &err) == 0 && nvlm_kv_init(&kv2, m, &err) == 0, "%s", err.msg);
     CHECK(nvlm_embed_tokens(m, ids, 8, emb, &err) == 0, "%s", err.msg);
     CHECK(nvlm_llm_forward(m, &kv1, emb, 8, &hk, l1, 0, &err) == 0, "%s", err.msg);

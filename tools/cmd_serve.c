@@ -20,7 +20,9 @@ static void usage(FILE *f) {
                "      --host ADDR            address to listen on (default 127.0.0.1)\n"
                "      --port N               port (default 8080; 0 = any free port)\n"
                "      --api-key KEY          require 'Authorization: Bearer KEY' on /v1/* (also $NVLM_API_KEY)\n"
-               "      --parallel N           requests generating at once (default 4)\n"
+               "      --parallel N           requests generating at once, batched in one step (default 8)\n"
+               "      --kv-size N[M]         KV cache bound: N positions, or N MiB with M; a request that\n"
+               "                             cannot fit gets HTTP 503 (default: ctx x parallel positions)\n"
                "      --queue N              requests waiting for a slot before 503 (default 256)\n"
                "      --ctx N                context length (default: the config's max_position_embeddings)\n"
                "      --model-id ID          id reported by /v1/models (default: the model folder's name)\n"
@@ -100,6 +102,18 @@ static int parse_server_flag(nvlm_serve_options *so, int argc, char **argv, int 
     if (!strcmp(a, "--strict-model")) return so->strict_model = 1;
     if (!strcmp(a, "--allow-remote-images")) return so->allow_remote_images = 1;
     if (!strcmp(a, "--allow-private-image-hosts")) return so->allow_private_image_hosts = 1;
+    if (!strcmp(a, "--kv-size")) { /* positions, or MiB with an M / MiB suffix */
+        const char *v = *i + 1 < argc ? argv[*i + 1] : NULL;
+        char *end = NULL;
+        unsigned long long n = v ? strtoull(v, &end, 10) : 0;
+        int mib = end && (!strcmp(end, "M") || !strcmp(end, "MiB"));
+        if (!v || end == v || !n || n > (1ull << 40) || (*end && !mib))
+            return cli_usage_error("serve", "--kv-size needs a number of positions, or of MiB with M (e.g. 8192 or 512M)"), -1;
+        ++*i;
+        if (mib) so->kv_mib = (size_t)n, so->kv_tokens = 0;
+        else so->kv_tokens = (size_t)n, so->kv_mib = 0;
+        return 1;
+    }
     return 0;
 }
 
@@ -162,7 +176,7 @@ int cmd_serve(int argc, char **argv) {
         return cli_report("serve", &err);
     }
     fprintf(stderr, "nvlm serve: model '%s' on http://%s:%d (parallel %d)%s\n", so.model_id,
-            so.host ? so.host : "127.0.0.1", nvlm_server_port(srv), so.parallel ? so.parallel : 4,
+            so.host ? so.host : "127.0.0.1", nvlm_server_port(srv), so.parallel ? so.parallel : 8,
             so.api_key && *so.api_key ? ", API key required" : "");
     int sig = 0;
     sigwait(&sigs, &sig);

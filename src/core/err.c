@@ -15,6 +15,7 @@ const char *nvlm_status_name(int code) {
     case NVLM_E_CANCELLED: return "cancelled";
     case NVLM_E_INTERNAL: return "internal error";
     case NVLM_E_NUMERIC: return "non-finite numbers";
+    case NVLM_E_BUSY: return "busy";
     default: return "unknown error";
     }
 }

@@ -227,7 +227,7 @@ static void gather(nvlm_dist *d, int n_w, float *const *y, int n_tok, const nvlm
     }
 }
 
-int nvlm_dist_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
+int nvlm_dist_matmul_multi(nvlm_pool *pool, int gen, int n_w, float *const *y, const float *x, int n_tok,
                            const nvlm_wmat *const *w, const float *const *bias, nvlm_err *err) {
     nvlm_dist *d = w[0]->dist;
     if (n_w > MAX_MULTI) nvlm_dist_abort(d, 1, "internal error: too many matrices in one tensor-parallel product");
@@ -253,21 +253,19 @@ int nvlm_dist_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const floa
         k++;
     }
     nvlm_err local = {0};
-    int rc = k == 1 ? nvlm_matmul(pool, ly[0], x, n_tok, lp[0], lb[0], &local)
-             : k > 1 ? nvlm_matmul_multi(pool, k, ly, x, n_tok, lp, lb, &local)
-                     : NVLM_OK;
+    int rc = k > 0 ? nvlm_matmul_roles(pool, k, ly, x, gen ? n_tok : 0, n_tok, lp, lb, &local) : NVLM_OK;
     if (rc) nvlm_dist_abort(d, 1, local.msg[0] ? local.msg : "a tensor-parallel product failed");
     gather(d, n_w, y, n_tok, w, loc);
     (void)err;
     return NVLM_OK;
 }
 
-int nvlm_dist_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
+int nvlm_dist_matmul(nvlm_pool *pool, int gen, float *y, const float *x, int n_tok, const nvlm_wmat *w,
                      const float *bias, nvlm_err *err) {
     float *ys[1] = {y};
     const nvlm_wmat *ws[1] = {w};
     const float *bs[1] = {bias};
-    return nvlm_dist_matmul_multi(pool, 1, ys, x, n_tok, ws, bs, err);
+    return nvlm_dist_matmul_multi(pool, gen, 1, ys, x, n_tok, ws, bs, err);
 }
 
 _Static_assert(sizeof(float) == sizeof(uint32_t), "floats are exchanged as 32-bit patterns");

@@ -20,11 +20,13 @@ void nvlm_dist_split(int rows, int unit, int rank, int size, int *row0, int *n);
 
 /* y = x W^T (+ bias) for a row-split w: local rows, then the all-gather into y [n_tok, rows].
  * NVLM_OK; a rank whose local product fails ends the whole job (nvlm_dist_abort, naming the
- * rank and the error): the other ranks are already waiting in the exchange. */
-int nvlm_dist_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
+ * rank and the error): the other ranks are already waiting in the exchange. gen: the local
+ * product takes the table's generation kernels (else prefill), as one process would for the
+ * same tokens (kernels/ops.h nvlm_matmul_roles: batch invariance holds across ranks too). */
+int nvlm_dist_matmul(nvlm_pool *pool, int gen, float *y, const float *x, int n_tok, const nvlm_wmat *w,
                      const float *bias, nvlm_err *err);
 /* The same for n_w row-split matrices sharing x, with one all-gather for all of them. */
-int nvlm_dist_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
+int nvlm_dist_matmul_multi(nvlm_pool *pool, int gen, int n_w, float *const *y, const float *x, int n_tok,
                            const nvlm_wmat *const *w, const float *const *bias, nvlm_err *err);
 
 /* Combines n floats that exactly one rank filled at each position and the others left zero

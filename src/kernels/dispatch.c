@@ -47,6 +47,19 @@ static size_t attention_scratch_scalar(int n_q, int n_keys, int d) {
     (void)n_q, (void)d;
     return (size_t)(n_keys > 0 ? n_keys : 1);
 }
+#ifdef NVLM_HAVE_NEON_KERNELS
+/* Generation rows take any number of tokens (a batch of generating sequences), 3 at a time:
+ * each token's values are those it has alone. */
+static int gemv_neon_any(nvlm_pool *p, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *b,
+                         nvlm_err *err) {
+    for (int t = 0; t < n_tok; t += NVLM_GEMV_NEON_MAX) {
+        int n = n_tok - t < NVLM_GEMV_NEON_MAX ? n_tok - t : NVLM_GEMV_NEON_MAX;
+        int rc = nvlm_gemv_neon(p, y + (size_t)t * w->rows, x + (size_t)t * w->cols, n, w, b, err);
+        if (rc) return rc;
+    }
+    return NVLM_OK;
+}
+#endif
 static void row_to_f32_scalar(float *dst, const void *src, nvlm_dtype t, int n) { nvlm_row_to_f32(dst, src, t, n); }
 
 #define MM(op_, level_, name_, fn_, multi_) {.op = (op_), .level = (level_), .name = (name_), .matmul = (fn_), .matmul_multi = (multi_)}
@@ -74,16 +87,16 @@ static const nvlm_kernel table[] = {
     SILU(NVLM_CPU_SCALAR, "nvlm_silu_mul (expf)", nvlm_silu_mul),
     CONV(NVLM_CPU_SCALAR, "nvlm_row_to_f32", row_to_f32_scalar),
 #ifdef NVLM_HAVE_AVX2_KERNELS
-    MM(NVLM_OP_PREFILL_F32, NVLM_CPU_AVX2, "gemm_avx2 (6x16 ymm, packed)", nvlm_matmul_avx2, nvlm_matmul_multi_avx2),
-    MM(NVLM_OP_PREFILL_F16, NVLM_CPU_AVX2, "gemm_avx2 (6x16 ymm, packed; vcvtph2ps)", nvlm_matmul_avx2, nvlm_matmul_multi_avx2),
-    MM(NVLM_OP_PREFILL_BF16, NVLM_CPU_AVX2, "gemm_avx2 (6x16 ymm, packed; bf16 shift)", nvlm_matmul_avx2, nvlm_matmul_multi_avx2),
-    MM(NVLM_OP_PREFILL_Q8_0, NVLM_CPU_AVX2, "gemm_avx2 (6x16 ymm, blocks to f32)", nvlm_matmul_avx2, nvlm_matmul_multi_avx2),
-    MM(NVLM_OP_PREFILL_Q4, NVLM_CPU_AVX2, "gemm_avx2 (6x16 ymm, blocks to f32)", nvlm_matmul_avx2, nvlm_matmul_multi_avx2),
-    MM(NVLM_OP_GEN_F32, NVLM_CPU_AVX2, "gemv_avx2 (ymm rows)", nvlm_matmul_avx2, NULL),
-    MM(NVLM_OP_GEN_F16, NVLM_CPU_AVX2, "gemv_avx2 (ymm rows; vcvtph2ps)", nvlm_matmul_avx2, NULL),
-    MM(NVLM_OP_GEN_BF16, NVLM_CPU_AVX2, "gemv_avx2 (ymm rows; bf16 shift)", nvlm_matmul_avx2, NULL),
-    MM(NVLM_OP_GEN_Q8_0, NVLM_CPU_AVX2, "gemv_avx2 (int8 x, vpmaddubsw; NVLM_QACT=f32: float x)", nvlm_matmul_avx2, NULL),
-    MM(NVLM_OP_GEN_Q4, NVLM_CPU_AVX2, "gemv_avx2 (int8 x, vpmaddubsw; NVLM_QACT=f32: float x)", nvlm_matmul_avx2, NULL),
+    MM(NVLM_OP_PREFILL_F32, NVLM_CPU_AVX2, "gemm_avx2 (6x16 ymm, packed)", nvlm_gemm_avx2, nvlm_gemm_multi_avx2),
+    MM(NVLM_OP_PREFILL_F16, NVLM_CPU_AVX2, "gemm_avx2 (6x16 ymm, packed; vcvtph2ps)", nvlm_gemm_avx2, nvlm_gemm_multi_avx2),
+    MM(NVLM_OP_PREFILL_BF16, NVLM_CPU_AVX2, "gemm_avx2 (6x16 ymm, packed; bf16 shift)", nvlm_gemm_avx2, nvlm_gemm_multi_avx2),
+    MM(NVLM_OP_PREFILL_Q8_0, NVLM_CPU_AVX2, "gemm_avx2 (6x16 ymm, blocks to f32)", nvlm_gemm_avx2, nvlm_gemm_multi_avx2),
+    MM(NVLM_OP_PREFILL_Q4, NVLM_CPU_AVX2, "gemm_avx2 (6x16 ymm, blocks to f32)", nvlm_gemm_avx2, nvlm_gemm_multi_avx2),
+    MM(NVLM_OP_GEN_F32, NVLM_CPU_AVX2, "gemv_avx2 (ymm rows)", nvlm_gemv_avx2, NULL),
+    MM(NVLM_OP_GEN_F16, NVLM_CPU_AVX2, "gemv_avx2 (ymm rows; vcvtph2ps)", nvlm_gemv_avx2, NULL),
+    MM(NVLM_OP_GEN_BF16, NVLM_CPU_AVX2, "gemv_avx2 (ymm rows; bf16 shift)", nvlm_gemv_avx2, NULL),
+    MM(NVLM_OP_GEN_Q8_0, NVLM_CPU_AVX2, "gemv_avx2 (int8 x, vpmaddubsw; NVLM_QACT=f32: float x)", nvlm_gemv_avx2, NULL),
+    MM(NVLM_OP_GEN_Q4, NVLM_CPU_AVX2, "gemv_avx2 (int8 x, vpmaddubsw; NVLM_QACT=f32: float x)", nvlm_gemv_avx2, NULL),
     ATT(NVLM_OP_ATTENTION, NVLM_CPU_AVX2, "attention_avx2 (QK^T, softmax, PV on the 6x16 kernel)", nvlm_attention_avx2,
         nvlm_attention_scratch_avx2),
     ATT(NVLM_OP_ATTENTION_GEN, NVLM_CPU_AVX2, "attend_direct avx2 (K, V read in place)", nvlm_attention_avx2,
@@ -103,9 +116,9 @@ static const nvlm_kernel table[] = {
        mm_multi_avx512),
     MM(NVLM_OP_PREFILL_Q4, NVLM_CPU_AVX512, "gemm_avx512 (14x32 zmm, blocks to f32)", mm_gemm_avx512,
        mm_multi_avx512),
-    MM(NVLM_OP_GEN_F32, NVLM_CPU_AVX512, "gemv_avx512 (zmm rows)", mm_gemv_avx512, NULL),
-    MM(NVLM_OP_GEN_F16, NVLM_CPU_AVX512, "gemv_avx512 (zmm rows; vcvtph2ps)", mm_gemv_avx512, NULL),
-    MM(NVLM_OP_GEN_BF16, NVLM_CPU_AVX512, "gemv_avx512 (zmm rows; bf16 shift)", mm_gemv_avx512, NULL),
+    MM(NVLM_OP_GEN_F32, NVLM_CPU_AVX512, "gemv_avx512 (zmm rows; 4+ tokens: 8 a pass)", mm_gemv_avx512, NULL),
+    MM(NVLM_OP_GEN_F16, NVLM_CPU_AVX512, "gemv_avx512 (zmm rows; vcvtph2ps; 4+ tokens: 8 a pass)", mm_gemv_avx512, NULL),
+    MM(NVLM_OP_GEN_BF16, NVLM_CPU_AVX512, "gemv_avx512 (zmm rows; bf16 shift; 4+ tokens: 8 a pass)", mm_gemv_avx512, NULL),
     ATT(NVLM_OP_ATTENTION, NVLM_CPU_AVX512, "attention_avx512 (QK^T, softmax, PV on the 14x32 kernel)",
         nvlm_attention_avx512, nvlm_attention_scratch_avx512),
     GELU(NVLM_CPU_AVX512, "gelu_avx512 (rational erf)", nvlm_gelu_avx512),
@@ -113,16 +126,16 @@ static const nvlm_kernel table[] = {
     CONV(NVLM_CPU_AVX512, "row_to_f32_avx512", nvlm_row_to_f32_avx512),
 #endif
 #ifdef NVLM_HAVE_NEON_KERNELS
-    MM(NVLM_OP_PREFILL_F32, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_matmul_neon, NULL),
-    MM(NVLM_OP_PREFILL_F16, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_matmul_neon, NULL),
-    MM(NVLM_OP_PREFILL_BF16, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_matmul_neon, NULL),
-    MM(NVLM_OP_PREFILL_Q8_0, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_matmul_neon, NULL),
-    MM(NVLM_OP_PREFILL_Q4, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_matmul_neon, NULL),
-    MM(NVLM_OP_GEN_F32, NVLM_CPU_NEON, "gemv_neon", nvlm_matmul_neon, NULL),
-    MM(NVLM_OP_GEN_F16, NVLM_CPU_NEON, "gemv_neon", nvlm_matmul_neon, NULL),
-    MM(NVLM_OP_GEN_BF16, NVLM_CPU_NEON, "gemv_neon", nvlm_matmul_neon, NULL),
-    MM(NVLM_OP_GEN_Q8_0, NVLM_CPU_NEON, "gemv_neon", nvlm_matmul_neon, NULL),
-    MM(NVLM_OP_GEN_Q4, NVLM_CPU_NEON, "gemv_neon", nvlm_matmul_neon, NULL),
+    MM(NVLM_OP_PREFILL_F32, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_gemm_neon, NULL),
+    MM(NVLM_OP_PREFILL_F16, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_gemm_neon, NULL),
+    MM(NVLM_OP_PREFILL_BF16, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_gemm_neon, NULL),
+    MM(NVLM_OP_PREFILL_Q8_0, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_gemm_neon, NULL),
+    MM(NVLM_OP_PREFILL_Q4, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_gemm_neon, NULL),
+    MM(NVLM_OP_GEN_F32, NVLM_CPU_NEON, "gemv_neon (3 tokens a pass)", gemv_neon_any, NULL),
+    MM(NVLM_OP_GEN_F16, NVLM_CPU_NEON, "gemv_neon (3 tokens a pass)", gemv_neon_any, NULL),
+    MM(NVLM_OP_GEN_BF16, NVLM_CPU_NEON, "gemv_neon (3 tokens a pass)", gemv_neon_any, NULL),
+    MM(NVLM_OP_GEN_Q8_0, NVLM_CPU_NEON, "gemv_neon (3 tokens a pass)", gemv_neon_any, NULL),
+    MM(NVLM_OP_GEN_Q4, NVLM_CPU_NEON, "gemv_neon (3 tokens a pass)", gemv_neon_any, NULL),
     ATT(NVLM_OP_ATTENTION, NVLM_CPU_NEON, "attention_neon", nvlm_attention_neon, nvlm_attention_scratch_neon),
     ATT(NVLM_OP_ATTENTION_GEN, NVLM_CPU_NEON, "attention_neon", nvlm_attention_neon, nvlm_attention_scratch_neon),
     GELU(NVLM_CPU_NEON, "gelu_neon", nvlm_gelu_neon),
@@ -138,9 +151,11 @@ const nvlm_kernel *nvlm_kernel_for(nvlm_op op, int level) {
     return best;
 }
 
-nvlm_op nvlm_matmul_op(nvlm_dtype dt, int n_tok) {
-    return (nvlm_op)((n_tok <= NVLM_GEN_TOKENS ? NVLM_OP_GEN_F32 : NVLM_OP_PREFILL_F32) + (int)dt);
+nvlm_op nvlm_product_op(nvlm_dtype dt, int gen) {
+    return (nvlm_op)((gen ? NVLM_OP_GEN_F32 : NVLM_OP_PREFILL_F32) + (int)dt);
 }
+
+nvlm_op nvlm_matmul_op(nvlm_dtype dt, int n_tok) { return nvlm_product_op(dt, n_tok <= NVLM_GEN_TOKENS); }
 
 const char *nvlm_op_name(nvlm_op op) {
     static const char *const names[NVLM_OP_COUNT] = {

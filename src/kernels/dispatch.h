@@ -9,7 +9,11 @@
 #include "kernels/ops.h"
 
 /* Up to this many tokens a matrix product is "generation" (matrix-vector kernels, weights
- * streamed); beyond it "prefill" (packed GEMM). The same for every level. */
+ * streamed); beyond it "prefill" (packed GEMM). The same for every level. A batch of several
+ * sequences (nvlm_matmul_roles, src/engine) picks the op by token role instead: tokens being
+ * generated take the generation kernels however many they are, prompt tokens the prefill
+ * kernels however few, so a token's values never depend on the batch (docs/engine.md). Every
+ * GEN kernel therefore takes any number of tokens, every PREFILL kernel any number from 1. */
 #define NVLM_GEN_TOKENS 3
 
 typedef enum nvlm_op {
@@ -58,6 +62,8 @@ typedef struct nvlm_kernel {
 
 /* The kernel of `op` at `level` (never NULL: every op has a scalar row). */
 const nvlm_kernel *nvlm_kernel_for(nvlm_op op, int level);
+/* The matrix-product op of weights of format dt: generation (gen != 0) or prefill. */
+nvlm_op nvlm_product_op(nvlm_dtype dt, int gen);
 /* The matrix-product op of weights of format dt for a call of n_tok tokens. */
 nvlm_op nvlm_matmul_op(nvlm_dtype dt, int n_tok);
 /* "matmul F32 prefill", ..., "attention (prefill, ViT)", "GELU", ... */

@@ -378,6 +378,19 @@ int nvlm_matmul_multi_avx2(nvlm_pool *pool, int n_w, float *const *y, const floa
         }
         return NVLM_OK;
     }
+    return nvlm_gemm_multi_avx2(pool, n_w, y, x, n_tok, w, bias, err);
+}
+
+int nvlm_gemm_multi_avx2(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
+                         const nvlm_wmat *const *w, const float *const *bias, nvlm_err *err) {
+    if (n_tok <= 0 || n_w <= 0) return NVLM_OK;
+    if (n_w > NVLM_MATMUL_MULTI_MAX) {
+        for (int i = 0; i < n_w; i++) {
+            int rc = nvlm_gemm_multi_avx2(pool, 1, &y[i], x, n_tok, &w[i], &bias[i], err);
+            if (rc) return rc;
+        }
+        return NVLM_OK;
+    }
     const int K = w[0]->cols;
     size_t slivers = ((size_t)n_tok + MR - 1) / MR;
     /* x packed, then every thread's weight panel (64-byte aligned), all taken before the loops */
@@ -391,6 +404,11 @@ int nvlm_matmul_multi_avx2(nvlm_pool *pool, int n_w, float *const *y, const floa
     nvlm_pool_run(pool, j.first[n_w], GROUP, mm_gemm_units, &j);
     free(ap);
     return NVLM_OK;
+}
+
+int nvlm_gemm_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias,
+                   nvlm_err *err) {
+    return nvlm_gemm_multi_avx2(pool, 1, &y, x, n_tok, &w, &bias, err);
 }
 
 int nvlm_matmul_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias,

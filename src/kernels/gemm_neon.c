@@ -193,6 +193,12 @@ static void mm_gemm_units(void *ctx, size_t begin, size_t end, int thread) {
 int nvlm_matmul_neon(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias,
                      nvlm_err *err) {
     if (n_tok <= NVLM_GEMV_NEON_MAX) return nvlm_gemv_neon(pool, y, x, n_tok, w, bias, err);
+    return nvlm_gemm_neon(pool, y, x, n_tok, w, bias, err);
+}
+
+int nvlm_gemm_neon(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias,
+                   nvlm_err *err) {
+    if (n_tok <= 0) return NVLM_OK;
     /* x is packed once per call (not once per group of outputs): every thread reads it; the
      * threads' weight panels follow, all taken before the loops */
     size_t tiles = ((size_t)n_tok + MR - 1) / MR;

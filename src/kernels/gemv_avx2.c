@@ -270,7 +270,36 @@ AI void group(int R, int T, const gemv_job *j, size_t r0, float out[GEMV_MAX][RG
     }
 }
 
-/* Row groups [begin, end): full groups of rg rows, the matrix's last group possibly shorter. */
+/* R rows from r0 against tokens [t0, t0 + T), T <= GEMV_MAX, R <= rows_per_group(dt, T). */
+static void gemv_tile(const gemv_job *j, size_t r0, int R, int t0, int T) {
+    const int N = j->w->rows, K = j->w->cols, nb = K / NVLM_QK;
+    gemv_job g = *j; /* the token group's activations */
+    g.x = j->x + (size_t)t0 * K;
+    if (j->xq) g.xq = j->xq + (size_t)t0 * nb, g.xd = j->xd + (size_t)t0 * nb;
+    if (j->xs) g.xs = j->xs + (size_t)t0 * nb * 8;
+    float out[GEMV_MAX][RG_MAX];
+    if (T == 1) {
+        if (R == 4) group(4, 1, &g, r0, out);
+        else if (R == 3) group(3, 1, &g, r0, out);
+        else if (R == 2) group(2, 1, &g, r0, out);
+        else group(1, 1, &g, r0, out);
+    } else if (T == 2) {
+        if (R == 2) group(2, 2, &g, r0, out);
+        else group(1, 2, &g, r0, out);
+    } else {
+        group(1, 3, &g, r0, out);
+    }
+    UNROLL
+    for (int t = 0; t < T; t++)
+        UNROLL
+        for (int r = 0; r < R; r++)
+            j->y[(size_t)(t0 + t) * N + r0 + r] = j->bias ? out[t][r] + j->bias[r0 + r] : out[t][r];
+}
+
+/* Row groups [begin, end): full groups of rg rows, the matrix's last group possibly shorter.
+ * More than GEMV_MAX tokens (a batch of generating sequences): each group of rows is applied to
+ * the tokens GEMV_MAX at a time while it sits in L1, so the weights are read from memory once;
+ * every token still gets the same per-token order as when alone. */
 static void gemv_groups(void *ctx, size_t begin, size_t end, int thread) {
     (void)thread;
     const gemv_job *j = ctx;
@@ -278,22 +307,10 @@ static void gemv_groups(void *ctx, size_t begin, size_t end, int thread) {
     for (size_t g = begin; g < end; g++) {
         size_t r0 = g * (size_t)rg;
         int R = N - (int)r0 < rg ? N - (int)r0 : rg;
-        float out[GEMV_MAX][RG_MAX];
-        if (T == 1) {
-            if (R == 4) group(4, 1, j, r0, out);
-            else if (R == 3) group(3, 1, j, r0, out);
-            else if (R == 2) group(2, 1, j, r0, out);
-            else group(1, 1, j, r0, out);
-        } else if (T == 2) {
-            if (R == 2) group(2, 2, j, r0, out);
-            else group(1, 2, j, r0, out);
-        } else {
-            group(1, 3, j, r0, out);
+        for (int t0 = 0; t0 < T; t0 += GEMV_MAX) {
+            int tg = T - t0 < GEMV_MAX ? T - t0 : GEMV_MAX, rs = rows_per_group(j->w->dtype, tg);
+            for (int r = 0; r < R; r += rs) gemv_tile(j, r0 + (size_t)r, R - r < rs ? R - r : rs, t0, tg);
         }
-        UNROLL
-        for (int t = 0; t < T; t++)
-            UNROLL
-            for (int r = 0; r < R; r++) j->y[(size_t)t * N + r0 + r] = j->bias ? out[t][r] + j->bias[r0 + r] : out[t][r];
     }
 }
 
@@ -310,8 +327,8 @@ typedef union act_buf {
 
 int nvlm_gemv_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias,
                    nvlm_err *err) {
-    gemv_job j = {.y = y, .x = x, .n_tok = n_tok, .rg = rows_per_group(w->dtype, n_tok), .w = w, .bias = bias,
-                  .rb = nvlm_row_bytes(w->dtype, w->cols)};
+    gemv_job j = {.y = y, .x = x, .n_tok = n_tok, .w = w, .bias = bias, .rb = nvlm_row_bytes(w->dtype, w->cols),
+                  .rg = n_tok <= GEMV_MAX ? rows_per_group(w->dtype, n_tok) : RG_MAX};
     const size_t nb = (size_t)w->cols / NVLM_QK, nbt = nb * (size_t)n_tok;
     act_buf stack;
     void *heap = NULL;

@@ -155,6 +155,10 @@ enum { XP_STACK = 16384 }; /* floats of permuted activations kept on the stack *
  * tokens beside it, so the values are those of one call per token. 0, or -1 when the BF16
  * activations' copy cannot be allocated (nothing computed then). */
 int nvlm_gemv_avx512(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias) {
+    if (n_tok > GEMV_MAX && nvlm_gemv_batch_avx512_ok(w->dtype)) { /* a batch: each row read once for 8 tokens */
+        nvlm_gemv_batch_avx512(pool, y, x, n_tok, w, bias);
+        return 0;
+    }
     const int N = w->rows, K = w->cols, rg = ROWS, K16 = K / 16 * 16;
     const int bf16 = w->dtype == NVLM_DT_BF16, tmax = n_tok < GEMV_MAX ? n_tok : GEMV_MAX;
     float stack[XP_STACK] __attribute__((aligned(64)));

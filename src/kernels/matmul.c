@@ -63,79 +63,107 @@ int nvlm_matmul_scalar(nvlm_pool *pool, float *y, const float *x, int n_tok, con
     return NVLM_OK;
 }
 
-/* The bf16 compute mode (kernels/gemm_bf16.h) takes the products of many tokens against
- * plain-format weights; 1 when it took this one. */
-static int bf16_takes(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
+/* The bf16 compute mode (kernels/gemm_bf16.h) takes the prefill products (prompt tokens: more
+ * than NVLM_GEN_TOKENS in one call, or any number of them in a batch by role) against
+ * plain-format weights; 1 when it took this one. Each output is one chain of its own, so the
+ * values do not depend on how many tokens share the call. */
+static int bf16_takes(nvlm_pool *pool, int gen, int n_w, float *const *y, const float *x, int n_tok,
                       const nvlm_wmat *const *w, const float *const *bias) {
-    if (nvlm_pool_compute(pool) != NVLM_COMPUTE_BF16 || n_tok < NVLM_BF16_MIN_TOKENS) return 0;
+    if (nvlm_pool_compute(pool) != NVLM_COMPUTE_BF16 || gen) return 0;
     for (int i = 0; i < n_w; i++)
         if (!nvlm_bf16_eligible(w[i])) return 0;
     nvlm_matmul_bf16(pool, n_w, y, x, n_tok, w, bias);
     return 1;
 }
 
-/* 1 when a product of n_tok tokens against w goes to the VNNI int8 matrix product
- * (kernels/gemv_vnni.h: every output nvlm_vec_dot_q's): prefill of Q8_0 / Q4 at avx512vnni and
+/* 1 when a prefill product against w goes to the VNNI int8 matrix product
+ * (kernels/gemv_vnni.h: every output nvlm_vec_dot_q's): Q8_0 / Q4 at avx512vnni and
  * above when int8 activations were asked for (NVLM_QACT=int8, nvlm_pool_set_int8_act). Not by
  * default: int8 activations in prefill cost Q8_0 on the reference cases 96.68% -> 95.10% top-1
  * and KL 0.0057 -> 0.0107, past issue 5's bar (docs/quantization.md, "VNNI"). */
-static int vnni_for(nvlm_pool *pool, int n_tok, const nvlm_wmat *w) {
+static int vnni_for(nvlm_pool *pool, int gen, const nvlm_wmat *w) {
 #ifdef NVLM_HAVE_VNNI_KERNELS
-    return n_tok > NVLM_VNNI_GEMV_MAX && nvlm_dtype_is_block(w->dtype) &&
-           nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX512_VNNI) && nvlm_pool_int8_act(pool);
+    return !gen && nvlm_dtype_is_block(w->dtype) && nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX512_VNNI) &&
+           nvlm_pool_int8_act(pool);
 #else
-    (void)pool, (void)n_tok, (void)w;
+    (void)pool, (void)gen, (void)w;
     return 0;
 #endif
 }
 
 /* vnni_for's product, done: 1 when it took it. */
-static int vnni_takes(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias) {
+static int vnni_takes(nvlm_pool *pool, int gen, float *y, const float *x, int n_tok, const nvlm_wmat *w,
+                      const float *bias) {
 #ifdef NVLM_HAVE_VNNI_KERNELS /* out of memory: the float path */
-    return vnni_for(pool, n_tok, w) && nvlm_gemm_vnni(pool, y, x, n_tok, w, bias) == 0;
+    return vnni_for(pool, gen, w) && nvlm_gemm_vnni(pool, y, x, n_tok, w, bias) == 0;
 #else
-    (void)pool, (void)y, (void)x, (void)n_tok, (void)w, (void)bias;
+    (void)pool, (void)gen, (void)y, (void)x, (void)n_tok, (void)w, (void)bias;
     return 0;
 #endif
 }
 
-/* 1 when one of the matrices takes vnni_for's path (nvlm_matmul_multi then goes matrix by matrix). */
-static int any_vnni(nvlm_pool *pool, int n_w, int n_tok, const nvlm_wmat *const *w) {
+/* 1 when one of the matrices takes vnni_for's path (the products then go matrix by matrix). */
+static int any_vnni(nvlm_pool *pool, int gen, int n_w, const nvlm_wmat *const *w) {
     for (int i = 0; i < n_w; i++)
-        if (vnni_for(pool, n_tok, w[i])) return 1;
+        if (vnni_for(pool, gen, w[i])) return 1;
     return 0;
 }
 
-int nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
-                const float *bias, nvlm_err *err) {
-    if (n_tok > 0 && w->dist) return nvlm_dist_matmul(pool, y, x, n_tok, w, bias, err); /* a row slice: then all-gathered */
-    if (n_tok <= 0 || bf16_takes(pool, 1, &y, x, n_tok, &w, &bias) || vnni_takes(pool, y, x, n_tok, w, bias))
+/* One product by the table's generation (gen != 0) or prefill kernel of w's format. */
+static int product(nvlm_pool *pool, int gen, float *y, const float *x, int n_tok, const nvlm_wmat *w,
+                   const float *bias, nvlm_err *err) {
+    if (n_tok > 0 && w->dist) return nvlm_dist_matmul(pool, gen, y, x, n_tok, w, bias, err); /* a row slice, all-gathered */
+    if (n_tok <= 0 || bf16_takes(pool, gen, 1, &y, x, n_tok, &w, &bias) || vnni_takes(pool, gen, y, x, n_tok, w, bias))
         return NVLM_OK;
     /* a format only the scalar path knows never reaches a SIMD row of the table */
     if (!nvlm_dtype_traits_of(w->dtype)->simd) return nvlm_matmul_scalar(pool, y, x, n_tok, w, bias, err);
-    return nvlm_kernel_for(nvlm_matmul_op(w->dtype, n_tok), nvlm_pool_level(pool))->matmul(pool, y, x, n_tok, w, bias, err);
+    return nvlm_kernel_for(nvlm_product_op(w->dtype, gen), nvlm_pool_level(pool))->matmul(pool, y, x, n_tok, w, bias, err);
 }
 
-int nvlm_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
-                      const nvlm_wmat *const *w, const float *const *bias, nvlm_err *err) {
-    if (n_tok > 0 && n_w > 0 && w[0]->dist) return nvlm_dist_matmul_multi(pool, n_w, y, x, n_tok, w, bias, err);
-    if (n_tok <= 0 || n_w <= 0 || bf16_takes(pool, n_w, y, x, n_tok, w, bias)) return NVLM_OK;
+/* n_w products sharing x, by the table's generation or prefill kernels. */
+static int products(nvlm_pool *pool, int gen, int n_w, float *const *y, const float *x, int n_tok,
+                    const nvlm_wmat *const *w, const float *const *bias, nvlm_err *err) {
+    if (n_tok > 0 && n_w > 0 && w[0]->dist) return nvlm_dist_matmul_multi(pool, gen, n_w, y, x, n_tok, w, bias, err);
+    if (n_tok <= 0 || n_w <= 0 || bf16_takes(pool, gen, n_w, y, x, n_tok, w, bias)) return NVLM_OK;
     /* together only when every matrix's format runs the same multi-matrix kernel (and none the VNNI one) */
     const int level = nvlm_pool_level(pool);
     nvlm_matmul_multi_fn multi = NULL;
-    for (int i = 0; i < n_w && !any_vnni(pool, n_w, n_tok, w); i++) {
+    for (int i = 0; i < n_w && !any_vnni(pool, gen, n_w, w); i++) {
         nvlm_matmul_multi_fn m = nvlm_dtype_traits_of(w[i]->dtype)->simd
-                                     ? nvlm_kernel_for(nvlm_matmul_op(w[i]->dtype, n_tok), level)->matmul_multi
+                                     ? nvlm_kernel_for(nvlm_product_op(w[i]->dtype, gen), level)->matmul_multi
                                      : NULL;
         multi = i == 0 || m == multi ? m : NULL;
         if (!multi) break;
     }
     if (multi) return multi(pool, n_w, y, x, n_tok, w, bias, err);
     for (int i = 0; i < n_w; i++) {
-        int rc = nvlm_matmul(pool, y[i], x, n_tok, w[i], bias[i], err);
+        int rc = product(pool, gen, y[i], x, n_tok, w[i], bias[i], err);
         if (rc) return rc;
     }
     return NVLM_OK;
+}
+
+int nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
+                const float *bias, nvlm_err *err) {
+    return product(pool, n_tok <= NVLM_GEN_TOKENS, y, x, n_tok, w, bias, err);
+}
+
+int nvlm_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
+                      const nvlm_wmat *const *w, const float *const *bias, nvlm_err *err) {
+    return products(pool, n_tok <= NVLM_GEN_TOKENS, n_w, y, x, n_tok, w, bias, err);
+}
+
+int nvlm_matmul_roles(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_gemv, int n_tok,
+                      const nvlm_wmat *const *w, const float *const *bias, nvlm_err *err) {
+    if (n_tok <= 0 || n_w <= 0) return NVLM_OK;
+    if (n_gemv > n_tok) n_gemv = n_tok;
+    int rc = products(pool, 1, n_w, y, x, n_gemv, w, bias, err);
+    if (rc || n_gemv == n_tok) return rc;
+    float *yp[16];
+    if (n_w > (int)(sizeof yp / sizeof yp[0]))
+        return nvlm_fail(err, NVLM_E_INTERNAL, "nvlm_matmul_roles: %d matrices at once (at most 16)", n_w);
+    for (int i = 0; i < n_w; i++) yp[i] = y[i] + (size_t)n_gemv * w[i]->rows;
+    return products(pool, 0, n_w, yp, x + (size_t)n_gemv * w[0]->cols, n_tok - n_gemv, w, bias, err);
 }
 
 void nvlm_row_to_f32_at(int level, float *dst, const void *src, nvlm_dtype t, int n) {

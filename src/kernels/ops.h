@@ -51,6 +51,13 @@ int nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm
  * n_w nvlm_matmul calls. bias[i] may be NULL. */
 int nvlm_matmul_multi(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
                       const nvlm_wmat *const *w, const float *const *bias, nvlm_err *err);
+/* nvlm_matmul_multi for a batch by token role (src/engine, docs/engine.md): rows [0, n_gemv) of x
+ * (tokens being generated) always through the dispatch table's generation kernels, rows
+ * [n_gemv, n_tok) (prompt tokens) always through its prefill kernels, however many there are of
+ * each; both give a token's outputs in an order of its own, so its values never depend on the
+ * other rows. Returns as nvlm_matmul. */
+int nvlm_matmul_roles(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_gemv, int n_tok,
+                      const nvlm_wmat *const *w, const float *const *bias, nvlm_err *err);
 /* nvlm_row_to_f32 at a kernel level (kernels/cpu.h); the same bits at every level. */
 void nvlm_row_to_f32_at(int level, float *dst, const void *src, nvlm_dtype t, int n);
 /* The scalar reference of nvlm_matmul (nvlm_matmul dispatches on nvlm_pool_level(pool)). */

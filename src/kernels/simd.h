@@ -24,6 +24,15 @@ int nvlm_matmul_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const
 #define NVLM_MATMUL_MULTI_MAX 4
 int nvlm_matmul_multi_avx2(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
                            const nvlm_wmat *const *w, const float *const *bias, nvlm_err *err);
+/* The packed micro-kernel whatever n_tok (the PREFILL rows of the dispatch table: a batch's
+ * prompt tokens go there even when few, so their values never depend on how many share the
+ * call: src/engine/, docs/engine.md). */
+int nvlm_gemm_multi_avx2(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
+                         const nvlm_wmat *const *w, const float *const *bias, nvlm_err *err);
+int nvlm_gemm_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias,
+                   nvlm_err *err);
+/* Any n_tok (the GEN rows of the dispatch table): more than NVLM_GEMV_MAX tokens are taken
+ * NVLM_GEMV_MAX at a time inside each row group, each token with the order it has alone. */
 int nvlm_gemv_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
                    const float *bias, nvlm_err *err);
 void nvlm_attention_avx2(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride,

@@ -20,9 +20,15 @@ int nvlm_gemm_avx512(nvlm_pool *pool, float *y, const float *x, int n_tok, const
 /* The same for n_w <= NVLM_MATMUL_MULTI_MAX matrices sharing x (q/k/v, gate/up): x packed once. */
 int nvlm_gemm_multi_avx512(nvlm_pool *pool, int n_w, float *const *y, const float *x, int n_tok,
                            const nvlm_wmat *const *w, const float *const *bias);
-/* 1 to NVLM_GEMV_MAX tokens, F32/F16/BF16 weights (gemv_avx512.c); other formats go to
- * nvlm_gemv_avx2. Returns 0. */
+/* Any number of tokens, F32/F16/BF16 weights (gemv_avx512.c; more than NVLM_GEMV_MAX by
+ * nvlm_gemv_batch_avx512); other formats go to nvlm_gemv_avx2. Returns 0, or -1 when
+ * nvlm_gemv_avx2 cannot have its scratch. */
 int nvlm_gemv_avx512(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias);
+/* Plain formats (F32/F16/BF16), any n_tok, 8 tokens a pass: each token's outputs are
+ * bit-identical to nvlm_gemv_avx2's for it alone (gemv_batch_avx512.c says how). No allocation. */
+int nvlm_gemv_batch_avx512_ok(nvlm_dtype dt);
+void nvlm_gemv_batch_avx512(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
+                            const float *bias);
 /* nvlm_attention_avx2's contract and bits; more than 3 queries on the 14x32 kernel (K and V
  * packed once per head), 1-3 queries and more than 8192 keys by nvlm_attention_avx2 itself. */
 void nvlm_attention_avx512(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride,

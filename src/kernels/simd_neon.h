@@ -18,6 +18,10 @@
 
 int nvlm_matmul_neon(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
                      const float *bias, nvlm_err *err);
+/* The packed micro-kernel whatever n_tok (the table's prefill rows: a batch's prompt tokens go
+ * there even when few, so their values never depend on how many share the call). */
+int nvlm_gemm_neon(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
+                   const float *bias, nvlm_err *err);
 int nvlm_gemv_neon(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
                    const float *bias, nvlm_err *err);
 void nvlm_attention_neon(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride,

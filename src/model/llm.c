@@ -83,7 +83,7 @@ int nvlm_embed_tokens(const nvlm_model *m, const int32_t *ids, int n, float *out
 
 /* cos/sin [n_tok, d/2] for positions pos0.. (angles in double, rounded to float as the
  * reference does). Dynamic NTK scaling applies once the sequence exceeds the trained length. */
-static void rope_table(const nvlm_llm_config *c, int d, int pos0, int n_tok, float *cs, float *sn) {
+void nvlm_rope_table(const nvlm_llm_config *c, int d, int pos0, int n_tok, float *cs, float *sn) {
     double base = c->rope_theta;
     int seq = pos0 + n_tok;
     if (!strcmp(c->rope_scaling_type, "dynamic") && seq > c->max_position_embeddings) {
@@ -100,7 +100,7 @@ static void rope_table(const nvlm_llm_config *c, int d, int pos0, int n_tok, flo
     }
 }
 
-static void rope_apply(float *x, int n_heads, int d, const float *cs, const float *sn) {
+void nvlm_rope_apply(float *x, int n_heads, int d, const float *cs, const float *sn) {
     int h2 = d / 2;
     for (int hh = 0; hh < n_heads; hh++) {
         float *v = x + (size_t)hh * d;
@@ -121,6 +121,8 @@ typedef struct self_attn_job {
     float scale;
     int level;           /* kernels/cpu.h */
     int parts;           /* query ranges per head (units = heads x parts) */
+    float *scratch;      /* [pool threads][per_thread], made before the loop: no unit can fail */
+    size_t per_thread;
 } self_attn_job;
 
 /* Start of query range p of `parts`: the ranges cost the same causal work (query i sees
@@ -149,17 +151,10 @@ static void kv_head_to_f32(const self_attn_job *j, size_t g, int n_keys, float *
  * (consecutive units share it), then the same kernel runs, so results do not depend on the
  * split over threads. */
 static void self_attn_units(void *ctx, size_t begin, size_t end, int thread) {
-    (void)thread;
     const self_attn_job *j = ctx;
     int n_keys = j->pos0 + j->n_tok;
-    size_t nkd = (size_t)n_keys * j->d, ss = 0;
-    for (size_t a = begin; a < end; a++) { /* scratch for the largest unit (prepacking depends on n) */
-        int q0 = attn_part_start(j, (int)(a % j->parts)), q1 = attn_part_start(j, (int)(a % j->parts) + 1);
-        size_t s = nvlm_attention_scratch(j->level, q1 - q0, j->pos0 + q1, j->d);
-        ss = s > ss ? s : ss;
-    }
-    float *scratch = malloc(sizeof(float) * (ss + (j->f16 ? 2 * nkd : 0)));
-    if (!scratch) return;
+    size_t nkd = (size_t)n_keys * j->d, ss = j->per_thread - (j->f16 ? 2 * nkd : 0);
+    float *scratch = j->scratch + (size_t)thread * j->per_thread;
     float *kbuf = scratch + ss, *vbuf = kbuf + nkd;
     size_t qs = (size_t)j->n_h * j->d, have = (size_t)-1;
     for (size_t a = begin; a < end; a++) {
@@ -175,7 +170,17 @@ static void self_attn_units(void *ctx, size_t begin, size_t end, int thread) {
         nvlm_attention(j->level, j->q + (size_t)q0 * qs + head * j->d, qs, q1 - q0, k, stride, v, stride, j->pos0 + q1,
                        j->pos0 + q0, j->d, j->scale, j->out + (size_t)q0 * qs + head * j->d, qs, scratch);
     }
-    free(scratch);
+}
+
+/* Floats of scratch one thread needs for any unit of j (prepacking depends on the range). */
+static size_t self_attn_scratch(const self_attn_job *j) {
+    size_t ss = 0;
+    for (int p = 0; p < j->parts; p++) {
+        int q0 = attn_part_start(j, p), q1 = attn_part_start(j, p + 1);
+        size_t s = nvlm_attention_scratch(j->level, q1 - q0, j->pos0 + q1, j->d);
+        ss = s > ss ? s : ss;
+    }
+    return ss + (j->f16 ? 2 * (size_t)(j->pos0 + j->n_tok) * j->d : 0);
 }
 
 /* Appends n rows of kv_dim keys and values at position pos0 of layer l's cache. */
@@ -238,8 +243,8 @@ static void llm_rows(void *ctx, size_t begin, size_t end, int thread) {
         const int kvd = c->num_kv_heads * d;
         for (size_t t = begin; t < end; t++) {
             const float *cs = b->cs + t * (d / 2), *sn = b->sn + t * (d / 2);
-            rope_apply(b->q + t * c->num_heads * d, c->num_heads, d, cs, sn);
-            rope_apply(b->k + t * kvd, c->num_kv_heads, d, cs, sn);
+            nvlm_rope_apply(b->q + t * c->num_heads * d, c->num_heads, d, cs, sn);
+            nvlm_rope_apply(b->k + t * kvd, c->num_kv_heads, d, cs, sn);
         }
         kv_store(j->kv, j->l, j->pos0 + (int)begin, b->k + begin * kvd, b->v + begin * kvd, (int)(end - begin));
         return;
@@ -274,7 +279,11 @@ static int llm_layer_forward(nvlm_model *m, nvlm_kv *kv, int l, int n, llm_buffe
                         .pos0 = pos0, .n_h = c->num_heads, .group = c->num_heads / c->num_kv_heads, .d = d,
                         .kv_dim = kvd, .scale = 1.0f / sqrtf((float)d), .level = nvlm_pool_level(m->pool),
                         .parts = n >= 64 ? 4 : 1};
+    aj.per_thread = self_attn_scratch(&aj);
+    aj.scratch = malloc(sizeof(float) * aj.per_thread * (size_t)nvlm_pool_threads(m->pool));
+    if (!aj.scratch) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory for attention scratch (%d keys)", pos0 + n);
     nvlm_pool_run(m->pool, (size_t)c->num_heads * aj.parts, 1, self_attn_units, &aj);
+    free(aj.scratch);
     if ((rc = nvlm_matmul(m->pool, b->y, b->att, n, &L->wo, NULL, err))) return rc;
     llm_rows_run(m, ROWS_ADD_NORM, b, n, L->post_norm, NULL, l);
     float *mlp_out[2] = {b->gate, b->up};
@@ -287,8 +296,7 @@ static int llm_layer_forward(nvlm_model *m, nvlm_kv *kv, int l, int n, llm_buffe
     return NVLM_OK;
 }
 
-/* Layers are named from 0, as in the checkpoint's tensor names (model.layers.N...). */
-static int llm_nonfinite(nvlm_err *err, const char *what, int l, const nvlm_llm_config *c) {
+int nvlm_llm_nonfinite(nvlm_err *err, const char *what, int l, const nvlm_llm_config *c) {
     char where[128];
     snprintf(where, sizeof where, "%s %d (of 0..%d; tensors language_model.model.layers.%d.*)", what, l, c->num_layers - 1, l);
     return nvlm_fail_nonfinite(err, where);
@@ -307,14 +315,14 @@ int nvlm_llm_forward(nvlm_model *m, nvlm_kv *kv, const float *embeds, int n, con
         return nvlm_fail(err, NVLM_E_NOMEM, "out of memory running %d tokens", n);
     }
     memcpy(b.x, embeds, sizeof(float) * (size_t)n * h);
-    rope_table(c, d, kv->len, n, b.cs, b.sn);
+    nvlm_rope_table(c, d, kv->len, n, b.cs, b.sn);
     const size_t nh = (size_t)n * h;
     if (!nvlm_all_finite(b.x, nh)) rc = nvlm_fail_nonfinite(err, "the input embeddings (token embeddings or image features)");
     for (int l = 0; l < c->num_layers && !rc; l++) {
         if (hooks && hooks->before_layer) rc = hooks->before_layer(hooks->user, l, b.x, n, kv->len, err);
-        if (!rc && !nvlm_all_finite(b.x, nh)) rc = llm_nonfinite(err, "the cross-attention block before decoder layer", l, c);
+        if (!rc && !nvlm_all_finite(b.x, nh)) rc = nvlm_llm_nonfinite(err, "the cross-attention block before decoder layer", l, c);
         if (!rc) rc = llm_layer_forward(m, kv, l, n, &b, err);
-        if (!rc && !nvlm_all_finite(b.x, nh)) rc = llm_nonfinite(err, "decoder layer", l, c);
+        if (!rc && !nvlm_all_finite(b.x, nh)) rc = nvlm_llm_nonfinite(err, "decoder layer", l, c);
     }
     if (!rc) {
         kv->len += n;

@@ -25,7 +25,21 @@ void nvlm_kv_free(nvlm_kv *kv);
 typedef struct nvlm_llm_hooks {
     int (*before_layer)(void *user, int layer, float *x, int n_tok, int pos0, nvlm_err *err);
     void *user;
+    /* engine batches (src/engine): the same with the tokens' role (gen 1: generated tokens, 0:
+     * prompt tokens), which picks the kernels as nvlm_matmul_roles does; NULL: before_layer */
+    int (*before_layer_role)(void *user, int layer, float *x, int n_tok, int pos0, int gen, nvlm_err *err);
 } nvlm_llm_hooks;
+
+/* Rotary tables cos/sin [n_tok, d/2] for positions pos0.. of a sequence whose call ends at
+ * pos0 + n_tok (dynamic NTK scaling past the trained length), and their application to n_heads
+ * heads of d values. */
+void nvlm_rope_table(const nvlm_llm_config *c, int d, int pos0, int n_tok, float *cs, float *sn);
+void nvlm_rope_apply(float *x, int n_heads, int d, const float *cs, const float *sn);
+
+/* Fails with NVLM_E_NUMERIC naming `what` at layer l (layers named from 0, as in the
+ * checkpoint's tensor names model.layers.N...): the per-layer finite checks of the forward
+ * passes (here and src/engine). */
+int nvlm_llm_nonfinite(nvlm_err *err, const char *what, int l, const nvlm_llm_config *c);
 
 /* Embedding rows of ids into out [n, h]. Ids outside the vocabulary are an error. */
 int nvlm_embed_tokens(const nvlm_model *m, const int32_t *ids, int n, float *out, nvlm_err *err);

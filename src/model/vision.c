@@ -57,14 +57,14 @@ typedef struct vit_attn_job {
     int T, E, heads, hd;
     float scale;
     int level;          /* kernels/cpu.h */
+    float *scratch;     /* [pool threads][per_thread]: made with the buffers, so no unit can fail */
+    size_t per_thread;
 } vit_attn_job;
 
 /* One unit of work = (tile, head): all T queries of that head, in blocks (kernels/attention.h). */
 static void vit_attn_units(void *ctx, size_t begin, size_t end, int thread) {
-    (void)thread;
     const vit_attn_job *j = ctx;
-    float *scratch = malloc(sizeof(float) * nvlm_attention_scratch(j->level, j->T, j->T, j->hd));
-    if (!scratch) return;
+    float *scratch = j->scratch + (size_t)thread * j->per_thread;
     size_t row = (size_t)3 * j->E;
     for (size_t u = begin; u < end; u++) {
         size_t tile = u / (size_t)j->heads, head = u % (size_t)j->heads;
@@ -73,14 +73,16 @@ static void vit_attn_units(void *ctx, size_t begin, size_t end, int thread) {
         nvlm_attention(j->level, q, row, j->T, k, row, v, row, j->T, -1, j->hd, j->scale,
                        j->out + tile * (size_t)j->T * j->E + head * j->hd, (size_t)j->E, scratch);
     }
-    free(scratch);
 }
 
 typedef struct vit_buffers {
     float *x, *y, *qkv, *att, *mlp;
+    float *attn_scratch; /* per pool thread, attn_per_thread floats each */
+    size_t attn_per_thread;
 } vit_buffers;
 
 static void vit_buffers_free(vit_buffers *b) {
+    free(b->attn_scratch);
     free(b->x);
     free(b->y);
     free(b->qkv);
@@ -143,7 +145,8 @@ static int vit_layer_forward(nvlm_model *m, const vit_layer *L, int n, vit_buffe
     vit_rows_job qk = {.qkv = b->qkv, .q_norm = L->q_norm, .k_norm = L->k_norm, .C = C, .E = E, .eps = vc->layer_norm_eps};
     nvlm_pool_run(m->pool, rows, 16, vit_rows, &qk);
     vit_attn_job aj = {.qkv = b->qkv, .out = b->att, .T = T, .E = E, .heads = E / hd, .hd = hd,
-                       .scale = 1.0f / sqrtf((float)hd), .level = nvlm_pool_level(m->pool)};
+                       .scale = 1.0f / sqrtf((float)hd), .level = nvlm_pool_level(m->pool),
+                       .scratch = b->attn_scratch, .per_thread = b->attn_per_thread};
     nvlm_pool_run(m->pool, (size_t)n * aj.heads, 1, vit_attn_units, &aj);
     if ((rc = nvlm_matmul(m->pool, b->y, b->att, (int)rows, &L->proj, L->proj_bias, err))) return rc;
     vit_resid_norm(m, rows, b->x, b->y, L->ls1, L->norm2, b->y); /* in place: row t reads y[t] first */
@@ -166,7 +169,9 @@ int nvlm_vit_forward(nvlm_model *m, const float *pixels, int n, float *out, nvlm
     b.qkv = malloc(sizeof(float) * rows * 3 * E);
     b.att = malloc(sizeof(float) * rows * E);
     b.mlp = malloc(sizeof(float) * rows * vc->intermediate_size);
-    if (!b.x || !b.y || !b.qkv || !b.att || !b.mlp) {
+    b.attn_per_thread = nvlm_attention_scratch(nvlm_pool_level(m->pool), T, T, C / vc->num_heads);
+    b.attn_scratch = malloc(sizeof(float) * b.attn_per_thread * (size_t)nvlm_pool_threads(m->pool));
+    if (!b.x || !b.y || !b.qkv || !b.att || !b.mlp || !b.attn_scratch) {
         vit_buffers_free(&b);
         return nvlm_fail(err, NVLM_E_NOMEM, "out of memory for the vision encoder (%d tiles)", n);
     }
@@ -177,6 +182,7 @@ int nvlm_vit_forward(nvlm_model *m, const float *pixels, int n, float *out, nvlm
         emb = malloc(sizeof(float) * (size_t)n * P * C);
     }
     if (!cols || !emb) {
+        if (cols != b.qkv) free(cols), free(emb); /* whichever of the two was made */
         vit_buffers_free(&b);
         return nvlm_fail(err, NVLM_E_NOMEM, "out of memory for the patch embedding");
     }

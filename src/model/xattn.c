@@ -171,14 +171,21 @@ static int xattn_bufs_alloc(xattn_bufs *b, const nvlm_xattn *x, int n) {
     return b->sel && b->lo && b->hi && b->x && b->y && b->q && b->att && b->gate && b->up && b->scores ? 0 : -1;
 }
 
+/* y = in W^T over n rows: by count (gen < 0), else by role (nvlm_matmul_roles). */
+static int mm(nvlm_xattn *x, int gen, float *y, const float *in, int n, const nvlm_wmat *w, nvlm_err *err) {
+    if (gen < 0) return nvlm_matmul(x->m->pool, y, in, n, w, NULL, err);
+    const float *nob = NULL;
+    return nvlm_matmul_roles(x->m->pool, 1, &y, in, gen ? n : 0, n, &w, &nob, err);
+}
+
 /* The block on the n gathered rows of b->x (each sees memory rows [lo, hi), hi > lo). */
-static int xattn_rows(nvlm_xattn *x, const xattn_block *B, int n, xattn_bufs *b, nvlm_err *err) {
+static int xattn_rows(nvlm_xattn *x, const xattn_block *B, int n, int gen, xattn_bufs *b, nvlm_err *err) {
     const nvlm_config *cfg = &x->m->cfg;
     const int h = cfg->llm.hidden_size, nh = cfg->llm.num_heads, d = nvlm_cfg_head_dim(cfg);
     const float eps = cfg->llm.rms_norm_eps;
     const size_t N = (size_t)n;
     for (size_t t = 0; t < N; t++) nvlm_rmsnorm(b->y + t * h, b->x + t * h, B->input_norm, h, h, eps);
-    int rc = nvlm_matmul(x->m->pool, b->q, b->y, n, &B->wq, NULL, err);
+    int rc = mm(x, gen, b->q, b->y, n, &B->wq, err);
     if (rc) return rc;
     for (size_t r = 0; r < N * nh; r++) nvlm_rmsnorm(b->q + r * d, b->q + r * d, B->q_norm, d, d, eps);
     const int k = (int)(B - x->m->xattn);
@@ -186,18 +193,22 @@ static int xattn_rows(nvlm_xattn *x, const xattn_block *B, int n, xattn_bufs *b,
                    .scores = b->scores, .n_h = nh, .group = nh / cfg->llm.num_kv_heads, .d = d, .kv_dim = x->kv_dim,
                    .max_rows = x->rows, .scale = 1.0f / sqrtf((float)d)};
     nvlm_pool_run(x->m->pool, N * nh, 1, xattn_units, &j);
-    if ((rc = nvlm_matmul(x->m->pool, b->y, b->att, n, &B->wo, NULL, err))) return rc;
+    if ((rc = mm(x, gen, b->y, b->att, n, &B->wo, err))) return rc;
     for (size_t i = 0; i < N * h; i++) b->x[i] += B->attn_gate * b->y[i];
     for (size_t t = 0; t < N; t++) nvlm_rmsnorm(b->y + t * h, b->x + t * h, B->post_norm, h, h, eps);
-    if ((rc = nvlm_matmul(x->m->pool, b->gate, b->y, n, &B->gate, NULL, err))) return rc;
-    if ((rc = nvlm_matmul(x->m->pool, b->up, b->y, n, &B->up, NULL, err))) return rc;
+    if ((rc = mm(x, gen, b->gate, b->y, n, &B->gate, err))) return rc;
+    if ((rc = mm(x, gen, b->up, b->y, n, &B->up, err))) return rc;
     nvlm_silu_mul(b->gate, b->up, N * cfg->xattn_intermediate_size);
-    if ((rc = nvlm_matmul(x->m->pool, b->y, b->gate, n, &B->down, NULL, err))) return rc;
+    if ((rc = mm(x, gen, b->y, b->gate, n, &B->down, err))) return rc;
     for (size_t i = 0; i < N * h; i++) b->x[i] += B->mlp_gate * b->y[i];
     return NVLM_OK;
 }
 
 int nvlm_xattn_apply(nvlm_xattn *x, int k, float *xs, int n_tok, int pos0, nvlm_err *err) {
+    return nvlm_xattn_apply_role(x, k, xs, n_tok, pos0, -1, err);
+}
+
+int nvlm_xattn_apply_role(nvlm_xattn *x, int k, float *xs, int n_tok, int pos0, int gen, nvlm_err *err) {
     if (k < 0 || k >= x->n_blocks) return nvlm_fail(err, NVLM_E_INTERNAL, "no cross-attention block %d", k);
     if (x->rows == 0 || n_tok <= 0) return NVLM_OK;
     const int h = x->m->cfg.llm.hidden_size;
@@ -215,7 +226,7 @@ int nvlm_xattn_apply(nvlm_xattn *x, int k, float *xs, int n_tok, int pos0, nvlm_
         memcpy(b.x + (size_t)n * h, xs + (size_t)t * h, sizeof(float) * h);
         n++;
     }
-    int rc = n ? xattn_rows(x, &x->m->xattn[k], n, &b, err) : NVLM_OK;
+    int rc = n ? xattn_rows(x, &x->m->xattn[k], n, gen, &b, err) : NVLM_OK;
     for (int i = 0; i < n && !rc; i++) memcpy(xs + (size_t)b.sel[i] * h, b.x + (size_t)i * h, sizeof(float) * h);
     xattn_bufs_free(&b);
     return rc;
@@ -225,5 +236,12 @@ int nvlm_xattn_before_layer(void *user, int layer, float *xs, int n_tok, int pos
     nvlm_xattn *x = user;
     for (int k = 0; k < x->n_blocks; k++)
         if (x->m->cfg.xattn_layers[k] == layer) return nvlm_xattn_apply(x, k, xs, n_tok, pos0, err);
+    return NVLM_OK;
+}
+
+int nvlm_xattn_before_layer_role(void *user, int layer, float *xs, int n_tok, int pos0, int gen, nvlm_err *err) {
+    nvlm_xattn *x = user;
+    for (int k = 0; k < x->n_blocks; k++)
+        if (x->m->cfg.xattn_layers[k] == layer) return nvlm_xattn_apply_role(x, k, xs, n_tok, pos0, gen, err);
     return NVLM_OK;
 }

@@ -53,6 +53,12 @@ void nvlm_xattn_rows_of(const nvlm_xattn *x, int pos, int *lo, int *hi);
 /* Block k on x [n_tok, h] at positions pos0..: rows that see no memory stay bit-identical. */
 int nvlm_xattn_apply(nvlm_xattn *x, int k, float *xs, int n_tok, int pos0, nvlm_err *err);
 
+/* The same in an engine batch: gen 1 (generated tokens) or 0 (prompt tokens) picks the matrix
+ * kernels by role (nvlm_matmul_roles), so a token's values never depend on how many share the
+ * call; gen -1 is nvlm_xattn_apply. */
+int nvlm_xattn_apply_role(nvlm_xattn *x, int k, float *xs, int n_tok, int pos0, int gen, nvlm_err *err);
+int nvlm_xattn_before_layer_role(void *user, int layer, float *xs, int n_tok, int pos0, int gen, nvlm_err *err);
+
 /* nvlm_llm_hooks.before_layer with user = nvlm_xattn *: applies block k before layer
  * cross_attention_layers[k]. */
 int nvlm_xattn_before_layer(void *user, int layer, float *xs, int n_tok, int pos0, nvlm_err *err);

@@ -52,6 +52,14 @@ void serve_metrics_gauges(serve_metrics *m, int queue_depth, int active) {
     pthread_mutex_unlock(&m->mu);
 }
 
+void serve_metrics_engine(serve_metrics *m, long pages_used, long pages_free, long kv_bytes, int batch,
+                          uint64_t steps, uint64_t tokens, double tok_per_s) {
+    pthread_mutex_lock(&m->mu);
+    m->kv_pages_used = pages_used, m->kv_pages_free = pages_free, m->kv_bytes = kv_bytes, m->batch_last = batch;
+    m->steps = steps, m->batch_tokens = tokens, m->gen_tok_per_s = tok_per_s;
+    pthread_mutex_unlock(&m->mu);
+}
+
 static int out(nvlm_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int out(nvlm_buf *b, const char *fmt, ...) {
     char line[512];
@@ -104,6 +112,16 @@ char *serve_metrics_text(serve_metrics *m) {
     if (!rc) rc = gauge(&b, "nvlm_queue_depth", "Requests waiting for a slot.", m->queue_depth);
     if (!rc) rc = gauge(&b, "nvlm_active_requests", "Requests generating now.", m->active);
     if (!rc) rc = gauge(&b, "nvlm_slots", "Requests that may generate at once (--parallel).", m->slots);
+    if (!rc) rc = gauge(&b, "nvlm_slots_busy", "Slots holding a request (encoding, prefilling or generating).", m->active);
+    if (!rc) rc = gauge(&b, "nvlm_kv_pages_used", "KV cache pages in use (requests and kept prefixes).", m->kv_pages_used);
+    if (!rc) rc = gauge(&b, "nvlm_kv_pages_free", "KV cache pages that may still be taken (--kv-size).", m->kv_pages_free);
+    if (!rc) rc = gauge(&b, "nvlm_kv_bytes_allocated", "Bytes of KV pages allocated (in use or kept for reuse).", m->kv_bytes);
+    if (!rc) rc = gauge(&b, "nvlm_batch_size", "Tokens in the last engine step.", m->batch_last);
+    if (!rc) rc = counter(&b, "nvlm_engine_steps_total", "Engine steps (one batch each).", m->steps);
+    if (!rc) rc = counter(&b, "nvlm_batch_tokens_total", "Tokens over all engine steps.", m->batch_tokens);
+    if (!rc) rc = out(&b, "# HELP nvlm_generation_tokens_per_second Tokens generated per second, all requests, last second.\n"
+                          "# TYPE nvlm_generation_tokens_per_second gauge\nnvlm_generation_tokens_per_second %.3f\n",
+                      m->gen_tok_per_s);
     pthread_mutex_unlock(&m->mu);
     if (rc) {
         nvlm_buf_free(&b);

@@ -52,6 +52,18 @@ int serve_prompt_ids(nvlm_model *m, const serve_request *r, int max_tiles, int32
     return rc;
 }
 
+static uint64_t mix64(uint64_t x) {
+    x ^= x >> 33, x *= 0xff51afd7ed558ccdull, x ^= x >> 33, x *= 0xc4ceb9fe1a85ec53ull, x ^= x >> 33;
+    return x;
+}
+
+uint64_t serve_image_hash(const nvlm_image *im) {
+    uint64_t h = 0xcbf29ce484222325ull ^ ((uint64_t)im->width << 32 | (uint32_t)im->height);
+    size_t n = (size_t)im->width * im->height * 3;
+    for (size_t i = 0; i < n; i++) h = (h ^ im->rgb[i]) * 0x100000001b3ull;
+    return mix64(h);
+}
+
 /* Decodes image i (its RGB lives only here) and queues its tiles in the chat. */
 static int add_one_image(nvlm_chat *c, serve_request *r, int i, uint64_t max_pixels, serve_error *e) {
     const serve_image_src *src = &r->image_src[i];
@@ -63,6 +75,7 @@ static int add_one_image(nvlm_chat *c, serve_request *r, int i, uint64_t max_pix
     if (rc == NVLM_E_LIMIT) return serve_fail(e, 400, "image_too_large", src->param, "%s", err.msg);
     if (rc) return serve_fail(e, 400, "invalid_image", src->param, "the image cannot be decoded: %s", err.msg);
     r->images[i].width = img.width, r->images[i].height = img.height;
+    r->image_hash[i] = serve_image_hash(&img);
     rc = nvlm_chat_add_image(c, &img, &err);
     nvlm_image_free(&img);
     if (rc) return serve_fail(e, rc == NVLM_E_NOMEM ? 500 : 400, NULL, src->param, "%s", err.msg);
@@ -79,6 +92,9 @@ int serve_make_chat(nvlm_model *m, serve_request *r, int max_tiles, const serve_
     for (int i = 0; !rc && i < r->n_history; i++)
         rc = nvlm_chat_add_history(c, r->history[i].question, r->history[i].answer, &err);
     if (rc) serve_fail(e, rc == NVLM_E_NOMEM ? 500 : 400, NULL, NULL, "%s", err.msg);
+    free(r->image_hash);
+    r->image_hash = rc ? NULL : calloc((size_t)r->n_images + 1, sizeof *r->image_hash);
+    if (!rc && !r->image_hash) rc = serve_fail(e, 500, NULL, NULL, "out of memory");
     for (int i = 0; !rc && i < r->n_images; i++) {
         if (ic->gone && ic->gone(ic->user)) rc = serve_fail(e, 499, "client_gone", NULL, "the client left");
         else rc = add_one_image(c, r, i, ic->max_pixels, e);

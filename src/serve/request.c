@@ -523,6 +523,7 @@ void serve_request_free(serve_request *r) {
     free(r->images);
     for (int i = 0; i < r->n_images; i++) free(r->image_src[i].data);
     free(r->image_src);
+    free(r->image_hash);
     for (int i = 0; r->stop && r->stop[i]; i++) free(r->stop[i]);
     free(r->stop);
     nvlm_grammar_free(r->grammar);

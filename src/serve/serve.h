@@ -5,11 +5,12 @@
  * waits for its answer is suspended, not blocking a poll thread, so /health and /metrics answer
  * whatever the other connections do. Decoded images count against one memory budget.
  * One loaded model is shared read-only by all requests; each request gets its own nvlm_chat
- * (own KV cache). The model's thread pool runs one parallel loop at a time, so the compute is
- * serialised by a FIFO ticket lock that every running request gives up after each image tile,
- * prefill chunk and generated token: up to `parallel` requests are in flight and advance in
- * turn; further requests wait in a FIFO queue. A greedy answer is therefore the same alone or
- * concurrent. A request whose client leaves stops at its next tile, chunk or token.
+ * whose KV sequence lives in the engine's paged store. One engine thread batches the requests
+ * (continuous batching, src/serve/sched.c): every step decodes one token of each generating
+ * request plus a budget of prompt tokens, so up to `parallel` requests advance together;
+ * further requests wait in a FIFO queue. A token's values do not depend on its batch, so a
+ * greedy answer is the same alone or concurrent. A request whose client leaves stops at the
+ * next step and its pages are freed.
  * Internal to libnvlm; used by tools/cmd_serve.c and the tests. */
 #ifndef NVLM_SERVE_SERVE_H
 #define NVLM_SERVE_SERVE_H
@@ -23,7 +24,9 @@ typedef struct nvlm_serve_options {
     const char *api_key;       /* NULL or "": no authentication */
     const char *model_id;      /* NULL: the caller must set it (the model folder's name) */
     int strict_model;          /* 1: a request naming another model id is a 404 */
-    int parallel;              /* requests generating at once; 0: 4 */
+    int parallel;              /* requests generating at once (batched); 0: 8 */
+    size_t kv_mib;             /* KV cache bound in MiB (0: kv_tokens) */
+    size_t kv_tokens;          /* ... or in positions (0 and kv_mib 0: ctx x parallel) */
     int max_queue;             /* requests waiting for a slot before 503; 0: 256 */
     int ctx;                   /* context length; 0: the config's max_position_embeddings */
     int max_tiles;             /* tiles per image; 0: the config's max_dynamic_patch */
@@ -51,7 +54,7 @@ typedef struct nvlm_serve_options {
 
 typedef struct nvlm_server nvlm_server;
 
-/* Fills the defaults above (parallel 4, greedy sampling, 1024 new tokens at most). */
+/* Fills the defaults above (parallel 8, greedy sampling, 1024 new tokens at most). */
 void nvlm_serve_options_default(nvlm_serve_options *o);
 /* Starts listening and serving in background threads. The model must outlive the server. */
 int nvlm_server_start(nvlm_model *m, const nvlm_serve_options *o, nvlm_server **out, nvlm_err *err);

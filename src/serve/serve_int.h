@@ -3,6 +3,7 @@
  * Internal (the tests use it directly). */
 #ifndef NVLM_SERVE_SERVE_INT_H
 #define NVLM_SERVE_SERVE_INT_H
+#include "engine/engine.h"
 #include "generate/prompt.h"
 #include "serve/serve.h"
 #include <pthread.h>
@@ -82,6 +83,8 @@ typedef struct serve_request {
     nvlm_image *images;          /* every image of the conversation, in order: sizes only
                                   * (rgb NULL) until serve_make_chat decodes them */
     serve_image_src *image_src;  /* [n_images]: the encoded images */
+    uint64_t *image_hash;        /* [n_images]: a hash of each decoded image's pixels (prefix
+                                  * reuse across requests), set by serve_make_chat */
     int n_images;
     nvlm_sampling sampling;      /* stop points into stop[], grammar to grammar, logit_bias to bias */
     char **stop;                 /* NULL-terminated */
@@ -108,6 +111,8 @@ int serve_parse_completion(const char *body, size_t len, const nvlm_sampling *de
 
 /* Tiles of one image under the model's config and the tile bound (0: the config's). */
 int serve_image_tiles(nvlm_model *m, const nvlm_image *img, int max_tiles);
+/* A hash of an image's size and RGB bytes. */
+uint64_t serve_image_hash(const nvlm_image *img);
 /* The prompt ids chat() builds for the request's conversation (images expanded). */
 int serve_prompt_ids(nvlm_model *m, const serve_request *r, int max_tiles, int32_t **ids, size_t *n,
                      nvlm_err *err);
@@ -241,6 +246,9 @@ typedef struct serve_metrics {
     uint64_t prompt_tokens, completion_tokens, image_tiles;
     serve_histogram latency, ttft, queue_wait;
     int queue_depth, active, slots;
+    long kv_pages_used, kv_pages_free, kv_bytes, batch_last;
+    uint64_t steps, batch_tokens;
+    double gen_tok_per_s;
 } serve_metrics;
 
 enum { SERVE_FIN_STOP, SERVE_FIN_LENGTH, SERVE_FIN_CANCELLED, SERVE_FIN_ERROR };
@@ -252,19 +260,17 @@ void serve_metrics_status(serve_metrics *m, int status);
 void serve_metrics_chat(serve_metrics *m, int fin, size_t prompt, size_t completion, size_t tiles,
                         double latency, double ttft, double queue_wait);
 void serve_metrics_gauges(serve_metrics *m, int queue_depth, int active);
+/* The engine after a step: KV pages, the step's batch, steps and batch tokens so far, generated
+ * tokens per second. */
+void serve_metrics_engine(serve_metrics *m, long pages_used, long pages_free, long kv_bytes, int batch,
+                          uint64_t steps, uint64_t tokens, double tok_per_s);
 /* Prometheus text exposition, malloc'ed. */
 char *serve_metrics_text(serve_metrics *m);
 
 /* ------------------------------------------------------------- sched.c */
 
-/* A FIFO ticket lock: the compute of one model, taken in arrival order. */
-typedef struct serve_ticket_lock {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    uint64_t next, serving;
-} serve_ticket_lock;
-
 enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED };
+enum { PHASE_NEW, PHASE_ENCODE, PHASE_RUN }; /* a job in a slot: not begun, ViT, prompt/answer */
 
 typedef struct serve_job serve_job;
 struct serve_job {
@@ -285,47 +291,67 @@ struct serve_job {
     nvlm_answer answer;
     nvlm_answer *extra;          /* n > 1: the answers of choices 1 .. n_extra */
     int n_extra;
+    int n_begun;                 /* n > 1: the choice being generated (0: the first) */
     nvlm_err err;
     double t_start, t_first, t_end;
     atomic_int cancelled;
     int cut;                     /* the answer was ended by a cancel, not complete (set before
                                   * the job is finished, read after) */
-    /* worker-only */
+    /* engine thread only */
     serve_textstream ts;
     nvlm_logprobs *lp_pending;   /* streaming with logprobs: tokens not yet sent in a chunk */
     size_t n_pending, cap_pending;
     const nvlm_tokenizer *tok;
     size_t n_generated;
+    int phase, in_step, prefill_started;
+    uint64_t *keys;              /* prompt reuse keys (ids; images by the hash of their bytes) */
+    size_t n_keys, n_reused;
     serve_job *next;
 };
+
+/* A finished request's KV sequence kept for reuse, with the keys of its positions. */
+typedef struct serve_prefix {
+    int seq;
+    uint64_t *keys;
+    size_t n;
+    uint64_t used;
+} serve_prefix;
+
+enum { SERVE_PREFIXES = 16 };
 
 typedef struct serve_sched {
     nvlm_model *model;
     serve_metrics *metrics;
-    serve_ticket_lock compute;
+    nvlm_engine *engine;         /* the engine thread's only */
+    nvlm_batch batch;
+    float *logits;               /* [parallel, V] */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     serve_job *head, *tail;
-    int depth, max_queue, active, stopping;
-    pthread_t *workers;
-    serve_job **running;         /* [n_workers], under mu: what each worker generates */
-    int n_workers;
+    int depth, max_queue, active, stopping, parallel, max_tiles;
+    serve_job **slots;           /* [parallel]: set under mu, otherwise the engine thread's */
+    pthread_t thread;
+    int running;
+    serve_prefix prefix[SERVE_PREFIXES];
+    int n_prefix;
+    uint64_t clock;
+    double rate, rate_t0;
+    uint64_t rate_tok0;
 } serve_sched;
-
-/* choices.c: the answers of choices 1 .. n-1 of j (its own seed each), after the first. */
-int serve_extra_choices(serve_job *j, nvlm_token_fn on_token, void *user);
 
 /* A job owning req and chat (moved in); one reference for the caller. */
 int serve_job_new(serve_request *req, nvlm_chat *chat, serve_job **out);
 void serve_job_release(serve_job *j);
 double serve_now(void);
 
-int serve_sched_start(serve_sched *s, nvlm_model *m, serve_metrics *metrics, int parallel, int max_queue,
+/* Makes the engine (options: parallel, max_queue, ctx, max_tiles, kv_mib / kv_tokens) and
+ * starts its thread. */
+int serve_sched_start(serve_sched *s, nvlm_model *m, serve_metrics *metrics, const nvlm_serve_options *o,
                       nvlm_err *err);
 /* Queues j (takes a reference); -1 when the queue is full, -2 when stopping. */
 int serve_sched_submit(serve_sched *s, serve_job *j);
 /* Cancels j: a queued job leaves the queue at once (finished as cancelled), a running one
- * ends at the engine's next poll (tile, prefill chunk or token). Any thread, any state. */
+ * ends at the engine's next step, its pages freed. Any thread, any state. */
 void serve_sched_cancel(serve_sched *s, serve_job *j);
 /* Refuses new jobs, cancels every job and joins the workers. */
 void serve_sched_stop(serve_sched *s);

@@ -294,6 +294,7 @@ static enum MHD_Result reply_plain(nvlm_server *s, struct MHD_Connection *c, ser
         int code = j->err.code;
         if (code == NVLM_E_CANCELLED) return fail(s, c, 503, "shutting_down", "the server is shutting down");
         if (code == NVLM_E_NUMERIC) return fail(s, c, 500, "non_finite_values", j->err.msg);
+        if (code == NVLM_E_BUSY) return fail(s, c, 503, "kv_cache_full", j->err.msg);
         int status = code == NVLM_E_LIMIT || code == NVLM_E_INVALID_ARG ? 400 : 500;
         return fail(s, c, status, NULL, j->err.msg);
     }
@@ -672,7 +673,7 @@ static void server_free(nvlm_server *s) {
 
 /* Fills the defaults of the options left 0; an error for values out of range. */
 static int settle_options(nvlm_serve_options *o, const nvlm_model *m, nvlm_err *err) {
-    if (!o->parallel) o->parallel = 4;
+    if (!o->parallel) o->parallel = 8;
     if (!o->max_queue) o->max_queue = 256;
     if (!o->max_body) o->max_body = 64u << 20;
     if (!o->max_image_bytes) o->max_image_bytes = 20u << 20;
@@ -791,7 +792,7 @@ int nvlm_server_start(nvlm_model *m, const nvlm_serve_options *opt, nvlm_server 
         teardown(s, 0, 0);
         return nvlm_fail(err, NVLM_E_INTERNAL, "mutex init failed");
     }
-    rc = serve_sched_start(&s->sched, m, &s->metrics, s->o.parallel, s->o.max_queue, err);
+    rc = serve_sched_start(&s->sched, m, &s->metrics, &s->o, err);
     if (rc) {
         teardown(s, 0, 1);
         return rc;
