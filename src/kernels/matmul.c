@@ -93,7 +93,9 @@ void nvlm_matmul_roles(nvlm_pool *pool, int n_w, float *const *y, const float *x
 #ifdef NVLM_HAVE_AVX2_KERNELS
     if (nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX2)) {
         float *yg[NVLM_MATMUL_MULTI_MAX];
-        int wide = n_gemv > NVLM_GEMV_MAX && nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX512);
+        /* 4-8 tokens: the AVX-512 kernel (8 a pass); fewer, or more (their activations no longer
+         * fit in L1 beside the row), the AVX2 one: the same bytes either way (bench/batch) */
+        int wide = n_gemv > NVLM_GEMV_MAX && n_gemv <= 8 && nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX512);
         for (int i = 0; i < n_w && n_gemv > 0; i++) {
             if (wide && nvlm_gemv_batch_avx512_ok(w[i]->dtype)) nvlm_gemv_batch_avx512(pool, y[i], x, n_gemv, w[i], bias[i]);
             else nvlm_gemv_avx2(pool, y[i], x, n_gemv, w[i], bias[i]);
