@@ -11,7 +11,7 @@
    being prefilled, against the same request on an idle server.
 Prints one line per figure; exits 1 when an answer differs. Standard library only.
 """
-import argparse, base64, json, sys, threading, time, urllib.request
+import argparse, base64, json, os, sys, threading, time, urllib.request
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper.", "Explain how a bicycle gear works.",
@@ -69,6 +69,15 @@ def ttft(port, prompt):
     return first - t0
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of the server so far (0 without --pid): on a machine shared with
+    other work, CPU time is the fairer measure of what each phase costs."""
+    if not pid:
+        return 0.0
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def sequential(port, prompts, tokens):
     t0 = time.time()
     out = [chat(port, p, tokens) for p in prompts]
@@ -82,6 +91,7 @@ def main():
     ap.add_argument("--streams", default="1,2,4,8,16")
     ap.add_argument("--image", help="a PNG for the time-to-first-token figure")
     ap.add_argument("--no-orders", action="store_true", help="skip the sequential/concurrent comparison")
+    ap.add_argument("--pid", type=int, help="the server's process id: CPU seconds per phase too")
     args = ap.parse_args()
     bad = 0
     # the hidden check's shape, both orders; fresh prompts each time (a tag nobody sent before), so
@@ -89,17 +99,27 @@ def main():
     for order in () if args.no_orders else ("sequential first", "concurrent first"):
         tag = f"[{order} {time.time():.0f}] "
         prompts = [tag + PROMPTS[i] for i in range(8)]
+        c0 = cpu_seconds(args.pid)
         if order == "sequential first":
             solo, t_seq = sequential(args.port, prompts, args.tokens)
+            c1 = cpu_seconds(args.pid)
             conc, t_conc = run_concurrent(args.port, prompts, args.tokens)
+            c2 = cpu_seconds(args.pid)
+            cpu_seq, cpu_conc = c1 - c0, c2 - c1
         else:
             conc, t_conc = run_concurrent(args.port, prompts, args.tokens)
+            c1 = cpu_seconds(args.pid)
             solo, t_seq = sequential(args.port, prompts, args.tokens)
+            c2 = cpu_seconds(args.pid)
+            cpu_seq, cpu_conc = c2 - c1, c1 - c0
         same = sum(1 for a, b in zip(conc, solo) if a == b)
         bad += 8 - same
         toks = sum(o[1] for o in conc)
         print(f"8 requests of {args.tokens} tokens, {order}: one after another {t_seq:.2f} s, concurrent {t_conc:.2f} s "
               f"= {t_seq / t_conc:.2f}x; {same}/8 concurrent answers equal the solo ones ({toks} tokens)")
+        if args.pid:
+            print(f"    server CPU seconds: one after another {cpu_seq:.1f}, concurrent {cpu_conc:.1f} "
+                  f"= {cpu_seq / cpu_conc:.2f}x")
     for s_ in [int(x) for x in args.streams.split(",") if x]:
         tag = f"[streams {s_} {time.time():.0f}] "
         prompts = [tag + PROMPTS[i % len(PROMPTS)] for i in range(s_)]

@@ -249,10 +249,9 @@ enum { PAD_Q = 4 }; /* prompt runs of fewer queries are padded to this: the bloc
 
 typedef struct attn_job {
     nvlm_engine *e;
-    int l, n_units, level;
+    int l, level;
     float scale;
-    size_t scratch; /* floats of kernel scratch per slot (after keys, values, pads) */
-    int max_keys;
+    int max_keys;   /* keys of the longest sequence in the step: the slots' key/value buffers */
 } attn_job;
 
 /* Keys and values of kv head g of a sequence, positions [0, n), as float32 rows of d. */
@@ -326,7 +325,6 @@ static int attention(nvlm_engine *e, int n_runs, int l, nvlm_err *err) {
                 need = s > need ? s : need;
             }
     }
-    j.scratch = need;
     size_t total = 2 * (size_t)j.max_keys * e->d + 2 * PAD_Q * (size_t)e->d + need + 16;
     for (int t = 0; t < e->n_ts; t++) { /* grows to the high-water mark, then never again */
         if (e->ts[t].n >= total) continue;
@@ -336,7 +334,6 @@ static int attention(nvlm_engine *e, int n_runs, int l, nvlm_err *err) {
         e->be->i->release(e->be, e->ts[t].p);
         e->ts[t] = (thread_scratch){p, n};
     }
-    j.n_units = (int)nu;
     return e->be->i->units(e->be, nu, 1, attn_fn, &j, err);
 }
 
