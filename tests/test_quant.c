@@ -321,14 +321,13 @@ static void test_reference_cases(void) {
     }
 }
 
-/* The bf16 compute mode (NVLM_COMPUTE_BF16: the ViT, the projector and prefill in BF16 with
- * vdpbf16ps or its exact emulation) against float32 compute, the stored weights in both, on
- * the reference cases as above. Issue 19's bar is issue 5's Q8_0 one: top-1 agreement >= 99%
- * and mean KL <= 0.01. Measured: 98.90% (greedy steps 100%), KL 0.00059. The KL bar is held;
- * the top-1 bar is printed met/NOT met and the measured level held with a little slack: these
- * random models flip their top-1 at ~0.1% of relative error (test_reference_cases above), and
- * BF16 rounds by up to 0.39% (ViT alone in bf16: 99.48%; LLM and projector alone: 99.03%;
- * docs/performance.md "bf16 compute"). */
+/* The bf16 compute mode (NVLM_COMPUTE_BF16: the ViT and the projector in BF16 with vdpbf16ps or
+ * its exact emulation; the LLM stays float32) against float32 compute, the stored weights in
+ * both, on the reference cases as above. Issue 19's bar is issue 5's Q8_0 one: top-1 agreement
+ * >= 99% and mean KL <= 0.01, both held. Measured: 99.28% (greedy steps 100%), KL 0.00026.
+ * With LLM prefill in BF16 too it was 98.90%: these random models flip their top-1 at ~0.1% of
+ * relative error (test_reference_cases above), and BF16 rounds by up to 0.39%
+ * (docs/performance.md "bf16 compute"). */
 static void test_bf16_compute(void) {
     char *text;
     size_t len;
@@ -365,7 +364,7 @@ static void test_bf16_compute(void) {
            kl <= 0.01 ? "met" : "NOT met");
     if (quick_mode()) return;
     CHECK(st.n > 14000 && st.n_gen > 250, "only %ld positions", st.n);
-    CHECK(agree >= 0.985, "bf16 compute top-1 agreement %.4f < 0.985", agree);
+    CHECK(agree >= 0.99, "bf16 compute top-1 agreement %.4f < 0.99", agree);
     CHECK(agree_gen >= 0.99, "bf16 compute greedy-step agreement %.4f < 0.99", agree_gen);
     CHECK(kl <= 0.01, "bf16 compute mean KL %.4f > 0.01", kl);
 }

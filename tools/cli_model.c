@@ -111,7 +111,7 @@ const char *cli_model_flags_help(void) {
            "                           when they fit in 3/4 of free memory; generation runs up\n"
            "                           to ~10% faster from memory, mapping starts at once)\n"
            "      --kv f16|f32         KV cache element type (default f32; f16 halves its memory)\n"
-           "      --compute f32|bf16   matrix arithmetic of the ViT, projector and prompt prefill\n"
+           "      --compute f32|bf16   matrix arithmetic of the ViT and the projector (the LLM stays f32)\n"
            "                           (default f32, exact; bf16 rounds as a GPU running the\n"
            "                           bfloat16 model, faster on CPUs with AVX512-BF16)\n"
            "      --max-num N          max tiles per image (default: the config's max_dynamic_patch;\n"

@@ -42,7 +42,7 @@ float nvlm_dpbf16(float acc, uint32_t a, uint32_t b) {
 uint16_t nvlm_bf16_round(float x) { return bf16_daz(nvlm_f32_to_bf16(x)); }
 
 int nvlm_bf16_eligible(const nvlm_wmat *w) {
-    return w->dtype == NVLM_DT_F32 || w->dtype == NVLM_DT_F16 || w->dtype == NVLM_DT_BF16;
+    return !w->f32_only && (w->dtype == NVLM_DT_F32 || w->dtype == NVLM_DT_F16 || w->dtype == NVLM_DT_BF16);
 }
 
 /* Element k of a plain-format row at src, as this mode's BF16. */

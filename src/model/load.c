@@ -20,6 +20,7 @@ typedef struct binder {
     char name[256];
     nvlm_dist *dist;   /* a job of several ranks: matrices are read as this rank's row slice */
     uint64_t hash;     /* what was bound (names, shapes, the vectors' bytes): ranks compare it */
+    int f32_only;      /* the matrices bound now stay float32 in the bf16 compute mode (the LLM's) */
 } binder;
 
 int nvlm_model_own(nvlm_model *m, void *p) {
@@ -85,7 +86,7 @@ static int bind_mat(binder *b, nvlm_wmat *out, int rows, int cols) {
     int rc = nvlm_st_expect(b->m->st, b->name, 2, shape, &t, b->err);
     if (rc) return rc;
     hash_tensor(b, t);
-    *out = (nvlm_wmat){.dtype = t->dtype, .rows = rows, .cols = cols, .data = t->data};
+    *out = (nvlm_wmat){.dtype = t->dtype, .rows = rows, .cols = cols, .data = t->data, .f32_only = b->f32_only};
     return b->dist ? read_slice(b, t, out, nvlm_tensor_split_unit(&b->m->cfg, b->name)) : NVLM_OK;
 }
 
@@ -289,6 +290,7 @@ static int bind_xattn_block(binder *b, int k, xattn_block *X) {
 
 static int bind_llm(binder *b) {
     nvlm_model *m = b->m;
+    b->f32_only = 1;
     const nvlm_llm_config *c = &m->cfg.llm;
     int rc;
     NAME(NVLM_R_EMBED, -1);
