@@ -21,6 +21,7 @@ static const command commands[] = {
     {"quantize", cmd_quantize, "write a Q8_0 / Q4 copy of a model folder"},
     {"bench", cmd_bench, "kernel, machine-limit and model benchmarks"},
     {"mkmodel", cmd_mkmodel, "write a random-weight checkpoint of any shape (tests, demos)"},
+    {"mkdata", cmd_mkdata, "draw synthetic training data (shapes: the demo model's)"},
 };
 
 static void usage(FILE *f) {
