@@ -28,7 +28,7 @@ static const struct colour {
 } colours[N_COLOURS] = {
     {"red", {190, 0, 0}, {255, 60, 60}},
     {"green", {0, 110, 0}, {60, 255, 80}},
-    {"blue", {0, 0, 170}, {60, 80, 255}},
+    {"blue", {0, 0, 170}, {40, 90, 255}},
     {"yellow", {215, 195, 0}, {255, 255, 70}},
     {"black", {0, 0, 0}, {50, 50, 50}},
 };
@@ -134,6 +134,16 @@ static void place(rng *r, figure *f, double size, int w, int h) {
     for (int i = 0; i < f->n_verts; i++) f->vx[i] = ox + k * (f->vx[i] - x0), f->vy[i] = oy + k * (f->vy[i] - y0);
 }
 
+/* The pixels [x0, x1) x [y0, y1) that can be touched by the figure, clipped to the picture. */
+static void figure_box(const figure *f, int w, int h, int *x0, int *x1, int *y0, int *y1) {
+    double a = f->n_verts ? 1e30 : f->cx - f->r, b = f->n_verts ? -1e30 : f->cx + f->r;
+    double c = f->n_verts ? 1e30 : f->cy - f->r, d = f->n_verts ? -1e30 : f->cy + f->r;
+    for (int i = 0; i < f->n_verts; i++)
+        a = fmin(a, f->vx[i]), b = fmax(b, f->vx[i]), c = fmin(c, f->vy[i]), d = fmax(d, f->vy[i]);
+    *x0 = (int)fmax(0, floor(a) - 2), *x1 = (int)fmin(w, ceil(b) + 2);
+    *y0 = (int)fmax(0, floor(c) - 2), *y1 = (int)fmin(h, ceil(d) + 2);
+}
+
 /* Side lengths: log-uniform, so small and large pictures and every aspect ratio are common. */
 static int side(rng *r, const shape_opts *o) {
     return (int)lround(exp(log(o->min_side) + uniform(r) * (log(o->max_side) - log(o->min_side))));
@@ -157,8 +167,12 @@ static int draw(rng *r, const shape_opts *o, picture *p) {
     figure f = {0};
     if (p->shape) outline(r, p->shape, &f);
     place(r, &f, size, p->w, p->h);
-    for (int y = 0; y < p->h; y++)
-        for (int x = 0; x < p->w; x++) {
+    memset(p->rgb, bg, (size_t)p->w * p->h * 3);
+    /* only the figure's box (and a pixel around it for the soft edge) differs from the background */
+    int x0, x1, y0, y1;
+    figure_box(&f, p->w, p->h, &x0, &x1, &y0, &y1);
+    for (int y = y0; y < y1; y++)
+        for (int x = x0; x < x1; x++) {
             double d = signed_dist(&f, x + 0.5, y + 0.5);
             double a = smooth ? fmin(1, fmax(0, 0.5 - d)) : d <= 0;
             uint8_t *px = p->rgb + ((size_t)y * p->w + x) * 3;
