@@ -19,14 +19,14 @@ model_shape=(--arch D --tokenizer demo/tokenizer --seed 1 --image-size 64 --patc
              --vit-hidden 192 --vit-layers 1 --vit-heads 4 --vit-dummy-heads 0 --vit-intermediate 384
              --llm-hidden 128 --llm-layers 2 --llm-heads 4 --llm-kv-heads 2 --llm-intermediate 344)
 stage1=(--steps 100 --batch 16 --lr 5e-3 --warmup 10 --seed 1 --eval-every 100)
-stage2=(--steps 2000 --batch 16 --lr 3e-3 --schedule constant --warmup 10 --weight-decay 0.01 --seed 2 --eval-every 250 --save-every 250)
+stage2=(--steps 750 --batch 16 --lr 3e-3 --schedule constant --warmup 10 --weight-decay 0.01 --seed 2 --eval-every 250 --save-every 250)
 
 rm -rf "$work"
 mkdir -p "$work"
 echo "== drawing $train_n training and $eval_n held-out pictures ($work)" >&2
 "$NVLM" mkdata shapes --out "$work/data" --n "$train_n" --seed 1
 "$NVLM" mkdata shapes --out "$work/eval" --n "$eval_n" --seed 2 --prefix eval
-echo "== a random tiny NVLM-D: 64 px tiles, one per picture (the whole picture, resized)" >&2
+echo "== a random tiny NVLM-D: one 64x64 tile per picture (the whole picture, resized)" >&2
 "$NVLM" mkmodel --out "$work/base" "${model_shape[@]}"
 sed -i 's/"max_dynamic_patch":\t6/"max_dynamic_patch":\t1/' "$work/base/config.json"
 grep -q '"max_dynamic_patch":.1,' "$work/base/config.json"

@@ -25,14 +25,16 @@ for q in "What colour is the shape?" "What shape is it?"; do
   "$NVLM" run --model "$model" --image demo/image.png --prompt "$q" --quiet
 done
 
-say "nvlm chat: the same, as a conversation (stdin here; at a terminal it has line editing and history)"
-printf '/image demo/image.png\nWhat colour is the shape?\nWhat shape is it?\n/save %s/conversation.json\n/quit\n' "$out" |
-  "$NVLM" chat --model "$model" --quiet 2>&1 | sed 's/^> //; s/^/  /'
+say "nvlm chat: the same through stdin (at a terminal: line editing, history, /help)"
+# the tiny model was trained on one question per conversation: /reset starts a new one
+printf '%s\n' "/image demo/image.png" "What colour is the shape?" "/save $out/conversation.json" "/reset" \
+    "/image demo/image.png" "What shape is it?" "/quit" | tee "$out/chat-input.txt" | sed 's/^/  you> /'
+"$NVLM" chat --model "$model" --quiet < "$out/chat-input.txt" 2>&1 | sed 's/^/  nvlm> /'
 cat <<EOF
   Try it yourself:   $NVLM chat --model $model
   then type  /image demo/image.png  and ask; /help lists /system, /reset, /tiles, /save, /quit.
-  Continue the saved conversation:  $NVLM run --model $model --history $out/conversation.json \\
-      --image demo/image.png --prompt "What shape is it?"
+  A saved conversation goes on with:  $NVLM run --model $model --history $out/conversation.json \\
+      --image demo/image.png --prompt "What colour is the shape?"
 EOF
 
 say "nvlm plot: how it learned"

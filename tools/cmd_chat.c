@@ -51,7 +51,7 @@ static void usage(FILE *f) {
     fprintf(f, "usage: nvlm chat --model DIR [--image FILE]... [options]\n\n"
                "Interactive conversation; the history is kept between turns (and its KV cache reused).\n"
                "Line editing and history (libedit) when stdin is a terminal; one question per line\n"
-               "from a pipe. At the prompt, ");
+               "from a pipe (no prompt then). At the prompt, ");
     print_commands(f);
     fprintf(f, "\n%s", cli_model_flags_help());
 }
@@ -103,9 +103,7 @@ static char *read_line(line_reader *r) {
         if (!s || count <= 0) return NULL;
         line = strdup(s);
         n = line ? (ssize_t)strlen(line) : -1;
-    } else {
-        fprintf(stderr, "> ");
-        fflush(stderr);
+    } else { /* a pipe or a file: no prompt (the output stays the answers and messages) */
         size_t cap = 0;
         n = getline(&line, &cap, stdin);
     }
@@ -310,12 +308,16 @@ static int run_slash(chat_state *s, const char *line) {
         fprintf(stderr, "(new conversation)\n");
         return 0;
     case CMD_TILES:
-        if (!*arg) fprintf(stderr, "(at most %d tiles per image)\n", s->max_tiles ? s->max_tiles : nvlm_model_max_tiles(s->m));
-        else if (cli_parse_int(arg, 0, 64, &n)) fprintf(stderr, "usage: /tiles N (0..64; 0: the model's default)\n");
-        else {
+        if (!*arg) {
+            n = s->max_tiles ? s->max_tiles : nvlm_model_max_tiles(s->m);
+            fprintf(stderr, "(at most %ld tile%s per image)\n", n, n == 1 ? "" : "s");
+        } else if (cli_parse_int(arg, 0, 64, &n)) {
+            fprintf(stderr, "usage: /tiles N (0..64; 0: the model's default)\n");
+        } else {
             s->max_tiles = (int)n;
             nvlm_chat_set_max_tiles(s->c, s->max_tiles);
-            fprintf(stderr, "(images attached from now on: at most %d tiles)\n", n ? (int)n : nvlm_model_max_tiles(s->m));
+            n = n ? n : nvlm_model_max_tiles(s->m);
+            fprintf(stderr, "(images attached from now on: at most %ld tile%s)\n", n, n == 1 ? "" : "s");
         }
         return 0;
     case CMD_SAVE:
