@@ -107,14 +107,14 @@ static void test_slash_commands(void) {
 
 /* Reads what the child writes to the pty until it exits or 60 s pass; returns the exit code. */
 static int drain_pty(int fd, pid_t pid, size_t *len) {
-    int status = -1;
+    int status = -1, open_ = 1;
     for (int waited = 0; waited < 60000;) {
         struct pollfd p = {fd, POLLIN, 0};
-        int r = poll(&p, 1, 100);
+        int r = open_ ? poll(&p, 1, 100) : (usleep(100000), 0);
         if (r > 0) {
             ssize_t n = read(fd, out + *len, sizeof out - 1 - *len);
             if (n > 0) *len += (size_t)n, out[*len] = 0;
-            else if (n < 0 && errno != EINTR && errno != EAGAIN) break; /* EIO: the child closed it */
+            else if (n == 0 || (errno != EINTR && errno != EAGAIN)) open_ = 0; /* EIO: closed; wait for the exit */
         } else waited += 100;
         if (waitpid(pid, &status, WNOHANG) == pid) {
             pid = -1;
