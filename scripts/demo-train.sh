@@ -19,7 +19,7 @@ model_shape=(--arch D --tokenizer demo/tokenizer --seed 1 --image-size 64 --patc
              --vit-hidden 192 --vit-layers 1 --vit-heads 4 --vit-dummy-heads 0 --vit-intermediate 384
              --llm-hidden 128 --llm-layers 2 --llm-heads 4 --llm-kv-heads 2 --llm-intermediate 344)
 stage1=(--steps 100 --batch 16 --lr 5e-3 --warmup 10 --seed 1 --eval-every 100)
-stage2=(--steps 750 --batch 16 --lr 3e-3 --schedule constant --warmup 10 --weight-decay 0.01 --seed 2 --eval-every 250 --save-every 250)
+stage2=(--steps 2000 --batch 16 --lr 3e-3 --schedule constant --warmup 10 --weight-decay 0.01 --seed 2 --eval-every 250 --save-every 250)
 
 rm -rf "$work"
 mkdir -p "$work"

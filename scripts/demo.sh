@@ -47,7 +47,7 @@ cat <<EOF
   A TINY model ($(du -h "$model/model.safetensors" | cut -f1) of weights) trained for minutes on synthetic pictures:
   one filled circle, square or triangle, red, green, blue, yellow or black, on white. It
   answers "What colour is the shape?" and "What shape is it?" and nothing else. It has learned
-  the colour (95% right on held-out pictures); the shape it has NOT learned yet (about chance):
+  the colour (40 of 40 held-out pictures); the shape it has NOT learned yet (about chance):
   see docs/demo.md, "Status". It shows every part of nvlm working on trained weights: tiling,
   InternViT, projector, Qwen2, and both training stages.
   Reproduce it bit for bit: make demo-train (docs/demo.md).
