@@ -6,7 +6,7 @@ BUILD    ?= build
 CC       ?= cc
 SAN      ?=
 OPT      ?= -O2
-PKGS     := libpng libdeflate libjpeg libwebp libwebpdemux libgif libutf8proc libcjson oniguruma libcrypto libmicrohttpd libcurl
+PKGS     := libpng libdeflate libjpeg libwebp libwebpdemux libgif libutf8proc libcjson oniguruma libcrypto libmicrohttpd libcurl libedit
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -45,7 +45,7 @@ TOOL_OBJ  := $(TOOL_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN  := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 DEPS      := $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_BIN:=.d)
 
-.PHONY: all check test test-asan demo clean bench fuzz
+.PHONY: all check test test-asan demo demo-train clean bench fuzz
 all: $(BUILD)/libnvlm.a $(BUILD)/nvlm $(TEST_BIN)
 
 $(BUILD)/%.o: %.c
@@ -76,12 +76,18 @@ test-asan:
 	$(MAKE) --no-print-directory BUILD=build-asan SAN=1 OPT=-O1 all
 	tests/run.sh build-asan
 
+# The README's first command: the shipped demo model (demo/model) answers about demo/image.png.
 demo: all
 	scripts/demo.sh
 
 # every libFuzzer target for NVLM_FUZZ_SECONDS (default 15) on fuzz/corpus (also part of check)
 fuzz:
 	fuzz/ci.sh build-fuzz
+
+# Trains demo/model again from nothing (drawn data, random model, both stages) and checks that
+# the result is bit-identical to the shipped one (docs/demo.md).
+demo-train: $(BUILD)/nvlm
+	NVLM=$(BUILD)/nvlm scripts/demo-train.sh
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz

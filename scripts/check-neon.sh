@@ -85,7 +85,7 @@ if [ "$all" = 1 ]; then # (the test's own sources are compiled below)
 fi
 
 # the test needs the kernels (the dtype table is kernels/dtype.c) and core (nvlm_err)
-srcs="$(ls src/kernels/*.c src/core/*.c)"
+srcs="$(ls src/kernels/*.c src/core/*.c src/dist/*.c)" # dist: the tensor-parallel hook of nvlm_matmul (no MPI here)
 res=$(printf '%s\n' $srcs | compile_all "$out/obj")
 objs="" build_ok=1
 while read -r rc src obj; do

@@ -8,7 +8,7 @@
 # without them that check is skipped. NVLM_NO_NEON_DEPS=1 leaves them out.
 set -eu
 pkgs="build-essential pkg-config bc libjpeg62-turbo-dev libpng-dev libdeflate-dev libwebp-dev libgif-dev
-      libutf8proc-dev libcjson-dev libonig-dev libssl-dev libmicrohttpd-dev libcurl4-openssl-dev clang
+      libutf8proc-dev libcjson-dev libonig-dev libssl-dev libmicrohttpd-dev libcurl4-openssl-dev clang libedit-dev
       libopenmpi-dev openmpi-bin"
 neon_pkgs="gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static"
 missing="" neon_missing=""

@@ -15,6 +15,7 @@ int cmd_bench(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_plot(int argc, char **argv);
+int cmd_mkdata(int argc, char **argv);
 
 /* The MPI job of `mpirun -np N nvlm ...` (docs/distributed.md), NULL for one process. */
 nvlm_dist *cli_dist(void);
@@ -32,4 +33,7 @@ int cli_parse_double(const char *s, double *out);
 /* Writes s as a JSON string literal (quotes and escapes) to f. */
 #include <stdio.h>
 void cli_json_string(FILE *f, const char *s, size_t len);
+/* Writes w x h 8-bit RGB pixels (rows packed) as a PNG file; 0 on success, -1 on any error
+ * (the file may then be partly written). */
+int cli_write_png(const char *path, const uint8_t *rgb, int w, int h);
 #endif

@@ -4,8 +4,6 @@
 #include "cli.h"
 #include <errno.h>
 #include <openssl/evp.h>
-#include <png.h>
-#include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,26 +44,6 @@ static void tile_sha256(const uint8_t *p, size_t n, char hex[65]) {
     for (int i = 0; i < 32; i++) sprintf(hex + 2 * i, "%02x", md[i]);
 }
 
-static int write_png(const char *path, const uint8_t *rgb, int w, int h) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return -1;
-    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
-    png_infop info = png ? png_create_info_struct(png) : NULL;
-    if (!png || !info || setjmp(png_jmpbuf(png))) {
-        png_destroy_write_struct(&png, &info);
-        fclose(f);
-        return -1;
-    }
-    png_init_io(png, f);
-    png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, 8, PNG_COLOR_TYPE_RGB,
-                 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-    png_write_info(png, info);
-    for (int y = 0; y < h; y++) png_write_row(png, rgb + (size_t)y * w * 3);
-    png_write_end(png, NULL);
-    png_destroy_write_struct(&png, &info);
-    return fclose(f) == 0 ? 0 : -1;
-}
-
 static int save_tiles(const char *dir, const nvlm_tiles *t) {
     if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
         fprintf(stderr, "nvlm preprocess: cannot create %s: %s\n", dir, strerror(errno));
@@ -75,7 +53,7 @@ static int save_tiles(const char *dir, const nvlm_tiles *t) {
     for (int k = 0; k < t->num_tiles; k++) {
         char path[4096];
         snprintf(path, sizeof path, "%s/tile_%02d.png", dir, k);
-        if (write_png(path, t->rgb + tb * k, t->size, t->size) != 0) {
+        if (cli_write_png(path, t->rgb + tb * k, t->size, t->size) != 0) {
             fprintf(stderr, "nvlm preprocess: cannot write %s\n", path);
             return -1;
         }

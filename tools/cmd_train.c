@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static volatile sig_atomic_t g_stop;
 static void on_sigint(int sig) {
@@ -30,20 +31,36 @@ static void usage(FILE *f) {
             "  --compute f32|bf16         the forward's matrix products in float32 (default) or BF16\n"
             "Under mpirun -np N: data parallel, each step's sequences dealt over the N ranks and the\n"
             "gradients summed before AdamW (docs/distributed.md); --resume works with another N.\n"
-            "Ctrl-C saves a checkpoint and exits. Progress on stderr; JSONL log in OUT/train_log.jsonl.\n");
+            "Ctrl-C saves a checkpoint and exits. Progress on stderr (a bar on a terminal, else one line\n"
+            "a step); JSONL log in OUT/train_log.jsonl.\n");
 }
 
+/* On a terminal the step line is one progress bar rewritten in place (evaluations and events on
+ * lines of their own); in a log, one line per step. */
 static void progress(void *user, const nvlm_train_report *r) {
-    (void)user;
-    if (nvlm_dist_rank(cli_dist()) > 0) return;
-    if (r->event) fprintf(stderr, "step %lld: %s %s\n", (long long)r->step, r->event, r->path ? r->path : "");
-    else if (r->eval)
-        fprintf(stderr, "step %lld: eval loss %.4f, exact match %.1f%%\n", (long long)r->step, r->eval_loss,
-                100 * r->eval_acc);
-    else
+    int *bar_open = user, tty = isatty(fileno(stderr));
+    if (nvlm_dist_rank(cli_dist()) > 0) return; /* rank 0 speaks for the job */
+    if (r->event || r->eval) {
+        if (*bar_open) fputc('\n', stderr), *bar_open = 0;
+        if (r->event) fprintf(stderr, "step %lld: %s %s\n", (long long)r->step, r->event, r->path ? r->path : "");
+        else fprintf(stderr, "step %lld: eval loss %.4f, exact match %.1f%%\n", (long long)r->step, r->eval_loss, 100 * r->eval_acc);
+        return;
+    }
+    if (!tty) {
         fprintf(stderr, "step %lld/%lld  loss %.4f  lr %.3g  |g| %.3g  %.0f tok/s  ETA %.0fs  (%ld MB)\n",
                 (long long)r->step, (long long)r->total_steps, r->loss, r->lr, r->grad_norm, r->tokens_per_s,
                 r->eta_s, r->peak_rss_mb);
+        return;
+    }
+    enum { WIDTH = 30 };
+    int done = r->total_steps > 0 ? (int)(WIDTH * r->step / r->total_steps) : WIDTH;
+    char bar[WIDTH + 1];
+    for (int i = 0; i < WIDTH; i++) bar[i] = i < done ? '#' : '.';
+    bar[WIDTH] = 0;
+    fprintf(stderr, "\r[%s] step %lld/%lld  loss %.4f  %.0f tok/s  ETA %.0fs   ", bar, (long long)r->step,
+            (long long)r->total_steps, r->loss, r->tokens_per_s, r->eta_s);
+    *bar_open = r->step < r->total_steps;
+    if (!*bar_open) fputc('\n', stderr);
 }
 
 int cmd_train(int argc, char **argv) {
@@ -98,7 +115,9 @@ int cmd_train(int argc, char **argv) {
     o.stop = &g_stop;
     o.dist = cli_dist(); /* under mpirun: data parallel, rank 0 reports, logs and saves */
     nvlm_err err = {0};
-    int rc = nvlm_train_run(&o, progress, NULL, &err);
+    int bar_open = 0;
+    int rc = nvlm_train_run(&o, progress, &bar_open, &err);
+    if (bar_open) fputc('\n', stderr);
     if (rc == NVLM_E_CANCELLED) {
         fprintf(stderr, "nvlm train: %s\n", err.msg);
         return 130;

@@ -22,6 +22,7 @@ static const command commands[] = {
     {"quantize", cmd_quantize, "write a Q8_0 / Q4 copy of a model folder", .ranks = 0},
     {"bench", cmd_bench, "kernel, machine-limit and model benchmarks", .ranks = 1},
     {"mkmodel", cmd_mkmodel, "write a random-weight checkpoint of any shape (tests, demos)", .ranks = 0},
+    {"mkdata", cmd_mkdata, "draw synthetic training data (shapes: the demo model's)", .ranks = 0},
 };
 
 static void usage(FILE *f) {
