@@ -9,7 +9,7 @@
 #include <string.h>
 
 /* 16 values widened as two halves of 8 joined (the 512-bit widenings cross 128-bit lanes and
- * measured slower on Zen 5: gemv_avx512.c). */
+ * measured slower on Zen 4: gemv_avx512.c). */
 static inline __m512 load_bf16x16(const uint8_t *p) {
     __m256i lo = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16);
     __m256i hi = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + 16))), 16);

@@ -41,7 +41,7 @@ typedef struct gemv_job {
 
 /* 16 weights of a plain-format row from element k, as float32 (exact). F16 widens two halves
  * of 8 in 256-bit registers and joins them (vcvtph2ps zmm crosses 128-bit lanes: 8% slower on
- * Zen 5). BF16 interleaves zeros below each value in 128-bit lanes (one unpack gives value << 16),
+ * Zen 4). BF16 interleaves zeros below each value in 128-bit lanes (one unpack gives value << 16),
  * which yields the 16 weights in the order P = [0-3, 8-11, 4-7, 12-15]: the activations are
  * permuted alike once per call (PERM) and the sums put back in order before they are added, so
  * each lane keeps its chain (vpmovzxwd zmm + shift measured 14% slower than AVX2). */

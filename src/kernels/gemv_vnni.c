@@ -62,7 +62,7 @@ AI __m512i reduce16(const __m512i v[8]) {
 }
 
 /* The first 4 bytes (f16 scale, and Q4's minimum) of n <= 16 blocks bs bytes apart, block q in
- * lane q (lanes past n: the last block's). Scalar loads: vpgatherdd stalled this loop on Zen 5. */
+ * lane q (lanes past n: the last block's). Scalar loads: vpgatherdd stalled this loop on Zen 4. */
 AI __m512i scales(const uint8_t *p, size_t bs, int n) {
     uint32_t v[GB];
     if (n == GB) {
