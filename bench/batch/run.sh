@@ -20,7 +20,7 @@ case "${1:-}" in
   serve)
     md=$2 port=${3:-18417}
     if [ ! -f "$md/config.json" ]; then
-      "$build/nvlm" mkmodel --out "$md" --tokenizer "${NVLM_SHARED:-../shared}/reference/tokenizer" --dtype bf16 \
+      "$build/nvlm" mkmodel --out "$md" --tokenizer "${NVLM_SHARED:-tests/data}/reference/tokenizer" --dtype bf16 \
           --llm-hidden 896 --llm-layers 24 --llm-heads 14 --llm-kv-heads 2 --llm-intermediate 4864 \
           --vit-hidden 64 --vit-layers 1 --vit-heads 4 --vit-dummy-heads 0 --vit-intermediate 128 >/dev/null
     fi
@@ -30,7 +30,7 @@ case "${1:-}" in
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 1; done
     echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
     python3 bench/batch/serve_bench.py --port "$port" --pid "$pid" --tokens 64 --streams 1,2,4,8,16 \
-        --image "${NVLM_SHARED:-../shared}/reference/images/skimage_coffee.png"
+        --image "${NVLM_SHARED:-tests/data}/reference/images/skimage_coffee.png"
     echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)";;
   *) sed -n '2,8p' "$0"; exit 2;;
 esac
