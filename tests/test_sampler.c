@@ -224,7 +224,82 @@ static void run_file(const char *cases_file, int only_first) {
     free(text);
 }
 
+/* nvlm_sample as it was written first (a qsort of the whole vocabulary by probability, ties by
+ * id): the radix sort that replaced the qsort must give the same token for every draw. */
+typedef struct ref_scored {
+    float p;
+    int id;
+} ref_scored;
+
+static int ref_desc(const void *a, const void *b) {
+    const ref_scored *x = a, *y = b;
+    if (x->p != y->p) return x->p > y->p ? -1 : 1;
+    return x->id - y->id;
+}
+
+static int32_t ref_sample(const float *logits, int n, const nvlm_sampling *s, nvlm_rng *rng) {
+    ref_scored *c = malloc(sizeof *c * (size_t)n);
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (logits[i] > mx) mx = logits[i];
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += c[i].p = expf((logits[i] - mx) / s->temperature), c[i].id = i;
+    for (int i = 0; i < n; i++) c[i].p = (float)(c[i].p / sum);
+    qsort(c, (size_t)n, sizeof *c, ref_desc);
+    int keep = n;
+    if (s->top_k > 0 && s->top_k < keep) keep = s->top_k;
+    if (s->top_p > 0 && s->top_p < 1) {
+        double cum = 0;
+        for (int i = 0; i < keep; i++)
+            if ((cum += c[i].p) >= s->top_p) {
+                keep = i + 1;
+                break;
+            }
+    }
+    if (s->min_p > 0) {
+        int k = 1;
+        while (k < keep && c[k].p >= s->min_p * c[0].p) k++;
+        keep = k;
+    }
+    double total = 0, acc = 0;
+    for (int i = 0; i < keep; i++) total += c[i].p;
+    double u = nvlm_rng_uniform(rng) * total;
+    int32_t pick = c[keep - 1].id;
+    for (int i = 0; i < keep; i++)
+        if (u < (acc += c[i].p)) {
+            pick = c[i].id;
+            break;
+        }
+    free(c);
+    return pick;
+}
+
+static void check_sample_order(void) {
+    enum { V = 20011 };
+    float *l = malloc(sizeof(float) * V), *w = malloc(sizeof(float) * V);
+    nvlm_rng r;
+    nvlm_rng_seed(&r, 7);
+    int same = 0, n = 0;
+    for (int round = 0; round < 40; round++) {
+        for (int i = 0; i < V; i++) l[i] = (float)(nvlm_rng_uniform(&r) * (round % 2 ? 40 : 8) - 4);
+        for (int i = 0; i < V; i += 7) l[i] = l[i / 3];           /* ties */
+        for (int i = 5; i < V; i += 101) l[i] = -INFINITY;        /* exact zeros after the softmax */
+        nvlm_sampling s = {.temperature = round % 4 == 3 ? 0.05f : 0.9f};
+        if (round % 3 == 1) s.top_p = 0.8f;
+        if (round % 3 == 2) s.top_k = 50, s.min_p = 0.02f;
+        nvlm_rng a, b;
+        nvlm_rng_seed(&a, (uint64_t)round), nvlm_rng_seed(&b, (uint64_t)round);
+        for (int d = 0; d < 5; d++, n++) {
+            memcpy(w, l, sizeof(float) * V);
+            same += nvlm_sample(w, V, &s, &a, NULL) == ref_sample(l, V, &s, &b);
+        }
+    }
+    CHECK(same == n, "nvlm_sample differs from the qsort reference in %d of %d draws", n - same, n);
+    free(l), free(w);
+}
+
 int main(void) {
+    check_sample_order();
     check_logprobs_of();
     run_file("reference/model_cases.jsonl", UNDER_ASAN);
     run_file("reference/model_cases_xh.jsonl", 1);

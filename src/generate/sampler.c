@@ -3,6 +3,7 @@
 #include "generate/sampler.h"
 #include "kernels/ops.h"
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -51,6 +52,47 @@ static int by_prob_desc(const void *a, const void *b) {
     return x->id - y->id;
 }
 
+/* c[0..n), given in increasing id, into the order of qsort(by_prob_desc) (p descending, ties by
+ * id ascending) by a stable LSD radix sort on the bits of p: for p >= 0 (and not NaN, which
+ * the non-finite checks keep out) the bits order as the values do, so ~bits sorts descending,
+ * and stability keeps the ids of equal p ascending. 3 passes of 11 bits instead of a comparison
+ * sort of the whole vocabulary (~20 ms per token on 152k ids). Falls back to qsort, the same
+ * order, when the buffer cannot be had. */
+static void sort_by_prob_desc(scored *c, int n) {
+    enum { BITS = 11, BUCKETS = 1 << BITS };
+    scored *tmp = malloc(sizeof *tmp * (size_t)(n > 0 ? n : 1));
+    int ok = tmp != NULL;
+    for (int i = 0; ok && i < n; i++) ok = c[i].p >= 0; /* (false for NaN too) */
+    if (!ok) {
+        free(tmp);
+        qsort(c, (size_t)n, sizeof *c, by_prob_desc);
+        return;
+    }
+    scored *src = c, *dst = tmp;
+    for (int shift = 0; shift < 32; shift += BITS) {
+        size_t count[BUCKETS] = {0};
+        for (int i = 0; i < n; i++) {
+            uint32_t b;
+            memcpy(&b, &src[i].p, sizeof b);
+            count[(~b >> shift) & (BUCKETS - 1)]++;
+        }
+        size_t at = 0;
+        for (int k = 0; k < BUCKETS; k++) {
+            size_t m = count[k];
+            count[k] = at, at += m;
+        }
+        for (int i = 0; i < n; i++) {
+            uint32_t b;
+            memcpy(&b, &src[i].p, sizeof b);
+            dst[count[(~b >> shift) & (BUCKETS - 1)]++] = src[i];
+        }
+        scored *t = src;
+        src = dst, dst = t;
+    }
+    if (src != c) memcpy(c, src, sizeof *c * (size_t)n);
+    free(tmp);
+}
+
 int32_t nvlm_sample(float *logits, int n_vocab, const nvlm_sampling *s, nvlm_rng *rng, int *scratch) {
     (void)scratch;
     if (s->temperature <= 0) return nvlm_argmax(logits, n_vocab);
@@ -66,7 +108,7 @@ int32_t nvlm_sample(float *logits, int n_vocab, const nvlm_sampling *s, nvlm_rng
         sum += c[i].p;
     }
     for (int i = 0; i < n_vocab; i++) c[i].p = (float)(c[i].p / sum);
-    qsort(c, (size_t)n_vocab, sizeof *c, by_prob_desc);
+    sort_by_prob_desc(c, n_vocab);
     int keep = n_vocab;
     if (s->top_k > 0 && s->top_k < keep) keep = s->top_k;
     if (s->top_p > 0 && s->top_p < 1) {
