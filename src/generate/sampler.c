@@ -93,6 +93,33 @@ static void sort_by_prob_desc(scored *c, int n) {
     free(tmp);
 }
 
+/* Top-k, top-p and min-p over probabilities c[0..n) sorted descending (in any order when none of
+ * them is set), then the draw from what is kept, in that order. */
+static int32_t truncate_and_draw(const scored *c, int n, const nvlm_sampling *s, nvlm_rng *rng) {
+    int keep = n;
+    if (s->top_k > 0 && s->top_k < keep) keep = s->top_k;
+    if (s->top_p > 0 && s->top_p < 1) {
+        double cum = 0;
+        for (int i = 0; i < keep; i++)
+            if ((cum += c[i].p) >= s->top_p) {
+                keep = i + 1;
+                break;
+            }
+    }
+    if (s->min_p > 0) {
+        float floor_p = s->min_p * c[0].p;
+        int k = 1;
+        while (k < keep && c[k].p >= floor_p) k++;
+        keep = k;
+    }
+    double total = 0, acc = 0;
+    for (int i = 0; i < keep; i++) total += c[i].p;
+    double u = nvlm_rng_uniform(rng) * total;
+    for (int i = 0; i < keep; i++)
+        if (u < (acc += c[i].p)) return c[i].id;
+    return c[keep - 1].id;
+}
+
 int32_t nvlm_sample(float *logits, int n_vocab, const nvlm_sampling *s, nvlm_rng *rng, int *scratch) {
     (void)scratch;
     if (s->temperature <= 0) return nvlm_argmax(logits, n_vocab);
@@ -109,35 +136,7 @@ int32_t nvlm_sample(float *logits, int n_vocab, const nvlm_sampling *s, nvlm_rng
     }
     for (int i = 0; i < n_vocab; i++) c[i].p = (float)(c[i].p / sum);
     sort_by_prob_desc(c, n_vocab);
-    int keep = n_vocab;
-    if (s->top_k > 0 && s->top_k < keep) keep = s->top_k;
-    if (s->top_p > 0 && s->top_p < 1) {
-        double cum = 0;
-        for (int i = 0; i < keep; i++) {
-            cum += c[i].p;
-            if (cum >= s->top_p) {
-                keep = i + 1;
-                break;
-            }
-        }
-    }
-    if (s->min_p > 0) {
-        float floor_p = s->min_p * c[0].p;
-        int k = 1;
-        while (k < keep && c[k].p >= floor_p) k++;
-        keep = k;
-    }
-    double total = 0;
-    for (int i = 0; i < keep; i++) total += c[i].p;
-    double u = nvlm_rng_uniform(rng) * total, acc = 0;
-    int32_t pick = c[keep - 1].id;
-    for (int i = 0; i < keep; i++) {
-        acc += c[i].p;
-        if (u < acc) {
-            pick = c[i].id;
-            break;
-        }
-    }
+    int32_t pick = truncate_and_draw(c, n_vocab, s, rng);
     free(c);
     return pick;
 }
@@ -266,27 +265,7 @@ static int32_t sample_among(scored *c, int n, const nvlm_sampling *s, nvlm_rng *
     for (int i = 0; i < n; i++) c[i].p = (float)(c[i].p / sum);
     int truncating = (s->top_k > 0 && s->top_k < n) || (s->top_p > 0 && s->top_p < 1) || s->min_p > 0;
     if (truncating) qsort(c, (size_t)n, sizeof *c, by_prob_desc); /* the draw itself needs no order */
-    int keep = n;
-    if (s->top_k > 0 && s->top_k < keep) keep = s->top_k;
-    if (s->top_p > 0 && s->top_p < 1) {
-        double cum = 0;
-        for (int i = 0; i < keep; i++)
-            if ((cum += c[i].p) >= s->top_p) {
-                keep = i + 1;
-                break;
-            }
-    }
-    if (s->min_p > 0) {
-        int k = 1;
-        while (k < keep && c[k].p >= s->min_p * c[0].p) k++;
-        keep = k;
-    }
-    double total = 0, acc = 0;
-    for (int i = 0; i < keep; i++) total += c[i].p;
-    double u = nvlm_rng_uniform(rng) * total;
-    for (int i = 0; i < keep; i++)
-        if (u < (acc += c[i].p)) return c[i].id;
-    return c[keep - 1].id;
+    return truncate_and_draw(c, n, s, rng);
 }
 
 /* Every allowed token with its logit into c; how many (-1: out of memory). */
