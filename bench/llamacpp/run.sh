@@ -2,7 +2,8 @@
 # bench/llamacpp/run.sh LLAMA_BUILD_DIR [NVLM_BUILD] [MODEL_DIR]
 #
 # nvlm beside llama.cpp on one random Qwen2-0.5B-shaped text model (the LLM of an NVLM-D
-# checkpoint), F16 / Q8_0 / 4-bit: prompt (pp512) and generation (tg128) tokens/s at 1 and 2
+# checkpoint), F16 / BF16 / Q8_0 / 4-bit (BF16 is a second checkpoint of the same shape, made
+# with `nvlm mkmodel --dtype bf16`, copied bit for bit into a BF16 GGUF): prompt (pp512) and generation (tg128) tokens/s at 1 and 2
 # threads, measured in the same run, format by format (llama.cpp then nvlm), and one table with
 # the ratios nvlm / llama.cpp. See README.md beside this file for how to get a llama.cpp build.
 #
@@ -59,6 +60,17 @@ if [ ! -f "$MD/config.json" ]; then
         > "$LOG/mkmodel.txt" 2>&1 || die "nvlm mkmodel failed (see $LOG/mkmodel.txt)"
 fi
 
+# 1b. the BF16 checkpoint: the same shape with BF16 matrices (random like the F16 one; the speed of
+# a format does not depend on the values). Beside MD, named after it.
+MB="${MD%/}-bf16"
+if [ ! -f "$MB/config.json" ]; then
+    say "making $MB (nvlm mkmodel --dtype bf16)"
+    "$NVLM" mkmodel --out "$MB" --tokenizer "$REPO/tests/data/reference/tokenizer" --dtype bf16 \
+        --llm-hidden 896 --llm-layers 24 --llm-heads 14 --llm-kv-heads 2 --llm-intermediate 4864 \
+        --vit-hidden 64 --vit-layers 1 --vit-heads 4 --vit-dummy-heads 0 --vit-intermediate 128 \
+        > "$LOG/mkmodel-bf16.txt" 2>&1 || die "nvlm mkmodel --dtype bf16 failed (see $LOG/mkmodel-bf16.txt)"
+fi
+
 # 2. the same LLM as GGUF, then llama.cpp's Q8_0 and Q4_0 of it (remade when older than the model).
 # Q4_0 keeps token_embd and output at Q8_0, as nvlm's q4 policy does (llama.cpp would pick Q6_K/
 # Q8_0 for output.weight itself): the 4-bit rows then differ only in the layer matrices' format.
@@ -73,6 +85,16 @@ if ! newer "$G16" "$WEIGHTS"; then
     PYTHONPATH="$SRC/gguf-py" nice -n 5 "$PY" "$HERE/to_gguf.py" "$MD" "$G16.tmp" > "$LOG/to_gguf.txt" 2>&1 ||
         die "to_gguf.py failed (see $LOG/to_gguf.txt)"
     mv "$G16.tmp" "$G16"
+fi
+GB="$WORK/$(basename "$MB")-bf16.gguf"
+WB=""
+for w in "$MB"/*.safetensors; do [ -f "$w" ] && WB=$w && break; done
+[ -n "$WB" ] || die "no *.safetensors in $MB"
+if ! newer "$GB" "$WB"; then
+    say "converting $MB -> $GB"
+    PYTHONPATH="$SRC/gguf-py" nice -n 5 "$PY" "$HERE/to_gguf.py" "$MB" "$GB.tmp" > "$LOG/to_gguf-bf16.txt" 2>&1 ||
+        die "to_gguf.py failed on $MB (see $LOG/to_gguf-bf16.txt)"
+    mv "$GB.tmp" "$GB"
 fi
 if ! newer "$G8" "$G16"; then
     say "llama-quantize Q8_0"
@@ -160,15 +182,15 @@ nvlm_bench() { # $1 = label, $2 = model folder: as llama-bench, pp and tg apart 
             "$NVLM" bench --model "$2" --no-kernels --prompt 1 --gen "$GEN" -t "$THREADS" >> "$LOG/nvlm-$1-tg.txt" 2>&1 || return 1
     done
 }
-for f in f16 q8_0 q4; do
-    case $f in f16) g=$G16 m=$MD ;; q8_0) g=$G8 m=$N8 ;; q4) g=$G4 m=$N4 ;; esac
+for f in f16 bf16 q8_0 q4; do
+    case $f in f16) g=$G16 m=$MD ;; bf16) g=$GB m=$MB ;; q8_0) g=$G8 m=$N8 ;; q4) g=$G4 m=$N4 ;; esac
     say "$f: llama-bench -m $(basename "$g") -p $PROMPT -n $GEN -t $TLIST -r $REPS"
     "$LBENCH" -m "$g" -p "$PROMPT" -n "$GEN" -t "$TLIST" -r "$REPS" -o csv \
         > "$LOG/llama-$f.csv" 2> "$LOG/llama-$f.err" || say "llama-bench $f failed (see $LOG/llama-$f.err)"
     echo "after llama-bench $f: $(uptime)" >> "$LOG/uptime.txt"
     say "$f: nvlm bench --model $(basename "$m") -t $THREADS: --prompt $PROMPT --gen 1, then --prompt 1 --gen $GEN; $REPS times"
     if ! nvlm_bench "$f" "$m"; then
-        if [ "$m" != "$MD" ]; then # a stale quantized folder: remake it once
+        if [ "$m" != "$MD" ] && [ "$m" != "$MB" ]; then # a stale quantized folder: remake it once
             touch -d @0 "$m/model.safetensors" 2> /dev/null || true
             m=$(nvlm_qdir "${f}")
             nvlm_bench "$f" "$m" || say "nvlm bench $f failed (see $LOG/nvlm-$f-*.txt)"
@@ -209,7 +231,7 @@ def nvlm(f):  # (threads, 'pp'|'tg') -> mean t/s of the runs
             pass
     return {k: sum(v) / len(v) for k, v in runs.items()}
 
-rows = [("f16", "F16", "F16"), ("q8_0", "Q8_0", "Q8_0"), ("q4", "Q4_0 4.5b/w*", "Q4_1 5.0b/w")]
+rows = [("f16", "F16", "F16"), ("bf16", "BF16", "BF16"), ("q8_0", "Q8_0", "Q8_0"), ("q4", "Q4_0 4.5b/w*", "Q4_1 5.0b/w")]
 print("nvlm vs llama.cpp %s, random Qwen2-0.5B-shaped LLM (h 896, 24 layers, 14/2 heads, ffn 4864, "
       "vocab 151680, untied lm_head)" % commit)
 for line in open(os.path.join(log, "limits.txt"), errors="replace"):
