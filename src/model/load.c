@@ -20,7 +20,7 @@ typedef struct binder {
     char name[256];
     nvlm_dist *dist;   /* a job of several ranks: matrices are read as this rank's row slice */
     uint64_t hash;     /* what was bound (names, shapes, the vectors' bytes): ranks compare it */
-    int f32_only;      /* the matrices bound now stay float32 in the bf16 compute mode (the LLM's) */
+    int f32_only;      /* the matrices bound now stay float32 in the bf16 compute mode (the LLM's but its MLP) */
 } binder;
 
 int nvlm_model_own(nvlm_model *m, void *p) {
@@ -239,12 +239,20 @@ static int bind_llm_layer(binder *b, int i, llm_layer *L) {
     if ((rc = bind_vec(b, &L->bv, kv))) return rc;
     NAME(NVLM_R_L_O, i);
     if ((rc = bind_mat(b, &L->wo, h, q))) return rc;
+    /* The MLP (88% of a layer's products) takes the bf16 compute mode in prefill; q/k/v/o and
+     * lm_head stay float32: with them in BF16 too, top-1 agreement on the reference cases fell
+     * to 98.92%, under issue 19's 99% bar (MLP only: 99.16%; docs/performance.md). */
+    b->f32_only = 0;
     NAME(NVLM_R_L_GATE, i);
-    if ((rc = bind_mat(b, &L->gate, I, h))) return rc;
-    NAME(NVLM_R_L_UP, i);
-    if ((rc = bind_mat(b, &L->up, I, h))) return rc;
-    NAME(NVLM_R_L_DOWN, i);
-    return bind_mat(b, &L->down, h, I);
+    if (!(rc = bind_mat(b, &L->gate, I, h))) {
+        NAME(NVLM_R_L_UP, i);
+        if (!(rc = bind_mat(b, &L->up, I, h))) {
+            NAME(NVLM_R_L_DOWN, i);
+            rc = bind_mat(b, &L->down, h, I);
+        }
+    }
+    b->f32_only = 1;
+    return rc;
 }
 
 static int bind_gate(binder *b, float *out) {
