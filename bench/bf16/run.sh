@@ -11,6 +11,7 @@
 #                                            bf16, N alternating rounds; wall and CPU time and the ratios.
 #                                            Needs Debian's python3-torch and libopenblas0-pthread
 #                                            (apt-get install -y python3-torch libopenblas0-pthread).
+#                                            NVLM_ARGS (environment): more `nvlm run` flags, e.g. --mmap
 # BUILD (environment, default build) must hold libnvlm.a and nvlm; CPU_TIME=1 times the kernels
 # by process CPU time / threads (a busy shared machine). Prints the load average
 # beside the figures: on a shared machine, compare only ratios taken in the same run.
@@ -53,14 +54,14 @@ case "${1:-}" in
       { time "$@" > "$tmp/out.$name" 2> "$tmp/err.$name"; } 2> "$tmp/time" || { cat "$tmp/err.$name" >&2; exit 1; }
       set -- $(tail -1 "$tmp/time")
       local cpu; cpu=$(awk -v u="$2" -v s="$3" 'BEGIN { printf "%.2f", u + s }')
-      printf '%-8s wall %6.2f s   CPU (user+sys) %6.2f s   load %s\n' "$name" "$1" "$cpu" "$(cut -d' ' -f1 /proc/loadavg)"
+      printf '%-9s wall %6.2f s   CPU (user+sys) %6.2f s (sys %5.2f)   load %s\n' "$name" "$1" "$cpu" "$3" "$(cut -d' ' -f1 /proc/loadavg)"
       echo "$name $1 $cpu" >> "$tmp/times"
     }
     for i in $(seq "$n"); do
       timed pytorch /usr/bin/python3 bench/bf16/torch_job.py "$model" "$image" "$build/nvlm" 32
       for mode in f32 bf16; do
         timed "nvlm-$mode" "$build/nvlm" run --model "$model" --image "$image" --max-num 1 --threads 1 \
-          --compute "$mode" -n 32 --json --quiet --prompt "Describe the image."
+          --compute "$mode" -n 32 --json --quiet --prompt "Describe the image." ${NVLM_ARGS:-}
       done
     done
     echo "pytorch stages (s, wall): $(cut -c1-400 "$tmp/out.pytorch" | sed 's/, "output_ids.*//')"
@@ -71,6 +72,6 @@ for f in sys.argv[2:]: print("%s: %d tokens, %s the PyTorch answer" % (f.split("
     awk '{ w[$1] += $2; c[$1] += $3; k[$1]++ }
          END { for (m in w) if (m != "pytorch")
                  printf "PyTorch / %s (mean of %d): wall %.2fx, CPU %.2fx\n", m, k[m], w["pytorch"] / w[m], c["pytorch"] / c[m] }' "$tmp/times";;
-  *) sed -n '2,13p' "$0"; exit 2;;
+  *) sed -n '2,14p' "$0"; exit 2;;
 esac
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
