@@ -210,11 +210,12 @@ typedef int (*nvlm_progress_fn)(void *user, const char *what, uint64_t done, uin
 enum { NVLM_IO_AUTO = 0, NVLM_IO_READ = 1, NVLM_IO_MMAP = 2 };
 
 /* Arithmetic of the matrix products (docs/performance.md "bf16 compute"): float32 (the default,
- * exact to the reference), or BF16 as a GPU runs the released bfloat16 model: in the ViT and
- * the projector (4+ tokens at a time) the activations and weights are rounded to BF16 and
- * multiplied with vdpbf16ps (AVX512-BF16) or its exact emulation (same bits at every level); the
- * LLM (prefill and generation) and attention stay float32, which keeps the reference cases
- * within the Q8_0 quality bar (LLM prefill in BF16 too fell just under it). */
+ * exact to the reference), or BF16 as a GPU runs the released bfloat16 model: in the ViT, the
+ * projector and the LLM's MLP in prefill (4+ tokens at a time) the activations and weights are
+ * rounded to BF16 and multiplied with vdpbf16ps (AVX512-BF16) or its exact emulation (same bits
+ * at every level); the LLM's q/k/v/o and lm_head, generation and attention stay float32, which
+ * keeps the reference cases within the Q8_0 quality bar (every LLM matrix in BF16 fell just
+ * under it). */
 enum { NVLM_COMPUTE_F32 = 0, NVLM_COMPUTE_BF16 = 1 };
 
 typedef struct nvlm_load_options {

@@ -21,8 +21,9 @@ typedef struct nvlm_wmat {
      * rows follow from nvlm_dist_split(rows, split_unit, rank, size, ...). */
     struct nvlm_dist *dist;
     int row0, local_rows, split_unit;
-    /* 1: multiplied in float32 whatever the pool's compute mode (the LLM's matrices: the bf16
-     * mode covers the vision path only; docs/performance.md "bf16 compute" says why) */
+    /* 1: multiplied in float32 whatever the pool's compute mode (the LLM's attention
+     * projections and lm_head: the bf16 mode covers the vision path and the LLM's MLP;
+     * docs/performance.md "bf16 compute" says why) */
     int f32_only;
 } nvlm_wmat;
 

@@ -30,7 +30,9 @@
 typedef struct st_file {
     char *path;
     nvlm_mapped_file map;   /* empty when the data is borrowed (nvlm_st_parse_buffer) */
-    int in_memory;          /* map is the anonymous arena of nvlm_st_read_into_memory */
+    int in_memory;          /* its tensors are where they stay: in arena, or in map (kept mapped) */
+    nvlm_mapped_file arena; /* the anonymous memory the tensors read into memory are in; map is
+                               then dropped unless some tensors stay mapped */
 } st_file;
 
 struct nvlm_st {
@@ -252,6 +254,7 @@ void nvlm_st_close(nvlm_st *st) {
     for (size_t i = 0; i < st->n; i++) free((void *)st->t[i].name);
     for (size_t i = 0; i < st->n_files; i++) {
         nvlm_unmap_file(&st->files[i].map);
+        nvlm_unmap_file(&st->files[i].arena);
         free(st->files[i].path);
     }
     free(st->files);
@@ -274,6 +277,7 @@ static int add_file(nvlm_st *st, char *path, nvlm_err *err) {
     f->map.data = NULL;
     f->map.len = 0;
     f->in_memory = 0;
+    f->arena = (nvlm_mapped_file){0};
     int rc = nvlm_map_file(path, &f->map, err);
     if (rc) return rc;
     return parse_file(st, f->map.data, f->map.len, f->path, err);
@@ -458,12 +462,19 @@ uint64_t nvlm_st_total_bytes(const nvlm_st *st) {
 enum { READ_ALIGN = 64, READ_CHUNK = 8 << 20, MAX_READERS = 8 };
 
 typedef struct read_state {
+    nvlm_st_keep_mapped keep; /* NULL: every tensor is read */
+    void *keep_user;
     nvlm_st_progress progress;
     void *user;
     uint64_t done, total; /* done: bytes of the files finished before the current one */
 } read_state;
 
 static size_t round_up(uint64_t n) { return (size_t)((n + READ_ALIGN - 1) / READ_ALIGN * READ_ALIGN); }
+
+/* 1 when tensor t of file f is to be read (not kept in the mapping). */
+static int to_read(const read_state *rs, const st_file *f, const nvlm_tensor *t) {
+    return t->file == f->path && !(rs->keep && rs->keep(rs->keep_user, t->name));
+}
 
 /* One pread of at most READ_CHUNK bytes: file offset off into dst. */
 typedef struct read_piece {
@@ -518,17 +529,18 @@ static void *reader_main(void *arg) {
 
 /* The pieces of f's tensors (*out, *n_out; free it), placed one after the other in mem at
  * 64-byte boundaries. */
-static int file_pieces(const nvlm_st *st, const st_file *f, uint8_t *mem, read_piece **out, size_t *n_out, nvlm_err *err) {
+static int file_pieces(const nvlm_st *st, const st_file *f, const read_state *rs, uint8_t *mem, read_piece **out, size_t *n_out,
+                       nvlm_err *err) {
     const uint8_t *lo = f->map.data, *hi = f->map.data + f->map.len;
     size_t n = 0, at = 0;
     for (size_t i = 0; i < st->n; i++)
-        if (st->t[i].file == f->path) n += (size_t)((st->t[i].nbytes + READ_CHUNK - 1) / READ_CHUNK);
+        if (to_read(rs, f, &st->t[i])) n += (size_t)((st->t[i].nbytes + READ_CHUNK - 1) / READ_CHUNK);
     read_piece *pc = malloc(sizeof *pc * (n ? n : 1));
     if (!pc) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory reading %s", f->path);
     n = 0;
     for (size_t i = 0; i < st->n; i++) {
         const nvlm_tensor *t = &st->t[i];
-        if (t->file != f->path) continue;
+        if (!to_read(rs, f, t)) continue;
         const uint8_t *src = t->data;
         if (src < lo || src + t->nbytes > hi) {
             free(pc);
@@ -573,10 +585,12 @@ static int read_parallel(read_job *j, int n_threads, read_state *rs, nvlm_err *e
 
 /* The tensors of f into one arena; on success the tensors point into it and f holds it. */
 static int read_file_tensors(nvlm_st *st, st_file *f, int n_threads, read_state *rs, nvlm_err *err) {
-    size_t need = 0;
-    for (size_t i = 0; i < st->n; i++)
-        if (st->t[i].file == f->path) need += round_up(st->t[i].nbytes);
-    if (need == 0) return NVLM_OK; /* no tensor data: the (header-only) mapping stays */
+    size_t need = 0, kept = 0;
+    for (size_t i = 0; i < st->n; i++) {
+        if (to_read(rs, f, &st->t[i])) need += round_up(st->t[i].nbytes);
+        else kept += st->t[i].file == f->path;
+    }
+    if (need == 0) return NVLM_OK; /* nothing to read: the mapping stays */
     nvlm_mapped_file arena;
     uint8_t *mem;
     int rc = nvlm_map_anon(need, &arena, &mem, f->path, err);
@@ -586,7 +600,7 @@ static int read_file_tensors(nvlm_st *st, st_file *f, int n_threads, read_state 
     read_job j = {.path = f->path, .fd = -1};
     rc = nvlm_open_regular(f->path, &j.fd, NULL, err);
     read_piece *pieces = NULL;
-    if (!rc) rc = file_pieces(st, f, mem, &pieces, &j.n_piece, err);
+    if (!rc) rc = file_pieces(st, f, rs, mem, &pieces, &j.n_piece, err);
     if (!rc) {
         j.piece = pieces;
         atomic_init(&j.next, 0);
@@ -604,19 +618,26 @@ static int read_file_tensors(nvlm_st *st, st_file *f, int n_threads, read_state 
     }
     size_t at = 0; /* every read succeeded: only now repoint the tensors */
     for (size_t i = 0; i < st->n; i++) {
-        if (st->t[i].file != f->path) continue;
+        if (!to_read(rs, f, &st->t[i])) continue;
         st->t[i].data = mem + at;
         at += round_up(st->t[i].nbytes);
     }
     nvlm_seal_anon(&arena);
-    nvlm_unmap_file(&f->map);
-    f->map = arena;
+    if (!kept) nvlm_unmap_file(&f->map); /* no tensor points into it any more */
+    f->arena = arena;
     f->in_memory = 1;
     return NVLM_OK;
 }
 
 int nvlm_st_read_into_memory(nvlm_st *st, int n_threads, nvlm_st_progress progress, void *user, nvlm_err *err) {
-    read_state rs = {progress, user, 0, nvlm_st_total_bytes(st)};
+    return nvlm_st_read_some_into_memory(st, n_threads, NULL, NULL, progress, user, err);
+}
+
+int nvlm_st_read_some_into_memory(nvlm_st *st, int n_threads, nvlm_st_keep_mapped keep, void *keep_user,
+                                  nvlm_st_progress progress, void *user, nvlm_err *err) {
+    read_state rs = {.keep = keep, .keep_user = keep_user, .progress = progress, .user = user};
+    for (size_t i = 0; st && i < st->n; i++)
+        if (!(keep && keep(keep_user, st->t[i].name))) rs.total += st->t[i].nbytes;
     if (n_threads <= 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         n_threads = n > 0 ? (int)(n < MAX_READERS ? n : MAX_READERS) : 1;

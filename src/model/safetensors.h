@@ -80,6 +80,13 @@ uint64_t nvlm_st_total_bytes(const nvlm_st *st);
  * valid (the files not yet moved stay mapped). Files already in memory are left as they are. */
 typedef int (*nvlm_st_progress)(void *user, uint64_t done, uint64_t total);
 int nvlm_st_read_into_memory(nvlm_st *st, int n_threads, nvlm_st_progress progress, void *user, nvlm_err *err);
+/* The same, but the tensors for which keep(keep_user, name) returns 1 stay in their file's
+ * mapping (that file's mapping is then kept); progress counts the bytes read. For tensors
+ * read once per use, where page-cache pages serve as well and anonymous pages would cost
+ * their zeroing at load (docs/performance.md "bf16 compute"). keep NULL: every tensor read. */
+typedef int (*nvlm_st_keep_mapped)(void *user, const char *name);
+int nvlm_st_read_some_into_memory(nvlm_st *st, int n_threads, nvlm_st_keep_mapped keep, void *keep_user,
+                                  nvlm_st_progress progress, void *user, nvlm_err *err);
 
 /* Copies n bytes at byte off of tensor t into dst, with pread from its file (not through the
  * mapping: the pages stay out of the process) or from memory when already read. What a
