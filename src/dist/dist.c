@@ -98,8 +98,8 @@ static int wait_politely(MPI_Request *req) {
     for (int i = 0;; i++) {
         int rc = MPI_Test(req, &done, MPI_STATUS_IGNORE);
         if (rc != MPI_SUCCESS || done) return rc;
-        if (i >= 200) {
-            struct timespec ts = {0, i < 2000 ? 20000 : 100000};
+        if (i >= 200) { /* after ~1 s of waiting (an idle server's followers) 1 ms naps */
+            struct timespec ts = {0, i < 2000 ? 20000 : i < 12000 ? 100000 : 1000000};
             nanosleep(&ts, NULL);
         }
     }
@@ -111,8 +111,12 @@ int nvlm_dist_init(int *argc, char ***argv, nvlm_dist **out, nvlm_err *err) {
 #ifdef NVLM_HAVE_MPI
     int inited = 0, provided = 0;
     MPI_Initialized(&inited);
-    if (!inited && MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+    /* serialized: serve's engine thread makes the calls once the main thread has loaded */
+    if (!inited && MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided) != MPI_SUCCESS)
         return nvlm_fail(err, NVLM_E_IO, "MPI_Init failed: start nvlm with mpirun -np N");
+    if (!inited && provided < MPI_THREAD_SERIALIZED)
+        return nvlm_fail(err, NVLM_E_UNSUPPORTED, "this MPI library does not let a second thread make MPI calls "
+                         "(MPI_THREAD_SERIALIZED), which nvlm serve needs: use Open MPI or MPICH built with threads");
     nvlm_dist *d = calloc(1, sizeof *d);
     if (!d) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
     MPI_Comm_dup(MPI_COMM_WORLD, &d->comm);
@@ -375,13 +379,24 @@ void nvlm_dist_bcast_bytes(nvlm_dist *d, char **data, int64_t *len) {
         return;
     }
     if (d->rank && !(*data = malloc((size_t)*len + 1))) nvlm_dist_abort(d, 1, "out of memory receiving rank 0's input");
-    for (int64_t at = 0; at < *len;) {
-        int k = *len - at > (1 << 30) ? 1 << 30 : (int)(*len - at);
-        check_mpi(d, MPI_Bcast(*data + at, k, MPI_BYTE, 0, d->comm), "MPI_Bcast of rank 0's input");
-        at += k;
-    }
+    nvlm_dist_bcast(d, *data, (size_t)*len);
     if (d->rank) (*data)[*len] = 0;
 #else
     (void)data, (void)len;
+#endif
+}
+
+void nvlm_dist_bcast(nvlm_dist *d, void *buf, size_t n) {
+    if (!d || d->size == 1) return;
+#ifdef NVLM_HAVE_MPI
+    for (size_t at = 0; at < n;) {
+        int k = n - at > (1u << 30) ? 1 << 30 : (int)(n - at);
+        MPI_Request req;
+        check_mpi(d, MPI_Ibcast((char *)buf + at, k, MPI_BYTE, 0, d->comm, &req), "MPI_Ibcast of rank 0's input");
+        check_mpi(d, wait_politely(&req), "MPI_Bcast of rank 0's input");
+        at += (size_t)k;
+    }
+#else
+    (void)buf, (void)n;
 #endif
 }

@@ -48,6 +48,10 @@ int nvlm_dist_same_checkpoint(nvlm_dist *d, uint64_t hash, const char *dir, nvlm
 void nvlm_dist_sum_f32(nvlm_dist *d, float *v, size_t n);
 void nvlm_dist_sum_f64(nvlm_dist *d, double *v, int n);
 
+/* Rank 0's n bytes at buf to every rank (n known to all), waiting politely: a follower idle
+ * between a server's requests naps instead of spinning. A failed exchange ends the job. */
+void nvlm_dist_bcast(nvlm_dist *d, void *buf, size_t n);
+
 /* FNV-1a, 64 bits: the checkpoint summary's hash. */
 uint64_t nvlm_dist_hash(uint64_t h, const void *p, size_t n);
 #define NVLM_DIST_HASH_INIT 0xcbf29ce484222325ull
