@@ -272,6 +272,31 @@ int nvlm_dist_matmul(nvlm_pool *pool, int gen, float *y, const float *x, int n_t
     return nvlm_dist_matmul_multi(pool, gen, 1, ys, x, n_tok, ws, bs, err);
 }
 
+void nvlm_dist_heads(int rank, int size, int n_heads, int n_kv_heads, int *h0, int *h1, int *g0, int *g1) {
+    int group = n_kv_heads > 0 ? n_heads / n_kv_heads : 1;
+    if (group < 1) group = 1;
+    nvlm_dist_split(n_heads, 1, rank, size, h0, h1);
+    *h1 += *h0;
+    *g0 = *h1 > *h0 ? *h0 / group : 0;
+    *g1 = *h1 > *h0 ? (*h1 - 1) / group + 1 : 1;
+}
+
+void nvlm_dist_gather_heads(nvlm_dist *d, float *y, int n_tok, int n_heads, int head_dim) {
+    if (!d || d->size == 1 || n_tok <= 0) return;
+    /* the heads as a matrix of n_heads * head_dim rows split in units of a head: the same split
+     * as nvlm_dist_heads, and gather() places each rank's columns */
+    nvlm_wmat w = {.rows = n_heads * head_dim, .split_unit = head_dim};
+    int r0, n;
+    nvlm_dist_split(w.rows, head_dim, d->rank, d->size, &r0, &n);
+    float *mine = NULL;
+    if (n_tok > 1) {
+        mine = grow(d, &d->loc, &d->loc_cap, (size_t)n_tok * (size_t)(n ? n : 1));
+        for (int t = 0; t < n_tok; t++) memcpy(mine + (size_t)t * n, y + (size_t)t * w.rows + r0, sizeof(float) * (size_t)n);
+    }
+    const nvlm_wmat *wp = &w;
+    gather(d, 1, &y, n_tok, &wp, mine);
+}
+
 _Static_assert(sizeof(float) == sizeof(uint32_t), "floats are exchanged as 32-bit patterns");
 
 void nvlm_dist_combine_owned(nvlm_dist *d, float *v, size_t n) {

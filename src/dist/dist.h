@@ -29,6 +29,15 @@ int nvlm_dist_matmul(nvlm_pool *pool, int gen, float *y, const float *x, int n_t
 int nvlm_dist_matmul_multi(nvlm_pool *pool, int gen, int n_w, float *const *y, const float *x, int n_tok,
                            const nvlm_wmat *const *w, const float *const *bias, nvlm_err *err);
 
+/* The attention heads of `rank` of `size` (0 of 1: all): query heads [*h0, *h1), balanced as the
+ * q_proj rows are, and the kv heads [*g0, *g1) they read, whose keys and values the rank keeps
+ * (GQA: a kv head whose group straddles two ranks is kept by both). A rank without query heads
+ * keeps one kv head, never read. */
+void nvlm_dist_heads(int rank, int size, int n_heads, int n_kv_heads, int *h0, int *h1, int *g0, int *g1);
+/* The attention outputs y [n_tok, n_heads * head_dim], of which this rank filled the columns of
+ * its heads (nvlm_dist_heads), become whole on every rank (MPI_Allgatherv). */
+void nvlm_dist_gather_heads(nvlm_dist *d, float *y, int n_tok, int n_heads, int head_dim);
+
 /* Combines n floats that exactly one rank filled at each position and the others left zero
  * (bitwise OR of the bit patterns: exact for every value, -0 and NaN included). Used for the
  * vocabulary-split embedding rows. */
