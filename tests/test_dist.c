@@ -210,6 +210,23 @@ static void check_split(void) {
                 bad += next != rows[i] || (hi > lo && hi - lo > units[u]);
             }
     CHECK(bad == 0, "nvlm_dist_split: %d slices not contiguous, not covering or unbalanced", bad);
+    /* the KV split by heads: the query heads cover [0, n_heads) once, and each rank keeps the kv
+     * head of every one of its query heads and no other (a straddled group: kept by both) */
+    static const int heads[][2] = {{4, 2}, {14, 2}, {64, 8}, {25, 25}, {28, 4}, {40, 8}, {12, 1}};
+    bad = 0;
+    for (size_t i = 0; i < sizeof heads / sizeof heads[0]; i++)
+        for (int size = 1; size <= 9; size++) {
+            int next = 0, group = heads[i][0] / heads[i][1];
+            for (int r = 0; r < size; r++) {
+                int h0, h1, g0, g1;
+                nvlm_dist_heads(r, size, heads[i][0], heads[i][1], &h0, &h1, &g0, &g1);
+                bad += h0 != next || h1 < h0 || g0 < 0 || g1 > heads[i][1] || g1 <= g0;
+                if (h1 > h0) bad += g0 != h0 / group || g1 != (h1 - 1) / group + 1;
+                next = h1;
+            }
+            bad += next != heads[i][0];
+        }
+    CHECK(bad == 0, "nvlm_dist_heads: %d head ranges not covering, or kv heads not those of the query heads", bad);
 }
 
 /* At every kernel level: y computed on row slices (cut as ranks cut them) has the bits of the

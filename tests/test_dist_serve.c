@@ -105,6 +105,20 @@ static void answers(int port, reply *out) {
     post(port, 0, &out[N_REQ + 1]);
 }
 
+/* A gauge's value from /metrics ("\nname value"), -1 when absent. */
+static double gauge(int port, const char *name) {
+    resp r;
+    double v = -1;
+    char key[128];
+    snprintf(key, sizeof key, "\n%s ", name);
+    if (!http(port, "GET", "/metrics", NULL, NULL, &r) && r.body) {
+        const char *p = strstr(r.body, key);
+        if (p) v = atof(p + strlen(key));
+    }
+    resp_free(&r);
+    return v;
+}
+
 static void replies_free(reply *r, int n) {
     for (int k = 0; k < n; k++) free(r[k].body);
 }
@@ -148,8 +162,8 @@ static int start(server *s, const char *launch, const char *nvlm, const char *tm
     return s->port > 0 ? 0 : -1;
 }
 
-/* The nvlm process of rank 0 (or of the single process) of the server tagged s->tag. */
-static pid_t rank0(const server *s) {
+/* The nvlm process of `rank` (0: also the single process) of the server tagged s->tag. */
+static pid_t rank_pid(const server *s, int rank) {
     char want[96];
     snprintf(want, sizeof want, "NVLM_TEST_SERVE_TAG=%s", s->tag);
     DIR *proc = opendir("/proc");
@@ -168,11 +182,14 @@ static pid_t rank0(const server *s) {
         size_t n = f ? fread(env, 1, sizeof env - 1, f) : 0;
         if (f) fclose(f);
         env[n] = 0;
-        int tagged = 0, other_rank = 0;
+        int tagged = 0, other_rank = 0, ranked = 0;
         for (size_t i = 0; i < n; i += strlen(env + i) + 1) {
+            int is_rank = !strncmp(env + i, "OMPI_COMM_WORLD_RANK=", 21);
             tagged |= !strcmp(env + i, want);
-            other_rank |= !strncmp(env + i, "OMPI_COMM_WORLD_RANK=", 21) && strcmp(env + i + 21, "0");
+            ranked |= is_rank;
+            other_rank |= is_rank && atoi(env + i + 21) != rank;
         }
+        if (rank && !ranked) continue; /* no rank in its environment: not under mpirun */
         if (tagged && !other_rank) {
             closedir(proc);
             return pid;
@@ -184,13 +201,50 @@ static pid_t rank0(const server *s) {
 
 /* SIGTERM to rank 0: every rank must end, the launcher with status 0. Returns the status. */
 static int stop(server *s, double *secs) {
-    pid_t p = rank0(s);
+    pid_t p = rank_pid(s, 0);
     double t0 = now_s();
-    if (p > 0) kill(p, SIGTERM);
+    kill(p > 0 ? p : s->sh, SIGTERM);
     int st = -1;
     if (s->sh > 0) waitpid(s->sh, &st, 0);
     *secs = now_s() - t0;
     return p > 0 && st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* A rank killed while the server generates: the job ends within seconds, the client is not
+ * left waiting. */
+static void check_killed_rank(const char *nvlm, const char *tmp) {
+    server s;
+    if (start(&s, "mpirun --oversubscribe -np 2 -x NVLM_TEST_SERVE_TAG", nvlm, tmp, 9)) {
+        CHECK(0, "killed rank: the server did not start");
+        if (s.sh > 0) kill(s.sh, SIGTERM), waitpid(s.sh, NULL, 0);
+        return;
+    }
+    free(bodies[0]);
+    bodies[0] = strdup("{\"messages\":[{\"role\":\"user\",\"content\":\"Count to a thousand.\"}],"
+                       "\"stream\":true,\"logit_bias\":{\"4258\":-100}}"); /* never <|im_end|>: it generates until killed */
+    reply r;
+    worker_arg wa = {s.port, 0, &r};
+    pthread_t th;
+    int have = !pthread_create(&th, NULL, worker, &wa);
+    double t0 = now_s();
+    while (now_s() - t0 < 30 && gauge(s.port, "nvlm_batch_tokens_total") < 80) usleep(50000); /* generating */
+    double waited = now_s() - t0, tokens = gauge(s.port, "nvlm_batch_tokens_total");
+    pid_t p = rank_pid(&s, 1);
+    double t1 = now_s();
+    kill(p > 0 ? p : s.sh, SIGKILL);
+    int st = -1;
+    waitpid(s.sh, &st, 0);
+    double secs = now_s() - t1;
+    if (have) pthread_join(th, NULL);
+    double t_client = now_s() - t1;
+    size_t n;
+    char *log = slurp(s.log, &n);
+    CHECK(p > 0 && WIFEXITED(st) && WEXITSTATUS(st) != 0 && secs < 20 && t_client < 25 && log && strstr(log, "rank 1"),
+          "killed rank: pid %d, status %d after %.1f s (client %.1f s):\n%s", (int)p, st, secs, t_client, log ? log : "");
+    printf("  rank 1 killed while the server generates (%.0f tokens in %.1f s): the job ended in %.1f s, the client was let "
+           "go after %.1f s\n", tokens, waited, secs, t_client);
+    free(log);
+    free(r.body);
 }
 
 static int nvlm_binary(const char *self, char *out, size_t cap) {
@@ -231,6 +285,7 @@ int main(int argc, char **argv) {
     };
     enum { N_SRV = sizeof servers / sizeof servers[0] };
     reply got[N_SRV][N_REQ + 2];
+    double page_bytes[N_SRV] = {0};
     memset(got, 0, sizeof got);
     for (int i = 0; i < N_SRV; i++) {
         server s;
@@ -245,6 +300,10 @@ int main(int argc, char **argv) {
         }
         answers(s.port, got[i]);
         double t_ans = now_s() - t0;
+        /* rank 0's KV page: the keys and values of its kv heads only (tiny: 1 of 2 at 2 and 3 ranks) */
+        double pages = gauge(s.port, "nvlm_kv_pages_used"), bytes = gauge(s.port, "nvlm_kv_bytes_allocated");
+        double free_pages = gauge(s.port, "nvlm_kv_pages_free");
+        page_bytes[i] = pages + free_pages > 0 ? bytes / (pages + free_pages) : -1;
         int rc = stop(&s, &secs);
         size_t n;
         char *log = slurp(s.log, &n);
@@ -272,11 +331,15 @@ int main(int argc, char **argv) {
                   got[i][k].body ? got[i][k].body : "(none)", got[0][k].body ? got[0][k].body : "(none)");
             same &= eq;
         }
+        CHECK(page_bytes[0] > 0 && page_bytes[i] == page_bytes[0] / 2,
+              "%s: rank 0's KV page holds %.0f bytes, one process's %.0f: not its kv heads only", servers[i].what,
+              page_bytes[i], page_bytes[0]);
         if (same)
             printf("  %s: the same answers as one process (text, image, stream, n = 2 sampled, completion; a 400 "
                    "between), stopped in %.1f s (%.1f s)\n", servers[i].what, secs, t_ans);
     }
     for (int i = 0; i < N_SRV; i++) replies_free(got[i], N_REQ + 2);
+    check_killed_rank(nvlm, tmp);
     for (int k = 0; k < N_REQ; k++) free(bodies[k]);
     char rm[4300];
     snprintf(rm, sizeof rm, "rm -rf %s", tmp);
