@@ -256,11 +256,15 @@ int nvlm_dist_matmul_multi(nvlm_pool *pool, int gen, int n_w, float *const *y, c
         at += (size_t)n_tok * (size_t)n;
         k++;
     }
-    nvlm_err local = {0};
-    int rc = k > 0 ? nvlm_matmul_roles(pool, k, ly, x, gen ? n_tok : 0, n_tok, lp, lb, &local) : NVLM_OK;
-    if (rc) nvlm_dist_abort(d, 1, local.msg[0] ? local.msg : "a tensor-parallel product failed");
+    int rc = k > 0 ? nvlm_matmul_roles(pool, k, ly, x, gen ? n_tok : 0, n_tok, lp, lb, err) : NVLM_OK;
+    if (rc) { /* the other ranks already wait in the all-gather: only ending the job frees them */
+        char s[sizeof err->msg + 200];
+        snprintf(s, sizeof s, "its share (rows %d..%d of %d) of a %d-token product with a %d x %d matrix failed: %s",
+                 w[0]->row0, w[0]->row0 + w[0]->local_rows, w[0]->rows, n_tok, w[0]->rows, w[0]->cols,
+                 err && err->msg[0] ? err->msg : "no message");
+        nvlm_dist_abort(d, 1, s);
+    }
     gather(d, n_w, y, n_tok, w, loc);
-    (void)err;
     return NVLM_OK;
 }
 

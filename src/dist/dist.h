@@ -19,8 +19,9 @@
 void nvlm_dist_split(int rows, int unit, int rank, int size, int *row0, int *n);
 
 /* y = x W^T (+ bias) for a row-split w: local rows, then the all-gather into y [n_tok, rows].
- * NVLM_OK; a rank whose local product fails ends the whole job (nvlm_dist_abort, naming the
- * rank and the error): the other ranks are already waiting in the exchange. gen: the local
+ * NVLM_OK; a rank whose local product fails fills err and ends the whole job (nvlm_dist_abort,
+ * naming the rank, its rows, the matrix and the error): the other ranks are already waiting in
+ * the exchange, and returning an error would need one more collective per product to agree on it. gen: the local
  * product takes the table's generation kernels (else prefill), as one process would for the
  * same tokens (kernels/ops.h nvlm_matmul_roles: batch invariance holds across ranks too). */
 int nvlm_dist_matmul(nvlm_pool *pool, int gen, float *y, const float *x, int n_tok, const nvlm_wmat *w,
