@@ -1,8 +1,10 @@
 /* `mpirun -np N nvlm serve` (docs/distributed.md): the server at 2 ranks over shared memory and
  * at 3 ranks over TCP (oversubscribed) answers like one process: the same greedy answers (text,
  * an image, a stream, n = 2 sampled with a seed, a raw completion), four requests at once; a bad
- * request gets its 400 on rank 0 and the next request is answered right; a SIGTERM to rank 0
- * stops every rank cleanly within seconds. Skipped when nvlm was built without MPI or mpirun is
+ * request gets its 400 on rank 0 and the next request is answered right; rank 0's KV pages hold
+ * only its kv heads; a SIGTERM to rank 0 stops every rank cleanly within seconds; NVLM-X and -H
+ * answer an image request at 2 ranks as one process; a rank killed while the server generates
+ * ends the job within seconds. Skipped when nvlm was built without MPI or mpirun is
  * missing. Uses the nvlm binary beside the tests. */
 #include "test_serve_util.h"
 #include "dist/dist.h"
@@ -137,13 +139,13 @@ static double now_s(void) {
     return t.tv_sec + t.tv_nsec / 1e9;
 }
 
-/* Starts `launch nvlm serve` with its output in a log; waits for the port it announces. */
-static int start(server *s, const char *launch, const char *nvlm, const char *tmp, int id) {
+/* Starts `launch nvlm serve` of a reference model with its output in a log; waits for the port it announces. */
+static int start_model(server *s, const char *launch, const char *nvlm, const char *tmp, int id, const char *model) {
     snprintf(s->log, sizeof s->log, "%.4000s/serve%d.log", tmp, id);
     snprintf(s->tag, sizeof s->tag, "%d-%d", (int)getpid(), id);
     char cmd[16384];
     snprintf(cmd, sizeof cmd, "exec timeout 300 %s %.4000s serve --model %.4000s --port 0 -t 1 -q >%.4000s 2>&1", launch,
-             nvlm, shared_path("reference/models/tiny-nvlm-d"), s->log);
+             nvlm, shared_path(model), s->log);
     setenv("NVLM_TEST_SERVE_TAG", s->tag, 1); /* finds rank 0's process for the signal */
     s->sh = fork();
     if (s->sh == 0) {
@@ -160,6 +162,10 @@ static int start(server *s, const char *launch, const char *nvlm, const char *tm
         if (!s->port) usleep(100000);
     }
     return s->port > 0 ? 0 : -1;
+}
+
+static int start(server *s, const char *launch, const char *nvlm, const char *tmp, int id) {
+    return start_model(s, launch, nvlm, tmp, id, "reference/models/tiny-nvlm-d");
 }
 
 /* The nvlm process of `rank` (0: also the single process) of the server tagged s->tag. */
@@ -245,6 +251,33 @@ static void check_killed_rank(const char *nvlm, const char *tmp) {
            "go after %.1f s\n", tokens, waited, secs, t_client);
     free(log);
     free(r.body);
+}
+
+/* NVLM-X and -H (cross-attention over the image's memory): the image request at 2 ranks as one process. */
+static void check_xh(const char *nvlm, const char *tmp) {
+    static const char *const models[] = {"reference/models/tiny-nvlm-x", "reference/models/tiny-nvlm-h"};
+    static const char *const launch[] = {"", "mpirun --oversubscribe -np 2 -x NVLM_TEST_SERVE_TAG"};
+    for (int m = 0; m < 2; m++) {
+        reply r[2];
+        memset(r, 0, sizeof r);
+        for (int k = 0; k < 2; k++) {
+            server s;
+            double secs;
+            if (start_model(&s, launch[k], nvlm, tmp, 10 + 2 * m + k, models[m])) {
+                CHECK(0, "%s: the server did not start", models[m]);
+                if (s.sh > 0) kill(s.sh, SIGTERM), waitpid(s.sh, NULL, 0);
+                continue;
+            }
+            post(s.port, 1, &r[k]);
+            CHECK(stop(&s, &secs) == 0, "%s: the server did not stop cleanly", models[m]);
+        }
+        CHECK(r[0].status == 200 && r[1].status == 200 && r[0].body && r[1].body && !strcmp(r[0].body, r[1].body) &&
+                  r[0].prompt == r[1].prompt,
+              "%s: the image request at 2 ranks is answered unlike one process:\n  %s\n  %s", models[m],
+              r[1].body ? r[1].body : "(none)", r[0].body ? r[0].body : "(none)");
+        free(r[0].body), free(r[1].body);
+    }
+    printf("  NVLM-X and -H: an image request at 2 ranks answered as one process\n");
 }
 
 static int nvlm_binary(const char *self, char *out, size_t cap) {
@@ -339,6 +372,7 @@ int main(int argc, char **argv) {
                    "between), stopped in %.1f s (%.1f s)\n", servers[i].what, secs, t_ans);
     }
     for (int i = 0; i < N_SRV; i++) replies_free(got[i], N_REQ + 2);
+    check_xh(nvlm, tmp);
     check_killed_rank(nvlm, tmp);
     for (int k = 0; k < N_REQ; k++) free(bodies[k]);
     char rm[4300];
