@@ -10,6 +10,7 @@
 #include "ref_cases.h"
 #include "core/file.h"
 #include "dist/dist.h"
+#include "engine/engine.h"
 #include "kernels/cpu.h"
 #include "kernels/qblock.h"
 #include <cjson/cJSON.h>
@@ -102,6 +103,26 @@ static int kill_token(void *user, int32_t id, const char *text, size_t len) {
     return 0;
 }
 
+/* The engine's KV store keeps the keys and values of this rank's kv heads only. */
+static void check_kv_split(nvlm_dist *d) {
+    nvlm_load_options lo = {.n_threads = 1, .dist = d};
+    nvlm_model *m = NULL;
+    nvlm_engine *e = NULL;
+    nvlm_err err = {0};
+    if (nvlm_model_load(shared_path("reference/models/tiny-nvlm-d"), &lo, &m, &err) || nvlm_engine_new(m, NULL, &e, &err)) {
+        CHECK(0, "kv split: %s", err.msg);
+    } else {
+        const nvlm_llm_config *c = &m->cfg.llm;
+        int h0, h1, g0, g1, hd = c->hidden_size / c->num_heads;
+        nvlm_dist_heads(nvlm_dist_rank(d), nvlm_dist_size(d), c->num_heads, c->num_kv_heads, &h0, &h1, &g0, &g1);
+        int kd = nvlm_kv_dim(nvlm_engine_kv(e));
+        CHECK(kd == (g1 - g0) * hd && kd < c->num_kv_heads * hd, "rank %d: the KV store keeps %d values per position, "
+              "not those of kv heads [%d, %d) of %d", nvlm_dist_rank(d), kd, g0, g1, c->num_kv_heads);
+    }
+    nvlm_engine_free(e);
+    nvlm_model_free(m);
+}
+
 static int worker(int argc, char **argv) {
     nvlm_dist *d = NULL;
     nvlm_err err = {0};
@@ -114,6 +135,7 @@ static int worker(int argc, char **argv) {
         FILE *out = rank == 0 ? fopen(argv[2], "wb") : NULL;
         run_all(d, out, strcmp(argv[3], "all") != 0, !strcmp(argv[3], "first-q8") ? NVLM_WEIGHTS_Q8_0 : NVLM_WEIGHTS_STORED);
         if (out) fclose(out);
+        check_kv_split(d);
         char name[64];
         snprintf(name, sizeof name, "test_dist worker rank %d", rank);
         status = check_done(name);
