@@ -16,7 +16,8 @@
 static void usage(FILE *f) {
     fprintf(f, "usage: nvlm serve --model DIR [options]\n\n"
                "OpenAI-compatible server: POST /v1/chat/completions (text and data: URL images, streaming),\n"
-               "GET /v1/models, /health, /metrics. See docs/server.md.\n\n"
+               "GET /v1/models, /health, /metrics. See docs/server.md. Under mpirun -np N the model is split over\n"
+               "the N ranks: rank 0 serves HTTP, the others follow its engine steps (docs/distributed.md).\n\n"
                "server options:\n"
                "      --host ADDR            address to listen on (default 127.0.0.1)\n"
                "      --port N               port (default 8080; 0 = any free port)\n"
