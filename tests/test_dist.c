@@ -10,6 +10,7 @@
 #include "ref_cases.h"
 #include "core/file.h"
 #include "dist/dist.h"
+#include "engine/engine.h"
 #include "kernels/cpu.h"
 #include "kernels/qblock.h"
 #include <cjson/cJSON.h>
@@ -102,6 +103,26 @@ static int kill_token(void *user, int32_t id, const char *text, size_t len) {
     return 0;
 }
 
+/* The engine's KV store keeps the keys and values of this rank's kv heads only. */
+static void check_kv_split(nvlm_dist *d) {
+    nvlm_load_options lo = {.n_threads = 1, .dist = d};
+    nvlm_model *m = NULL;
+    nvlm_engine *e = NULL;
+    nvlm_err err = {0};
+    if (nvlm_model_load(shared_path("reference/models/tiny-nvlm-d"), &lo, &m, &err) || nvlm_engine_new(m, NULL, &e, &err)) {
+        CHECK(0, "kv split: %s", err.msg);
+    } else {
+        const nvlm_llm_config *c = &m->cfg.llm;
+        int h0, h1, g0, g1, hd = c->hidden_size / c->num_heads;
+        nvlm_dist_heads(nvlm_dist_rank(d), nvlm_dist_size(d), c->num_heads, c->num_kv_heads, &h0, &h1, &g0, &g1);
+        int kd = nvlm_kv_dim(nvlm_engine_kv(e));
+        CHECK(kd == (g1 - g0) * hd && kd < c->num_kv_heads * hd, "rank %d: the KV store keeps %d values per position, "
+              "not those of kv heads [%d, %d) of %d", nvlm_dist_rank(d), kd, g0, g1, c->num_kv_heads);
+    }
+    nvlm_engine_free(e);
+    nvlm_model_free(m);
+}
+
 static int worker(int argc, char **argv) {
     nvlm_dist *d = NULL;
     nvlm_err err = {0};
@@ -114,6 +135,7 @@ static int worker(int argc, char **argv) {
         FILE *out = rank == 0 ? fopen(argv[2], "wb") : NULL;
         run_all(d, out, strcmp(argv[3], "all") != 0, !strcmp(argv[3], "first-q8") ? NVLM_WEIGHTS_Q8_0 : NVLM_WEIGHTS_STORED);
         if (out) fclose(out);
+        check_kv_split(d);
         char name[64];
         snprintf(name, sizeof name, "test_dist worker rank %d", rank);
         status = check_done(name);
@@ -210,6 +232,23 @@ static void check_split(void) {
                 bad += next != rows[i] || (hi > lo && hi - lo > units[u]);
             }
     CHECK(bad == 0, "nvlm_dist_split: %d slices not contiguous, not covering or unbalanced", bad);
+    /* the KV split by heads: the query heads cover [0, n_heads) once, and each rank keeps the kv
+     * head of every one of its query heads and no other (a straddled group: kept by both) */
+    static const int heads[][2] = {{4, 2}, {14, 2}, {64, 8}, {25, 25}, {28, 4}, {40, 8}, {12, 1}};
+    bad = 0;
+    for (size_t i = 0; i < sizeof heads / sizeof heads[0]; i++)
+        for (int size = 1; size <= 9; size++) {
+            int next = 0, group = heads[i][0] / heads[i][1];
+            for (int r = 0; r < size; r++) {
+                int h0, h1, g0, g1;
+                nvlm_dist_heads(r, size, heads[i][0], heads[i][1], &h0, &h1, &g0, &g1);
+                bad += h0 != next || h1 < h0 || g0 < 0 || g1 > heads[i][1] || g1 <= g0;
+                if (h1 > h0) bad += g0 != h0 / group || g1 != (h1 - 1) / group + 1;
+                next = h1;
+            }
+            bad += next != heads[i][0];
+        }
+    CHECK(bad == 0, "nvlm_dist_heads: %d head ranges not covering, or kv heads not those of the query heads", bad);
 }
 
 /* At every kernel level: y computed on row slices (cut as ranks cut them) has the bits of the

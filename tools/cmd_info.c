@@ -133,16 +133,30 @@ static int add_rank_share(void *user, const nvlm_tensor_spec *t) {
     return 0;
 }
 
+/* KV cache bytes per 1024 positions (F16 keys and values, every layer) of the rank that keeps
+ * the most kv heads: the engine keeps only the kv heads of a rank's query heads. */
+static uint64_t rank_kv_bytes(const nvlm_config *c, int ranks) {
+    int most = 0;
+    for (int r = 0; r < ranks; r++) {
+        int h0, h1, g0, g1;
+        nvlm_dist_heads(r, ranks, c->llm.num_heads, c->llm.num_kv_heads, &h0, &h1, &g0, &g1);
+        most = g1 - g0 > most ? g1 - g0 : most;
+    }
+    return 1024ull * 2 * 2 * (uint64_t)c->llm.num_layers * (uint64_t)most * (uint64_t)nvlm_cfg_head_dim(c);
+}
+
 static void print_rank_memory(const nvlm_config *c, int dummy) {
-    printf("MPI:           %s\n", nvlm_dist_built() ? "built in: mpirun -np N nvlm run|bench splits the model over N ranks"
+    printf("MPI:           %s\n", nvlm_dist_built() ? "built in: mpirun -np N nvlm run|chat|serve|bench splits the model over N ranks"
                                                      : "not built in (install libopenmpi-dev and rebuild to run over several processes)");
-    printf("weights per rank (the largest rank's share, BF16 / Q8_0 matrices; KV cache and activations not counted):\n");
+    printf("per rank (the largest rank's share): weights at BF16 / with Q8_0 matrices, and the KV cache of its kv heads\n"
+           "per 1024 positions (--kv f16; twice that at f32); activations not counted:\n");
     static const int ns[] = {1, 2, 4, 8};
     for (int i = 0; i < 4; i++) {
         rank_mem r = {.cfg = c, .ranks = ns[i]};
         nvlm_expected_tensors(c, dummy, add_rank_share, &r);
-        char a[32], b[32];
-        printf("  N = %d        %12s  %12s\n", ns[i], human((double)r.bytes[0], a), human((double)r.bytes[1], b));
+        char a[32], b[32], k[32];
+        printf("  N = %d        %12s  %12s  KV %10s\n", ns[i], human((double)r.bytes[0], a), human((double)r.bytes[1], b),
+               human((double)rank_kv_bytes(c, ns[i]), k));
     }
 }
 
@@ -264,8 +278,8 @@ static void print_json(const char *dir, const nvlm_config *c, const nvlm_param_c
     for (int r = 1; r <= 8; r *= 2) {
         rank_mem rm = {.cfg = c, .ranks = r};
         nvlm_expected_tensors(c, dummy, add_rank_share, &rm);
-        printf("%s\"%d\": {\"bf16\": %llu, \"q8_0\": %llu}", r > 1 ? ", " : "", r, (unsigned long long)rm.bytes[0],
-               (unsigned long long)rm.bytes[1]);
+        printf("%s\"%d\": {\"bf16\": %llu, \"q8_0\": %llu, \"kv_f16_per_1k_positions\": %llu}", r > 1 ? ", " : "", r,
+               (unsigned long long)rm.bytes[0], (unsigned long long)rm.bytes[1], (unsigned long long)rank_kv_bytes(c, r));
     }
     printf("},\n");
     printf(" \"checkpoint\": {\"weights\": %s, \"sharded\": %s, \"loadable\": %s, \"valid\": %s",

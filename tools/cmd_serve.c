@@ -2,6 +2,7 @@
  * GET /v1/models, /health, /metrics). The server itself is src/serve; this is its flags,
  * model loading and the signal handling for a graceful stop. */
 #include "cli_model.h"
+#include "dist/serve_dist.h"
 #include "serve/serve.h"
 #include <libgen.h>
 #include <malloc.h>
@@ -15,7 +16,8 @@
 static void usage(FILE *f) {
     fprintf(f, "usage: nvlm serve --model DIR [options]\n\n"
                "OpenAI-compatible server: POST /v1/chat/completions (text and data: URL images, streaming),\n"
-               "GET /v1/models, /health, /metrics. See docs/server.md.\n\n"
+               "GET /v1/models, /health, /metrics. See docs/server.md. Under mpirun -np N the model is split over\n"
+               "the N ranks: rank 0 serves HTTP, the others follow its engine steps (docs/distributed.md).\n\n"
                "server options:\n"
                "      --host ADDR            address to listen on (default 127.0.0.1)\n"
                "      --port N               port (default 8080; 0 = any free port)\n"
@@ -170,13 +172,19 @@ int cmd_serve(int argc, char **argv) {
     int rc = cli_load_model("serve", &o, &m);
     if (rc) return rc;
     nvlm_err err = {0};
+    if (nvlm_dist_rank(cli_dist()) > 0) { /* mpirun: rank 0 serves HTTP, this rank follows its steps */
+        rc = serve_dist_follow_main(m, &so, &err);
+        nvlm_model_free(m);
+        return rc ? cli_report("serve", &err) : 0;
+    }
     nvlm_server *srv = NULL;
     if (nvlm_server_start(m, &so, &srv, &err)) {
         nvlm_model_free(m);
         return cli_report("serve", &err);
     }
-    fprintf(stderr, "nvlm serve: model '%s' on http://%s:%d (parallel %d)%s\n", so.model_id,
+    fprintf(stderr, "nvlm serve: model '%s' on http://%s:%d (parallel %d%s)%s\n", so.model_id,
             so.host ? so.host : "127.0.0.1", nvlm_server_port(srv), so.parallel ? so.parallel : 8,
+            nvlm_dist_size(cli_dist()) > 1 ? ", tensor parallel over the MPI job's ranks" : "",
             so.api_key && *so.api_key ? ", API key required" : "");
     int sig = 0;
     sigwait(&sigs, &sig);

@@ -13,7 +13,7 @@ typedef struct command {
 static const command commands[] = {
     {"run", cmd_run, "answer one question about zero or more images", .ranks = 1},
     {"chat", cmd_chat, "interactive multi-turn chat in the terminal", .ranks = 1},
-    {"serve", cmd_serve, "OpenAI-compatible HTTP server (chat completions with images)", .ranks = 0},
+    {"serve", cmd_serve, "OpenAI-compatible HTTP server (chat completions with images)", .ranks = 1},
     {"info", cmd_info, "architecture, parameter counts and memory of a model folder", .ranks = 0},
     {"tokenize", cmd_tokenize, "token ids of texts (Hugging Face tokenizers compatible)", .ranks = 0},
     {"preprocess", cmd_preprocess, "decode an image and cut it into NVLM tiles", .ranks = 0},
@@ -30,7 +30,7 @@ static void usage(FILE *f) {
                "NVLM 1.0 vision-language models (NVLM-D, -X, -H) in C.\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-11s %s\n", commands[i].name, commands[i].summary);
-    fprintf(f, "\nUnder mpirun -np N, run, chat, bench and train use N processes (docs/distributed.md)%s.\n",
+    fprintf(f, "\nUnder mpirun -np N, run, chat, serve, bench and train use N processes (docs/distributed.md)%s.\n",
             nvlm_dist_built() ? "" : "; this build has no MPI");
 }
 
@@ -44,7 +44,7 @@ static int run_ranks(const command *c, int argc, char **argv) {
         return 2;
     }
     if (!c->ranks) {
-        fprintf(stderr, "nvlm %s: runs as one process only (not under mpirun -np %d); across ranks: run, chat, bench, train "
+        fprintf(stderr, "nvlm %s: runs as one process only (not under mpirun -np %d); across ranks: run, chat, serve, bench, train "
                         "(docs/distributed.md)\n", c->name, n);
         return 2;
     }

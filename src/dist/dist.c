@@ -98,8 +98,8 @@ static int wait_politely(MPI_Request *req) {
     for (int i = 0;; i++) {
         int rc = MPI_Test(req, &done, MPI_STATUS_IGNORE);
         if (rc != MPI_SUCCESS || done) return rc;
-        if (i >= 200) {
-            struct timespec ts = {0, i < 2000 ? 20000 : 100000};
+        if (i >= 200) { /* after ~1 s of waiting (an idle server's followers) 1 ms naps */
+            struct timespec ts = {0, i < 2000 ? 20000 : i < 12000 ? 100000 : 1000000};
             nanosleep(&ts, NULL);
         }
     }
@@ -111,8 +111,12 @@ int nvlm_dist_init(int *argc, char ***argv, nvlm_dist **out, nvlm_err *err) {
 #ifdef NVLM_HAVE_MPI
     int inited = 0, provided = 0;
     MPI_Initialized(&inited);
-    if (!inited && MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+    /* serialized: serve's engine thread makes the calls once the main thread has loaded */
+    if (!inited && MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided) != MPI_SUCCESS)
         return nvlm_fail(err, NVLM_E_IO, "MPI_Init failed: start nvlm with mpirun -np N");
+    if (!inited && provided < MPI_THREAD_SERIALIZED)
+        return nvlm_fail(err, NVLM_E_UNSUPPORTED, "this MPI library does not let a second thread make MPI calls "
+                         "(MPI_THREAD_SERIALIZED), which nvlm serve needs: use Open MPI or MPICH built with threads");
     nvlm_dist *d = calloc(1, sizeof *d);
     if (!d) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
     MPI_Comm_dup(MPI_COMM_WORLD, &d->comm);
@@ -252,11 +256,15 @@ int nvlm_dist_matmul_multi(nvlm_pool *pool, int gen, int n_w, float *const *y, c
         at += (size_t)n_tok * (size_t)n;
         k++;
     }
-    nvlm_err local = {0};
-    int rc = k > 0 ? nvlm_matmul_roles(pool, k, ly, x, gen ? n_tok : 0, n_tok, lp, lb, &local) : NVLM_OK;
-    if (rc) nvlm_dist_abort(d, 1, local.msg[0] ? local.msg : "a tensor-parallel product failed");
+    int rc = k > 0 ? nvlm_matmul_roles(pool, k, ly, x, gen ? n_tok : 0, n_tok, lp, lb, err) : NVLM_OK;
+    if (rc) { /* the other ranks already wait in the all-gather: only ending the job frees them */
+        char s[sizeof err->msg + 200];
+        snprintf(s, sizeof s, "its share (rows %d..%d of %d) of a %d-token product with a %d x %d matrix failed: %s",
+                 w[0]->row0, w[0]->row0 + w[0]->local_rows, w[0]->rows, n_tok, w[0]->rows, w[0]->cols,
+                 err && err->msg[0] ? err->msg : "no message");
+        nvlm_dist_abort(d, 1, s);
+    }
     gather(d, n_w, y, n_tok, w, loc);
-    (void)err;
     return NVLM_OK;
 }
 
@@ -266,6 +274,31 @@ int nvlm_dist_matmul(nvlm_pool *pool, int gen, float *y, const float *x, int n_t
     const nvlm_wmat *ws[1] = {w};
     const float *bs[1] = {bias};
     return nvlm_dist_matmul_multi(pool, gen, 1, ys, x, n_tok, ws, bs, err);
+}
+
+void nvlm_dist_heads(int rank, int size, int n_heads, int n_kv_heads, int *h0, int *h1, int *g0, int *g1) {
+    int group = n_kv_heads > 0 ? n_heads / n_kv_heads : 1;
+    if (group < 1) group = 1;
+    nvlm_dist_split(n_heads, 1, rank, size, h0, h1);
+    *h1 += *h0;
+    *g0 = *h1 > *h0 ? *h0 / group : 0;
+    *g1 = *h1 > *h0 ? (*h1 - 1) / group + 1 : 1;
+}
+
+void nvlm_dist_gather_heads(nvlm_dist *d, float *y, int n_tok, int n_heads, int head_dim) {
+    if (!d || d->size == 1 || n_tok <= 0) return;
+    /* the heads as a matrix of n_heads * head_dim rows split in units of a head: the same split
+     * as nvlm_dist_heads, and gather() places each rank's columns */
+    nvlm_wmat w = {.rows = n_heads * head_dim, .split_unit = head_dim};
+    int r0, n;
+    nvlm_dist_split(w.rows, head_dim, d->rank, d->size, &r0, &n);
+    float *mine = NULL;
+    if (n_tok > 1) {
+        mine = grow(d, &d->loc, &d->loc_cap, (size_t)n_tok * (size_t)(n ? n : 1));
+        for (int t = 0; t < n_tok; t++) memcpy(mine + (size_t)t * n, y + (size_t)t * w.rows + r0, sizeof(float) * (size_t)n);
+    }
+    const nvlm_wmat *wp = &w;
+    gather(d, 1, &y, n_tok, &wp, mine);
 }
 
 _Static_assert(sizeof(float) == sizeof(uint32_t), "floats are exchanged as 32-bit patterns");
@@ -375,13 +408,24 @@ void nvlm_dist_bcast_bytes(nvlm_dist *d, char **data, int64_t *len) {
         return;
     }
     if (d->rank && !(*data = malloc((size_t)*len + 1))) nvlm_dist_abort(d, 1, "out of memory receiving rank 0's input");
-    for (int64_t at = 0; at < *len;) {
-        int k = *len - at > (1 << 30) ? 1 << 30 : (int)(*len - at);
-        check_mpi(d, MPI_Bcast(*data + at, k, MPI_BYTE, 0, d->comm), "MPI_Bcast of rank 0's input");
-        at += k;
-    }
+    nvlm_dist_bcast(d, *data, (size_t)*len);
     if (d->rank) (*data)[*len] = 0;
 #else
     (void)data, (void)len;
+#endif
+}
+
+void nvlm_dist_bcast(nvlm_dist *d, void *buf, size_t n) {
+    if (!d || d->size == 1) return;
+#ifdef NVLM_HAVE_MPI
+    for (size_t at = 0; at < n;) {
+        int k = n - at > (1u << 30) ? 1 << 30 : (int)(n - at);
+        MPI_Request req;
+        check_mpi(d, MPI_Ibcast((char *)buf + at, k, MPI_BYTE, 0, d->comm, &req), "MPI_Ibcast of rank 0's input");
+        check_mpi(d, wait_politely(&req), "MPI_Bcast of rank 0's input");
+        at += (size_t)k;
+    }
+#else
+    (void)buf, (void)n;
 #endif
 }

@@ -19,8 +19,9 @@
 void nvlm_dist_split(int rows, int unit, int rank, int size, int *row0, int *n);
 
 /* y = x W^T (+ bias) for a row-split w: local rows, then the all-gather into y [n_tok, rows].
- * NVLM_OK; a rank whose local product fails ends the whole job (nvlm_dist_abort, naming the
- * rank and the error): the other ranks are already waiting in the exchange. gen: the local
+ * NVLM_OK; a rank whose local product fails fills err and ends the whole job (nvlm_dist_abort,
+ * naming the rank, its rows, the matrix and the error): the other ranks are already waiting in
+ * the exchange, and returning an error would need one more collective per product to agree on it. gen: the local
  * product takes the table's generation kernels (else prefill), as one process would for the
  * same tokens (kernels/ops.h nvlm_matmul_roles: batch invariance holds across ranks too). */
 int nvlm_dist_matmul(nvlm_pool *pool, int gen, float *y, const float *x, int n_tok, const nvlm_wmat *w,
@@ -28,6 +29,15 @@ int nvlm_dist_matmul(nvlm_pool *pool, int gen, float *y, const float *x, int n_t
 /* The same for n_w row-split matrices sharing x, with one all-gather for all of them. */
 int nvlm_dist_matmul_multi(nvlm_pool *pool, int gen, int n_w, float *const *y, const float *x, int n_tok,
                            const nvlm_wmat *const *w, const float *const *bias, nvlm_err *err);
+
+/* The attention heads of `rank` of `size` (0 of 1: all): query heads [*h0, *h1), balanced as the
+ * q_proj rows are, and the kv heads [*g0, *g1) they read, whose keys and values the rank keeps
+ * (GQA: a kv head whose group straddles two ranks is kept by both). A rank without query heads
+ * keeps one kv head, never read. */
+void nvlm_dist_heads(int rank, int size, int n_heads, int n_kv_heads, int *h0, int *h1, int *g0, int *g1);
+/* The attention outputs y [n_tok, n_heads * head_dim], of which this rank filled the columns of
+ * its heads (nvlm_dist_heads), become whole on every rank (MPI_Allgatherv). */
+void nvlm_dist_gather_heads(nvlm_dist *d, float *y, int n_tok, int n_heads, int head_dim);
 
 /* Combines n floats that exactly one rank filled at each position and the others left zero
  * (bitwise OR of the bit patterns: exact for every value, -0 and NaN included). Used for the
@@ -47,6 +57,10 @@ int nvlm_dist_same_checkpoint(nvlm_dist *d, uint64_t hash, const char *dir, nvlm
  * weights never drift apart. */
 void nvlm_dist_sum_f32(nvlm_dist *d, float *v, size_t n);
 void nvlm_dist_sum_f64(nvlm_dist *d, double *v, int n);
+
+/* Rank 0's n bytes at buf to every rank (n known to all), waiting politely: a follower idle
+ * between a server's requests naps instead of spinning. A failed exchange ends the job. */
+void nvlm_dist_bcast(nvlm_dist *d, void *buf, size_t n);
 
 /* FNV-1a, 64 bits: the checkpoint summary's hash. */
 uint64_t nvlm_dist_hash(uint64_t h, const void *p, size_t n);

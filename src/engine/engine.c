@@ -4,6 +4,7 @@
  * the batch it is in. */
 #include "engine/engine.h"
 #include "core/err.h"
+#include "dist/dist.h"
 #include "kernels/attention.h"
 #include "model/finite.h"
 #include <math.h>
@@ -29,6 +30,10 @@ struct nvlm_engine {
     nvlm_backend *be;
     nvlm_kvstore *kv;
     int cap, h, d, qd, kvd, inter;
+    /* tensor parallel (docs/distributed.md): this rank's query heads [h0, h1) and the kv heads
+     * [g0, g1) they read, whose keys and values alone it keeps; one process: all of them */
+    nvlm_dist *dist;
+    int h0, h1, g0, g1;
     /* the arena: activations of max_batch tokens, sized once */
     float *x, *y, *q, *k, *v, *att, *gate, *up, *cs, *sn;
     run *runs;
@@ -81,10 +86,15 @@ int nvlm_engine_new(nvlm_model *m, const nvlm_engine_opts *o_in, nvlm_engine **o
     e->qd = c->num_heads * e->d;
     e->kvd = c->num_kv_heads * e->d;
     e->inter = c->intermediate_size;
+    e->dist = nvlm_dist_size(m->embed.dist) > 1 ? m->embed.dist : NULL; /* a job's matrices carry it */
+    nvlm_dist_heads(nvlm_dist_rank(e->dist), nvlm_dist_size(e->dist), c->num_heads, c->num_kv_heads, &e->h0, &e->h1, &e->g0,
+                    &e->g1);
     int rc = nvlm_backend_cpu_new(m->pool, &e->be, err);
-    nvlm_kv_opts ko = {.n_layers = c->num_layers, .kv_dim = e->kvd, .f16 = m->kv_f16, .page_tokens = o.page_tokens};
+    nvlm_kv_opts ko = {.n_layers = c->num_layers, .kv_dim = (e->g1 - e->g0) * e->d, .f16 = m->kv_f16,
+                       .page_tokens = o.page_tokens};
     if (!rc) rc = nvlm_kvstore_new(&ko, &e->kv, err);
-    if (!rc && (o.kv_bytes || o.kv_tokens)) { /* the bound, now that the page size is known */
+    if (!rc && (o.kv_bytes || o.kv_tokens)) { /* the bound, now that the page size is known (one process's
+                                                 * page: every rank of a job has the same number) */
         nvlm_kvstore_free(e->kv);
         e->kv = NULL;
         int P = o.page_tokens ? o.page_tokens : 16;
@@ -226,9 +236,9 @@ static void rows_fn(void *ctx, size_t begin, size_t end, int thread) {
             const float *cs = e->cs + t * (d / 2), *sn = e->sn + t * (d / 2);
             nvlm_rope_apply(e->q + t * e->qd, c->num_heads, d, cs, sn);
             nvlm_rope_apply(e->k + t * kvd, c->num_kv_heads, d, cs, sn);
-            int pos = r->pos0 + (int)t - r->row;
-            store_row(nvlm_kv_row(e->kv, r->seq, j->l, 0, pos), e->k + t * kvd, kvd, f16);
-            store_row(nvlm_kv_row(e->kv, r->seq, j->l, 1, pos), e->v + t * kvd, kvd, f16);
+            int pos = r->pos0 + (int)t - r->row, kv0 = e->g0 * d, kvn = (e->g1 - e->g0) * d; /* this rank's kv heads */
+            store_row(nvlm_kv_row(e->kv, r->seq, j->l, 0, pos), e->k + t * kvd + kv0, kvn, f16);
+            store_row(nvlm_kv_row(e->kv, r->seq, j->l, 1, pos), e->v + t * kvd + kv0, kvn, f16);
             continue;
         }
         float *x = e->x + t * h, *y = e->y + t * h;
@@ -254,7 +264,8 @@ typedef struct attn_job {
     int max_keys;   /* keys of the longest sequence in the step: the slots' key/value buffers */
 } attn_job;
 
-/* Keys and values of kv head g of a sequence, positions [0, n), as float32 rows of d. */
+/* Keys and values of kv head g (of those this rank keeps) of a sequence, positions [0, n), as
+ * float32 rows of d. */
 static void gather_head(nvlm_engine *e, int seq, int l, int g, int n, int level, float *kb, float *vb) {
     const int d = e->d, f16 = nvlm_kv_is_f16(e->kv);
     size_t es = f16 ? 2 : 4;
@@ -285,7 +296,7 @@ static void attn_fn(void *ctx, size_t begin, size_t end, int thread) {
         const run *r = &e->runs[u->run];
         int g = u->head / group, n_keys = r->pos0 + u->q1, nq = u->q1 - u->q0;
         if (r->seq != have_seq || g != have_g || n_keys > have_n) {
-            gather_head(e, r->seq, j->l, g, n_keys, j->level, kb, vb);
+            gather_head(e, r->seq, j->l, g - e->g0, n_keys, j->level, kb, vb);
             have_seq = r->seq, have_g = g, have_n = n_keys;
         }
         const float *q = e->q + (size_t)(r->row + u->q0) * qs + (size_t)u->head * d;
@@ -309,13 +320,15 @@ static int attention(nvlm_engine *e, int n_runs, int l, nvlm_err *err) {
     const nvlm_llm_config *c = &e->m->cfg.llm;
     attn_job j = {.e = e, .l = l, .level = e->be->i->level(e->be), .scale = 1.0f / sqrtf((float)e->d)};
     size_t nu = 0, need = 0;
+    int n_rows = 0;
     for (int ri = 0; ri < n_runs; ri++) {
         const run *r = &e->runs[ri];
+        n_rows += r->n;
         int parts = !r->gen && r->n >= 64 ? 4 : 1, step = (r->n + parts - 1) / parts;
         step = (step + 7) / 8 * 8;
         int keys = r->pos0 + r->n;
         j.max_keys = keys > j.max_keys ? keys : j.max_keys;
-        for (int hd = 0; hd < c->num_heads; hd++)
+        for (int hd = e->h0; hd < e->h1; hd++) /* this rank's heads */
             for (int q0 = 0; q0 < r->n; q0 += step) {
                 if (nu == e->cap_units) return nvlm_fail(err, NVLM_E_INTERNAL, "attention: too many units");
                 int q1 = q0 + step < r->n ? q0 + step : r->n;
@@ -334,7 +347,10 @@ static int attention(nvlm_engine *e, int n_runs, int l, nvlm_err *err) {
         e->be->i->release(e->be, e->ts[t].p);
         e->ts[t] = (thread_scratch){p, n};
     }
-    return e->be->i->units(e->be, nu, 1, attn_fn, &j, err);
+    int rc = e->be->i->units(e->be, nu, 1, attn_fn, &j, err);
+    /* tensor parallel: every rank computed its heads; all of them, for the o projection */
+    if (!rc && e->dist) nvlm_dist_gather_heads(e->dist, e->att, n_rows, c->num_heads, e->d);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ layers */

@@ -118,7 +118,13 @@ static int add_image(serve_request *r, const char *url, const serve_limits *lim,
     uint8_t *data = NULL;
     size_t len = 0;
     int rc;
-    if (!strncasecmp(url, "data:", 5)) {
+    if (lim->given) { /* a follower rank: rank 0 read this image already */
+        len = lim->given_len[r->n_images];
+        data = malloc(len ? len : 1);
+        if (!data) return serve_fail(e, 500, NULL, param, "out of memory");
+        if (len) memcpy(data, lim->given[r->n_images], len);
+        rc = 0;
+    } else if (!strncasecmp(url, "data:", 5)) {
         rc = decode_data_url(url, lim, param, &data, &len, e);
     } else if (!strncasecmp(url, "http://", 7) || !strncasecmp(url, "https://", 8)) {
         if (!lim->allow_remote)

@@ -12,6 +12,7 @@
 #include "generate/chat_internal.h"
 #include "generate/layout_xh.h"
 #include "serve/serve_int.h"
+#include "dist/serve_dist.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,10 @@ double serve_now(void) {
 }
 
 /* -------------------------------------------------------------------- jobs */
+
+/* Whether the engine thread ends the job: under mpirun the flag as all ranks saw it at the
+ * step's start (serve_dist_lead), so that every rank ends it at the same step. */
+static int job_cancelled(serve_job *j) { return j->dist ? j->cancel_seen : atomic_load(&j->cancelled); }
 
 int serve_job_new(serve_request *req, nvlm_chat *chat, serve_job **out) {
     serve_job *j = calloc(1, sizeof *j);
@@ -66,6 +71,7 @@ void serve_job_release(serve_job *j) {
     pthread_mutex_unlock(&j->mu);
     if (left) return;
     nvlm_chat_free(j->chat);
+    serve_dist_req_free(j->dist_req);
     free(j->keys);
     serve_request_free(&j->req);
     nvlm_answer_free(&j->answer);
@@ -180,7 +186,7 @@ static int on_token(void *user, int32_t id, const char *text, size_t len) {
         if (serve_textstream_push(&j->ts, text, len, &delta, &dlen)) atomic_store(&j->cancelled, 1);
         sse_content(j, delta, dlen, 0);
     }
-    if (!atomic_load(&j->cancelled)) return 0;
+    if (!job_cancelled(j)) return 0;
     j->cut = 1; /* ended here, short of its end: the reply must not say "stop" */
     return 1;
 }
@@ -332,7 +338,7 @@ static void end_job(serve_sched *s, int slot, int rc) {
     if (!rc) rc = nvlm_chat_finish(j->chat, j->n_extra < j->n_begun ? &j->extra[j->n_extra] : &j->answer, &j->err);
     else nvlm_chat_cancel_ask(j->chat);
     if (!rc && j->n_extra < j->n_begun) j->n_extra++;
-    if (!rc && !atomic_load(&j->cancelled)) prefix_keep(s, j); /* a cancelled one frees its pages now */
+    if (!rc && !job_cancelled(j)) prefix_keep(s, j); /* a cancelled one frees its pages now */
     nvlm_chat_release_cache(j->chat);
     /* the slot and the gauges first: a client that has its answer sees the server as it is */
     pthread_mutex_lock(&s->mu);
@@ -341,7 +347,7 @@ static void end_job(serve_sched *s, int slot, int rc) {
     serve_metrics_gauges(s->metrics, s->depth, s->active);
     pthread_mutex_unlock(&s->mu);
     metrics_engine(s);
-    int cancelled = atomic_load(&j->cancelled);
+    int cancelled = job_cancelled(j);
     int fin = cancelled ? SERVE_FIN_CANCELLED : rc ? SERVE_FIN_ERROR
               : j->answer.finish_length ? SERVE_FIN_LENGTH : SERVE_FIN_STOP;
     double t_end = serve_now(), ttft = j->t_first > 0 ? j->t_first - j->t_queued : -1;
@@ -366,7 +372,7 @@ static void end_job(serve_sched *s, int slot, int rc) {
 static int next_choice(serve_job *j, int *rc) {
     *rc = NVLM_OK;
     int k = j->n_begun + 1; /* the choice to begin */
-    if (k >= j->req.n || j->cut || atomic_load(&j->cancelled)) return 0;
+    if (k >= j->req.n || j->cut || job_cancelled(j)) return 0;
     if (!j->extra && !(j->extra = calloc((size_t)j->req.n - 1, sizeof *j->extra))) {
         *rc = nvlm_fail(&j->err, NVLM_E_NOMEM, "out of memory");
         return 0;
@@ -446,7 +452,7 @@ static void start_job(serve_sched *s, int slot) {
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
     j->phase = PHASE_ENCODE;
-    if (atomic_load(&j->cancelled)) {
+    if (job_cancelled(j)) {
         end_job(s, slot, nvlm_fail(&j->err, NVLM_E_CANCELLED, "cancelled before it started (client gone or server stopping)"));
         return;
     }
@@ -486,7 +492,7 @@ static void step(serve_sched *s) {
         serve_job *j = s->slots[i];
         if (!j) continue;
         if (j->phase == PHASE_NEW) start_job(s, i);
-        else if (atomic_load(&j->cancelled)) end_cancelled(s, i);
+        else if (job_cancelled(j)) end_cancelled(s, i);
     }
     /* ViT tiles: a few per step, so that generation goes on between them */
     for (int i = 0, tiles = TILES_PER_STEP; i < s->parallel; i++) { /* a tile at a time: cancellable */
@@ -569,7 +575,15 @@ static void step(serve_sched *s) {
 
 static void *engine_main(void *arg) {
     serve_sched *s = arg;
-    while (admit(s)) step(s);
+    if (serve_dist_follower(s)) { /* mpirun, rank > 0: rank 0's admissions, cancels and stop */
+        while (serve_dist_follow(s)) step(s);
+        return NULL;
+    }
+    while (admit(s)) {
+        serve_dist_lead(s); /* mpirun: the step's new jobs and cancels to the other ranks */
+        step(s);
+    }
+    serve_dist_lead_stop(s);
     return NULL;
 }
 
@@ -582,6 +596,8 @@ int serve_sched_start(serve_sched *s, nvlm_model *m, serve_metrics *metrics, con
     s->parallel = o->parallel > 0 ? o->parallel : 8;
     s->max_tiles = o->max_tiles;
     s->rate_t0 = serve_now();
+    s->dist = serve_dist_of(m);
+    s->dist_defaults = o->defaults;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     int ctx = o->ctx > 0 ? o->ctx : m->cfg.llm.max_position_embeddings;

@@ -61,6 +61,10 @@ typedef struct serve_limits {
     const char *local_image_dir;
     int allow_remote;            /* http(s) image URLs fetched (with fetch below) */
     serve_fetch_opts fetch;
+    /* a follower rank of `mpirun nvlm serve` (src/dist/serve_dist.c): the bytes of the images
+     * rank 0 read, in order (max_images of them), taken instead of what the URLs name */
+    uint8_t *const *given;
+    const size_t *given_len;
 } serve_limits;
 
 /* One image of a request as sent (encoded), with what its header says. */
@@ -307,6 +311,11 @@ struct serve_job {
     uint64_t *keys;              /* prompt reuse keys (ids; images by the hash of their bytes) */
     size_t n_keys, n_reused;
     serve_job *next;
+    /* mpirun (src/dist/serve_dist.c): what the other ranks need to make the same job (rank 0),
+     * and the cancel flag as every rank saw it at the step's start (the steps read it, not
+     * `cancelled`, so that all ranks end the job at the same step) */
+    void *dist_req;
+    int dist, cancel_seen;
 };
 
 /* A finished request's KV sequence kept for reuse, with the keys of its positions. */
@@ -337,6 +346,8 @@ typedef struct serve_sched {
     uint64_t clock;
     double rate, rate_t0;
     uint64_t rate_tok0;
+    nvlm_dist *dist;             /* mpirun: rank 0 leads the steps, the others follow (src/dist/serve_dist.c) */
+    nvlm_sampling dist_defaults; /* the options' sampling defaults: a follower parses requests with them */
 } serve_sched;
 
 /* A job owning req and chat (moved in); one reference for the caller. */

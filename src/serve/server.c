@@ -11,6 +11,7 @@
 #include "core/err.h"
 #include "model/model.h"
 #include "serve/serve_int.h"
+#include "dist/serve_dist.h"
 #include <errno.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -372,7 +373,7 @@ static void prepare(nvlm_server *s, conn_state *cs) {
     serve_limits lim = {s->o.max_image_bytes, s->o.max_image_pixels, s->o.max_images, s->local_dir,
                         s->o.allow_remote_images,
                         {s->o.max_image_bytes, s->o.remote_timeout_ms, s->o.remote_max_redirects,
-                         s->o.allow_private_image_hosts}};
+                         s->o.allow_private_image_hosts}, NULL, NULL};
     serve_request r;
     if (atomic_load(&s->cutting)) {
         serve_fail(e, 503, "shutting_down", NULL, "the server is shutting down");
@@ -382,6 +383,12 @@ static void prepare(nvlm_server *s, conn_state *cs) {
     if (cs->completions ? serve_parse_completion(body, cs->body.len, &s->o.defaults, &r, e)
                         : serve_parse_request(body, cs->body.len, &lim, &s->o.defaults, &r, e))
         return;
+    void *dreq = NULL; /* mpirun: the body and image bytes for the other ranks (src/dist/serve_dist.c) */
+    if (serve_dist_capture(s->m, body, cs->body.len, cs->completions, &r, s->o.max_image_pixels, &dreq)) {
+        serve_request_free(&r);
+        serve_fail(e, 500, NULL, NULL, "out of memory");
+        return;
+    }
     /* the request's max_dynamic_patch, capped by --max-tiles (40 without it); else the server's */
     int cap = s->o.max_tiles ? s->o.max_tiles : SERVE_MAX_TILES;
     r.max_tiles = r.max_tiles ? (r.max_tiles < cap ? r.max_tiles : cap) : s->o.max_tiles;
@@ -402,6 +409,8 @@ static void prepare(nvlm_server *s, conn_state *cs) {
     }
     serve_job *j = NULL;
     if (!e->status && serve_job_new(&r, chat, &j)) serve_fail(e, 500, NULL, NULL, "out of memory");
+    if (j) j->dist_req = dreq, dreq = NULL;
+    serve_dist_req_free(dreq);
     if (e->status) {
         nvlm_chat_free(chat);
         serve_request_free(&r);
