@@ -223,7 +223,7 @@ def nvlm(f):  # (threads, 'pp'|'tg') -> mean t/s of the runs
         t = None
         try:
             for line in open(os.path.join(log, "nvlm-%s-%s.txt" % (f, kind))):
-                m = re.match(r"model .*, (\d+) thread\(s\)", line)
+                m = re.match(r"model .* (\d+) thread\(s\)", line)
                 if m: t = int(m.group(1))
                 m = re.match(r"\s+%s: \d+ tokens in [\d.]+ s = ([\d.]+) tok/s" % what, line)
                 if m and t: runs.setdefault((t, kind), []).append(float(m.group(1)))
