@@ -2,8 +2,9 @@
  * gradients and AdamW moments for the projector and the LLM; a training forward that keeps
  * what the backward pass needs; backward passes for every op on the trainable path;
  * cross-entropy over supervised positions; AdamW, clipping, schedules; the JSONL
- * conversation data; checkpoints with optimizer state. The vision encoder stays in the
- * engine (nvlm_model) and is frozen: its features are computed once per image. Internal. */
+ * conversation data; checkpoints with optimizer state. The vision encoder is frozen by
+ * default (the engine computes its features once per image); a --trainable pattern that names
+ * one of its tensors trains it (tvit.c, every step). Internal. */
 #ifndef NVLM_TRAIN_TRAIN_H
 #define NVLM_TRAIN_TRAIN_H
 #include "model/model.h"
