@@ -292,8 +292,12 @@ static void check_model(const char *dir) {
     CHECK(rc == 0, "load: %s", err.msg);
     if (rc) return;
     /* every tensor but the vision encoder's (dummy heads here: check_vit trains a ViT) */
-    nvlm_train_select sel = {2, "mlp1.*,language_model.*", 1};
+    nvlm_train_select sel = {2, "mlp1.*,language_model.*", 1}, vit = {2, "*", 1};
     nvlm_tmodel *tm = NULL;
+    rc = nvlm_tmodel_new(m, &vit, &tm, &err);
+    CHECK(rc == NVLM_E_UNSUPPORTED && strstr(err.msg, "dummy heads"), "a ViT with dummy heads is not trained: %s",
+          err.msg);
+    err = (nvlm_err){0};
     rc = nvlm_tmodel_new(m, &sel, &tm, &err);
     CHECK(rc == 0, "tmodel: %s", err.msg);
     if (rc) return nvlm_model_free(m);

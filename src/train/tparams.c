@@ -140,7 +140,11 @@ static int bind_vision(nvlm_tmodel *tm, nvlm_err *err) {
     if ((rc = bind(tm, &tm->patch_w, err, NVLM_R_PATCH_W, -1)) || (rc = bind(tm, &tm->patch_b, err, NVLM_R_PATCH_B, -1)) ||
         (rc = bind(tm, &tm->cls, err, NVLM_R_CLS, -1)) || (rc = bind(tm, &tm->pos, err, NVLM_R_POS, -1)))
         return rc;
-    if (layers < 1) return NVLM_OK;
+    if (layers < 1)
+        return nvlm_fail(err, NVLM_E_UNSUPPORTED,
+                         "select_layer %d uses no ViT layer: training the ViT needs at least one (leave vision "
+                         "tensors out of --trainable)",
+                         c->select_layer);
     if (!(tm->V = calloc((size_t)layers, sizeof *tm->V))) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
     for (int l = 0; l < layers; l++) {
         nvlm_tvlayer *V = &tm->V[l];
