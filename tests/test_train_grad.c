@@ -291,8 +291,13 @@ static void check_model(const char *dir) {
     int rc = nvlm_model_load(dir, &lo, &m, &err);
     CHECK(rc == 0, "load: %s", err.msg);
     if (rc) return;
-    nvlm_train_select sel = {2, "*", 1};
+    /* every tensor but the vision encoder's (dummy heads here: check_vit trains a ViT) */
+    nvlm_train_select sel = {2, "mlp1.*,language_model.*", 1}, vit = {2, "*", 1};
     nvlm_tmodel *tm = NULL;
+    rc = nvlm_tmodel_new(m, &vit, &tm, &err);
+    CHECK(rc == NVLM_E_UNSUPPORTED && strstr(err.msg, "dummy heads"), "a ViT with dummy heads is not trained: %s",
+          err.msg);
+    err = (nvlm_err){0};
     rc = nvlm_tmodel_new(m, &sel, &tm, &err);
     CHECK(rc == 0, "tmodel: %s", err.msg);
     if (rc) return nvlm_model_free(m);
@@ -327,6 +332,80 @@ static void check_model(const char *dir) {
     nvlm_model_free(m);
 }
 
+/* ------------------------------------------------------------ the vision encoder */
+
+/* Two tiles (8 image rows) through a trained 2-layer ViT, then the D pass: positions 1..8 are
+ * the image, 9..12 supervised. */
+typedef struct vit_ctx {
+    nvlm_tmodel *tm;
+    nvlm_tseq q;
+    const float *px;
+    float *z;
+    double norm;
+} vit_ctx;
+static double vit_obj(void *p) {
+    vit_ctx *c = p;
+    nvlm_tresult r = {0};
+    nvlm_err err = {0};
+    nvlm_tvit_acts *a = NULL;
+    int rc = nvlm_tvit_forward(c->tm, c->px, 2, c->z, &a, &err);
+    nvlm_tvit_acts_free(a);
+    if (rc || nvlm_train_seq(c->tm, &c->q, 0, c->norm, &r, &err)) return NAN;
+    return r.loss_sum / c->norm;
+}
+
+static void check_vit(const char *dir) {
+    nvlm_model *m = NULL;
+    nvlm_err err = {0};
+    nvlm_load_options lo = {.n_threads = 1};
+    int rc = nvlm_model_load(dir, &lo, &m, &err);
+    CHECK(rc == 0, "load: %s", err.msg);
+    if (rc) return;
+    nvlm_train_select sel = {1, "vision_model.*,mlp1.0.*", 1};
+    nvlm_tmodel *tm = NULL;
+    rc = nvlm_tmodel_new(m, &sel, &tm, &err);
+    CHECK(rc == 0 && tm->n_v == 2, "tmodel with the ViT: %s", err.msg);
+    if (rc) return nvlm_model_free(m);
+    const int S = m->cfg.image_size, C = m->cfg.vision.hidden_size, G = S / m->cfg.vision.patch_size;
+    float *px = rnd((size_t)2 * 3 * S * S, 1.5f), *z = malloc(sizeof(float) * 2 * G * G * C);
+    float *ref = malloc(sizeof(float) * 2 * G * G * C), *shuf = malloc(sizeof(float) * 2 * G * G * C);
+    /* the training forward is the engine's forward, on the same (float32) weights */
+    nvlm_tvit_acts *acts = NULL;
+    rc = nvlm_tvit_forward(tm, px, 2, z, &acts, &err);
+    CHECK(rc == 0, "tvit forward: %s", err.msg);
+    if (!rc) rc = nvlm_vit_forward(m, px, 2, ref, &err);
+    double worst = 0;
+    for (int i = 0; i < 2 && !rc; i++) nvlm_pixel_shuffle(ref + (size_t)i * G * G * C, G, C, shuf + (size_t)i * G * G * C);
+    for (size_t k = 0; !rc && k < (size_t)2 * G * G * C; k++)
+        worst = fmax(worst, fabs(z[k] - shuf[k]) / (1.0 + fabs(shuf[k])));
+    CHECK(rc == 0 && worst < 1e-4, "training ViT forward = the engine's: worst relative difference %.3g", worst);
+    int32_t ids[13], labels[13];
+    for (int t = 0; t < 13; t++) ids[t] = t >= 1 && t <= 8 ? m->id_img_context : 17 + 31 * t, labels[t] = -100;
+    for (int t = 9; t < 13; t++) labels[t] = 40 + 7 * t;
+    float *dz = calloc((size_t)2 * G * G * C, sizeof(float));
+    vit_ctx c = {tm, {.ids = ids, .labels = labels, .n = 13, .img = z, .n_img = 8, .dimg = dz}, px, z, 0};
+    c.norm = nvlm_tseq_supervised(&c.q);
+    nvlm_tmodel_zero_grad(tm);
+    nvlm_tresult r = {0};
+    if (!rc) rc = nvlm_train_seq(tm, &c.q, 1, c.norm, &r, &err);
+    if (!rc) rc = nvlm_tvit_backward(tm, acts, dz, &err);
+    CHECK(rc == 0, "ViT backward: %s", err.msg);
+    nvlm_tvit_acts_free(acts);
+    c.q.dimg = NULL;
+    fd_samples = SANITIZED ? 3 : 9;
+    for (int i = 0; i < tm->n_p && !rc; i++) {
+        nvlm_tparam *p = &tm->p[i];
+        if (!p->g) continue;
+        float *g = malloc(sizeof(float) * p->n);
+        memcpy(g, p->g, sizeof(float) * p->n);
+        fd_check(p->name, vit_obj, &c, p->w, g, p->n, 2e-3f, 4e-3);
+        free(g);
+    }
+    free(px), free(z), free(ref), free(shuf), free(dz);
+    nvlm_tmodel_free(tm);
+    nvlm_model_free(m);
+}
+
 int main(void) {
     check_linear();
     check_norms();
@@ -354,6 +433,18 @@ int main(void) {
         CHECK(rc == 0, "mkmodel: %s", err.msg);
         if (!rc) check_model(dir);
     }
+    /* a ViT without dummy heads, 2 layers, trained (--trainable "vision_model.*") */
+    nvlm_mkmodel_opts o;
+    nvlm_mkmodel_defaults(&o);
+    o.tokenizer_dir = shared_path("reference/tiny-tokenizer");
+    o.seed = 7, o.image_size = 56, o.patch_size = 14;
+    o.vit_hidden = 12, o.vit_layers = 2, o.vit_heads = 3, o.vit_dummy_heads = 0, o.vit_intermediate = 14;
+    o.llm_hidden = 18, o.llm_layers = 1, o.llm_heads = 3, o.llm_kv_heads = 1, o.llm_intermediate = 22;
+    o.dtype = NVLM_MK_F32;
+    nvlm_err err = {0};
+    int rc = nvlm_mkmodel(&o, dir, NULL, &err);
+    CHECK(rc == 0, "mkmodel: %s", err.msg);
+    if (!rc) check_vit(dir);
     char cmd[256];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd)) fprintf(stderr, "could not remove %s\n", dir);

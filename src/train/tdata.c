@@ -16,7 +16,7 @@ static void sample_free(nvlm_tsample *s) {
     for (int i = 0; i < s->n_turns; i++) free(s->turns[i].text);
     free(s->turns);
     free(s->system);
-    free(s->ids), free(s->labels), free(s->img), free(s->num_patches);
+    free(s->ids), free(s->labels), free(s->img), free(s->px), free(s->num_patches);
     free(s->ctx_rows), free(s->mem_src), free(s->mem_lo), free(s->mem_hi);
 }
 
@@ -165,18 +165,19 @@ int nvlm_tdata_load(const char *path, nvlm_tdata **out, nvlm_err *err) {
     return NVLM_OK;
 }
 
-int nvlm_train_image_features(nvlm_model *m, char *const *paths, int n, int max_num, float **feat, int *n_rows,
-                              int *num_patches, nvlm_err *err) {
+int nvlm_train_image_features(nvlm_model *m, char *const *paths, int n, int max_num, int pixels, float **feat,
+                              int *n_rows, int *n_tiles, int *num_patches, nvlm_err *err) {
     const nvlm_config *cfg = &m->cfg;
     const int S = cfg->image_size, C = cfg->vision.hidden_size, G = S / cfg->vision.patch_size;
     const int P = G * G, tpt = nvlm_cfg_tokens_per_tile(cfg);
+    const size_t per = (size_t)3 * S * S, row_w = pixels ? per : (size_t)tpt * 4 * C; /* floats per tile kept */
     if (max_num <= 0) max_num = cfg->max_dynamic_patch;
     int min_num = cfg->min_dynamic_patch < max_num ? cfg->min_dynamic_patch : max_num;
     if (!cfg->dynamic_image_size) min_num = max_num = 1;
     *feat = NULL;
-    *n_rows = 0;
+    *n_rows = *n_tiles = 0;
     float *all = NULL;
-    size_t rows = 0;
+    size_t tiles_done = 0;
     int rc = NVLM_OK;
     for (int i = 0; i < n && !rc; i++) {
         nvlm_image img;
@@ -185,18 +186,20 @@ int nvlm_train_image_features(nvlm_model *m, char *const *paths, int n, int max_
         rc = nvlm_image_tile(&img, S, min_num, max_num, cfg->use_thumbnail, &tiles, err);
         nvlm_image_free(&img);
         if (rc) break;
-        size_t per = (size_t)3 * S * S, nt = (size_t)tiles.num_tiles;
-        float *px = malloc(sizeof(float) * per * nt), *vit = malloc(sizeof(float) * nt * P * C);
-        float *grow = realloc(all, sizeof(float) * (rows + nt * tpt) * 4 * C);
+        size_t nt = (size_t)tiles.num_tiles;
+        float *grow = realloc(all, sizeof(float) * (tiles_done + nt) * row_w);
         if (grow) all = grow;
-        if (!px || !vit || !grow) rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory for the tiles of %s", paths[i]);
+        float *px = !grow ? NULL : pixels ? all + tiles_done * per : malloc(sizeof(float) * per * nt);
+        float *vit = pixels ? NULL : malloc(sizeof(float) * nt * P * C);
+        if (!px || (!pixels && !vit)) rc = nvlm_fail(err, NVLM_E_NOMEM, "out of memory for the tiles of %s", paths[i]);
         for (size_t k = 0; k < nt && !rc; k++) nvlm_tile_normalize(tiles.rgb + k * S * S * 3, S, px + k * per);
-        if (!rc) rc = nvlm_vit_forward(m, px, (int)nt, vit, err);
-        for (size_t k = 0; k < nt && !rc; k++)
-            nvlm_pixel_shuffle(vit + k * P * C, G, C, all + (rows + k * tpt) * 4 * C);
+        if (!rc && !pixels) rc = nvlm_vit_forward(m, px, (int)nt, vit, err);
+        for (size_t k = 0; k < nt && !rc && !pixels; k++)
+            nvlm_pixel_shuffle(vit + k * P * C, G, C, all + (tiles_done + k) * row_w);
         num_patches[i] = (int)nt;
-        rows += nt * tpt;
-        free(px), free(vit);
+        tiles_done += nt;
+        if (!pixels) free(px);
+        free(vit);
         nvlm_tiles_free(&tiles);
     }
     if (rc) {
@@ -204,7 +207,8 @@ int nvlm_train_image_features(nvlm_model *m, char *const *paths, int n, int max_
         return rc;
     }
     *feat = all;
-    *n_rows = (int)rows;
+    *n_rows = (int)(tiles_done * tpt);
+    *n_tiles = (int)tiles_done;
     return NVLM_OK;
 }
 
@@ -393,7 +397,8 @@ int nvlm_tdata_prepare(nvlm_tdata *d, nvlm_model *m, int i, int max_num, nvlm_er
     if (s->n_images) {
         if (!(s->num_patches = calloc((size_t)s->n_images, sizeof *s->num_patches)))
             return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
-        rc = nvlm_train_image_features(m, s->images, s->n_images, max_num, &s->img, &s->n_img, s->num_patches, err);
+        rc = nvlm_train_image_features(m, s->images, s->n_images, max_num, d->pixels, d->pixels ? &s->px : &s->img,
+                                       &s->n_img, &s->n_tiles, s->num_patches, err);
         if (rc) {
             nvlm_fail_prefix(err, "%s:%d: ", d->path, s->line);
             return rc;
@@ -438,5 +443,5 @@ int nvlm_tdata_prepare(nvlm_tdata *d, nvlm_model *m, int i, int max_num, nvlm_er
 void nvlm_tdata_seq(const nvlm_tdata *d, int i, nvlm_tseq *out) {
     const nvlm_tsample *s = &d->s[i];
     *out = (nvlm_tseq){s->ids,    s->labels, s->n,      s->img,    s->n_img, s->ctx_rows,
-                       s->n_ctx,  s->mem_src, s->n_mem, s->mem_lo, s->mem_hi};
+                       s->n_ctx,  s->mem_src, s->n_mem, s->mem_lo, s->mem_hi, NULL};
 }

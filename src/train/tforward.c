@@ -1,7 +1,7 @@
 /* Training forward and backward of one sequence through the projector and the Qwen2 LLM
  * (docs/spec.md §7, §9), with NVLM-X/H's gated cross-attention blocks before their layers
- * (§12, src/train/txattn.c). The ViT is frozen and outside: the caller passes its
- * pixel-shuffled features. Only the supervised positions go through the final norm and
+ * (§12, src/train/txattn.c). The ViT is outside: the caller passes its pixel-shuffled
+ * features (and, to train it, takes their gradient back through nvlm_tseq.dimg). Only the supervised positions go through the final norm and
  * lm_head, so the logits never take [n, V] memory. */
 #include "core/err.h"
 #include "train/train.h"
@@ -121,12 +121,13 @@ static int projector_forward(nvlm_tmodel *tm, seq_state *s, const float *z, int 
     return NVLM_OK;
 }
 
-/* Gradients of the projector's tensors from dout [n_img, h] (the caller's buffer). */
-static int projector_backward(nvlm_tmodel *tm, seq_state *s, const float *z, int n_img, const float *dout) {
+/* Gradients of the projector's tensors from dout [n_img, h] (the caller's buffer), and of its
+ * input z into dz when dz is not NULL (a trained ViT's gradient). */
+static int projector_backward(nvlm_tmodel *tm, seq_state *s, const float *z, int n_img, const float *dout, float *dz) {
     nvlm_pool *pool = tm->m->pool;
     const float *cur = dout;
     float *owned = NULL;
-    int ln_trainable = tm->ln_w->g || tm->ln_b->g;
+    int ln_trainable = tm->ln_w->g || tm->ln_b->g || dz;
     for (int k = tm->proj_depth - 1; k >= 0; k--) {
         nvlm_tparam *W = tm->proj[k];
         int rows = (int)W->shape[0], cols = (int)W->shape[1];
@@ -145,6 +146,9 @@ static int projector_backward(nvlm_tmodel *tm, seq_state *s, const float *z, int
     for (int t = 0; t < n_img; t++)
         nvlm_t_layernorm_bwd_params(cur + (size_t)t * width, z + (size_t)t * width, tm->ln_w->g, tm->ln_b->g, width,
                                     1e-5f);
+    for (int t = 0; dz && t < n_img; t++)
+        nvlm_t_layernorm_bwd_x(dz + (size_t)t * width, cur + (size_t)t * width, z + (size_t)t * width, tm->ln_w->w,
+                               width, 1e-5f);
     free(owned);
     return NVLM_OK;
 }
@@ -398,7 +402,7 @@ int nvlm_train_seq(nvlm_tmodel *tm, const nvlm_tseq *q, int backward, double nor
             } else if (tm->embed->g) nvlm_axpy(tm->embed->g + (size_t)q->ids[t] * h, 1.0f, g, h);
         }
         if (!rc && q->n_mem) scatter_memory(tm, q, dmem, dimg, h);
-        if (!rc && q->n_img) rc = projector_backward(tm, &s, q->img, q->n_img, dimg);
+        if (!rc && q->n_img) rc = projector_backward(tm, &s, q->img, q->n_img, dimg, q->dimg);
         free(dimg);
     }
     free(dx), free(dmem);

@@ -13,6 +13,7 @@ typedef struct collect {
     const nvlm_train_select *sel;
     nvlm_err *err;
     int cap;
+    int vision;   /* a pattern names a vision tensor: the whole ViT joins the store */
 } collect;
 
 /* Does name match one of the comma-separated globs? */
@@ -39,7 +40,7 @@ static int default_trainable(int stage, nvlm_part part) {
 static int add_param(void *user, const nvlm_tensor_spec *spec) {
     collect *c = user;
     nvlm_tmodel *tm = c->tm;
-    if (spec->part == NVLM_PART_VISION) return 0;
+    if (spec->part == NVLM_PART_VISION && !c->vision) return 0;
     const nvlm_tensor *t = nvlm_st_find(tm->m->st, spec->name);
     if (!t) return nvlm_fail(c->err, NVLM_E_FORMAT, "tensor %s is missing from the checkpoint", spec->name);
     if (t->numel != spec->numel)
@@ -74,6 +75,13 @@ static int add_param(void *user, const nvlm_tensor_spec *spec) {
     if (!p->w || (p->trainable && (!p->g || !p->m || !p->v)))
         return nvlm_fail(c->err, NVLM_E_NOMEM, "out of memory for tensor %s (%zu values)", p->name, p->n);
     nvlm_to_f32(p->w, t->data, t->dtype, p->n);
+    return 0;
+}
+
+/* Sets c->vision when a pattern names a vision tensor. */
+static int find_vision(void *user, const nvlm_tensor_spec *spec) {
+    collect *c = user;
+    if (spec->part == NVLM_PART_VISION && c->sel->patterns && matches(c->sel->patterns, spec->name)) c->vision = 1;
     return 0;
 }
 
@@ -116,6 +124,40 @@ static int bind_xattn(nvlm_tmodel *tm, nvlm_err *err) {
             (rc = bind(tm, &B->down, err, NVLM_R_X_DOWN, k)))
             return rc;
     }
+    return NVLM_OK;
+}
+
+/* The vision encoder's tensors, for the layers up to select_layer (tvit.c runs those). */
+static int bind_vision(nvlm_tmodel *tm, nvlm_err *err) {
+    const nvlm_config *c = &tm->m->cfg;
+    if (tm->m->vit_dummy_heads || tm->m->vit_width != c->vision.hidden_size)
+        return nvlm_fail(err, NVLM_E_UNSUPPORTED,
+                         "training the vision encoder needs a ViT without dummy heads (this one has %d); "
+                         "leave vision tensors out of --trainable",
+                         tm->m->vit_dummy_heads);
+    int layers = c->select_layer < 0 ? c->vision.num_layers + 1 + c->select_layer : c->select_layer;
+    int rc;
+    if ((rc = bind(tm, &tm->patch_w, err, NVLM_R_PATCH_W, -1)) || (rc = bind(tm, &tm->patch_b, err, NVLM_R_PATCH_B, -1)) ||
+        (rc = bind(tm, &tm->cls, err, NVLM_R_CLS, -1)) || (rc = bind(tm, &tm->pos, err, NVLM_R_POS, -1)))
+        return rc;
+    if (layers < 1)
+        return nvlm_fail(err, NVLM_E_UNSUPPORTED,
+                         "select_layer %d uses no ViT layer: training the ViT needs at least one (leave vision "
+                         "tensors out of --trainable)",
+                         c->select_layer);
+    if (!(tm->V = calloc((size_t)layers, sizeof *tm->V))) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
+    for (int l = 0; l < layers; l++) {
+        nvlm_tvlayer *V = &tm->V[l];
+        if ((rc = bind(tm, &V->norm1, err, NVLM_R_V_NORM1, l)) || (rc = bind(tm, &V->norm2, err, NVLM_R_V_NORM2, l)) ||
+            (rc = bind(tm, &V->qkv, err, NVLM_R_V_QKV, l)) || (rc = bind(tm, &V->q_norm, err, NVLM_R_V_Q_NORM, l)) ||
+            (rc = bind(tm, &V->k_norm, err, NVLM_R_V_K_NORM, l)) || (rc = bind(tm, &V->proj, err, NVLM_R_V_PROJ, l)) ||
+            (rc = bind(tm, &V->proj_b, err, NVLM_R_V_PROJ_B, l)) || (rc = bind(tm, &V->ls1, err, NVLM_R_V_LS1, l)) ||
+            (rc = bind(tm, &V->ls2, err, NVLM_R_V_LS2, l)) || (rc = bind(tm, &V->fc1, err, NVLM_R_V_FC1, l)) ||
+            (rc = bind(tm, &V->fc1_b, err, NVLM_R_V_FC1_B, l)) || (rc = bind(tm, &V->fc2, err, NVLM_R_V_FC2, l)) ||
+            (rc = bind(tm, &V->fc2_b, err, NVLM_R_V_FC2_B, l)))
+            return rc;
+    }
+    tm->n_v = layers;
     return NVLM_OK;
 }
 
@@ -163,9 +205,11 @@ int nvlm_tmodel_new(nvlm_model *m, const nvlm_train_select *sel, nvlm_tmodel **o
     nvlm_tmodel *tm = calloc(1, sizeof *tm);
     if (!tm) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");
     tm->m = m;
-    collect c = {tm, sel, err, 0};
-    int rc = nvlm_expected_tensors(&m->cfg, m->vit_dummy_heads, add_param, &c);
+    collect c = {tm, sel, err, 0, 0};
+    int rc = nvlm_expected_tensors(&m->cfg, m->vit_dummy_heads, find_vision, &c);
+    if (!rc) rc = nvlm_expected_tensors(&m->cfg, m->vit_dummy_heads, add_param, &c);
     if (!rc) rc = bind_all(tm, err);
+    if (!rc && c.vision) rc = bind_vision(tm, err);
     if (!rc && !nvlm_tmodel_trainable(tm))
         rc = nvlm_fail(err, NVLM_E_INVALID_ARG, "no tensor is trainable (patterns '%s')",
                        sel->patterns ? sel->patterns : "");
@@ -188,6 +232,7 @@ void nvlm_tmodel_free(nvlm_tmodel *tm) {
     free(tm->p);
     free(tm->L);
     free(tm->X);
+    free(tm->V);
     free(tm);
 }
 

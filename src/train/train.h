@@ -2,8 +2,9 @@
  * gradients and AdamW moments for the projector and the LLM; a training forward that keeps
  * what the backward pass needs; backward passes for every op on the trainable path;
  * cross-entropy over supervised positions; AdamW, clipping, schedules; the JSONL
- * conversation data; checkpoints with optimizer state. The vision encoder stays in the
- * engine (nvlm_model) and is frozen: its features are computed once per image. Internal. */
+ * conversation data; checkpoints with optimizer state. The vision encoder is frozen by
+ * default (the engine computes its features once per image); a --trainable pattern that names
+ * one of its tensors trains it (tvit.c, every step). Internal. */
 #ifndef NVLM_TRAIN_TRAIN_H
 #define NVLM_TRAIN_TRAIN_H
 #include "model/model.h"
@@ -35,6 +36,11 @@ typedef struct nvlm_txblock {
     nvlm_tparam *attn_gate, *mlp_gate, *gate, *up, *down;
 } nvlm_txblock;
 
+/* An InternViT layer (trained only when a --trainable pattern names a vision tensor). */
+typedef struct nvlm_tvlayer {
+    nvlm_tparam *norm1, *norm2, *qkv, *q_norm, *k_norm, *proj, *proj_b, *ls1, *ls2, *fc1, *fc1_b, *fc2, *fc2_b;
+} nvlm_tvlayer;
+
 enum { NVLM_TRAIN_MAX_PROJ = 8 };
 
 typedef struct nvlm_tmodel {
@@ -47,6 +53,11 @@ typedef struct nvlm_tmodel {
     nvlm_tlayer *L;
     nvlm_txblock *X;               /* NVLM-X/H: cfg.num_xattn blocks; NULL for D */
     int n_x;
+    /* The vision encoder, in the store only when a pattern names one of its tensors (then its
+     * layers up to select_layer run in src/train/tvit.c on every step); n_v 0: frozen in the engine. */
+    nvlm_tparam *patch_w, *patch_b, *cls, *pos;
+    nvlm_tvlayer *V;
+    int n_v;
     int recompute;                 /* 1: keep only each layer's input, recompute in backward */
 } nvlm_tmodel;
 
@@ -88,6 +99,7 @@ typedef struct nvlm_tseq {
     const int *mem_src;
     int n_mem;
     const int *mem_lo, *mem_hi;
+    float *dimg;       /* backward: when not NULL, receives the gradient of img [n_img, 4C] */
 } nvlm_tseq;
 
 /* Supervised positions of a sequence (t with labels[t+1] != -100). */
@@ -103,6 +115,18 @@ typedef struct nvlm_tresult {
  * loss scaled by 1/norm (the number of supervised positions of the whole optimizer step). */
 int nvlm_train_seq(nvlm_tmodel *tm, const nvlm_tseq *s, int backward, double norm, nvlm_tresult *res,
                    nvlm_err *err);
+
+/* ------------------------------------------------------------ vision encoder (tvit.c) */
+
+typedef struct nvlm_tvit_acts nvlm_tvit_acts;
+
+/* The ViT over n normalised tiles px [n, 3, S, S] on the store's weights (tm->n_v > 0):
+ * z [n * tokens_per_tile, 4C], the pixel-shuffled features nvlm_tseq.img takes; *acts keeps
+ * what nvlm_tvit_backward needs (free it with nvlm_tvit_acts_free). */
+int nvlm_tvit_forward(nvlm_tmodel *tm, const float *px, int n, float *z, nvlm_tvit_acts **acts, nvlm_err *err);
+/* Accumulates the gradients of the vision tensors from dz (the gradient of z). */
+int nvlm_tvit_backward(nvlm_tmodel *tm, nvlm_tvit_acts *acts, const float *dz, nvlm_err *err);
+void nvlm_tvit_acts_free(nvlm_tvit_acts *acts);
 
 /* ------------------------------------------------------------ optimizer */
 

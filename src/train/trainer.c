@@ -411,17 +411,34 @@ static int prepare(run *r, nvlm_tdata *d, int i, nvlm_err *err) {
     return nvlm_tdata_prepare(d, r->m, i, r->o->max_tiles, err);
 }
 
+/* One sample through nvlm_train_seq. With a trained ViT (tm->n_v), its features are computed
+ * from the cached tiles now, and the gradient of the features goes back through it. */
+static int run_seq(run *r, nvlm_tdata *d, int i, int backward, double norm, nvlm_tresult *res, nvlm_err *err) {
+    nvlm_tseq q;
+    nvlm_tdata_seq(d, i, &q);
+    if (!r->tm->n_v || !q.n_img) return nvlm_train_seq(r->tm, &q, backward, norm, res, err);
+    const nvlm_tsample *s = &d->s[i];
+    const size_t width = (size_t)4 * r->m->cfg.vision.hidden_size;
+    float *z = malloc(sizeof(float) * (size_t)q.n_img * width);
+    float *dz = backward ? calloc((size_t)q.n_img * width, sizeof(float)) : NULL;
+    nvlm_tvit_acts *acts = NULL;
+    int rc = z && (dz || !backward) ? NVLM_OK : nvlm_fail(err, NVLM_E_NOMEM, "out of memory for image features");
+    if (!rc) rc = nvlm_tvit_forward(r->tm, s->px, s->n_tiles, z, &acts, err);
+    q.img = z, q.dimg = dz;
+    if (!rc) rc = nvlm_train_seq(r->tm, &q, backward, norm, res, err);
+    if (!rc && backward) rc = nvlm_tvit_backward(r->tm, acts, dz, err);
+    nvlm_tvit_acts_free(acts);
+    free(z), free(dz);
+    return rc;
+}
+
 static int evaluate(run *r, double *loss, double *acc, nvlm_err *err) {
     double sum = 0;
     long count = 0, exact = 0;
     for (int i = 0; i < r->eval->n; i++) {
         int rc = prepare(r, r->eval, i, err);
-        nvlm_tseq q;
         nvlm_tresult res = {0};
-        if (!rc) {
-            nvlm_tdata_seq(r->eval, i, &q);
-            rc = nvlm_train_seq(r->tm, &q, 0, 1.0, &res, err);
-        }
+        if (!rc) rc = run_seq(r, r->eval, i, 0, 1.0, &res, err);
         if (rc) return rc;
         sum += res.loss_sum;
         count += res.count;
@@ -489,7 +506,7 @@ static int train_step(run *r, double *loss, double *gnorm, double *lr, long *tok
         nvlm_tseq q;
         nvlm_tdata_seq(ds[k], idx[k], &q);
         nvlm_tresult res = {0};
-        rc = nvlm_train_seq(r->tm, &q, 1, (double)total, &res, err);
+        rc = run_seq(r, ds[k], idx[k], 1, (double)total, &res, err);
         sum += res.loss_sum;
         *tokens += q.n;
     }
@@ -544,6 +561,9 @@ static int setup(run *r, const nvlm_train_opts *o, nvlm_err *err) {
     if (!rc && o->text_data) rc = nvlm_tdata_load(o->text_data, &r->text, err);
     if (!rc && o->eval_data) rc = nvlm_tdata_load(o->eval_data, &r->eval, err);
     if (rc) return rc;
+    r->data->pixels = r->tm->n_v > 0; /* a trained ViT runs on the cached tiles every step */
+    if (r->text) r->text->pixels = r->data->pixels;
+    if (r->eval) r->eval->pixels = r->data->pixels;
     r->perm = malloc(sizeof(int) * (size_t)r->data->n);
     r->tperm = r->text ? malloc(sizeof(int) * (size_t)r->text->n) : NULL;
     if (!r->perm || (r->text && !r->tperm)) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory");

@@ -30,7 +30,7 @@ typedef struct nvlm_train_opts {
     int threads;
     int max_tiles;              /* 0: the config's max_dynamic_patch */
     int recompute;              /* activation recomputation */
-    int compute;                /* NVLM_COMPUTE_*: the forward's matrix products (the frozen ViT included) */
+    int compute;                /* NVLM_COMPUTE_*: the forward's matrix products (the frozen ViT included; a trained one is f32) */
     volatile sig_atomic_t *stop;/* set (e.g. by SIGINT): save and return NVLM_E_CANCELLED */
     nvlm_dist *dist;            /* data parallel over a job of N ranks (docs/distributed.md): each
                                    step's samples dealt round-robin, gradients summed before AdamW;
