@@ -76,6 +76,7 @@ AI void rows_tokens(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, co
         }
         _Pragma("GCC unroll 16") for (int t = 0; t < T; t++) {
             __m512 xv = _mm512_loadu_ps(x + (size_t)t * K + k);
+            if (R > 1) __asm__("" : "+v"(xv)); /* one load for R rows: GCC would fold it into each FMA */
             _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
         }
     }
