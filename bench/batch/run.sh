@@ -46,8 +46,12 @@ llamacpp() { # $1 model dir
   work=${WORK:-/tmp/nvlm-batch-llamacpp}
   mkdir -p "$work"
   g=$work/model-bf16.gguf
+  if ! /usr/bin/python3 -c 'import numpy' 2>/dev/null; then
+    echo "== llama.cpp: skipped (to_gguf.py needs Debian's python3 with numpy: apt-get install python3-numpy)"
+    return 0
+  fi
   if [ ! -f "$g" ] || [ "$1/config.json" -nt "$g" ]; then
-    PYTHONPATH="$src/gguf-py" python3 bench/llamacpp/to_gguf.py "$1" "$g.tmp" >"$work/to_gguf.txt" 2>&1 && mv "$g.tmp" "$g" ||
+    PYTHONPATH="$src/gguf-py" /usr/bin/python3 bench/llamacpp/to_gguf.py "$1" "$g.tmp" >"$work/to_gguf.txt" 2>&1 && mv "$g.tmp" "$g" ||
       { echo "== llama.cpp: skipped (to_gguf.py failed, see $work/to_gguf.txt; LLAMA_SRC names the source tree)"; return 0; }
   fi
   for t in BF16 Q8_0 Q4_0; do
