@@ -65,7 +65,7 @@ llamacpp() { # $1 model dir
         { echo "== llama.cpp $t: skipped (llama-quantize failed, see $work/quantize-$t.txt)"; continue; }
     fi
     echo "== llama.cpp $t (llama-batched-bench), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-    "$bb" -m "$f" -c 4096 -b 512 -ub 512 -npp 32 -ntg 64 -npl 1,2,4,8,16 -t 2 2>/dev/null |
+    "$bb" -m "$f" -c 4096 -b 512 -ub 512 -npp 32 -ntg 64 -npl 1,2,4,8,16 -t 2 -kvu 2>/dev/null |
       awk -F'|' 'NF > 10 && $4 + 0 > 0 { printf "streams %2d: %.1f tok/s aggregate (prompt included), S_TG %.1f tok/s\n", $4, $4 * $3 / $10, $9 }'
   done
 }
