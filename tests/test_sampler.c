@@ -4,6 +4,7 @@
 #include "check.h"
 #include "ref_cases.h"
 #include "generate/sampler.h"
+#include "kernels/ops.h"
 #include <math.h>
 
 /* log_softmax in double of the reference logits. */
@@ -298,7 +299,32 @@ static void check_sample_order(void) {
     free(l), free(w);
 }
 
+/* The greedy pick against nvlm_argmax (the first index of the largest): ties, a tail of n % 16,
+ * -0/+0, infinities, NaN anywhere (at 0 too), lengths around the vector widths. */
+static void check_greedy(void) {
+    enum { N = 1000 };
+    float x[N];
+    int bad = 0, runs = 0;
+    uint64_t r = 12345;
+    for (int n = 1; n <= N; n += n < 40 ? 1 : 97)
+        for (int kind = 0; kind < 6; kind++, runs++) {
+            for (int i = 0; i < n; i++) {
+                r = r * 6364136223846793005ull + 1442695040888963407ull;
+                x[i] = (float)((r >> 33) % 7) - 3.0f; /* many ties */
+            }
+            if (kind == 1) x[n - 1] = 9.0f, x[n / 2] = 9.0f;
+            if (kind == 2) x[n / 3] = -0.0f, x[n / 2] = 0.0f;
+            if (kind == 3) x[n / 2] = NAN, x[n - 1] = INFINITY;
+            if (kind == 4) x[0] = NAN;
+            if (kind == 5)
+                for (int i = 0; i < n; i++) x[i] = -INFINITY;
+            bad += nvlm_sample_greedy(x, n) != nvlm_argmax(x, n);
+        }
+    CHECK(!bad, "greedy: %d of %d picks differ from nvlm_argmax", bad, runs);
+}
+
 int main(void) {
+    check_greedy();
     check_sample_order();
     check_logprobs_of();
     run_file("reference/model_cases.jsonl", UNDER_ASAN);

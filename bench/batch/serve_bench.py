@@ -6,7 +6,8 @@
 1. 8 requests of --tokens greedy tokens one after another and the same 8 at once, in both orders
    (fresh prompts each time: only the second phase can reuse cached prefixes); every concurrent
    answer must equal its solo one (the engine is batch invariant); the speed-up;
-2. for each stream count S: S fresh requests at once, aggregate generated tok/s;
+2. for each stream count S: S fresh requests at once, aggregate generated tok/s (with --pid also
+   the server's largest resident set during the phase, and its high-water mark so far);
 3. with --image: time to first token of a short text request while a 7-tile image request is
    being prefilled, against the same request on an idle server.
 Prints one line per figure; exits 1 when an answer differs. Standard library only.
@@ -78,6 +79,36 @@ def cpu_seconds(pid):
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_kib(pid, field="VmRSS"):
+    """The server's resident set (or its high-water mark, VmHWM) in KiB, 0 without --pid."""
+    if not pid:
+        return 0
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class RssSampler:
+    """The largest VmRSS of the server seen while a phase runs (every 20 ms)."""
+
+    def __init__(self, pid):
+        self.pid, self.peak, self.stop = pid, rss_kib(pid), threading.Event()
+        self.th = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop.wait(0.02):
+            self.peak = max(self.peak, rss_kib(self.pid))
+
+    def __enter__(self):
+        self.th.start()
+        return self
+
+    def __exit__(self, *a):
+        self.stop.set()
+        self.th.join()
+
+
 def sequential(port, prompts, tokens):
     t0 = time.time()
     out = [chat(port, p, tokens) for p in prompts]
@@ -123,9 +154,11 @@ def main():
     for s_ in [int(x) for x in args.streams.split(",") if x]:
         tag = f"[streams {s_} {time.time():.0f}] "
         prompts = [tag + PROMPTS[i % len(PROMPTS)] for i in range(s_)]
-        out, secs = run_concurrent(args.port, prompts, args.tokens)
+        with RssSampler(args.pid) as rs:
+            out, secs = run_concurrent(args.port, prompts, args.tokens)
         toks = sum(o[1] for o in out)
-        print(f"streams {s_:2d}: {toks} tokens in {secs:.2f} s = {toks / secs:.1f} tok/s aggregate (prefill included)")
+        mem = f"; server RSS peak {rs.peak / 1024:.0f} MiB (VmHWM {rss_kib(args.pid, 'VmHWM') / 1024:.0f})" if args.pid else ""
+        print(f"streams {s_:2d}: {toks} tokens in {secs:.2f} s = {toks / secs:.1f} tok/s aggregate (prefill included){mem}")
     if args.image:
         img = base64.b64encode(open(args.image, "rb").read()).decode()
         tag = f"{time.time():.0f}"

@@ -18,6 +18,8 @@ void nvlm_repetition_penalty(float *logits, int n_vocab, const int32_t *seen, si
 
 /* Picks a token. logits is modified (scaled, filtered). scratch: n_vocab ints. */
 int32_t nvlm_sample(float *logits, int n_vocab, const nvlm_sampling *s, nvlm_rng *rng, int *scratch);
+/* The greedy pick (temperature 0): nvlm_argmax's answer, vectorised where the CPU allows. */
+int32_t nvlm_sample_greedy(const float *logits, int n_vocab);
 
 /* log-softmax of logits: the chosen token's value and the n_top likeliest (ties: lower id). */
 void nvlm_logprobs_of(const float *logits, int n_vocab, int32_t chosen, int n_top, nvlm_logprobs *out);

@@ -160,10 +160,9 @@ enum { XP_STACK = 16384 }; /* floats of permuted activations kept on the stack *
  * tokens beside it, so the values are those of one call per token. 0, or -1 when the BF16
  * activations' copy cannot be allocated (nothing computed then). */
 int nvlm_gemv_avx512(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias) {
-    /* 4-8 tokens (a batch of generated tokens): each row read once for all of them; more, the
-     * groups of GEMV_MAX below (their activations no longer fit in L1 beside the row; bench/batch):
-     * the same bytes either way */
-    if (n_tok > GEMV_MAX && n_tok <= 8 && nvlm_gemv_batch_avx512_ok(w->dtype)) {
+    /* 2 tokens or more (a batch of generated tokens): each row read once for all of them, several
+     * rows a pass (bench/batch: faster at every count from 2, 16 included); the same bytes */
+    if (n_tok > 1 && nvlm_gemv_batch_avx512_ok(w->dtype)) {
         nvlm_gemv_batch_avx512(pool, y, x, n_tok, w, bias);
         return 0;
     }
