@@ -174,12 +174,14 @@ nvlm_qdir() { # $1 = q8_0|q4 -> prints the folder
 }
 N8=$(nvlm_qdir q8_0)
 N4=$(nvlm_qdir q4)
-nvlm_bench() { # $1 = label, $2 = model folder: as llama-bench, pp and tg apart (tg from an empty cache), REPS runs
-    : > "$LOG/nvlm-$1-pp.txt"
-    : > "$LOG/nvlm-$1-tg.txt"
+nvlm_bench() { # $1 = label, $2 = model folder, $3... = more flags: as llama-bench, pp and tg apart (tg from an empty cache), REPS runs
+    local label=$1 dir=$2
+    shift 2
+    : > "$LOG/nvlm-$label-pp.txt"
+    : > "$LOG/nvlm-$label-tg.txt"
     for _ in $(seq "$REPS"); do
-        "$NVLM" bench --model "$2" --no-kernels --prompt "$PROMPT" --gen 1 -t "$THREADS" >> "$LOG/nvlm-$1-pp.txt" 2>&1 &&
-            "$NVLM" bench --model "$2" --no-kernels --prompt 1 --gen "$GEN" -t "$THREADS" >> "$LOG/nvlm-$1-tg.txt" 2>&1 || return 1
+        "$NVLM" bench --model "$dir" --no-kernels --prompt "$PROMPT" --gen 1 -t "$THREADS" "$@" >> "$LOG/nvlm-$label-pp.txt" 2>&1 &&
+            "$NVLM" bench --model "$dir" --no-kernels --prompt 1 --gen "$GEN" -t "$THREADS" "$@" >> "$LOG/nvlm-$label-tg.txt" 2>&1 || return 1
     done
 }
 for f in f16 bf16 q8_0 q4; do
@@ -199,6 +201,11 @@ for f in f16 bf16 q8_0 q4; do
         fi
     fi
     echo "after nvlm bench $f:  $(uptime)" >> "$LOG/uptime.txt"
+    if [ "$f" = bf16 ]; then # the same BF16 folder with `--compute bf16`: prefill's MLP through vdpbf16ps, as llama.cpp's BF16 prefill rounds activations to BF16
+        say "bf16: nvlm bench --compute bf16, the same runs"
+        nvlm_bench bf16c "$m" --compute bf16 || say "nvlm bench --compute bf16 failed (see $LOG/nvlm-bf16c-*.txt)"
+        cp "$LOG/llama-bf16.csv" "$LOG/llama-bf16c.csv" 2> /dev/null || true
+    fi
 done
 say "measured in $(( $(date +%s) - T0 )) s"
 
@@ -231,13 +238,13 @@ def nvlm(f):  # (threads, 'pp'|'tg') -> mean t/s of the runs
             pass
     return {k: sum(v) / len(v) for k, v in runs.items()}
 
-rows = [("f16", "F16", "F16"), ("bf16", "BF16", "BF16"), ("q8_0", "Q8_0", "Q8_0"), ("q4", "Q4_0 4.5b/w*", "Q4_1 5.0b/w")]
+rows = [("f16", "F16", "F16"), ("bf16", "BF16", "BF16"), ("bf16c", "BF16", "BF16 compute bf16"), ("q8_0", "Q8_0", "Q8_0"), ("q4", "Q4_0 4.5b/w*", "Q4_1 5.0b/w")]
 print("nvlm vs llama.cpp %s, random Qwen2-0.5B-shaped LLM (h 896, 24 layers, 14/2 heads, ffn 4864, "
       "vocab 151680, untied lm_head)" % commit)
 for line in open(os.path.join(log, "limits.txt"), errors="replace"):
     if line.startswith("machine limits") or line.startswith("cpu:"): print(line.rstrip())
 print()
-hdr = "%-6s %-15s %-15s %3s | %9s %9s %6s | %9s %9s %6s" % (
+hdr = "%-6s %-15s %-17s %3s | %9s %9s %6s | %9s %9s %6s" % (
     "format", "llama.cpp type", "nvlm type", "thr", "ll pp%d" % P, "nv pp%d" % P, "ratio",
     "ll tg%d" % G, "nv tg%d" % G, "ratio")
 print(hdr); print("-" * len(hdr))
@@ -249,7 +256,7 @@ for f, lt, nt in rows:
             l, n = L.get((t, k)), N.get((t, k))
             cells += ["%9s" % ("%.1f" % l[0] if l else "-"), "%9s" % ("%.1f" % n if n else "-"),
                       "%6s" % ("%.2f" % (n / l[0]) if l and n else "-")]
-        print("%-6s %-15s %-15s %3d | %s %s %s | %s %s %s" % ((f, lt, nt, t) + tuple(cells)))
+        print("%-6s %-15s %-17s %3d | %s %s %s | %s %s %s" % ((f, lt, nt, t) + tuple(cells)))
 print("""
 ratio = nvlm / llama.cpp tokens/s (> 1: nvlm faster). llama.cpp: llama-bench mean of -r reps after
 a warm-up; pp = one %d-token batch, tg = %d tokens from an empty cache. nvlm: `nvlm bench` on the
@@ -258,6 +265,9 @@ untimed); pp = one %d-token prompt, tg = %d tokens after a 1-token prompt, as ll
 4-bit: llama.cpp Q4_0 is 4.5 bits/weight (18-byte blocks) for the layer matrices, with token_embd
 and output.weight at Q8_0 (*); nvlm's q4 is Q4_1-style, 5 bits/weight (20-byte blocks, scale and
 minimum), with embed_tokens and lm_head at Q8_0. Q8_0 is the same 34-byte block in both.
+bf16c: the BF16 folder with `nvlm bench --compute bf16` (the LLM's MLP in prefill through
+vdpbf16ps, activations rounded to BF16 as llama.cpp's BF16 path does; generation unchanged),
+against the same llama.cpp BF16 run.
 greedy cross-check (F16, 32 tokens): %s""" % (P, G, P, G, check))
 print("load (uptime after each step):")
 for line in open(os.path.join(log, "uptime.txt")): print("  " + " ".join(line.split()))
