@@ -52,50 +52,45 @@ T0=$(date +%s)
 say() { printf '[%4ds] %s\n' $(( $(date +%s) - T0 )) "$*" >&2; }
 
 # 1. the checkpoint (random weights, Qwen2-0.5B's LLM shape, F16, tiny ViT)
-if [ ! -f "$MD/config.json" ]; then
-    say "making $MD (nvlm mkmodel)"
-    "$NVLM" mkmodel --out "$MD" --tokenizer "$REPO/tests/data/reference/tokenizer" --dtype f16 \
+# mkmodel_as DIR DTYPE: the random checkpoint in DIR unless it is there
+mkmodel_as() {
+    [ -f "$1/config.json" ] && return 0
+    say "making $1 (nvlm mkmodel --dtype $2)"
+    "$NVLM" mkmodel --out "$1" --tokenizer "$REPO/tests/data/reference/tokenizer" --dtype "$2" \
         --llm-hidden 896 --llm-layers 24 --llm-heads 14 --llm-kv-heads 2 --llm-intermediate 4864 \
         --vit-hidden 64 --vit-layers 1 --vit-heads 4 --vit-dummy-heads 0 --vit-intermediate 128 \
-        > "$LOG/mkmodel.txt" 2>&1 || die "nvlm mkmodel failed (see $LOG/mkmodel.txt)"
-fi
-
+        > "$LOG/mkmodel-$2.txt" 2>&1 || die "nvlm mkmodel --dtype $2 failed (see $LOG/mkmodel-$2.txt)"
+}
+mkmodel_as "$MD" f16
 # 1b. the BF16 checkpoint: the same shape with BF16 matrices (random like the F16 one; the speed of
 # a format does not depend on the values). Beside MD, named after it.
 MB="${MD%/}-bf16"
-if [ ! -f "$MB/config.json" ]; then
-    say "making $MB (nvlm mkmodel --dtype bf16)"
-    "$NVLM" mkmodel --out "$MB" --tokenizer "$REPO/tests/data/reference/tokenizer" --dtype bf16 \
-        --llm-hidden 896 --llm-layers 24 --llm-heads 14 --llm-kv-heads 2 --llm-intermediate 4864 \
-        --vit-hidden 64 --vit-layers 1 --vit-heads 4 --vit-dummy-heads 0 --vit-intermediate 128 \
-        > "$LOG/mkmodel-bf16.txt" 2>&1 || die "nvlm mkmodel --dtype bf16 failed (see $LOG/mkmodel-bf16.txt)"
-fi
+mkmodel_as "$MB" bf16
 
 # 2. the same LLM as GGUF, then llama.cpp's Q8_0 and Q4_0 of it (remade when older than the model).
 # Q4_0 keeps token_embd and output at Q8_0, as nvlm's q4 policy does (llama.cpp would pick Q6_K/
 # Q8_0 for output.weight itself): the 4-bit rows then differ only in the layer matrices' format.
 NAME=$(basename "$MD")
 G16="$WORK/$NAME-f16.gguf" G8="$WORK/$NAME-q8_0.gguf" G4="$WORK/$NAME-q4_0.gguf"
-newer() { [ -f "$1" ] && [ "$1" -nt "$2" ] && [ "$1" -nt "$HERE/to_gguf.py" ]; }
-WEIGHTS=""
-for w in "$MD"/*.safetensors; do [ -f "$w" ] && WEIGHTS=$w && break; done
-[ -n "$WEIGHTS" ] || die "no *.safetensors in $MD"
-if ! newer "$G16" "$WEIGHTS"; then
-    say "converting $MD -> $G16"
-    PYTHONPATH="$SRC/gguf-py" nice -n 5 "$PY" "$HERE/to_gguf.py" "$MD" "$G16.tmp" > "$LOG/to_gguf.txt" 2>&1 ||
-        die "to_gguf.py failed (see $LOG/to_gguf.txt)"
-    mv "$G16.tmp" "$G16"
-fi
 GB="$WORK/$(basename "$MB")-bf16.gguf"
-WB=""
-for w in "$MB"/*.safetensors; do [ -f "$w" ] && WB=$w && break; done
-[ -n "$WB" ] || die "no *.safetensors in $MB"
-if ! newer "$GB" "$WB"; then
-    say "converting $MB -> $GB"
-    PYTHONPATH="$SRC/gguf-py" nice -n 5 "$PY" "$HERE/to_gguf.py" "$MB" "$GB.tmp" > "$LOG/to_gguf-bf16.txt" 2>&1 ||
-        die "to_gguf.py failed on $MB (see $LOG/to_gguf-bf16.txt)"
-    mv "$GB.tmp" "$GB"
-fi
+newer() { [ -f "$1" ] && [ "$1" -nt "$2" ] && [ "$1" -nt "$HERE/to_gguf.py" ]; }
+weights_of() { # DIR -> its first *.safetensors
+    for w in "$1"/*.safetensors; do [ -f "$w" ] && { echo "$w"; return 0; }; done
+    die "no *.safetensors in $1"
+}
+# to_gguf DIR OUT: the folder's LLM as a GGUF, bit for bit, unless OUT is newer than its weights
+to_gguf() {
+    local w
+    w=$(weights_of "$1") || exit 1
+    newer "$2" "$w" && return 0
+    say "converting $1 -> $2"
+    PYTHONPATH="$SRC/gguf-py" nice -n 5 "$PY" "$HERE/to_gguf.py" "$1" "$2.tmp" > "$LOG/to_gguf-$(basename "$2").txt" 2>&1 ||
+        die "to_gguf.py failed on $1 (see $LOG/to_gguf-$(basename "$2").txt)"
+    mv "$2.tmp" "$2"
+}
+WEIGHTS=$(weights_of "$MD")
+to_gguf "$MD" "$G16"
+to_gguf "$MB" "$GB"
 if ! newer "$G8" "$G16"; then
     say "llama-quantize Q8_0"
     "$LQUANT" "$G16" "$G8.tmp" Q8_0 2 > "$LOG/quant-q8_0.txt" 2>&1 || die "llama-quantize failed ($LOG/quant-q8_0.txt)"
