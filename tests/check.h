@@ -4,10 +4,12 @@
 #ifndef NVLM_TESTS_CHECK_H
 #define NVLM_TESTS_CHECK_H
 #include <dirent.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* 1 in a build with AddressSanitizer (gcc's or clang's spelling), where tests may do less. */
@@ -85,6 +87,18 @@ static inline int check_write_bmp24(const char *path, int W, int H, const uint8_
         fwrite(pad, 1, (size_t)(row - W * 3), f);
     }
     return fclose(f);
+}
+
+/* Runs a printf-formatted shell command; its exit status, or -1 when it did not exit normally. */
+static inline int check_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static inline int check_sh(const char *fmt, ...) {
+    char cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    int st = system(cmd);
+    return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 static inline int check_done(const char *name) {

@@ -17,28 +17,18 @@
 static char ns[2][32], tmp[] = "/tmp/nvlm-test-netns-XXXXXX";
 static int net; /* the second octet pair of 10.213.<net>.1/2 */
 
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...) {
-    char cmd[8192];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    return system(cmd);
-}
-
 static void teardown(void) {
-    for (int i = 0; i < 2; i++) sh("ip netns del %s >/dev/null 2>&1", ns[i]); /* the veth goes with them */
-    sh("rm -rf %s", tmp);
+    for (int i = 0; i < 2; i++) check_sh("ip netns del %s >/dev/null 2>&1", ns[i]); /* the veth goes with them */
+    check_sh("rm -rf %s", tmp);
 }
 
 /* The namespaces, the veth between them, the agent and the hostfile. 0, or -1 (skip). */
 static int setup(void) {
     net = (int)(getpid() % 250) + 1;
     for (int i = 0; i < 2; i++) snprintf(ns[i], sizeof ns[i], "nvlm-t%d-%c", (int)getpid(), 'a' + i);
-    if (sh("ip netns add %s 2>/dev/null && ip netns add %s 2>/dev/null", ns[0], ns[1])) return -1;
+    if (check_sh("ip netns add %s 2>/dev/null && ip netns add %s 2>/dev/null", ns[0], ns[1])) return -1;
     int pid = (int)getpid();
-    if (sh("ip link add nvt%da type veth peer name nvt%db && ip link set nvt%da netns %s && ip link set nvt%db netns %s && "
+    if (check_sh("ip link add nvt%da type veth peer name nvt%db && ip link set nvt%da netns %s && ip link set nvt%db netns %s && "
            "ip -n %s addr add 10.213.%d.1/24 dev nvt%da && ip -n %s addr add 10.213.%d.2/24 dev nvt%db && "
            "ip -n %s link set nvt%da up && ip -n %s link set nvt%db up && ip -n %s link set lo up && ip -n %s link set lo up",
            pid, pid, pid, ns[0], pid, ns[1], ns[0], net, pid, ns[1], net, pid, ns[0], pid, ns[1], pid, ns[0], ns[1]))
@@ -57,7 +47,7 @@ static int setup(void) {
     if (!(f = fopen(path, "w"))) return -1;
     fprintf(f, "10.213.%d.1 slots=1\n10.213.%d.2 slots=1\n", net, net);
     fclose(f);
-    return sh("chmod +x %s/agent.sh", tmp) ? -1 : 0;
+    return check_sh("chmod +x %s/agent.sh", tmp) ? -1 : 0;
 }
 
 static char *slurp(const char *path, size_t *n) {
@@ -109,7 +99,7 @@ int main(int argc, char **argv) {
              "--mca oob_tcp_if_include 10.213.%d.0/24 -x OMPI_ALLOW_RUN_AS_ROOT -x OMPI_ALLOW_RUN_AS_ROOT_CONFIRM -x ASAN_OPTIONS",
              ns[0], tmp, tmp, net, net);
     /* the ranks sit in the two namespaces, each with its own address */
-    int rc = sh("%s sh -c 'echo rank $OMPI_COMM_WORLD_RANK $(ip -br addr | grep -o \"10\\.213\\.%d\\.[12]\")' >%s/where 2>&1", mpi,
+    int rc = check_sh("%s sh -c 'echo rank $OMPI_COMM_WORLD_RANK $(ip -br addr | grep -o \"10\\.213\\.%d\\.[12]\")' >%s/where 2>&1", mpi,
                 net, tmp);
     char path[PATH_MAX], want[2][64];
     size_t n;
@@ -132,9 +122,9 @@ int main(int argc, char **argv) {
     free(where);
     /* nvlm run: one process, then 2 hosts over TCP on the veth */
     const char *args = "-p 'Describe a lighthouse.' -n 12 -t 1 -q";
-    rc = sh("%s run --model %s %s --logits-out %s/one.bin >%s/one.txt 2>/dev/null", nvlm, model, args, tmp, tmp);
+    rc = check_sh("%s run --model %s %s --logits-out %s/one.bin >%s/one.txt 2>/dev/null", nvlm, model, args, tmp, tmp);
     CHECK(rc == 0, "nvlm run (one process) failed");
-    rc = sh("%s %s run --model %s %s --logits-out %s/two.bin >%s/two.txt 2>%s/two.err", mpi, nvlm, model, args, tmp, tmp, tmp);
+    rc = check_sh("%s %s run --model %s %s --logits-out %s/two.bin >%s/two.txt 2>%s/two.err", mpi, nvlm, model, args, tmp, tmp, tmp);
     snprintf(path, sizeof path, "%s/two.err", tmp);
     char *err = slurp(path, &n);
     CHECK(rc == 0, "nvlm run at 2 hosts failed:\n%s", err ? err : "");

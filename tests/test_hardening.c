@@ -45,17 +45,6 @@ static int nvlm(const char *fmt, ...) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...) {
-    char cmd[8192];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* ------------------------------------------------------------ special files */
 
 static void test_open_regular(void) {
@@ -81,19 +70,19 @@ static void test_open_regular(void) {
 static void test_fifo_config(const char *model) {
     char m[4200];
     snprintf(m, sizeof m, "%s/fifo-model", scratch);
-    sh("cp -r '%s' '%s' && rm '%s/config.json' && mkfifo '%s/config.json'", model, m, m, m);
+    check_sh("cp -r '%s' '%s' && rm '%s/config.json' && mkfifo '%s/config.json'", model, m, m, m);
     double t0 = now_s();
     int rc = nvlm("run -q -m '%s' -p hi", m);
     double dt = now_s() - t0;
     CHECK(rc == 1 && strstr(out, "config.json is a FIFO"), "FIFO config.json: exit %d: %s", rc, out);
     CHECK(dt < 10, "FIFO config.json took %.1f s", dt);
-    sh("rm -f '%s/config.json' && ln -s /dev/zero '%s/config.json'", m, m);
+    check_sh("rm -f '%s/config.json' && ln -s /dev/zero '%s/config.json'", m, m);
     rc = nvlm("info --model '%s'", m);
     CHECK(rc == 1 && strstr(out, "character device"), "/dev/zero config.json: exit %d: %s", rc, out);
-    sh("rm -f '%s/config.json' && cp '%s/config.json' '%s/' && mkfifo '%s/q.png'", m, model, m, m);
+    check_sh("rm -f '%s/config.json' && cp '%s/config.json' '%s/' && mkfifo '%s/q.png'", m, model, m, m);
     rc = nvlm("run -q -m '%s' -p hi -i '%s/q.png'", m, m);
     CHECK(rc == 1 && strstr(out, "FIFO"), "FIFO image: exit %d: %s", rc, out);
-    sh("rm -rf '%s'", m);
+    check_sh("rm -rf '%s'", m);
 }
 
 /* The server's local images: a FIFO in the allowed folder refused at once, and a path outside
@@ -158,7 +147,7 @@ static int poison_bf16(const char *dir, const char *name) {
 static void test_nan_weights(const char *model) {
     char m[4200];
     snprintf(m, sizeof m, "%s/nan-model", scratch);
-    sh("cp -r '%s' '%s'", model, m);
+    check_sh("cp -r '%s' '%s'", model, m);
     int rc = nvlm("info --model '%s' --check-weights", m);
     CHECK(rc == 0 && strstr(out, "all ") && strstr(out, "tensors finite"), "clean weights: exit %d: %s", rc, out);
     CHECK(poison_bf16(m, "language_model.model.layers.1.input_layernorm.weight") == 0, "cannot patch %s", m);
@@ -170,7 +159,7 @@ static void test_nan_weights(const char *model) {
     rc = nvlm("run -q -m '%s' -p hi --check-weights", m);
     CHECK(rc == 1 && strstr(out, "tensor language_model.model.layers.1.input_layernorm.weight"),
           "run --check-weights: exit %d: %s", rc, out);
-    sh("rm -rf '%s'", m);
+    check_sh("rm -rf '%s'", m);
 }
 
 /* ------------------------------------------------------------ torn saves */
@@ -215,7 +204,7 @@ static int fault_env(size_t limit) {
     if (!f) return 0;
     fputs(src, f);
     fclose(f);
-    if (sh("cc -shared -fPIC -O1 -o '%s' '%s' -ldl 2>/dev/null", so, c)) return 0;
+    if (check_sh("cc -shared -fPIC -O1 -o '%s' '%s' -ldl 2>/dev/null", so, c)) return 0;
     snprintf(g_env, sizeof g_env, "env LD_PRELOAD='%s' NVLM_FAULT_BYTES=%zu ASAN_OPTIONS=verify_asan_link_order=0 ", so, limit);
     return 1;
 }
@@ -237,7 +226,7 @@ static void test_torn_save(const char *model) {
     if (f) fclose(f);
     mkdir(mnt, 0700);
     const char *no_mount = getenv("NVLM_TEST_NO_MOUNT");
-    int mounted = !(no_mount && *no_mount == '1') && !sh("mount -t tmpfs -o size=16m nvlm-test '%s' 2>/dev/null", mnt);
+    int mounted = !(no_mount && *no_mount == '1') && !check_sh("mount -t tmpfs -o size=16m nvlm-test '%s' 2>/dev/null", mnt);
     if (!mounted && !fault_env(15u << 20)) {
         printf("test_hardening: torn-save check skipped: no tmpfs (needs root) and no C compiler for the fault shim\n");
         rmdir(mnt);
@@ -265,15 +254,15 @@ static void test_torn_save(const char *model) {
     /* the same run on a disk with room: a step-3 save; its trainer state beside step 1's weights */
     rc = nvlm("train --model '%s' --data '%s' --stage 2 --out '%s' --steps 3 --save-every 1 --threads 2", model, data, full);
     CHECK(rc == 0 && saved_step(full) == 3, "full run: exit %d: %.300s", rc, out);
-    sh("cp -r '%s' '%s' && cp '%s/trainer_state.json' '%s/'", odir, mixed, full, mixed);
+    check_sh("cp -r '%s' '%s' && cp '%s/trainer_state.json' '%s/'", odir, mixed, full, mixed);
     rc = nvlm("run -q -m '%s' -p hi --max-new-tokens 4", mixed);
     CHECK(rc == 1 && strstr(out, "different training saves") && strstr(out, "step1-") && strstr(out, "step3-"),
           "mixed saves: exit %d: %.400s", rc, out);
     rc = nvlm("train --model '%s' --data '%s' --stage 2 --out '%s/more' --steps 4 --resume '%s' --threads 2", model, data,
               scratch, mixed);
     CHECK(rc != 0 && strstr(out, "different training saves"), "resume from mixed saves: exit %d: %.300s", rc, out);
-    if (mounted) sh("umount '%s'", mnt);
-    else sh("rm -rf '%s'", odir);
+    if (mounted) check_sh("umount '%s'", mnt);
+    else check_sh("rm -rf '%s'", odir);
     rmdir(mnt);
 }
 
@@ -294,11 +283,11 @@ static void test_quantize_temps(const char *model) {
     snprintf(mnt, sizeof mnt, "%s/tiny-disk", scratch);
     snprintf(q, sizeof q, "%s/q", mnt);
     mkdir(mnt, 0700);
-    if (!sh("mount -t tmpfs -o size=1m nvlm-test '%s' 2>/dev/null", mnt)) {
+    if (!check_sh("mount -t tmpfs -o size=1m nvlm-test '%s' 2>/dev/null", mnt)) {
         int rc = nvlm("quantize --model '%s' --out '%s' --type q8_0", model, q);
         CHECK(rc == 1 && temps_in(q) == 0, "quantize on a full disk: exit %d, %d temporary files left: %.300s", rc,
               temps_in(q), out);
-        sh("umount '%s'", mnt);
+        check_sh("umount '%s'", mnt);
     }
     rmdir(mnt);
     /* killed while writing: a model large enough that the write takes a while */
@@ -330,7 +319,7 @@ static void test_quantize_temps(const char *model) {
         CHECK(temps_in(q) == 0, "a killed quantize left %d temporary files in %s", temps_in(q), q);
     }
     if (!seen) printf("test_hardening: quantize finished before its temporary file was seen (signal case not exercised)\n");
-    sh("rm -rf '%s' '%s'", big, q);
+    check_sh("rm -rf '%s' '%s'", big, q);
 }
 
 int main(int argc, char **argv) {
@@ -345,6 +334,6 @@ int main(int argc, char **argv) {
     test_local_images();
     if (access(nvlm_bin, X_OK)) CHECK(0, "no nvlm binary at %s (make builds it beside the tests)", nvlm_bin);
     else test_fifo_config(model), test_nan_weights(model), test_torn_save(model), test_quantize_temps(model);
-    sh("rm -rf '%s'", scratch);
+    check_sh("rm -rf '%s'", scratch);
     return check_done("test_hardening");
 }
