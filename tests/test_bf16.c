@@ -4,10 +4,13 @@
  * (F32 with ties, NaN, infinities, denormals; F16; BF16) at every level; the blocked product at
  * every level bit for bit against the scalar reference on odd shapes (tails of M, N, K that are
  * not multiples of 12, 32 and 512; odd K), 1 and 3 threads, several matrices at once; the
- * dispatch of nvlm_matmul by the pool's compute mode; and the distance to float32. */
+ * dispatch of nvlm_matmul by the pool's compute mode; and the distance to float32. The ViT's
+ * bf16 attention: the softmax at every level against its scalar form, and the blocked kernel
+ * against the scalar reference, bit for bit, on odd shapes and strides. */
 #include "check.h"
 #include "kernels/cpu.h"
 #include "kernels/gemm_bf16.h"
+#include "kernels/attention.h"
 #include "kernels/qblock.h"
 #include <math.h>
 
@@ -118,6 +121,13 @@ static void test_rows(void) {
                 memset(got, 0xAB, sizeof got);
                 nvlm_bf16_row_avx2(got, src + 1, dt, n);
                 CHECK(!memcmp(got, ref, 2 * (size_t)n), "AVX2 rows of %s, n=%d, differ from the scalar ones", nvlm_dtype_name(dt), n);
+            }
+        if (nvlm_cpu_level_usable(NVLM_CPU_AVX512))
+            for (int n = N - 17; n <= N; n++) {
+                memset(got, 0xAB, sizeof got);
+                nvlm_bf16_row_avx512(got, src + 1, dt, n);
+                CHECK(!memcmp(got, ref, 2 * (size_t)n) && got[n < N ? n : 0] == (n < N ? 0xABAB : ref[0]),
+                      "AVX-512 rows of %s, n=%d, differ from the scalar ones (or write past n)", nvlm_dtype_name(dt), n);
             }
 #endif
     }
@@ -231,6 +241,70 @@ static void test_dispatch(nvlm_pool *p3) {
     free(x), free(f32), free(wr);
 }
 
+/* The A sliver's pairing (12 rows to pair-major) of the level against the scalar one. */
+static void test_sliver(int level) {
+    const nvlm_bf16_kernels kn = nvlm_bf16_kernels_at(level);
+    enum { LEN = 70 };
+    uint16_t rows[NVLM_BF16_MR * LEN];
+    uint32_t ref[NVLM_BF16_MR * LEN / 2], got[NVLM_BF16_MR * LEN / 2];
+    for (size_t i = 0; i < sizeof rows / sizeof *rows; i++) rows[i] = (uint16_t)rnd32();
+    int ok = 1;
+    for (int kp = 0; kp <= LEN / 2; kp++) {
+        nvlm_bf16_sliver_scalar(rows, LEN, kp, ref);
+        kn.sliver(rows, LEN, kp, got);
+        ok &= !memcmp(ref, got, sizeof(uint32_t) * NVLM_BF16_MR * (size_t)kp);
+    }
+    CHECK(ok, "%s: the sliver pairing differs from the scalar one", nvlm_cpu_level_name(level));
+}
+
+/* The softmax of the level against its scalar form, then the blocked attention against the
+ * scalar reference (queries not a multiple of 12 or 48, keys not of 32, odd head sizes, rows
+ * inside wider qkv rows as in the ViT), and its distance to the float32 attention. */
+static void test_attention(int level) {
+    const nvlm_bf16_kernels kn = nvlm_bf16_kernels_at(level);
+    static const int lens[] = {1, 7, 8, 9, 16, 17, 33, 100, 1025};
+    int fails = 0, runs = 0;
+    float *a = malloc(sizeof(float) * 1040), *b = malloc(sizeof(float) * 1040);
+    for (size_t li = 0; li < sizeof lens / sizeof *lens; li++)
+        for (int mag = 0; mag < 3; mag++) {
+            for (int i = 0; i < 1040; i++) a[i] = b[i] = frand() * (mag == 0 ? 1.0f : mag == 1 ? 40.0f : 1e-3f);
+            kn.softmax(a, lens[li], lens[li] + 5, 0.125f);
+            nvlm_softmax_row_scalar(b, lens[li], lens[li] + 5, 0.125f);
+            fails += memcmp(a, b, sizeof(float) * (size_t)(lens[li] + 5)) != 0, runs++;
+        }
+    CHECK(fails == 0, "%s: %d of %d softmax rows differ from the scalar form", nvlm_cpu_level_name(level), fails, runs);
+    free(a), free(b);
+    static const int shapes[][3] = {{1, 1, 1}, {5, 3, 7}, {13, 33, 64}, {50, 70, 63}, {49, 257, 80}, {30, 1025, 64}};
+    fails = runs = 0;
+    double worst = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        const int nq = shapes[si][0], nk = shapes[si][1], d = shapes[si][2], T = nq > nk ? nq : nk;
+        const size_t row = (size_t)3 * d + 5; /* q, k, v side by side in a wider row */
+        float *qkv = malloc(sizeof(float) * row * T), *ref = malloc(sizeof(float) * (size_t)nq * (d + 3));
+        float *got = malloc(sizeof(float) * (size_t)nq * (d + 3)), *f32 = malloc(sizeof(float) * d);
+        float *scores = malloc(sizeof(float) * (size_t)(nk + 1));
+        float *scratch = malloc(sizeof(float) * nvlm_attention_bf16_scratch(nq, nk, d));
+        for (size_t i = 0; i < row * T; i++) qkv[i] = frand() * 2.0f;
+        const float scale = 1.0f / sqrtf((float)d);
+        nvlm_attention_bf16_ref(qkv, row, nq, qkv + d, row, qkv + 2 * d, row, nk, d, scale, ref, (size_t)d + 3, scores);
+        nvlm_attention_bf16(level, qkv, row, nq, qkv + d, row, qkv + 2 * d, row, nk, d, scale, got, (size_t)d + 3, scratch);
+        int same = 1;
+        for (int i = 0; i < nq; i++) same &= !memcmp(ref + (size_t)i * (d + 3), got + (size_t)i * (d + 3), sizeof(float) * d);
+        if (!same && fails++ < 3) printf("  %s: bf16 attention %dx%d d=%d differs from the reference\n", nvlm_cpu_level_name(level), nq, nk, d);
+        runs++;
+        for (int i = 0; i < nq; i++) { /* against float32: P and V rounded to 8 bits, |v| < 2 */
+            nvlm_attend(qkv + (size_t)i * row, qkv + d, row, qkv + 2 * d, row, nk, d, scale, scores, f32);
+            for (int c = 0; c < d; c++) {
+                double e = fabs((double)got[(size_t)i * (d + 3) + c] - f32[c]);
+                worst = e > worst ? e : worst;
+            }
+        }
+        free(qkv), free(ref), free(got), free(f32), free(scores), free(scratch);
+    }
+    CHECK(fails == 0, "%s: %d of %d bf16 attention calls differ from the reference", nvlm_cpu_level_name(level), fails, runs);
+    CHECK(worst < 0.05, "%s: bf16 attention is %.3g from float32", nvlm_cpu_level_name(level), worst);
+}
+
 int main(void) {
     test_lane();
     test_rows();
@@ -248,6 +322,8 @@ int main(void) {
         nvlm_pool_set_level(p1, levels[li]), nvlm_pool_set_level(p3, levels[li]);
         test_gemm(p1, p3, levels[li]);
         test_dispatch(p3);
+        test_sliver(levels[li]);
+        test_attention(levels[li]);
     }
     if (skipped) printf("test_bf16: %d levels not on this machine, their checks skipped\n", skipped);
     nvlm_pool_free(p1);

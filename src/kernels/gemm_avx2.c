@@ -499,6 +499,8 @@ static void softmax_row(float *s, int n, int n_zero, float scale) {
     for (i = n; i < n_zero; i++) s[i] = 0;
 }
 
+void nvlm_softmax_row_avx2(float *s, int n, int n_zero, float scale) { softmax_row(s, n, n_zero, scale); }
+
 
 /* ---- few queries (generation): K and V read in place, no packing ---- */
 

@@ -425,6 +425,8 @@ static void softmax_row(float *s, int n, int n_zero, float scale) {
     for (i = n; i < n_zero; i++) s[i] = 0;
 }
 
+void nvlm_softmax_row_avx512(float *s, int n, int n_zero, float scale) { softmax_row(s, n, n_zero, scale); }
+
 /* K packed: panel j0 / NR holds keys j0 .. j0 + NR as d rows of NR (k-major), at kp + j0 * d,
  * each K block of KC at + k0 * NR; keys past n_keys are zeros. */
 static void pack_keys(const float *k, size_t k_stride, int n_keys, int d, float *kp) {

@@ -96,18 +96,23 @@ static void pairs_scalar(const uint16_t (*rows)[KC + 2], int kp, uint32_t *dst) 
         for (int r = 0; r < NR; r++) dst[(size_t)p * NR + r] = rows[r][2 * p] | (uint32_t)rows[r][2 * p + 1] << 16;
 }
 
+void nvlm_bf16_sliver_scalar(const uint16_t *rows, size_t row_len, int kp, uint32_t *dst) {
+    for (int p = 0; p < kp; p++) /* pair p of a row is its dword p (little-endian: element 2p low) */
+        for (int i = 0; i < MR; i++) memcpy(&dst[(size_t)p * MR + i], rows + (size_t)i * row_len + 2 * p, 4);
+}
+
 /* ---- the kernels of a level ---- */
 
-typedef struct kernels {
-    nvlm_bf16_ukr_fn ukr;
-    nvlm_bf16_row_fn row;
-    nvlm_bf16_pairs_fn pairs;
-} kernels;
+typedef nvlm_bf16_kernels kernels;
 
-static kernels kernels_at(int level) {
-    kernels k = {nvlm_bf16_ukr_scalar, nvlm_bf16_row_scalar, pairs_scalar};
+nvlm_bf16_kernels nvlm_bf16_kernels_at(int level) {
+    kernels k = {nvlm_bf16_ukr_scalar, nvlm_bf16_row_scalar, pairs_scalar, nvlm_bf16_sliver_scalar,
+                 nvlm_softmax_row_scalar};
 #ifdef NVLM_HAVE_BF16_X86
-    if (nvlm_cpu_at_least(level, NVLM_CPU_AVX2)) k = (kernels){nvlm_bf16_ukr_avx2, nvlm_bf16_row_avx2, nvlm_bf16_pairs_avx2};
+    if (nvlm_cpu_at_least(level, NVLM_CPU_AVX2))
+        k = (kernels){nvlm_bf16_ukr_avx2, nvlm_bf16_row_avx2, nvlm_bf16_pairs_avx2, nvlm_bf16_sliver_avx2,
+                      nvlm_softmax_row_avx2};
+    if (nvlm_cpu_at_least(level, NVLM_CPU_AVX512)) k.row = nvlm_bf16_row_avx512, k.softmax = nvlm_softmax_row_avx512;
     if (nvlm_cpu_at_least(level, NVLM_CPU_AVX512_BF16)) k.ukr = nvlm_bf16_ukr_avx512;
 #else
     (void)level;
@@ -132,9 +137,7 @@ static void pack_a(const kernels *kn, const float *x, int K, int mr, uint32_t *a
             else memset(rows[i], 0, sizeof(uint16_t) * (size_t)kc);
             rows[i][kc] = rows[i][kc + 1] = 0;
         }
-        uint32_t *dst = ap + a_off(mp, k0, kcp, t0);
-        for (int p = 0; p < kcp; p++) /* pair p of a row is its dword p (little-endian: element 2p low) */
-            for (int i = 0; i < MR; i++) memcpy(&dst[(size_t)p * MR + i], &rows[i][2 * p], 4);
+        kn->sliver(rows[0], KC + 2, kcp, ap + a_off(mp, k0, kcp, t0));
     }
 }
 
@@ -231,7 +234,7 @@ void nvlm_matmul_bf16(nvlm_pool *pool, int n_w, float *const *y, const float *x,
         for (int i = 0; i < n_w; i++) nvlm_matmul_bf16_ref(y[i], x, n_tok, w[i], bias[i], 0, w[i]->rows);
         return;
     }
-    bjob j = {x, ap, n_tok, K, n_w, kernels_at(nvlm_pool_level(pool)), y, w, bias, {0}, NULL, 0};
+    bjob j = {x, ap, n_tok, K, n_w, nvlm_bf16_kernels_at(nvlm_pool_level(pool)), y, w, bias, {0}, NULL, 0};
     for (int i = 0; i < n_w; i++) j.first[i + 1] = j.first[i] + ((size_t)w[i]->rows + NR - 1) / NR;
     /* the threads' panel buffers in one allocation sized to this K (a small K stays on the heap
      * malloc reuses; a fresh mmap per thread and call cost more than small products themselves) */

@@ -61,16 +61,24 @@ typedef void (*nvlm_bf16_row_fn)(uint16_t *dst, const void *src, nvlm_dtype t, i
 /* dst[p * NR + r] = (rows[r][2p+1] << 16) | rows[r][2p] for p < kp, r < NR (rows: NR rows of
  * KC + 2 values, zero past the data). */
 typedef void (*nvlm_bf16_pairs_fn)(const uint16_t (*rows)[NVLM_BF16_KC + 2], int kp, uint32_t *dst);
+/* The sliver of A: dst[p * MR + i] = (rows[i][2p+1] << 16) | rows[i][2p] for p < kp, i < MR
+ * (row i at rows + i * row_len; row_len even). */
+typedef void (*nvlm_bf16_sliver_fn)(const uint16_t *rows, size_t row_len, int kp, uint32_t *dst);
 
 void nvlm_bf16_ukr_scalar(int kp, const uint32_t *a, const uint32_t *b, float *c, size_t ldc, int mr, int nr,
                           int accumulate, const float *bias);
 void nvlm_bf16_row_scalar(uint16_t *dst, const void *src, nvlm_dtype t, int n);
+void nvlm_bf16_sliver_scalar(const uint16_t *rows, size_t row_len, int kp, uint32_t *dst);
 #if defined(__x86_64__)
 #define NVLM_HAVE_BF16_X86 1
 void nvlm_bf16_ukr_avx2(int kp, const uint32_t *a, const uint32_t *b, float *c, size_t ldc, int mr, int nr,
                         int accumulate, const float *bias);
 void nvlm_bf16_row_avx2(uint16_t *dst, const void *src, nvlm_dtype t, int n);
 void nvlm_bf16_pairs_avx2(const uint16_t (*rows)[NVLM_BF16_KC + 2], int kp, uint32_t *dst);
+void nvlm_bf16_sliver_avx2(const uint16_t *rows, size_t row_len, int kp, uint32_t *dst);
+void nvlm_bf16_row_avx512(uint16_t *dst, const void *src, nvlm_dtype t, int n); /* F32 on 16 lanes */
+void nvlm_softmax_row_avx2(float *s, int n, int n_zero, float scale);   /* gemm_avx2.c */
+void nvlm_softmax_row_avx512(float *s, int n, int n_zero, float scale); /* gemm_avx512.c */
 void nvlm_bf16_ukr_avx512(int kp, const uint32_t *a, const uint32_t *b, float *c, size_t ldc, int mr, int nr,
                           int accumulate, const float *bias);
 /* For the tests: acc[j] = vdpbf16ps lane j over n lanes (n % 16 == 0), and the AVX2 emulation
@@ -78,4 +86,39 @@ void nvlm_bf16_ukr_avx512(int kp, const uint32_t *a, const uint32_t *b, float *c
 void nvlm_dpbf16_avx512(float *acc, const uint32_t *a, const uint32_t *b, int n);
 void nvlm_dpbf16_avx2(float *acc, const uint32_t *a, const uint32_t *b, int n);
 #endif
+
+/* ---- attention in bf16 compute (attention_bf16.c; the ViT's, under NVLM_COMPUTE_BF16) ----
+ *
+ * What it computes, at every level, to the bit: for each query i, s_j = the vdpbf16ps chain
+ * over the pairs of q_i and k_j (both rounded as above), p = nvlm_softmax_row_scalar(s, scale)
+ * (float32, the AVX2 kernels' exp and summation order), each p_j rounded to BF16, and
+ * out[c] = the chain over the key pairs (p_2m, p_2m+1) . (v_2m[c], v_2m+1[c]), v rounded. That
+ * is what a BF16 attention on a GPU does (P in bf16 for P V), and every level gives the same
+ * bits: the products are the micro-kernels above, the softmax is one order in all its forms.
+ * Every query sees every key (the ViT; no causal mask). */
+void nvlm_attention_bf16(int level, const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride,
+                         const float *v, size_t v_stride, int n_keys, int d, float scale, float *out,
+                         size_t out_stride, float *scratch);
+/* floats of scratch for a call of at most n_q queries */
+size_t nvlm_attention_bf16_scratch(int n_q, int n_keys, int d);
+/* The scalar reference: one query at a time, no packing. scores: n_keys + 1 floats. */
+void nvlm_attention_bf16_ref(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride,
+                             const float *v, size_t v_stride, int n_keys, int d, float scale, float *out,
+                             size_t out_stride, float *scores);
+
+/* s[0:n] = softmax(scale * s[0:n]), s[n:n_zero] = 0: the f32 attention kernels' softmax, whose
+ * exp (Cephes, by FMAs) and sum (8 lanes, then the lanes in order in double) are the same at
+ * every level, so the scalar form gives the AVX2 and AVX-512 bits. */
+typedef void (*nvlm_softmax_row_fn)(float *s, int n, int n_zero, float scale);
+void nvlm_softmax_row_scalar(float *s, int n, int n_zero, float scale);
+
+/* The kernels of a level, for the drivers of this mode. */
+typedef struct nvlm_bf16_kernels {
+    nvlm_bf16_ukr_fn ukr;
+    nvlm_bf16_row_fn row;
+    nvlm_bf16_pairs_fn pairs;
+    nvlm_bf16_sliver_fn sliver;
+    nvlm_softmax_row_fn softmax;
+} nvlm_bf16_kernels;
+nvlm_bf16_kernels nvlm_bf16_kernels_at(int level);
 #endif

@@ -129,6 +129,27 @@ void nvlm_bf16_pairs_avx2(const uint16_t (*rows)[KC + 2], int kp, uint32_t *dst)
         for (int r = 0; r < NR; r++) dst[(size_t)p * NR + r] = rows[r][2 * p] | (uint32_t)rows[r][2 * p + 1] << 16;
 }
 
+/* dst[p * MR + i] = dword p of row i (rows at row_len halves): 8 pairs of rows 0-7, then of
+ * rows 8-11 (four zero rows beside them), per 8x8 transpose. */
+void nvlm_bf16_sliver_avx2(const uint16_t *rows, size_t row_len, int kp, uint32_t *dst) {
+    _Static_assert(MR == 12, "the sliver is transposed as 8 + 4 rows");
+    int p = 0;
+    for (; p + 8 <= kp; p += 8) {
+        __m256 r[8], t[8];
+        for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_ps((const float *)(rows + (size_t)j * row_len + 2 * p));
+        for (int j = 0; j < 8; j++)
+            t[j] = j < 4 ? _mm256_loadu_ps((const float *)(rows + (size_t)(8 + j) * row_len + 2 * p)) : _mm256_setzero_ps();
+        transpose8(r);
+        transpose8(t);
+        for (int j = 0; j < 8; j++) {
+            _mm256_storeu_ps((float *)(dst + (size_t)(p + j) * MR), r[j]);
+            _mm_storeu_ps((float *)(dst + (size_t)(p + j) * MR + 8), _mm256_castps256_ps128(t[j]));
+        }
+    }
+    for (; p < kp; p++)
+        for (int i = 0; i < MR; i++) memcpy(&dst[(size_t)p * MR + i], rows + (size_t)i * row_len + 2 * p, 4);
+}
+
 /* Raw inputs: BF16 denormals of a and b, and a denormal acc, to zero first (DAZ). */
 void nvlm_dpbf16_avx2(float *acc, const uint32_t *a, const uint32_t *b, int n) {
     for (int i = 0; i + 8 <= n; i += 8) {

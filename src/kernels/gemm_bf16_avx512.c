@@ -5,9 +5,42 @@
  * reference (nvlm_dpbf16) and the AVX2 emulation compute. */
 #include "kernels/gemm_bf16.h"
 #ifdef NVLM_HAVE_BF16_X86
+#include <immintrin.h>
+
+/* ---- AVX-512 (F/BW), no BF16 instruction: the rounding of float32 rows ---- */
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")
+
+/* nvlm_bf16_row_avx2's round8 on 16 lanes: nearest even (a NaN kept quiet), then a BF16
+ * denormal to a zero of its sign; the results packed to 16 halves. */
+static inline __m256i round16(__m512i u) {
+    const __mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+    const __mmask16 den = _mm512_testn_epi32_mask(r, _mm512_set1_epi32(0x7f80));
+    r = _mm512_mask_and_epi32(r, den, r, _mm512_set1_epi32(0x8000));
+    return _mm512_cvtepi32_epi16(r);
+}
+
+void nvlm_bf16_row_avx512(uint16_t *dst, const void *src, nvlm_dtype t, int n) {
+    if (t != NVLM_DT_F32) {
+        nvlm_bf16_row_avx2(dst, src, t, n);
+        return;
+    }
+    const float *s = src;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm256_storeu_si256((__m256i *)(dst + i), round16(_mm512_loadu_si512(s + i)));
+    if (i < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm256_mask_storeu_epi16(dst + i, m, round16(_mm512_maskz_loadu_epi32(m, s + i)));
+    }
+}
+#pragma GCC pop_options
+
+/* ---- AVX512-BF16 ---- */
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
-#include <immintrin.h>
 
 enum { MR = NVLM_BF16_MR, NR = NVLM_BF16_NR, PF = 8 /* pairs of B prefetched ahead (1 KiB) */ };
 

@@ -2,6 +2,7 @@
  * pixel shuffle v2 and the mlp1 projector. Design note §4-§6. */
 #include "core/err.h"
 #include "kernels/attention.h"
+#include "kernels/gemm_bf16.h"
 #include "model/model.h"
 #include <math.h>
 #include <stdlib.h>
@@ -57,6 +58,7 @@ typedef struct vit_attn_job {
     int T, E, heads, hd;
     float scale;
     int level;          /* kernels/cpu.h */
+    int bf16;           /* --compute bf16: kernels/gemm_bf16.h's attention */
     float *scratch;     /* [pool threads][per_thread]: made with the buffers, so no unit can fail */
     size_t per_thread;
 } vit_attn_job;
@@ -70,8 +72,9 @@ static void vit_attn_units(void *ctx, size_t begin, size_t end, int thread) {
         size_t tile = u / (size_t)j->heads, head = u % (size_t)j->heads;
         const float *base = j->qkv + tile * (size_t)j->T * row;
         const float *q = base + head * j->hd, *k = base + j->E + head * j->hd, *v = base + 2 * j->E + head * j->hd;
-        nvlm_attention(j->level, q, row, j->T, k, row, v, row, j->T, -1, j->hd, j->scale,
-                       j->out + tile * (size_t)j->T * j->E + head * j->hd, (size_t)j->E, scratch);
+        float *out = j->out + tile * (size_t)j->T * j->E + head * j->hd;
+        if (j->bf16) nvlm_attention_bf16(j->level, q, row, j->T, k, row, v, row, j->T, j->hd, j->scale, out, (size_t)j->E, scratch);
+        else nvlm_attention(j->level, q, row, j->T, k, row, v, row, j->T, -1, j->hd, j->scale, out, (size_t)j->E, scratch);
     }
 }
 
@@ -146,6 +149,7 @@ static int vit_layer_forward(nvlm_model *m, const vit_layer *L, int n, vit_buffe
     nvlm_pool_run(m->pool, rows, 16, vit_rows, &qk);
     vit_attn_job aj = {.qkv = b->qkv, .out = b->att, .T = T, .E = E, .heads = E / hd, .hd = hd,
                        .scale = 1.0f / sqrtf((float)hd), .level = nvlm_pool_level(m->pool),
+                       .bf16 = nvlm_pool_compute(m->pool) == NVLM_COMPUTE_BF16,
                        .scratch = b->attn_scratch, .per_thread = b->attn_per_thread};
     nvlm_pool_run(m->pool, (size_t)n * aj.heads, 1, vit_attn_units, &aj);
     if ((rc = nvlm_matmul(m->pool, b->y, b->att, (int)rows, &L->proj, L->proj_bias, err))) return rc;
@@ -170,6 +174,10 @@ int nvlm_vit_forward(nvlm_model *m, const float *pixels, int n, float *out, nvlm
     b.att = malloc(sizeof(float) * rows * E);
     b.mlp = malloc(sizeof(float) * rows * vc->intermediate_size);
     b.attn_per_thread = nvlm_attention_scratch(nvlm_pool_level(m->pool), T, T, C / vc->num_heads);
+    if (nvlm_pool_compute(m->pool) == NVLM_COMPUTE_BF16) {
+        size_t s16 = nvlm_attention_bf16_scratch(T, T, C / vc->num_heads);
+        b.attn_per_thread = s16 > b.attn_per_thread ? s16 : b.attn_per_thread;
+    }
     b.attn_scratch = malloc(sizeof(float) * b.attn_per_thread * (size_t)nvlm_pool_threads(m->pool));
     if (!b.x || !b.y || !b.qkv || !b.att || !b.mlp || !b.attn_scratch) {
         vit_buffers_free(&b);
