@@ -2,7 +2,7 @@
  * against the instruction itself (where the CPU has AVX512-BF16) and against the AVX2 emulation,
  * on random inputs with denormals, tiny, huge and signed-zero values; the BF16 rounding of rows
  * (F32 with ties, NaN, infinities, denormals; F16; BF16) at every level; the blocked product at
- * every level bit for bit against the scalar reference on odd shapes (tails of M, N, K that are
+ * every level (F32, F16, BF16, Q8_0 and Q4 weights) bit for bit against the scalar reference on odd shapes (tails of M, N, K that are
  * not multiples of 12, 32 and 512; odd K), 1 and 3 threads, several matrices at once; the
  * dispatch of nvlm_matmul by the pool's compute mode; and the distance to float32. The ViT's
  * bf16 attention: the softmax at every level against its scalar form, and the blocked kernel
@@ -161,13 +161,14 @@ static void test_gemm(nvlm_pool *p1, nvlm_pool *p3, int level) {
     static const int Ms[] = {4, 13, 25};
     static const int Ns[] = {1, 31, 33, 70};
     static const int Ks[] = {1, 3, 64, 37, 513, 1100};
-    static const nvlm_dtype dts[] = {NVLM_DT_BF16, NVLM_DT_F32, NVLM_DT_F16};
+    static const nvlm_dtype dts[] = {NVLM_DT_BF16, NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_Q8_0, NVLM_DT_Q4};
     int fails = 0, runs = 0;
-    for (size_t d = 0; d < 3; d++)
+    for (size_t d = 0; d < 5; d++)
         for (size_t a = 0; a < 3; a++)
             for (size_t b = 0; b < 4; b++)
                 for (size_t c = 0; c < 6; c++) {
                     int M = Ms[a], N = Ns[b], K = Ks[c];
+                    if (nvlm_dtype_is_block(dts[d])) K = (K + NVLM_QK - 1) / NVLM_QK * NVLM_QK; /* whole blocks */
                     if (K == 1100 && N > 33) continue;
                     uint8_t *wd = make_weights(dts[d], N, K);
                     nvlm_wmat w = {.dtype = dts[d], .rows = N, .cols = K, .data = wd + 2};
@@ -190,7 +191,7 @@ static void test_gemm(nvlm_pool *p1, nvlm_pool *p3, int level) {
 }
 
 /* Several matrices sharing x (q/k/v) and the dispatch of nvlm_matmul / nvlm_matmul_multi by
- * the compute mode: 4+ tokens take the bf16 product, 1-3 tokens and block formats do not. */
+ * the compute mode: 4+ tokens take the bf16 product, 1-3 tokens do not. */
 static void test_dispatch(nvlm_pool *p3) {
     const int K = 96, M = 29, Ns[3] = {64, 32, 45};
     uint8_t *wd[3];

@@ -230,7 +230,7 @@ static double kl_div(const float *a, const float *b, int V) {
 /* Teacher-forced run of prompt_ids + output_ids through the float32 model and each quantized
  * one; every position's next-token distribution is compared. "Greedy steps" are the positions
  * that produced the reference answer (prompt_len-1 ...). */
-static void case_quality(nvlm_model *mf, nvlm_model *const *mq, int nq, const cJSON *cs, qstats *st) {
+static void case_quality(nvlm_model *mf, nvlm_model *const *mq, int nq, const cJSON *cs, qstats *st, int mf_exact) {
     const cJSON *pid = cJSON_GetObjectItem(cs, "prompt_ids"), *oid = cJSON_GetObjectItem(cs, "output_ids");
     int np = cJSON_GetArraySize(pid), no = cJSON_GetArraySize(oid), n = np + no - 1, i = 0, n_tiles;
     int32_t *ids = malloc(sizeof *ids * (size_t)(np + no));
@@ -240,7 +240,7 @@ static void case_quality(nvlm_model *mf, nvlm_model *const *mq, int nq, const cJ
     const int V = mf->cfg.llm.vocab_size;
     float *vit = case_pixels(mf, cs, &n_tiles), *xf = case_embeds(mf, vit, n_tiles, ids, n);
     float *lf = case_logits(mf, xf, np, n);
-    for (int t = np - 1; t < n; t++)
+    for (int t = np - 1; t < n && mf_exact; t++)
         CHECK(nvlm_argmax(lf + (size_t)t * V, V) == ids[t + 1], "float32 run leaves the reference answer at %d", t);
     for (int k = 0; k < nq; k++) {
         float *xq = case_embeds(mq[k], vit, n_tiles, ids, n), *lq = case_logits(mq[k], xq, np, n);
@@ -302,7 +302,7 @@ static void test_reference_cases(void) {
             for (int k = 0; k < 2; k++) mq[k] = load(shared_path(rel), q[k].w);
             snprintf(loaded, sizeof loaded, "%s", model);
         }
-        if (mf && mq[0] && mq[1] && !skip_case(cs)) case_quality(mf, mq, 2, cs, st);
+        if (mf && mq[0] && mq[1] && !skip_case(cs)) case_quality(mf, mq, 2, cs, st, 1);
         cJSON_Delete(cs);
     }
     nvlm_model_free(mf), nvlm_model_free(mq[0]), nvlm_model_free(mq[1]);
@@ -328,7 +328,10 @@ static void test_reference_cases(void) {
  * 0.01, both held. Measured: 99.16% (greedy steps 100%), KL 0.00033; the vision path alone gave
  * 99.28%. With q/k/v/o in BF16 too it was 98.92%: these random models flip their top-1 at ~0.1%
  * of relative error (test_reference_cases above), and BF16 rounds by up to 0.39%
- * (docs/performance.md "bf16 compute"). */
+ * (docs/performance.md "bf16 compute"). The ViT's attention in BF16 too: 99.20%, KL 0.00032.
+ * Q8_0 and Q4 weights in bf16 compute (their float32 values rounded to BF16) against float32
+ * compute of the same quantized weights: 98.84% (greedy 97.86%) and 98.78% (98.58%), KL 0.0007;
+ * held at that level, below the issue's 99%, which it states for the stored weights. */
 static void test_bf16_compute(void) {
     char *text;
     size_t len;
@@ -337,37 +340,51 @@ static void test_bf16_compute(void) {
         CHECK(0, "%s", err.msg);
         return;
     }
-    qstats st = {0};
-    nvlm_model *mf = NULL, *mb = NULL;
+    static const struct {
+        int w;
+        const char *name;
+        double min_agree, min_agree_gen; /* the issue's 99% for the stored weights; measured level for the others */
+    } fmt[] = {{NVLM_WEIGHTS_STORED, "bf16 compute", 0.99, 0.99},
+               {NVLM_WEIGHTS_Q8_0, "bf16 compute, Q8_0 weights", 0.985, 0.975},
+               {NVLM_WEIGHTS_Q4, "bf16 compute, Q4 weights", 0.985, 0.98}};
+    enum { NF = sizeof fmt / sizeof *fmt };
+    qstats st[NF] = {{0}};
+    nvlm_model *mf[NF] = {NULL}, *mb[NF] = {NULL};
     char loaded[512] = "";
     for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
         cJSON *cs = cJSON_Parse(line);
         const char *model = cJSON_GetObjectItem(cs, "model")->valuestring;
-        if (strcmp(model, loaded)) {
-            nvlm_model_free(mf), nvlm_model_free(mb);
+        for (int k = 0; k < NF && strcmp(model, loaded); k++) {
+            nvlm_model_free(mf[k]), nvlm_model_free(mb[k]);
             char rel[512];
             snprintf(rel, sizeof rel, "reference/%s", model);
-            mf = load(shared_path(rel), NVLM_WEIGHTS_STORED);
+            mf[k] = load(shared_path(rel), fmt[k].w);
             nvlm_load_options lo = {.n_threads = 2, .compute = NVLM_COMPUTE_BF16};
-            mb = NULL;
-            CHECK(nvlm_model_load(shared_path(rel), &lo, &mb, &err) == 0, "load %s in bf16 compute: %s", rel, err.msg);
-            snprintf(loaded, sizeof loaded, "%s", model);
+            mb[k] = NULL;
+            CHECK(nvlm_model_load(shared_path(rel), &lo, &mb[k], &err) == 0 &&
+                      nvlm_model_quantize(mb[k], fmt[k].w, &err) == 0,
+                  "load %s in bf16 compute: %s", rel, err.msg);
         }
-        if (mf && mb && !skip_case(cs)) case_quality(mf, &mb, 1, cs, &st);
+        snprintf(loaded, sizeof loaded, "%s", model);
+        for (int k = 0; k < NF; k++)
+            if (mf[k] && mb[k] && !skip_case(cs)) case_quality(mf[k], &mb[k], 1, cs, &st[k], fmt[k].w == NVLM_WEIGHTS_STORED);
         cJSON_Delete(cs);
     }
-    nvlm_model_free(mf), nvlm_model_free(mb);
+    for (int k = 0; k < NF; k++) nvlm_model_free(mf[k]), nvlm_model_free(mb[k]);
     free(text);
-    print_stats("reference cases", "bf16 compute", &st);
-    double agree = (double)st.same / (st.n ? st.n : 1), kl = st.kl / (st.n ? st.n : 1);
-    double agree_gen = (double)st.same_gen / (st.n_gen ? st.n_gen : 1);
-    printf("  issue 19 bars: top-1 >= 99%% %s, mean KL <= 0.01 %s\n", agree >= 0.99 ? "met" : "NOT met",
-           kl <= 0.01 ? "met" : "NOT met");
-    if (quick_mode()) return;
-    CHECK(st.n > 14000 && st.n_gen > 250, "only %ld positions", st.n);
-    CHECK(agree >= 0.99, "bf16 compute top-1 agreement %.4f < 0.99", agree);
-    CHECK(agree_gen >= 0.99, "bf16 compute greedy-step agreement %.4f < 0.99", agree_gen);
-    CHECK(kl <= 0.01, "bf16 compute mean KL %.4f > 0.01", kl);
+    for (int k = 0; k < NF; k++) {
+        print_stats("reference cases", fmt[k].name, &st[k]);
+        double agree = (double)st[k].same / (st[k].n ? st[k].n : 1), kl = st[k].kl / (st[k].n ? st[k].n : 1);
+        double agree_gen = (double)st[k].same_gen / (st[k].n_gen ? st[k].n_gen : 1);
+        printf("  issue 19 bars (against float32 compute of the same weights): top-1 >= 99%% %s, mean KL <= 0.01 %s\n",
+               agree >= 0.99 ? "met" : "NOT met", kl <= 0.01 ? "met" : "NOT met");
+        if (quick_mode()) continue;
+        CHECK(st[k].n > 14000 && st[k].n_gen > 250, "only %ld positions", st[k].n);
+        CHECK(agree >= fmt[k].min_agree, "%s top-1 agreement %.4f < %.3f", fmt[k].name, agree, fmt[k].min_agree);
+        CHECK(agree_gen >= fmt[k].min_agree_gen, "%s greedy-step agreement %.4f < %.3f", fmt[k].name, agree_gen,
+              fmt[k].min_agree_gen);
+        CHECK(kl <= 0.01, "%s mean KL %.4f > 0.01", fmt[k].name, kl);
+    }
 }
 
 /* KV cache in F16 (nvlm_model_set_kv_type): on every reference case the greedy answer is the

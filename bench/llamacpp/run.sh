@@ -196,10 +196,11 @@ for f in f16 bf16 q8_0 q4; do
         fi
     fi
     echo "after nvlm bench $f:  $(uptime)" >> "$LOG/uptime.txt"
-    if [ "$f" = bf16 ]; then # the same BF16 folder with `--compute bf16`: prefill's MLP through vdpbf16ps, as llama.cpp's BF16 prefill rounds activations to BF16
-        say "bf16: nvlm bench --compute bf16, the same runs"
-        nvlm_bench bf16c "$m" --compute bf16 || say "nvlm bench --compute bf16 failed (see $LOG/nvlm-bf16c-*.txt)"
-        cp "$LOG/llama-bf16.csv" "$LOG/llama-bf16c.csv" 2> /dev/null || true
+    if [ "$f" != f16 ]; then # the same folder with `--compute bf16`: prefill's MLP through vdpbf16ps, as
+        # llama.cpp's prefill rounds activations (BF16 to BF16, Q8_0/Q4_0 to 8-bit integers)
+        say "$f: nvlm bench --compute bf16, the same runs"
+        nvlm_bench "${f}c" "$m" --compute bf16 || say "nvlm bench --compute bf16 failed (see $LOG/nvlm-${f}c-*.txt)"
+        cp "$LOG/llama-$f.csv" "$LOG/llama-${f}c.csv" 2> /dev/null || true
     fi
 done
 say "measured in $(( $(date +%s) - T0 )) s"
@@ -233,7 +234,8 @@ def nvlm(f):  # (threads, 'pp'|'tg') -> mean t/s of the runs
             pass
     return {k: sum(v) / len(v) for k, v in runs.items()}
 
-rows = [("f16", "F16", "F16"), ("bf16", "BF16", "BF16"), ("bf16c", "BF16", "BF16 compute bf16"), ("q8_0", "Q8_0", "Q8_0"), ("q4", "Q4_0 4.5b/w*", "Q4_1 5.0b/w")]
+rows = [("f16", "F16", "F16"), ("bf16", "BF16", "BF16"), ("bf16c", "BF16", "BF16 compute bf16"), ("q8_0", "Q8_0", "Q8_0"),
+        ("q8_0c", "Q8_0", "Q8_0 compute bf16"), ("q4", "Q4_0 4.5b/w*", "Q4_1 5.0b/w"), ("q4c", "Q4_0 4.5b/w*", "Q4_1 compute bf16")]
 print("nvlm vs llama.cpp %s, random Qwen2-0.5B-shaped LLM (h 896, 24 layers, 14/2 heads, ffn 4864, "
       "vocab 151680, untied lm_head)" % commit)
 for line in open(os.path.join(log, "limits.txt"), errors="replace"):
@@ -260,9 +262,9 @@ untimed); pp = one %d-token prompt, tg = %d tokens after a 1-token prompt, as ll
 4-bit: llama.cpp Q4_0 is 4.5 bits/weight (18-byte blocks) for the layer matrices, with token_embd
 and output.weight at Q8_0 (*); nvlm's q4 is Q4_1-style, 5 bits/weight (20-byte blocks, scale and
 minimum), with embed_tokens and lm_head at Q8_0. Q8_0 is the same 34-byte block in both.
-bf16c: the BF16 folder with `nvlm bench --compute bf16` (the LLM's MLP in prefill through
-vdpbf16ps, activations rounded to BF16 as llama.cpp's BF16 path does; generation unchanged),
-against the same llama.cpp BF16 run.
+bf16c, q8_0c, q4c: the same folder with `nvlm bench --compute bf16` (the LLM's MLP in prefill
+through vdpbf16ps, activations and weights rounded to BF16; generation unchanged), against the
+same llama.cpp run, which rounds prefill activations too (BF16, or 8-bit integers for Q8_0/Q4_0).
 greedy cross-check (F16, 32 tokens): %s""" % (P, G, P, G, check))
 print("load (uptime after each step):")
 for line in open(os.path.join(log, "uptime.txt")): print("  " + " ".join(line.split()))

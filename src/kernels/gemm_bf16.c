@@ -42,11 +42,17 @@ float nvlm_dpbf16(float acc, uint32_t a, uint32_t b) {
 uint16_t nvlm_bf16_round(float x) { return bf16_daz(nvlm_f32_to_bf16(x)); }
 
 int nvlm_bf16_eligible(const nvlm_wmat *w) {
-    return !w->f32_only && (w->dtype == NVLM_DT_F32 || w->dtype == NVLM_DT_F16 || w->dtype == NVLM_DT_BF16);
+    return !w->f32_only && (w->dtype == NVLM_DT_F32 || w->dtype == NVLM_DT_F16 || w->dtype == NVLM_DT_BF16 ||
+                            nvlm_dtype_is_block(w->dtype));
 }
 
-/* Element k of a plain-format row at src, as this mode's BF16. */
+/* Element k of a row at src, as this mode's BF16 (a block format: its float32 value rounded). */
 static uint16_t elem_bf16(const void *src, nvlm_dtype t, size_t k) {
+    if (nvlm_dtype_is_block(t)) {
+        float blk[NVLM_QK];
+        nvlm_row_to_f32(blk, (const uint8_t *)src + nvlm_row_bytes(t, (int64_t)(k / NVLM_QK * NVLM_QK)), t, NVLM_QK);
+        return nvlm_bf16_round(blk[k % NVLM_QK]);
+    }
     const uint8_t *p = (const uint8_t *)src + k * nvlm_dtype_size(t);
     if (t == NVLM_DT_F32) {
         float f;
@@ -88,6 +94,15 @@ void nvlm_bf16_ukr_scalar(int kp, const uint32_t *a, const uint32_t *b, float *c
 }
 
 void nvlm_bf16_row_scalar(uint16_t *dst, const void *src, nvlm_dtype t, int n) {
+    if (nvlm_dtype_is_block(t)) { /* n a multiple of the block; dequantized a piece at a time */
+        float f[KC];
+        for (int i = 0; i < n; i += KC) {
+            int m = n - i < KC ? n - i : KC;
+            nvlm_row_to_f32(f, (const uint8_t *)src + nvlm_row_bytes(t, i), t, m);
+            for (int k = 0; k < m; k++) dst[i + k] = nvlm_bf16_round(f[k]);
+        }
+        return;
+    }
     for (int i = 0; i < n; i++) dst[i] = elem_bf16(src, t, (size_t)i);
 }
 
@@ -144,9 +159,9 @@ static void pack_a(const kernels *kn, const float *x, int K, int mr, uint32_t *a
 /* The panel of outputs n0 .. n0 + nr (rows past nr zero) of w, K block [k0, k0 + kc). */
 static void pack_b(const kernels *kn, const nvlm_wmat *w, int n0, int nr, int k0, int kc, uint32_t *dst) {
     uint16_t rows[NR][KC + 2];
-    const size_t rb = nvlm_row_bytes(w->dtype, w->cols), es = nvlm_dtype_size(w->dtype);
+    const size_t rb = nvlm_row_bytes(w->dtype, w->cols), off = nvlm_row_bytes(w->dtype, k0); /* k0: whole blocks */
     for (int r = 0; r < NR; r++) {
-        if (r < nr) kn->row(rows[r], (const uint8_t *)w->data + (size_t)(n0 + r) * rb + (size_t)k0 * es, w->dtype, kc);
+        if (r < nr) kn->row(rows[r], (const uint8_t *)w->data + (size_t)(n0 + r) * rb + off, w->dtype, kc);
         else memset(rows[r], 0, sizeof(uint16_t) * (size_t)kc);
         rows[r][kc] = rows[r][kc + 1] = 0;
     }

@@ -2,8 +2,9 @@
  * docs/performance.md "bf16 compute").
  *
  * What it computes, at every level, to the bit: each activation x is rounded to BF16 (round to
- * nearest even, as torch's x.to(torch.bfloat16)), each weight too (F32/F16 weights; BF16 weights
- * are taken as stored), and a BF16 denormal becomes a zero of its sign. K is taken in pairs
+ * nearest even, as torch's x.to(torch.bfloat16)), each weight too (F32/F16 weights, and Q8_0/Q4
+ * ones from their float32 value, nvlm_row_to_f32's; BF16 weights are taken as stored), and a
+ * BF16 denormal becomes a zero of its sign. K is taken in pairs
  * (2p, 2p+1), a zero past an odd K. Each output is one chain over the pairs in order of
  * vdpbf16ps steps, acc = dp(acc, x pair, w pair) (nvlm_dpbf16), from 0, then + bias (float32).
  * That is what AVX512-BF16's vdpbf16ps does lane by lane; the AVX2 and scalar levels emulate it
@@ -37,7 +38,8 @@ float nvlm_dpbf16(float acc, uint32_t a, uint32_t b);
 /* float32 -> BF16 as this mode rounds it: nvlm_f32_to_bf16, then a denormal to zero. */
 uint16_t nvlm_bf16_round(float x);
 
-/* 1 when w can take the bf16 path (F32, F16, BF16 weights; block formats keep theirs). */
+/* 1 when w can take the bf16 path: F32, F16, BF16 and block-format (Q8_0, Q4) weights, but
+ * not the matrices loaded to stay float32 (wmat.f32_only: the LLM's attention and lm_head). */
 int nvlm_bf16_eligible(const nvlm_wmat *w);
 
 /* y[i] = x W[i]^T + bias[i] in bf16 compute, n_w <= NVLM_MATMUL_MULTI_MAX matrices of the same
@@ -55,8 +57,8 @@ void nvlm_matmul_bf16_ref(float *y, const float *x, int n_tok, const nvlm_wmat *
  * the end (the last block). */
 typedef void (*nvlm_bf16_ukr_fn)(int kp, const uint32_t *a, const uint32_t *b, float *c, size_t ldc, int mr, int nr,
                                  int accumulate, const float *bias);
-/* dst[0:n] = BF16 of src[0:n] (format t: F32/F16/BF16, possibly unaligned), rounded and
- * flushed as nvlm_bf16_round. */
+/* dst[0:n] = BF16 of src[0:n] (format t: F32/F16/BF16, possibly unaligned, or Q8_0/Q4 with n a
+ * multiple of the block), rounded and flushed as nvlm_bf16_round. */
 typedef void (*nvlm_bf16_row_fn)(uint16_t *dst, const void *src, nvlm_dtype t, int n);
 /* dst[p * NR + r] = (rows[r][2p+1] << 16) | rows[r][2p] for p < kp, r < NR (rows: NR rows of
  * KC + 2 values, zero past the data). */

@@ -5,6 +5,7 @@
  * packed with their BF16 denormals already zero, so no DAZ step is needed here. Used at the
  * AVX2, AVX-512 and AVX512-VNNI levels (the pairing and conversion at every x86 level). */
 #include "kernels/gemm_bf16.h"
+#include "kernels/simd.h"
 #ifdef NVLM_HAVE_BF16_X86
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
@@ -86,6 +87,15 @@ AI void store8(uint16_t *dst, __m256i r) {
 void nvlm_bf16_row_avx2(uint16_t *dst, const void *src, nvlm_dtype t, int n) {
     const uint8_t *s = src;
     int i = 0;
+    if (nvlm_dtype_is_block(t)) { /* dequantized (nvlm_row_to_f32's bits) a piece at a time, then rounded */
+        float f[KC];
+        for (; i < n; i += KC) {
+            int m = n - i < KC ? n - i : KC;
+            nvlm_row_to_f32_avx2(f, s + nvlm_row_bytes(t, i), t, m);
+            nvlm_bf16_row_avx2(dst + i, f, NVLM_DT_F32, m);
+        }
+        return;
+    }
     if (t == NVLM_DT_F32)
         for (; i + 8 <= n; i += 8) store8(dst + i, round8(_mm256_loadu_si256((const __m256i *)(s + 4 * (size_t)i))));
     else if (t == NVLM_DT_F16)

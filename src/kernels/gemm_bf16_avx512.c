@@ -4,6 +4,7 @@
  * operand). vdpbf16ps ignores MXCSR (round to nearest even, DAZ, FTZ), which is what the scalar
  * reference (nvlm_dpbf16) and the AVX2 emulation compute. */
 #include "kernels/gemm_bf16.h"
+#include "kernels/simd512.h"
 #ifdef NVLM_HAVE_BF16_X86
 #include <immintrin.h>
 
@@ -24,6 +25,15 @@ static inline __m256i round16(__m512i u) {
 }
 
 void nvlm_bf16_row_avx512(uint16_t *dst, const void *src, nvlm_dtype t, int n) {
+    if (nvlm_dtype_is_block(t)) { /* dequantized (nvlm_row_to_f32's bits) a piece at a time, then rounded */
+        float f[NVLM_BF16_KC];
+        for (int i = 0; i < n; i += NVLM_BF16_KC) {
+            int m = n - i < NVLM_BF16_KC ? n - i : NVLM_BF16_KC;
+            nvlm_row_to_f32_avx512(f, (const uint8_t *)src + nvlm_row_bytes(t, i), t, m);
+            nvlm_bf16_row_avx512(dst + i, f, NVLM_DT_F32, m);
+        }
+        return;
+    }
     if (t != NVLM_DT_F32) {
         nvlm_bf16_row_avx2(dst, src, t, n);
         return;
