@@ -42,12 +42,13 @@ static void test_usage(void) {
           out);
     /* info --cpu: the level and one kernel per op (the dispatch table's names); NVLM_CPU caps it */
     CHECK(nvlm("info --cpu") == 0 && strstr(out, "kernel level: ") && strstr(out, "matmul BF16 prefill") &&
-              strstr(out, "attention generation") && count(out, "\n") >= 18,
+              strstr(out, "attention generation") && strstr(out, "--compute bf16") && strstr(out, "bf16_ukr_") &&
+              count(out, "\n") >= 18,
           "info --cpu: %s", out);
     CHECK(nvlm("info --cpu --json") == 2, "info --cpu --json: %s", out);
     setenv("NVLM_CPU", "scalar", 1);
     CHECK(nvlm("info --cpu") == 0 && strstr(out, "kernel level: scalar") && strstr(out, "\nop ") &&
-              strstr(out, "matmul_scalar") && !strstr(strstr(out, "\nop "), "avx"),
+              strstr(out, "matmul_scalar") && strstr(out, "bf16_ukr_scalar") && !strstr(strstr(out, "\nop "), "avx"),
           "NVLM_CPU=scalar info --cpu: %s", out);
     unsetenv("NVLM_CPU");
 }

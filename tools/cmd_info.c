@@ -10,6 +10,7 @@
 #include "core/file.h"
 #include "kernels/cpu.h"
 #include "kernels/dispatch.h"
+#include "kernels/gemm_bf16.h"
 #include "dist/dist.h"
 #include "kernels/qblock.h"
 #include <stdio.h>
@@ -324,6 +325,8 @@ static void print_cpu(void) {
     printf("\n\n%-26s kernel\n", "op");
     for (int op = 0; op < NVLM_OP_COUNT; op++)
         printf("%-26s %s\n", nvlm_op_name((nvlm_op)op), nvlm_kernel_for((nvlm_op)op, level)->name);
+    printf("--compute bf16 (ViT, projector, the LLM's MLP in prefill; the ViT's attention):\n");
+    printf("%-26s %s\n", "matmul and attention", nvlm_bf16_kernels_name(level));
 }
 
 /* Reads every tensor of the folder's weights; reports (on stream f) each one holding a NaN

@@ -135,6 +135,15 @@ nvlm_bf16_kernels nvlm_bf16_kernels_at(int level) {
     return k;
 }
 
+const char *nvlm_bf16_kernels_name(int level) {
+    const nvlm_bf16_kernels k = nvlm_bf16_kernels_at(level);
+#ifdef NVLM_HAVE_BF16_X86
+    if (k.ukr == nvlm_bf16_ukr_avx512) return "bf16_ukr_avx512 (12x32 zmm, vdpbf16ps)";
+    if (k.ukr == nvlm_bf16_ukr_avx2) return "bf16_ukr_avx2 (exact vdpbf16ps emulation, 2 FMAs a pair)";
+#endif
+    return k.ukr == nvlm_bf16_ukr_scalar ? "bf16_ukr_scalar (the reference chain)" : "?";
+}
+
 /* ---- packing ---- */
 
 /* Packed A: K blocks one after the other (pair offset p0 = k0 / 2), each holding the

@@ -123,4 +123,6 @@ typedef struct nvlm_bf16_kernels {
     nvlm_softmax_row_fn softmax;
 } nvlm_bf16_kernels;
 nvlm_bf16_kernels nvlm_bf16_kernels_at(int level);
+/* What nvlm_bf16_kernels_at(level) multiplies with, in words (nvlm info --cpu). */
+const char *nvlm_bf16_kernels_name(int level);
 #endif
