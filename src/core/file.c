@@ -139,6 +139,16 @@ void nvlm_unmap_file(nvlm_mapped_file *f) {
  * the advice is ignored and the pages stay small. */
 enum { HUGE_PAGE = 2u << 20 };
 
+/* Huge pages at once, or once the data is in. Faulting a region in on 2 MiB pages costs a
+ * zeroed huge page each, and on the VMs this runs on (the host backs a freed 2 MiB block
+ * lazily) that measured 1-2.4 s per GB, against 0.5 s on 4 KiB pages: 0.9-1.8 s of a 1 GB
+ * model's load, for ~3% faster generation (Zen 4, BF16 tg64 21.9-22.0 vs 21.1-21.8 tok/s). So
+ * an arena under LATE_HUGE is filled on small pages and advised when sealed (nvlm_seal_anon):
+ * khugepaged then moves it to huge pages in the background (16 MB every 10 s by default: a
+ * 1 GB model within about 10 minutes of serving). A larger one is advised at once: it would
+ * wait hours, and its load is long anyway. */
+static const size_t LATE_HUGE = (size_t)4 << 30;
+
 static void advise_huge(void *p, size_t len) {
 #ifdef MADV_HUGEPAGE
     if (len >= HUGE_PAGE) (void)madvise(p, len, MADV_HUGEPAGE);
@@ -164,7 +174,7 @@ int nvlm_map_anon(size_t len, nvlm_mapped_file *out, uint8_t **mem, const char *
         if (pad - head) munmap(p + head + len, pad - head);
         p += head;
     }
-    advise_huge(p, len);
+    if (len >= LATE_HUGE) advise_huge(p, len);
     out->data = p;
     out->len = len;
     *mem = p;
@@ -181,7 +191,9 @@ void *nvlm_alloc_weights(size_t len) {
 }
 
 void nvlm_seal_anon(nvlm_mapped_file *f) {
-    if (f->data) mprotect((void *)f->data, f->len, PROT_READ);
+    if (!f->data) return;
+    mprotect((void *)f->data, f->len, PROT_READ);
+    advise_huge((void *)f->data, f->len); /* see LATE_HUGE (again for a large one: harmless) */
 }
 
 int nvlm_pread_all(int fd, void *buf, size_t len, uint64_t off, const char *path, nvlm_err *err) {

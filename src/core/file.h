@@ -31,14 +31,16 @@ int nvlm_map_file(const char *path, nvlm_mapped_file *out, nvlm_err *err);
 /* Frees a mapping of either kind (file or anonymous). */
 void nvlm_unmap_file(nvlm_mapped_file *f);
 
-/* A private anonymous mapping of len bytes (2 MiB-aligned and on huge pages from 2 MiB up,
- * where the system allows), zero-filled and writable through *mem until
- * nvlm_seal_anon; freed by nvlm_unmap_file. `what` names it in the out-of-memory error. */
+/* A private anonymous mapping of len bytes (2 MiB-aligned, and advised onto huge pages from
+ * 2 MiB up where the system allows: at once from 4 GiB, else when sealed; file.c says why),
+ * zero-filled and writable through *mem until nvlm_seal_anon; freed by nvlm_unmap_file.
+ * `what` names it in the out-of-memory error. */
 int nvlm_map_anon(size_t len, nvlm_mapped_file *out, uint8_t **mem, const char *what, nvlm_err *err);
 /* malloc for a weight matrix: from 2 MiB up, aligned to and advised onto huge pages as
  * nvlm_map_anon's mapping is. Freed by free(). */
 void *nvlm_alloc_weights(size_t len);
-/* Makes an anonymous mapping read-only (stray writes then fault, as on a file mapping). */
+/* Makes an anonymous mapping read-only (stray writes then fault, as on a file mapping) and
+ * advises it onto huge pages. */
 void nvlm_seal_anon(nvlm_mapped_file *f);
 /* Reads exactly len bytes at offset off of the open file fd into buf (retrying short reads);
  * path names the file in errors. */
