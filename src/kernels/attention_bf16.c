@@ -126,35 +126,15 @@ size_t nvlm_attention_bf16_scratch(int n_q, int n_keys, int d) {
     return layout_of(n_keys > 0 ? n_keys : 1, d > 0 ? d : 1).end + 16;
 }
 
-/* Slivers of mr <= MR rows (rows past mr zero) of x [.., len] at stride, rounded to BF16 and
- * packed pair-major: dst[p * MR + i] = (x_i[2p], x_i[2p+1]), a zero past an odd len. */
-static void pack_sliver(const nvlm_bf16_kernels *kn, const float *x, size_t stride, int mr, int len, uint16_t *rows,
-                        size_t row_len, uint32_t *dst) {
-    const int kp = (len + 1) / 2;
-    for (int i = 0; i < MR; i++) {
-        uint16_t *r = rows + (size_t)i * row_len;
-        if (i < mr) kn->row(r, x + (size_t)i * stride, NVLM_DT_F32, len);
-        else memset(r, 0, sizeof(uint16_t) * (size_t)len);
-        r[len] = 0;
-    }
-    kn->sliver(rows, row_len, kp, dst);
-}
-
 /* K as panels of NR keys over the d / 2 pairs: panel j0 / NR at kpan + j0 * kp, row p = the NR
- * keys' pair p. Keys past n_keys are zeros. */
+ * keys' pair p (K blocks of KC at their pair offset). Keys past n_keys are zeros. */
 static void pack_keys(const nvlm_bf16_kernels *kn, const float *k, size_t k_stride, int n_keys, int d, uint32_t *kpan) {
-    uint16_t rows[NR][KC + 2];
     const int kp = (d + 1) / 2;
     for (int j0 = 0; j0 < n_keys; j0 += NR)
-        for (int c0 = 0; c0 < d; c0 += KC) {
-            int kc = d - c0 < KC ? d - c0 : KC;
-            for (int r = 0; r < NR; r++) {
-                if (j0 + r < n_keys) kn->row(rows[r], k + (size_t)(j0 + r) * k_stride + c0, NVLM_DT_F32, kc);
-                else memset(rows[r], 0, sizeof(uint16_t) * (size_t)kc);
-                rows[r][kc] = rows[r][kc + 1] = 0;
-            }
-            kn->pairs((const uint16_t(*)[KC + 2])rows, (kc + 1) / 2, kpan + ((size_t)j0 * kp + (size_t)c0 / 2 * NR));
-        }
+        for (int c0 = 0; c0 < d; c0 += KC)
+            nvlm_bf16_pack_panel(kn, k + (size_t)j0 * k_stride + c0, sizeof(float) * k_stride, NVLM_DT_F32,
+                                 n_keys - j0 < NR ? n_keys - j0 : NR, d - c0 < KC ? d - c0 : KC,
+                                 kpan + ((size_t)j0 * kp + (size_t)c0 / 2 * NR));
 }
 
 /* V as panels of NR channels over the key pairs: panel c0 / NR at vpan + c0 * nkp, row m =
@@ -192,7 +172,7 @@ void nvlm_attention_bf16(int level, const float *q, size_t q_stride, int n_q, co
         const int bq = n_q - q0 < BQ ? n_q - q0 : BQ;
         for (int t0 = 0; t0 < bq; t0 += MR) { /* S = Q K^T, one sliver at a time */
             const int mr = bq - t0 < MR ? bq - t0 : MR;
-            pack_sliver(&kn, q + (size_t)(q0 + t0) * q_stride, q_stride, mr, d, rows, l.row_len, ap);
+            nvlm_bf16_pack_sliver(&kn, q + (size_t)(q0 + t0) * q_stride, q_stride, mr, d, rows, l.row_len, ap);
             for (int j0 = 0; j0 < n_keys; j0 += NR)
                 kn.ukr(kp, ap, kpan + (size_t)j0 * kp, S + (size_t)t0 * l.lds + j0, l.lds, mr,
                        n_keys - j0 < NR ? n_keys - j0 : NR, 0, NULL);
@@ -200,7 +180,7 @@ void nvlm_attention_bf16(int level, const float *q, size_t q_stride, int n_q, co
         for (int i = 0; i < bq; i++) kn.softmax(S + (size_t)i * l.lds, n_keys, n_keys, scale);
         for (int t0 = 0; t0 < bq; t0 += MR) { /* O = P V */
             const int mr = bq - t0 < MR ? bq - t0 : MR;
-            pack_sliver(&kn, S + (size_t)t0 * l.lds, l.lds, mr, n_keys, rows, l.row_len, ap);
+            nvlm_bf16_pack_sliver(&kn, S + (size_t)t0 * l.lds, l.lds, mr, n_keys, rows, l.row_len, ap);
             for (int c0 = 0; c0 < d; c0 += NR)
                 kn.ukr(nkp, ap, vpan + (size_t)c0 * nkp, out + (size_t)(q0 + t0) * out_stride + c0, out_stride, mr,
                        d - c0 < NR ? d - c0 : NR, 0, NULL);

@@ -93,14 +93,19 @@ void nvlm_bf16_ukr_scalar(int kp, const uint32_t *a, const uint32_t *b, float *c
         }
 }
 
+void nvlm_bf16_row_blocks(uint16_t *dst, const void *src, nvlm_dtype t, int n, nvlm_row_f32_fn to_f32,
+                          nvlm_bf16_row_fn round_f32) {
+    float f[KC];
+    for (int i = 0; i < n; i += KC) {
+        int m = n - i < KC ? n - i : KC;
+        to_f32(f, (const uint8_t *)src + nvlm_row_bytes(t, i), t, m);
+        round_f32(dst + i, f, NVLM_DT_F32, m);
+    }
+}
+
 void nvlm_bf16_row_scalar(uint16_t *dst, const void *src, nvlm_dtype t, int n) {
-    if (nvlm_dtype_is_block(t)) { /* n a multiple of the block; dequantized a piece at a time */
-        float f[KC];
-        for (int i = 0; i < n; i += KC) {
-            int m = n - i < KC ? n - i : KC;
-            nvlm_row_to_f32(f, (const uint8_t *)src + nvlm_row_bytes(t, i), t, m);
-            for (int k = 0; k < m; k++) dst[i + k] = nvlm_bf16_round(f[k]);
-        }
+    if (nvlm_dtype_is_block(t)) {
+        nvlm_bf16_row_blocks(dst, src, t, n, nvlm_row_to_f32, nvlm_bf16_row_scalar);
         return;
     }
     for (int i = 0; i < n; i++) dst[i] = elem_bf16(src, t, (size_t)i);
@@ -151,30 +156,42 @@ const char *nvlm_bf16_kernels_name(int level) {
  * p0 + p is at ap[p0 * mp + t0 * kcp + p * MR + i]. */
 static size_t a_off(size_t mp, int k0, int kcp, int t0) { return (size_t)(k0 / 2) * mp + (size_t)t0 * kcp; }
 
+void nvlm_bf16_pack_sliver(const nvlm_bf16_kernels *kn, const float *x, size_t stride, int mr, int len,
+                           uint16_t *rows, size_t row_len, uint32_t *dst) {
+    for (int i = 0; i < MR; i++) {
+        uint16_t *r = rows + (size_t)i * row_len;
+        if (i < mr) kn->row(r, x + (size_t)i * stride, NVLM_DT_F32, len);
+        else memset(r, 0, sizeof(uint16_t) * (size_t)len);
+        r[len] = 0; /* the pair past an odd len */
+    }
+    kn->sliver(rows, row_len, (len + 1) / 2, dst);
+}
+
+void nvlm_bf16_pack_panel(const nvlm_bf16_kernels *kn, const void *src, size_t row_bytes, nvlm_dtype t, int nr, int kc,
+                          uint32_t *dst) {
+    uint16_t rows[NR][KC + 2];
+    for (int r = 0; r < NR; r++) {
+        if (r < nr) kn->row(rows[r], (const uint8_t *)src + (size_t)r * row_bytes, t, kc);
+        else memset(rows[r], 0, sizeof(uint16_t) * (size_t)kc);
+        rows[r][kc] = rows[r][kc + 1] = 0;
+    }
+    kn->pairs((const uint16_t(*)[KC + 2])rows, (kc + 1) / 2, dst);
+}
+
 /* The sliver of tokens t0 .. t0 + mr (mr <= MR; rows past mr zero) of x [M, K]. */
 static void pack_a(const kernels *kn, const float *x, int K, int mr, uint32_t *ap, size_t mp, int t0) {
     uint16_t rows[MR][KC + 2];
     for (int k0 = 0; k0 < K; k0 += KC) {
-        int kc = K - k0 < KC ? K - k0 : KC, kcp = (kc + 1) / 2;
-        for (int i = 0; i < MR; i++) {
-            if (i < mr) kn->row(rows[i], x + (size_t)(t0 + i) * K + k0, NVLM_DT_F32, kc);
-            else memset(rows[i], 0, sizeof(uint16_t) * (size_t)kc);
-            rows[i][kc] = rows[i][kc + 1] = 0;
-        }
-        kn->sliver(rows[0], KC + 2, kcp, ap + a_off(mp, k0, kcp, t0));
+        int kc = K - k0 < KC ? K - k0 : KC;
+        nvlm_bf16_pack_sliver(kn, x + (size_t)t0 * K + k0, (size_t)K, mr, kc, rows[0], KC + 2,
+                              ap + a_off(mp, k0, (kc + 1) / 2, t0));
     }
 }
 
 /* The panel of outputs n0 .. n0 + nr (rows past nr zero) of w, K block [k0, k0 + kc). */
 static void pack_b(const kernels *kn, const nvlm_wmat *w, int n0, int nr, int k0, int kc, uint32_t *dst) {
-    uint16_t rows[NR][KC + 2];
     const size_t rb = nvlm_row_bytes(w->dtype, w->cols), off = nvlm_row_bytes(w->dtype, k0); /* k0: whole blocks */
-    for (int r = 0; r < NR; r++) {
-        if (r < nr) kn->row(rows[r], (const uint8_t *)w->data + (size_t)(n0 + r) * rb + off, w->dtype, kc);
-        else memset(rows[r], 0, sizeof(uint16_t) * (size_t)kc);
-        rows[r][kc] = rows[r][kc + 1] = 0;
-    }
-    kn->pairs((const uint16_t(*)[KC + 2])rows, (kc + 1) / 2, dst);
+    nvlm_bf16_pack_panel(kn, (const uint8_t *)w->data + (size_t)n0 * rb + off, rb, w->dtype, nr, kc, dst);
 }
 
 /* ---- the driver ---- */

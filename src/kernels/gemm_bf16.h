@@ -70,6 +70,11 @@ typedef void (*nvlm_bf16_sliver_fn)(const uint16_t *rows, size_t row_len, int kp
 void nvlm_bf16_ukr_scalar(int kp, const uint32_t *a, const uint32_t *b, float *c, size_t ldc, int mr, int nr,
                           int accumulate, const float *bias);
 void nvlm_bf16_row_scalar(uint16_t *dst, const void *src, nvlm_dtype t, int n);
+/* A row fn's Q8_0/Q4 case: dequantized by to_f32 (a level's nvlm_row_to_f32) a KC piece at a
+ * time, each piece rounded by round_f32 (the level's row fn on F32). */
+typedef void (*nvlm_row_f32_fn)(float *dst, const void *src, nvlm_dtype t, int n);
+void nvlm_bf16_row_blocks(uint16_t *dst, const void *src, nvlm_dtype t, int n, nvlm_row_f32_fn to_f32,
+                          nvlm_bf16_row_fn round_f32);
 void nvlm_bf16_sliver_scalar(const uint16_t *rows, size_t row_len, int kp, uint32_t *dst);
 #if defined(__x86_64__)
 #define NVLM_HAVE_BF16_X86 1
@@ -123,6 +128,15 @@ typedef struct nvlm_bf16_kernels {
     nvlm_softmax_row_fn softmax;
 } nvlm_bf16_kernels;
 nvlm_bf16_kernels nvlm_bf16_kernels_at(int level);
+/* The packing of both operands, for the GEMM and the attention (gemm_bf16.c):
+ * a sliver of A: rows i < mr of x (len floats each, stride floats apart; rows past mr zero)
+ * rounded into rows (MR rows of row_len >= len + 1 halves) and paired into dst (MR per pair);
+ * a panel of B: rows r < nr of kc values of format t (row_bytes apart from src; rows past nr
+ * zero) rounded and paired into dst (NR per pair, 64-byte aligned). */
+void nvlm_bf16_pack_sliver(const nvlm_bf16_kernels *kn, const float *x, size_t stride, int mr, int len,
+                           uint16_t *rows, size_t row_len, uint32_t *dst);
+void nvlm_bf16_pack_panel(const nvlm_bf16_kernels *kn, const void *src, size_t row_bytes, nvlm_dtype t, int nr, int kc,
+                          uint32_t *dst);
 /* What nvlm_bf16_kernels_at(level) multiplies with, in words (nvlm info --cpu). */
 const char *nvlm_bf16_kernels_name(int level);
 #endif

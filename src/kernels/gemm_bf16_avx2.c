@@ -87,13 +87,8 @@ AI void store8(uint16_t *dst, __m256i r) {
 void nvlm_bf16_row_avx2(uint16_t *dst, const void *src, nvlm_dtype t, int n) {
     const uint8_t *s = src;
     int i = 0;
-    if (nvlm_dtype_is_block(t)) { /* dequantized (nvlm_row_to_f32's bits) a piece at a time, then rounded */
-        float f[KC];
-        for (; i < n; i += KC) {
-            int m = n - i < KC ? n - i : KC;
-            nvlm_row_to_f32_avx2(f, s + nvlm_row_bytes(t, i), t, m);
-            nvlm_bf16_row_avx2(dst + i, f, NVLM_DT_F32, m);
-        }
+    if (nvlm_dtype_is_block(t)) {
+        nvlm_bf16_row_blocks(dst, src, t, n, nvlm_row_to_f32_avx2, nvlm_bf16_row_avx2);
         return;
     }
     if (t == NVLM_DT_F32)

@@ -25,13 +25,8 @@ static inline __m256i round16(__m512i u) {
 }
 
 void nvlm_bf16_row_avx512(uint16_t *dst, const void *src, nvlm_dtype t, int n) {
-    if (nvlm_dtype_is_block(t)) { /* dequantized (nvlm_row_to_f32's bits) a piece at a time, then rounded */
-        float f[NVLM_BF16_KC];
-        for (int i = 0; i < n; i += NVLM_BF16_KC) {
-            int m = n - i < NVLM_BF16_KC ? n - i : NVLM_BF16_KC;
-            nvlm_row_to_f32_avx512(f, (const uint8_t *)src + nvlm_row_bytes(t, i), t, m);
-            nvlm_bf16_row_avx512(dst + i, f, NVLM_DT_F32, m);
-        }
+    if (nvlm_dtype_is_block(t)) {
+        nvlm_bf16_row_blocks(dst, src, t, n, nvlm_row_to_f32_avx512, nvlm_bf16_row_avx512);
         return;
     }
     if (t != NVLM_DT_F32) {
