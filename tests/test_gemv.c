@@ -14,6 +14,7 @@
 #include "kernels/simd.h"
 #include "kernels/simd512.h"
 #include "kernels/gemv_vnni.h"
+#include "kernels/wpack.h"
 #include <math.h>
 
 static uint64_t rng = 0x2545f4914f6cdd1dull;
@@ -301,6 +302,55 @@ static void test_many_tokens(nvlm_pool *p1, nvlm_pool *p3) {
 }
 #endif
 
+/* NVLM_WL_P8 (kernels/ops.h, wpack.h): at a level that reads it, a packed matrix gives exactly
+ * the row-major matrix's bits for every token count, as generated rows (one token: the 8-row
+ * kernel; more: the batch kernel) and as prompt rows (the packed product), in float32 and in bf16
+ * compute, at 1 and 3 threads, multi-matrix calls included; at a level that does not, the product
+ * is refused with an error, never misread. */
+static void test_packed(nvlm_pool *p1, nvlm_pool *p3, int level) {
+    static const int shapes[][2] = {{8, 16}, {24, 896}, {40, 1040}, {16, 4864}};
+    const nvlm_dtype plain[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16};
+    int runs = 0, bad = 0, refused = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (size_t d = 0; d < 3; d++) {
+            const int N = shapes[si][0], K = shapes[si][1], TM = 19;
+            const size_t es = nvlm_dtype_size(plain[d]);
+            void *wr = make_weights(plain[d], N, K), *wp = malloc(es * (size_t)N * K);
+            float *x = make_x(TM, K), *bias = malloc(sizeof(float) * N);
+            float *ya = malloc(sizeof(float) * TM * N), *yb = malloc(sizeof(float) * TM * N), *yc = malloc(sizeof(float) * TM * N);
+            for (int i = 0; i < N; i++) bias[i] = 0.01f * (float)i;
+            nvlm_wmat rows = {.dtype = plain[d], .rows = N, .cols = K, .data = wr}, packed = rows;
+            CHECK(nvlm_wpack_can(&rows, level) == nvlm_wpack_reads(level, plain[d]), "wpack_can %s", nvlm_dtype_name(plain[d]));
+            nvlm_wpack_p8(p3, wp, wr, es, N, K);
+            packed.data = wp, packed.layout = NVLM_WL_P8;
+            const nvlm_wmat *pr[2] = {&rows, &rows}, *pp[2] = {&packed, &packed};
+            const float *bs[2] = {bias, NULL};
+            for (int bf = 0; bf <= 1; bf++) {
+                nvlm_pool_set_compute(p1, bf ? NVLM_COMPUTE_BF16 : NVLM_COMPUTE_F32);
+                nvlm_pool_set_compute(p3, bf ? NVLM_COMPUTE_BF16 : NVLM_COMPUTE_F32);
+                for (int T = 1; T <= TM; T += T < 4 ? 1 : 5)
+                    for (int gen = 0; gen <= T; gen += T) { /* all rows generated, or all prompt rows */
+                        float *ya2[2] = {ya, yc}, *yb2[2] = {yb, yc};
+                        nvlm_err e = {0};
+                        int ra = nvlm_matmul_roles(p1, 2, ya2, x, gen, T, pr, bs, &e);
+                        int rb = nvlm_matmul_roles(T % 2 ? p3 : p1, 2, yb2, x, gen, T, pp, bs, &e);
+                        runs++;
+                        if (!nvlm_wpack_reads(level, plain[d])) {
+                            refused += ra == 0 && rb != 0 && strstr(e.msg, "packed");
+                            continue;
+                        }
+                        bad += ra || rb || memcmp(ya, yb, sizeof(float) * (size_t)T * N);
+                    }
+            }
+            nvlm_pool_set_compute(p1, NVLM_COMPUTE_F32), nvlm_pool_set_compute(p3, NVLM_COMPUTE_F32);
+            free(wr), free(wp), free(x), free(bias), free(ya), free(yb), free(yc);
+        }
+    if (nvlm_wpack_reads(level, NVLM_DT_BF16))
+        CHECK(bad == 0, "%s: %d of %d packed products differ from row-major", nvlm_cpu_level_name(level), bad, runs);
+    else
+        CHECK(refused == runs, "%s: %d of %d packed products refused with an error", nvlm_cpu_level_name(level), refused, runs);
+}
+
 int main(void) {
     nvlm_pool *p1 = NULL, *p3 = NULL;
     nvlm_err err = {0};
@@ -322,6 +372,7 @@ int main(void) {
         nvlm_pool_set_level(p1, level), nvlm_pool_set_level(p3, level);
         test_float_path(p1, p3, level);
         test_threads_large(p1, p3);
+        test_packed(p1, p3, level);
 #ifdef NVLM_HAVE_AVX2_KERNELS
         if (level == NVLM_CPU_AVX2) test_int8_path(p1, p3);
 #endif

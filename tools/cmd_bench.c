@@ -217,7 +217,8 @@ static int bench_model(const bench_opts *o, const int *nts, int n_pools, const l
         nvlm_model *m = NULL;
         nvlm_err err = {0};
         double t_load = nvlm_bench_clock(0, 1);
-        if (nvlm_model_load(o->model, &lo, &m, &err) || nvlm_model_quantize(m, o->weights, &err)) {
+        /* packed as an engine packs it (this times the model's own forward, nvlm_llm_forward) */
+        if (nvlm_model_load(o->model, &lo, &m, &err) || nvlm_model_quantize(m, o->weights, &err) || nvlm_model_pack(m, &err)) {
             nvlm_model_free(m);
             return cli_report("bench", &err);
         }

@@ -198,15 +198,17 @@ AI __m256 load8(nvlm_dtype dt, const uint8_t *p) {
     return _mm256_loadu_ps((const float *)p);
 }
 
-/* The plain formats' 8x8 blocks, dt constant after inlining. */
-AI int pack_plain(nvlm_dtype dt, const uint8_t *src, size_t row_bytes, int nr, int kc, float *dst) {
+/* The plain formats' 8x8 blocks, dt constant after inlining. Row r's columns k .. k + 7 are at
+ * rowp[r] + (k / 16) * ks + (k % 16) * es: ks = 16 elements row-major, the group's 8 runs of 16 in
+ * NVLM_WL_P8 (kernels/ops.h). */
+AI int pack_plain(nvlm_dtype dt, const uint8_t *const *rowp, size_t ks, int nr, int kc, float *dst) {
     const size_t es = dt == NVLM_DT_F32 ? 4 : 2;
     int k = 0;
     for (; k + 8 <= kc; k += 8)
         for (int h = 0; h < NR; h += 8) {
             __m256 r[8];
             for (int j = 0; j < 8; j++)
-                r[j] = h + j < nr ? load8(dt, src + (size_t)(h + j) * row_bytes + (size_t)k * es) : _mm256_setzero_ps();
+                r[j] = h + j < nr ? load8(dt, rowp[h + j] + (size_t)(k / 16) * ks + (size_t)(k % 16) * es) : _mm256_setzero_ps();
             transpose8(r);
             for (int j = 0; j < 8; j++) _mm256_store_ps(dst + (size_t)(k + j) * NR + h, r[j]);
         }
@@ -217,23 +219,33 @@ AI int pack_plain(nvlm_dtype dt, const uint8_t *src, size_t row_bytes, int nr, i
  * zero. dst NULL: only prefetch (into L2) what that call would read. */
 static void pack_wmat(const nvlm_wmat *w, int n0, int nr, int k0, int kc, float *dst) {
     size_t row_bytes = nvlm_row_bytes(w->dtype, w->cols);
-    const int block = nvlm_dtype_is_block(w->dtype);
+    const int block = nvlm_dtype_is_block(w->dtype), p8 = w->layout == NVLM_WL_P8;
     size_t off = block ? nvlm_row_bytes(w->dtype, k0) /* k0 % 32 == 0 */ : (size_t)k0 * nvlm_dtype_size(w->dtype);
     const uint8_t *src = (const uint8_t *)w->data + (size_t)n0 * row_bytes + off;
     if (!dst) {
         size_t bytes = block ? nvlm_row_bytes(w->dtype, kc) : (size_t)kc * nvlm_dtype_size(w->dtype);
-        for (int r = 0; r < nr; r++)
-            for (size_t b = 0; b < bytes; b += 64) _mm_prefetch((const char *)src + (size_t)r * row_bytes + b, _MM_HINT_T1);
+        if (p8) /* the panel's groups of 8 rows, K block [k0, k0 + kc): 8 * kc elements each */
+            for (int g = 0; g < nr; g += NVLM_P8_ROWS)
+                for (size_t b = 0; b < NVLM_P8_ROWS * bytes; b += 64)
+                    _mm_prefetch((const char *)nvlm_wmat_at(w, nvlm_dtype_size(w->dtype), n0 + g, k0) + b, _MM_HINT_T1);
+        else
+            for (int r = 0; r < nr; r++)
+                for (size_t b = 0; b < bytes; b += 64) _mm_prefetch((const char *)src + (size_t)r * row_bytes + b, _MM_HINT_T1);
         return;
     }
     int k = 0;
-    switch (w->dtype) {
-    case NVLM_DT_F32: k = pack_plain(NVLM_DT_F32, src, row_bytes, nr, kc, dst); break;
-    case NVLM_DT_F16: k = pack_plain(NVLM_DT_F16, src, row_bytes, nr, kc, dst); break;
-    case NVLM_DT_BF16: k = pack_plain(NVLM_DT_BF16, src, row_bytes, nr, kc, dst); break;
-    default: break;
+    if (!block) {
+        const size_t es = nvlm_dtype_size(w->dtype), ks = (p8 ? NVLM_P8_ROWS * NVLM_P8_RUN : NVLM_P8_RUN) * es;
+        const uint8_t *rowp[NR];
+        for (int r = 0; r < nr; r++) rowp[r] = nvlm_wmat_at(w, es, n0 + r, k0); /* k0 % 16 == 0 */
+        switch (w->dtype) {
+        case NVLM_DT_F32: k = pack_plain(NVLM_DT_F32, rowp, ks, nr, kc, dst); break;
+        case NVLM_DT_F16: k = pack_plain(NVLM_DT_F16, rowp, ks, nr, kc, dst); break;
+        case NVLM_DT_BF16: k = pack_plain(NVLM_DT_BF16, rowp, ks, nr, kc, dst); break;
+        default: break;
+        }
     }
-    if (k == kc) return;
+    if (k == kc) return; /* NVLM_WL_P8 always returns here (K % 16 == 0) */
     float rows[NR][KC] __attribute__((aligned(64)));
     for (int r = 0; r < NR; r++) {
         if (r < nr) {

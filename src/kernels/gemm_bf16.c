@@ -77,8 +77,12 @@ void nvlm_matmul_bf16_ref(float *y, const float *x, int n_tok, const nvlm_wmat *
         for (int n = n0; n < n1; n++) {
             const void *row = (const uint8_t *)w->data + (size_t)n * rb;
             float acc = 0;
-            for (int p = 0; p < kp; p++)
-                acc = nvlm_dpbf16(acc, pair_of(x + (size_t)t * K, NVLM_DT_F32, K, p), pair_of(row, w->dtype, K, p));
+            for (int p = 0; p < kp; p++) {
+                uint32_t wp = w->layout == NVLM_WL_P8 /* a pair never leaves its run of 16 */
+                                  ? pair_of(nvlm_wmat_at(w, nvlm_dtype_size(w->dtype), n, 2 * p), w->dtype, 2, 0)
+                                  : pair_of(row, w->dtype, K, p);
+                acc = nvlm_dpbf16(acc, pair_of(x + (size_t)t * K, NVLM_DT_F32, K, p), wp);
+            }
             y[(size_t)t * N + n] = bias ? acc + bias[n] : acc;
         }
 }
@@ -190,6 +194,18 @@ static void pack_a(const kernels *kn, const float *x, int K, int mr, uint32_t *a
 
 /* The panel of outputs n0 .. n0 + nr (rows past nr zero) of w, K block [k0, k0 + kc). */
 static void pack_b(const kernels *kn, const nvlm_wmat *w, int n0, int nr, int k0, int kc, uint32_t *dst) {
+    if (w->layout == NVLM_WL_P8) { /* kernels/ops.h: each row's runs of 16, rounded run by run (elementwise) */
+        const size_t es = nvlm_dtype_size(w->dtype);
+        uint16_t rows[NR][KC + 2];
+        for (int r = 0; r < NR; r++) {
+            if (r < nr)
+                for (int k = 0; k < kc; k += NVLM_P8_RUN) kn->row(rows[r] + k, nvlm_wmat_at(w, es, n0 + r, k0 + k), w->dtype, NVLM_P8_RUN);
+            else memset(rows[r], 0, sizeof(uint16_t) * (size_t)kc);
+            rows[r][kc] = rows[r][kc + 1] = 0;
+        }
+        kn->pairs((const uint16_t(*)[KC + 2])rows, (kc + 1) / 2, dst);
+        return;
+    }
     const size_t rb = nvlm_row_bytes(w->dtype, w->cols), off = nvlm_row_bytes(w->dtype, k0); /* k0: whole blocks */
     nvlm_bf16_pack_panel(kn, (const uint8_t *)w->data + (size_t)n0 * rb + off, rb, w->dtype, nr, kc, dst);
 }

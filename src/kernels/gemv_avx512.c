@@ -154,6 +154,49 @@ static void gemv_groups(void *ctx, size_t begin, size_t end, int thread) {
     }
 }
 
+/* ---- NVLM_WL_P8 rows (kernels/ops.h), one token ----
+ * Eight rows a pass from one sequential stream: the group's runs of 16 lie side by side, so the
+ * eight independent FMA chains (each row's own, as above) keep the FMA latency hidden while the
+ * hardware prefetcher follows a single stream. Row-major, one row's chain at a time is bound by
+ * that latency, and the x row it re-reads from L1 no longer fits beside the stream once K passes
+ * ~4096 (Qwen2's down_proj: 10-16 GB/s against 25-29 here; docs/performance.md). */
+AI void p8_group(nvlm_dtype dt, const uint8_t *g, const float *xv, int K, float out[NVLM_P8_ROWS]) {
+    enum { R = NVLM_P8_ROWS };
+    const size_t es = dt == NVLM_DT_F32 ? 4 : 2, step = (size_t)R * NVLM_P8_RUN * es;
+    __m512 acc[R];
+    UNROLL
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    for (int k = 0; k < K; k += 16, g += step) {
+        const __m512 xk = _mm512_loadu_ps(xv + k);
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)
+            acc[r] = _mm512_fmadd_ps(load16(dt, g + (size_t)r * NVLM_P8_RUN * es, 0), xk, acc[r]);
+    }
+    if (dt == NVLM_DT_BF16)
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) acc[r] = _mm512_shuffle_f32x4(acc[r], acc[r], PERM);
+    _mm_storeu_ps(out, hsum4(fold(acc[0]), fold(acc[1]), fold(acc[2]), fold(acc[3])));
+    _mm_storeu_ps(out + 4, hsum4(fold(acc[4]), fold(acc[5]), fold(acc[6]), fold(acc[7])));
+}
+
+static void p8_groups(void *ctx, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const gemv_job *j = ctx;
+    const int K = j->w->cols;
+    const size_t es = nvlm_dtype_size(j->w->dtype);
+    for (size_t g = begin; g < end; g++) {
+        const uint8_t *base = (const uint8_t *)j->w->data + g * NVLM_P8_ROWS * (size_t)K * es;
+        float out[NVLM_P8_ROWS];
+        switch (j->w->dtype) {
+        case NVLM_DT_BF16: p8_group(NVLM_DT_BF16, base, j->xp, K, out); break;
+        case NVLM_DT_F16: p8_group(NVLM_DT_F16, base, j->x, K, out); break;
+        default: p8_group(NVLM_DT_F32, base, j->x, K, out); break;
+        }
+        for (int r = 0; r < NVLM_P8_ROWS; r++) {
+            size_t o = g * NVLM_P8_ROWS + (size_t)r;
+            j->y[o] = j->bias ? out[r] + j->bias[o] : out[r];
+        }
+    }
+}
+
 enum { XP_STACK = 16384 }; /* floats of permuted activations kept on the stack */
 
 /* More than GEMV_MAX tokens run in groups of GEMV_MAX: a token's sums do not depend on the
@@ -187,6 +230,10 @@ int nvlm_gemv_avx512(nvlm_pool *pool, float *y, const float *x, int n_tok, const
                 }
         gemv_job j = {.y = yt, .x = xt, .xp = xp, .n_tok = T, .rg = rg, .w = w, .bias = bias,
                       .rb = nvlm_row_bytes(w->dtype, K)};
+        if (w->layout == NVLM_WL_P8) { /* one token here: more went to the batch kernel */
+            nvlm_pool_run(pool, (size_t)N / NVLM_P8_ROWS, GRAIN_ROWS / NVLM_P8_ROWS, p8_groups, &j);
+            continue;
+        }
         size_t groups = ((size_t)N + rg - 1) / rg;
         nvlm_pool_run(pool, groups, (GRAIN_ROWS + rg - 1) / rg, gemv_groups, &j);
     }

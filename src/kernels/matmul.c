@@ -11,6 +11,7 @@
 #include "kernels/gemv_vnni.h"
 #include "kernels/ops.h"
 #include "kernels/qblock.h"
+#include "kernels/wpack.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -109,10 +110,27 @@ static int any_vnni(nvlm_pool *pool, int gen, int n_w, const nvlm_wmat *const *w
     return 0;
 }
 
+/* NVLM_OK when the pool's level reads w's layout: NVLM_WL_P8 (kernels/ops.h) only the AVX-512
+ * levels' plain-format kernels do; anything else is refused rather than misread. */
+static int layout_ok(const nvlm_pool *pool, int n_w, const nvlm_wmat *const *w, nvlm_err *err) {
+    for (int i = 0; i < n_w; i++) {
+        if (w[i]->layout == NVLM_WL_ROWS) continue;
+        if (w[i]->layout == NVLM_WL_P8 && nvlm_wpack_reads(nvlm_pool_level(pool), w[i]->dtype) && !w[i]->dist) continue;
+        return nvlm_fail(err, NVLM_E_INVALID_ARG,
+                         "a %dx%d %s matrix packed for the AVX-512 kernels (layout %d) cannot be read at kernel level %s; "
+                         "load the model again to run it at another level",
+                         w[i]->rows, w[i]->cols, nvlm_dtype_name(w[i]->dtype), w[i]->layout,
+                         nvlm_cpu_level_name(nvlm_pool_level(pool)));
+    }
+    return NVLM_OK;
+}
+
 /* One product by the table's generation (gen != 0) or prefill kernel of w's format. */
 static int product(nvlm_pool *pool, int gen, float *y, const float *x, int n_tok, const nvlm_wmat *w,
                    const float *bias, nvlm_err *err) {
     if (n_tok > 0 && w->dist) return nvlm_dist_matmul(pool, gen, y, x, n_tok, w, bias, err); /* a row slice, all-gathered */
+    int rc = layout_ok(pool, 1, &w, err);
+    if (rc) return rc;
     if (n_tok <= 0 || bf16_takes(pool, gen, 1, &y, x, n_tok, &w, &bias) || vnni_takes(pool, gen, y, x, n_tok, w, bias))
         return NVLM_OK;
     /* a format only the scalar path knows never reaches a SIMD row of the table */
@@ -124,6 +142,8 @@ static int product(nvlm_pool *pool, int gen, float *y, const float *x, int n_tok
 static int products(nvlm_pool *pool, int gen, int n_w, float *const *y, const float *x, int n_tok,
                     const nvlm_wmat *const *w, const float *const *bias, nvlm_err *err) {
     if (n_tok > 0 && n_w > 0 && w[0]->dist) return nvlm_dist_matmul_multi(pool, gen, n_w, y, x, n_tok, w, bias, err);
+    int rc = n_tok > 0 ? layout_ok(pool, n_w, w, err) : NVLM_OK;
+    if (rc) return rc;
     if (n_tok <= 0 || n_w <= 0 || bf16_takes(pool, gen, n_w, y, x, n_tok, w, bias)) return NVLM_OK;
     /* together only when every matrix's format runs the same multi-matrix kernel (and none the VNNI one) */
     const int level = nvlm_pool_level(pool);
@@ -136,11 +156,8 @@ static int products(nvlm_pool *pool, int gen, int n_w, float *const *y, const fl
         if (!multi) break;
     }
     if (multi) return multi(pool, n_w, y, x, n_tok, w, bias, err);
-    for (int i = 0; i < n_w; i++) {
-        int rc = product(pool, gen, y[i], x, n_tok, w[i], bias[i], err);
-        if (rc) return rc;
-    }
-    return NVLM_OK;
+    for (int i = 0; i < n_w && !rc; i++) rc = product(pool, gen, y[i], x, n_tok, w[i], bias[i], err);
+    return rc;
 }
 
 int nvlm_matmul(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,

@@ -9,8 +9,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* A weight matrix [rows = out features, cols = in features], row-major, as nn.Linear stores it;
- * block formats (kernels/qblock.h) store each row as cols/32 blocks. */
+/* Weight layouts (docs/performance.md, "Packed rows").
+ * NVLM_WL_ROWS: row-major, as nn.Linear stores it (every format; what every kernel reads).
+ * NVLM_WL_P8: plain formats (F32/F16/BF16) only, rows % 8 == 0 and cols % 16 == 0: rows in groups
+ *   of 8, each group's columns in runs of 16, the runs of the group's 8 rows side by side:
+ *   W(r, k) is element (r / 8) * 8 * cols + (k / 16) * 128 + (r % 8) * 16 + k % 16. The one-token
+ *   product then reads one sequential stream while it keeps 8 rows' FMA chains in flight (each
+ *   output's chain unchanged, so the same bits): the AVX-512 levels' generation layout, made by
+ *   nvlm_wpack (kernels/wpack.h) when an engine is created. Read by the AVX-512 kernels only. */
+enum { NVLM_WL_ROWS = 0, NVLM_WL_P8 = 1 };
+enum { NVLM_P8_ROWS = 8, NVLM_P8_RUN = 16 };
+
+/* A weight matrix [rows = out features, cols = in features], row-major as nn.Linear stores it
+ * (layout NVLM_WL_ROWS) or packed (above); block formats (kernels/qblock.h) store each row as
+ * cols/32 blocks. */
 typedef struct nvlm_wmat {
     nvlm_dtype dtype;
     int rows, cols;
@@ -25,7 +37,22 @@ typedef struct nvlm_wmat {
      * projections and lm_head: the bf16 mode covers the vision path and the LLM's MLP;
      * docs/performance.md "bf16 compute" says why) */
     int f32_only;
+    int layout; /* NVLM_WL_*; 0: row-major */
 } nvlm_wmat;
+
+/* Element offset of W(r, k) in the NVLM_WL_P8 layout of a matrix of K columns: the run of 16
+ * holding it is contiguous from there to the run's end. */
+static inline size_t nvlm_p8_offset(int K, int r, int k) {
+    return (size_t)(r / NVLM_P8_ROWS) * NVLM_P8_ROWS * (size_t)K + (size_t)(k / NVLM_P8_RUN) * (NVLM_P8_ROWS * NVLM_P8_RUN) +
+           (size_t)(r % NVLM_P8_ROWS) * NVLM_P8_RUN + (size_t)(k % NVLM_P8_RUN);
+}
+
+/* Address of W(r, k) of a plain-format matrix in either layout (es: bytes per element). Row-major:
+ * the row continues contiguously; NVLM_WL_P8: up to the end of k's run of 16. */
+static inline const uint8_t *nvlm_wmat_at(const nvlm_wmat *w, size_t es, int r, int k) {
+    size_t e = w->layout == NVLM_WL_P8 ? nvlm_p8_offset(w->cols, r, k) : (size_t)r * (size_t)w->cols + (size_t)k;
+    return (const uint8_t *)w->data + e * es;
+}
 
 /* Rows of w held by this process. */
 static inline int nvlm_wmat_held_rows(const nvlm_wmat *w) { return w->dist ? w->local_rows : w->rows; }

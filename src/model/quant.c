@@ -1,8 +1,10 @@
-/* Quantization of a model's weight matrices, in memory and to a folder. */
+/* Quantization of a model's weight matrices, in memory and to a folder; their packing for the
+ * AVX-512 generation kernels (nvlm_model_pack). */
 #include "model/quant.h"
 #include "core/err.h"
 #include "core/file.h"
 #include "kernels/qblock.h"
+#include "kernels/wpack.h"
 #include "model/safetensors_write.h"
 #include "model/tensors.h"
 #include <stdio.h>
@@ -92,8 +94,19 @@ typedef struct qctx {
     nvlm_err *err;
 } qctx;
 
+/* w now reads d (owned by m); the `bytes` it read before are released: a file mapping's or read-in
+ * copy's pages dropped, a tensor-parallel slice freed. */
+static void replace_data(nvlm_model *m, nvlm_wmat *w, const char *name, void *d, size_t bytes) {
+    const nvlm_tensor *t = nvlm_st_find(m->st, name);
+    if (t && t->data == w->data) release_mapping(w->data, bytes); /* only the file mapping */
+    else if (w->dist && !nvlm_model_release(m, w->data)) release_mapping(w->data, bytes); /* the rank's slice */
+    w->data = d;
+}
+
 static int quant_one(qctx *q, nvlm_wmat *w, const char *name) {
     if (nvlm_dtype_is_block(w->dtype)) return NVLM_OK; /* already quantized on disk */
+    if (w->layout != NVLM_WL_ROWS)
+        return nvlm_fail(q->err, NVLM_E_INVALID_ARG, "%s is packed for the AVX-512 kernels: quantize before creating an engine", name);
     int rows = nvlm_wmat_held_rows(w); /* a tensor-parallel rank quantizes its own rows */
     size_t before = nvlm_row_bytes(w->dtype, w->cols) * (size_t)rows;
     q->rep->bytes_before += before;
@@ -108,10 +121,7 @@ static int quant_one(qctx *q, nvlm_wmat *w, const char *name) {
         free(d);
         return nvlm_fail(q->err, NVLM_E_NOMEM, "out of memory quantizing %s", name);
     }
-    const nvlm_tensor *t = nvlm_st_find(q->m->st, name);
-    if (t && t->data == w->data) release_mapping(w->data, before); /* only the file mapping */
-    else if (w->dist && !nvlm_model_release(q->m, w->data)) release_mapping(w->data, before); /* the rank's slice */
-    w->data = d;
+    replace_data(q->m, w, name, d, before);
     w->dtype = to;
     q->rep->n_quantized++;
     q->rep->bytes_after += nvlm_row_bytes(to, w->cols) * (size_t)rows;
@@ -158,6 +168,43 @@ int nvlm_quantize_model(nvlm_model *m, nvlm_dtype to, nvlm_quant_report *rep, nv
     if (tied && !rc) m->lm_head = m->embed; /* one copy serves both */
     else Q(m->lm_head, NVLM_R_LM_HEAD, -1);
 #undef Q
+    return rc;
+}
+
+/* ---- packing for the generation kernels ---- */
+
+/* w into NVLM_WL_P8 when the pool's level reads it (kernels/wpack.h): a packed copy owned by m,
+ * the row-major bytes released as quantizing does. NVLM_E_NOMEM when the copy cannot be had. */
+static int pack_one(nvlm_model *m, nvlm_wmat *w, const char *name, nvlm_err *err) {
+    if (!nvlm_wpack_can(w, nvlm_pool_level(m->pool))) return NVLM_OK;
+    size_t es = nvlm_dtype_size(w->dtype), bytes = es * (size_t)w->rows * (size_t)w->cols;
+    void *d = nvlm_alloc_weights(bytes);
+    if (!d || nvlm_model_own(m, d)) {
+        free(d);
+        return nvlm_fail(err, NVLM_E_NOMEM, "out of memory packing %s (%.1f MB)", name, (double)bytes / 1e6);
+    }
+    nvlm_wpack_p8(m->pool, d, w->data, es, w->rows, w->cols);
+    replace_data(m, w, name, d, bytes);
+    w->layout = NVLM_WL_P8;
+    return NVLM_OK;
+}
+
+int nvlm_model_pack(nvlm_model *m, nvlm_err *err) {
+    char name[160];
+    int rc = 0;
+#define P(w, role, i) if (!rc) rc = pack_one(m, &(w), nvlm_tensor_name(role, i, name, sizeof name), err)
+    for (int i = 0; i < m->cfg.llm.num_layers; i++) {
+        llm_layer *L = &m->llm[i];
+        P(L->wq, NVLM_R_L_Q, i);
+        P(L->wk, NVLM_R_L_K, i);
+        P(L->wv, NVLM_R_L_V, i);
+        P(L->wo, NVLM_R_L_O, i);
+        P(L->gate, NVLM_R_L_GATE, i);
+        P(L->up, NVLM_R_L_UP, i);
+        P(L->down, NVLM_R_L_DOWN, i);
+    }
+    if (m->lm_head.data != m->embed.data) P(m->lm_head, NVLM_R_LM_HEAD, -1); /* a tied one is the embedding's rows */
+#undef P
     return rc;
 }
 
