@@ -154,47 +154,92 @@ static void gemv_groups(void *ctx, size_t begin, size_t end, int thread) {
     }
 }
 
-/* ---- NVLM_WL_P8 rows (kernels/ops.h), one token ----
+/* ---- NVLM_WL_P8 rows (kernels/ops.h), any number of tokens ----
  * Eight rows a pass from one sequential stream: the group's runs of 16 lie side by side, so the
- * eight independent FMA chains (each row's own, as above) keep the FMA latency hidden while the
- * hardware prefetcher follows a single stream. Row-major, one row's chain at a time is bound by
- * that latency, and the x row it re-reads from L1 no longer fits beside the stream once K passes
- * ~4096 (Qwen2's down_proj: 10-16 GB/s against 25-29 here; docs/performance.md). */
-AI void p8_group(nvlm_dtype dt, const uint8_t *g, const float *xv, int K, float out[NVLM_P8_ROWS]) {
+ * eight independent FMA chains per token (each row's own, as above) keep the FMA latency hidden
+ * while the hardware prefetcher follows a single stream. Row-major, one row's chain at a time is
+ * bound by that latency, and the x row it re-reads from L1 no longer fits beside the stream once K
+ * passes ~4096 (Qwen2's down_proj: 10-16 GB/s against 25-29 here; docs/performance.md). Tokens go
+ * P8_TOK at a time (8 x 3 accumulators); more tokens take the group again, from L2. Several rows
+ * of a group a pass, as the batch kernel takes row-major rows, would read the group strided:
+ * 2-3x slower on Zen 4. */
+enum { P8_TOK = 3 };
+
+AI void p8_group(int T, nvlm_dtype dt, const uint8_t *g, const float *xv, int K, float out[P8_TOK][NVLM_P8_ROWS]) {
     enum { R = NVLM_P8_ROWS };
     const size_t es = dt == NVLM_DT_F32 ? 4 : 2, step = (size_t)R * NVLM_P8_RUN * es;
-    __m512 acc[R];
-    UNROLL
-    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    __m512 acc[P8_TOK][R];
+    _Pragma("GCC unroll 3") for (int t = 0; t < T; t++)
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) acc[t][r] = _mm512_setzero_ps();
     for (int k = 0; k < K; k += 16, g += step) {
-        const __m512 xk = _mm512_loadu_ps(xv + k);
-        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)
-            acc[r] = _mm512_fmadd_ps(load16(dt, g + (size_t)r * NVLM_P8_RUN * es, 0), xk, acc[r]);
+        __m512 xk[P8_TOK];
+        _Pragma("GCC unroll 3") for (int t = 0; t < T; t++) xk[t] = _mm512_loadu_ps(xv + (size_t)t * K + k);
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {
+            const __m512 wv = load16(dt, g + (size_t)r * NVLM_P8_RUN * es, 0);
+            _Pragma("GCC unroll 3") for (int t = 0; t < T; t++) acc[t][r] = _mm512_fmadd_ps(wv, xk[t], acc[t][r]);
+        }
     }
-    if (dt == NVLM_DT_BF16)
-        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) acc[r] = _mm512_shuffle_f32x4(acc[r], acc[r], PERM);
-    _mm_storeu_ps(out, hsum4(fold(acc[0]), fold(acc[1]), fold(acc[2]), fold(acc[3])));
-    _mm_storeu_ps(out + 4, hsum4(fold(acc[4]), fold(acc[5]), fold(acc[6]), fold(acc[7])));
+    _Pragma("GCC unroll 3") for (int t = 0; t < T; t++) {
+        if (dt == NVLM_DT_BF16)
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) acc[t][r] = _mm512_shuffle_f32x4(acc[t][r], acc[t][r], PERM);
+        _mm_storeu_ps(out[t], hsum4(fold(acc[t][0]), fold(acc[t][1]), fold(acc[t][2]), fold(acc[t][3])));
+        _mm_storeu_ps(out[t] + 4, hsum4(fold(acc[t][4]), fold(acc[t][5]), fold(acc[t][6]), fold(acc[t][7])));
+    }
+}
+
+AI void p8_group_dt(int T, nvlm_dtype dt, const uint8_t *g, const float *xv, int K, float out[P8_TOK][NVLM_P8_ROWS]) {
+    if (dt == NVLM_DT_BF16) p8_group(T, NVLM_DT_BF16, g, xv, K, out);
+    else if (dt == NVLM_DT_F16) p8_group(T, NVLM_DT_F16, g, xv, K, out);
+    else p8_group(T, NVLM_DT_F32, g, xv, K, out);
 }
 
 static void p8_groups(void *ctx, size_t begin, size_t end, int thread) {
     (void)thread;
     const gemv_job *j = ctx;
-    const int K = j->w->cols;
-    const size_t es = nvlm_dtype_size(j->w->dtype);
+    const int K = j->w->cols, N = j->w->rows;
+    const nvlm_dtype dt = j->w->dtype;
+    const float *xv = dt == NVLM_DT_BF16 ? j->xp : j->x;
+    const size_t group = NVLM_P8_ROWS * (size_t)K * nvlm_dtype_size(dt);
     for (size_t g = begin; g < end; g++) {
-        const uint8_t *base = (const uint8_t *)j->w->data + g * NVLM_P8_ROWS * (size_t)K * es;
-        float out[NVLM_P8_ROWS];
-        switch (j->w->dtype) {
-        case NVLM_DT_BF16: p8_group(NVLM_DT_BF16, base, j->xp, K, out); break;
-        case NVLM_DT_F16: p8_group(NVLM_DT_F16, base, j->x, K, out); break;
-        default: p8_group(NVLM_DT_F32, base, j->x, K, out); break;
-        }
-        for (int r = 0; r < NVLM_P8_ROWS; r++) {
-            size_t o = g * NVLM_P8_ROWS + (size_t)r;
-            j->y[o] = j->bias ? out[r] + j->bias[o] : out[r];
+        const uint8_t *base = (const uint8_t *)j->w->data + g * group;
+        for (int t0 = 0; t0 < j->n_tok; t0 += P8_TOK) {
+            const int T = j->n_tok - t0 < P8_TOK ? j->n_tok - t0 : P8_TOK;
+            const float *xt = xv + (size_t)t0 * K;
+            float out[P8_TOK][NVLM_P8_ROWS];
+            if (T == 1) p8_group_dt(1, dt, base, xt, K, out);
+            else if (T == 2) p8_group_dt(2, dt, base, xt, K, out);
+            else p8_group_dt(3, dt, base, xt, K, out);
+            for (int t = 0; t < T; t++)
+                for (int r = 0; r < NVLM_P8_ROWS; r++) {
+                    size_t o = g * NVLM_P8_ROWS + (size_t)r;
+                    j->y[(size_t)(t0 + t) * N + o] = j->bias ? out[t][r] + j->bias[o] : out[t][r];
+                }
         }
     }
+}
+
+/* BF16 activations permuted by PERM in blocks of 16 (the order load16 widens BF16 weights in). */
+static void permute_x(float *xp, const float *x, int n_tok, int K) {
+    for (int t = 0; t < n_tok; t++)
+        for (int k = 0; k + 16 <= K; k += 16) {
+            __m512 v = _mm512_loadu_ps(x + (size_t)t * K + k);
+            _mm512_storeu_ps(xp + (size_t)t * K + k, _mm512_shuffle_f32x4(v, v, PERM));
+        }
+}
+
+/* The NVLM_WL_P8 product: 0, or -1 when the BF16 activations' copy cannot be allocated. */
+static int gemv_p8(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias, float *stack,
+                   size_t stack_floats) {
+    const int K = w->cols;
+    float *xp = stack;
+    if (w->dtype == NVLM_DT_BF16) {
+        if ((size_t)n_tok * K > stack_floats && !(xp = malloc(sizeof(float) * (size_t)n_tok * K))) return -1;
+        permute_x(xp, x, n_tok, K);
+    }
+    gemv_job j = {.y = y, .x = x, .xp = xp, .n_tok = n_tok, .w = w, .bias = bias};
+    nvlm_pool_run(pool, (size_t)w->rows / NVLM_P8_ROWS, GRAIN_ROWS / NVLM_P8_ROWS, p8_groups, &j);
+    if (xp != stack) free(xp);
+    return 0;
 }
 
 enum { XP_STACK = 16384 }; /* floats of permuted activations kept on the stack */
@@ -205,13 +250,14 @@ enum { XP_STACK = 16384 }; /* floats of permuted activations kept on the stack *
 int nvlm_gemv_avx512(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias) {
     /* 2 tokens or more (a batch of generated tokens): each row read once for all of them, several
      * rows a pass (bench/batch: faster at every count from 2, 16 included); the same bytes */
+    float stack[XP_STACK] __attribute__((aligned(64)));
+    if (w->layout == NVLM_WL_P8) return gemv_p8(pool, y, x, n_tok, w, bias, stack, XP_STACK);
     if (n_tok > 1 && nvlm_gemv_batch_avx512_ok(w->dtype)) {
         nvlm_gemv_batch_avx512(pool, y, x, n_tok, w, bias);
         return 0;
     }
-    const int N = w->rows, K = w->cols, rg = ROWS, K16 = K / 16 * 16;
+    const int N = w->rows, K = w->cols, rg = ROWS;
     const int bf16 = w->dtype == NVLM_DT_BF16, tmax = n_tok < GEMV_MAX ? n_tok : GEMV_MAX;
-    float stack[XP_STACK] __attribute__((aligned(64)));
     float *xp = stack;
     if (bf16 && (size_t)tmax * K > XP_STACK && !(xp = malloc(sizeof(float) * (size_t)tmax * K))) return -1;
     for (int t0 = 0; t0 < n_tok; t0 += GEMV_MAX) {
@@ -222,18 +268,9 @@ int nvlm_gemv_avx512(nvlm_pool *pool, float *y, const float *x, int n_tok, const
             if (nvlm_gemv_avx2(pool, yt, xt, T, w, bias, NULL)) return -1; /* the table words it */
             continue;
         }
-        if (bf16)
-            for (int t = 0; t < T; t++)
-                for (int k = 0; k < K16; k += 16) {
-                    __m512 v = _mm512_loadu_ps(xt + (size_t)t * K + k);
-                    _mm512_storeu_ps(xp + (size_t)t * K + k, _mm512_shuffle_f32x4(v, v, PERM));
-                }
+        if (bf16) permute_x(xp, xt, T, K);
         gemv_job j = {.y = yt, .x = xt, .xp = xp, .n_tok = T, .rg = rg, .w = w, .bias = bias,
                       .rb = nvlm_row_bytes(w->dtype, K)};
-        if (w->layout == NVLM_WL_P8) { /* one token here: more went to the batch kernel */
-            nvlm_pool_run(pool, (size_t)N / NVLM_P8_ROWS, GRAIN_ROWS / NVLM_P8_ROWS, p8_groups, &j);
-            continue;
-        }
         size_t groups = ((size_t)N + rg - 1) / rg;
         nvlm_pool_run(pool, groups, (GRAIN_ROWS + rg - 1) / rg, gemv_groups, &j);
     }

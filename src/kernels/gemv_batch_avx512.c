@@ -26,20 +26,13 @@ enum {
                        the activations, and several short rows a pass then ran at half the speed) */
 };
 
-/* Where a row's 16 columns at k lie, in bytes from row r's first run: r * row + (k / 16) * run
- * (row-major: row = the row's bytes, run = 16 elements; NVLM_WL_P8, rows of one group: row = one
- * run, run = the group's 8 runs); pf: how far ahead of a run its prefetch reaches. */
-typedef struct wstep {
-    size_t row, run, pf;
-} wstep;
-
 typedef struct gemvb_job {
     float *y;
     const float *x;
     int n_tok;
     const nvlm_wmat *w;
     const float *bias;
-    wstep ws;
+    size_t rb;
     int rg; /* rows a pass */
 } gemvb_job;
 
@@ -67,8 +60,10 @@ AI void finish4(__m512 a, __m512 b, __m512 c, __m512 d, float *out) {
  * of k, so the values are those of one row and one token alone. The next rows are prefetched
  * as these are consumed: the hardware prefetchers alone leave the loads waiting on memory once
  * there is compute between them. */
-AI void rows_tokens(int R, int T, nvlm_dtype dt, const uint8_t *w, const wstep *ws, const float *x, int K, float *out) {
-    const size_t es = dt == NVLM_DT_F32 ? 4 : 2, rb = ws->row, ks = ws->run, pf = ws->pf;
+AI void rows_tokens(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const float *x, int K, float *out) {
+    const size_t es = dt == NVLM_DT_F32 ? 4 : 2;
+    /* prefetch distance: the next group, or further when rows are short (at least PF_MIN bytes) */
+    const size_t pf = (size_t)R * rb * (((size_t)R * rb + PF_MIN - 1) / ((size_t)R * rb));
     __m512 acc[RB][TB];
     _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
         _Pragma("GCC unroll 16") for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
@@ -76,9 +71,8 @@ AI void rows_tokens(int R, int T, nvlm_dtype dt, const uint8_t *w, const wstep *
     for (; k + 16 <= K; k += 16) {
         __m512 wv[RB];
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
-            const uint8_t *run = w + (size_t)r * rb + (size_t)(k / 16) * ks;
-            _mm_prefetch((const char *)run + pf, _MM_HINT_T1);
-            wv[r] = load16(dt, run, 0);
+            _mm_prefetch((const char *)w + pf + (size_t)r * rb + (size_t)k * es, _MM_HINT_T1);
+            wv[r] = load16(dt, w + (size_t)r * rb, k);
         }
         _Pragma("GCC unroll 16") for (int t = 0; t < T; t++) {
             __m512 xv = _mm512_loadu_ps(x + (size_t)t * K + k);
@@ -91,7 +85,7 @@ AI void rows_tokens(int R, int T, nvlm_dtype dt, const uint8_t *w, const wstep *
         _Pragma("GCC unroll 4") for (int t = 0; t < T; t += 4) /* out has room for TB per row */
             finish4(acc[r][t], t + 1 < T ? acc[r][t + 1] : z, t + 2 < T ? acc[r][t + 2] : z, t + 3 < T ? acc[r][t + 3] : z,
                     out + r * TB + t);
-    if (k < K) { /* row-major only (NVLM_WL_P8 has K % 16 == 0) */
+    if (k < K) {
         float tail[16];
         for (int r = 0; r < R; r++) {
             nvlm_row_to_f32_avx2(tail, w + (size_t)r * rb + (size_t)k * es, dt, K - k);
@@ -102,16 +96,16 @@ AI void rows_tokens(int R, int T, nvlm_dtype dt, const uint8_t *w, const wstep *
 }
 
 #define DT(R, T)                                                                                         \
-    if (dt == NVLM_DT_BF16) rows_tokens(R, T, NVLM_DT_BF16, w, ws, x, K, out);                           \
-    else if (dt == NVLM_DT_F16) rows_tokens(R, T, NVLM_DT_F16, w, ws, x, K, out);                        \
-    else rows_tokens(R, T, NVLM_DT_F32, w, ws, x, K, out);
+    if (dt == NVLM_DT_BF16) rows_tokens(R, T, NVLM_DT_BF16, w, rb, x, K, out);                           \
+    else if (dt == NVLM_DT_F16) rows_tokens(R, T, NVLM_DT_F16, w, rb, x, K, out);                        \
+    else rows_tokens(R, T, NVLM_DT_F32, w, rb, x, K, out);
 #define CASE(T)                                                                                          \
     case T:                                                                                              \
         if (R == 3) { DT(3, T) } else if (R == 2) { DT(2, T) } else { DT(1, T) }                        \
         break;
 
 /* R (1 to RB) rows from w, T tokens: out[r * TB + t]. */
-static void rows_any(int R, int T, nvlm_dtype dt, const uint8_t *w, const wstep *ws, const float *x, int K, float *out) {
+static void rows_any(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const float *x, int K, float *out) {
     switch (T) {
         CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) default: CASE(8)
     }
@@ -129,11 +123,11 @@ static void gemvb_rows(void *ctx, size_t begin, size_t end, int thread) {
         int R = N - (int)r0 < rg ? N - (int)r0 : rg;
         for (int rr = 0; rr < R; rr += (R == rg ? rg : 1)) {
             int Rp = R == rg ? rg : 1;
-            const uint8_t *w = nvlm_wmat_at(j->w, nvlm_dtype_size(j->w->dtype), (int)(r0 + rr), 0);
+            const uint8_t *w = (const uint8_t *)j->w->data + (r0 + rr) * j->rb;
             for (int t0 = 0; t0 < j->n_tok; t0 += TB) {
                 int T = j->n_tok - t0 < TB ? j->n_tok - t0 : TB;
                 float out[RB * TB];
-                rows_any(Rp, T, j->w->dtype, w, &j->ws, j->x + (size_t)t0 * K, K, out);
+                rows_any(Rp, T, j->w->dtype, w, j->rb, j->x + (size_t)t0 * K, K, out);
                 for (int r = 0; r < Rp; r++) {
                     size_t row = r0 + rr + r;
                     for (int t = 0; t < T; t++)
@@ -150,14 +144,8 @@ int nvlm_gemv_batch_avx512_ok(nvlm_dtype dt) {
 
 void nvlm_gemv_batch_avx512(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w,
                             const float *bias) {
-    const size_t es = nvlm_dtype_size(w->dtype), rb = nvlm_row_bytes(w->dtype, w->cols);
-    /* NVLM_WL_P8: 2 rows a pass, so a pass never leaves its group of 8 */
-    const int p8 = w->layout == NVLM_WL_P8, rg = p8 || w->cols < RB_LONG_K ? 2 : 3;
-    wstep ws = {.row = p8 ? NVLM_P8_RUN * es : rb, .run = p8 ? (size_t)NVLM_P8_ROWS * NVLM_P8_RUN * es : NVLM_P8_RUN * es};
-    /* prefetch distance: the next group, or further when rows are short (at least PF_MIN bytes);
-     * NVLM_WL_P8: PF_MIN further along the group's stream */
-    ws.pf = p8 ? (PF_MIN / ws.run + 1) * ws.run : (size_t)rg * rb * (((size_t)rg * rb + PF_MIN - 1) / ((size_t)rg * rb));
-    gemvb_job j = {.y = y, .x = x, .n_tok = n_tok, .w = w, .bias = bias, .ws = ws, .rg = rg};
+    const int rg = w->cols >= RB_LONG_K ? 3 : 2;
+    gemvb_job j = {.y = y, .x = x, .n_tok = n_tok, .w = w, .bias = bias, .rb = nvlm_row_bytes(w->dtype, w->cols), .rg = rg};
     nvlm_pool_run(pool, ((size_t)w->rows + rg - 1) / rg, GRAIN_ROWS / rg, gemvb_rows, &j);
 }
 

@@ -609,6 +609,7 @@ int serve_sched_start(serve_sched *s, nvlm_model *m, serve_metrics *metrics, con
     int ctx = o->ctx > 0 ? o->ctx : m->cfg.llm.max_position_embeddings;
     nvlm_engine_opts eo = {
         .max_batch = SHORT_BUDGET + s->parallel,
+        .gen_streams = s->parallel,
         .kv_bytes = o->kv_mib << 20,
         .kv_tokens = o->kv_tokens ? o->kv_tokens : o->kv_mib ? 0 : (size_t)ctx * (size_t)s->parallel,
     };
