@@ -5,7 +5,8 @@
  * formats beyond the on-stack activation buffer. Also: identical results for 1 and 3 threads,
  * the default activation type per format (Q4: int8),
  * a token's result independent of how many tokens share the call, and the int8-activation
- * option against nvlm_vec_dot_q on the same quantized activations. */
+ * option against nvlm_vec_dot_q on the same quantized activations; packed rows (NVLM_WL_P8) against
+ * row-major, and refused where a level cannot read them. */
 #include "check.h"
 #include "kernels/cpu.h"
 #include "kernels/dispatch.h"
