@@ -12,6 +12,8 @@
 #include "kernels/gemm_bf16.h"
 #include "kernels/attention.h"
 #include "kernels/qblock.h"
+#include "model/mkmodel.h"
+#include "model/model.h"
 #include <math.h>
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
@@ -306,8 +308,54 @@ static void test_attention(int level) {
     CHECK(worst < 0.05, "%s: bf16 attention is %.3g from float32", nvlm_cpu_level_name(level), worst);
 }
 
+/* A whole vision path in bf16 compute (ViT GEMMs, bf16 attention, projector) on a random
+ * BF16 checkpoint: the same bits at 1 and 3 threads, at every level the machine has. */
+static void test_vit_threads(void) {
+    char dir[] = "/tmp/nvlm_bf16_vit_XXXXXX";
+    if (!mkdtemp(dir)) {
+        CHECK(0, "mkdtemp");
+        return;
+    }
+    nvlm_mkmodel_opts o;
+    nvlm_mkmodel_defaults(&o);
+    o.tokenizer_dir = shared_path("reference/tiny-tokenizer");
+    o.seed = 11, o.image_size = 112, o.patch_size = 14; /* 65 tokens a tile */
+    o.vit_hidden = 48, o.vit_layers = 2, o.vit_heads = 3, o.vit_dummy_heads = 1, o.vit_intermediate = 136;
+    o.llm_hidden = 40, o.llm_layers = 1, o.llm_heads = 5, o.llm_kv_heads = 1, o.llm_intermediate = 72;
+    o.dtype = NVLM_MK_BF16;
+    nvlm_err err = {0};
+    nvlm_model *m1 = NULL, *m3 = NULL;
+    nvlm_load_options lo = {.n_threads = 1, .compute = NVLM_COMPUTE_BF16};
+    int rc = nvlm_mkmodel(&o, dir, NULL, &err);
+    if (!rc) rc = nvlm_model_load(dir, &lo, &m1, &err);
+    lo.n_threads = 3;
+    if (!rc) rc = nvlm_model_load(dir, &lo, &m3, &err);
+    CHECK(rc == 0, "bf16 ViT model: %s", err.msg);
+    const int T = 3, S = 112, h = o.llm_hidden;
+    const size_t n_out = rc ? 1 : (size_t)T * nvlm_cfg_tokens_per_tile(&m1->cfg) * h;
+    float *px = malloc(sizeof(float) * T * 3 * S * S), *y1 = malloc(sizeof(float) * n_out), *y3 = malloc(sizeof(float) * n_out);
+    for (int i = 0; i < T * 3 * S * S; i++) px[i] = (float)((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
+    int n_levels, same = 0, tried = 0;
+    const int *levels = nvlm_cpu_levels(&n_levels);
+    for (int li = 0; !rc && li < n_levels; li++) {
+        if (!nvlm_cpu_level_usable(levels[li])) continue;
+        nvlm_pool_set_level(m1->pool, levels[li]), nvlm_pool_set_level(m3->pool, levels[li]);
+        tried++;
+        rc = nvlm_encode_tiles(m1, px, T, y1, &err) || nvlm_encode_tiles(m3, px, T, y3, &err);
+        CHECK(rc == 0, "encode tiles: %s", err.msg);
+        same += !rc && !memcmp(y1, y3, sizeof(float) * n_out);
+    }
+    CHECK(same == tried, "bf16 compute vision path: %d of %d levels give the same bits at 1 and 3 threads", same, tried);
+    free(px), free(y1), free(y3);
+    nvlm_model_free(m1), nvlm_model_free(m3);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd)) fprintf(stderr, "could not remove %s\n", dir);
+}
+
 int main(void) {
     test_lane();
+    test_vit_threads();
     test_rows();
     nvlm_pool *p1 = NULL, *p3 = NULL;
     nvlm_err err = {0};

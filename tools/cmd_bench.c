@@ -8,6 +8,7 @@
 #include "kernels/ops.h"
 #include "kernels/peak.h"
 #include "kernels/qblock.h"
+#include "kernels/wpack.h"
 #include "model/llm.h"
 #include "model/model.h"
 #include "model/quant.h"
@@ -155,13 +156,18 @@ static void bench_kernels(const bench_opts *o, nvlm_pool **pools, const int *nts
         if (!wd) continue;
         nvlm_wmat w = {.dtype = dts[d], .rows = GN, .cols = GK, .data = wd};
         double bytes = (double)nvlm_row_bytes(dts[d], GK) * GN;
+        void *wp = NULL; /* packed as an engine for one sequence packs it (kernels/wpack.h) */
+        if (nvlm_wpack_can(&w, nvlm_pool_level(pools[0])) && (wp = malloc((size_t)bytes))) {
+            nvlm_wpack_p8(pools[0], wp, wd, nvlm_dtype_size(dts[d]), GN, GK);
+            w.data = wp, w.layout = NVLM_WL_P8;
+        }
         printf("%-6s", nvlm_dtype_name(dts[d]));
         for (int i = 0; i < n_pools; i++) {
             double t = time_matmul(o, pools[i], &w, x, 1, y, 5), gbs = bytes / t / 1e9;
             printf("   %7.1f (%5.1f%%)   ", gbs, 100 * gbs / lim[i].bw);
         }
-        printf("\n");
-        free(wd);
+        printf("%s\n", wp ? "  rows packed 8 x 16" : "");
+        free(wd), free(wp);
     }
     free(x), free(y);
 }
