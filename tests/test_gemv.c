@@ -303,53 +303,94 @@ static void test_many_tokens(nvlm_pool *p1, nvlm_pool *p3) {
 }
 #endif
 
-/* NVLM_WL_P8 (kernels/ops.h, wpack.h): at a level that reads it, a packed matrix gives exactly
- * the row-major matrix's bits for every token count, as generated rows (one token: the 8-row
- * kernel; more: the batch kernel) and as prompt rows (the packed product), in float32 and in bf16
- * compute, at 1 and 3 threads, multi-matrix calls included; at a level that does not, the product
- * is refused with an error, never misread. */
-static void test_packed(nvlm_pool *p1, nvlm_pool *p3, int level) {
-    static const int shapes[][2] = {{8, 16}, {24, 896}, {40, 1040}, {16, 4864}};
-    const nvlm_dtype plain[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16};
-    int runs = 0, bad = 0, refused = 0;
-    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
-        for (size_t d = 0; d < 3; d++) {
-            const int N = shapes[si][0], K = shapes[si][1], TM = 19;
-            const size_t es = nvlm_dtype_size(plain[d]);
-            void *wr = make_weights(plain[d], N, K), *wp = malloc(es * (size_t)N * K);
-            float *x = make_x(TM, K), *bias = malloc(sizeof(float) * N);
-            float *ya = malloc(sizeof(float) * TM * N), *yb = malloc(sizeof(float) * TM * N), *yc = malloc(sizeof(float) * TM * N);
-            for (int i = 0; i < N; i++) bias[i] = 0.01f * (float)i;
-            nvlm_wmat rows = {.dtype = plain[d], .rows = N, .cols = K, .data = wr}, packed = rows;
-            CHECK(nvlm_wpack_can(&rows, level) == nvlm_wpack_reads(level, plain[d]), "wpack_can %s", nvlm_dtype_name(plain[d]));
-            nvlm_wpack_p8(p3, wp, wr, es, N, K);
-            packed.data = wp, packed.layout = NVLM_WL_P8;
-            const nvlm_wmat *pr[2] = {&rows, &rows}, *pp[2] = {&packed, &packed};
-            const float *bs[2] = {bias, NULL};
-            for (int bf = 0; bf <= 1; bf++) {
-                nvlm_pool_set_compute(p1, bf ? NVLM_COMPUTE_BF16 : NVLM_COMPUTE_F32);
-                nvlm_pool_set_compute(p3, bf ? NVLM_COMPUTE_BF16 : NVLM_COMPUTE_F32);
-                for (int T = 1; T <= TM; T += T < 4 ? 1 : 5)
-                    for (int gen = 0; gen <= T; gen += T) { /* all rows generated, or all prompt rows */
-                        float *ya2[2] = {ya, yc}, *yb2[2] = {yb, yc};
-                        nvlm_err e = {0};
-                        int ra = nvlm_matmul_roles(p1, 2, ya2, x, gen, T, pr, bs, &e);
-                        int rb = nvlm_matmul_roles(T % 2 ? p3 : p1, 2, yb2, x, gen, T, pp, bs, &e);
-                        runs++;
-                        if (!nvlm_wpack_reads(level, plain[d])) {
-                            refused += ra == 0 && rb != 0 && strstr(e.msg, "packed");
-                            continue;
-                        }
-                        bad += ra || rb || memcmp(ya, yb, sizeof(float) * (size_t)T * N);
-                    }
-            }
-            nvlm_pool_set_compute(p1, NVLM_COMPUTE_F32), nvlm_pool_set_compute(p3, NVLM_COMPUTE_F32);
-            free(wr), free(wp), free(x), free(bias), free(ya), free(yb), free(yc);
+/* Packed layouts (kernels/ops.h, wpack.h): at a level that reads them, a packed matrix gives the
+ * row-major matrix's bits as prompt rows (the packed product; float32 and bf16 compute; Q8_0/Q4
+ * with int8 activations forced too) and as generated rows (F32/F16/BF16, NVLM_WL_P8: the
+ * row-major bits; Q8_0/Q4, NVLM_WL_Q16: nvlm_vec_dot_q's bits, where the row-major AVX2 kernel
+ * differs in the last bits), for 1-19 tokens at 1 and 3 threads, multi-matrix calls included;
+ * at a level that does not read them, every product is refused with an error, never misread.
+ * Fresh pools: the default activation mode (int8 for generated Q8_0/Q4 rows only). */
+static float *int8_reference(const nvlm_wmat *w, const float *x, int T, const float *bias) {
+    const int N = w->rows, K = w->cols;
+    float *ref = malloc(sizeof(float) * (size_t)T * N);
+    nvlm_block_q8a *xq = malloc(sizeof(nvlm_block_q8a) * (K / NVLM_QK));
+    for (int t = 0; t < T; t++) {
+        nvlm_quantize_row_q8a(x + (size_t)t * K, xq, K);
+        for (int o = 0; o < N; o++) {
+            float v = nvlm_vec_dot_q(w->dtype, (const uint8_t *)w->data + (size_t)o * nvlm_row_bytes(w->dtype, K), xq, K);
+            ref[(size_t)t * N + o] = bias ? v + bias[o] : v;
         }
-    if (nvlm_wpack_reads(level, NVLM_DT_BF16))
-        CHECK(bad == 0, "%s: %d of %d packed products differ from row-major", nvlm_cpu_level_name(level), bad, runs);
-    else
-        CHECK(refused == runs, "%s: %d of %d packed products refused with an error", nvlm_cpu_level_name(level), refused, runs);
+    }
+    free(xq);
+    return ref;
+}
+
+static void test_packed(int level) {
+    static const int shapes[][2] = {{16, 32}, {48, 896}, {32, 1056}, {16, 4864}};
+    int runs = 0, bad = 0, refused = 0;
+    nvlm_pool *p1 = NULL, *p3 = NULL;
+    nvlm_err err = {0};
+    CHECK(nvlm_pool_new(1, &p1, &err) == 0 && nvlm_pool_new(3, &p3, &err) == 0, "pool: %s", err.msg);
+    if (!p1 || !p3) return;
+    nvlm_pool_set_level(p1, level), nvlm_pool_set_level(p3, level);
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++)
+            for (int int8 = 0; int8 <= nvlm_dtype_is_block(dts[d]); int8++) { /* block formats: int8 prefill forced too */
+                const int N = shapes[si][0], K = shapes[si][1], TM = 19;
+                const size_t bytes = nvlm_row_bytes(dts[d], K) * (size_t)N;
+                void *wr = make_weights(dts[d], N, K), *wp = malloc(bytes);
+                float *x = make_x(TM, K), *bias = malloc(sizeof(float) * N);
+                float *ya = malloc(sizeof(float) * TM * N), *yb = malloc(sizeof(float) * TM * N), *yc = malloc(sizeof(float) * TM * N);
+                for (int i = 0; i < N; i++) bias[i] = 0.01f * (float)i;
+                nvlm_wmat rows = {.dtype = dts[d], .rows = N, .cols = K, .data = wr}, packed = rows;
+                const int reads = nvlm_wpack_reads(level, dts[d]);
+                CHECK(nvlm_wpack_can(&rows, level) == reads, "wpack_can %s %dx%d", nvlm_dtype_name(dts[d]), N, K);
+                packed.layout = nvlm_wpack(p3, wp, &rows);
+                packed.data = wp;
+                if (int8) nvlm_pool_set_int8_act(p1, 1), nvlm_pool_set_int8_act(p3, 1);
+                const nvlm_wmat *pr[2] = {&rows, &rows}, *pp[2] = {&packed, &packed};
+                const float *bs[2] = {bias, NULL};
+                for (int bf = 0; bf <= 1; bf++) {
+                    nvlm_pool_set_compute(p1, bf ? NVLM_COMPUTE_BF16 : NVLM_COMPUTE_F32);
+                    nvlm_pool_set_compute(p3, bf ? NVLM_COMPUTE_BF16 : NVLM_COMPUTE_F32);
+                    for (int T = 1; T <= TM; T += T < 4 ? 1 : 5)
+                        for (int gen = 0; gen <= T; gen += T) { /* all rows generated, or all prompt rows */
+                            float *ya2[2] = {ya, yc}, *yb2[2] = {yb, yc};
+                            nvlm_err e = {0};
+                            int ra = nvlm_matmul_roles(p1, 2, ya2, x, gen, T, pr, bs, &e);
+                            int rb = nvlm_matmul_roles(T % 2 ? p3 : p1, 2, yb2, x, gen, T, pp, bs, &e);
+                            runs++;
+                            if (!reads) { /* refused, with an error that says why */
+                                int ok = ra == 0 && rb != 0 && strstr(e.msg, "packed");
+                                refused += ok, bad += !ok;
+                                continue;
+                            }
+                            float *ref = gen && packed.layout == NVLM_WL_Q16 ? int8_reference(&rows, x, T, bias) : NULL;
+                            int differ = ra || rb || memcmp(ref ? ref : ya, yb, sizeof(float) * (size_t)T * N);
+                            if (differ && bad < 5)
+                                printf("  packed %s %dx%d T=%d gen=%d bf16=%d int8=%d: rc %d/%d (%s), values differ\n",
+                                       nvlm_dtype_name(dts[d]), N, K, T, gen, bf, int8, ra, rb, e.msg);
+                            bad += differ;
+                            free(ref);
+                        }
+                }
+                nvlm_pool_set_compute(p1, NVLM_COMPUTE_F32), nvlm_pool_set_compute(p3, NVLM_COMPUTE_F32);
+                free(wr), free(wp), free(x), free(bias), free(ya), free(yb), free(yc);
+                if (int8) { /* back to the default mode: fresh pools */
+                    nvlm_pool_free(p1), nvlm_pool_free(p3);
+                    p1 = p3 = NULL;
+                    if (nvlm_pool_new(1, &p1, &err) || nvlm_pool_new(3, &p3, &err)) {
+                        CHECK(0, "pool: %s", err.msg);
+                        nvlm_pool_free(p1), nvlm_pool_free(p3);
+                        return;
+                    }
+                    nvlm_pool_set_level(p1, level), nvlm_pool_set_level(p3, level);
+                }
+            }
+    printf("test_gemv: %s packed products: %d of %d as row-major (or the int8 reference), %d refused (layout not read here)\n",
+           nvlm_cpu_level_name(level), runs - refused - bad, runs - refused, refused);
+    CHECK(bad == 0, "%s: %d of %d packed products differ or were not refused", nvlm_cpu_level_name(level), bad, runs);
+    nvlm_pool_free(p1), nvlm_pool_free(p3);
 }
 
 int main(void) {
@@ -373,7 +414,7 @@ int main(void) {
         nvlm_pool_set_level(p1, level), nvlm_pool_set_level(p3, level);
         test_float_path(p1, p3, level);
         test_threads_large(p1, p3);
-        test_packed(p1, p3, level);
+        test_packed(level);
 #ifdef NVLM_HAVE_AVX2_KERNELS
         if (level == NVLM_CPU_AVX2) test_int8_path(p1, p3);
 #endif

@@ -157,16 +157,16 @@ static void bench_kernels(const bench_opts *o, nvlm_pool **pools, const int *nts
         nvlm_wmat w = {.dtype = dts[d], .rows = GN, .cols = GK, .data = wd};
         double bytes = (double)nvlm_row_bytes(dts[d], GK) * GN;
         void *wp = NULL; /* packed as an engine for one sequence packs it (kernels/wpack.h) */
-        if (nvlm_wpack_can(&w, nvlm_pool_level(pools[0])) && (wp = malloc((size_t)bytes))) {
-            nvlm_wpack_p8(pools[0], wp, wd, nvlm_dtype_size(dts[d]), GN, GK);
-            w.data = wp, w.layout = NVLM_WL_P8;
+        if (nvlm_wpack_for(pools[0], &w) && (wp = malloc((size_t)bytes))) {
+            w.layout = nvlm_wpack(pools[0], wp, &w);
+            w.data = wp;
         }
         printf("%-6s", nvlm_dtype_name(dts[d]));
         for (int i = 0; i < n_pools; i++) {
             double t = time_matmul(o, pools[i], &w, x, 1, y, 5), gbs = bytes / t / 1e9;
             printf("   %7.1f (%5.1f%%)   ", gbs, 100 * gbs / lim[i].bw);
         }
-        printf("%s\n", wp ? "  rows packed 8 x 16" : "");
+        printf("%s\n", !wp ? "" : w.layout == NVLM_WL_Q16 ? "  rows packed 16 a panel (vpdpbusd)" : "  rows packed 8 x 16");
         free(wd), free(wp);
     }
     free(x), free(y);
@@ -224,7 +224,7 @@ static int bench_model(const bench_opts *o, const int *nts, int n_pools, const l
         nvlm_err err = {0};
         double t_load = nvlm_bench_clock(0, 1);
         /* packed as an engine packs it (this times the model's own forward, nvlm_llm_forward) */
-        if (nvlm_model_load(o->model, &lo, &m, &err) || nvlm_model_quantize(m, o->weights, &err) || nvlm_model_pack(m, &err)) {
+        if (nvlm_model_load(o->model, &lo, &m, &err) || nvlm_model_quantize(m, o->weights, &err) || nvlm_model_pack(m, 1, &err)) {
             nvlm_model_free(m);
             return cli_report("bench", &err);
         }

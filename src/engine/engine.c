@@ -91,7 +91,7 @@ int nvlm_engine_new(nvlm_model *m, const nvlm_engine_opts *o_in, nvlm_engine **o
     nvlm_dist_heads(nvlm_dist_rank(e->dist), nvlm_dist_size(e->dist), c->num_heads, c->num_kv_heads, &e->h0, &e->h1, &e->g0,
                     &e->g1);
     int rc = nvlm_backend_cpu_new(m->pool, &e->be, err);
-    if (!rc && o.gen_streams <= 1) rc = nvlm_model_pack(m, err); /* one sequence at a time: its layout */
+    if (!rc) rc = nvlm_model_pack(m, o.gen_streams, err); /* the generation layouts (kernels/wpack.h) */
     nvlm_kv_opts ko = {.n_layers = c->num_layers, .kv_dim = (e->g1 - e->g0) * e->d, .f16 = m->kv_f16,
                        .page_tokens = o.page_tokens};
     if (!rc) rc = nvlm_kvstore_new(&ko, &e->kv, err);

@@ -17,10 +17,11 @@ typedef struct nvlm_engine_opts {
     size_t kv_bytes;     /* bound of the KV store; 0: none (kv_tokens may still bound it) */
     size_t kv_tokens;    /* bound in positions; 0: none */
     int page_tokens;     /* positions per KV page; 0: 16 */
-    int gen_streams;     /* sequences generating at once, at most; 0: 1. With 1 the LLM's matrices
-                          * are packed for one-token generation (nvlm_model_pack; docs/performance.md
-                          * "Packed rows"); with more they stay row-major, which the batch kernels
-                          * read faster. Either way the same values. */
+    int gen_streams;     /* sequences generating at once, at most; 0: 1. With 1 the LLM's F32/F16/BF16
+                          * matrices are packed for one-token generation (nvlm_model_pack; docs/
+                          * performance.md "Packed rows"); with more they stay row-major, which the
+                          * batch kernels read faster. Q8_0/Q4 are packed either way at the VNNI
+                          * levels. The values do not depend on it. */
 } nvlm_engine_opts;
 
 int nvlm_engine_new(nvlm_model *m, const nvlm_engine_opts *o, nvlm_engine **out, nvlm_err *err);

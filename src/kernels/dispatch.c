@@ -5,6 +5,7 @@
 #include "kernels/cpu.h"
 #include "kernels/simd.h"
 #include "kernels/simd512.h"
+#include "kernels/gemv_vnni.h"
 #include "kernels/simd_neon.h"
 
 #ifdef NVLM_HAVE_AVX2_KERNELS
@@ -31,6 +32,25 @@ static int mm_multi_avx512(nvlm_pool *p, int n_w, float *const *y, const float *
 static int mm_gemv_avx512(nvlm_pool *p, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *b,
                           nvlm_err *err) {
     return nvlm_gemv_avx512(p, y, x, n_tok, w, b) ? nomem(err) : NVLM_OK;
+}
+#endif
+#ifdef NVLM_HAVE_VNNI_KERNELS
+/* Q8_0/Q4 generation at the VNNI levels, int8 activations: every output nvlm_vec_dot_q's bits,
+ * packed or not, so a model gives the same values whether its matrices were packed (one process)
+ * or not (a tensor-parallel rank's slice, a shape that cannot be packed). NVLM_WL_Q16 (kernels/
+ * ops.h) runs the vpdpbusd product in place; a row-major matrix the slower exact kernels
+ * (gemv_vnni.c for up to 3 tokens, else a per-call packing). NVLM_QACT=f32: float x, as at AVX2. */
+static int mm_gen_vnni(nvlm_pool *p, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *b,
+                       nvlm_err *err) {
+    if (!nvlm_pool_int8_act_for(p, w->dtype)) {
+        if (w->layout == NVLM_WL_ROWS) return nvlm_gemv_avx2(p, y, x, n_tok, w, b, err);
+        return nvlm_fail(err, NVLM_E_INVALID_ARG,
+                         "a %s matrix packed for int8 activations cannot take float ones (NVLM_QACT=f32 set after it was "
+                         "packed); load the model again", nvlm_dtype_name(w->dtype));
+    }
+    int rc = w->layout == NVLM_WL_ROWS && n_tok <= NVLM_VNNI_GEMV_MAX ? nvlm_gemv_vnni(p, y, x, n_tok, w, b)
+                                                                       : nvlm_gemm_vnni(p, y, x, n_tok, w, b);
+    return rc ? nomem(err) : NVLM_OK;
 }
 #endif
 static void attention_scalar(const float *q, size_t q_stride, int n_q, const float *k, size_t k_stride, const float *v,
@@ -119,6 +139,10 @@ static const nvlm_kernel table[] = {
     MM(NVLM_OP_GEN_F32, NVLM_CPU_AVX512, "gemv_avx512 (one stream: rows packed 8 x 16; batches: 8 tokens a pass)", mm_gemv_avx512, NULL),
     MM(NVLM_OP_GEN_F16, NVLM_CPU_AVX512, "gemv_avx512 (one stream: rows packed 8 x 16; vcvtph2ps; batches: 8 tokens a pass)", mm_gemv_avx512, NULL),
     MM(NVLM_OP_GEN_BF16, NVLM_CPU_AVX512, "gemv_avx512 (one stream: rows packed 8 x 16; bf16 shift; batches: 8 tokens a pass)", mm_gemv_avx512, NULL),
+#endif
+#ifdef NVLM_HAVE_VNNI_KERNELS
+    MM(NVLM_OP_GEN_Q8_0, NVLM_CPU_AVX512_VNNI, "gemm_vnni (rows packed 16 a panel, int8 x, vpdpbusd; row-major: gemv_vnni)", mm_gen_vnni, NULL),
+    MM(NVLM_OP_GEN_Q4, NVLM_CPU_AVX512_VNNI, "gemm_vnni (rows packed 16 a panel, int8 x, vpdpbusd; row-major: gemv_vnni)", mm_gen_vnni, NULL),
     ATT(NVLM_OP_ATTENTION, NVLM_CPU_AVX512, "attention_avx512 (QK^T, softmax, PV on the 14x32 kernel)",
         nvlm_attention_avx512, nvlm_attention_scratch_avx512),
     GELU(NVLM_CPU_AVX512, "gelu_avx512 (rational erf)", nvlm_gelu_avx512),

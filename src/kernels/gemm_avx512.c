@@ -15,6 +15,8 @@
 #ifdef NVLM_HAVE_AVX512_KERNELS
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+#include "kernels/wpack.h"
+#include "kernels/qblock.h"
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
@@ -215,9 +217,56 @@ AI int pack_plain(nvlm_dtype dt, const uint8_t *const *rowp, size_t ks, int nr, 
     return k;
 }
 
+/* pack_wmat for NVLM_WL_Q16 (kernels/ops.h): a panel block holds, for each k of the block, the
+ * 16 rows' weights side by side (byte k % 4 of the dwords of vector k / 4), so 16 rows of
+ * dst[k * NR + r] come from one vector: Q8_0 d * q, Q4 d * q + m (multiply, then add), as
+ * nvlm_row_to_f32 computes them (the same bits as the row-major path). nr: 16 or 32. */
+static void pack_q16(const nvlm_wmat *w, int n0, int nr, int k0, int kc, float *dst) {
+    const int q4 = w->dtype == NVLM_DT_Q4;
+    const size_t bb = nvlm_q16_block_bytes(w->dtype), nb = (size_t)w->cols / NVLM_QK;
+    const __m512i flip = _mm512_set1_epi32((int)0x80808080u), byte = _mm512_set1_epi32(255), nib = _mm512_set1_epi32(15);
+    for (int h = 0; h < NR; h += NVLM_Q16_ROWS) {
+        if (h >= nr) {
+            for (int k = 0; k < kc; k++) _mm512_storeu_ps(dst + (size_t)k * NR + h, _mm512_setzero_ps());
+            continue;
+        }
+        const uint8_t *panel = (const uint8_t *)w->data + (size_t)((n0 + h) / NVLM_Q16_ROWS) * nb * bb;
+        for (int kb = 0; kb < kc; kb += NVLM_QK) {
+            const uint8_t *blk = panel + (size_t)((k0 + kb) / NVLM_QK) * bb;
+            float *o = dst + (size_t)kb * NR + h;
+            const uint8_t *sc = blk + (q4 ? 256 : 512);
+            const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sc));
+            if (q4) {
+                const __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + 32)));
+                for (int g = 0; g < 4; g++) {
+                    const __m512i v = _mm512_loadu_si512(blk + 64 * g);
+                    for (int b = 0; b < 4; b++) {
+                        const __m512i u = _mm512_and_si512(_mm512_srli_epi32(v, 8 * b), byte);
+                        const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(u, nib)), hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(u, 4));
+                        _mm512_storeu_ps(o + (size_t)(4 * g + b) * NR, _mm512_add_ps(_mm512_mul_ps(d, lo), m));
+                        _mm512_storeu_ps(o + (size_t)(16 + 4 * g + b) * NR, _mm512_add_ps(_mm512_mul_ps(d, hi), m));
+                    }
+                }
+            } else {
+                for (int g = 0; g < 8; g++) {
+                    const __m512i v = _mm512_xor_si512(_mm512_loadu_si512(blk + 64 * g), flip); /* the stored int8 q */
+                    for (int b = 0; b < 4; b++) {
+                        const __m512i q = _mm512_srai_epi32(_mm512_slli_epi32(v, 24 - 8 * b), 24);
+                        _mm512_storeu_ps(o + (size_t)(4 * g + b) * NR, _mm512_mul_ps(d, _mm512_cvtepi32_ps(q)));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /* Fills dst[k * NR + r] (k < kc, r < NR) with W(n0 + r, k0 + k) as float32; rows past nr are
  * zero. dst NULL: only prefetch (into L2) what that call would read. */
 static void pack_wmat(const nvlm_wmat *w, int n0, int nr, int k0, int kc, float *dst) {
+    if (w->layout == NVLM_WL_Q16) {
+        if (dst) pack_q16(w, n0, nr, k0, kc, dst);
+        return;
+    }
     size_t row_bytes = nvlm_row_bytes(w->dtype, w->cols);
     const int block = nvlm_dtype_is_block(w->dtype), p8 = w->layout == NVLM_WL_P8;
     size_t off = block ? nvlm_row_bytes(w->dtype, k0) /* k0 % 32 == 0 */ : (size_t)k0 * nvlm_dtype_size(w->dtype);

@@ -9,6 +9,7 @@
  * A K block after the first continues each chain from C's stored value, so the chain over K is
  * the reference's whatever KC is; nothing depends on the thread or the tile. */
 #include "kernels/gemm_bf16.h"
+#include "kernels/wpack.h"
 #include "kernels/cpu.h"
 #include "kernels/qblock.h"
 #include <math.h>
@@ -78,9 +79,15 @@ void nvlm_matmul_bf16_ref(float *y, const float *x, int n_tok, const nvlm_wmat *
             const void *row = (const uint8_t *)w->data + (size_t)n * rb;
             float acc = 0;
             for (int p = 0; p < kp; p++) {
-                uint32_t wp = w->layout == NVLM_WL_P8 /* a pair never leaves its run of 16 */
-                                  ? pair_of(nvlm_wmat_at(w, nvlm_dtype_size(w->dtype), n, 2 * p), w->dtype, 2, 0)
-                                  : pair_of(row, w->dtype, K, p);
+                uint32_t wp;
+                if (w->layout == NVLM_WL_P8) /* a pair never leaves its run of 16 */
+                    wp = pair_of(nvlm_wmat_at(w, nvlm_dtype_size(w->dtype), n, 2 * p), w->dtype, 2, 0);
+                else if (w->layout == NVLM_WL_Q16) { /* nor its block */
+                    nvlm_block_q8_0 b[1]; /* room for one block of either format */
+                    nvlm_q16_row_blocks(w, n, 2 * p / NVLM_QK, 1, (uint8_t *)b);
+                    wp = pair_of(b, w->dtype, NVLM_QK, (2 * p % NVLM_QK) / 2);
+                } else
+                    wp = pair_of(row, w->dtype, K, p);
                 acc = nvlm_dpbf16(acc, pair_of(x + (size_t)t * K, NVLM_DT_F32, K, p), wp);
             }
             y[(size_t)t * N + n] = bias ? acc + bias[n] : acc;
@@ -207,6 +214,12 @@ static void pack_b(const kernels *kn, const nvlm_wmat *w, int n0, int nr, int k0
         return;
     }
     const size_t rb = nvlm_row_bytes(w->dtype, w->cols), off = nvlm_row_bytes(w->dtype, k0); /* k0: whole blocks */
+    if (w->layout == NVLM_WL_Q16) { /* the panel's rows back in the stored block format, K block only */
+        uint8_t rows[NR][KC / NVLM_QK * sizeof(nvlm_block_q8_0)];
+        for (int r = 0; r < nr; r++) nvlm_q16_row_blocks(w, n0 + r, k0 / NVLM_QK, (kc + NVLM_QK - 1) / NVLM_QK, rows[r]);
+        nvlm_bf16_pack_panel(kn, rows, sizeof rows[0], w->dtype, nr, kc, dst);
+        return;
+    }
     nvlm_bf16_pack_panel(kn, (const uint8_t *)w->data + (size_t)n0 * rb + off, rb, w->dtype, nr, kc, dst);
 }
 

@@ -1,72 +1,56 @@
-/* AVX512-VNNI matrix products of Q8_0 / Q4 weights against int8 activations for 4+ tokens
- * (prefill with int8 activations forced on: NVLM_QACT=int8 / nvlm_pool_set_int8_act), every
- * output bit for bit nvlm_vec_dot_q (+ bias), as the generation kernel of gemv_vnni.c.
+/* AVX512-VNNI matrix products of Q8_0 / Q4 weights against int8 activations, every output bit for
+ * bit nvlm_vec_dot_q (+ bias), as the generation kernel of gemv_vnni.c. Used for the matrices packed
+ * NVLM_WL_Q16 (kernels/ops.h; an engine for one sequence packs them at the VNNI levels): their
+ * generated rows, any number; and for prefill with int8 activations forced on (NVLM_QACT=int8 /
+ * nvlm_pool_set_int8_act), where a row-major matrix is packed per call (per thread, a panel of all
+ * of K, in L2) into that same layout.
  *
- * Layout: a panel of 16 weight rows is packed once per call (per thread, all of K, in L2) the
- * way vpdpbusd wants it: per block, 8 zmm of 16 dwords, dword r of zmm g = row r's 4 weights
- * 4g .. 4g+3 (Q8_0: + 128, as unsigned bytes; Q4: the nibbles unpacked to bytes in x's order),
- * then the 16 rows' scales (Q4: and minimums) as float32. Per block and token, 8 vpdpbusd
- * against the token's 4-byte groups broadcast leave row r's integer sum in lane r: no
- * reduction. Lane r then takes the reference's float steps for row r, in its order. Tokens go
- * MR at a time with the panel's block in registers. */
+ * Per block of a panel: 8 vectors of 16 dwords, dword r of vector g = row r's 4 weights 4g .. 4g+3
+ * as unsigned bytes (Q8_0: + 128, stored so; Q4: the two nibbles of the stored bytes, split here),
+ * then the 16 rows' f16 scales (Q4: and minimums), widened here. Per block and token, 8 vpdpbusd
+ * against the token's 4-byte groups broadcast leave row r's integer sum in lane r: no reduction.
+ * Lane r then takes the reference's float steps for row r, in its order. Tokens go MR at a time
+ * with the panel's block in registers. */
 #include "kernels/gemv_vnni.h"
 #ifdef NVLM_HAVE_VNNI_KERNELS
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+#include "kernels/wpack.h"
 #include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define AI static inline __attribute__((always_inline))
 
-enum { RG = 16, MR = 8 };
-
-/* One block of a packed panel. */
-typedef struct pblock {
-    uint32_t w[8][RG]; /* w[g][r]: row r's bytes 4g .. 4g+3 (unsigned) */
-    float d[RG], m[RG]; /* scale and (Q4) minimum of each row's block */
-} pblock;
+enum { RG = NVLM_Q16_ROWS, MR = 8 };
 
 typedef struct qjob {
     float *y;
     int n_tok, nb;
     const nvlm_wmat *w;
     const float *bias;
-    size_t rb;
+    size_t rb, bb;            /* bytes of a stored row; of a packed panel block */
     const nvlm_block_q8a *xq; /* [n_tok][nb] */
     const int32_t *xs;        /* [n_tok][nb]: sum of the block's q_x */
 } qjob;
 
-/* Rows r0 .. r0 + R (R <= 16; rows past R: zeros, dropped) into nb packed blocks. */
-static void pack_panel(const qjob *j, size_t r0, int R, pblock *pb) {
-    const int q4 = j->w->dtype == NVLM_DT_Q4;
-    memset(pb, 0, sizeof(pblock) * (size_t)j->nb);
-    for (int r = 0; r < R; r++) {
-        const uint8_t *row = (const uint8_t *)j->w->data + (r0 + (size_t)r) * j->rb;
-        for (int i = 0; i < j->nb; i++) {
-            uint8_t q[NVLM_QK];
-            if (q4) {
-                const nvlm_block_q4 *b = (const nvlm_block_q4 *)row + i;
-                for (int k = 0; k < NVLM_QK / 2; k++) q[k] = b->q[k] & 15, q[k + 16] = b->q[k] >> 4;
-                pb[i].d[r] = _cvtsh_ss(b->d), pb[i].m[r] = _cvtsh_ss(b->m);
-            } else {
-                const nvlm_block_q8_0 *b = (const nvlm_block_q8_0 *)row + i;
-                for (int k = 0; k < NVLM_QK; k++) q[k] = (uint8_t)(b->q[k] ^ 0x80);
-                pb[i].d[r] = _cvtsh_ss(b->d);
-            }
-            for (int g = 0; g < 8; g++) memcpy(&pb[i].w[g][r], q + 4 * g, 4);
-        }
-    }
-}
-
-/* Tokens t0 .. t0 + T (T <= MR) against a packed panel: out[t][r] for 16 rows. */
-AI void tile(int T, int q4, const qjob *j, const pblock *pb, int t0, float out[MR][RG]) {
+/* Tokens t0 .. t0 + T (T <= MR) against the nb packed blocks at pb: out[t][r] for 16 rows. */
+AI void tile(int T, int q4, const qjob *j, const uint8_t *pb, int t0, float out[MR][RG]) {
+    const __m512i lo = _mm512_set1_epi8(15);
     __m512 acc[MR];
     _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
-    for (int i = 0; i < j->nb; i++) {
+    for (int i = 0; i < j->nb; i++, pb += j->bb) {
         __m512i w[8];
-        _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) w[g] = _mm512_load_si512(pb[i].w[g]);
-        const __m512 dw = _mm512_load_ps(pb[i].d);
+        if (q4)
+            _Pragma("GCC unroll 4") for (int g = 0; g < 4; g++) {
+                const __m512i v = _mm512_loadu_si512(pb + 64 * g);
+                w[g] = _mm512_and_si512(v, lo), w[g + 4] = _mm512_and_si512(_mm512_srli_epi32(v, 4), lo);
+            }
+        else
+            _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) w[g] = _mm512_loadu_si512(pb + 64 * g);
+        const uint8_t *sc = pb + (q4 ? 256 : 512);
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sc));
+        const __m512 mw = q4 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + 32))) : dw;
         _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) {
             const nvlm_block_q8a *xb = j->xq + (size_t)(t0 + t) * j->nb + i;
             const int32_t xs = j->xs[(size_t)(t0 + t) * j->nb + i];
@@ -75,18 +59,15 @@ AI void tile(int T, int q4, const qjob *j, const pblock *pb, int t0, float out[M
             __m512i s = _mm512_setzero_si512();
             _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) s = _mm512_dpbusd_epi32(s, w[g], _mm512_set1_epi32(x4[g]));
             const __m512 xd = _mm512_set1_ps(xb->d);
-            if (q4) {
-                acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_set1_ps((float)xs), _mm512_mul_ps(_mm512_load_ps(pb[i].m), xd)));
-            } else {
-                s = _mm512_sub_epi32(s, _mm512_set1_epi32(128 * xs));
-            }
+            if (q4) acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_set1_ps((float)xs), _mm512_mul_ps(mw, xd)));
+            else s = _mm512_sub_epi32(s, _mm512_set1_epi32(128 * xs));
             acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, xd)));
         }
     }
     _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) _mm512_storeu_ps(out[t], acc[t]);
 }
 
-AI void tile_any(int q4, const qjob *j, const pblock *pb, int t0, int T, float out[MR][RG]) {
+AI void tile_any(int q4, const qjob *j, const uint8_t *pb, int t0, int T, float out[MR][RG]) {
     switch (T) {
     case 1: tile(1, q4, j, pb, t0, out); break;
     case 2: tile(2, q4, j, pb, t0, out); break;
@@ -102,12 +83,17 @@ AI void tile_any(int q4, const qjob *j, const pblock *pb, int t0, int T, float o
 static void panels(void *ctx, size_t begin, size_t end, int thread) {
     (void)thread;
     const qjob *j = ctx;
-    const int N = j->w->rows, q4 = j->w->dtype == NVLM_DT_Q4;
-    pblock *pb = aligned_alloc(64, sizeof(pblock) * (size_t)j->nb);
+    const int N = j->w->rows, q4 = j->w->dtype == NVLM_DT_Q4, packed = j->w->layout == NVLM_WL_Q16;
+    uint8_t *buf = packed ? NULL : aligned_alloc(64, (j->bb * (size_t)j->nb + 63) / 64 * 64); /* a multiple of 64 */
     for (size_t p = begin; p < end; p++) {
         const size_t r0 = p * RG;
         const int R = N - (int)r0 < RG ? N - (int)r0 : RG;
-        if (!pb) { /* out of memory: the scalar reference, the same bits */
+        const uint8_t *pb = buf;
+        if (packed) {
+            pb = (const uint8_t *)j->w->data + p * (size_t)j->nb * j->bb;
+        } else if (buf) {
+            nvlm_q16_pack_panel(j->w->dtype, (const uint8_t *)j->w->data + r0 * j->rb, j->rb, R, j->nb, buf);
+        } else { /* out of memory: the scalar reference, the same bits */
             for (int r = 0; r < R; r++)
                 for (int t = 0; t < j->n_tok; t++) {
                     float v = nvlm_vec_dot_q(j->w->dtype, (const uint8_t *)j->w->data + (r0 + r) * j->rb, j->xq + (size_t)t * j->nb, j->w->cols);
@@ -115,7 +101,6 @@ static void panels(void *ctx, size_t begin, size_t end, int thread) {
                 }
             continue;
         }
-        pack_panel(j, r0, R, pb);
         for (int t0 = 0; t0 < j->n_tok; t0 += MR) {
             const int T = j->n_tok - t0 < MR ? j->n_tok - t0 : MR;
             float out[MR][RG];
@@ -126,7 +111,7 @@ static void panels(void *ctx, size_t begin, size_t end, int thread) {
                     j->y[(size_t)(t0 + t) * N + r0 + r] = j->bias ? out[t][r] + j->bias[r0 + r] : out[t][r];
         }
     }
-    free(pb);
+    free(buf);
 }
 
 int nvlm_gemm_vnni(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias) {
@@ -141,7 +126,8 @@ int nvlm_gemm_vnni(nvlm_pool *pool, float *y, const float *x, int n_tok, const n
         for (int k = 0; k < NVLM_QK; k++) s += xq[b].q[k];
         xs[b] = s;
     }
-    qjob j = {y, n_tok, nb, w, bias, nvlm_row_bytes(w->dtype, w->cols), xq, xs};
+    qjob j = {.y = y, .n_tok = n_tok, .nb = nb, .w = w, .bias = bias, .rb = nvlm_row_bytes(w->dtype, w->cols),
+              .bb = nvlm_q16_block_bytes(w->dtype), .xq = xq, .xs = xs};
     nvlm_pool_run(pool, ((size_t)w->rows + RG - 1) / RG, 1, panels, &j);
     free(xq);
     return 0;

@@ -1,8 +1,9 @@
 /* gemv_vnni.h - AVX512-VNNI matrix-vector products of Q8_0 / Q4 weights against int8
  * activations, bit for bit nvlm_vec_dot_q (kernels/qblock.h) per output. gemv_vnni.c says how.
- * nvlm_gemv_vnni (generation) is not dispatched yet: measured at 0.57-0.82x the AVX2 kernel's
- * GB/s (docs/quantization.md, "VNNI"); nvlm_gemm_vnni (prefill) is, with int8 activations
- * forced. tests/test_gemv.c holds both to the reference. Internal. */
+ * nvlm_gemv_vnni (row-major generation) is not dispatched: measured at 0.57-0.82x the AVX2
+ * kernel's GB/s (docs/quantization.md, "VNNI"). nvlm_gemm_vnni is: for matrices packed
+ * NVLM_WL_Q16 (generation at the VNNI levels, one sequence) and for prefill with int8
+ * activations forced. tests/test_gemv.c holds both to the reference. Internal. */
 #ifndef NVLM_KERNELS_GEMV_VNNI_H
 #define NVLM_KERNELS_GEMV_VNNI_H
 #include "kernels/simd.h"
@@ -14,8 +15,9 @@
  * block (nvlm_quantize_row_q8a), each output nvlm_vec_dot_q's value (+ bias). Returns 0, or -1
  * out of memory (y untouched). Call only at level avx512vnni or above. */
 int nvlm_gemv_vnni(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias);
-/* The same for any number of tokens, as a matrix product over panels of 16 rows packed for
- * vpdpbusd (gemm_vnni.c): prefill with int8 activations. Returns 0, or -1 out of memory. */
+/* The same for any number of tokens, as a matrix product over panels of 16 rows laid out for
+ * vpdpbusd (gemm_vnni.c): read in place from an NVLM_WL_Q16 matrix, packed per call from a
+ * row-major one. Returns 0, or -1 out of memory. */
 int nvlm_gemm_vnni(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias);
 #endif
 #endif

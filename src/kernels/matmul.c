@@ -110,17 +110,17 @@ static int any_vnni(nvlm_pool *pool, int gen, int n_w, const nvlm_wmat *const *w
     return 0;
 }
 
-/* NVLM_OK when the pool's level reads w's layout: NVLM_WL_P8 (kernels/ops.h) only the AVX-512
- * levels' plain-format kernels do; anything else is refused rather than misread. */
+/* NVLM_OK when the pool's level reads w's layout: a packed one (kernels/wpack.h) only the levels
+ * that pack it read (P8: AVX-512, Q16: AVX512-VNNI); anything else is refused rather than misread. */
 static int layout_ok(const nvlm_pool *pool, int n_w, const nvlm_wmat *const *w, nvlm_err *err) {
+    const int level = nvlm_pool_level(pool);
     for (int i = 0; i < n_w; i++) {
         if (w[i]->layout == NVLM_WL_ROWS) continue;
-        if (w[i]->layout == NVLM_WL_P8 && nvlm_wpack_reads(nvlm_pool_level(pool), w[i]->dtype) && !w[i]->dist) continue;
+        if (w[i]->layout == nvlm_wpack_layout(w[i]->dtype) && nvlm_wpack_reads(level, w[i]->dtype) && !w[i]->dist) continue;
         return nvlm_fail(err, NVLM_E_INVALID_ARG,
-                         "a %dx%d %s matrix packed for the AVX-512 kernels (layout %d) cannot be read at kernel level %s; "
-                         "load the model again to run it at another level",
-                         w[i]->rows, w[i]->cols, nvlm_dtype_name(w[i]->dtype), w[i]->layout,
-                         nvlm_cpu_level_name(nvlm_pool_level(pool)));
+                         "a %dx%d %s matrix packed for another kernel level (layout %d) cannot be read at kernel level %s; "
+                         "load the model again to run it at this level",
+                         w[i]->rows, w[i]->cols, nvlm_dtype_name(w[i]->dtype), w[i]->layout, nvlm_cpu_level_name(level));
     }
     return NVLM_OK;
 }

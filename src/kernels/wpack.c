@@ -1,28 +1,99 @@
-/* Packing weight matrices into NVLM_WL_P8 (kernels/ops.h, wpack.h). */
+/* Packing weight matrices into NVLM_WL_P8 and NVLM_WL_Q16 (kernels/ops.h, wpack.h). */
 #include "kernels/wpack.h"
 #include "kernels/cpu.h"
+#include "kernels/gemv_vnni.h"
+#include "kernels/qblock.h"
 #include "kernels/simd512.h"
 #include <string.h>
 
+static int plain(nvlm_dtype dt) { return dt == NVLM_DT_F32 || dt == NVLM_DT_F16 || dt == NVLM_DT_BF16; }
+
+int nvlm_wpack_layout(nvlm_dtype dt) {
+    return plain(dt) ? NVLM_WL_P8 : dt == NVLM_DT_Q8_0 || dt == NVLM_DT_Q4 ? NVLM_WL_Q16 : NVLM_WL_ROWS;
+}
+
 int nvlm_wpack_reads(int level, nvlm_dtype dt) {
+    switch (nvlm_wpack_layout(dt)) {
 #ifdef NVLM_HAVE_AVX512_KERNELS
-    return nvlm_cpu_at_least(level, NVLM_CPU_AVX512) && (dt == NVLM_DT_F32 || dt == NVLM_DT_F16 || dt == NVLM_DT_BF16);
-#else
-    (void)level, (void)dt;
-    return 0;
+    case NVLM_WL_P8: return nvlm_cpu_at_least(level, NVLM_CPU_AVX512);
 #endif
+#ifdef NVLM_HAVE_VNNI_KERNELS
+    case NVLM_WL_Q16: return nvlm_cpu_at_least(level, NVLM_CPU_AVX512_VNNI);
+#endif
+    default: (void)level; return 0;
+    }
 }
 
 int nvlm_wpack_can(const nvlm_wmat *w, int level) {
+    const int group = nvlm_wpack_layout(w->dtype) == NVLM_WL_Q16 ? NVLM_Q16_ROWS : NVLM_P8_ROWS;
     return w->layout == NVLM_WL_ROWS && w->data && !w->dist && nvlm_wpack_reads(level, w->dtype) && w->rows > 0 &&
-           w->rows % NVLM_P8_ROWS == 0 && w->cols > 0 && w->cols % NVLM_P8_RUN == 0;
+           w->rows % group == 0 && w->cols > 0 && w->cols % NVLM_P8_RUN == 0;
+}
+
+int nvlm_wpack_for(const nvlm_pool *pool, const nvlm_wmat *w) {
+    return nvlm_wpack_can(w, nvlm_pool_level(pool)) && (plain(w->dtype) || nvlm_pool_int8_act_for(pool, w->dtype));
+}
+
+/* ---- NVLM_WL_Q16 ---- */
+
+size_t nvlm_q16_block_bytes(nvlm_dtype t) { return NVLM_Q16_ROWS * nvlm_row_bytes(t, NVLM_QK); }
+
+/* Within a panel block: the weight vectors, then the scales (Q4: then the minimums). */
+enum { Q8_VECS = 8, Q4_VECS = 4, VEC = 64 };
+
+void nvlm_q16_pack_panel(nvlm_dtype t, const uint8_t *src, size_t rb, int R, int nb, uint8_t *dst) {
+    const int q4 = t == NVLM_DT_Q4, nv = q4 ? Q4_VECS : Q8_VECS;
+    const size_t bb = nvlm_q16_block_bytes(t), sc = (size_t)nv * VEC;
+    memset(dst, 0, bb * (size_t)nb);
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < nb; i++) {
+            uint8_t *o = dst + (size_t)i * bb;
+            if (q4) {
+                const nvlm_block_q4 *b = (const nvlm_block_q4 *)(src + (size_t)r * rb) + i;
+                for (int g = 0; g < Q4_VECS; g++) memcpy(o + g * VEC + r * 4, b->q + 4 * g, 4);
+                memcpy(o + sc + 2 * r, &b->d, 2), memcpy(o + sc + 32 + 2 * r, &b->m, 2);
+            } else {
+                const nvlm_block_q8_0 *b = (const nvlm_block_q8_0 *)(src + (size_t)r * rb) + i;
+                for (int g = 0; g < Q8_VECS; g++) {
+                    uint32_t v;
+                    memcpy(&v, b->q + 4 * g, 4);
+                    v ^= 0x80808080u;
+                    memcpy(o + g * VEC + r * 4, &v, 4);
+                }
+                memcpy(o + sc + 2 * r, &b->d, 2);
+            }
+        }
+}
+
+void nvlm_q16_row_blocks(const nvlm_wmat *w, int r, int b0, int nb, uint8_t *dst) {
+    const int q4 = w->dtype == NVLM_DT_Q4, nv = q4 ? Q4_VECS : Q8_VECS, rr = r % NVLM_Q16_ROWS;
+    const size_t bb = nvlm_q16_block_bytes(w->dtype), sc = (size_t)nv * VEC, nbr = (size_t)w->cols / NVLM_QK;
+    const uint8_t *panel = (const uint8_t *)w->data + (size_t)(r / NVLM_Q16_ROWS) * nbr * bb;
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *o = panel + (size_t)(b0 + i) * bb;
+        if (q4) {
+            nvlm_block_q4 *b = (nvlm_block_q4 *)dst + i;
+            for (int g = 0; g < Q4_VECS; g++) memcpy(b->q + 4 * g, o + g * VEC + rr * 4, 4);
+            memcpy(&b->d, o + sc + 2 * rr, 2), memcpy(&b->m, o + sc + 32 + 2 * rr, 2);
+        } else {
+            nvlm_block_q8_0 *b = (nvlm_block_q8_0 *)dst + i;
+            for (int g = 0; g < Q8_VECS; g++) { /* 4 bytes at a time: xor is bytewise */
+                uint32_t v;
+                memcpy(&v, o + g * VEC + rr * 4, 4);
+                v ^= 0x80808080u;
+                memcpy(b->q + 4 * g, &v, 4);
+            }
+            memcpy(&b->d, o + sc + 2 * rr, 2);
+        }
+    }
 }
 
 typedef struct pack_job {
     uint8_t *dst;
     const uint8_t *src;
-    size_t es;
+    size_t es; /* P8: bytes per element */
     int cols;
+    nvlm_dtype dt;
 } pack_job;
 
 /* Groups [begin, end) of 8 rows: each run of 16 of each row to its place. */
@@ -38,7 +109,20 @@ static void pack_groups(void *ctx, size_t begin, size_t end, int thread) {
     }
 }
 
-void nvlm_wpack_p8(nvlm_pool *pool, void *dst, const void *src, size_t es, int rows, int cols) {
-    pack_job j = {.dst = dst, .src = src, .es = es, .cols = cols};
-    nvlm_pool_run(pool, (size_t)rows / NVLM_P8_ROWS, 16, pack_groups, &j);
+/* Q16 panels [begin, end). */
+static void pack_panels(void *ctx, size_t begin, size_t end, int thread) {
+    (void)thread;
+    const pack_job *j = ctx;
+    const size_t rb = nvlm_row_bytes(j->dt, j->cols), nb = (size_t)j->cols / NVLM_QK;
+    for (size_t p = begin; p < end; p++)
+        nvlm_q16_pack_panel(j->dt, j->src + p * NVLM_Q16_ROWS * rb, rb, NVLM_Q16_ROWS, (int)nb,
+                            j->dst + p * nb * nvlm_q16_block_bytes(j->dt));
+}
+
+int nvlm_wpack(nvlm_pool *pool, void *dst, const nvlm_wmat *w) {
+    const int layout = nvlm_wpack_layout(w->dtype);
+    pack_job j = {.dst = dst, .src = w->data, .es = nvlm_dtype_size(w->dtype), .cols = w->cols, .dt = w->dtype};
+    if (layout == NVLM_WL_Q16) nvlm_pool_run(pool, (size_t)w->rows / NVLM_Q16_ROWS, 8, pack_panels, &j);
+    else nvlm_pool_run(pool, (size_t)w->rows / NVLM_P8_ROWS, 16, pack_groups, &j);
+    return layout;
 }

@@ -1,18 +1,33 @@
-/* wpack.h - packed weight layouts (kernels/ops.h, NVLM_WL_P8): which kernel levels read them,
+/* wpack.h - packed weight layouts (kernels/ops.h: NVLM_WL_P8 for F32/F16/BF16 at the AVX-512
+ * levels, NVLM_WL_Q16 for Q8_0/Q4 at the AVX512-VNNI levels): which kernel levels read them,
  * which matrices can take them, and the packing itself. A model's LLM matrices are packed when an
- * engine is created on it (nvlm_model_pack, model/quant.h); docs/performance.md "Packed rows".
- * Internal. */
+ * engine for one sequence is created (nvlm_model_pack, model/quant.h); docs/performance.md
+ * "Packed rows". Internal. */
 #ifndef NVLM_KERNELS_WPACK_H
 #define NVLM_KERNELS_WPACK_H
 #include "kernels/ops.h"
 
-/* 1 when the matrix products of kernel level `level` read NVLM_WL_P8 matrices of format dt (the
- * AVX-512 levels, plain formats F32/F16/BF16). */
+/* The packed layout of format dt (NVLM_WL_P8 or NVLM_WL_Q16), or NVLM_WL_ROWS for none. */
+int nvlm_wpack_layout(nvlm_dtype dt);
+/* 1 when the matrix products of kernel level `level` read format dt's packed layout (P8: the
+ * AVX-512 levels; Q16: avx512vnni and above). */
 int nvlm_wpack_reads(int level, nvlm_dtype dt);
 /* 1 when w can be packed for `level`: row-major, a format that level reads packed, the whole
- * matrix here (not a tensor-parallel slice), rows % 8 == 0 and cols % 16 == 0. */
+ * matrix here (not a tensor-parallel slice), its rows a whole number of groups (8 / 16) and
+ * cols % 16 == 0. */
 int nvlm_wpack_can(const nvlm_wmat *w, int level);
-/* dst (rows * cols elements of es bytes, not overlapping src) = src's rows in NVLM_WL_P8; rows %
- * 8 == 0, cols % 16 == 0. Split over the pool by groups of 8 rows; only bytes move. */
-void nvlm_wpack_p8(nvlm_pool *pool, void *dst, const void *src, size_t es, int rows, int cols);
+/* 1 when an engine on `pool` packs w: nvlm_wpack_can at the pool's level, and for Q8_0/Q4 only
+ * when generation takes int8 activations (nvlm_pool_int8_act_for), which the packed kernel uses. */
+int nvlm_wpack_for(const nvlm_pool *pool, const nvlm_wmat *w);
+/* dst (the matrix's bytes, not overlapping w->data) = w's rows in nvlm_wpack_layout(w->dtype),
+ * which it returns; nvlm_wpack_can(w, ...) must hold. Split over the pool; only bytes move. */
+int nvlm_wpack(nvlm_pool *pool, void *dst, const nvlm_wmat *w);
+
+/* NVLM_WL_Q16: bytes of one panel block (16 row blocks: 544 for Q8_0, 320 for Q4). */
+size_t nvlm_q16_block_bytes(nvlm_dtype t);
+/* The panel of rows src + r * rb (r < R <= 16; rows past R zero) as nb Q16 panel blocks. */
+void nvlm_q16_pack_panel(nvlm_dtype t, const uint8_t *src, size_t rb, int R, int nb, uint8_t *dst);
+/* Row r's blocks b0 .. b0 + nb of a Q16 matrix, back in the stored row-major block format
+ * (exactly the bytes it was packed from). */
+void nvlm_q16_row_blocks(const nvlm_wmat *w, int r, int b0, int nb, uint8_t *dst);
 #endif

@@ -173,26 +173,26 @@ int nvlm_quantize_model(nvlm_model *m, nvlm_dtype to, nvlm_quant_report *rep, nv
 
 /* ---- packing for the generation kernels ---- */
 
-/* w into NVLM_WL_P8 when the pool's level reads it (kernels/wpack.h): a packed copy owned by m,
- * the row-major bytes released as quantizing does. NVLM_E_NOMEM when the copy cannot be had. */
-static int pack_one(nvlm_model *m, nvlm_wmat *w, const char *name, nvlm_err *err) {
-    if (!nvlm_wpack_can(w, nvlm_pool_level(m->pool))) return NVLM_OK;
-    size_t es = nvlm_dtype_size(w->dtype), bytes = es * (size_t)w->rows * (size_t)w->cols;
+/* w into its packed layout when the pool's level reads it (kernels/wpack.h, nvlm_wpack_for): a
+ * packed copy owned by m, the row-major bytes released as quantizing does. NVLM_E_NOMEM when the copy cannot be had. */
+static int pack_one(nvlm_model *m, int streams, nvlm_wmat *w, const char *name, nvlm_err *err) {
+    if (!nvlm_wpack_for(m->pool, w) || (nvlm_wpack_layout(w->dtype) == NVLM_WL_P8 && streams > 1)) return NVLM_OK;
+    size_t bytes = nvlm_row_bytes(w->dtype, w->cols) * (size_t)w->rows;
     void *d = nvlm_alloc_weights(bytes);
     if (!d || nvlm_model_own(m, d)) {
         free(d);
         return nvlm_fail(err, NVLM_E_NOMEM, "out of memory packing %s (%.1f MB)", name, (double)bytes / 1e6);
     }
-    nvlm_wpack_p8(m->pool, d, w->data, es, w->rows, w->cols);
+    int layout = nvlm_wpack(m->pool, d, w);
     replace_data(m, w, name, d, bytes);
-    w->layout = NVLM_WL_P8;
+    w->layout = layout;
     return NVLM_OK;
 }
 
-int nvlm_model_pack(nvlm_model *m, nvlm_err *err) {
+int nvlm_model_pack(nvlm_model *m, int streams, nvlm_err *err) {
     char name[160];
     int rc = 0;
-#define P(w, role, i) if (!rc) rc = pack_one(m, &(w), nvlm_tensor_name(role, i, name, sizeof name), err)
+#define P(w, role, i) if (!rc) rc = pack_one(m, streams, &(w), nvlm_tensor_name(role, i, name, sizeof name), err)
     for (int i = 0; i < m->cfg.llm.num_layers; i++) {
         llm_layer *L = &m->llm[i];
         P(L->wq, NVLM_R_L_Q, i);

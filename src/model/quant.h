@@ -22,11 +22,13 @@ nvlm_dtype nvlm_quant_target(const char *tensor_name, nvlm_dtype to);
 /* Replaces every matrix of m by a quantized copy owned by m. rep may be NULL. */
 int nvlm_quantize_model(nvlm_model *m, nvlm_dtype to, nvlm_quant_report *rep, nvlm_err *err);
 
-/* Packs the LLM's row-major matrices (its layers', and an untied lm_head) into the layout the
- * pool's kernel level reads fastest in generation (kernels/wpack.h, NVLM_WL_P8 at the AVX-512
- * levels; nothing elsewhere). Same values; the row-major bytes are released. Called when an
- * engine is created (after any nvlm_model_quantize); a matrix already packed is left alone. */
-int nvlm_model_pack(nvlm_model *m, nvlm_err *err);
+/* Packs the LLM's row-major matrices (its layers', and an untied lm_head) into the layouts the
+ * pool's kernel level reads fastest in generation (kernels/wpack.h): Q8_0/Q4 into NVLM_WL_Q16 at
+ * the VNNI levels always; F32/F16/BF16 into NVLM_WL_P8 at the AVX-512 levels only for `streams`
+ * <= 1 sequences generating at once (several tokens read it slower than row-major). Same values;
+ * the row-major bytes are released. Called when an engine is created (after any
+ * nvlm_model_quantize); a matrix already packed is left alone. */
+int nvlm_model_pack(nvlm_model *m, int streams, nvlm_err *err);
 
 /* Writes out_dir: config.json and tokenizer files copied, model.safetensors with every 2-D
  * matrix in Q8_0/Q4 (dtype strings "Q8_0"/"Q4_1", shape [rows, cols]) and the rest as stored. */
