@@ -347,6 +347,15 @@ static void test_packed(int level) {
                 CHECK(nvlm_wpack_can(&rows, level) == reads, "wpack_can %s %dx%d", nvlm_dtype_name(dts[d]), N, K);
                 packed.layout = nvlm_wpack(p3, wp, &rows);
                 packed.data = wp;
+                if (si == 0) { /* in place too: the same bytes */
+                    void *ip = malloc(bytes);
+                    memcpy(ip, wr, bytes);
+                    nvlm_wmat tmp = rows;
+                    tmp.data = ip;
+                    CHECK(nvlm_wpack(p1, ip, &tmp) == packed.layout && !memcmp(ip, wp, bytes), "%s packed in place",
+                          nvlm_dtype_name(dts[d]));
+                    free(ip);
+                }
                 if (int8) nvlm_pool_set_int8_act(p1, 1), nvlm_pool_set_int8_act(p3, 1);
                 const nvlm_wmat *pr[2] = {&rows, &rows}, *pp[2] = {&packed, &packed};
                 const float *bs[2] = {bias, NULL};

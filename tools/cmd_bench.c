@@ -158,8 +158,9 @@ static void bench_kernels(const bench_opts *o, nvlm_pool **pools, const int *nts
         double bytes = (double)nvlm_row_bytes(dts[d], GK) * GN;
         void *wp = NULL; /* packed as an engine for one sequence packs it (kernels/wpack.h) */
         if (nvlm_wpack_for(pools[0], &w) && (wp = malloc((size_t)bytes))) {
-            w.layout = nvlm_wpack(pools[0], wp, &w);
-            w.data = wp;
+            int layout = nvlm_wpack(pools[0], wp, &w);
+            if (layout < 0) free(wp), wp = NULL; /* then timed row-major */
+            else w.layout = layout, w.data = wp;
         }
         printf("%-6s", nvlm_dtype_name(dts[d]));
         for (int i = 0; i < n_pools; i++) {

@@ -4,6 +4,7 @@
 #include "kernels/gemv_vnni.h"
 #include "kernels/qblock.h"
 #include "kernels/simd512.h"
+#include <stdlib.h>
 #include <string.h>
 
 static int plain(nvlm_dtype dt) { return dt == NVLM_DT_F32 || dt == NVLM_DT_F16 || dt == NVLM_DT_BF16; }
@@ -91,19 +92,20 @@ void nvlm_q16_row_blocks(const nvlm_wmat *w, int r, int b0, int nb, uint8_t *dst
 typedef struct pack_job {
     uint8_t *dst;
     const uint8_t *src;
-    size_t es; /* P8: bytes per element */
+    size_t es, unit; /* P8: bytes per element; bytes of a group (P8) or panel (Q16), row-major */
     int cols;
     nvlm_dtype dt;
+    uint8_t *stage; /* one unit per thread: the source is copied there first, so dst may be src */
 } pack_job;
 
 /* Groups [begin, end) of 8 rows: each run of 16 of each row to its place. */
 static void pack_groups(void *ctx, size_t begin, size_t end, int thread) {
-    (void)thread;
     const pack_job *j = ctx;
     const size_t run = NVLM_P8_RUN * j->es, row = (size_t)j->cols * j->es;
+    uint8_t *s = j->stage + (size_t)thread * j->unit;
     for (size_t g = begin; g < end; g++) {
-        const uint8_t *s = j->src + g * NVLM_P8_ROWS * row;
-        uint8_t *d = j->dst + g * NVLM_P8_ROWS * row;
+        memcpy(s, j->src + g * j->unit, j->unit);
+        uint8_t *d = j->dst + g * j->unit;
         for (int k = 0; k < j->cols; k += NVLM_P8_RUN)
             for (int r = 0; r < NVLM_P8_ROWS; r++, d += run) memcpy(d, s + (size_t)r * row + (size_t)k * j->es, run);
     }
@@ -111,18 +113,23 @@ static void pack_groups(void *ctx, size_t begin, size_t end, int thread) {
 
 /* Q16 panels [begin, end). */
 static void pack_panels(void *ctx, size_t begin, size_t end, int thread) {
-    (void)thread;
     const pack_job *j = ctx;
     const size_t rb = nvlm_row_bytes(j->dt, j->cols), nb = (size_t)j->cols / NVLM_QK;
-    for (size_t p = begin; p < end; p++)
-        nvlm_q16_pack_panel(j->dt, j->src + p * NVLM_Q16_ROWS * rb, rb, NVLM_Q16_ROWS, (int)nb,
-                            j->dst + p * nb * nvlm_q16_block_bytes(j->dt));
+    uint8_t *s = j->stage + (size_t)thread * j->unit;
+    for (size_t p = begin; p < end; p++) {
+        memcpy(s, j->src + p * j->unit, j->unit);
+        nvlm_q16_pack_panel(j->dt, s, rb, NVLM_Q16_ROWS, (int)nb, j->dst + p * j->unit);
+    }
 }
 
 int nvlm_wpack(nvlm_pool *pool, void *dst, const nvlm_wmat *w) {
-    const int layout = nvlm_wpack_layout(w->dtype);
-    pack_job j = {.dst = dst, .src = w->data, .es = nvlm_dtype_size(w->dtype), .cols = w->cols, .dt = w->dtype};
-    if (layout == NVLM_WL_Q16) nvlm_pool_run(pool, (size_t)w->rows / NVLM_Q16_ROWS, 8, pack_panels, &j);
-    else nvlm_pool_run(pool, (size_t)w->rows / NVLM_P8_ROWS, 16, pack_groups, &j);
+    const int layout = nvlm_wpack_layout(w->dtype), q16 = layout == NVLM_WL_Q16;
+    const size_t rows = q16 ? NVLM_Q16_ROWS : NVLM_P8_ROWS;
+    pack_job j = {.dst = dst, .src = w->data, .es = nvlm_dtype_size(w->dtype), .cols = w->cols, .dt = w->dtype,
+                  .unit = rows * nvlm_row_bytes(w->dtype, w->cols)};
+    /* every thread's stage before any work: a failure leaves the matrix untouched */
+    if (!(j.stage = malloc(j.unit * (size_t)nvlm_pool_threads(pool)))) return -1;
+    nvlm_pool_run(pool, (size_t)w->rows / rows, q16 ? 8 : 16, q16 ? pack_panels : pack_groups, &j);
+    free(j.stage);
     return layout;
 }

@@ -19,8 +19,9 @@ int nvlm_wpack_can(const nvlm_wmat *w, int level);
 /* 1 when an engine on `pool` packs w: nvlm_wpack_can at the pool's level, and for Q8_0/Q4 only
  * when generation takes int8 activations (nvlm_pool_int8_act_for), which the packed kernel uses. */
 int nvlm_wpack_for(const nvlm_pool *pool, const nvlm_wmat *w);
-/* dst (the matrix's bytes, not overlapping w->data) = w's rows in nvlm_wpack_layout(w->dtype),
- * which it returns; nvlm_wpack_can(w, ...) must hold. Split over the pool; only bytes move. */
+/* dst (the matrix's bytes; w->data itself packs in place) = w's rows in nvlm_wpack_layout(w->dtype),
+ * which it returns; -1 when its staging memory (one group or panel per thread) cannot be had, and
+ * then nothing was written. nvlm_wpack_can(w, ...) must hold. Split over the pool; only bytes move. */
 int nvlm_wpack(nvlm_pool *pool, void *dst, const nvlm_wmat *w);
 
 /* NVLM_WL_Q16: bytes of one panel block (16 row blocks: 544 for Q8_0, 320 for Q4). */

@@ -173,18 +173,26 @@ int nvlm_quantize_model(nvlm_model *m, nvlm_dtype to, nvlm_quant_report *rep, nv
 
 /* ---- packing for the generation kernels ---- */
 
-/* w into its packed layout when the pool's level reads it (kernels/wpack.h, nvlm_wpack_for): a
- * packed copy owned by m, the row-major bytes released as quantizing does. NVLM_E_NOMEM when the copy cannot be had. */
+/* w into its packed layout when the pool's level reads it (kernels/wpack.h, nvlm_wpack_for). Read
+ * into memory, it is packed in place (the same bytes; no new pages to fault in: a 72B would
+ * otherwise fault in its 159 GB twice); mapped from the file, into a copy owned by m, the mapped
+ * pages released as quantizing does. NVLM_E_NOMEM when neither can be done. */
 static int pack_one(nvlm_model *m, int streams, nvlm_wmat *w, const char *name, nvlm_err *err) {
     if (!nvlm_wpack_for(m->pool, w) || (nvlm_wpack_layout(w->dtype) == NVLM_WL_P8 && streams > 1)) return NVLM_OK;
     size_t bytes = nvlm_row_bytes(w->dtype, w->cols) * (size_t)w->rows;
-    void *d = nvlm_alloc_weights(bytes);
-    if (!d || nvlm_model_own(m, d)) {
-        free(d);
-        return nvlm_fail(err, NVLM_E_NOMEM, "out of memory packing %s (%.1f MB)", name, (double)bytes / 1e6);
+    int layout = -1;
+    if (nvlm_st_unseal(m->st, w->data, bytes)) {
+        layout = nvlm_wpack(m->pool, (void *)w->data, w);
+        nvlm_st_reseal(w->data, bytes);
+    } else {
+        void *d = nvlm_alloc_weights(bytes);
+        if (d && !nvlm_model_own(m, d)) {
+            if ((layout = nvlm_wpack(m->pool, d, w)) >= 0) replace_data(m, w, name, d, bytes);
+        } else {
+            free(d);
+        }
     }
-    int layout = nvlm_wpack(m->pool, d, w);
-    replace_data(m, w, name, d, bytes);
+    if (layout < 0) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory packing %s (%.1f MB)", name, (double)bytes / 1e6);
     w->layout = layout;
     return NVLM_OK;
 }

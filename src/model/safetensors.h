@@ -68,6 +68,13 @@ const char *nvlm_st_file_path(const nvlm_st *st, size_t i);
 /* Sum of the tensors' byte spans. */
 uint64_t nvlm_st_total_bytes(const nvlm_st *st);
 
+/* For a change in place that keeps the bytes' size (a packed layout, model/quant.c): when
+ * [p, p + n) lies inside one of st's read-in arenas (below), makes the pages holding it writable
+ * and returns 1; nvlm_st_reseal then makes them read-only again. 0 (nothing changed) otherwise:
+ * mapped from the file, or mprotect refused. */
+int nvlm_st_unseal(const nvlm_st *st, const void *p, size_t n);
+void nvlm_st_reseal(const void *p, size_t n);
+
 /* Moves every tensor's data from the file mappings into the process's own memory: one
  * read-only anonymous arena per file (on huge pages where the system allows), each tensor
  * read with pread at a 64-byte boundary, by up to n_threads threads (<= 0: one per online CPU;
