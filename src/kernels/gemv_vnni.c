@@ -190,8 +190,9 @@ static void groups(void *ctx, size_t begin, size_t end, int thread) {
 
 int nvlm_gemv_vnni(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias) {
     const int nb = w->cols / NVLM_QK, ng = (nb + GB - 1) / GB;
-    nvlm_block_q8a *xq = malloc(sizeof(nvlm_block_q8a) * (size_t)nb * (size_t)n_tok);
-    xgroup *xa = aligned_alloc(64, sizeof(xgroup) * (size_t)ng * (size_t)n_tok);
+    /* through the pool's scratch, whose limit stands for a failed allocation in the tests */
+    nvlm_block_q8a *xq = nvlm_pool_scratch(pool, sizeof(nvlm_block_q8a) * (size_t)nb * (size_t)n_tok);
+    xgroup *xa = nvlm_pool_scratch(pool, sizeof(xgroup) * (size_t)ng * (size_t)n_tok);
     if (!xq || !xa) {
         free(xq), free(xa);
         return -1;
