@@ -45,7 +45,7 @@ TOOL_OBJ  := $(TOOL_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN  := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 DEPS      := $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_BIN:=.d)
 
-.PHONY: all check test test-asan demo demo-train clean bench fuzz
+.PHONY: all check test test-asan demo demo-train clean bench fuzz ldlibs
 all: $(BUILD)/libnvlm.a $(BUILD)/nvlm $(TEST_BIN)
 
 $(BUILD)/%.o: %.c
@@ -88,6 +88,10 @@ fuzz:
 # the result is bit-identical to the shipped one (docs/demo.md).
 demo-train: $(BUILD)/nvlm
 	NVLM=$(BUILD)/nvlm scripts/demo-train.sh
+
+# The libraries a program linked against libnvlm.a needs (the bench/ scripts build with them).
+ldlibs:
+	@echo $(LDLIBS)
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz

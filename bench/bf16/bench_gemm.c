@@ -53,7 +53,7 @@ int main(int argc, char **argv) {
             for (int c = 0; c < 2; c++) {
                 nvlm_pool_set_compute(pool, c ? NVLM_COMPUTE_BF16 : NVLM_COMPUTE_F32);
                 double t0 = now();
-                nvlm_matmul(pool, y, x, M, &w, NULL);
+                nvlm_matmul(pool, y, x, M, &w, NULL, NULL);
                 double t = now() - t0;
                 best[c] = t < best[c] ? t : best[c];
             }
@@ -81,7 +81,7 @@ int main(int argc, char **argv) {
                 for (int c = 0; c < 2; c++) {
                     double t0 = now();
                     if (c) nvlm_gemm_vnni(pool, y, x, M, &wq, NULL);
-                    else nvlm_matmul(pool, y, x, M, &wq, NULL);
+                    else nvlm_matmul(pool, y, x, M, &wq, NULL, NULL);
                     double t = now() - t0;
                     best[c] = t < best[c] ? t : best[c];
                 }

@@ -59,7 +59,7 @@ int main(int argc, char **argv) {
                 if (l == 1) nvlm_gemv_vnni(pool, y, x, 1, &w, NULL); /* called directly: not dispatched */
                 else if (l == 2) nvlm_gemm_vnni(pool, y, x, 1, &w, NULL);
                 else if (l == 3) nvlm_gemm_vnni(pool, y, x, 1, &wp, NULL);
-                else nvlm_matmul(pool, y, x, 1, &w, NULL);
+                else nvlm_matmul(pool, y, x, 1, &w, NULL, NULL);
                 double t = now() - t0;
                 best[l] = t < best[l] ? t : best[l];
             }

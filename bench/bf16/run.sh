@@ -26,8 +26,7 @@ case "${1:-}" in
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
     cc -std=c11 -D_GNU_SOURCE -O2 -Iinclude -Isrc "bench/bf16/$prog.c" "$build/libnvlm.a" \
-       $(pkg-config --libs libpng libdeflate libjpeg libwebp libwebpdemux libgif libutf8proc libcjson oniguruma libcrypto libmicrohttpd) \
-       -lm -lpthread -o "$tmp/$prog"
+       $(make -s --no-print-directory ldlibs) -o "$tmp/$prog"
     for t in ${@:-1 2}; do "$tmp/$prog" "$t"; done;;
   run) model=$2 image=$3 n=${4:-3}
     TIMEFORMAT='%R %U %S'

@@ -23,6 +23,5 @@ case "$mode" in
   *) sed -n '2,8p' "$0"; exit 2;;
 esac
 cc -std=c11 -D_GNU_SOURCE -O2 -Iinclude -Isrc bench/gemv_ab/gemv_ab.c "$tmp/var.o" "$build/libnvlm.a" \
-   $(pkg-config --libs libpng libdeflate libjpeg libwebp libwebpdemux libgif libutf8proc libcjson oniguruma libcrypto libmicrohttpd) \
-   -lm -lpthread -o "$tmp/gemv_ab"
+   $(make -s --no-print-directory ldlibs) -o "$tmp/gemv_ab"
 "$tmp/gemv_ab" "$mode" "$@"

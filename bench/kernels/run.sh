@@ -10,6 +10,5 @@ build=${BUILD:-build}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -Iinclude -Isrc bench/kernels/bench_kernels.c "$build/libnvlm.a" \
-   $(pkg-config --libs libpng libdeflate libjpeg libwebp libwebpdemux libgif libutf8proc libcjson oniguruma libcrypto libmicrohttpd) \
-   -lm -lpthread -o "$tmp/bench_kernels"
+   $(make -s --no-print-directory ldlibs) -o "$tmp/bench_kernels"
 "$tmp/bench_kernels" "$@"
