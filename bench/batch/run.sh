@@ -75,8 +75,7 @@ case "${1:-}" in
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
     cc -std=c11 -D_GNU_SOURCE -O2 -Iinclude -Isrc bench/batch/gemv_batch.c "$build/libnvlm.a" \
-       $(pkg-config --libs libpng libdeflate libjpeg libwebp libwebpdemux libgif libutf8proc libcjson oniguruma libcrypto libmicrohttpd libcurl libedit) \
-       -lm -lpthread $(pkg-config --exists ompi-c 2>/dev/null && pkg-config --libs ompi-c) -o "$tmp/gemv_batch"
+       $(make -s --no-print-directory ldlibs) -o "$tmp/gemv_batch"
     "$tmp/gemv_batch" "${2:-1}";;
   serve)
     md=$2 port=${3:-18417}

@@ -54,7 +54,7 @@ static void *weights(nvlm_dtype dt, int rows, int cols) {
 
 static double time_mm(nvlm_pool *p, int cpu, const nvlm_wmat *w, const float *x, int n_tok, float *y) {
     double t0 = nvlm_bench_clock(cpu, nvlm_pool_threads(p));
-    if (nvlm_matmul(p, y, x, n_tok, w, NULL)) {
+    if (nvlm_matmul(p, y, x, n_tok, w, NULL, NULL)) {
         fprintf(stderr, "bench_kernels: matmul out of memory\n");
         exit(1);
     }
