@@ -177,13 +177,12 @@ int nvlm_quantize_model(nvlm_model *m, nvlm_dtype to, nvlm_quant_report *rep, nv
  * into memory, it is packed in place (the same bytes; no new pages to fault in: a 72B would
  * otherwise fault in its 159 GB twice); mapped from the file, into a copy owned by m, the mapped
  * pages released as quantizing does. NVLM_E_NOMEM when neither can be done. */
-static int pack_one(nvlm_model *m, int streams, nvlm_wmat *w, const char *name, nvlm_err *err) {
+static int pack_one(nvlm_model *m, int streams, int in_place, nvlm_wmat *w, const char *name, nvlm_err *err) {
     if (!nvlm_wpack_for(m->pool, w) || (nvlm_wpack_layout(w->dtype) == NVLM_WL_P8 && streams > 1)) return NVLM_OK;
     size_t bytes = nvlm_row_bytes(w->dtype, w->cols) * (size_t)w->rows;
     int layout = -1;
-    if (nvlm_st_unseal(m->st, w->data, bytes)) {
+    if (in_place && nvlm_st_in_arena(m->st, w->data, bytes)) {
         layout = nvlm_wpack(m->pool, (void *)w->data, w);
-        nvlm_st_reseal(w->data, bytes);
     } else {
         void *d = nvlm_alloc_weights(bytes);
         if (d && !nvlm_model_own(m, d)) {
@@ -199,8 +198,8 @@ static int pack_one(nvlm_model *m, int streams, nvlm_wmat *w, const char *name, 
 
 int nvlm_model_pack(nvlm_model *m, int streams, nvlm_err *err) {
     char name[160];
-    int rc = 0;
-#define P(w, role, i) if (!rc) rc = pack_one(m, streams, &(w), nvlm_tensor_name(role, i, name, sizeof name), err)
+    int rc = 0, in_place = nvlm_st_arenas_writable(m->st, 1) == 0; /* sealed again below */
+#define P(w, role, i) if (!rc) rc = pack_one(m, streams, in_place, &(w), nvlm_tensor_name(role, i, name, sizeof name), err)
     for (int i = 0; i < m->cfg.llm.num_layers; i++) {
         llm_layer *L = &m->llm[i];
         P(L->wq, NVLM_R_L_Q, i);
@@ -213,6 +212,7 @@ int nvlm_model_pack(nvlm_model *m, int streams, nvlm_err *err) {
     }
     if (m->lm_head.data != m->embed.data) P(m->lm_head, NVLM_R_LM_HEAD, -1); /* a tied one is the embedding's rows */
 #undef P
+    if (in_place) nvlm_st_arenas_writable(m->st, 0);
     return rc;
 }
 

@@ -630,31 +630,26 @@ static int read_file_tensors(nvlm_st *st, st_file *f, int n_threads, read_state 
     return NVLM_OK;
 }
 
-/* The pages of [p, p + n), rounded out to whole pages. */
-static void page_span(const void *p, size_t n, uintptr_t *b, size_t *len) {
-    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
-    *b = (uintptr_t)p & ~(pg - 1);
-    *len = (((uintptr_t)p + n + pg - 1) & ~(pg - 1)) - *b;
-}
-
-int nvlm_st_unseal(const nvlm_st *st, const void *p, size_t n) {
+int nvlm_st_arenas_writable(nvlm_st *st, int on) {
     for (size_t i = 0; st && i < st->n_files; i++) {
-        const nvlm_mapped_file *a = &st->files[i].arena;
-        const uint8_t *lo = a->data, *q = p;
-        if (!lo || q < lo || n > a->len || (size_t)(q - lo) > a->len - n) continue;
-        uintptr_t b;
-        size_t len;
-        page_span(p, n, &b, &len);
-        return mprotect((void *)b, len, PROT_READ | PROT_WRITE) == 0;
+        nvlm_mapped_file *a = &st->files[i].arena;
+        if (!a->data) continue;
+        if (!on) nvlm_seal_anon(a);
+        else if (mprotect((void *)a->data, a->len, PROT_READ | PROT_WRITE)) {
+            while (i-- > 0) nvlm_seal_anon(&st->files[i].arena);
+            return -1;
+        }
     }
     return 0;
 }
 
-void nvlm_st_reseal(const void *p, size_t n) {
-    uintptr_t b;
-    size_t len;
-    page_span(p, n, &b, &len);
-    mprotect((void *)b, len, PROT_READ);
+int nvlm_st_in_arena(const nvlm_st *st, const void *p, size_t n) {
+    for (size_t i = 0; st && i < st->n_files; i++) {
+        const nvlm_mapped_file *a = &st->files[i].arena;
+        const uint8_t *lo = a->data, *q = p;
+        if (lo && q >= lo && n <= a->len && (size_t)(q - lo) <= a->len - n) return 1;
+    }
+    return 0;
 }
 
 int nvlm_st_read_into_memory(nvlm_st *st, int n_threads, nvlm_st_progress progress, void *user, nvlm_err *err) {

@@ -68,12 +68,13 @@ const char *nvlm_st_file_path(const nvlm_st *st, size_t i);
 /* Sum of the tensors' byte spans. */
 uint64_t nvlm_st_total_bytes(const nvlm_st *st);
 
-/* For a change in place that keeps the bytes' size (a packed layout, model/quant.c): when
- * [p, p + n) lies inside one of st's read-in arenas (below), makes the pages holding it writable
- * and returns 1; nvlm_st_reseal then makes them read-only again. 0 (nothing changed) otherwise:
- * mapped from the file, or mprotect refused. */
-int nvlm_st_unseal(const nvlm_st *st, const void *p, size_t n);
-void nvlm_st_reseal(const void *p, size_t n);
+/* For changes in place that keep the bytes' size (packed layouts, model/quant.c): on = 1 makes
+ * every read-in arena (below) writable, each as a whole; on = 0 seals them again. Whole arenas,
+ * because changing the protection of part of one splits its huge pages (generation then read a
+ * packed BF16 model ~20% slower). 0, or -1 when mprotect refused (nothing to undo then). */
+int nvlm_st_arenas_writable(nvlm_st *st, int on);
+/* 1 when [p, p + n) lies inside one of st's read-in arenas. */
+int nvlm_st_in_arena(const nvlm_st *st, const void *p, size_t n);
 
 /* Moves every tensor's data from the file mappings into the process's own memory: one
  * read-only anonymous arena per file (on huge pages where the system allows), each tensor
