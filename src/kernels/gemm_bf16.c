@@ -201,16 +201,17 @@ static void pack_a(const kernels *kn, const float *x, int K, int mr, uint32_t *a
 
 /* The panel of outputs n0 .. n0 + nr (rows past nr zero) of w, K block [k0, k0 + kc). */
 static void pack_b(const kernels *kn, const nvlm_wmat *w, int n0, int nr, int k0, int kc, uint32_t *dst) {
-    if (w->layout == NVLM_WL_P8) { /* kernels/ops.h: each row's runs of 16, rounded run by run (elementwise) */
-        const size_t es = nvlm_dtype_size(w->dtype);
-        uint16_t rows[NR][KC + 2];
-        for (int r = 0; r < NR; r++) {
-            if (r < nr)
-                for (int k = 0; k < kc; k += NVLM_P8_RUN) kn->row(rows[r] + k, nvlm_wmat_at(w, es, n0 + r, k0 + k), w->dtype, NVLM_P8_RUN);
-            else memset(rows[r], 0, sizeof(uint16_t) * (size_t)kc);
-            rows[r][kc] = rows[r][kc + 1] = 0;
+    if (w->layout == NVLM_WL_P8) { /* kernels/ops.h: each row's runs of 16 gathered, then rounded as one row */
+        const size_t es = nvlm_dtype_size(w->dtype), step = (size_t)NVLM_P8_ROWS * NVLM_P8_RUN * es;
+        uint8_t rows[NR][KC * sizeof(float)];
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *src = nvlm_wmat_at(w, es, n0 + r, k0); /* k0 % 16 == 0; the next run: step on */
+            if (es == 2)
+                for (int k = 0; k < kc; k += NVLM_P8_RUN, src += step) memcpy(rows[r] + 2 * (size_t)k, src, 2 * NVLM_P8_RUN);
+            else
+                for (int k = 0; k < kc; k += NVLM_P8_RUN, src += step) memcpy(rows[r] + 4 * (size_t)k, src, 4 * NVLM_P8_RUN);
         }
-        kn->pairs((const uint16_t(*)[KC + 2])rows, (kc + 1) / 2, dst);
+        nvlm_bf16_pack_panel(kn, rows, sizeof rows[0], w->dtype, nr, kc, dst);
         return;
     }
     const size_t rb = nvlm_row_bytes(w->dtype, w->cols), off = nvlm_row_bytes(w->dtype, k0); /* k0: whole blocks */
