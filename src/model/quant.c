@@ -7,6 +7,7 @@
 #include "kernels/wpack.h"
 #include "model/safetensors_write.h"
 #include "model/tensors.h"
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,6 +88,20 @@ static void release_mapping(const void *p, size_t n) {
     if (e > b) madvise((void *)b, e - b, MADV_DONTNEED);
 }
 
+/* A decoder layer's matrices with their roles: the one list quantizing and packing walk. */
+static const struct {
+    size_t off; /* in llm_layer */
+    nvlm_role role;
+} LLM_MATS[] = {
+    {offsetof(llm_layer, wq), NVLM_R_L_Q},       {offsetof(llm_layer, wk), NVLM_R_L_K},
+    {offsetof(llm_layer, wv), NVLM_R_L_V},       {offsetof(llm_layer, wo), NVLM_R_L_O},
+    {offsetof(llm_layer, gate), NVLM_R_L_GATE}, {offsetof(llm_layer, up), NVLM_R_L_UP},
+    {offsetof(llm_layer, down), NVLM_R_L_DOWN},
+};
+enum { N_LLM_MATS = sizeof LLM_MATS / sizeof LLM_MATS[0] };
+
+static nvlm_wmat *llm_mat(llm_layer *L, size_t k) { return (nvlm_wmat *)((uint8_t *)L + LLM_MATS[k].off); }
+
 typedef struct qctx {
     nvlm_model *m;
     nvlm_dtype to;
@@ -143,16 +158,8 @@ int nvlm_quantize_model(nvlm_model *m, nvlm_dtype to, nvlm_quant_report *rep, nv
     }
     Q(m->patch, NVLM_R_PATCH_W, -1);
     for (int k = 0; k < m->cfg.projector_depth; k++) Q(m->proj[k], NVLM_R_P_LINEAR, k);
-    for (int i = 0; i < m->cfg.llm.num_layers; i++) {
-        llm_layer *L = &m->llm[i];
-        Q(L->wq, NVLM_R_L_Q, i);
-        Q(L->wk, NVLM_R_L_K, i);
-        Q(L->wv, NVLM_R_L_V, i);
-        Q(L->wo, NVLM_R_L_O, i);
-        Q(L->gate, NVLM_R_L_GATE, i);
-        Q(L->up, NVLM_R_L_UP, i);
-        Q(L->down, NVLM_R_L_DOWN, i);
-    }
+    for (int i = 0; i < m->cfg.llm.num_layers; i++)
+        for (size_t k = 0; k < N_LLM_MATS; k++) Q(*llm_mat(&m->llm[i], k), LLM_MATS[k].role, i);
     for (int k = 0; m->xattn && k < m->cfg.num_xattn; k++) {
         xattn_block *X = &m->xattn[k];
         Q(X->wq, NVLM_R_X_Q, k);
@@ -200,16 +207,8 @@ int nvlm_model_pack(nvlm_model *m, int streams, nvlm_err *err) {
     char name[160];
     int rc = 0, in_place = nvlm_st_arenas_writable(m->st, 1) == 0; /* sealed again below */
 #define P(w, role, i) if (!rc) rc = pack_one(m, streams, in_place, &(w), nvlm_tensor_name(role, i, name, sizeof name), err)
-    for (int i = 0; i < m->cfg.llm.num_layers; i++) {
-        llm_layer *L = &m->llm[i];
-        P(L->wq, NVLM_R_L_Q, i);
-        P(L->wk, NVLM_R_L_K, i);
-        P(L->wv, NVLM_R_L_V, i);
-        P(L->wo, NVLM_R_L_O, i);
-        P(L->gate, NVLM_R_L_GATE, i);
-        P(L->up, NVLM_R_L_UP, i);
-        P(L->down, NVLM_R_L_DOWN, i);
-    }
+    for (int i = 0; i < m->cfg.llm.num_layers; i++)
+        for (size_t k = 0; k < N_LLM_MATS; k++) P(*llm_mat(&m->llm[i], k), LLM_MATS[k].role, i);
     if (m->lm_head.data != m->embed.data) P(m->lm_head, NVLM_R_LM_HEAD, -1); /* a tied one is the embedding's rows */
 #undef P
     if (in_place) nvlm_st_arenas_writable(m->st, 0);
