@@ -248,10 +248,11 @@ enum { XP_STACK = 16384 }; /* floats of permuted activations kept on the stack *
  * tokens beside it, so the values are those of one call per token. 0, or -1 when the BF16
  * activations' copy cannot be allocated (nothing computed then). */
 int nvlm_gemv_avx512(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias) {
-    /* 2 tokens or more (a batch of generated tokens): each row read once for all of them, several
-     * rows a pass (bench/batch: faster at every count from 2, 16 included); the same bytes */
     float stack[XP_STACK] __attribute__((aligned(64)));
-    if (w->layout == NVLM_WL_P8) return gemv_p8(pool, y, x, n_tok, w, bias, stack, XP_STACK);
+    if (w->layout == NVLM_WL_P8) return gemv_p8(pool, y, x, n_tok, w, bias, stack, XP_STACK); /* any n_tok */
+    /* row-major, 2 tokens or more (a batch of generated tokens): each row read once for all of
+     * them, several rows a pass (bench/batch: faster at every count from 2, 16 included); the
+     * same bytes */
     if (n_tok > 1 && nvlm_gemv_batch_avx512_ok(w->dtype)) {
         nvlm_gemv_batch_avx512(pool, y, x, n_tok, w, bias);
         return 0;
