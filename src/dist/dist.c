@@ -249,7 +249,7 @@ int nvlm_dist_matmul_multi(nvlm_pool *pool, int gen, int n_w, float *const *y, c
         if (w[i]->dist != d) nvlm_dist_abort(d, 1, "internal error: matrices of one product split over different jobs");
         int n = w[i]->local_rows;
         if (n == 0) continue; /* more ranks than units: nothing here */
-        lw[k] = (nvlm_wmat){.dtype = w[i]->dtype, .rows = n, .cols = w[i]->cols, .data = w[i]->data};
+        lw[k] = (nvlm_wmat){.dtype = w[i]->dtype, .rows = n, .cols = w[i]->cols, .data = w[i]->data, .layout = w[i]->layout};
         lp[k] = &lw[k];
         ly[k] = in_place ? y[0] + w[i]->row0 : loc + at;
         lb[k] = bias && bias[i] ? bias[i] + w[i]->row0 : NULL;

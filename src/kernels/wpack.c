@@ -26,9 +26,9 @@ int nvlm_wpack_reads(int level, nvlm_dtype dt) {
 }
 
 int nvlm_wpack_can(const nvlm_wmat *w, int level) {
-    const int group = nvlm_wpack_layout(w->dtype) == NVLM_WL_Q16 ? NVLM_Q16_ROWS : NVLM_P8_ROWS;
-    return w->layout == NVLM_WL_ROWS && w->data && !w->dist && nvlm_wpack_reads(level, w->dtype) && w->rows > 0 &&
-           w->rows % group == 0 && w->cols > 0 && w->cols % NVLM_P8_RUN == 0;
+    const int group = nvlm_wpack_layout(w->dtype) == NVLM_WL_Q16 ? NVLM_Q16_ROWS : NVLM_P8_ROWS, rows = nvlm_wmat_held_rows(w);
+    return w->layout == NVLM_WL_ROWS && w->data && nvlm_wpack_reads(level, w->dtype) && rows > 0 && rows % group == 0 &&
+           w->cols > 0 && w->cols % NVLM_P8_RUN == 0;
 }
 
 int nvlm_wpack_for(const nvlm_pool *pool, const nvlm_wmat *w) {
@@ -129,7 +129,7 @@ int nvlm_wpack(nvlm_pool *pool, void *dst, const nvlm_wmat *w) {
                   .unit = rows * nvlm_row_bytes(w->dtype, w->cols)};
     /* every thread's stage before any work: a failure leaves the matrix untouched */
     if (!(j.stage = malloc(j.unit * (size_t)nvlm_pool_threads(pool)))) return -1;
-    nvlm_pool_run(pool, (size_t)w->rows / rows, q16 ? 8 : 16, q16 ? pack_panels : pack_groups, &j);
+    nvlm_pool_run(pool, (size_t)nvlm_wmat_held_rows(w) / rows, q16 ? 8 : 16, q16 ? pack_panels : pack_groups, &j);
     free(j.stage);
     return layout;
 }

@@ -12,14 +12,14 @@ int nvlm_wpack_layout(nvlm_dtype dt);
 /* 1 when the matrix products of kernel level `level` read format dt's packed layout (P8: the
  * AVX-512 levels; Q16: avx512vnni and above). */
 int nvlm_wpack_reads(int level, nvlm_dtype dt);
-/* 1 when w can be packed for `level`: row-major, a format that level reads packed, the whole
- * matrix here (not a tensor-parallel slice), its rows a whole number of groups (8 / 16) and
- * cols % 16 == 0. */
+/* 1 when w can be packed for `level`: row-major, a format that level reads packed, the rows held
+ * here (a tensor-parallel rank's slice, or all) a whole number of groups (8 / 16), cols % 16 == 0.
+ * A slice is packed as a matrix of its own rows (src/dist hands the kernels that matrix). */
 int nvlm_wpack_can(const nvlm_wmat *w, int level);
 /* 1 when an engine on `pool` packs w: nvlm_wpack_can at the pool's level, and for Q8_0/Q4 only
  * when generation takes int8 activations (nvlm_pool_int8_act_for), which the packed kernel uses. */
 int nvlm_wpack_for(const nvlm_pool *pool, const nvlm_wmat *w);
-/* dst (the matrix's bytes; w->data itself packs in place) = w's rows in nvlm_wpack_layout(w->dtype),
+/* dst (the matrix's bytes; w->data itself packs in place) = w's held rows in nvlm_wpack_layout(w->dtype),
  * which it returns; -1 when its staging memory (one group or panel per thread) cannot be had, and
  * then nothing was written. nvlm_wpack_can(w, ...) must hold. Split over the pool; only bytes move. */
 int nvlm_wpack(nvlm_pool *pool, void *dst, const nvlm_wmat *w);

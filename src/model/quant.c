@@ -186,7 +186,7 @@ int nvlm_quantize_model(nvlm_model *m, nvlm_dtype to, nvlm_quant_report *rep, nv
  * pages released as quantizing does. NVLM_E_NOMEM when neither can be done. */
 static int pack_one(nvlm_model *m, int streams, int in_place, nvlm_wmat *w, const char *name, nvlm_err *err) {
     if (!nvlm_wpack_for(m->pool, w) || (nvlm_wpack_layout(w->dtype) == NVLM_WL_P8 && streams > 1)) return NVLM_OK;
-    size_t bytes = nvlm_row_bytes(w->dtype, w->cols) * (size_t)w->rows;
+    size_t bytes = nvlm_row_bytes(w->dtype, w->cols) * (size_t)nvlm_wmat_held_rows(w); /* a rank: its slice */
     int layout = -1;
     if (in_place && nvlm_st_in_arena(m->st, w->data, bytes)) {
         layout = nvlm_wpack(m->pool, (void *)w->data, w);
