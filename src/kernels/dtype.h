@@ -15,6 +15,8 @@ typedef struct nvlm_dtype_traits {
     int block;            /* values per block: 1 for element formats, NVLM_QK for block formats */
     size_t block_bytes;   /* bytes per block (per value for element formats) */
     int simd;             /* the AVX2 and NEON kernels decode this format; else the scalar path */
+    int packed;           /* the layout an engine packs it into for generation (kernels/ops.h
+                           * NVLM_WL_*, kernels/wpack.h); NVLM_WL_ROWS (0): none */
     /* n values to float32 (src may be unaligned) and back (rounded to nearest even, or quantized) */
     void (*to_f32)(float *dst, const void *src, int n);
     void (*from_f32)(const float *x, void *dst, int n);

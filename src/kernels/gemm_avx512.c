@@ -274,9 +274,10 @@ static void pack_wmat(const nvlm_wmat *w, int n0, int nr, int k0, int kc, float 
     if (!dst) {
         size_t bytes = block ? nvlm_row_bytes(w->dtype, kc) : (size_t)kc * nvlm_dtype_size(w->dtype);
         if (p8) /* the panel's groups of 8 rows, K block [k0, k0 + kc): 8 * kc elements each */
-            for (int g = 0; g < nr; g += NVLM_P8_ROWS)
-                for (size_t b = 0; b < NVLM_P8_ROWS * bytes; b += 64)
-                    _mm_prefetch((const char *)nvlm_wmat_at(w, nvlm_dtype_size(w->dtype), n0 + g, k0) + b, _MM_HINT_T1);
+            for (int g = 0; g < nr; g += NVLM_P8_ROWS) {
+                const char *gp = (const char *)nvlm_wmat_at(w, nvlm_dtype_size(w->dtype), n0 + g, k0);
+                for (size_t b = 0; b < NVLM_P8_ROWS * bytes; b += 64) _mm_prefetch(gp + b, _MM_HINT_T1);
+            }
         else
             for (int r = 0; r < nr; r++)
                 for (size_t b = 0; b < bytes; b += 64) _mm_prefetch((const char *)src + (size_t)r * row_bytes + b, _MM_HINT_T1);

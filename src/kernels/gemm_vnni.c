@@ -1,7 +1,7 @@
 /* AVX512-VNNI matrix products of Q8_0 / Q4 weights against int8 activations, every output bit for
  * bit nvlm_vec_dot_q (+ bias), as the generation kernel of gemv_vnni.c. Used for the matrices packed
- * NVLM_WL_Q16 (kernels/ops.h; an engine for one sequence packs them at the VNNI levels): their
- * generated rows, any number; and for prefill with int8 activations forced on (NVLM_QACT=int8 /
+ * NVLM_WL_Q16 (kernels/ops.h; every engine packs them at the VNNI levels): their generated rows,
+ * any number; and for prefill with int8 activations forced on (NVLM_QACT=int8 /
  * nvlm_pool_set_int8_act), where a row-major matrix is packed per call (per thread, a panel of all
  * of K, in L2) into that same layout.
  *

@@ -111,12 +111,13 @@ static int any_vnni(nvlm_pool *pool, int gen, int n_w, const nvlm_wmat *const *w
 }
 
 /* NVLM_OK when the pool's level reads w's layout: a packed one (kernels/wpack.h) only the levels
- * that pack it read (P8: AVX-512, Q16: AVX512-VNNI); anything else is refused rather than misread. */
+ * that pack it read (P8: AVX-512, Q16: AVX512-VNNI); anything else is refused rather than misread.
+ * (A tensor-parallel matrix never gets here: src/dist hands its slice on as a matrix of its own.) */
 static int layout_ok(const nvlm_pool *pool, int n_w, const nvlm_wmat *const *w, nvlm_err *err) {
     const int level = nvlm_pool_level(pool);
     for (int i = 0; i < n_w; i++) {
         if (w[i]->layout == NVLM_WL_ROWS) continue;
-        if (w[i]->layout == nvlm_wpack_layout(w[i]->dtype) && nvlm_wpack_reads(level, w[i]->dtype) && !w[i]->dist) continue;
+        if (w[i]->layout == nvlm_wpack_layout(w[i]->dtype) && nvlm_wpack_reads(level, w[i]->dtype)) continue;
         return nvlm_fail(err, NVLM_E_INVALID_ARG,
                          "a %dx%d %s matrix packed for another kernel level (layout %d) cannot be read at kernel level %s; "
                          "load the model again to run it at this level",

@@ -1,16 +1,16 @@
 /* Packing weight matrices into NVLM_WL_P8 and NVLM_WL_Q16 (kernels/ops.h, wpack.h). */
 #include "kernels/wpack.h"
 #include "kernels/cpu.h"
+#include "kernels/dtype.h"
 #include "kernels/gemv_vnni.h"
 #include "kernels/qblock.h"
 #include "kernels/simd512.h"
 #include <stdlib.h>
 #include <string.h>
 
-static int plain(nvlm_dtype dt) { return dt == NVLM_DT_F32 || dt == NVLM_DT_F16 || dt == NVLM_DT_BF16; }
-
 int nvlm_wpack_layout(nvlm_dtype dt) {
-    return plain(dt) ? NVLM_WL_P8 : dt == NVLM_DT_Q8_0 || dt == NVLM_DT_Q4 ? NVLM_WL_Q16 : NVLM_WL_ROWS;
+    const nvlm_dtype_traits *tr = nvlm_dtype_traits_of(dt);
+    return tr ? tr->packed : NVLM_WL_ROWS;
 }
 
 int nvlm_wpack_reads(int level, nvlm_dtype dt) {
@@ -32,7 +32,7 @@ int nvlm_wpack_can(const nvlm_wmat *w, int level) {
 }
 
 int nvlm_wpack_for(const nvlm_pool *pool, const nvlm_wmat *w) {
-    return nvlm_wpack_can(w, nvlm_pool_level(pool)) && (plain(w->dtype) || nvlm_pool_int8_act_for(pool, w->dtype));
+    return nvlm_wpack_can(w, nvlm_pool_level(pool)) && (!nvlm_dtype_is_block(w->dtype) || nvlm_pool_int8_act_for(pool, w->dtype));
 }
 
 /* ---- NVLM_WL_Q16 ---- */

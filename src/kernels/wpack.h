@@ -1,8 +1,9 @@
 /* wpack.h - packed weight layouts (kernels/ops.h: NVLM_WL_P8 for F32/F16/BF16 at the AVX-512
  * levels, NVLM_WL_Q16 for Q8_0/Q4 at the AVX512-VNNI levels): which kernel levels read them,
  * which matrices can take them, and the packing itself. A model's LLM matrices are packed when an
- * engine for one sequence is created (nvlm_model_pack, model/quant.h); docs/performance.md
- * "Packed rows". Internal. */
+ * engine is created (nvlm_model_pack, model/quant.h: Q16 always, P8 for one generating sequence);
+ * docs/performance.md "Packed rows". The layout of each format is its traits row's (kernels/dtype.h).
+ * Internal. */
 #ifndef NVLM_KERNELS_WPACK_H
 #define NVLM_KERNELS_WPACK_H
 #include "kernels/ops.h"

@@ -1,5 +1,5 @@
 /* Quantization of a model's weight matrices, in memory and to a folder; their packing for the
- * AVX-512 generation kernels (nvlm_model_pack). */
+ * generation kernels (nvlm_model_pack, kernels/wpack.h). */
 #include "model/quant.h"
 #include "core/err.h"
 #include "core/file.h"
@@ -121,7 +121,8 @@ static void replace_data(nvlm_model *m, nvlm_wmat *w, const char *name, void *d,
 static int quant_one(qctx *q, nvlm_wmat *w, const char *name) {
     if (nvlm_dtype_is_block(w->dtype)) return NVLM_OK; /* already quantized on disk */
     if (w->layout != NVLM_WL_ROWS)
-        return nvlm_fail(q->err, NVLM_E_INVALID_ARG, "%s is packed for the AVX-512 kernels: quantize before creating an engine", name);
+        return nvlm_fail(q->err, NVLM_E_INVALID_ARG, "%s is packed for the generation kernels: quantize before creating an engine",
+                         name);
     int rows = nvlm_wmat_held_rows(w); /* a tensor-parallel rank quantizes its own rows */
     size_t before = nvlm_row_bytes(w->dtype, w->cols) * (size_t)rows;
     q->rep->bytes_before += before;
@@ -180,15 +181,25 @@ int nvlm_quantize_model(nvlm_model *m, nvlm_dtype to, nvlm_quant_report *rep, nv
 
 /* ---- packing for the generation kernels ---- */
 
+typedef struct pack_ctx {
+    nvlm_model *m;
+    int streams;
+    int unsealed; /* -1: not asked yet; 1: the read-in arenas are writable; 0: they could not be made so */
+    nvlm_err *err;
+} pack_ctx;
+
 /* w into its packed layout when the pool's level reads it (kernels/wpack.h, nvlm_wpack_for). Read
  * into memory, it is packed in place (the same bytes; no new pages to fault in: a 72B would
- * otherwise fault in its 159 GB twice); mapped from the file, into a copy owned by m, the mapped
- * pages released as quantizing does. NVLM_E_NOMEM when neither can be done. */
-static int pack_one(nvlm_model *m, int streams, int in_place, nvlm_wmat *w, const char *name, nvlm_err *err) {
-    if (!nvlm_wpack_for(m->pool, w) || (nvlm_wpack_layout(w->dtype) == NVLM_WL_P8 && streams > 1)) return NVLM_OK;
+ * otherwise fault in its 159 GB twice; the arenas are unsealed at the first such matrix, so a
+ * model with nothing to pack is not touched); mapped from the file, into a copy owned by m, the
+ * mapped pages released as quantizing does. NVLM_E_NOMEM when neither can be done. */
+static int pack_one(pack_ctx *c, nvlm_wmat *w, const char *name) {
+    nvlm_model *m = c->m;
+    if (!nvlm_wpack_for(m->pool, w) || (nvlm_wpack_layout(w->dtype) == NVLM_WL_P8 && c->streams > 1)) return NVLM_OK;
     size_t bytes = nvlm_row_bytes(w->dtype, w->cols) * (size_t)nvlm_wmat_held_rows(w); /* a rank: its slice */
-    int layout = -1;
-    if (in_place && nvlm_st_in_arena(m->st, w->data, bytes)) {
+    int layout = -1, in_arena = nvlm_st_in_arena(m->st, w->data, bytes);
+    if (in_arena && c->unsealed < 0) c->unsealed = nvlm_st_arenas_writable(m->st, 1) == 0;
+    if (in_arena && c->unsealed) {
         layout = nvlm_wpack(m->pool, (void *)w->data, w);
     } else {
         void *d = nvlm_alloc_weights(bytes);
@@ -198,20 +209,21 @@ static int pack_one(nvlm_model *m, int streams, int in_place, nvlm_wmat *w, cons
             free(d);
         }
     }
-    if (layout < 0) return nvlm_fail(err, NVLM_E_NOMEM, "out of memory packing %s (%.1f MB)", name, (double)bytes / 1e6);
+    if (layout < 0) return nvlm_fail(c->err, NVLM_E_NOMEM, "out of memory packing %s (%.1f MB)", name, (double)bytes / 1e6);
     w->layout = layout;
     return NVLM_OK;
 }
 
 int nvlm_model_pack(nvlm_model *m, int streams, nvlm_err *err) {
     char name[160];
-    int rc = 0, in_place = nvlm_st_arenas_writable(m->st, 1) == 0; /* sealed again below */
-#define P(w, role, i) if (!rc) rc = pack_one(m, streams, in_place, &(w), nvlm_tensor_name(role, i, name, sizeof name), err)
+    pack_ctx c = {.m = m, .streams = streams, .unsealed = -1, .err = err};
+    int rc = 0;
+#define P(w, role, i) if (!rc) rc = pack_one(&c, &(w), nvlm_tensor_name(role, i, name, sizeof name))
     for (int i = 0; i < m->cfg.llm.num_layers; i++)
         for (size_t k = 0; k < N_LLM_MATS; k++) P(*llm_mat(&m->llm[i], k), LLM_MATS[k].role, i);
     if (m->lm_head.data != m->embed.data) P(m->lm_head, NVLM_R_LM_HEAD, -1); /* a tied one is the embedding's rows */
 #undef P
-    if (in_place) nvlm_st_arenas_writable(m->st, 0);
+    if (c.unsealed == 1) nvlm_st_arenas_writable(m->st, 0);
     return rc;
 }
 

@@ -70,8 +70,8 @@ uint64_t nvlm_st_total_bytes(const nvlm_st *st);
 
 /* For changes in place that keep the bytes' size (packed layouts, model/quant.c): on = 1 makes
  * every read-in arena (below) writable, each as a whole; on = 0 seals them again. Whole arenas,
- * because changing the protection of part of one splits its huge pages (generation then read a
- * packed BF16 model ~20% slower). 0, or -1 when mprotect refused (nothing to undo then). */
+ * because changing the protection of part of one splits its mapping (and any huge page across
+ * the cut). 0, or -1 when mprotect refused (nothing to undo then). */
 int nvlm_st_arenas_writable(nvlm_st *st, int on);
 /* 1 when [p, p + n) lies inside one of st's read-in arenas. */
 int nvlm_st_in_arena(const nvlm_st *st, const void *p, size_t n);
