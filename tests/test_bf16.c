@@ -308,8 +308,40 @@ static void test_attention(int level) {
     CHECK(worst < 0.05, "%s: bf16 attention is %.3g from float32", nvlm_cpu_level_name(level), worst);
 }
 
-/* A whole vision path in bf16 compute (ViT GEMMs, bf16 attention, projector) on a random
- * BF16 checkpoint: the same bits at 1 and 3 threads, at every level the machine has. */
+/* The vision path of the model in dir (ViT GEMMs, attention, norms, residuals, QK-norm, im2col,
+ * projector) in `compute` mode gives the same bits at 1 and 3 threads, at every level the
+ * machine has. */
+static void vision_threads(const char *dir, int compute, int tiles) {
+    nvlm_err err = {0};
+    nvlm_model *m1 = NULL, *m3 = NULL;
+    nvlm_load_options lo = {.n_threads = 1, .compute = compute};
+    int rc = nvlm_model_load(dir, &lo, &m1, &err);
+    lo.n_threads = 3;
+    if (!rc) rc = nvlm_model_load(dir, &lo, &m3, &err);
+    CHECK(rc == 0, "load %s: %s", dir, err.msg);
+    const int S = rc ? 1 : m1->cfg.image_size;
+    const size_t n_px = (size_t)tiles * 3 * S * S,
+                 n_out = rc ? 1 : (size_t)tiles * nvlm_cfg_tokens_per_tile(&m1->cfg) * m1->cfg.llm.hidden_size;
+    float *px = malloc(sizeof(float) * n_px), *y1 = malloc(sizeof(float) * n_out), *y3 = malloc(sizeof(float) * n_out);
+    for (size_t i = 0; i < n_px; i++) px[i] = (float)((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
+    int n_levels, same = 0, tried = 0;
+    const int *levels = nvlm_cpu_levels(&n_levels);
+    for (int li = 0; !rc && li < n_levels; li++) {
+        if (!nvlm_cpu_level_usable(levels[li])) continue;
+        nvlm_pool_set_level(m1->pool, levels[li]), nvlm_pool_set_level(m3->pool, levels[li]);
+        tried++;
+        rc = nvlm_encode_tiles(m1, px, tiles, y1, &err) || nvlm_encode_tiles(m3, px, tiles, y3, &err);
+        CHECK(rc == 0, "encode tiles: %s", err.msg);
+        same += !rc && !memcmp(y1, y3, sizeof(float) * n_out);
+    }
+    CHECK(same == tried, "%s, %s compute: the vision path gives the same bits at 1 and 3 threads at %d of %d levels", dir,
+          compute == NVLM_COMPUTE_BF16 ? "bf16" : "f32", same, tried);
+    free(px), free(y1), free(y3);
+    nvlm_model_free(m1), nvlm_model_free(m3);
+}
+
+/* vision_threads on the tiny reference model and on a random BF16 checkpoint with 65 tokens a
+ * tile (3 tiles), in float32 and in bf16 compute. */
 static void test_vit_threads(void) {
     char dir[] = "/tmp/nvlm_bf16_vit_XXXXXX";
     if (!mkdtemp(dir)) {
@@ -324,30 +356,13 @@ static void test_vit_threads(void) {
     o.llm_hidden = 40, o.llm_layers = 1, o.llm_heads = 5, o.llm_kv_heads = 1, o.llm_intermediate = 72;
     o.dtype = NVLM_MK_BF16;
     nvlm_err err = {0};
-    nvlm_model *m1 = NULL, *m3 = NULL;
-    nvlm_load_options lo = {.n_threads = 1, .compute = NVLM_COMPUTE_BF16};
     int rc = nvlm_mkmodel(&o, dir, NULL, &err);
-    if (!rc) rc = nvlm_model_load(dir, &lo, &m1, &err);
-    lo.n_threads = 3;
-    if (!rc) rc = nvlm_model_load(dir, &lo, &m3, &err);
-    CHECK(rc == 0, "bf16 ViT model: %s", err.msg);
-    const int T = 3, S = 112, h = o.llm_hidden;
-    const size_t n_out = rc ? 1 : (size_t)T * nvlm_cfg_tokens_per_tile(&m1->cfg) * h;
-    float *px = malloc(sizeof(float) * T * 3 * S * S), *y1 = malloc(sizeof(float) * n_out), *y3 = malloc(sizeof(float) * n_out);
-    for (int i = 0; i < T * 3 * S * S; i++) px[i] = (float)((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
-    int n_levels, same = 0, tried = 0;
-    const int *levels = nvlm_cpu_levels(&n_levels);
-    for (int li = 0; !rc && li < n_levels; li++) {
-        if (!nvlm_cpu_level_usable(levels[li])) continue;
-        nvlm_pool_set_level(m1->pool, levels[li]), nvlm_pool_set_level(m3->pool, levels[li]);
-        tried++;
-        rc = nvlm_encode_tiles(m1, px, T, y1, &err) || nvlm_encode_tiles(m3, px, T, y3, &err);
-        CHECK(rc == 0, "encode tiles: %s", err.msg);
-        same += !rc && !memcmp(y1, y3, sizeof(float) * n_out);
+    CHECK(rc == 0, "mkmodel: %s", err.msg);
+    for (int bf = 0; bf <= 1; bf++) {
+        const int compute = bf ? NVLM_COMPUTE_BF16 : NVLM_COMPUTE_F32;
+        vision_threads(shared_path("reference/models/tiny-nvlm-d"), compute, 2);
+        if (!rc) vision_threads(dir, compute, 3);
     }
-    CHECK(same == tried, "bf16 compute vision path: %d of %d levels give the same bits at 1 and 3 threads", same, tried);
-    free(px), free(y1), free(y3);
-    nvlm_model_free(m1), nvlm_model_free(m3);
     char cmd[256];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd)) fprintf(stderr, "could not remove %s\n", dir);
