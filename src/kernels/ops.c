@@ -15,10 +15,21 @@ void nvlm_axpy(float *y, float a, const float *x, int n) {
     for (int i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+float nvlm_rms_scale(const float *x, int n, float eps) {
+    /* double for the statistic: closer to the reference than a float chain. Each square is exact
+     * in double; eight chains instead of one (a chain of 1024 dependent adds was 2% of a ViT
+     * forward), summed in a fixed order, so every level still gets the same bits. */
+    double s[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) s[k] += (double)x[i + k] * x[i + k];
+    for (int k = 0; i < n; i++, k++) s[k] += (double)x[i] * x[i];
+    double ss = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+    return 1.0f / sqrtf((float)(ss / n) + eps);
+}
+
 void nvlm_rmsnorm(float *out, const float *x, const float *w, int n, int n_stat, float eps) {
-    double ss = 0; /* double for the statistic: closer to the reference than a float chain */
-    for (int i = 0; i < n_stat; i++) ss += (double)x[i] * x[i];
-    float scale = 1.0f / sqrtf((float)(ss / n_stat) + eps);
+    float scale = nvlm_rms_scale(x, n_stat, eps);
     for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
 }
 

@@ -108,6 +108,8 @@ void nvlm_silu_mul_pool(nvlm_pool *pool, float *a, const float *b, size_t n);
 /* out = x * rsqrt(mean(x[:n_stat]^2) + eps) * w over n values (n_stat <= n: InternViT's
  * QK-norm takes the statistic over the real heads only). out may alias x. */
 void nvlm_rmsnorm(float *out, const float *x, const float *w, int n, int n_stat, float eps);
+/* rsqrt(mean(x[:n]^2) + eps): nvlm_rmsnorm's statistic (the training backward's too). */
+float nvlm_rms_scale(const float *x, int n, float eps);
 /* LayerNorm with biased variance. out may alias x. */
 void nvlm_layernorm(float *out, const float *x, const float *w, const float *b, int n, float eps);
 /* Exact GELU 0.5 x (1 + erf(x / sqrt 2)), in place. */

@@ -4,11 +4,11 @@
  *   Q4  : blocks of 32 weights = f16 scale d, f16 minimum m + 16 bytes of nibbles; byte j
  *         holds weight j in its low nibble and weight j+16 in its high one; w = d * q + m
  *         (20 bytes, llama.cpp's Q4_1; dtype string "Q4_1" on disk)
- * A row of a matrix is cols/32 consecutive blocks. The matrix-matrix kernels, and the
- * matrix-vector ones for Q8_0, multiply float32 activations by the dequantized weights (the
- * float model with the weight error alone); the matrix-vector kernels for Q4 use llama.cpp's
- * int8-activation dot products by default (nvlm_vec_dot_q, activations quantized to Q8A blocks;
- * kernels/pool.h's nvlm_pool_int8_act_for). Internal. */
+ * A row of a matrix is cols/32 consecutive blocks. The matrix-matrix kernels multiply float32
+ * activations by the dequantized weights (the float model with the weight error alone); the
+ * matrix-vector kernels of both formats use llama.cpp's int8-activation dot products by default
+ * (nvlm_vec_dot_q, activations quantized to Q8A blocks; kernels/pool.h's
+ * nvlm_pool_int8_act_for, NVLM_QACT=f32 for the float path). Internal. */
 #ifndef NVLM_KERNELS_QBLOCK_H
 #define NVLM_KERNELS_QBLOCK_H
 #include "model/safetensors.h"

@@ -79,15 +79,8 @@ void nvlm_t_linear_bwd(nvlm_pool *pool, float *dx, const float *dy, const float 
     free(xT);
 }
 
-/* The forward's statistic: mean of squares in double, rounded as nvlm_rmsnorm does. */
-static float rms_scale(const float *x, int n, float eps) {
-    double ss = 0;
-    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
-    return 1.0f / sqrtf((float)(ss / n) + eps);
-}
-
 void nvlm_t_rmsnorm_bwd(float *dx, const float *dy, const float *x, const float *w, float *dw, int n, float eps) {
-    float r = rms_scale(x, n, eps);
+    float r = nvlm_rms_scale(x, n, eps); /* the forward's statistic, the same bits */
     double dot = 0; /* sum dy w x */
     for (int i = 0; i < n; i++) dot += (double)dy[i] * w[i] * x[i];
     if (dw)
