@@ -8,11 +8,11 @@ cd "$(dirname "$0")/../.."
 BUILD=${1:-build}
 THREADS=${2:-0}
 OUT=${NVLM_BENCH_DIR:-$BUILD/bench-grammar}
-TOK=../shared/reference/tokenizer
+TOK=tests/data/reference/tokenizer   # the repository's copy of the shared reference
 mkdir -p "$OUT"
 PKGS=$(sed -n "s/^PKGS *:= *//p" Makefile)
 cc -std=c11 -D_GNU_SOURCE -O2 -Iinclude -Isrc $(pkg-config --cflags $PKGS) bench/grammar/bench_grammar.c \
-   "$BUILD/libnvlm.a" $(pkg-config --libs $PKGS) -lm -lpthread -o "$OUT/bench_grammar"
+   "$BUILD/libnvlm.a" $(make -s --no-print-directory BUILD="$BUILD" ldlibs) -o "$OUT/bench_grammar"
 echo "load: $(cat /proc/loadavg)"
 "$OUT/bench_grammar" --tokenizer "$TOK" --steps ${NVLM_BENCH_STEPS:-200}
 if [ "${NVLM_BENCH_MODEL:-1}" != 0 ]; then

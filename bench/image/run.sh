@@ -18,8 +18,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 "$py" bench/image/make_inputs.py "$shared/reference/images" "$tmp"
 cc -O2 -std=c11 -D_GNU_SOURCE -Iinclude bench/image/bench_image.c "$build/libnvlm.a" \
-   $(pkg-config --libs libpng libdeflate libjpeg libwebp libwebpdemux libgif libcrypto) -lm -lpthread \
-   -o "$tmp/bench_image"
+   $(make -s --no-print-directory BUILD="$build" ldlibs) -o "$tmp/bench_image"
 nproc_info=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 echo "cpu: $nproc_info, $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 best() { # best (lowest) of the medians in the given lines for "wall" or "CPU"

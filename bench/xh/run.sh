@@ -14,7 +14,7 @@ IMAGE=tests/data/reference/images/grid_600x400.png   # 600x400 -> 6 tiles (3x2) 
 mkdir -p "$OUT"
 PKGS=$(sed -n "s/^PKGS *:= *//p" Makefile)   # the library's own dependencies
 cc -std=c11 -D_GNU_SOURCE -O2 -Iinclude -Isrc $(pkg-config --cflags $PKGS) bench/xh/bench_xh.c \
-   "$BUILD/libnvlm.a" $(pkg-config --libs $PKGS) -lm -lpthread -o "$OUT/bench_xh"
+   "$BUILD/libnvlm.a" $(make -s --no-print-directory BUILD="$BUILD" ldlibs) -o "$OUT/bench_xh"
 
 # ViT kept small on purpose: the vision path is the same for D, X and H (reported apart).
 VIT="--vit-hidden 80 --vit-layers 2 --vit-heads 5 --vit-dummy-heads 3 --vit-intermediate 320"
