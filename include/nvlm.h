@@ -241,7 +241,7 @@ int nvlm_model_vocab_size(const nvlm_model *m);
 int nvlm_model_max_tiles(const nvlm_model *m);
 
 /* Weight formats (docs/quantization.md). */
-enum { NVLM_WEIGHTS_STORED = 0, NVLM_WEIGHTS_Q8_0 = 1, NVLM_WEIGHTS_Q4 = 2 };
+enum { NVLM_WEIGHTS_STORED = 0, NVLM_WEIGHTS_Q8_0 = 1, NVLM_WEIGHTS_Q4 = 2, NVLM_WEIGHTS_Q4_0 = 3 };
 /* Quantizes the weight matrices of a just-loaded model in memory (call right after
  * nvlm_model_load, before any chat; matrices whose rows do not divide into 32-value blocks
  * stay as stored). NVLM_WEIGHTS_STORED does nothing. */

@@ -140,7 +140,7 @@ static void test_model(const char *dir, const conv *cv, int n_conv) {
  * (the packed product) likewise whatever their number; in float32 and in bf16 compute (where
  * prompt rows take the bf16 product, generated rows still the float matrix-vector kernels). */
 static void test_kernels(void) {
-    const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4};
+    const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4, NVLM_DT_Q4_0};
     /* rows, cols (block formats: cols % 32); 2056: the batch kernel's 3 rows a pass, a tail of 8 */
     const int shapes[][2] = {{37, 64}, {130, 96}, {67, 200}, {16, 1000}, {41, 2056}};
     int nl = 0, bad = 0, runs = 0;

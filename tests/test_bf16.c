@@ -163,9 +163,9 @@ static void test_gemm(nvlm_pool *p1, nvlm_pool *p3, int level) {
     static const int Ms[] = {4, 13, 25};
     static const int Ns[] = {1, 31, 33, 70};
     static const int Ks[] = {1, 3, 64, 37, 513, 1100};
-    static const nvlm_dtype dts[] = {NVLM_DT_BF16, NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_Q8_0, NVLM_DT_Q4};
+    static const nvlm_dtype dts[] = {NVLM_DT_BF16, NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_Q8_0, NVLM_DT_Q4, NVLM_DT_Q4_0};
     int fails = 0, runs = 0;
-    for (size_t d = 0; d < 5; d++)
+    for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++)
         for (size_t a = 0; a < 3; a++)
             for (size_t b = 0; b < 4; b++)
                 for (size_t c = 0; c < 6; c++) {

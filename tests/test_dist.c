@@ -254,7 +254,7 @@ static void check_split(void) {
 /* At every kernel level: y computed on row slices (cut as ranks cut them) has the bits of the
  * full product's columns, for every weight format, for generation (1 token) and prompt shapes. */
 static void check_slices(void) {
-    static const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4};
+    static const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4, NVLM_DT_Q4_0};
     enum { N = 77, K = 96, T = 40 };
     nvlm_pool *pool = NULL;
     nvlm_err err = {0};

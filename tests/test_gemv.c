@@ -24,7 +24,7 @@ static float frand(void) { /* uniform [-1, 1) */
     return (float)((rng >> 40) * (1.0 / (1 << 23)) - 1.0);
 }
 
-static const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4};
+static const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4, NVLM_DT_Q4_0};
 
 /* A [rows, cols] matrix of format dt from random weights (row-wise scale varies too). */
 static void *make_weights(nvlm_dtype dt, int rows, int cols) {

@@ -41,7 +41,7 @@ static void test_matmul(nvlm_pool *p1, nvlm_pool *p3, int level) {
                                     {37, 100, 600}, {29, 150, 544},
                                     /* AVX-512: a 14-row sliver and one row, 4/7/14-row kernels, 32-column panels with tails */
                                     {15, 33, 257}, {44, 65, 513}, {5, 97, 96}, {8, 31, 17}};
-    static const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4};
+    static const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4, NVLM_DT_Q4_0};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
             int T = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
@@ -290,8 +290,8 @@ static void test_simd_helpers(const simd_helpers *h) {
         h->quantize_row_q8a(x, b, n);
         CHECK(!memcmp(a, b, sizeof a), "%s q8a quantization differs from the scalar reference", h->name);
     }
-    static const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4};
-    for (size_t d = 0; d < 5; d++) {
+    static const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4, NVLM_DT_Q4_0};
+    for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
         void *wd = make_weights(dts[d], w, 1, n);
         float r[32 * 7], s[32 * 7];
         int m = nvlm_dtype_is_block(dts[d]) ? n : n - 13; /* tails for plain formats */
@@ -372,6 +372,27 @@ static void test_quant_roundtrip(void) {
     double e = 0, s = 0;
     for (int i = 0; i < n; i++) e += (double)(y[i] - x[i]) * (y[i] - x[i]), s += (double)x[i] * x[i];
     CHECK(e / s < 0.01, "Q4 round trip: relative squared error %.4f", e / s);
+    /* Q4_0: llama.cpp's bytes (byte j: weight j in the low nibble, j + 16 in the high one;
+     * w = d (q - 8)), a little less exact than Q4, and its int8 dot product that of its values */
+    nvlm_block_q4_0 b40[9];
+    nvlm_quantize_row_q4_0(x, b40, n);
+    nvlm_row_to_f32(y, b40, NVLM_DT_Q4_0, n);
+    double e40 = 0;
+    for (int i = 0; i < n; i++) e40 += (double)(y[i] - x[i]) * (y[i] - x[i]);
+    CHECK(e40 / s < 0.015, "Q4_0 round trip: relative squared error %.4f", e40 / s);
+    ok = 1;
+    for (int b = 0; b < 9; b++)
+        for (int j = 0; j < 16; j++) {
+            float d = nvlm_f16_to_f32(b40[b].d);
+            ok &= y[b * 32 + j] == d * (float)((b40[b].q[j] & 15) - 8) && y[b * 32 + j + 16] == d * (float)((b40[b].q[j] >> 4) - 8);
+        }
+    CHECK(ok, "Q4_0 values are not d * (nibble - 8)");
+    nvlm_block_q8a xa[9];
+    nvlm_quantize_row_q8a(x, xa, n);
+    double want = 0;
+    for (int i = 0; i < n; i++) want += (double)y[i] * xa[i / 32].d * xa[i / 32].q[i % 32];
+    float got = nvlm_vec_dot_q(NVLM_DT_Q4_0, b40, xa, n);
+    CHECK(fabs(got - want) <= 1e-4 * (fabs(want) + 1), "Q4_0 vec_dot %g, its values give %g", got, want);
     free(x);
 }
 

@@ -3,6 +3,7 @@
 #include "core/err.h"
 #include "model/finite.h"
 #include "model/model.h"
+#include "model/quant.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,10 +38,8 @@ int cli_model_flag(const char *cmd, cli_model_opts *o, int argc, char **argv, in
         o->threads = (int)n;
     } else if (!strcmp(a, "--weights")) {
         VALUE();
-        if (!strcmp(v, "q8_0")) o->weights = NVLM_WEIGHTS_Q8_0;
-        else if (!strcmp(v, "q4")) o->weights = NVLM_WEIGHTS_Q4;
-        else if (!strcmp(v, "stored")) o->weights = NVLM_WEIGHTS_STORED;
-        else BAD();
+        if (!strcmp(v, "stored")) o->weights = NVLM_WEIGHTS_STORED;
+        else if ((o->weights = nvlm_quant_weights(v)) < 0) BAD();
     } else if (cli_weights_io_flag(a, &o->weights_io)) { /* taken: nothing more to read */
     } else if (!strcmp(a, "--check-weights")) {
         o->check_weights = 1;
@@ -106,7 +105,7 @@ const char *cli_model_flags_help(void) {
     return "model and generation options:\n"
            "  -m, --model DIR          model folder (config.json, *.safetensors, tokenizer)\n"
            "  -t, --threads N          worker threads (default: all cores)\n"
-           "      --weights q8_0|q4    quantize the weight matrices at load (default: as stored)\n"
+           "      --weights q8_0|q4|q4_0  quantize the weight matrices at load (default: as stored)\n"
            "      --mmap / --no-mmap   map the weight files / read them into memory (default: read\n"
            "                           when they fit in 3/4 of free memory; generation runs up\n"
            "                           to ~10% faster from memory, mapping starts at once)\n"

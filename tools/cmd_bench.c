@@ -42,7 +42,7 @@ static void help(FILE *f) {
     fprintf(f, "usage: nvlm bench [--model DIR] [options]\n\n"
                "  -m, --model DIR       also time the model: ViT ms/tile, prompt tok/s, generation tok/s\n"
                "  -t, --threads N       the N of '1 and N threads' (default: all cores)\n"
-               "      --weights q8_0|q4 quantize the model's matrices at load\n"
+               "      --weights q8_0|q4|q4_0 quantize the model's matrices at load\n"
                "      --compute f32|bf16 matrix arithmetic of the ViT, projector and prefill (default f32)\n"
                "      --mmap, --no-mmap map the weight files / read them into memory (default as\n"
                "                        `nvlm run`: read when they fit, map when quantizing at load)\n"
@@ -237,7 +237,7 @@ static int bench_model(const bench_opts *o, const int *nts, int n_pools, const l
         const int S = m->cfg.image_size, h = m->cfg.llm.hidden_size, V = m->cfg.llm.vocab_size;
         const int per_tile = nvlm_cfg_tokens_per_tile(&m->cfg);
         printf("\nmodel %s, %d rank(s) x %d thread(s), weights %s, compute %s:\n", o->model, ranks, nts[i],
-               o->weights == NVLM_WEIGHTS_Q8_0 ? "q8_0" : o->weights == NVLM_WEIGHTS_Q4 ? "q4" : "as stored",
+               nvlm_quant_weights_name(o->weights),
                o->compute == NVLM_COMPUTE_BF16 ? "bf16" : "f32");
         t_load = nvlm_bench_clock(0, 1) - t_load;
         if (o->weights != NVLM_WEIGHTS_STORED) printf("  loaded and quantized in %.2f s (untimed)\n", t_load);
@@ -340,9 +340,7 @@ int cmd_bench(int argc, char **argv) {
             o.model = argv[++i];
         } else if (!strcmp(a, "--weights")) {
             const char *v = argv[++i];
-            nvlm_dtype dt;
-            if (nvlm_quant_parse(v, &dt)) return cli_usage_error("bench", "--weights must be q8_0 or q4");
-            o.weights = dt == NVLM_DT_Q4 ? NVLM_WEIGHTS_Q4 : NVLM_WEIGHTS_Q8_0; /* nvlm_quant_parse gives these two */
+            if ((o.weights = nvlm_quant_weights(v)) < 0) return cli_usage_error("bench", "--weights must be " NVLM_QUANT_NAMES);
         } else if (!strcmp(a, "--compute")) {
             if (cli_compute_value(argv[++i], &o.compute)) return cli_usage_error("bench", "--compute must be f32 or bf16");
         } else {

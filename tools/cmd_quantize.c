@@ -42,11 +42,15 @@ static void *watch_signals(void *arg) {
 }
 
 static void help(FILE *f) {
-    fprintf(f, "usage: nvlm quantize --model DIR --out DIR2 --type q8_0|q4\n\n"
+    fprintf(f, "usage: nvlm quantize --model DIR --out DIR2 --type q8_0|q4|q4_0\n\n"
                "Writes DIR2 (config, tokenizer files, model.safetensors) with every weight matrix in\n"
-               "Q8_0 or Q4 (Q4_1 layout: scale and minimum) blocks of 32; the engine loads DIR2 directly. Matrices whose rows do not\n"
-               "divide into blocks of 32 stay in their stored format and are listed. With q4 the\n"
-               "token embedding, lm_head and the vision side are written as Q8_0.\n");
+               "blocks of 32 weights; the engine loads DIR2 directly:\n"
+               "  q8_0  8.5 bits a weight (f16 scale + 32 int8), llama.cpp's Q8_0\n"
+               "  q4    5.0 bits a weight (f16 scale and minimum + 32 nibbles), llama.cpp's Q4_1 layout\n"
+               "  q4_0  4.5 bits a weight (f16 scale + 32 nibbles), llama.cpp's Q4_0: 10%% smaller than q4,\n"
+               "        a little less exact (docs/quantization.md)\n"
+               "Matrices whose rows do not divide into blocks of 32 stay in their stored format and are\n"
+               "listed. With q4 and q4_0 the token embedding, lm_head and the vision side are written as Q8_0.\n");
 }
 
 int cmd_quantize(int argc, char **argv) {
@@ -66,7 +70,7 @@ int cmd_quantize(int argc, char **argv) {
     }
     if (!in || !out || !type) return cli_usage_error("quantize", "--model, --out and --type are required");
     nvlm_dtype to;
-    if (nvlm_quant_parse(type, &to)) return cli_usage_error("quantize", "--type must be q8_0 or q4, not '%s'", type);
+    if (nvlm_quant_parse(type, &to)) return cli_usage_error("quantize", "--type must be " NVLM_QUANT_NAMES ", not '%s'", type);
     /* blocked here, so every thread started below (the pool's) leaves them to the watcher */
     static sig_watch w;
     w.dir = out;

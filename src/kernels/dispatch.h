@@ -22,16 +22,18 @@ typedef enum nvlm_op {
     NVLM_OP_PREFILL_BF16,
     NVLM_OP_PREFILL_Q8_0,
     NVLM_OP_PREFILL_Q4,
+    NVLM_OP_PREFILL_Q4_0,
     NVLM_OP_GEN_F32,
     NVLM_OP_GEN_F16,
     NVLM_OP_GEN_BF16,
     NVLM_OP_GEN_Q8_0,
     NVLM_OP_GEN_Q4,
+    NVLM_OP_GEN_Q4_0,
     NVLM_OP_ATTENTION,     /* more than NVLM_GEN_TOKENS queries (prefill, ViT) */
     NVLM_OP_ATTENTION_GEN, /* 1 to NVLM_GEN_TOKENS queries (generation) */
     NVLM_OP_GELU,
     NVLM_OP_SILU_MUL,
-    NVLM_OP_CONVERT, /* F16/BF16/Q8_0/Q4 rows -> float32 (KV cache, embeddings) */
+    NVLM_OP_CONVERT, /* F16/BF16/Q8_0/Q4/Q4_0 rows -> float32 (KV cache, embeddings) */
     NVLM_OP_COUNT
 } nvlm_op;
 

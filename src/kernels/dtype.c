@@ -42,13 +42,17 @@ static const nvlm_dtype_traits table[NVLM_DT_COUNT] = {
                      .from_f32 = f16_from},
     [NVLM_DT_BF16] = {.name = "BF16", .block = 1, .block_bytes = 2, .simd = 1, .packed = NVLM_WL_P8, .to_f32 = bf16_to,
                       .from_f32 = bf16_from},
-    [NVLM_DT_Q8_0] = {.name = "Q8_0", .block = NVLM_QK, .block_bytes = sizeof(nvlm_block_q8_0), .simd = 1,
+    [NVLM_DT_Q8_0] = {.name = "Q8_0", .block = NVLM_QK, .block_bytes = sizeof(nvlm_block_q8_0), .scales = 1, .simd = 1,
                       .packed = NVLM_WL_Q16, .to_f32 = nvlm_dequantize_row_q8_0, .from_f32 = nvlm_quantize_row_q8_0,
                       .vec_dot_q = nvlm_vec_dot_q8_0},
     /* llama.cpp's Q4_1 layout, under its name on disk */
-    [NVLM_DT_Q4] = {.name = "Q4_1", .block = NVLM_QK, .block_bytes = sizeof(nvlm_block_q4), .simd = 1,
+    [NVLM_DT_Q4] = {.name = "Q4_1", .block = NVLM_QK, .block_bytes = sizeof(nvlm_block_q4), .scales = 2, .simd = 1,
                     .packed = NVLM_WL_Q16, .to_f32 = nvlm_dequantize_row_q4, .from_f32 = nvlm_quantize_row_q4,
                     .vec_dot_q = nvlm_vec_dot_q4},
+    /* llama.cpp's Q4_0: 4.5 bits a weight */
+    [NVLM_DT_Q4_0] = {.name = "Q4_0", .block = NVLM_QK, .block_bytes = sizeof(nvlm_block_q4_0), .scales = 1, .simd = 0,
+                      .to_f32 = nvlm_dequantize_row_q4_0, .from_f32 = nvlm_quantize_row_q4_0,
+                      .vec_dot_q = nvlm_vec_dot_q4_0},
 };
 
 const nvlm_dtype_traits *nvlm_dtype_traits_of(nvlm_dtype t) {

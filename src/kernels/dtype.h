@@ -14,6 +14,7 @@ typedef struct nvlm_dtype_traits {
     const char *name;     /* the safetensors dtype string */
     int block;            /* values per block: 1 for element formats, NVLM_QK for block formats */
     size_t block_bytes;   /* bytes per block (per value for element formats) */
+    int scales;           /* block formats: the f16 values that open each block (scale, minimum) */
     int simd;             /* the AVX2 and NEON kernels decode this format; else the scalar path */
     int packed;           /* the layout an engine packs it into for generation (kernels/ops.h
                            * NVLM_WL_*, kernels/wpack.h); NVLM_WL_ROWS (0): none */

@@ -87,6 +87,34 @@ void nvlm_quantize_row_q4(const float *x, void *dst, int n) {
     }
 }
 
+/* Q4_0: candidate scales that map the weight of largest magnitude to -8 (llama.cpp's choice)
+ * or to 7, give or take up to 0.5; for each the nibbles are assigned, d refitted by least squares
+ * for them (sum x (q - 8) / sum (q - 8)^2), rounded to f16 and the nibbles reassigned; the
+ * candidate of least squared error is kept. */
+void nvlm_quantize_row_q4_0(const float *x, void *dst, int n) {
+    nvlm_block_q4_0 *b = dst;
+    for (int i = 0; i < n / NVLM_QK; i++, x += NVLM_QK) {
+        float amax = 0, vmax = 0;
+        for (int j = 0; j < NVLM_QK; j++)
+            if (fabsf(x[j]) > amax) amax = fabsf(x[j]), vmax = x[j];
+        uint8_t q[NVLM_QK], best_q[NVLM_QK];
+        uint16_t best_d = nvlm_f32_to_f16(vmax / -8.0f);
+        float bd = nvlm_f16_to_f32(best_d), best_err = q4_assign(x, bd, -8.0f * bd, best_q);
+        for (int s = 0; amax > 0 && s <= 21; s++) {
+            float c = s <= 10 ? -8.5f + 0.1f * (float)s : 6.5f + 0.1f * (float)(s - 11), d0 = vmax / c;
+            q4_assign(x, d0, -8.0f * d0, q);
+            double sxq = 0, sqq = 0;
+            for (int j = 0; j < NVLM_QK; j++) sxq += (double)x[j] * (q[j] - 8), sqq += (double)(q[j] - 8) * (q[j] - 8);
+            if (sqq <= 0) continue;
+            uint16_t dh = nvlm_f32_to_f16((float)(sxq / sqq));
+            float d = nvlm_f16_to_f32(dh), e = q4_assign(x, d, -8.0f * d, q);
+            if (e < best_err) best_err = e, best_d = dh, memcpy(best_q, q, sizeof q);
+        }
+        b[i].d = best_d;
+        for (int j = 0; j < NVLM_QK / 2; j++) b[i].q[j] = (uint8_t)(best_q[j] | (best_q[j + 16] << 4));
+    }
+}
+
 void nvlm_quantize_row_q8a(const float *x, nvlm_block_q8a *b, int n) {
     for (int i = 0; i < n / NVLM_QK; i++, x += NVLM_QK) {
         float amax = 0;
@@ -116,6 +144,17 @@ void nvlm_dequantize_row_q4(float *dst, const void *src, int n) {
     }
 }
 
+void nvlm_dequantize_row_q4_0(float *dst, const void *src, int n) {
+    const nvlm_block_q4_0 *b = src;
+    for (int i = 0; i < n / NVLM_QK; i++) {
+        float d = nvlm_f16_to_f32(b[i].d);
+        for (int j = 0; j < NVLM_QK / 2; j++) {
+            dst[i * NVLM_QK + j] = d * (float)((b[i].q[j] & 15) - 8);
+            dst[i * NVLM_QK + j + 16] = d * (float)((b[i].q[j] >> 4) - 8);
+        }
+    }
+}
+
 float nvlm_vec_dot_q8_0(const void *w, const nvlm_block_q8a *x, int n) {
     float acc = 0;
     for (int i = 0; i < n / NVLM_QK; i++) {
@@ -138,6 +177,18 @@ float nvlm_vec_dot_q4(const void *w, const nvlm_block_q8a *x, int n) {
         for (int j = 0; j < NVLM_QK; j++) sq += x[i].q[j];
         acc += (float)sq * (mw * x[i].d);
         acc += (float)s * (dw * x[i].d);
+    }
+    return acc;
+}
+
+/* sum of d (q - 8) x = d sum((q - 8) x): Q8_0's float steps */
+float nvlm_vec_dot_q4_0(const void *w, const nvlm_block_q8a *x, int n) {
+    float acc = 0;
+    for (int i = 0; i < n / NVLM_QK; i++) {
+        const nvlm_block_q4_0 *b = (const nvlm_block_q4_0 *)w + i;
+        int s = 0;
+        for (int j = 0; j < NVLM_QK / 2; j++) s += ((b->q[j] & 15) - 8) * x[i].q[j] + ((b->q[j] >> 4) - 8) * x[i].q[j + 16];
+        acc += (float)s * (nvlm_f16_to_f32(b->d) * x[i].d);
     }
     return acc;
 }

@@ -124,6 +124,10 @@ static void pack_panels(void *ctx, size_t begin, size_t end, int thread) {
 
 int nvlm_wpack(nvlm_pool *pool, void *dst, const nvlm_wmat *w) {
     const int layout = nvlm_wpack_layout(w->dtype), q16 = layout == NVLM_WL_Q16;
+    if (layout == NVLM_WL_ROWS) { /* nothing to rearrange */
+        if (dst != w->data) memmove(dst, w->data, nvlm_row_bytes(w->dtype, w->cols) * (size_t)nvlm_wmat_held_rows(w));
+        return layout;
+    }
     const size_t rows = q16 ? NVLM_Q16_ROWS : NVLM_P8_ROWS;
     pack_job j = {.dst = dst, .src = w->data, .es = nvlm_dtype_size(w->dtype), .cols = w->cols, .dt = w->dtype,
                   .unit = rows * nvlm_row_bytes(w->dtype, w->cols)};

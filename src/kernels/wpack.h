@@ -22,7 +22,8 @@ int nvlm_wpack_can(const nvlm_wmat *w, int level);
 int nvlm_wpack_for(const nvlm_pool *pool, const nvlm_wmat *w);
 /* dst (the matrix's bytes; w->data itself packs in place) = w's held rows in nvlm_wpack_layout(w->dtype),
  * which it returns; -1 when its staging memory (one group or panel per thread) cannot be had, and
- * then nothing was written. nvlm_wpack_can(w, ...) must hold. Split over the pool; only bytes move. */
+ * then nothing was written. nvlm_wpack_can(w, ...) must hold, but for a format without a packed
+ * layout dst is a copy and NVLM_WL_ROWS the answer. Split over the pool; only bytes move. */
 int nvlm_wpack(nvlm_pool *pool, void *dst, const nvlm_wmat *w);
 
 /* NVLM_WL_Q16: bytes of one panel block (16 row blocks: 544 for Q8_0, 320 for Q4). */

@@ -1,5 +1,6 @@
 #include "model/finite.h"
 #include "core/err.h"
+#include "kernels/dtype.h"
 #include <string.h>
 
 int nvlm_all_finite(const float *x, size_t n) {
@@ -21,7 +22,8 @@ int nvlm_fail_nonfinite(nvlm_err *err, const char *where) {
 
 /* Block formats: the f16 scale (and minimum) of each block; the index of the block's first weight. */
 static int64_t first_bad_block(const nvlm_tensor *t) {
-    size_t block = t->dtype == NVLM_DT_Q8_0 ? 34 : 20, n_scales = t->dtype == NVLM_DT_Q8_0 ? 1 : 2;
+    const nvlm_dtype_traits *tr = nvlm_dtype_traits_of(t->dtype);
+    size_t block = tr->block_bytes, n_scales = (size_t)tr->scales;
     const uint8_t *p = t->data;
     for (uint64_t b = 0; b < t->nbytes / block; b++)
         for (size_t k = 0; k < n_scales; k++) {
@@ -33,7 +35,7 @@ static int64_t first_bad_block(const nvlm_tensor *t) {
 }
 
 int64_t nvlm_tensor_first_nonfinite(const nvlm_tensor *t) {
-    if (t->dtype == NVLM_DT_Q8_0 || t->dtype == NVLM_DT_Q4) return first_bad_block(t);
+    if (nvlm_dtype_is_block(t->dtype)) return first_bad_block(t);
     const uint8_t *p = t->data;
     for (int64_t i = 0; i < t->numel; i++) {
         int bad;

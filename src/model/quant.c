@@ -15,15 +15,44 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+static const struct quant_format {
+    const char *name, *alias;
+    nvlm_dtype dtype;
+    int weights; /* NVLM_WEIGHTS_* */
+} quant_formats[] = {
+    {"q8_0", "q8", NVLM_DT_Q8_0, NVLM_WEIGHTS_Q8_0},
+    {"q4", "q4_1", NVLM_DT_Q4, NVLM_WEIGHTS_Q4},
+    {"q4_0", NULL, NVLM_DT_Q4_0, NVLM_WEIGHTS_Q4_0},
+};
+enum { N_QUANT = sizeof quant_formats / sizeof quant_formats[0] };
+
+static const struct quant_format *quant_format_named(const char *s) {
+    for (int i = 0; i < N_QUANT; i++)
+        if (!strcasecmp(s, quant_formats[i].name) || (quant_formats[i].alias && !strcasecmp(s, quant_formats[i].alias)))
+            return &quant_formats[i];
+    return NULL;
+}
+
 int nvlm_quant_parse(const char *s, nvlm_dtype *out) {
-    if (!strcasecmp(s, "q8_0") || !strcasecmp(s, "q8")) *out = NVLM_DT_Q8_0;
-    else if (!strcasecmp(s, "q4") || !strcasecmp(s, "q4_1")) *out = NVLM_DT_Q4;
-    else return -1;
+    const struct quant_format *f = quant_format_named(s);
+    if (!f) return -1;
+    *out = f->dtype;
     return 0;
 }
 
+int nvlm_quant_weights(const char *s) {
+    const struct quant_format *f = quant_format_named(s);
+    return f ? f->weights : -1;
+}
+
+const char *nvlm_quant_weights_name(int weights) {
+    for (int i = 0; i < N_QUANT; i++)
+        if (quant_formats[i].weights == weights) return quant_formats[i].name;
+    return "as stored";
+}
+
 nvlm_dtype nvlm_quant_target(const char *name, nvlm_dtype to) {
-    if (to != NVLM_DT_Q4) return to;
+    if (to != NVLM_DT_Q4 && to != NVLM_DT_Q4_0) return to;
     /* 4-bit for the LLM's and cross-attention's matrices; the vision encoder, projector,
      * embeddings and head keep Q8_0 (docs/quantization.md) */
     nvlm_role r;
@@ -349,7 +378,7 @@ int nvlm_quantize_folder(const char *in_dir, const char *out_dir, nvlm_dtype to,
 
 int nvlm_model_quantize(nvlm_model *m, int weights, nvlm_err *err) {
     if (weights == NVLM_WEIGHTS_STORED) return NVLM_OK;
-    if (weights != NVLM_WEIGHTS_Q8_0 && weights != NVLM_WEIGHTS_Q4)
-        return nvlm_fail(err, NVLM_E_INVALID_ARG, "unknown weights format %d", weights);
-    return nvlm_quantize_model(m, weights == NVLM_WEIGHTS_Q4 ? NVLM_DT_Q4 : NVLM_DT_Q8_0, NULL, err);
+    for (int i = 0; i < N_QUANT; i++)
+        if (quant_formats[i].weights == weights) return nvlm_quantize_model(m, quant_formats[i].dtype, NULL, err);
+    return nvlm_fail(err, NVLM_E_INVALID_ARG, "unknown weights format %d", weights);
 }

@@ -12,11 +12,18 @@ typedef struct nvlm_quant_report {
     uint64_t bytes_before, bytes_after; /* of the matrices considered */
 } nvlm_quant_report;
 
-/* Parses "q8_0" / "q4" (also "Q8_0", "Q4", "q4_1"); 0 on success. */
+/* The quantized formats' names, one table: "q8_0" (also "q8"), "q4" (also "q4_1", its layout)
+ * and "q4_0", any case. nvlm_quant_parse: 0 and *out set on success, -1 for another name;
+ * nvlm_quant_weights: the NVLM_WEIGHTS_* value of the name (-1 when none); NVLM_QUANT_NAMES for
+ * help texts and errors. */
+#define NVLM_QUANT_NAMES "q8_0, q4 or q4_0"
 int nvlm_quant_parse(const char *s, nvlm_dtype *out);
+int nvlm_quant_weights(const char *s);
+/* The name of an NVLM_WEIGHTS_* value ("as stored" for NVLM_WEIGHTS_STORED). */
+const char *nvlm_quant_weights_name(int weights);
 
-/* The format a matrix gets when `to` is requested: Q4 keeps the token embedding, lm_head and
- * the vision side (ViT, projector) at Q8_0 for quality; everything else gets `to`. */
+/* The format a matrix gets when `to` is requested: the 4-bit formats keep the token embedding,
+ * lm_head and the vision side (ViT, projector) at Q8_0 for quality; everything else gets `to`. */
 nvlm_dtype nvlm_quant_target(const char *tensor_name, nvlm_dtype to);
 
 /* Replaces every matrix of m by a quantized copy owned by m. rep may be NULL. */

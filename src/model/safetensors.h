@@ -14,6 +14,7 @@ typedef enum nvlm_dtype {
     NVLM_DT_BF16 = 2,
     NVLM_DT_Q8_0 = 3,  /* reserved for quantized weights (docs/quantization.md) */
     NVLM_DT_Q4 = 4,
+    NVLM_DT_Q4_0 = 5,
     NVLM_DT_COUNT          /* formats: kernels/dtype.h's table has one row for each */
 } nvlm_dtype;
 
