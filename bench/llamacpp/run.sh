@@ -157,7 +157,7 @@ TLIST=1
 # nvlm's quantized folders (`nvlm quantize`, as llama.cpp's files are made once; loading them is
 # the same in-memory format as --weights q8_0|q4 at load, without quantizing 0.6 B weights twice
 # per run). Reused while newer than the weights and loadable by this nvlm (the format may change).
-nvlm_qdir() { # $1 = q8_0|q4 -> prints the folder
+nvlm_qdir() { # $1 = q8_0|q4|q4_0 -> prints the folder
     local d="$WORK/$NAME-nvlm-$1"
     if ! { [ "$d/model.safetensors" -nt "$WEIGHTS" ] && "$NVLM" info --model "$d" > /dev/null 2>&1; }; then
         say "nvlm quantize --type $1"
@@ -169,6 +169,7 @@ nvlm_qdir() { # $1 = q8_0|q4 -> prints the folder
 }
 N8=$(nvlm_qdir q8_0)
 N4=$(nvlm_qdir q4)
+N40=$(nvlm_qdir q4_0)
 nvlm_bench() { # $1 = label, $2 = model folder, $3... = more flags: as llama-bench, pp and tg apart (tg from an empty cache), REPS runs
     local label=$1 dir=$2
     shift 2
@@ -179,12 +180,16 @@ nvlm_bench() { # $1 = label, $2 = model folder, $3... = more flags: as llama-ben
             "$NVLM" bench --model "$dir" --no-kernels --prompt 1 --gen "$GEN" -t "$THREADS" "$@" >> "$LOG/nvlm-$label-tg.txt" 2>&1 || return 1
     done
 }
-for f in f16 bf16 q8_0 q4; do
-    case $f in f16) g=$G16 m=$MD ;; bf16) g=$GB m=$MB ;; q8_0) g=$G8 m=$N8 ;; q4) g=$G4 m=$N4 ;; esac
-    say "$f: llama-bench -m $(basename "$g") -p $PROMPT -n $GEN -t $TLIST -r $REPS"
-    "$LBENCH" -m "$g" -p "$PROMPT" -n "$GEN" -t "$TLIST" -r "$REPS" -o csv \
-        > "$LOG/llama-$f.csv" 2> "$LOG/llama-$f.err" || say "llama-bench $f failed (see $LOG/llama-$f.err)"
-    echo "after llama-bench $f: $(uptime)" >> "$LOG/uptime.txt"
+for f in f16 bf16 q8_0 q4_0 q4; do
+    case $f in f16) g=$G16 m=$MD ;; bf16) g=$GB m=$MB ;; q8_0) g=$G8 m=$N8 ;; q4_0) g=$G4 m=$N40 ;; q4) g=$G4 m=$N4 ;; esac
+    if [ "$f" = q4 ]; then # nvlm's 5-bit q4 against the same llama.cpp Q4_0 run
+        cp "$LOG/llama-q4_0.csv" "$LOG/llama-q4.csv" 2> /dev/null || true
+    else
+        say "$f: llama-bench -m $(basename "$g") -p $PROMPT -n $GEN -t $TLIST -r $REPS"
+        "$LBENCH" -m "$g" -p "$PROMPT" -n "$GEN" -t "$TLIST" -r "$REPS" -o csv \
+            > "$LOG/llama-$f.csv" 2> "$LOG/llama-$f.err" || say "llama-bench $f failed (see $LOG/llama-$f.err)"
+        echo "after llama-bench $f: $(uptime)" >> "$LOG/uptime.txt"
+    fi
     say "$f: nvlm bench --model $(basename "$m") -t $THREADS: --prompt $PROMPT --gen 1, then --prompt 1 --gen $GEN; $REPS times"
     if ! nvlm_bench "$f" "$m"; then
         if [ "$m" != "$MD" ] && [ "$m" != "$MB" ]; then # a stale quantized folder: remake it once
@@ -235,7 +240,8 @@ def nvlm(f):  # (threads, 'pp'|'tg') -> mean t/s of the runs
     return {k: sum(v) / len(v) for k, v in runs.items()}
 
 rows = [("f16", "F16", "F16"), ("bf16", "BF16", "BF16"), ("bf16c", "BF16", "BF16 compute bf16"), ("q8_0", "Q8_0", "Q8_0"),
-        ("q8_0c", "Q8_0", "Q8_0 compute bf16"), ("q4", "Q4_0 4.5b/w*", "Q4_1 5.0b/w"), ("q4c", "Q4_0 4.5b/w*", "Q4_1 compute bf16")]
+        ("q8_0c", "Q8_0", "Q8_0 compute bf16"), ("q4_0", "Q4_0*", "Q4_0*"), ("q4_0c", "Q4_0*", "Q4_0 compute bf16"),
+        ("q4", "Q4_0 4.5b/w*", "Q4_1 5.0b/w"), ("q4c", "Q4_0 4.5b/w*", "Q4_1 compute bf16")]
 print("nvlm vs llama.cpp %s, random Qwen2-0.5B-shaped LLM (h 896, 24 layers, 14/2 heads, ffn 4864, "
       "vocab 151680, untied lm_head)" % commit)
 for line in open(os.path.join(log, "limits.txt"), errors="replace"):
@@ -259,10 +265,11 @@ ratio = nvlm / llama.cpp tokens/s (> 1: nvlm faster). llama.cpp: llama-bench mea
 a warm-up; pp = one %d-token batch, tg = %d tokens from an empty cache. nvlm: `nvlm bench` on the
 folder `nvlm quantize` wrote, mean of the same number of runs, no warm-up (weights read in
 untimed); pp = one %d-token prompt, tg = %d tokens after a 1-token prompt, as llama-bench's.
-4-bit: llama.cpp Q4_0 is 4.5 bits/weight (18-byte blocks) for the layer matrices, with token_embd
-and output.weight at Q8_0 (*); nvlm's q4 is Q4_1-style, 5 bits/weight (20-byte blocks, scale and
-minimum), with embed_tokens and lm_head at Q8_0. Q8_0 is the same 34-byte block in both.
-bf16c, q8_0c, q4c: the same folder with `nvlm bench --compute bf16` (the LLM's MLP in prefill
+4-bit (*): the layer matrices at 4 bits, token_embd/embed_tokens and output/lm_head at Q8_0 in
+both. Q4_0 is the same 18-byte block (4.5 bits/weight) in both (each quantizer picks its own
+scales); nvlm's q4 is Q4_1-style, 5 bits/weight (20-byte blocks, scale and minimum), against the
+same llama.cpp Q4_0 run. Q8_0 is the same 34-byte block in both.
+bf16c, q8_0c, q4_0c, q4c: the same folder with `nvlm bench --compute bf16` (the LLM's MLP in prefill
 through vdpbf16ps, activations and weights rounded to BF16; generation unchanged), against the
 same llama.cpp run, which rounds prefill activations too (BF16, or 8-bit integers for Q8_0/Q4_0).
 greedy cross-check (F16, 32 tokens): %s""" % (P, G, P, G, check))

@@ -54,6 +54,21 @@ void nvlm_row_to_f32_avx2(float *dst, const void *src, nvlm_dtype t, int n) {
         }
         return;
     }
+    case NVLM_DT_Q4_0: {
+        const nvlm_block_q4_0 *b = src;
+        const __m128i m4 = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
+        for (int k = 0; k < n / NVLM_QK; k++) {
+            __m256 d = _mm256_set1_ps(_cvtsh_ss(b[k].d));
+            __m128i bytes = _mm_loadu_si128((const __m128i *)b[k].q);
+            __m128i lo = _mm_sub_epi8(_mm_and_si128(bytes, m4), eight), hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), m4), eight);
+            float *o = dst + k * NVLM_QK; /* d * (q - 8): exact, as the scalar reference */
+            _mm256_storeu_ps(o, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
+            _mm256_storeu_ps(o + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))));
+            _mm256_storeu_ps(o + 16, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))));
+            _mm256_storeu_ps(o + 24, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))));
+        }
+        return;
+    }
     default: /* a format this code does not decode: the traits table's scalar converter */
         nvlm_row_to_f32(dst, src, t, n);
         return;
@@ -123,10 +138,18 @@ static inline __m256 dot_u4(__m256i w, __m256i x, __m256 *xsum) {
 /* llama.cpp-style dot product: int8 activations (nvlm_quantize_row_q8a) against the weight
  * blocks (the option NVLM_QACT=int8; the default multiplies float32 activations). */
 float nvlm_vec_dot_q_avx2(nvlm_dtype t, const void *w, const nvlm_block_q8a *x, int n) {
-    if (t != NVLM_DT_Q8_0 && t != NVLM_DT_Q4) return nvlm_vec_dot_q(t, w, x, n); /* the table's reference */
+    if (t != NVLM_DT_Q8_0 && t != NVLM_DT_Q4 && t != NVLM_DT_Q4_0) return nvlm_vec_dot_q(t, w, x, n); /* the table's reference */
     __m256 acc = _mm256_setzero_ps();
     int nb = n / NVLM_QK;
-    if (t == NVLM_DT_Q8_0) {
+    if (t == NVLM_DT_Q4_0) { /* nibbles - 8: Q8_0's signed product */
+        const nvlm_block_q4_0 *b = w;
+        for (int i = 0; i < nb; i++) {
+            __m128i bytes = _mm_loadu_si128((const __m128i *)b[i].q);
+            __m256i wq = _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes), _mm256_set1_epi8(15)),
+                                         _mm256_set1_epi8(8));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(b[i].d) * x[i].d), dot_i8(wq, _mm256_loadu_si256((const __m256i *)x[i].q)), acc);
+        }
+    } else if (t == NVLM_DT_Q8_0) {
         const nvlm_block_q8_0 *b = w;
         for (int i = 0; i < nb; i++) {
             __m256i wq = _mm256_loadu_si256((const __m256i *)b[i].q);

@@ -59,6 +59,18 @@ void nvlm_row_to_f32_avx512(float *dst, const void *src, nvlm_dtype t, int n) {
         }
         return;
     }
+    case NVLM_DT_Q4_0: { /* the same nibbles; d * (q - 8), exact */
+        const nvlm_block_q4_0 *b = src;
+        const __m128i m4 = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
+        for (int k = 0; k < n / NVLM_QK; k++) {
+            __m512 d = _mm512_set1_ps(_cvtsh_ss(b[k].d));
+            __m128i bytes = _mm_loadu_si128((const __m128i *)b[k].q);
+            __m128i lo = _mm_sub_epi8(_mm_and_si128(bytes, m4), eight), hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), m4), eight);
+            _mm512_storeu_ps(dst + k * NVLM_QK, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo))));
+            _mm512_storeu_ps(dst + k * NVLM_QK + 16, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi))));
+        }
+        return;
+    }
     default: /* a format this code does not decode: the traits table's scalar converter */
         nvlm_row_to_f32(dst, src, t, n);
         return;

@@ -71,6 +71,16 @@ void nvlm_row_to_f32_neon(float *dst, const void *src, nvlm_dtype t, int n) {
         }
         return;
     }
+    case NVLM_DT_Q4_0: { /* d * (q - 8): q - 8 exact in float, one rounding as the reference */
+        const nvlm_block_q4_0 *b = src;
+        for (int k = 0; k < n / NVLM_QK; k++) {
+            float32x4_t w[8], eight = vdupq_n_f32(8.0f);
+            float d = nvlm_neon_f16(b[k].d);
+            q4_to_f32(b[k].q, w);
+            for (int j = 0; j < 8; j++) vst1q_f32(dst + k * NVLM_QK + 4 * j, vmulq_n_f32(vsubq_f32(w[j], eight), d));
+        }
+        return;
+    }
     default: /* a format this code does not decode: the traits table's scalar converter */
         nvlm_row_to_f32(dst, src, t, n);
         return;
@@ -106,13 +116,20 @@ static inline int32_t dot16(int8x16_t a, int8x16_t b) {
 /* int8 activations against the weight blocks, block by block in the scalar reference's order
  * (the integer sums are exact, so the float arithmetic is the same). */
 float nvlm_vec_dot_q_neon(nvlm_dtype t, const void *w, const nvlm_block_q8a *x, int n) {
-    if (t != NVLM_DT_Q8_0 && t != NVLM_DT_Q4) return nvlm_vec_dot_q(t, w, x, n); /* the table's reference */
+    if (t != NVLM_DT_Q8_0 && t != NVLM_DT_Q4 && t != NVLM_DT_Q4_0) return nvlm_vec_dot_q(t, w, x, n); /* the table's reference */
     float acc = 0;
     for (int i = 0; i < n / NVLM_QK; i++) {
         int8x16_t x0 = vld1q_s8(x[i].q), x1 = vld1q_s8(x[i].q + 16);
         if (t == NVLM_DT_Q8_0) {
             const nvlm_block_q8_0 *b = (const nvlm_block_q8_0 *)w + i;
             int32_t s = dot16(vld1q_s8(b->q), x0) + dot16(vld1q_s8(b->q + 16), x1);
+            acc += (float)s * (nvlm_neon_f16(b->d) * x[i].d);
+        } else if (t == NVLM_DT_Q4_0) { /* nibbles - 8, as int8: Q8_0's steps */
+            const nvlm_block_q4_0 *b = (const nvlm_block_q4_0 *)w + i;
+            uint8x16_t bytes = vld1q_u8(b->q);
+            int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(bytes, vdupq_n_u8(15))), vdupq_n_s8(8));
+            int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(bytes, 4)), vdupq_n_s8(8));
+            int32_t s = dot16(lo, x0) + dot16(hi, x1);
             acc += (float)s * (nvlm_neon_f16(b->d) * x[i].d);
         } else {
             const nvlm_block_q4 *b = (const nvlm_block_q4 *)w + i;

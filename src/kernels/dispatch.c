@@ -35,7 +35,7 @@ static int mm_gemv_avx512(nvlm_pool *p, float *y, const float *x, int n_tok, con
 }
 #endif
 #ifdef NVLM_HAVE_VNNI_KERNELS
-/* Q8_0/Q4 generation at the VNNI levels, int8 activations: every output nvlm_vec_dot_q's bits,
+/* Q8_0/Q4/Q4_0 generation at the VNNI levels, int8 activations: every output nvlm_vec_dot_q's bits,
  * packed or not, so a model gives the same values whether its matrices were packed (one process)
  * or not (a tensor-parallel rank's slice, a shape that cannot be packed). NVLM_WL_Q16 (kernels/
  * ops.h) runs the vpdpbusd product in place; a row-major matrix the slower exact kernels
@@ -114,11 +114,13 @@ static const nvlm_kernel table[] = {
     MM(NVLM_OP_PREFILL_BF16, NVLM_CPU_AVX2, "gemm_avx2 (6x16 ymm, packed; bf16 shift)", nvlm_gemm_avx2, nvlm_gemm_multi_avx2),
     MM(NVLM_OP_PREFILL_Q8_0, NVLM_CPU_AVX2, "gemm_avx2 (6x16 ymm, blocks to f32)", nvlm_gemm_avx2, nvlm_gemm_multi_avx2),
     MM(NVLM_OP_PREFILL_Q4, NVLM_CPU_AVX2, "gemm_avx2 (6x16 ymm, blocks to f32)", nvlm_gemm_avx2, nvlm_gemm_multi_avx2),
+    MM(NVLM_OP_PREFILL_Q4_0, NVLM_CPU_AVX2, "gemm_avx2 (6x16 ymm, blocks to f32)", nvlm_gemm_avx2, nvlm_gemm_multi_avx2),
     MM(NVLM_OP_GEN_F32, NVLM_CPU_AVX2, "gemv_avx2 (ymm rows)", nvlm_gemv_avx2, NULL),
     MM(NVLM_OP_GEN_F16, NVLM_CPU_AVX2, "gemv_avx2 (ymm rows; vcvtph2ps)", nvlm_gemv_avx2, NULL),
     MM(NVLM_OP_GEN_BF16, NVLM_CPU_AVX2, "gemv_avx2 (ymm rows; bf16 shift)", nvlm_gemv_avx2, NULL),
     MM(NVLM_OP_GEN_Q8_0, NVLM_CPU_AVX2, "gemv_avx2 (int8 x, vpmaddubsw; NVLM_QACT=f32: float x)", nvlm_gemv_avx2, NULL),
     MM(NVLM_OP_GEN_Q4, NVLM_CPU_AVX2, "gemv_avx2 (int8 x, vpmaddubsw; NVLM_QACT=f32: float x)", nvlm_gemv_avx2, NULL),
+    MM(NVLM_OP_GEN_Q4_0, NVLM_CPU_AVX2, "gemv_avx2 (int8 x, vpmaddubsw; NVLM_QACT=f32: float x)", nvlm_gemv_avx2, NULL),
     ATT(NVLM_OP_ATTENTION, NVLM_CPU_AVX2, "attention_avx2 (QK^T, softmax, PV on the 6x16 kernel)", nvlm_attention_avx2,
         nvlm_attention_scratch_avx2),
     ATT(NVLM_OP_ATTENTION_GEN, NVLM_CPU_AVX2, "attend_direct avx2 (K, V read in place)", nvlm_attention_avx2,
@@ -138,6 +140,8 @@ static const nvlm_kernel table[] = {
        mm_multi_avx512),
     MM(NVLM_OP_PREFILL_Q4, NVLM_CPU_AVX512, "gemm_avx512 (14x32 zmm, blocks to f32)", mm_gemm_avx512,
        mm_multi_avx512),
+    MM(NVLM_OP_PREFILL_Q4_0, NVLM_CPU_AVX512, "gemm_avx512 (14x32 zmm, blocks to f32)", mm_gemm_avx512,
+       mm_multi_avx512),
     MM(NVLM_OP_GEN_F32, NVLM_CPU_AVX512, "gemv_avx512 (one stream: rows packed 8 x 16; batches: 8 tokens a pass)", mm_gemv_avx512, NULL),
     MM(NVLM_OP_GEN_F16, NVLM_CPU_AVX512, "gemv_avx512 (one stream: rows packed 8 x 16; vcvtph2ps; batches: 8 tokens a pass)", mm_gemv_avx512, NULL),
     MM(NVLM_OP_GEN_BF16, NVLM_CPU_AVX512, "gemv_avx512 (one stream: rows packed 8 x 16; bf16 shift; batches: 8 tokens a pass)", mm_gemv_avx512, NULL),
@@ -145,6 +149,7 @@ static const nvlm_kernel table[] = {
 #ifdef NVLM_HAVE_VNNI_KERNELS
     MM(NVLM_OP_GEN_Q8_0, NVLM_CPU_AVX512_VNNI, "gemm_vnni (rows packed 16 a panel, int8 x, vpdpbusd; row-major: gemv_vnni)", mm_gen_vnni, NULL),
     MM(NVLM_OP_GEN_Q4, NVLM_CPU_AVX512_VNNI, "gemm_vnni (rows packed 16 a panel, int8 x, vpdpbusd; row-major: gemv_vnni)", mm_gen_vnni, NULL),
+    MM(NVLM_OP_GEN_Q4_0, NVLM_CPU_AVX512_VNNI, "gemm_vnni (rows packed 16 a panel, int8 x, vpdpbusd; row-major: gemv_vnni)", mm_gen_vnni, NULL),
     ATT(NVLM_OP_ATTENTION, NVLM_CPU_AVX512, "attention_avx512 (QK^T, softmax, PV on the 14x32 kernel)",
         nvlm_attention_avx512, nvlm_attention_scratch_avx512),
     GELU(NVLM_CPU_AVX512, "gelu_avx512 (rational erf)", nvlm_gelu_avx512),
@@ -157,11 +162,13 @@ static const nvlm_kernel table[] = {
     MM(NVLM_OP_PREFILL_BF16, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_gemm_neon, NULL),
     MM(NVLM_OP_PREFILL_Q8_0, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_gemm_neon, NULL),
     MM(NVLM_OP_PREFILL_Q4, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_gemm_neon, NULL),
+    MM(NVLM_OP_PREFILL_Q4_0, NVLM_CPU_NEON, "gemm_neon (8x12, packed)", nvlm_gemm_neon, NULL),
     MM(NVLM_OP_GEN_F32, NVLM_CPU_NEON, "gemv_neon (3 tokens a pass)", gemv_neon_any, NULL),
     MM(NVLM_OP_GEN_F16, NVLM_CPU_NEON, "gemv_neon (3 tokens a pass)", gemv_neon_any, NULL),
     MM(NVLM_OP_GEN_BF16, NVLM_CPU_NEON, "gemv_neon (3 tokens a pass)", gemv_neon_any, NULL),
     MM(NVLM_OP_GEN_Q8_0, NVLM_CPU_NEON, "gemv_neon (3 tokens a pass)", gemv_neon_any, NULL),
     MM(NVLM_OP_GEN_Q4, NVLM_CPU_NEON, "gemv_neon (3 tokens a pass)", gemv_neon_any, NULL),
+    MM(NVLM_OP_GEN_Q4_0, NVLM_CPU_NEON, "gemv_neon (3 tokens a pass)", gemv_neon_any, NULL),
     ATT(NVLM_OP_ATTENTION, NVLM_CPU_NEON, "attention_neon", nvlm_attention_neon, nvlm_attention_scratch_neon),
     ATT(NVLM_OP_ATTENTION_GEN, NVLM_CPU_NEON, "attention_neon", nvlm_attention_neon, nvlm_attention_scratch_neon),
     GELU(NVLM_CPU_NEON, "gelu_neon", nvlm_gelu_neon),

@@ -50,7 +50,8 @@ static const nvlm_dtype_traits table[NVLM_DT_COUNT] = {
                     .packed = NVLM_WL_Q16, .to_f32 = nvlm_dequantize_row_q4, .from_f32 = nvlm_quantize_row_q4,
                     .vec_dot_q = nvlm_vec_dot_q4},
     /* llama.cpp's Q4_0: 4.5 bits a weight */
-    [NVLM_DT_Q4_0] = {.name = "Q4_0", .block = NVLM_QK, .block_bytes = sizeof(nvlm_block_q4_0), .scales = 1, .simd = 0,
+    [NVLM_DT_Q4_0] = {.name = "Q4_0", .block = NVLM_QK, .block_bytes = sizeof(nvlm_block_q4_0), .scales = 1, .simd = 1,
+                      .packed = NVLM_WL_Q16,
                       .to_f32 = nvlm_dequantize_row_q4_0, .from_f32 = nvlm_quantize_row_q4_0,
                       .vec_dot_q = nvlm_vec_dot_q4_0},
 };

@@ -219,11 +219,12 @@ AI int pack_plain(nvlm_dtype dt, const uint8_t *const *rowp, size_t ks, int nr, 
 
 /* pack_wmat for NVLM_WL_Q16 (kernels/ops.h): a panel block holds, for each k of the block, the
  * 16 rows' weights side by side (byte k % 4 of the dwords of vector k / 4), so 16 rows of
- * dst[k * NR + r] come from one vector: Q8_0 d * q, Q4 d * q + m (multiply, then add), as
+ * dst[k * NR + r] come from one vector: Q8_0 d * q, Q4 d * q + m (multiply, then add), Q4_0 d * (q - 8), as
  * nvlm_row_to_f32 computes them (the same bits as the row-major path). nr: 16 or 32. */
 static void pack_q16(const nvlm_wmat *w, int n0, int nr, int k0, int kc, float *dst) {
-    const int q4 = w->dtype == NVLM_DT_Q4;
+    const int q40 = w->dtype == NVLM_DT_Q4_0, q4 = w->dtype == NVLM_DT_Q4 || q40;
     const size_t bb = nvlm_q16_block_bytes(w->dtype), nb = (size_t)w->cols / NVLM_QK;
+    const __m512i off = _mm512_set1_epi32(q40 ? 8 : 0); /* Q4_0's nibbles are q - 8 */
     const __m512i flip = _mm512_set1_epi32((int)0x80808080u), byte = _mm512_set1_epi32(255), nib = _mm512_set1_epi32(15);
     for (int h = 0; h < NR; h += NVLM_Q16_ROWS) {
         if (h >= nr) {
@@ -237,14 +238,20 @@ static void pack_q16(const nvlm_wmat *w, int n0, int nr, int k0, int kc, float *
             const uint8_t *sc = blk + (q4 ? 256 : 512);
             const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sc));
             if (q4) {
-                const __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + 32)));
+                const __m512 m = q40 ? _mm512_setzero_ps() : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + 32)));
                 for (int g = 0; g < 4; g++) {
                     const __m512i v = _mm512_loadu_si512(blk + 64 * g);
                     for (int b = 0; b < 4; b++) {
                         const __m512i u = _mm512_and_si512(_mm512_srli_epi32(v, 8 * b), byte);
-                        const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(u, nib)), hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(u, 4));
-                        _mm512_storeu_ps(o + (size_t)(4 * g + b) * NR, _mm512_add_ps(_mm512_mul_ps(d, lo), m));
-                        _mm512_storeu_ps(o + (size_t)(16 + 4 * g + b) * NR, _mm512_add_ps(_mm512_mul_ps(d, hi), m));
+                        const __m512 lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(u, nib), off));
+                        const __m512 hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(u, 4), off));
+                        if (q40) {
+                            _mm512_storeu_ps(o + (size_t)(4 * g + b) * NR, _mm512_mul_ps(d, lo));
+                            _mm512_storeu_ps(o + (size_t)(16 + 4 * g + b) * NR, _mm512_mul_ps(d, hi));
+                        } else {
+                            _mm512_storeu_ps(o + (size_t)(4 * g + b) * NR, _mm512_add_ps(_mm512_mul_ps(d, lo), m));
+                            _mm512_storeu_ps(o + (size_t)(16 + 4 * g + b) * NR, _mm512_add_ps(_mm512_mul_ps(d, hi), m));
+                        }
                     }
                 }
             } else {

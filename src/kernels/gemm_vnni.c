@@ -6,8 +6,9 @@
  * of K, in L2) into that same layout.
  *
  * Per block of a panel: 8 vectors of 16 dwords, dword r of vector g = row r's 4 weights 4g .. 4g+3
- * as unsigned bytes (Q8_0: + 128, stored so; Q4: the two nibbles of the stored bytes, split here),
- * then the 16 rows' f16 scales (Q4: and minimums), widened here. Per block and token, 8 vpdpbusd
+ * as unsigned bytes (Q8_0: + 128, stored so; Q4, Q4_0: the two nibbles of the stored bytes, split
+ * here), then the 16 rows' f16 scales (Q4: and minimums), widened here. The unsigned bytes' offset
+ * (128 for Q8_0, 8 for Q4_0) comes off the integer sum exactly, with the block's sum of q_x. Per block and token, 8 vpdpbusd
  * against the token's 4-byte groups broadcast leave row r's integer sum in lane r: no reduction.
  * Lane r then takes the reference's float steps for row r, in its order. Tokens go MR at a time
  * with the panel's block in registers. */
@@ -23,6 +24,7 @@
 #define AI static inline __attribute__((always_inline))
 
 enum { RG = NVLM_Q16_ROWS, MR = 8 };
+enum { K_Q8_0, K_Q4, K_Q4_0 }; /* the formats' tiles */
 
 typedef struct qjob {
     float *y;
@@ -34,21 +36,23 @@ typedef struct qjob {
     const int32_t *xs;        /* [n_tok][nb]: sum of the block's q_x */
 } qjob;
 
-/* Tokens t0 .. t0 + T (T <= MR) against the nb packed blocks at pb: out[t][r] for 16 rows. */
-AI void tile(int T, int q4, const qjob *j, const uint8_t *pb, int t0, float out[MR][RG]) {
+/* Tokens t0 .. t0 + T (T <= MR) against the nb packed blocks at pb: out[t][r] for 16 rows;
+ * kind: K_Q8_0, K_Q4 or K_Q4_0. */
+AI void tile(int T, int kind, const qjob *j, const uint8_t *pb, int t0, float out[MR][RG]) {
+    const int q4 = kind == K_Q4, nibbles = kind != K_Q8_0;
     const __m512i lo = _mm512_set1_epi8(15);
     __m512 acc[MR];
     _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
     for (int i = 0; i < j->nb; i++, pb += j->bb) {
         __m512i w[8];
-        if (q4)
+        if (nibbles)
             _Pragma("GCC unroll 4") for (int g = 0; g < 4; g++) {
                 const __m512i v = _mm512_loadu_si512(pb + 64 * g);
                 w[g] = _mm512_and_si512(v, lo), w[g + 4] = _mm512_and_si512(_mm512_srli_epi32(v, 4), lo);
             }
         else
             _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) w[g] = _mm512_loadu_si512(pb + 64 * g);
-        const uint8_t *sc = pb + (q4 ? 256 : 512);
+        const uint8_t *sc = pb + (nibbles ? 256 : 512);
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sc));
         const __m512 mw = q4 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + 32))) : dw;
         _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) {
@@ -60,30 +64,31 @@ AI void tile(int T, int q4, const qjob *j, const uint8_t *pb, int t0, float out[
             _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) s = _mm512_dpbusd_epi32(s, w[g], _mm512_set1_epi32(x4[g]));
             const __m512 xd = _mm512_set1_ps(xb->d);
             if (q4) acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_set1_ps((float)xs), _mm512_mul_ps(mw, xd)));
-            else s = _mm512_sub_epi32(s, _mm512_set1_epi32(128 * xs));
+            else s = _mm512_sub_epi32(s, _mm512_set1_epi32((kind == K_Q4_0 ? 8 : 128) * xs));
             acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, xd)));
         }
     }
     _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) _mm512_storeu_ps(out[t], acc[t]);
 }
 
-AI void tile_any(int q4, const qjob *j, const uint8_t *pb, int t0, int T, float out[MR][RG]) {
+AI void tile_any(int kind, const qjob *j, const uint8_t *pb, int t0, int T, float out[MR][RG]) {
     switch (T) {
-    case 1: tile(1, q4, j, pb, t0, out); break;
-    case 2: tile(2, q4, j, pb, t0, out); break;
-    case 3: tile(3, q4, j, pb, t0, out); break;
-    case 4: tile(4, q4, j, pb, t0, out); break;
-    case 5: tile(5, q4, j, pb, t0, out); break;
-    case 6: tile(6, q4, j, pb, t0, out); break;
-    case 7: tile(7, q4, j, pb, t0, out); break;
-    default: tile(8, q4, j, pb, t0, out); break;
+    case 1: tile(1, kind, j, pb, t0, out); break;
+    case 2: tile(2, kind, j, pb, t0, out); break;
+    case 3: tile(3, kind, j, pb, t0, out); break;
+    case 4: tile(4, kind, j, pb, t0, out); break;
+    case 5: tile(5, kind, j, pb, t0, out); break;
+    case 6: tile(6, kind, j, pb, t0, out); break;
+    case 7: tile(7, kind, j, pb, t0, out); break;
+    default: tile(8, kind, j, pb, t0, out); break;
     }
 }
 
 static void panels(void *ctx, size_t begin, size_t end, int thread) {
     (void)thread;
     const qjob *j = ctx;
-    const int N = j->w->rows, q4 = j->w->dtype == NVLM_DT_Q4, packed = j->w->layout == NVLM_WL_Q16;
+    const int N = j->w->rows, packed = j->w->layout == NVLM_WL_Q16;
+    const nvlm_dtype dt = j->w->dtype;
     uint8_t *buf = packed ? NULL : aligned_alloc(64, (j->bb * (size_t)j->nb + 63) / 64 * 64); /* a multiple of 64 */
     for (size_t p = begin; p < end; p++) {
         const size_t r0 = p * RG;
@@ -104,8 +109,9 @@ static void panels(void *ctx, size_t begin, size_t end, int thread) {
         for (int t0 = 0; t0 < j->n_tok; t0 += MR) {
             const int T = j->n_tok - t0 < MR ? j->n_tok - t0 : MR;
             float out[MR][RG];
-            if (q4) tile_any(1, j, pb, t0, T, out);
-            else tile_any(0, j, pb, t0, T, out);
+            if (dt == NVLM_DT_Q4) tile_any(K_Q4, j, pb, t0, T, out);
+            else if (dt == NVLM_DT_Q4_0) tile_any(K_Q4_0, j, pb, t0, T, out);
+            else tile_any(K_Q8_0, j, pb, t0, T, out);
             for (int t = 0; t < T; t++)
                 for (int r = 0; r < R; r++)
                     j->y[(size_t)(t0 + t) * N + r0 + r] = j->bias ? out[t][r] + j->bias[r0 + r] : out[t][r];

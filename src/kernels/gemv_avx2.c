@@ -170,12 +170,15 @@ AI void qf_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const
                 UNROLL
                 for (int t = 0; t < T; t++)
                     acc[t][r] = _mm256_fmadd_ps(d, q8_dot(b->q, x + (size_t)t * K + (size_t)i * NVLM_QK), acc[t][r]);
-            } else {
+            } else { /* Q4: d q + m; Q4_0: d (q - 8), that is m = -8 d (exact) */
                 const nvlm_block_q4 *b = (const nvlm_block_q4 *)(w + r * rb) + i;
-                __m256 d = _mm256_set1_ps(_cvtsh_ss(b->d)), m = _mm256_set1_ps(_cvtsh_ss(b->m));
+                const nvlm_block_q4_0 *b0 = (const nvlm_block_q4_0 *)(w + r * rb) + i;
+                const float df = _cvtsh_ss(dt == NVLM_DT_Q4_0 ? b0->d : b->d);
+                __m256 d = _mm256_set1_ps(df), m = _mm256_set1_ps(dt == NVLM_DT_Q4_0 ? -8.0f * df : _cvtsh_ss(b->m));
+                const uint8_t *q = dt == NVLM_DT_Q4_0 ? b0->q : b->q;
                 UNROLL
                 for (int t = 0; t < T; t++) {
-                    acc[t][r] = _mm256_fmadd_ps(d, q4_dot(b->q, x + (size_t)t * K + (size_t)i * NVLM_QK), acc[t][r]);
+                    acc[t][r] = _mm256_fmadd_ps(d, q4_dot(q, x + (size_t)t * K + (size_t)i * NVLM_QK), acc[t][r]);
                     acc[t][r] = _mm256_fmadd_ps(m, _mm256_loadu_ps(xs + ((size_t)t * nb + i) * 8), acc[t][r]);
                 }
             }
@@ -207,10 +210,18 @@ AI void qi_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const
         prefetch(w + R * rb + (size_t)i * R * bs, R * bs);
         UNROLL
         for (int r = 0; r < R; r++) {
-            if (dt == NVLM_DT_Q8_0) {
+            if (dt == NVLM_DT_Q8_0 || dt == NVLM_DT_Q4_0) { /* Q4_0: its nibbles - 8 as Q8_0's int8 */
                 const nvlm_block_q8_0 *b = (const nvlm_block_q8_0 *)(w + r * rb) + i;
-                __m256i wq = _mm256_loadu_si256((const __m256i *)b->q);
-                float dw = _cvtsh_ss(b->d);
+                const nvlm_block_q4_0 *b0 = (const nvlm_block_q4_0 *)(w + r * rb) + i;
+                __m256i wq;
+                if (dt == NVLM_DT_Q4_0) {
+                    __m128i bytes = _mm_loadu_si128((const __m128i *)b0->q);
+                    wq = _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes), _mm256_set1_epi8(15)),
+                                         _mm256_set1_epi8(8));
+                } else {
+                    wq = _mm256_loadu_si256((const __m256i *)b->q);
+                }
+                float dw = _cvtsh_ss(dt == NVLM_DT_Q4_0 ? b0->d : b->d);
                 UNROLL
                 for (int t = 0; t < T; t++) {
                     const nvlm_block_q8a *a = xq + (size_t)t * nb + i;
@@ -263,6 +274,10 @@ AI void group(int R, int T, const gemv_job *j, size_t r0, float out[GEMV_MAX][RG
     case NVLM_DT_Q4:
         if (j->xq) qi_group(R, T, NVLM_DT_Q4, w, rb, j->xq, j->xd, K, out);
         else qf_group(R, T, NVLM_DT_Q4, w, rb, j->x, j->xs, K, out);
+        break;
+    case NVLM_DT_Q4_0:
+        if (j->xq) qi_group(R, T, NVLM_DT_Q4_0, w, rb, j->xq, j->xd, K, out);
+        else qf_group(R, T, NVLM_DT_Q4_0, w, rb, j->x, j->xs, K, out);
         break;
     default: /* F32; only formats whose traits say simd come here (matmul.c, kernels/dtype.h) */
         plain_group(1, T, NVLM_DT_F32, w, rb, j->x, K, out);
@@ -349,7 +364,7 @@ int nvlm_gemv_avx2(nvlm_pool *pool, float *y, const float *x, int n_tok, const n
             xd[b].ds = xq[b].d * (float)s;
         }
         j.xq = xq, j.xd = xd;
-    } else if (w->dtype == NVLM_DT_Q4) { /* x of each block summed in 8 lanes, for the minimum term */
+    } else if (w->dtype == NVLM_DT_Q4 || w->dtype == NVLM_DT_Q4_0) { /* x of each block summed in 8 lanes, for the minimum term */
         for (size_t b = 0; b < nbt; b++) {
             const float *xb = x + b * NVLM_QK;
             __m256 v = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(xb), _mm256_loadu_ps(xb + 8)),

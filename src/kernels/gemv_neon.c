@@ -70,8 +70,8 @@ static inline __attribute__((always_inline)) void gemv_row(int T, nvlm_dtype dt,
 }
 
 /* (Only formats whose traits say simd reach the NEON kernels: matmul.c, kernels/dtype.h.)
- * Block i of a Q8_0 / Q4 row as 8 x 4 floats q (Q8_0: int8; Q4: nibbles 0..15), its scale d
- * and (Q4) minimum m. */
+ * Block i of a Q8_0 / Q4 / Q4_0 row as 8 x 4 floats q (Q8_0: int8; Q4, Q4_0: nibbles 0..15),
+ * its scale d and (Q4) minimum m; Q4_0's d (q - 8) is taken as m = -8 d (exact). */
 static inline __attribute__((always_inline)) void qblock_load(nvlm_dtype dt, const uint8_t *wr, int i,
                                                               float32x4_t w[8], float *d, float *m) {
     if (dt == NVLM_DT_Q8_0) {
@@ -86,9 +86,10 @@ static inline __attribute__((always_inline)) void qblock_load(nvlm_dtype dt, con
         w[6] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(h3))), w[7] = vcvtq_f32_s32(vmovl_s16(vget_high_s16(h3)));
     } else {
         const nvlm_block_q4 *b = (const nvlm_block_q4 *)(const void *)wr + i;
-        *d = nvlm_neon_f16(b->d);
-        *m = nvlm_neon_f16(b->m);
-        uint8x16_t bytes = vld1q_u8(b->q);
+        const nvlm_block_q4_0 *b0 = (const nvlm_block_q4_0 *)(const void *)wr + i;
+        *d = nvlm_neon_f16(dt == NVLM_DT_Q4_0 ? b0->d : b->d);
+        *m = dt == NVLM_DT_Q4_0 ? -8.0f * *d : nvlm_neon_f16(b->m);
+        uint8x16_t bytes = vld1q_u8(dt == NVLM_DT_Q4_0 ? b0->q : b->q);
         uint8x16_t lo = vandq_u8(bytes, vdupq_n_u8(15)), hi = vshrq_n_u8(bytes, 4);
         uint16x8_t l0 = vmovl_u8(vget_low_u8(lo)), l1 = vmovl_u8(vget_high_u8(lo));
         uint16x8_t h0 = vmovl_u8(vget_low_u8(hi)), h1 = vmovl_u8(vget_high_u8(hi));
@@ -126,7 +127,7 @@ static inline __attribute__((always_inline)) void gemv_qrow(int T, nvlm_dtype dt
 #pragma GCC unroll 3
         for (int t = 0; t < T; t++) {
             acc[t] = qblock_fma(w, d, x + (size_t)t * K + (size_t)i * NVLM_QK, acc[t]);
-            if (dt == NVLM_DT_Q4) macc[t] += m * xsum[(size_t)t * nb + i];
+            if (dt != NVLM_DT_Q8_0) macc[t] += m * xsum[(size_t)t * nb + i];
         }
     }
     for (int t = 0; t < T; t++) out[t] = vaddvq_f32(acc[t]) + macc[t];
@@ -150,6 +151,7 @@ static void gemv_rows(void *ctx, size_t begin, size_t end, int thread) {
      : dt == NVLM_DT_F16  ? gemv_row(TT, NVLM_DT_F16, wr, j->x, K, out)                              \
      : dt == NVLM_DT_Q8_0 ? gemv_qrow(TT, NVLM_DT_Q8_0, wr, j->x, NULL, K, out)                      \
      : dt == NVLM_DT_Q4   ? gemv_qrow(TT, NVLM_DT_Q4, wr, j->x, j->xsum, K, out)                     \
+     : dt == NVLM_DT_Q4_0 ? gemv_qrow(TT, NVLM_DT_Q4_0, wr, j->x, j->xsum, K, out)                   \
                           : gemv_row(TT, NVLM_DT_F32, wr, j->x, K, out))
             if (T == 1) ROW(1);
             else if (T == 2) ROW(2);
@@ -173,7 +175,7 @@ int nvlm_gemv_neon(nvlm_pool *pool, float *y, const float *x, int n_tok, const n
         if (!xqp) return nvlm_pool_scratch_fail(err, "a matrix-vector product", bytes);
         for (int t = 0; t < n_tok; t++) nvlm_quantize_row_q8a_neon(x + (size_t)t * w->cols, xqp + t * nb, w->cols);
         j.xq = xqp;
-    } else if (w->dtype == NVLM_DT_Q4) { /* block sums of x for the minimum term */
+    } else if (w->dtype == NVLM_DT_Q4 || w->dtype == NVLM_DT_Q4_0) { /* block sums of x for the minimum term */
         size_t bytes = sizeof *xsp * nbt;
         xsp = nbt > sizeof xs / sizeof xs[0] ? nvlm_pool_scratch(pool, bytes) : xs;
         if (!xsp) return nvlm_pool_scratch_fail(err, "a matrix-vector product", bytes);

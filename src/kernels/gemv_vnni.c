@@ -1,4 +1,4 @@
-/* AVX512-VNNI matrix-vector products of Q8_0 / Q4 weights against int8 activations (generation,
+/* AVX512-VNNI matrix-vector products of Q8_0 / Q4 / Q4_0 weights against int8 activations (generation,
  * 1 to NVLM_VNNI_GEMV_MAX tokens), bit for bit the scalar reference nvlm_vec_dot_q.
  *
  * Rows go 16 at a time, in two phases. First each row is read in order (the memory streams
@@ -10,7 +10,8 @@
  * Integer sums are exact, so every output is the reference's whatever the thread or token count.
  *
  * vpdpbusd multiplies unsigned by signed bytes: Q4 nibbles are unsigned already; Q8_0 weights
- * are made unsigned by w + 128 (xor 0x80), and 128 * sum(q_x) of the block is taken off. The
+ * are made unsigned by w + 128 (xor 0x80), and 128 * sum(q_x) of the block is taken off; Q4_0's
+ * nibbles are its q - 8 + 8, so 8 * sum(q_x) is, and its terms are then Q8_0's. The
  * activations are laid out once per call in the zmm order the weights take (xa below).
  *
  * Not dispatched yet: it reads 0.57-0.82x the AVX2 kernel's GB/s (docs/quantization.md, "VNNI"). */
@@ -25,6 +26,7 @@
 #define AI static inline __attribute__((always_inline))
 
 enum { GB = 16, RG = 16, TMAX = NVLM_VNNI_GEMV_MAX, GRAIN_GROUPS = 2, PF_BYTES = 2048 };
+enum { K_Q8_0, K_Q4, K_Q4_0 }; /* the formats' rows */
 
 /* Per token and group of 16 blocks: the q_x of the 16 blocks in the weights' zmm order, the
  * blocks' sum(q_x) and d_x by lane. */
@@ -79,9 +81,10 @@ AI __m512i scales(const uint8_t *p, size_t bs, int n) {
  * blocks and token t, the reference's per-block terms by lane (block q in lane q):
  * ps = (float)s * (d_w * d_x) into P[(t * ng + g) * RG * GB + r * GB + q], and for Q4
  * pm = (float)sum(q_x) * (m * d_x) at the same place in M. */
-AI void row_terms(int T, int q4, const vjob *j, const uint8_t *row, int r, float *P, float *M) {
-    const int nb = j->nb, ng = j->ng;
-    const size_t bs = q4 ? sizeof(nvlm_block_q4) : sizeof(nvlm_block_q8_0);
+AI void row_terms(int T, int kind, const vjob *j, const uint8_t *row, int r, float *P, float *M) {
+    const int nb = j->nb, ng = j->ng, q4 = kind == K_Q4;
+    const size_t bs = kind == K_Q4 ? sizeof(nvlm_block_q4) : kind == K_Q4_0 ? sizeof(nvlm_block_q4_0) : sizeof(nvlm_block_q8_0);
+    const size_t qat = q4 ? 4 : 2; /* the nibbles' or bytes' offset in the block */
     for (int g = 0; g < ng; g++) {
         const int i0 = g * GB, n = nb - i0 < GB ? nb - i0 : GB;
         const uint8_t *p = row + (size_t)i0 * bs;
@@ -93,13 +96,13 @@ AI void row_terms(int T, int q4, const vjob *j, const uint8_t *row, int r, float
         _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) {
             int ba = zmm_block(k, 0), bb = zmm_block(k, 1);
             const uint8_t *a = p + (size_t)(ba < n ? ba : n - 1) * bs, *b = p + (size_t)(bb < n ? bb : n - 1) * bs;
-            if (!q4) {
+            if (kind == K_Q8_0) {
                 __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(a + 2))),
                                                _mm256_loadu_si256((const __m256i *)(b + 2)), 1);
                 wv[k] = _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
             } else { /* [a lo nibbles, a hi, b lo, b hi] against [x_a, x_b] */
-                __m256i ab = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(a + 4))),
-                                                     _mm_loadu_si128((const __m128i *)(b + 4)), 1);
+                __m256i ab = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(a + qat))),
+                                                     _mm_loadu_si128((const __m128i *)(b + qat)), 1);
                 __m512i z = _mm512_castsi256_si512(ab);
                 z = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(1, 1, 0, 0));
                 z = _mm512_mask_srli_epi16(z, 0xff00ff00u, z, 4);
@@ -122,7 +125,7 @@ AI void row_terms(int T, int q4, const vjob *j, const uint8_t *row, int r, float
                 __m512 mw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16)));
                 _mm512_store_ps(M + at, _mm512_mul_ps(_mm512_cvtepi32_ps(xs), _mm512_mul_ps(mw, xd)));
             } else {
-                si = _mm512_sub_epi32(si, _mm512_slli_epi32(xs, 7));
+                si = _mm512_sub_epi32(si, _mm512_slli_epi32(xs, kind == K_Q4_0 ? 3 : 7));
             }
             _mm512_store_ps(P + at, _mm512_mul_ps(_mm512_cvtepi32_ps(si), _mm512_mul_ps(dw, xd)));
         }
@@ -151,6 +154,7 @@ static void groups(void *ctx, size_t begin, size_t end, int thread) {
     (void)thread;
     const vjob *j = ctx;
     const int N = j->w->rows, T = j->n_tok, q4 = j->w->dtype == NVLM_DT_Q4;
+    const int kind = q4 ? K_Q4 : j->w->dtype == NVLM_DT_Q4_0 ? K_Q4_0 : K_Q8_0;
     const size_t per = (size_t)T * j->ng * RG * GB;
     float *P = aligned_alloc(64, sizeof(float) * per * (q4 ? 2 : 1)), *M = q4 && P ? P + per : P;
     for (size_t gr = begin; gr < end; gr++) {
@@ -167,15 +171,11 @@ static void groups(void *ctx, size_t begin, size_t end, int thread) {
         if (R < RG) memset(P, 0, sizeof(float) * per * (q4 ? 2 : 1)); /* rows past the matrix: zeros, dropped */
         for (int r = 0; r < R; r++) {
             const uint8_t *row = (const uint8_t *)j->w->data + (r0 + r) * j->rb;
-            if (q4) {
-                if (T == 1) row_terms(1, 1, j, row, r, P, M);
-                else if (T == 2) row_terms(2, 1, j, row, r, P, M);
-                else row_terms(3, 1, j, row, r, P, M);
-            } else {
-                if (T == 1) row_terms(1, 0, j, row, r, P, M);
-                else if (T == 2) row_terms(2, 0, j, row, r, P, M);
-                else row_terms(3, 0, j, row, r, P, M);
-            }
+#define TERMS(K) (T == 1 ? row_terms(1, K, j, row, r, P, M) : T == 2 ? row_terms(2, K, j, row, r, P, M) : row_terms(3, K, j, row, r, P, M))
+            if (kind == K_Q4) TERMS(K_Q4);
+            else if (kind == K_Q4_0) TERMS(K_Q4_0);
+            else TERMS(K_Q8_0);
+#undef TERMS
         }
         for (int t = 0; t < T; t++) {
             float out[RG];

@@ -1,4 +1,4 @@
-/* gemv_vnni.h - AVX512-VNNI matrix-vector products of Q8_0 / Q4 weights against int8
+/* gemv_vnni.h - AVX512-VNNI matrix-vector products of Q8_0 / Q4 / Q4_0 weights against int8
  * activations, bit for bit nvlm_vec_dot_q (kernels/qblock.h) per output. gemv_vnni.c says how.
  * nvlm_gemv_vnni (row-major generation) is not dispatched: measured at 0.57-0.82x the AVX2
  * kernel's GB/s (docs/quantization.md, "VNNI"). nvlm_gemm_vnni is: for matrices packed
@@ -11,7 +11,7 @@
 #if defined(__x86_64__)
 #define NVLM_HAVE_VNNI_KERNELS 1
 #define NVLM_VNNI_GEMV_MAX 3
-/* y[t] = x[t] W^T + bias for n_tok <= NVLM_VNNI_GEMV_MAX tokens, W Q8_0 or Q4: x quantized per
+/* y[t] = x[t] W^T + bias for n_tok <= NVLM_VNNI_GEMV_MAX tokens, W Q8_0, Q4 or Q4_0: x quantized per
  * block (nvlm_quantize_row_q8a), each output nvlm_vec_dot_q's value (+ bias). Returns 0, or -1
  * out of memory (y untouched). Call only at level avx512vnni or above. */
 int nvlm_gemv_vnni(nvlm_pool *pool, float *y, const float *x, int n_tok, const nvlm_wmat *w, const float *bias);

@@ -84,7 +84,8 @@ static int bf16_takes(nvlm_pool *pool, int gen, int n_w, float *const *y, const 
  * and KL 0.0057 -> 0.0107, past issue 5's bar (docs/quantization.md, "VNNI"). */
 static int vnni_for(nvlm_pool *pool, int gen, const nvlm_wmat *w) {
 #ifdef NVLM_HAVE_VNNI_KERNELS
-    return !gen && nvlm_dtype_is_block(w->dtype) && nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX512_VNNI) &&
+    return !gen && nvlm_dtype_is_block(w->dtype) && nvlm_dtype_traits_of(w->dtype)->simd &&
+           nvlm_cpu_at_least(nvlm_pool_level(pool), NVLM_CPU_AVX512_VNNI) &&
            nvlm_pool_int8_act(pool);
 #else
     (void)pool, (void)gen, (void)w;

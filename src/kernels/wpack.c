@@ -39,17 +39,22 @@ int nvlm_wpack_for(const nvlm_pool *pool, const nvlm_wmat *w) {
 
 size_t nvlm_q16_block_bytes(nvlm_dtype t) { return NVLM_Q16_ROWS * nvlm_row_bytes(t, NVLM_QK); }
 
-/* Within a panel block: the weight vectors, then the scales (Q4: then the minimums). */
+/* Within a panel block: the weight vectors, then the scales (Q4: then the minimums). Q4_0's
+ * panels are Q4's without the minimums. */
 enum { Q8_VECS = 8, Q4_VECS = 4, VEC = 64 };
 
 void nvlm_q16_pack_panel(nvlm_dtype t, const uint8_t *src, size_t rb, int R, int nb, uint8_t *dst) {
-    const int q4 = t == NVLM_DT_Q4, nv = q4 ? Q4_VECS : Q8_VECS;
+    const int q4 = t == NVLM_DT_Q4, nv = q4 || t == NVLM_DT_Q4_0 ? Q4_VECS : Q8_VECS;
     const size_t bb = nvlm_q16_block_bytes(t), sc = (size_t)nv * VEC;
     memset(dst, 0, bb * (size_t)nb);
     for (int r = 0; r < R; r++)
         for (int i = 0; i < nb; i++) {
             uint8_t *o = dst + (size_t)i * bb;
-            if (q4) {
+            if (t == NVLM_DT_Q4_0) {
+                const nvlm_block_q4_0 *b = (const nvlm_block_q4_0 *)(src + (size_t)r * rb) + i;
+                for (int g = 0; g < Q4_VECS; g++) memcpy(o + g * VEC + r * 4, b->q + 4 * g, 4);
+                memcpy(o + sc + 2 * r, &b->d, 2);
+            } else if (q4) {
                 const nvlm_block_q4 *b = (const nvlm_block_q4 *)(src + (size_t)r * rb) + i;
                 for (int g = 0; g < Q4_VECS; g++) memcpy(o + g * VEC + r * 4, b->q + 4 * g, 4);
                 memcpy(o + sc + 2 * r, &b->d, 2), memcpy(o + sc + 32 + 2 * r, &b->m, 2);
@@ -67,12 +72,16 @@ void nvlm_q16_pack_panel(nvlm_dtype t, const uint8_t *src, size_t rb, int R, int
 }
 
 void nvlm_q16_row_blocks(const nvlm_wmat *w, int r, int b0, int nb, uint8_t *dst) {
-    const int q4 = w->dtype == NVLM_DT_Q4, nv = q4 ? Q4_VECS : Q8_VECS, rr = r % NVLM_Q16_ROWS;
+    const int q4 = w->dtype == NVLM_DT_Q4, nv = q4 || w->dtype == NVLM_DT_Q4_0 ? Q4_VECS : Q8_VECS, rr = r % NVLM_Q16_ROWS;
     const size_t bb = nvlm_q16_block_bytes(w->dtype), sc = (size_t)nv * VEC, nbr = (size_t)w->cols / NVLM_QK;
     const uint8_t *panel = (const uint8_t *)w->data + (size_t)(r / NVLM_Q16_ROWS) * nbr * bb;
     for (int i = 0; i < nb; i++) {
         const uint8_t *o = panel + (size_t)(b0 + i) * bb;
-        if (q4) {
+        if (w->dtype == NVLM_DT_Q4_0) {
+            nvlm_block_q4_0 *b = (nvlm_block_q4_0 *)dst + i;
+            for (int g = 0; g < Q4_VECS; g++) memcpy(b->q + 4 * g, o + g * VEC + rr * 4, 4);
+            memcpy(&b->d, o + sc + 2 * rr, 2);
+        } else if (q4) {
             nvlm_block_q4 *b = (nvlm_block_q4 *)dst + i;
             for (int g = 0; g < Q4_VECS; g++) memcpy(b->q + 4 * g, o + g * VEC + rr * 4, 4);
             memcpy(&b->d, o + sc + 2 * rr, 2), memcpy(&b->m, o + sc + 32 + 2 * rr, 2);
