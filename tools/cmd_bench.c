@@ -119,7 +119,7 @@ static double fma_peaks(const bench_opts *o, nvlm_pool *pool) {
 }
 
 static void bench_kernels(const bench_opts *o, nvlm_pool **pools, const int *nts, int n_pools, limits *lim) {
-    static const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4};
+    static const nvlm_dtype dts[] = {NVLM_DT_F32, NVLM_DT_F16, NVLM_DT_BF16, NVLM_DT_Q8_0, NVLM_DT_Q4, NVLM_DT_Q4_0};
     char feat[256];
     nvlm_cpu_features(feat, sizeof feat);
     printf("cpu: %s; kernel level %s (hardware %s)\n", feat, nvlm_cpu_level_name(nvlm_pool_level(pools[0])),
@@ -138,7 +138,7 @@ static void bench_kernels(const bench_opts *o, nvlm_pool **pools, const int *nts
     printf("%-6s", "format");
     for (int i = 0; i < n_pools; i++) printf("   %2d thread(s)      ", nts[i]);
     printf("\n");
-    for (size_t d = 0; d < 5; d++) {
+    for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
         void *wd = rand_matrix(dts[d], N, K);
         nvlm_wmat w = {.dtype = dts[d], .rows = N, .cols = K, .data = wd};
         printf("%-6s", nvlm_dtype_name(dts[d]));
@@ -151,7 +151,7 @@ static void bench_kernels(const bench_opts *o, nvlm_pool **pools, const int *nts
     }
     int GN = o->quick ? 4096 : 16384, GK = 4096;
     printf("\nGEMV y = W x, W [%d x %d] (generation); weight GB/s (%% of read bandwidth)\n", GN, GK);
-    for (size_t d = 0; d < 5; d++) {
+    for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
         void *wd = rand_matrix(dts[d], GN, GK);
         if (!wd) continue;
         nvlm_wmat w = {.dtype = dts[d], .rows = GN, .cols = GK, .data = wd};

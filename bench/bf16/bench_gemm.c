@@ -70,8 +70,8 @@ int main(int argc, char **argv) {
         nvlm_pool_set_level(pool, NVLM_CPU_AVX512_VNNI);
         float *wf = malloc(sizeof(float) * (size_t)N * K);
         nvlm_row_to_f32(wf, wd, NVLM_DT_BF16, N * K);
-        static const nvlm_dtype qd[] = {NVLM_DT_Q8_0, NVLM_DT_Q4};
-        for (int d = 0; d < 2; d++) {
+        static const nvlm_dtype qd[] = {NVLM_DT_Q8_0, NVLM_DT_Q4, NVLM_DT_Q4_0};
+        for (int d = 0; d < (int)(sizeof qd / sizeof qd[0]); d++) {
             size_t rb = nvlm_row_bytes(qd[d], K);
             uint8_t *q = malloc(rb * (size_t)N);
             for (int r = 0; r < N; r++) nvlm_row_from_f32(q + (size_t)r * rb, wf + (size_t)r * K, qd[d], K);

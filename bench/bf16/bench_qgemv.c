@@ -35,10 +35,10 @@ int main(int argc, char **argv) {
     nvlm_pool_set_int8_act(pool, 1);
     float *x = malloc(sizeof(float) * K), *y = malloc(sizeof(float) * N), *row = malloc(sizeof(float) * K);
     for (int k = 0; k < K; k++) x[k] = (float)((k * 2654435761u) % 2001) / 1000.0f - 1.0f;
-    static const nvlm_dtype dts[] = {NVLM_DT_Q8_0, NVLM_DT_Q4};
+    static const nvlm_dtype dts[] = {NVLM_DT_Q8_0, NVLM_DT_Q4, NVLM_DT_Q4_0};
     static const int lv[] = {NVLM_CPU_AVX2, NVLM_CPU_AVX512_VNNI, NVLM_CPU_AVX512_VNNI, NVLM_CPU_AVX512_VNNI};
     printf("N=%d K=%d, 1 token, int8 activations, %d thread(s); GB/s of weights, best of %d\n", N, K, threads, rounds);
-    for (int d = 0; d < 2; d++) {
+    for (int d = 0; d < (int)(sizeof dts / sizeof dts[0]); d++) {
         size_t rb = nvlm_row_bytes(dts[d], K);
         uint8_t *wd = malloc(rb * (size_t)N);
         for (int r = 0; r < N; r++) {
