@@ -14,7 +14,9 @@
  * nibbles are its q - 8 + 8, so 8 * sum(q_x) is, and its terms are then Q8_0's. The
  * activations are laid out once per call in the zmm order the weights take (xa below).
  *
- * Not dispatched yet: it reads 0.57-0.82x the AVX2 kernel's GB/s (docs/quantization.md, "VNNI"). */
+ * Dispatched for row-major matrices at the VNNI levels (tensor-parallel slices, shapes that cannot
+ * be packed), where it keeps every rank bit for bit one process; packed matrices take gemm_vnni.c,
+ * faster: this reads 0.57-0.82x the AVX2 kernel's GB/s (docs/quantization.md, "VNNI"). */
 #include "kernels/gemv_vnni.h"
 #ifdef NVLM_HAVE_VNNI_KERNELS
 #pragma GCC push_options
