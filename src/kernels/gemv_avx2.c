@@ -200,7 +200,7 @@ AI void qi_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const
                  const xq_scale *xd, int K, float out[GEMV_MAX][RG_MAX]) {
     const int nb = K / NVLM_QK;
     __m256 acc[GEMV_MAX][RG_MAX];
-    __m128 macc[GEMV_MAX][RG_MAX]; /* Q4: lane 1 collects m * d_x * sum(q_x) */
+    __m128 macc[GEMV_MAX][RG_MAX]; /* Q4, Q4_0: lane 1 collects m * d_x * sum(q_x) */
     UNROLL
     for (int t = 0; t < T; t++)
         UNROLL
@@ -210,31 +210,30 @@ AI void qi_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const
         prefetch(w + R * rb + (size_t)i * R * bs, R * bs);
         UNROLL
         for (int r = 0; r < R; r++) {
-            if (dt == NVLM_DT_Q8_0 || dt == NVLM_DT_Q4_0) { /* Q4_0: its nibbles - 8 as Q8_0's int8 */
+            if (dt == NVLM_DT_Q8_0) {
                 const nvlm_block_q8_0 *b = (const nvlm_block_q8_0 *)(w + r * rb) + i;
-                const nvlm_block_q4_0 *b0 = (const nvlm_block_q4_0 *)(w + r * rb) + i;
-                __m256i wq;
-                if (dt == NVLM_DT_Q4_0) {
-                    __m128i bytes = _mm_loadu_si128((const __m128i *)b0->q);
-                    wq = _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes), _mm256_set1_epi8(15)),
-                                         _mm256_set1_epi8(8));
-                } else {
-                    wq = _mm256_loadu_si256((const __m256i *)b->q);
-                }
-                float dw = _cvtsh_ss(dt == NVLM_DT_Q4_0 ? b0->d : b->d);
+                __m256i wq = _mm256_loadu_si256((const __m256i *)b->q);
+                float dw = _cvtsh_ss(b->d);
                 UNROLL
                 for (int t = 0; t < T; t++) {
                     const nvlm_block_q8a *a = xq + (size_t)t * nb + i;
                     __m256 s = _mm256_cvtepi32_ps(dot_i8(wq, _mm256_loadu_si256((const __m256i *)a->q)));
                     acc[t][r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a->d), s, acc[t][r]);
                 }
-            } else {
+            } else { /* Q4: d q + m; Q4_0: d (q - 8), that is m = -8 d: the nibbles go in unsigned */
                 const nvlm_block_q4 *b = (const nvlm_block_q4 *)(w + r * rb) + i;
-                __m128i bytes = _mm_loadu_si128((const __m128i *)b->q);
+                const nvlm_block_q4_0 *b0 = (const nvlm_block_q4_0 *)(w + r * rb) + i;
+                __m128i bytes = _mm_loadu_si128((const __m128i *)(dt == NVLM_DT_Q4_0 ? b0->q : b->q));
                 __m256i wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes), _mm256_set1_epi8(15));
-                uint32_t dm;
-                memcpy(&dm, b, 4);
-                __m128 wdm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm)); /* d, m */
+                __m128 wdm; /* d, m */
+                if (dt == NVLM_DT_Q4_0) {
+                    const float d = _cvtsh_ss(b0->d);
+                    wdm = _mm_setr_ps(d, -8.0f * d, 0.0f, 0.0f);
+                } else {
+                    uint32_t dm;
+                    memcpy(&dm, b, 4);
+                    wdm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm));
+                }
                 UNROLL
                 for (int t = 0; t < T; t++) {
                     const nvlm_block_q8a *a = xq + (size_t)t * nb + i;
@@ -248,7 +247,7 @@ AI void qi_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const
         }
     }
     finish(R, T, acc, out);
-    if (dt == NVLM_DT_Q4)
+    if (dt != NVLM_DT_Q8_0)
         UNROLL
         for (int t = 0; t < T; t++)
             UNROLL
