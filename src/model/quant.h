@@ -30,7 +30,7 @@ nvlm_dtype nvlm_quant_target(const char *tensor_name, nvlm_dtype to);
 int nvlm_quantize_model(nvlm_model *m, nvlm_dtype to, nvlm_quant_report *rep, nvlm_err *err);
 
 /* Packs the LLM's row-major matrices (its layers', and an untied lm_head) into the layouts the
- * pool's kernel level reads fastest in generation (kernels/wpack.h): Q8_0/Q4 into NVLM_WL_Q16 at
+ * pool's kernel level reads fastest in generation (kernels/wpack.h): Q8_0/Q4/Q4_0 into NVLM_WL_Q16 at
  * the VNNI levels always; F32/F16/BF16 into NVLM_WL_P8 at the AVX-512 levels only for `streams`
  * <= 1 sequences generating at once (several tokens read it slower than row-major). Same values;
  * the row-major bytes are released. Called when an engine is created (after any
@@ -38,7 +38,7 @@ int nvlm_quantize_model(nvlm_model *m, nvlm_dtype to, nvlm_quant_report *rep, nv
 int nvlm_model_pack(nvlm_model *m, int streams, nvlm_err *err);
 
 /* Writes out_dir: config.json and tokenizer files copied, model.safetensors with every 2-D
- * matrix in Q8_0/Q4 (dtype strings "Q8_0"/"Q4_1", shape [rows, cols]) and the rest as stored. */
+ * matrix in Q8_0/Q4/Q4_0 (dtype strings "Q8_0"/"Q4_1"/"Q4_0", shape [rows, cols]) and the rest as stored. */
 int nvlm_quantize_folder(const char *in_dir, const char *out_dir, nvlm_dtype to,
                          nvlm_quant_report *rep, nvlm_err *err);
 #endif
