@@ -226,9 +226,12 @@ AI void qi_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const
                 __m128i bytes = _mm_loadu_si128((const __m128i *)(dt == NVLM_DT_Q4_0 ? b0->q : b->q));
                 __m256i wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes), _mm256_set1_epi8(15));
                 __m128 wdm; /* d, m */
-                if (dt == NVLM_DT_Q4_0) {
-                    const float d = _cvtsh_ss(b0->d);
-                    wdm = _mm_setr_ps(d, -8.0f * d, 0.0f, 0.0f);
+                if (dt == NVLM_DT_Q4_0) { /* (d, -8 d): the f16 widened from a fresh register (vpinsrw into
+                                           * an old one chained the blocks: 30% slower) */
+                    uint16_t d16;
+                    memcpy(&d16, &b0->d, 2);
+                    const __m128 d = _mm_cvtph_ps(_mm_cvtsi32_si128((int)d16));
+                    wdm = _mm_mul_ps(_mm_shuffle_ps(d, d, 0), _mm_setr_ps(1.0f, -8.0f, 0.0f, 0.0f));
                 } else {
                     uint32_t dm;
                     memcpy(&dm, b, 4);
