@@ -356,6 +356,17 @@ static void test_packed(int level) {
                           nvlm_dtype_name(dts[d]));
                     free(ip);
                 }
+                if (packed.layout == NVLM_WL_Q16 && !int8) { /* every row back in its stored bytes */
+                    const size_t rb = nvlm_row_bytes(dts[d], K);
+                    uint8_t *back = malloc(rb);
+                    int same = back != NULL;
+                    for (int r = 0; same && r < N; r++) {
+                        nvlm_q16_row_blocks(&packed, r, 0, K / NVLM_QK, back);
+                        same = !memcmp(back, (const uint8_t *)wr + (size_t)r * rb, rb);
+                    }
+                    CHECK(same, "%s %dx%d: nvlm_q16_row_blocks does not give the stored rows back", nvlm_dtype_name(dts[d]), N, K);
+                    free(back);
+                }
                 if (int8) nvlm_pool_set_int8_act(p1, 1), nvlm_pool_set_int8_act(p3, 1);
                 const nvlm_wmat *pr[2] = {&rows, &rows}, *pp[2] = {&packed, &packed};
                 const float *bs[2] = {bias, NULL};

@@ -39,62 +39,58 @@ int nvlm_wpack_for(const nvlm_pool *pool, const nvlm_wmat *w) {
 
 size_t nvlm_q16_block_bytes(nvlm_dtype t) { return NVLM_Q16_ROWS * nvlm_row_bytes(t, NVLM_QK); }
 
-/* Within a panel block: the weight vectors, then the scales (Q4: then the minimums). Q4_0's
- * panels are Q4's without the minimums. */
-enum { Q8_VECS = 8, Q4_VECS = 4, VEC = 64 };
+/* A stored block (kernels/qblock.h) opens with its f16 scales (dtype traits' .scales: the scale,
+ * Q4's minimum), then its weight bytes, 4 at a time: Q8_0 8 groups of signed bytes (+ 128 in a
+ * panel: xor 0x80), Q4 and Q4_0 4 groups of nibble bytes as stored. A panel block holds each
+ * group as one vector (dword r: row r's), then each scale as 16 f16 side by side. */
+enum { VEC = 64 };
+typedef struct qparts {
+    size_t head;    /* bytes of the scales */
+    int groups;     /* 4-byte groups of weights */
+    int scales;
+    uint32_t flip;  /* xor between the stored and the panel's bytes */
+} qparts;
+
+static qparts parts_of(nvlm_dtype t) {
+    const nvlm_dtype_traits *tr = nvlm_dtype_traits_of(t);
+    const size_t head = 2 * (size_t)tr->scales;
+    return (qparts){.head = head, .groups = (int)((tr->block_bytes - head) / 4), .scales = tr->scales,
+                    .flip = t == NVLM_DT_Q8_0 ? 0x80808080u : 0};
+}
 
 void nvlm_q16_pack_panel(nvlm_dtype t, const uint8_t *src, size_t rb, int R, int nb, uint8_t *dst) {
-    const int q4 = t == NVLM_DT_Q4, nv = q4 || t == NVLM_DT_Q4_0 ? Q4_VECS : Q8_VECS;
-    const size_t bb = nvlm_q16_block_bytes(t), sc = (size_t)nv * VEC;
+    const qparts q = parts_of(t);
+    const size_t bb = nvlm_q16_block_bytes(t), bs = nvlm_row_bytes(t, NVLM_QK), sc = (size_t)q.groups * VEC;
     memset(dst, 0, bb * (size_t)nb);
     for (int r = 0; r < R; r++)
         for (int i = 0; i < nb; i++) {
+            const uint8_t *b = src + (size_t)r * rb + (size_t)i * bs;
             uint8_t *o = dst + (size_t)i * bb;
-            if (t == NVLM_DT_Q4_0) {
-                const nvlm_block_q4_0 *b = (const nvlm_block_q4_0 *)(src + (size_t)r * rb) + i;
-                for (int g = 0; g < Q4_VECS; g++) memcpy(o + g * VEC + r * 4, b->q + 4 * g, 4);
-                memcpy(o + sc + 2 * r, &b->d, 2);
-            } else if (q4) {
-                const nvlm_block_q4 *b = (const nvlm_block_q4 *)(src + (size_t)r * rb) + i;
-                for (int g = 0; g < Q4_VECS; g++) memcpy(o + g * VEC + r * 4, b->q + 4 * g, 4);
-                memcpy(o + sc + 2 * r, &b->d, 2), memcpy(o + sc + 32 + 2 * r, &b->m, 2);
-            } else {
-                const nvlm_block_q8_0 *b = (const nvlm_block_q8_0 *)(src + (size_t)r * rb) + i;
-                for (int g = 0; g < Q8_VECS; g++) {
-                    uint32_t v;
-                    memcpy(&v, b->q + 4 * g, 4);
-                    v ^= 0x80808080u;
-                    memcpy(o + g * VEC + r * 4, &v, 4);
-                }
-                memcpy(o + sc + 2 * r, &b->d, 2);
+            for (int g = 0; g < q.groups; g++) { /* 4 bytes at a time: xor is bytewise */
+                uint32_t v;
+                memcpy(&v, b + q.head + 4 * (size_t)g, 4);
+                v ^= q.flip;
+                memcpy(o + g * VEC + r * 4, &v, 4);
             }
+            for (int k = 0; k < q.scales; k++) memcpy(o + sc + 2 * NVLM_Q16_ROWS * k + 2 * r, b + 2 * k, 2);
         }
 }
 
 void nvlm_q16_row_blocks(const nvlm_wmat *w, int r, int b0, int nb, uint8_t *dst) {
-    const int q4 = w->dtype == NVLM_DT_Q4, nv = q4 || w->dtype == NVLM_DT_Q4_0 ? Q4_VECS : Q8_VECS, rr = r % NVLM_Q16_ROWS;
-    const size_t bb = nvlm_q16_block_bytes(w->dtype), sc = (size_t)nv * VEC, nbr = (size_t)w->cols / NVLM_QK;
-    const uint8_t *panel = (const uint8_t *)w->data + (size_t)(r / NVLM_Q16_ROWS) * nbr * bb;
+    const qparts q = parts_of(w->dtype);
+    const int rr = r % NVLM_Q16_ROWS;
+    const size_t bb = nvlm_q16_block_bytes(w->dtype), bs = nvlm_row_bytes(w->dtype, NVLM_QK), sc = (size_t)q.groups * VEC;
+    const uint8_t *panel = (const uint8_t *)w->data + (size_t)(r / NVLM_Q16_ROWS) * ((size_t)w->cols / NVLM_QK) * bb;
     for (int i = 0; i < nb; i++) {
         const uint8_t *o = panel + (size_t)(b0 + i) * bb;
-        if (w->dtype == NVLM_DT_Q4_0) {
-            nvlm_block_q4_0 *b = (nvlm_block_q4_0 *)dst + i;
-            for (int g = 0; g < Q4_VECS; g++) memcpy(b->q + 4 * g, o + g * VEC + rr * 4, 4);
-            memcpy(&b->d, o + sc + 2 * rr, 2);
-        } else if (q4) {
-            nvlm_block_q4 *b = (nvlm_block_q4 *)dst + i;
-            for (int g = 0; g < Q4_VECS; g++) memcpy(b->q + 4 * g, o + g * VEC + rr * 4, 4);
-            memcpy(&b->d, o + sc + 2 * rr, 2), memcpy(&b->m, o + sc + 32 + 2 * rr, 2);
-        } else {
-            nvlm_block_q8_0 *b = (nvlm_block_q8_0 *)dst + i;
-            for (int g = 0; g < Q8_VECS; g++) { /* 4 bytes at a time: xor is bytewise */
-                uint32_t v;
-                memcpy(&v, o + g * VEC + rr * 4, 4);
-                v ^= 0x80808080u;
-                memcpy(b->q + 4 * g, &v, 4);
-            }
-            memcpy(&b->d, o + sc + 2 * rr, 2);
+        uint8_t *b = dst + (size_t)i * bs;
+        for (int g = 0; g < q.groups; g++) {
+            uint32_t v;
+            memcpy(&v, o + g * VEC + rr * 4, 4);
+            v ^= q.flip;
+            memcpy(b + q.head + 4 * (size_t)g, &v, 4);
         }
+        for (int k = 0; k < q.scales; k++) memcpy(b + 2 * k, o + sc + 2 * NVLM_Q16_ROWS * k + 2 * rr, 2);
     }
 }
 
