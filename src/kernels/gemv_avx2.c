@@ -15,6 +15,7 @@
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -148,7 +149,24 @@ AI __m256 q4_dot(const uint8_t *q, const float *x) {
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4)), _mm256_loadu_ps(x + 24), s);
 }
 
-/* R rows of Q8_0 / Q4 blocks against T float tokens: per block acc += d * sum(q x), and for Q4
+/* A Q4 or Q4_0 block at blk: (d, m, 0, 0), Q4_0's m being -8 d (exact: w = d (q - 8) = d q + m),
+ * and *q its 16 nibble bytes. The f16s are widened from a fresh register (vpinsrw into an old
+ * one chained the blocks: Q4_0 ran 30% slower). */
+AI __m128 nibble_dm(nvlm_dtype dt, const uint8_t *blk, const uint8_t **q) {
+    if (dt == NVLM_DT_Q4_0) {
+        uint16_t d16;
+        memcpy(&d16, blk, 2);
+        *q = blk + offsetof(nvlm_block_q4_0, q);
+        const __m128 d = _mm_cvtph_ps(_mm_cvtsi32_si128((int)d16));
+        return _mm_mul_ps(_mm_shuffle_ps(d, d, 0), _mm_setr_ps(1.0f, -8.0f, 0.0f, 0.0f));
+    }
+    uint32_t dm;
+    memcpy(&dm, blk, 4);
+    *q = blk + offsetof(nvlm_block_q4, q);
+    return _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm));
+}
+
+/* R rows of Q8_0 / Q4 / Q4_0 blocks against T float tokens: per block acc += d * sum(q x), and for Q4
  * acc += m * xs (xs: the block's x summed in 8 lanes), one accumulator per row and token; the
  * rows of a group keep several blocks in flight. Exactly the weights' values. */
 AI void qf_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const float *x, const float *xs, int K,
@@ -170,12 +188,10 @@ AI void qf_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const
                 UNROLL
                 for (int t = 0; t < T; t++)
                     acc[t][r] = _mm256_fmadd_ps(d, q8_dot(b->q, x + (size_t)t * K + (size_t)i * NVLM_QK), acc[t][r]);
-            } else { /* Q4: d q + m; Q4_0: d (q - 8), that is m = -8 d (exact) */
-                const nvlm_block_q4 *b = (const nvlm_block_q4 *)(w + r * rb) + i;
-                const nvlm_block_q4_0 *b0 = (const nvlm_block_q4_0 *)(w + r * rb) + i;
-                const float df = _cvtsh_ss(dt == NVLM_DT_Q4_0 ? b0->d : b->d);
-                __m256 d = _mm256_set1_ps(df), m = _mm256_set1_ps(dt == NVLM_DT_Q4_0 ? -8.0f * df : _cvtsh_ss(b->m));
-                const uint8_t *q = dt == NVLM_DT_Q4_0 ? b0->q : b->q;
+            } else {
+                const uint8_t *q;
+                const __m128 dm = nibble_dm(dt, w + r * rb + (size_t)i * bs, &q);
+                const __m256 d = _mm256_broadcastss_ps(dm), m = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
                 UNROLL
                 for (int t = 0; t < T; t++) {
                     acc[t][r] = _mm256_fmadd_ps(d, q4_dot(q, x + (size_t)t * K + (size_t)i * NVLM_QK), acc[t][r]);
@@ -220,23 +236,11 @@ AI void qi_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const
                     __m256 s = _mm256_cvtepi32_ps(dot_i8(wq, _mm256_loadu_si256((const __m256i *)a->q)));
                     acc[t][r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a->d), s, acc[t][r]);
                 }
-            } else { /* Q4: d q + m; Q4_0: d (q - 8), that is m = -8 d: the nibbles go in unsigned */
-                const nvlm_block_q4 *b = (const nvlm_block_q4 *)(w + r * rb) + i;
-                const nvlm_block_q4_0 *b0 = (const nvlm_block_q4_0 *)(w + r * rb) + i;
-                __m128i bytes = _mm_loadu_si128((const __m128i *)(dt == NVLM_DT_Q4_0 ? b0->q : b->q));
+            } else { /* Q4, Q4_0: the nibbles unsigned, the m term through macc */
+                const uint8_t *q;
+                const __m128 wdm = nibble_dm(dt, w + r * rb + (size_t)i * bs, &q); /* d, m */
+                __m128i bytes = _mm_loadu_si128((const __m128i *)q);
                 __m256i wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes), _mm256_set1_epi8(15));
-                __m128 wdm; /* d, m */
-                if (dt == NVLM_DT_Q4_0) { /* (d, -8 d): the f16 widened from a fresh register (vpinsrw into
-                                           * an old one chained the blocks: 30% slower) */
-                    uint16_t d16;
-                    memcpy(&d16, &b0->d, 2);
-                    const __m128 d = _mm_cvtph_ps(_mm_cvtsi32_si128((int)d16));
-                    wdm = _mm_mul_ps(_mm_shuffle_ps(d, d, 0), _mm_setr_ps(1.0f, -8.0f, 0.0f, 0.0f));
-                } else {
-                    uint32_t dm;
-                    memcpy(&dm, b, 4);
-                    wdm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm));
-                }
                 UNROLL
                 for (int t = 0; t < T; t++) {
                     const nvlm_block_q8a *a = xq + (size_t)t * nb + i;
