@@ -8,6 +8,7 @@
 #include "model/mkmodel.h"
 #include "kernels/qblock.h"
 #include "model/quant.h"
+#include "model/tensors.h"
 #include "core/file.h"
 #include "ref_cases.h"
 #include <cjson/cJSON.h>
@@ -475,6 +476,38 @@ static void test_quantize_after_pack(void) {
 }
 
 /* nvlm quantize's folder gives exactly the logits of quantizing at load. */
+/* The formats' names (quant.c's table): names and aliases in any case, their NVLM_WEIGHTS_* and
+ * back, and which matrices each format leaves at Q8_0. */
+static void test_names(void) {
+    static const struct {
+        const char *name;
+        nvlm_dtype dt;
+        int weights, side_q8;
+    } f[] = {{"q8_0", NVLM_DT_Q8_0, NVLM_WEIGHTS_Q8_0, 0}, {"Q8", NVLM_DT_Q8_0, NVLM_WEIGHTS_Q8_0, 0},
+             {"q4", NVLM_DT_Q4, NVLM_WEIGHTS_Q4, 1},       {"Q4_1", NVLM_DT_Q4, NVLM_WEIGHTS_Q4, 1},
+             {"q4_0", NVLM_DT_Q4_0, NVLM_WEIGHTS_Q4_0, 1}, {"Q4_0", NVLM_DT_Q4_0, NVLM_WEIGHTS_Q4_0, 1}};
+    char embed[128], gate[128], head[128], fc1[128];
+    nvlm_tensor_name(NVLM_R_EMBED, -1, embed, sizeof embed);
+    nvlm_tensor_name(NVLM_R_L_GATE, 0, gate, sizeof gate);
+    nvlm_tensor_name(NVLM_R_LM_HEAD, -1, head, sizeof head);
+    nvlm_tensor_name(NVLM_R_V_FC1, 0, fc1, sizeof fc1);
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+        nvlm_dtype dt = NVLM_DT_F32;
+        CHECK(nvlm_quant_parse(f[i].name, &dt) == 0 && dt == f[i].dt, "parse %s", f[i].name);
+        CHECK(nvlm_quant_weights(f[i].name) == f[i].weights, "weights of %s", f[i].name);
+        nvlm_dtype side = f[i].side_q8 ? NVLM_DT_Q8_0 : f[i].dt;
+        CHECK(nvlm_quant_target(gate, f[i].dt) == f[i].dt, "%s: a layer's gate", f[i].name);
+        CHECK(nvlm_quant_target(embed, f[i].dt) == side && nvlm_quant_target(head, f[i].dt) == side &&
+                  nvlm_quant_target(fc1, f[i].dt) == side,
+              "%s: embeddings, head and the vision side", f[i].name);
+    }
+    CHECK(!strcmp(nvlm_quant_weights_name(NVLM_WEIGHTS_Q4_0), "q4_0") &&
+              !strcmp(nvlm_quant_weights_name(NVLM_WEIGHTS_STORED), "as stored"),
+          "weights names");
+    nvlm_dtype dt = NVLM_DT_F32;
+    CHECK(nvlm_quant_parse("q5_0", &dt) == -1 && dt == NVLM_DT_F32 && nvlm_quant_weights("f16") == -1, "unknown names refused");
+}
+
 static void test_folder(const char *dir, const char *out) {
     nvlm_quant_report rep;
     nvlm_err err = {0};
@@ -507,6 +540,7 @@ int main(void) {
     o.llm_hidden = 256, o.llm_layers = 3, o.llm_heads = 4, o.llm_kv_heads = 2, o.llm_intermediate = 704;
     o.vit_layers = 1;
     nvlm_err err = {0};
+    test_names();
     int rc = nvlm_mkmodel(&o, model, NULL, &err);
     CHECK(rc == 0, "mkmodel: %s", err.msg);
     if (!rc) {

@@ -19,10 +19,11 @@ static const struct quant_format {
     const char *name, *alias;
     nvlm_dtype dtype;
     int weights; /* NVLM_WEIGHTS_* */
+    int side_q8; /* the vision side, the embeddings and the head stay Q8_0 (nvlm_quant_target) */
 } quant_formats[] = {
-    {"q8_0", "q8", NVLM_DT_Q8_0, NVLM_WEIGHTS_Q8_0},
-    {"q4", "q4_1", NVLM_DT_Q4, NVLM_WEIGHTS_Q4},
-    {"q4_0", NULL, NVLM_DT_Q4_0, NVLM_WEIGHTS_Q4_0},
+    {"q8_0", "q8", NVLM_DT_Q8_0, NVLM_WEIGHTS_Q8_0, 0},
+    {"q4", "q4_1", NVLM_DT_Q4, NVLM_WEIGHTS_Q4, 1},
+    {"q4_0", NULL, NVLM_DT_Q4_0, NVLM_WEIGHTS_Q4_0, 1},
 };
 enum { N_QUANT = sizeof quant_formats / sizeof quant_formats[0] };
 
@@ -52,7 +53,10 @@ const char *nvlm_quant_weights_name(int weights) {
 }
 
 nvlm_dtype nvlm_quant_target(const char *name, nvlm_dtype to) {
-    if (to != NVLM_DT_Q4 && to != NVLM_DT_Q4_0) return to;
+    int side_q8 = 0;
+    for (int i = 0; i < N_QUANT; i++)
+        if (quant_formats[i].dtype == to) side_q8 = quant_formats[i].side_q8;
+    if (!side_q8) return to;
     /* 4-bit for the LLM's and cross-attention's matrices; the vision encoder, projector,
      * embeddings and head keep Q8_0 (docs/quantization.md) */
     nvlm_role r;
