@@ -1,4 +1,4 @@
-/* AVX512-VNNI matrix products of Q8_0 / Q4 weights against int8 activations, every output bit for
+/* AVX512-VNNI matrix products of Q8_0 / Q4 / Q4_0 weights against int8 activations, every output bit for
  * bit nvlm_vec_dot_q (+ bias), as the generation kernel of gemv_vnni.c. Used for the matrices packed
  * NVLM_WL_Q16 (kernels/ops.h; every engine packs them at the VNNI levels): their generated rows,
  * any number; and for prefill with int8 activations forced on (NVLM_QACT=int8 /
@@ -7,9 +7,10 @@
  *
  * Per block of a panel: 8 vectors of 16 dwords, dword r of vector g = row r's 4 weights 4g .. 4g+3
  * as unsigned bytes (Q8_0: + 128, stored so; Q4, Q4_0: the two nibbles of the stored bytes, split
- * here), then the 16 rows' f16 scales (Q4: and minimums), widened here. The unsigned bytes' offset
- * (128 for Q8_0, 8 for Q4_0) comes off the integer sum exactly, with the block's sum of q_x. Per block and token, 8 vpdpbusd
- * against the token's 4-byte groups broadcast leave row r's integer sum in lane r: no reduction.
+ * here), then the 16 rows' f16 scales (Q4: and minimums), widened here. The unsigned bytes'
+ * offset (128 for Q8_0, 8 for Q4_0) comes off the integer sum exactly, with the block's sum of
+ * q_x. Per block and token, 8 vpdpbusd against the token's 4-byte groups broadcast leave row r's
+ * integer sum in lane r: no reduction.
  * Lane r then takes the reference's float steps for row r, in its order. Tokens go MR at a time
  * with the panel's block in registers. */
 #include "kernels/gemv_vnni.h"

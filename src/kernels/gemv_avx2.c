@@ -166,9 +166,9 @@ AI __m128 nibble_dm(nvlm_dtype dt, const uint8_t *blk, const uint8_t **q) {
     return _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm));
 }
 
-/* R rows of Q8_0 / Q4 / Q4_0 blocks against T float tokens: per block acc += d * sum(q x), and for Q4
- * acc += m * xs (xs: the block's x summed in 8 lanes), one accumulator per row and token; the
- * rows of a group keep several blocks in flight. Exactly the weights' values. */
+/* R rows of Q8_0 / Q4 / Q4_0 blocks against T float tokens: per block acc += d * sum(q x), and for
+ * Q4 and Q4_0 acc += m * xs (xs: the block's x summed in 8 lanes; nibble_dm's m), one accumulator
+ * per row and token; the rows of a group keep several blocks in flight. Exactly the weights' values. */
 AI void qf_group(int R, int T, nvlm_dtype dt, const uint8_t *w, size_t rb, const float *x, const float *xs, int K,
                  float out[GEMV_MAX][RG_MAX]) {
     const int nb = K / NVLM_QK;

@@ -1,9 +1,10 @@
 /* gemv_vnni.h - AVX512-VNNI matrix-vector products of Q8_0 / Q4 / Q4_0 weights against int8
  * activations, bit for bit nvlm_vec_dot_q (kernels/qblock.h) per output. gemv_vnni.c says how.
- * nvlm_gemv_vnni (row-major generation) is not dispatched: measured at 0.57-0.82x the AVX2
- * kernel's GB/s (docs/quantization.md, "VNNI"). nvlm_gemm_vnni is: for matrices packed
- * NVLM_WL_Q16 (generation at the VNNI levels, one sequence) and for prefill with int8
- * activations forced. tests/test_gemv.c holds both to the reference. Internal. */
+ * At the VNNI levels (dispatch.c mm_gen_vnni) nvlm_gemm_vnni takes the matrices packed
+ * NVLM_WL_Q16 (generation, any number of tokens) and prefill with int8 activations forced;
+ * nvlm_gemv_vnni the row-major ones in generation (tensor-parallel slices, shapes that cannot be
+ * packed), slower (0.57-0.82x the AVX2 kernel's GB/s, docs/quantization.md "VNNI") but the same
+ * bits. tests/test_gemv.c holds both to the reference. Internal. */
 #ifndef NVLM_KERNELS_GEMV_VNNI_H
 #define NVLM_KERNELS_GEMV_VNNI_H
 #include "kernels/simd.h"

@@ -17,11 +17,12 @@
  *   product then reads one sequential stream while it keeps 8 rows' FMA chains in flight (each
  *   output's chain unchanged, so the same bits): the AVX-512 levels' generation layout, made by
  *   nvlm_wpack (kernels/wpack.h) when an engine is created. Read by the AVX-512 kernels only.
- * NVLM_WL_Q16: Q8_0/Q4 only, rows % 16 == 0: panels of 16 rows; per block of 32 columns, the 16
- *   rows' weights as vpdpbusd takes them (dword r of vector g = row r's bytes 4g .. 4g+3; Q8_0:
- *   8 vectors of q ^ 0x80; Q4: 4 vectors of the nibble bytes as stored, whose low nibbles are
- *   group g and high nibbles group g + 4), then the 16 f16 scales (Q4: and the 16 f16 minimums).
- *   A panel block is 16 row blocks' bytes (544 / 320), so the matrix keeps its size. The VNNI
+ * NVLM_WL_Q16: Q8_0/Q4/Q4_0 only, rows % 16 == 0: panels of 16 rows; per block of 32 columns,
+ *   the 16 rows' weights as vpdpbusd takes them (dword r of vector g = row r's bytes 4g .. 4g+3;
+ *   Q8_0: 8 vectors of q ^ 0x80; Q4, Q4_0: 4 vectors of the nibble bytes as stored, whose low
+ *   nibbles are group g and high nibbles group g + 4), then the 16 f16 scales (Q4: and the 16
+ *   f16 minimums). A panel block is 16 row blocks' bytes (544 / 320 / 288), so the matrix keeps
+ *   its size. The VNNI
  *   levels' generation layout (gemm_vnni.c): no reduction, no unpacking of scales per row. */
 enum { NVLM_WL_ROWS = 0, NVLM_WL_P8 = 1, NVLM_WL_Q16 = 2 };
 enum { NVLM_P8_ROWS = 8, NVLM_P8_RUN = 16, NVLM_Q16_ROWS = 16 };

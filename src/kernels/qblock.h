@@ -44,7 +44,7 @@ _Static_assert(sizeof(nvlm_block_q8_0) == 34, "Q8_0 block is 34 bytes");
 _Static_assert(sizeof(nvlm_block_q4) == 20, "Q4 block is 20 bytes");
 _Static_assert(sizeof(nvlm_block_q4_0) == 18, "Q4_0 block is 18 bytes");
 
-/* From the traits table (kernels/dtype.h): 1 for block formats (Q8_0, Q4); bytes of one row of
+/* From the traits table (kernels/dtype.h): 1 for block formats (Q8_0, Q4, Q4_0); bytes of one row of
  * `cols` values (cols must divide into blocks for block formats). */
 int nvlm_dtype_is_block(nvlm_dtype t);
 size_t nvlm_row_bytes(nvlm_dtype t, int64_t cols);
